@@ -1,0 +1,1 @@
+//! plover-controller (placeholder until its issue lands).

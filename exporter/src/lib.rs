@@ -1,0 +1,1 @@
+//! plover-exporter (placeholder until its issue lands).

@@ -1,0 +1,1 @@
+//! plover-filter (placeholder until its issue lands).

@@ -1,0 +1,1 @@
+//! plover-e2e (placeholder until its issue lands).

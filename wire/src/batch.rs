@@ -1,0 +1,543 @@
+//! The batch a filter VM sends to the exporter every flush: per-series deltas since its
+//! previous batch, identified by (gateway, VM instance, sequence) so that a retransmit can be
+//! recognised and applied exactly once.
+//!
+//! Layout (version 1), all integers LEB128 unless noted:
+//!
+//! ```text
+//! "PLVB" u8:version
+//! strings: count, then (len, UTF-8 bytes)…        one table, referenced by index below
+//! gateway:str instance:str sequence start_unix_ms end_unix_ms dropped_requests
+//! series: count, then per series:
+//!   namespace:str service:str route:str revision:str role:u8 status_class:u8
+//!   code grpc_status(0 = none, else status+1) upstream_failure:u8
+//!   requests request_bytes response_bytes duration:HdrHistogram-V2 (self-delimiting)
+//! ```
+//!
+//! Decoding is strict: anything truncated, oversized, out of range, duplicated or
+//! inconsistent (a histogram whose count differs from `requests`) is an error.
+
+use crate::histogram::Histogram;
+use crate::varint::{read_u64, write_u64};
+use crate::WireError;
+
+pub const MAGIC: [u8; 4] = *b"PLVB";
+pub const VERSION: u8 = 1;
+/// Media type of an encoded batch.
+pub const CONTENT_TYPE: &str = "application/vnd.plover.batch.v1";
+/// Path the exporter receives batches on.
+pub const INGEST_PATH: &str = "/v1/batches";
+/// Largest encoded batch any party accepts.
+pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Most series in one batch.
+pub const MAX_SERIES: usize = 100_000;
+/// Longest label value or identifier, in bytes.
+pub const MAX_STRING_BYTES: usize = 512;
+
+/// The part a revision plays in a rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    Stable,
+    Canary,
+    /// Traffic the filter could not attribute to a configured revision.
+    Unknown,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Stable, Role::Canary, Role::Unknown];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Stable => "stable",
+            Role::Canary => "canary",
+            Role::Unknown => "unknown",
+        }
+    }
+
+    fn code(self) -> u8 {
+        self as u8
+    }
+
+    fn from_code(code: u8) -> Option<Role> {
+        Role::ALL.get(usize::from(code)).copied()
+    }
+}
+
+impl core::str::FromStr for Role {
+    type Err = WireError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or(WireError::Malformed("role must be one of stable, canary, unknown"))
+    }
+}
+
+/// How a request ended, by HTTP status class, or with no upstream response at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StatusClass {
+    Informational,
+    Success,
+    Redirection,
+    ClientError,
+    ServerError,
+    /// The upstream never answered (connect failure, reset, timeout, overflow…). The code is
+    /// then the one Envoy generated, or 0 when the client went away first.
+    NoResponse,
+}
+
+impl StatusClass {
+    pub const ALL: [StatusClass; 6] = [
+        StatusClass::Informational,
+        StatusClass::Success,
+        StatusClass::Redirection,
+        StatusClass::ClientError,
+        StatusClass::ServerError,
+        StatusClass::NoResponse,
+    ];
+
+    /// Class of an upstream HTTP status code (codes outside 100–599 count as server errors).
+    pub fn of_code(code: u16) -> StatusClass {
+        match code {
+            100..=199 => StatusClass::Informational,
+            200..=299 => StatusClass::Success,
+            300..=399 => StatusClass::Redirection,
+            400..=499 => StatusClass::ClientError,
+            _ => StatusClass::ServerError,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusClass::Informational => "1xx",
+            StatusClass::Success => "2xx",
+            StatusClass::Redirection => "3xx",
+            StatusClass::ClientError => "4xx",
+            StatusClass::ServerError => "5xx",
+            StatusClass::NoResponse => "no_response",
+        }
+    }
+
+    /// Whether this outcome counts against the success ratio (5xx and no response).
+    pub fn is_error(self) -> bool {
+        matches!(self, StatusClass::ServerError | StatusClass::NoResponse)
+    }
+
+    fn from_code(code: u8) -> Option<StatusClass> {
+        StatusClass::ALL.get(usize::from(code)).copied()
+    }
+}
+
+/// Why no upstream response arrived, from Envoy's response flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum UpstreamFailure {
+    None,
+    ConnectFailure,
+    Reset,
+    Timeout,
+    Overflow,
+    NoHealthyUpstream,
+    NoRoute,
+    DownstreamDisconnect,
+    Other,
+}
+
+impl UpstreamFailure {
+    pub const ALL: [UpstreamFailure; 9] = [
+        UpstreamFailure::None,
+        UpstreamFailure::ConnectFailure,
+        UpstreamFailure::Reset,
+        UpstreamFailure::Timeout,
+        UpstreamFailure::Overflow,
+        UpstreamFailure::NoHealthyUpstream,
+        UpstreamFailure::NoRoute,
+        UpstreamFailure::DownstreamDisconnect,
+        UpstreamFailure::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamFailure::None => "",
+            UpstreamFailure::ConnectFailure => "connect_failure",
+            UpstreamFailure::Reset => "reset",
+            UpstreamFailure::Timeout => "timeout",
+            UpstreamFailure::Overflow => "overflow",
+            UpstreamFailure::NoHealthyUpstream => "no_healthy_upstream",
+            UpstreamFailure::NoRoute => "no_route",
+            UpstreamFailure::DownstreamDisconnect => "downstream_disconnect",
+            UpstreamFailure::Other => "other",
+        }
+    }
+
+    fn from_code(code: u8) -> Option<UpstreamFailure> {
+        UpstreamFailure::ALL.get(usize::from(code)).copied()
+    }
+}
+
+/// Identity of one series: everything a metric is labelled by.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesKey {
+    pub namespace: String,
+    pub service: String,
+    /// Envoy route name (`xds.route_name`), empty when the route has none.
+    pub route: String,
+    /// Revision id (e.g. `v2`, a pod-template hash); empty when unknown.
+    pub revision: String,
+    pub role: Role,
+    pub status_class: StatusClass,
+    /// HTTP status code sent downstream; 0 when none was sent.
+    pub code: u16,
+    /// gRPC status (0–16) when the response was gRPC.
+    pub grpc_status: Option<u8>,
+    pub upstream_failure: UpstreamFailure,
+}
+
+/// What one series saw during a batch's interval.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeriesDelta {
+    pub requests: u64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    /// Request durations in microseconds; its count always equals `requests`.
+    pub duration: Histogram,
+}
+
+impl SeriesDelta {
+    pub fn merge(&mut self, other: &SeriesDelta) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.request_bytes = self.request_bytes.saturating_add(other.request_bytes);
+        self.response_bytes = self.response_bytes.saturating_add(other.response_bytes);
+        self.duration.merge(&other.duration);
+    }
+}
+
+/// One flush of one filter VM.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// Which gateway (Envoy node) sent it.
+    pub gateway: String,
+    /// Which VM inside that gateway; new every time a VM starts.
+    pub instance: String,
+    /// Per-instance sequence number, starting at 1, incremented for every new batch.
+    pub sequence: u64,
+    /// Interval the deltas cover, in Unix milliseconds.
+    pub start_unix_ms: u64,
+    pub end_unix_ms: u64,
+    /// Requests whose data the VM had to drop (buffer full) since its previous batch.
+    pub dropped_requests: u64,
+    /// Series in ascending key order, no key twice.
+    pub series: Vec<(SeriesKey, SeriesDelta)>,
+}
+
+impl Batch {
+    /// Total requests carried by the batch.
+    pub fn requests(&self) -> u64 {
+        self.series.iter().map(|(_, d)| d.requests).fold(0, u64::saturating_add)
+    }
+
+    /// Encodes the batch. Series must be unique; they are written in the order given.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut strings = StringTable::default();
+        let gateway = strings.index(&self.gateway);
+        let instance = strings.index(&self.instance);
+        let series_labels: Vec<[u64; 4]> = self
+            .series
+            .iter()
+            .map(|(k, _)| {
+                [
+                    strings.index(&k.namespace),
+                    strings.index(&k.service),
+                    strings.index(&k.route),
+                    strings.index(&k.revision),
+                ]
+            })
+            .collect();
+
+        let mut out = Vec::with_capacity(64 + self.series.len() * 64);
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION);
+        write_u64(&mut out, strings.values.len() as u64);
+        for s in &strings.values {
+            write_u64(&mut out, s.len() as u64);
+            out.extend_from_slice(s.as_bytes());
+        }
+        for v in [gateway, instance, self.sequence, self.start_unix_ms, self.end_unix_ms, self.dropped_requests] {
+            write_u64(&mut out, v);
+        }
+        write_u64(&mut out, self.series.len() as u64);
+        for ((key, delta), labels) in self.series.iter().zip(series_labels) {
+            for l in labels {
+                write_u64(&mut out, l);
+            }
+            out.push(key.role.code());
+            out.push(key.status_class as u8);
+            write_u64(&mut out, u64::from(key.code));
+            write_u64(&mut out, key.grpc_status.map_or(0, |g| u64::from(g) + 1));
+            out.push(key.upstream_failure as u8);
+            write_u64(&mut out, delta.requests);
+            write_u64(&mut out, delta.request_bytes);
+            write_u64(&mut out, delta.response_bytes);
+            delta.duration.encode_v2(&mut out);
+        }
+        out
+    }
+
+    /// Decodes and validates a batch.
+    pub fn decode(bytes: &[u8]) -> Result<Batch, WireError> {
+        if bytes.len() > MAX_BATCH_BYTES {
+            return Err(WireError::TooLarge { limit: MAX_BATCH_BYTES });
+        }
+        let mut input = bytes;
+        let magic = take(&mut input, 4)?;
+        if magic != MAGIC {
+            return Err(WireError::Malformed("not a Plover batch (bad magic)"));
+        }
+        let version = take(&mut input, 1)?[0];
+        if version != VERSION {
+            return Err(WireError::UnsupportedVersion(version));
+        }
+        let string_count = bounded(read_u64(&mut input)?, (4 * MAX_SERIES + 2) as u64, "string count")?;
+        let mut strings = Vec::with_capacity(string_count.min(1024));
+        for _ in 0..string_count {
+            let len = bounded(read_u64(&mut input)?, MAX_STRING_BYTES as u64, "string length")?;
+            let raw = take(&mut input, len)?;
+            let s = core::str::from_utf8(raw).map_err(|_| WireError::Malformed("string is not UTF-8"))?;
+            strings.push(s);
+        }
+        let string = |input: &mut &[u8]| -> Result<String, WireError> {
+            let i = read_u64(input)?;
+            strings
+                .get(usize::try_from(i).unwrap_or(usize::MAX))
+                .map(|s| (*s).to_owned())
+                .ok_or(WireError::Malformed("string index out of range"))
+        };
+        let gateway = string(&mut input)?;
+        let instance = string(&mut input)?;
+        if gateway.is_empty() || instance.is_empty() {
+            return Err(WireError::Malformed("gateway and instance must not be empty"));
+        }
+        let sequence = read_u64(&mut input)?;
+        let start_unix_ms = read_u64(&mut input)?;
+        let end_unix_ms = read_u64(&mut input)?;
+        if start_unix_ms > end_unix_ms {
+            return Err(WireError::Malformed("interval starts after it ends"));
+        }
+        let dropped_requests = read_u64(&mut input)?;
+        let series_count = bounded(read_u64(&mut input)?, MAX_SERIES as u64, "series count")?;
+        let mut series = Vec::with_capacity(series_count.min(4096));
+        for _ in 0..series_count {
+            let namespace = string(&mut input)?;
+            let service = string(&mut input)?;
+            let route = string(&mut input)?;
+            let revision = string(&mut input)?;
+            let codes = take(&mut input, 2)?;
+            let role = Role::from_code(codes[0]).ok_or(WireError::Malformed("unknown role"))?;
+            let status_class =
+                StatusClass::from_code(codes[1]).ok_or(WireError::Malformed("unknown status class"))?;
+            let code = bounded(read_u64(&mut input)?, 999, "status code")? as u16;
+            let grpc_status = match bounded(read_u64(&mut input)?, 17, "grpc status")? {
+                0 => None,
+                g => Some((g - 1) as u8),
+            };
+            let upstream_failure = UpstreamFailure::from_code(take(&mut input, 1)?[0])
+                .ok_or(WireError::Malformed("unknown upstream failure"))?;
+            let requests = read_u64(&mut input)?;
+            let request_bytes = read_u64(&mut input)?;
+            let response_bytes = read_u64(&mut input)?;
+            let (duration, used) = Histogram::decode_v2_prefix(input)?;
+            input = &input[used..];
+            if duration.count() != requests {
+                return Err(WireError::Malformed("histogram count differs from the request count"));
+            }
+            let key = SeriesKey {
+                namespace,
+                service,
+                route,
+                revision,
+                role,
+                status_class,
+                code,
+                grpc_status,
+                upstream_failure,
+            };
+            series.push((key, SeriesDelta { requests, request_bytes, response_bytes, duration }));
+        }
+        if !input.is_empty() {
+            return Err(WireError::Malformed("trailing bytes after the last series"));
+        }
+        let mut keys: Vec<&SeriesKey> = series.iter().map(|(k, _)| k).collect();
+        keys.sort_unstable();
+        if keys.windows(2).any(|w| w[0] == w[1]) {
+            return Err(WireError::Malformed("the same series appears twice"));
+        }
+        Ok(Batch { gateway, instance, sequence, start_unix_ms, end_unix_ms, dropped_requests, series })
+    }
+}
+
+#[derive(Default)]
+struct StringTable<'a> {
+    values: Vec<&'a str>,
+}
+
+impl<'a> StringTable<'a> {
+    /// Index of `s`, adding it if new. Linear search: a batch has a handful of distinct labels.
+    /// Oversized values are cut at a character boundary so the batch stays decodable.
+    fn index(&mut self, s: &'a str) -> u64 {
+        let s = truncate_utf8(s, MAX_STRING_BYTES);
+        if let Some(i) = self.values.iter().position(|v| *v == s) {
+            return i as u64;
+        }
+        self.values.push(s);
+        (self.values.len() - 1) as u64
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+pub fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn take<'a>(input: &mut &'a [u8], n: usize) -> Result<&'a [u8], WireError> {
+    if input.len() < n {
+        return Err(WireError::Truncated);
+    }
+    let (head, rest) = input.split_at(n);
+    *input = rest;
+    Ok(head)
+}
+
+fn bounded(value: u64, max: u64, what: &'static str) -> Result<usize, WireError> {
+    if value > max {
+        return Err(WireError::OutOfRange { what, max });
+    }
+    Ok(value as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(revision: &str, role: Role, code: u16) -> SeriesKey {
+        SeriesKey {
+            namespace: "demo".into(),
+            service: "app".into(),
+            route: "app_route".into(),
+            revision: revision.into(),
+            role,
+            status_class: StatusClass::of_code(code),
+            code,
+            grpc_status: None,
+            upstream_failure: UpstreamFailure::None,
+        }
+    }
+
+    fn delta(durations: &[u64], request_bytes: u64) -> SeriesDelta {
+        let mut d = SeriesDelta { requests: durations.len() as u64, request_bytes, response_bytes: 7, ..Default::default() };
+        durations.iter().for_each(|&v| d.duration.record(v));
+        d
+    }
+
+    /// A fixed batch, also stored encoded in `testdata/batch-v1.bin`.
+    pub(crate) fn sample() -> Batch {
+        let mut grpc = key("v2", Role::Canary, 200);
+        grpc.grpc_status = Some(14);
+        let mut reset = key("v2", Role::Canary, 503);
+        reset.status_class = StatusClass::NoResponse;
+        reset.upstream_failure = UpstreamFailure::Reset;
+        Batch {
+            gateway: "gw-1".into(),
+            instance: "18a3c0ffee-1".into(),
+            sequence: 42,
+            start_unix_ms: 1_700_000_000_000,
+            end_unix_ms: 1_700_000_001_000,
+            dropped_requests: 3,
+            series: vec![
+                (key("v1", Role::Stable, 200), delta(&[1000, 1010, 25_000], 300)),
+                (key("v2", Role::Canary, 500), delta(&[90_000], 0)),
+                (grpc, delta(&[5], 12)),
+                (reset, delta(&[3_000_000], 0)),
+                (key("", Role::Unknown, 404), delta(&[], 0)),
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let batch = sample();
+        assert_eq!(Batch::decode(&batch.encode()).unwrap(), batch);
+        assert_eq!(batch.requests(), 6);
+    }
+
+    #[test]
+    fn matches_the_golden_file() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/batch-v1.bin");
+        let encoded = sample().encode();
+        if std::env::var_os("PLOVER_UPDATE_GOLDEN").is_some() {
+            std::fs::write(path, &encoded).unwrap();
+        }
+        let golden = std::fs::read(path).expect("golden file (PLOVER_UPDATE_GOLDEN=1 writes it)");
+        assert_eq!(encoded, golden, "the v1 encoding changed: bump VERSION instead");
+        assert_eq!(Batch::decode(&golden).unwrap(), sample());
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let encoded = sample().encode();
+        for cut in 0..encoded.len() {
+            assert!(Batch::decode(&encoded[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn every_single_byte_corruption_is_handled_without_panic() {
+        let encoded = sample().encode();
+        for at in 0..encoded.len() {
+            for flip in [0x01u8, 0x80, 0xff] {
+                let mut bad = encoded.clone();
+                bad[at] ^= flip;
+                // Either an error or a batch that still satisfies the invariants.
+                if let Ok(batch) = Batch::decode(&bad) {
+                    for (_, d) in &batch.series {
+                        assert_eq!(d.duration.count(), d.requests);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_inconsistent_batches() {
+        let mut dup = sample();
+        dup.series.push(dup.series[0].clone());
+        assert!(matches!(Batch::decode(&dup.encode()), Err(WireError::Malformed(m)) if m.contains("twice")));
+
+        let mut lying = sample();
+        lying.series[0].1.requests += 1;
+        assert!(Batch::decode(&lying.encode()).is_err());
+
+        let mut backwards = sample();
+        backwards.start_unix_ms = backwards.end_unix_ms + 1;
+        assert!(Batch::decode(&backwards.encode()).is_err());
+
+        let mut version = sample().encode();
+        version[4] = 9;
+        assert_eq!(Batch::decode(&version), Err(WireError::UnsupportedVersion(9)));
+
+        assert!(matches!(Batch::decode(&vec![0u8; MAX_BATCH_BYTES + 1]), Err(WireError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn oversized_labels_are_cut_on_a_character_boundary() {
+        let mut batch = sample();
+        batch.series[0].0.service = "é".repeat(MAX_STRING_BYTES);
+        let decoded = Batch::decode(&batch.encode()).unwrap();
+        assert_eq!(decoded.series[0].0.service.len(), MAX_STRING_BYTES);
+    }
+}

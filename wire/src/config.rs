@@ -1,0 +1,360 @@
+//! The filter's plugin configuration: the JSON Envoy (or an Istio `WasmPlugin`'s
+//! `pluginConfig`) hands to `on_configure`. Parsed and validated once; every error names the
+//! field and says what was expected.
+
+use serde::{Deserialize, Serialize};
+
+use crate::batch::{Role, INGEST_PATH, MAX_STRING_BYTES};
+use crate::ConfigError;
+
+/// Where the filter learns which revision served a request, tried in the configured order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevisionSource {
+    /// The upstream cluster Envoy picked (`xds.cluster_name`), mapped by `rules`.
+    Cluster,
+    /// A response header the application sets (`response_header.name`).
+    ResponseHeader,
+}
+
+/// How a rule recognises an upstream cluster name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClusterMatch {
+    /// The exact cluster name, e.g. `canary` in a hand-written Envoy config.
+    Exact(String),
+    /// Istio subset mode: `outbound|<any port>|<subset>|<host>`.
+    IstioSubset { host: String, subset: String },
+    /// Istio host mode (Gateway API backends, stable/canary Services):
+    /// `outbound|<any port>||<host>`.
+    IstioHost(String),
+}
+
+impl ClusterMatch {
+    /// Whether `cluster` (an `xds.cluster_name`) is matched.
+    pub fn matches(&self, cluster: &str) -> bool {
+        match self {
+            ClusterMatch::Exact(name) => cluster == name,
+            ClusterMatch::IstioSubset { host, subset } => {
+                parse_istio_cluster(cluster).is_some_and(|c| c.subset == subset && c.host == host)
+            }
+            ClusterMatch::IstioHost(host) => {
+                parse_istio_cluster(cluster).is_some_and(|c| c.subset.is_empty() && c.host == host)
+            }
+        }
+    }
+}
+
+/// The parts of an Istio cluster name `direction|port|subset|host`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IstioCluster<'a> {
+    pub direction: &'a str,
+    pub port: u16,
+    pub subset: &'a str,
+    pub host: &'a str,
+}
+
+impl<'a> IstioCluster<'a> {
+    /// `(service, namespace)` when the host is a Kubernetes Service FQDN
+    /// (`SERVICE.NAMESPACE.svc…`).
+    pub fn service_and_namespace(&self) -> Option<(&'a str, &'a str)> {
+        let mut parts = self.host.splitn(3, '.');
+        let service = parts.next()?;
+        let namespace = parts.next()?;
+        let rest = parts.next()?;
+        (rest == "svc" || rest.starts_with("svc.")).then_some((service, namespace))
+    }
+}
+
+/// Parses `outbound|80|canary|app.demo.svc.cluster.local`; `None` for other names.
+pub fn parse_istio_cluster(cluster: &str) -> Option<IstioCluster<'_>> {
+    let mut parts = cluster.splitn(4, '|');
+    let direction = parts.next()?;
+    if direction != "outbound" && direction != "inbound" {
+        return None;
+    }
+    let port = parts.next()?.parse().ok()?;
+    let subset = parts.next()?;
+    let host = parts.next()?;
+    (!host.is_empty()).then_some(IstioCluster { direction, port, subset, host })
+}
+
+/// Maps one upstream cluster to a revision of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevisionRule {
+    #[serde(rename = "match")]
+    pub cluster: ClusterMatch,
+    pub namespace: String,
+    pub service: String,
+    pub role: RoleName,
+    pub revision: String,
+}
+
+/// `stable` or `canary` (a rule never maps to `unknown`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoleName {
+    Stable,
+    Canary,
+}
+
+impl From<RoleName> for Role {
+    fn from(r: RoleName) -> Role {
+        match r {
+            RoleName::Stable => Role::Stable,
+            RoleName::Canary => Role::Canary,
+        }
+    }
+}
+
+/// The response header an application sets with its own revision id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseHeaderSource {
+    pub name: String,
+}
+
+/// Headers the filter adds with the resolved revision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tagging {
+    /// Added to the request sent upstream: `role/revision`, e.g. `canary/v2`.
+    pub request_header: String,
+    /// Added to the response sent downstream; empty turns response tagging off.
+    pub response_header: String,
+}
+
+impl Default for Tagging {
+    fn default() -> Self {
+        Tagging { request_header: "x-plover-revision".into(), response_header: "x-plover-revision".into() }
+    }
+}
+
+/// Where and how batches are sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExporterTarget {
+    /// Envoy cluster of the exporter (must exist on this proxy).
+    pub cluster: String,
+    /// `:authority` of the callout; defaults to the cluster name.
+    #[serde(default)]
+    pub authority: String,
+    #[serde(default = "default_ingest_path")]
+    pub path: String,
+    /// Bearer token the exporter expects.
+    pub token: String,
+    /// Callout timeout.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_ingest_path() -> String {
+    INGEST_PATH.to_owned()
+}
+fn default_timeout_ms() -> u64 {
+    2_000
+}
+
+/// Bounds of the retransmit buffer kept while the exporter is unreachable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BufferLimits {
+    /// Most unsent batches kept (one per flush interval): 120 at 1 s is two minutes.
+    pub max_batches: usize,
+    /// Most bytes of unsent batches kept per VM.
+    pub max_bytes: usize,
+}
+
+impl Default for BufferLimits {
+    fn default() -> Self {
+        BufferLimits { max_batches: 120, max_bytes: 8 * 1024 * 1024 }
+    }
+}
+
+/// The whole plugin configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    /// Identifies this gateway in batches; defaults to Envoy's node id.
+    #[serde(default)]
+    pub gateway_id: String,
+    pub exporter: ExporterTarget,
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+    #[serde(default)]
+    pub buffer: BufferLimits,
+    /// Order in which revision sources are tried.
+    #[serde(default = "default_sources")]
+    pub sources: Vec<RevisionSource>,
+    #[serde(default)]
+    pub rules: Vec<RevisionRule>,
+    #[serde(default)]
+    pub response_header: Option<ResponseHeaderSource>,
+    #[serde(default)]
+    pub tagging: Tagging,
+}
+
+fn default_flush_interval_ms() -> u64 {
+    1_000
+}
+fn default_sources() -> Vec<RevisionSource> {
+    vec![RevisionSource::Cluster]
+}
+
+impl FilterConfig {
+    /// Parses and validates the plugin configuration.
+    pub fn from_json(bytes: &[u8]) -> Result<FilterConfig, ConfigError> {
+        let config: FilterConfig =
+            serde_json::from_slice(bytes).map_err(|e| ConfigError::Json(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every field; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, expected: &str| {
+            Err(ConfigError::Invalid { field: field.to_owned(), expected: expected.to_owned() })
+        };
+        if self.exporter.cluster.is_empty() {
+            return invalid("exporter.cluster", "the name of the exporter's Envoy cluster");
+        }
+        if !self.exporter.path.starts_with('/') {
+            return invalid("exporter.path", "a path starting with '/'");
+        }
+        if self.exporter.token.is_empty() {
+            return invalid("exporter.token", "the exporter's bearer token (non-empty)");
+        }
+        if !(1..=60_000).contains(&self.exporter.timeout_ms) {
+            return invalid("exporter.timeout_ms", "a timeout between 1 and 60000 ms");
+        }
+        if !(100..=60_000).contains(&self.flush_interval_ms) {
+            return invalid("flush_interval_ms", "an interval between 100 and 60000 ms");
+        }
+        if self.buffer.max_batches == 0 {
+            return invalid("buffer.max_batches", "at least 1");
+        }
+        if self.buffer.max_bytes < 64 * 1024 {
+            return invalid("buffer.max_bytes", "at least 65536 bytes");
+        }
+        if self.sources.is_empty() {
+            return invalid("sources", "at least one of \"cluster\", \"response_header\"");
+        }
+        for (i, s) in self.sources.iter().enumerate() {
+            if self.sources[..i].contains(s) {
+                return invalid(&format!("sources[{i}]"), "each source at most once");
+            }
+        }
+        if self.sources.contains(&RevisionSource::ResponseHeader) {
+            match &self.response_header {
+                Some(h) if is_header_name(&h.name) => {}
+                Some(_) => return invalid("response_header.name", "a lower-case HTTP header name"),
+                None => {
+                    return invalid("response_header", "{\"name\": …} because sources lists \"response_header\"")
+                }
+            }
+        }
+        if self.sources.contains(&RevisionSource::Cluster) && self.rules.is_empty() {
+            return invalid("rules", "at least one rule because sources lists \"cluster\"");
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            let field = |name: &str| format!("rules[{i}].{name}");
+            let matcher_ok = match &rule.cluster {
+                ClusterMatch::Exact(n) => !n.is_empty(),
+                ClusterMatch::IstioSubset { host, subset } => !host.is_empty() && !subset.is_empty(),
+                ClusterMatch::IstioHost(h) => !h.is_empty(),
+            };
+            if !matcher_ok {
+                return invalid(&field("match"), "a non-empty exact, istio_subset or istio_host value");
+            }
+            for (name, value) in [("namespace", &rule.namespace), ("service", &rule.service), ("revision", &rule.revision)] {
+                if value.is_empty() || value.len() > MAX_STRING_BYTES {
+                    return invalid(&field(name), "a non-empty string of at most 512 bytes");
+                }
+            }
+            if self.rules[..i].iter().any(|earlier| earlier.cluster == rule.cluster) {
+                return invalid(&field("match"), "a cluster matched by no earlier rule");
+            }
+        }
+        for (field, value) in [
+            ("tagging.request_header", &self.tagging.request_header),
+            ("tagging.response_header", &self.tagging.response_header),
+        ] {
+            if !value.is_empty() && !is_header_name(value) {
+                return invalid(field, "a lower-case HTTP header name, or \"\" to turn tagging off");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"{
+        "exporter": {"cluster": "plover_exporter", "token": "secret"},
+        "rules": [
+            {"match": {"exact": "stable"}, "namespace": "demo", "service": "app", "role": "stable", "revision": "v1"},
+            {"match": {"istio_subset": {"host": "app.demo.svc.cluster.local", "subset": "canary"}},
+             "namespace": "demo", "service": "app", "role": "canary", "revision": "v2"}
+        ]
+    }"#;
+
+    fn error_field(json: &str) -> String {
+        match FilterConfig::from_json(json.as_bytes()) {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = FilterConfig::from_json(MINIMAL.as_bytes()).unwrap();
+        assert_eq!(c.flush_interval_ms, 1000);
+        assert_eq!(c.exporter.path, "/v1/batches");
+        assert_eq!(c.sources, vec![RevisionSource::Cluster]);
+        assert_eq!(c.buffer.max_batches, 120);
+        assert_eq!(c.tagging.response_header, "x-plover-revision");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert_eq!(error_field(&MINIMAL.replace("\"secret\"", "\"\"")), "exporter.token");
+        assert_eq!(
+            error_field(&MINIMAL.replace("\"cluster\": \"plover_exporter\"", "\"cluster\": \"e\", \"timeout_ms\": 0")),
+            "exporter.timeout_ms"
+        );
+        assert_eq!(error_field(&MINIMAL.replace("\"revision\": \"v2\"", "\"revision\": \"\"")), "rules[1].revision");
+        let header_source = MINIMAL.replacen('{', "{\"sources\": [\"response_header\"],", 1);
+        assert_eq!(error_field(&header_source), "response_header");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_json_are_reported() {
+        let err = FilterConfig::from_json(br#"{"exporter": {"cluster": "x", "token": "t", "tokn": 1}}"#).unwrap_err();
+        assert!(err.to_string().contains("tokn"), "{err}");
+        assert!(FilterConfig::from_json(b"not json").is_err());
+        assert!(FilterConfig::from_json(b"").is_err());
+    }
+
+    #[test]
+    fn istio_cluster_names_are_matched() {
+        let subset = ClusterMatch::IstioSubset { host: "app.demo.svc.cluster.local".into(), subset: "canary".into() };
+        assert!(subset.matches("outbound|80|canary|app.demo.svc.cluster.local"));
+        assert!(subset.matches("outbound|8080|canary|app.demo.svc.cluster.local"));
+        assert!(!subset.matches("outbound|80|stable|app.demo.svc.cluster.local"));
+        let host = ClusterMatch::IstioHost("app-canary.demo.svc.cluster.local".into());
+        assert!(host.matches("outbound|80||app-canary.demo.svc.cluster.local"));
+        assert!(!host.matches("outbound|80|v1|app-canary.demo.svc.cluster.local"));
+        assert!(!host.matches("app-canary.demo.svc.cluster.local"));
+        let parsed = parse_istio_cluster("outbound|80||app.demo.svc.cluster.local").unwrap();
+        assert_eq!(parsed.service_and_namespace(), Some(("app", "demo")));
+        assert_eq!(parse_istio_cluster("outbound|x||a"), None);
+    }
+}
