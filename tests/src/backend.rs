@@ -1,0 +1,97 @@
+//! A loopback backend standing in for one revision of an application: it answers with its
+//! revision id (body and `x-app-revision` header) after a configured delay, and fails an exact
+//! configured share of requests. It counts what it served, which is the ground truth the
+//! filter's and exporter's figures are checked against.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::http::{respond, serve};
+
+/// How the backend behaves; can be changed while it runs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Behaviour {
+    pub delay: Duration,
+    /// Share of requests answered with `error_status`, spread evenly (exactly ⌊n·share⌋ of
+    /// the first n requests).
+    pub error_share: f64,
+    pub error_status: u16,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour { delay: Duration::ZERO, error_share: 0.0, error_status: 500 }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    behaviour: Behaviour,
+    served: u64,
+    by_status: BTreeMap<u16, u64>,
+}
+
+/// A running backend. Stops when dropped.
+pub struct Backend {
+    pub revision: String,
+    pub port: u16,
+    state: Arc<Mutex<State>>,
+    _stop: watch::Sender<bool>,
+}
+
+impl Backend {
+    /// Starts a backend for `revision` on a free loopback port.
+    pub async fn start(revision: &str, behaviour: Behaviour) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let port = listener.local_addr().expect("backend address").port();
+        let state = Arc::new(Mutex::new(State { behaviour, ..State::default() }));
+        let (stop, stopped) = watch::channel(false);
+        let revision_owned = revision.to_owned();
+        let handler_state = state.clone();
+        tokio::spawn(serve(
+            listener,
+            move |_req| {
+                let state = handler_state.clone();
+                let revision = revision_owned.clone();
+                async move {
+                    let (delay, status) = {
+                        let mut s = state.lock().expect("backend state");
+                        let n = s.served;
+                        s.served += 1;
+                        let share = s.behaviour.error_share;
+                        let fails = ((n + 1) as f64 * share).floor() > (n as f64 * share).floor();
+                        let status = if fails { s.behaviour.error_status } else { 200 };
+                        *s.by_status.entry(status).or_default() += 1;
+                        (s.behaviour.delay, status)
+                    };
+                    if !delay.is_zero() {
+                        // A thread sleep overshoots by tens of µs; tokio's timer rounds up to
+                        // the next millisecond, which would blur latency assertions.
+                        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(delay)).await;
+                    }
+                    respond(status, revision.clone(), &[("x-app-revision", &revision), ("content-type", "text/plain")])
+                }
+            },
+            stopped,
+        ));
+        Backend { revision: revision.to_owned(), port, state, _stop: stop }
+    }
+
+    pub fn set_behaviour(&self, behaviour: Behaviour) {
+        self.state.lock().expect("backend state").behaviour = behaviour;
+    }
+
+    /// Requests served so far.
+    pub fn served(&self) -> u64 {
+        self.state.lock().expect("backend state").served
+    }
+
+    /// Requests served so far, by status code.
+    pub fn served_by_status(&self) -> BTreeMap<u16, u64> {
+        self.state.lock().expect("backend state").by_status.clone()
+    }
+}

@@ -1,0 +1,147 @@
+//! Small HTTP/1.1 pieces the harness shares: a server loop for loopback stand-ins and a
+//! client that drives load through Envoy and tallies what came back.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub type Body = Full<Bytes>;
+
+/// Serves HTTP/1.1 on `listener` with `handler` until `stop` turns true; then stops accepting
+/// and closes open connections.
+pub async fn serve<H, F>(listener: TcpListener, handler: H, mut stop: watch::Receiver<bool>)
+where
+    H: Fn(Request<Bytes>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+            _ = stop.changed() => return,
+        };
+        let handler = handler.clone();
+        let mut conn_stop = stop.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let handler = handler.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                    Ok::<_, Infallible>(handler(Request::from_parts(parts, body)).await)
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = conn => {}
+                _ = conn_stop.changed() => {}
+            }
+        });
+    }
+}
+
+/// A response with `status`, `body` and extra headers.
+pub fn respond(status: u16, body: impl Into<Bytes>, headers: &[(&str, &str)]) -> Response<Body> {
+    let mut builder = Response::builder().status(status);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(Full::new(body.into())).expect("valid test response")
+}
+
+/// What a load run got back.
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    pub sent: u64,
+    /// Responses by status code; transport errors under code 0.
+    pub by_status: BTreeMap<u16, u64>,
+    /// Responses by the value of the tag header (empty string when absent).
+    pub by_tag: BTreeMap<String, u64>,
+    /// Responses whose tag header disagreed with the body (the revision that served).
+    pub mismatched_tags: u64,
+}
+
+impl LoadReport {
+    pub fn failures(&self) -> u64 {
+        self.by_status.get(&0).copied().unwrap_or(0)
+    }
+}
+
+type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
+
+pub fn client() -> Client {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build_http()
+}
+
+/// One GET; returns status, the value of `tag_header` and the body. Transport errors → status 0.
+pub async fn get(client: &Client, url: &str, tag_header: &str) -> (u16, String, String) {
+    let req = Request::get(url).body(Body::default()).expect("valid request");
+    match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
+        Ok(Ok(resp)) => {
+            let status = resp.status().as_u16();
+            let tag = resp
+                .headers()
+                .get(tag_header)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let body = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+            (status, tag, String::from_utf8_lossy(&body).into_owned())
+        }
+        _ => (0, String::new(), String::new()),
+    }
+}
+
+/// Sends `total` GETs to `url` over `concurrency` parallel connections and tallies them.
+/// A tag matches when it ends with `/<body>` (backends answer with their revision id).
+pub async fn load(url: &str, total: u64, concurrency: u64, tag_header: &str) -> LoadReport {
+    let client = client();
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (client, next, url, tag_header) = (client.clone(), next.clone(), url.to_owned(), tag_header.to_owned());
+        workers.push(tokio::spawn(async move {
+            let mut report = LoadReport::default();
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
+                let (status, tag, body) = get(&client, &url, &tag_header).await;
+                report.sent += 1;
+                *report.by_status.entry(status).or_default() += 1;
+                if status != 0 {
+                    if !tag.is_empty() && !tag.ends_with(&format!("/{body}")) {
+                        report.mismatched_tags += 1;
+                    }
+                    *report.by_tag.entry(tag).or_default() += 1;
+                }
+            }
+            report
+        }));
+    }
+    let mut total_report = LoadReport::default();
+    for w in workers {
+        let r = w.await.expect("load worker");
+        total_report.sent += r.sent;
+        total_report.mismatched_tags += r.mismatched_tags;
+        for (k, v) in r.by_status {
+            *total_report.by_status.entry(k).or_default() += v;
+        }
+        for (k, v) in r.by_tag {
+            *total_report.by_tag.entry(k).or_default() += v;
+        }
+    }
+    total_report
+}

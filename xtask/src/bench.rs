@@ -1,0 +1,28 @@
+//! Benchmarks that print ratios measured side by side in one run. The measuring programs live
+//! beside the harness they use; this module builds what they need and starts them.
+
+use std::process::Command;
+
+use crate::{cargo_bin, install, run, wasm};
+
+/// `bench filter`: Envoy with no filter, with an empty proxy-wasm filter and with Plover's,
+/// measured alternately on one backend.
+pub fn filter(extra: &[&str]) -> Result<(), String> {
+    install::test_tools()?;
+    let plover = wasm::build()?;
+    let empty = wasm::build_package("plover-empty-filter", "plover_empty_filter")?;
+    let envoy = install::envoy_binary()?;
+    run(Command::new(cargo_bin())
+        .args(["run", "--release", "--quiet", "--package", "plover-e2e", "--bin", "plover-bench-filter", "--"])
+        .args(extra)
+        .env("PLOVER_FILTER_WASM", &plover)
+        .env("PLOVER_EMPTY_FILTER_WASM", &empty)
+        .env("PLOVER_ENVOY", &envoy))
+}
+
+/// `bench exporter`: in-process ingest and exposition figures.
+pub fn exporter(extra: &[&str]) -> Result<(), String> {
+    run(Command::new(cargo_bin())
+        .args(["run", "--release", "--quiet", "--package", "plover-exporter", "--bin", "plover-exporter-bench", "--"])
+        .args(extra))
+}

