@@ -1,0 +1,1 @@
+//! `plover analyze` (in progress).
