@@ -1,1 +1,3 @@
-//! plover-exporter (placeholder until its issue lands).
+//! plover-exporter (in progress)
+pub mod store;
+pub mod window;

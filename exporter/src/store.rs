@@ -1,0 +1,630 @@
+//! Everything the exporter knows, and the only place that changes it: the series map, the
+//! per-revision windows, exactly-once bookkeeping, the cardinality guard and expiry.
+//!
+//! The store is plain data with no I/O, no clock and no locks: every call that depends on
+//! time takes `now_ms` (Unix milliseconds), so tests drive it directly. The HTTP layer wraps it
+//! in one mutex and calls [`Store::tick`] every second.
+//!
+//! Data is nested the way it is labelled:
+//!
+//! ```text
+//! namespace → service → revision → role ─┬─ window (per second: counts by class + histogram)
+//!                                        └─ route ─┬─ outcome (class, code, grpc, failure) → totals
+//!                                                  └─ class → duration buckets
+//! ```
+//!
+//! An *outcome* under a route is one series of the wire format (one [`SeriesKey`]); it is
+//! what `--max-series` counts. The window is kept per revision and role rather than per series
+//! because every windowed answer (`/v1/stats`, the window gauges) is per revision: keeping it
+//! per series would multiply the dominant memory cost by the number of routes and codes for
+//! nothing.
+
+use hashbrown::HashMap;
+use plover_wire::histogram::{highest_value_at, index_of, lowest_value_at, COUNTS_LEN};
+use plover_wire::{Batch, Histogram, Role, SeriesDelta, SeriesKey, StatusClass, UpstreamFailure};
+
+use crate::window::{class_index, Accumulator, Summary, Window, CLASSES};
+
+/// Why a decoded batch was refused as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Sequences start at 1; 0 would be indistinguishable from "nothing seen yet".
+    #[error("sequence must be at least 1")]
+    ZeroSequence,
+}
+
+/// What [`Store::apply`] did with a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Merged; `series_rejected` series were refused by the cardinality guard.
+    Merged { series: usize, series_rejected: usize },
+    /// Already applied (a retransmit): acknowledged and ignored.
+    Duplicate,
+}
+
+/// Settings the store needs, validated by [`crate::config`].
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Most series (outcomes) kept; new ones beyond are refused.
+    pub max_series: usize,
+    /// Series, and sequence records, not updated for this long are dropped.
+    pub series_ttl_ms: u64,
+    /// Seconds of per-second data kept: the longest window that can be asked for.
+    pub window_seconds: u64,
+    /// Most payload bytes one revision's window may hold before old seconds are merged.
+    pub window_budget_bytes: usize,
+    /// Upper bounds of the exposition histogram.
+    pub buckets: DurationBuckets,
+}
+
+/// Counters about the store itself, exposed as the exporter's own metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreCounters {
+    pub series_rejected: u64,
+    pub series_expired: u64,
+    pub dropped_requests: u64,
+    /// Merges of old window seconds forced by the memory budget.
+    pub window_merges: u64,
+}
+
+/// The exporter's state. See the module docs.
+#[derive(Debug)]
+pub struct Store {
+    config: StoreConfig,
+    namespaces: HashMap<String, HashMap<String, Service>>,
+    /// gateway → instance → which sequences were applied.
+    senders: HashMap<String, HashMap<String, SequenceRecord>>,
+    series: usize,
+    counters: StoreCounters,
+}
+
+/// One service: its revisions, each possibly seen under several roles.
+#[derive(Debug, Default)]
+pub struct Service {
+    revisions: HashMap<String, [Option<Box<Revision>>; 3]>,
+}
+
+/// One revision in one role.
+#[derive(Debug, Default)]
+pub struct Revision {
+    pub window: Window,
+    pub routes: HashMap<String, Route>,
+}
+
+/// One route of a revision.
+#[derive(Debug, Default)]
+pub struct Route {
+    pub outcomes: HashMap<Outcome, Totals>,
+    /// Cumulative duration buckets by status class (indexed like `StatusClass::ALL`).
+    pub durations: [Option<Box<Durations>>; CLASSES],
+}
+
+/// The part of a series key below the route: how the requests ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Outcome {
+    pub status_class: StatusClass,
+    pub code: u16,
+    pub grpc_status: Option<u8>,
+    pub upstream_failure: UpstreamFailure,
+}
+
+/// Cumulative counters of one series.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub requests: u64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    last_seen_ms: u64,
+}
+
+/// Cumulative duration histogram of one (route, status class), in the exposition buckets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Durations {
+    /// Count per bucket (not cumulative), the last one being `+Inf`.
+    pub buckets: Box<[u64]>,
+    pub count: u64,
+    /// Sum of durations in seconds, from HDR bin midpoints (within 0.4% of the true sum).
+    pub sum_seconds: f64,
+    last_seen_ms: u64,
+}
+
+/// The exposition histogram's bucket bounds, with a lookup from HDR index to bucket.
+#[derive(Debug, Clone)]
+pub struct DurationBuckets {
+    bounds: Vec<f64>,
+    /// Bucket of each HDR index: the first whose bound's index is at or above it, matching
+    /// [`Histogram::count_at_or_below`].
+    bucket_of: Box<[u8]>,
+    /// Midpoint of each HDR index in seconds.
+    midpoint: Box<[f64]>,
+}
+
+impl DurationBuckets {
+    /// Most bounds accepted (the lookup stores bucket numbers in a byte).
+    pub const MAX_BOUNDS: usize = 200;
+
+    /// `bounds` in seconds, ascending, positive and finite (checked by the config).
+    pub fn new(bounds: Vec<f64>) -> Self {
+        let limits: Vec<u16> = bounds.iter().map(|&b| index_of((b * 1e6).round() as u64)).collect();
+        let bucket_of = (0..COUNTS_LEN as u16)
+            .map(|i| limits.iter().position(|&l| i <= l).unwrap_or(limits.len()) as u8)
+            .collect();
+        let midpoint = (0..COUNTS_LEN as u16)
+            .map(|i| (lowest_value_at(i) + highest_value_at(i)) as f64 / 2.0 / 1e6)
+            .collect();
+        DurationBuckets { bounds, bucket_of, midpoint }
+    }
+
+    pub fn bounds(&self) -> &[f64] {
+        &self.bounds
+    }
+}
+
+impl Durations {
+    fn new(buckets: &DurationBuckets) -> Self {
+        Durations { buckets: vec![0; buckets.bounds.len() + 1].into(), count: 0, sum_seconds: 0.0, last_seen_ms: 0 }
+    }
+
+    fn record(&mut self, histogram: &Histogram, buckets: &DurationBuckets) {
+        for &(index, count) in histogram.bins() {
+            let b = &mut self.buckets[usize::from(buckets.bucket_of[usize::from(index)])];
+            *b = b.saturating_add(count);
+            self.sum_seconds += buckets.midpoint[usize::from(index)] * count as f64;
+        }
+        self.count = self.count.saturating_add(histogram.count());
+    }
+}
+
+/// Which sequences of one filter VM were applied: the highest, and a bitmap of the 128 below
+/// it. The filter sends in order with one batch in flight, so anything older than that is a
+/// stale retransmit; it is acknowledged and ignored (never applied twice).
+#[derive(Debug, Clone, Copy, Default)]
+struct SequenceRecord {
+    highest: u64,
+    /// Bit `i` set: sequence `highest - 1 - i` was applied.
+    below: u128,
+    last_seen_ms: u64,
+}
+
+impl SequenceRecord {
+    /// Marks `sequence` as applied; false if it already was (or is too old to tell).
+    fn mark(&mut self, sequence: u64) -> bool {
+        if sequence > self.highest {
+            let shift = sequence - self.highest;
+            let moved = self.below.checked_shl(shift as u32).filter(|_| shift < 128).unwrap_or(0);
+            let old_highest = 1u128.checked_shl((shift - 1) as u32).filter(|_| shift <= 128).unwrap_or(0);
+            self.below = moved | if self.highest > 0 { old_highest } else { 0 };
+            self.highest = sequence;
+            return true;
+        }
+        let distance = self.highest - sequence;
+        if distance == 0 || distance > 128 {
+            return false;
+        }
+        let bit = 1u128 << (distance - 1);
+        if self.below & bit != 0 {
+            return false;
+        }
+        self.below |= bit;
+        true
+    }
+}
+
+impl Store {
+    pub fn new(config: StoreConfig) -> Self {
+        Store { config, namespaces: HashMap::new(), senders: HashMap::new(), series: 0, counters: StoreCounters::default() }
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Number of series (outcomes) held.
+    pub fn series(&self) -> usize {
+        self.series
+    }
+
+    pub fn counters(&self) -> StoreCounters {
+        self.counters
+    }
+
+    /// Applies a decoded batch exactly once. The batch was fully validated by decoding (and the
+    /// check below) before anything is changed, so a bad batch never leaves partial data.
+    pub fn apply(&mut self, batch: Batch, now_ms: u64) -> Result<Applied, StoreError> {
+        if batch.sequence == 0 {
+            return Err(StoreError::ZeroSequence);
+        }
+        let record = self.senders.entry(batch.gateway).or_default().entry(batch.instance).or_default();
+        record.last_seen_ms = now_ms;
+        if !record.mark(batch.sequence) {
+            return Ok(Applied::Duplicate);
+        }
+        self.counters.dropped_requests = self.counters.dropped_requests.saturating_add(batch.dropped_requests);
+        let second = self.slot_second(batch.end_unix_ms, now_ms);
+        let mut series = 0;
+        let mut series_rejected = 0;
+        for (key, delta) in batch.series {
+            if self.apply_series(key, delta, second, now_ms) {
+                series += 1;
+            } else {
+                series_rejected += 1;
+            }
+        }
+        self.counters.series_rejected += series_rejected as u64;
+        Ok(Applied::Merged { series, series_rejected })
+    }
+
+    /// The second a batch ending at `end_ms` belongs to: the one containing its last
+    /// millisecond, clamped into the retained window (a gateway whose clock is ahead lands in
+    /// the current second; data older than the window lands in its oldest second).
+    pub fn slot_second(&self, end_ms: u64, now_ms: u64) -> u64 {
+        let now_s = now_ms / 1000;
+        let second = end_ms.saturating_sub(1) / 1000;
+        second.clamp(now_s.saturating_sub(self.config.window_seconds), now_s)
+    }
+
+    /// Merges one series; false when the cardinality guard refused it.
+    fn apply_series(&mut self, key: SeriesKey, delta: SeriesDelta, second: u64, now_ms: u64) -> bool {
+        let SeriesKey { namespace, service, route, revision, role, status_class, code, grpc_status, upstream_failure } =
+            key;
+        let outcome = Outcome { status_class, code, grpc_status, upstream_failure };
+        if self.series >= self.config.max_series && !self.contains(&namespace, &service, &revision, role, &route, &outcome)
+        {
+            return false;
+        }
+        let roles = self.namespaces.entry(namespace).or_default().entry(service).or_default().revisions.entry(revision).or_default();
+        let rev = roles[role as usize].get_or_insert_with(Default::default);
+        rev.window.record(second, status_class, delta.requests, &delta.duration);
+        let route = rev.routes.entry(route).or_default();
+        let totals = route.outcomes.entry(outcome).or_insert_with(|| {
+            self.series += 1;
+            Totals::default()
+        });
+        totals.requests = totals.requests.saturating_add(delta.requests);
+        totals.request_bytes = totals.request_bytes.saturating_add(delta.request_bytes);
+        totals.response_bytes = totals.response_bytes.saturating_add(delta.response_bytes);
+        totals.last_seen_ms = now_ms;
+        if !delta.duration.is_empty() {
+            let durations =
+                route.durations[class_index(status_class)].get_or_insert_with(|| Box::new(Durations::new(&self.config.buckets)));
+            durations.record(&delta.duration, &self.config.buckets);
+            durations.last_seen_ms = now_ms;
+        }
+        true
+    }
+
+    fn contains(&self, namespace: &str, service: &str, revision: &str, role: Role, route: &str, outcome: &Outcome) -> bool {
+        self.revision(namespace, service, revision, role)
+            .and_then(|rev| rev.routes.get(route))
+            .is_some_and(|r| r.outcomes.contains_key(outcome))
+    }
+
+    fn revision(&self, namespace: &str, service: &str, revision: &str, role: Role) -> Option<&Revision> {
+        self.namespaces.get(namespace)?.get(service)?.revisions.get(revision)?[role as usize].as_deref()
+    }
+
+    /// Housekeeping, once a second: packs complete seconds, drops seconds older than the window,
+    /// enforces the window budget, and expires series and sequence records older than the TTL.
+    pub fn tick(&mut self, now_ms: u64) {
+        let now_s = now_ms / 1000;
+        let oldest = now_s.saturating_sub(self.config.window_seconds);
+        let cutoff = now_ms.saturating_sub(self.config.series_ttl_ms);
+        let mut expired = 0usize;
+        let mut merges = 0;
+        for services in self.namespaces.values_mut() {
+            for service in services.values_mut() {
+                for roles in service.revisions.values_mut() {
+                    for slot in roles.iter_mut() {
+                        let Some(rev) = slot else { continue };
+                        rev.window.expire_before(oldest);
+                        // Batches for a second arrive during the next one; seal after that.
+                        rev.window.seal_before(now_s.saturating_sub(1));
+                        merges += rev.window.enforce_budget(self.config.window_budget_bytes, now_s);
+                        rev.routes.retain(|_, route| {
+                            let before = route.outcomes.len();
+                            route.outcomes.retain(|_, t| t.last_seen_ms >= cutoff);
+                            expired += before - route.outcomes.len();
+                            for d in route.durations.iter_mut() {
+                                if d.as_ref().is_some_and(|d| d.last_seen_ms < cutoff) {
+                                    *d = None;
+                                }
+                            }
+                            !route.outcomes.is_empty()
+                        });
+                        if rev.routes.is_empty() {
+                            *slot = None;
+                        }
+                    }
+                }
+                service.revisions.retain(|_, roles| roles.iter().any(Option::is_some));
+            }
+            services.retain(|_, s| !s.revisions.is_empty());
+        }
+        self.namespaces.retain(|_, s| !s.is_empty());
+        for instances in self.senders.values_mut() {
+            instances.retain(|_, r| r.last_seen_ms >= cutoff);
+        }
+        self.senders.retain(|_, i| !i.is_empty());
+        self.series -= expired;
+        self.counters.series_expired += expired as u64;
+        self.counters.window_merges += merges;
+    }
+
+    /// Every service, as (namespace, service, data).
+    pub fn services(&self) -> impl Iterator<Item = (&str, &str, &Service)> {
+        self.namespaces
+            .iter()
+            .flat_map(|(ns, services)| services.iter().map(move |(name, s)| (ns.as_str(), name.as_str(), s)))
+    }
+
+    /// One service, if anything was seen for it.
+    pub fn service(&self, namespace: &str, service: &str) -> Option<&Service> {
+        self.namespaces.get(namespace)?.get(service)
+    }
+
+    /// Sequence records held (one per live filter VM).
+    pub fn senders(&self) -> usize {
+        self.senders.values().map(HashMap::len).sum()
+    }
+
+    /// Heap bytes held by all windows (an estimate that leaves out map overheads).
+    pub fn window_heap_bytes(&self) -> usize {
+        self.services().flat_map(|(_, _, s)| s.revisions()).map(|(_, _, r)| r.window.heap_bytes()).sum()
+    }
+}
+
+impl Service {
+    /// Every (revision, role) of the service, sorted by role then revision.
+    pub fn revisions(&self) -> impl Iterator<Item = (&str, Role, &Revision)> {
+        let mut all: Vec<_> = self
+            .revisions
+            .iter()
+            .flat_map(|(name, roles)| {
+                Role::ALL.into_iter().zip(roles).filter_map(move |(role, r)| Some((name.as_str(), role, r.as_deref()?)))
+            })
+            .collect();
+        all.sort_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
+        all.into_iter()
+    }
+
+    /// Windowed answers for every revision: `windows` are lengths in seconds (ascending),
+    /// all ending at second `newest`.
+    pub fn windows(&self, newest: u64, windows: &[u64], acc: &mut Accumulator) -> Vec<RevisionWindows<'_>> {
+        self.revisions()
+            .map(|(revision, role, rev)| {
+                let mut summaries = vec![Summary::default(); windows.len()];
+                rev.window.fold_windows(newest, windows, acc, |i, a| summaries[i] = a.summary(newest, windows[i]));
+                RevisionWindows { revision, role, summaries }
+            })
+            .collect()
+    }
+}
+
+/// One revision's answers for a list of windows.
+#[derive(Debug, Clone)]
+pub struct RevisionWindows<'a> {
+    pub revision: &'a str,
+    pub role: Role,
+    pub summaries: Vec<Summary>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn config() -> StoreConfig {
+        StoreConfig {
+            max_series: 1000,
+            series_ttl_ms: 600_000,
+            window_seconds: 600,
+            window_budget_bytes: 224 * 1024,
+            buckets: DurationBuckets::new(vec![0.001, 0.01, 0.1, 1.0]),
+        }
+    }
+
+    fn key(revision: &str, role: Role, code: u16) -> SeriesKey {
+        SeriesKey {
+            namespace: "demo".into(),
+            service: "app".into(),
+            route: "r".into(),
+            revision: revision.into(),
+            role,
+            status_class: StatusClass::of_code(code),
+            code,
+            grpc_status: None,
+            upstream_failure: UpstreamFailure::None,
+        }
+    }
+
+    fn delta(durations_us: &[u64]) -> SeriesDelta {
+        let mut d = SeriesDelta { requests: durations_us.len() as u64, request_bytes: 10, response_bytes: 20, ..Default::default() };
+        durations_us.iter().for_each(|&v| d.duration.record(v));
+        d
+    }
+
+    fn batch(instance: &str, sequence: u64, end_ms: u64, series: Vec<(SeriesKey, SeriesDelta)>) -> Batch {
+        Batch {
+            gateway: "gw".into(),
+            instance: instance.into(),
+            sequence,
+            start_unix_ms: end_ms - 1000,
+            end_unix_ms: end_ms,
+            dropped_requests: 0,
+            series,
+        }
+    }
+
+    fn totals(store: &Store, revision: &str, role: Role, code: u16) -> Option<Totals> {
+        let rev = store.revision("demo", "app", revision, role)?;
+        let k = key(revision, role, code);
+        let o = Outcome { status_class: k.status_class, code, grpc_status: None, upstream_failure: UpstreamFailure::None };
+        rev.routes.get("r")?.outcomes.get(&o).copied()
+    }
+
+    fn window(store: &Store, now_ms: u64, seconds: u64) -> Vec<(String, Summary)> {
+        let newest = now_ms / 1000 - 1;
+        let mut acc = Accumulator::default();
+        store
+            .service("demo", "app")
+            .map(|s| s.windows(newest, &[seconds], &mut acc))
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| (r.revision.to_owned(), r.summaries[0].clone()))
+            .collect()
+    }
+
+    #[test]
+    fn duplicates_and_out_of_order_batches_are_applied_exactly_once() {
+        let mut store = Store::new(config());
+        let b = |seq: u64| batch("vm-1", seq, T0 + seq * 1000, vec![(key("v1", Role::Stable, 200), delta(&[1000; 3]))]);
+        let now = T0 + 20_000;
+        // 1, 3, 2 (out of order), then retransmits of each, then 5 before 4.
+        for seq in [1, 3, 2, 3, 1, 2, 5, 4, 5] {
+            store.apply(b(seq), now).unwrap();
+        }
+        assert_eq!(totals(&store, "v1", Role::Stable, 200).unwrap().requests, 15);
+        assert_eq!(store.apply(b(4), now), Ok(Applied::Duplicate));
+        assert!(matches!(store.apply(b(6), now), Ok(Applied::Merged { series: 1, series_rejected: 0 })));
+        // Same sequence from another VM is another batch.
+        store.apply(batch("vm-2", 1, T0 + 1000, vec![(key("v1", Role::Stable, 200), delta(&[1000]))]), now).unwrap();
+        assert_eq!(totals(&store, "v1", Role::Stable, 200).unwrap().requests, 19);
+        // The window saw each batch once too.
+        assert_eq!(window(&store, now, 600)[0].1.requests(), 19);
+        assert_eq!(store.apply(b(0), now), Err(StoreError::ZeroSequence));
+    }
+
+    #[test]
+    fn sequence_records_remember_128_back() {
+        let mut r = SequenceRecord::default();
+        assert!(r.mark(1000));
+        assert!(r.mark(1000 - 128));
+        assert!(!r.mark(1000 - 128));
+        assert!(!r.mark(1000 - 129), "too old to tell: treated as already applied");
+        assert!(r.mark(1128));
+        assert!(!r.mark(1000), "the old highest is remembered after a shift of exactly 128");
+        assert!(r.mark(5000));
+        assert!(r.mark(4999));
+        assert!(!r.mark(5000));
+    }
+
+    #[test]
+    fn batches_land_in_the_second_of_their_end_and_are_clamped() {
+        let store = Store::new(config());
+        let now = T0 + 500_500;
+        assert_eq!(store.slot_second(T0 + 1000, now), T0 / 1000);
+        assert_eq!(store.slot_second(T0 + 1001, now), T0 / 1000 + 1);
+        assert_eq!(store.slot_second(now + 60_000, now), now / 1000, "clock ahead → now");
+        assert_eq!(store.slot_second(T0 - 3_600_000, now), now / 1000 - 600, "too old → oldest second");
+    }
+
+    #[test]
+    fn a_sample_exactly_at_the_window_boundary() {
+        let mut store = Store::new(config());
+        let now = T0 + 100_000; // newest complete second = T0/1000 + 99
+        let newest = now / 1000 - 1;
+        // A 30 s window covers seconds newest-29 ..= newest, i.e. batches ending in
+        // (as_of - 30 s, as_of] where as_of = (newest + 1) * 1000.
+        let as_of = (newest + 1) * 1000;
+        let inside = batch("a", 1, as_of - 30_000 + 1, vec![(key("v1", Role::Stable, 200), delta(&[10]))]);
+        let outside = batch("b", 1, as_of - 30_000, vec![(key("v1", Role::Stable, 200), delta(&[10, 10]))]);
+        let at_end = batch("c", 1, as_of, vec![(key("v1", Role::Stable, 200), delta(&[10, 10, 10, 10]))]);
+        let in_progress = batch("d", 1, as_of + 1, vec![(key("v1", Role::Stable, 200), delta(&[10; 8]))]);
+        for b in [inside, outside, at_end, in_progress] {
+            store.apply(b, now).unwrap();
+        }
+        assert_eq!(window(&store, now, 30)[0].1.requests(), 1 + 4);
+        assert_eq!(window(&store, now, 31)[0].1.requests(), 1 + 2 + 4);
+        // The cumulative counter has everything, including the second still in progress.
+        assert_eq!(totals(&store, "v1", Role::Stable, 200).unwrap().requests, 15);
+        // A second later, the in-progress second is complete and the oldest one left.
+        assert_eq!(window(&store, now + 1000, 30)[0].1.requests(), 4 + 8);
+    }
+
+    #[test]
+    fn quantiles_match_known_data() {
+        let mut store = Store::new(config());
+        let now = T0 + 10_000;
+        // 1..=1000 ms, spread over several batches, series and seconds.
+        let values: Vec<u64> = (1..=1000u64).map(|ms| ms * 1000).collect();
+        for (i, chunk) in values.chunks(100).enumerate() {
+            let code = if i % 2 == 0 { 200 } else { 503 };
+            let end = T0 + 1000 + (i as u64 % 5) * 1000;
+            store.apply(batch("vm", i as u64 + 1, end, vec![(key("v1", Role::Stable, code), delta(chunk))]), now).unwrap();
+        }
+        let s = &window(&store, now, 60)[0].1;
+        assert_eq!(s.requests(), 1000);
+        assert_eq!(s.errors(), 500);
+        for (q, exact) in [(0.5, 500_000.0), (0.9, 900_000.0), (0.99, 990_000.0), (0.999, 999_000.0), (1.0, 1_000_000.0)] {
+            let got = s.histogram.value_at_quantile(q).unwrap() as f64;
+            assert!((got - exact).abs() / exact <= 0.01, "q={q}: {got} vs {exact}");
+        }
+    }
+
+    #[test]
+    fn the_cardinality_guard_refuses_new_series_but_keeps_existing_ones() {
+        let mut store = Store::new(StoreConfig { max_series: 2, ..config() });
+        let now = T0 + 10_000;
+        let b = |seq, codes: &[u16]| batch("vm", seq, T0 + 5000, codes.iter().map(|&c| (key("v1", Role::Stable, c), delta(&[100]))).collect());
+        assert_eq!(store.apply(b(1, &[200, 404]), now), Ok(Applied::Merged { series: 2, series_rejected: 0 }));
+        assert_eq!(store.apply(b(2, &[200, 404, 500]), now), Ok(Applied::Merged { series: 2, series_rejected: 1 }));
+        assert_eq!(store.series(), 2);
+        assert_eq!(store.counters().series_rejected, 1);
+        assert_eq!(totals(&store, "v1", Role::Stable, 200).unwrap().requests, 2);
+        assert!(totals(&store, "v1", Role::Stable, 500).is_none());
+        // Refused data is not in the window either: stats and counters agree.
+        assert_eq!(window(&store, now, 60)[0].1.requests(), 4);
+    }
+
+    #[test]
+    fn idle_series_and_dead_instances_expire_after_the_ttl() {
+        let mut store = Store::new(StoreConfig { series_ttl_ms: 600_000, ..config() });
+        store.apply(batch("old", 1, T0, vec![(key("v1", Role::Stable, 200), delta(&[100]))]), T0).unwrap();
+        store.apply(batch("new", 1, T0 + 300_000, vec![(key("v2", Role::Canary, 200), delta(&[100]))]), T0 + 300_000).unwrap();
+        store.tick(T0 + 600_000);
+        assert_eq!(store.series(), 2);
+        store.tick(T0 + 600_001);
+        assert_eq!(store.series(), 1);
+        assert!(totals(&store, "v1", Role::Stable, 200).is_none());
+        assert_eq!(store.senders(), 1);
+        assert_eq!(store.counters().series_expired, 1);
+        // After expiry the same sequence from the dead instance would be new again.
+        store.tick(T0 + 900_001);
+        assert_eq!((store.series(), store.senders()), (0, 0));
+        assert!(store.service("demo", "app").is_none());
+    }
+
+    #[test]
+    fn window_seconds_older_than_the_retention_are_dropped() {
+        let mut store = Store::new(StoreConfig { window_seconds: 60, series_ttl_ms: 3_600_000, ..config() });
+        store.apply(batch("vm", 1, T0 + 1000, vec![(key("v1", Role::Stable, 200), delta(&[100]))]), T0 + 2000).unwrap();
+        store.tick(T0 + 30_000);
+        assert_eq!(window(&store, T0 + 30_000, 60)[0].1.requests(), 1);
+        store.tick(T0 + 61_999);
+        assert_eq!(window(&store, T0 + 61_999, 60)[0].1.requests(), 0, "outside the window");
+        store.tick(T0 + 62_000);
+        let rev = store.revision("demo", "app", "v1", Role::Stable).unwrap();
+        assert!(rev.window.is_empty());
+        assert_eq!(totals(&store, "v1", Role::Stable, 200).unwrap().requests, 1, "counters stay");
+    }
+
+    #[test]
+    fn duration_buckets_match_count_at_or_below() {
+        let buckets = DurationBuckets::new(vec![0.001, 0.01, 0.1, 1.0]);
+        let mut h = Histogram::new();
+        for v in [5, 999, 1000, 1001, 9_999, 10_000, 50_000, 100_000, 2_000_000] {
+            h.record(v);
+        }
+        let mut d = Durations::new(&buckets);
+        d.record(&h, &buckets);
+        let mut cumulative = 0;
+        for (i, &bound) in buckets.bounds().iter().enumerate() {
+            cumulative += d.buckets[i];
+            assert_eq!(cumulative, h.count_at_or_below((bound * 1e6) as u64), "le={bound}");
+        }
+        assert_eq!(d.buckets.iter().sum::<u64>(), 9);
+        let exact_sum = (5 + 999 + 1000 + 1001 + 9_999 + 10_000 + 50_000 + 100_000 + 2_000_000) as f64 / 1e6;
+        assert!((d.sum_seconds - exact_sum).abs() / exact_sum < 0.004);
+    }
+}
