@@ -15,3 +15,4 @@
 
 pub mod analysis;
 pub mod cli;
+pub mod sequential;

@@ -126,8 +126,8 @@ fn member(object: &Value, index: &Value, pos: Pos) -> Result<Value, ExprError> {
         }
         (Value::Nil, Value::String(key)) => err(format!("cannot fetch {key} from <nil> (use ?. to allow nil)"), pos),
         (Value::Nil, _) => err("cannot index <nil>", pos),
-        (Value::List(_), other) => err(format!("array index must be int, got {}", other.type_name()), pos),
         (other, Value::String(key)) => err(format!("cannot fetch {key} from {}", other.type_name()), pos),
+        (Value::List(_), other) => err(format!("array index must be int, got {}", other.type_name()), pos),
         (other, _) => err(format!("cannot index {}", other.type_name()), pos),
     }
 }

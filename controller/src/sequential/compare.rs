@@ -1,0 +1,135 @@
+//! Canary-versus-stable judges built on the exact odds test: error ratio, a latency quantile
+//! shift, and a whole-distribution latency test. Each consumes one [`Interval`] per look
+//! (what both revisions served since the previous look) and reports [`Evidence`].
+
+use plover_wire::Histogram;
+
+use super::odds::{Decision, Evidence, OddsTest, OddsTestConfig};
+
+/// What one revision served during one look's interval.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sample {
+    pub requests: u64,
+    /// 5xx and requests that got no upstream response.
+    pub errors: u64,
+    /// Durations in µs; may be empty when only error counts are judged.
+    pub latency: Histogram,
+}
+
+/// Both revisions over the same interval.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Interval {
+    pub canary: Sample,
+    pub stable: Sample,
+}
+
+/// "The canary's error odds are not more than `tolerance` × stable's."
+#[derive(Clone, Debug)]
+pub struct ErrorRatioJudge {
+    test: OddsTest,
+}
+
+impl ErrorRatioJudge {
+    pub fn new(config: OddsTestConfig) -> ErrorRatioJudge {
+        ErrorRatioJudge { test: OddsTest::new(config) }
+    }
+
+    pub fn observe(&mut self, interval: &Interval) -> Evidence {
+        let (c, s) = (&interval.canary, &interval.stable);
+        self.test.observe(c.requests, c.errors, s.requests, s.errors);
+        self.test.evidence()
+    }
+}
+
+/// "A canary request is not more likely than a stable one to be slower than stable's
+/// q-quantile." The threshold is stable's q-quantile over all *earlier* looks, so it is fixed
+/// before the data it is applied to (which keeps the test exact); under "same distribution"
+/// both revisions exceed it with the same probability.
+#[derive(Clone, Debug)]
+pub struct LatencyQuantileJudge {
+    quantile: f64,
+    test: OddsTest,
+    stable_so_far: Histogram,
+    /// Threshold used at the latest look, in µs.
+    pub threshold_micros: Option<u64>,
+}
+
+impl LatencyQuantileJudge {
+    pub fn new(quantile: f64, config: OddsTestConfig) -> LatencyQuantileJudge {
+        LatencyQuantileJudge { quantile, test: OddsTest::new(config), stable_so_far: Histogram::new(), threshold_micros: None }
+    }
+
+    pub fn observe(&mut self, interval: &Interval) -> Evidence {
+        self.threshold_micros = self.stable_so_far.value_at_quantile(self.quantile);
+        if let Some(threshold) = self.threshold_micros {
+            let slower = |h: &Histogram| h.count() - h.count_at_or_below(threshold);
+            let (c, s) = (&interval.canary.latency, &interval.stable.latency);
+            self.test.observe(c.count(), slower(c), s.count(), slower(s));
+        }
+        self.stable_so_far.merge(&interval.stable.latency);
+        self.test.evidence()
+    }
+}
+
+/// The whole latency distribution: quantile judges at several of stable's quantiles, each at
+/// α / k (Bonferroni), so the family's false-failure rate stays below α. Fails when any
+/// threshold shows the canary slower; passes when every threshold shows it is not.
+#[derive(Clone, Debug)]
+pub struct LatencyDistributionJudge {
+    judges: Vec<LatencyQuantileJudge>,
+}
+
+/// Stable quantiles the distribution judge compares at.
+pub const DISTRIBUTION_QUANTILES: [f64; 4] = [0.5, 0.75, 0.9, 0.99];
+
+impl LatencyDistributionJudge {
+    pub fn new(config: OddsTestConfig) -> LatencyDistributionJudge {
+        let share = OddsTestConfig { alpha: config.alpha / DISTRIBUTION_QUANTILES.len() as f64, ..config };
+        LatencyDistributionJudge {
+            judges: DISTRIBUTION_QUANTILES.iter().map(|&q| LatencyQuantileJudge::new(q, share)).collect(),
+        }
+    }
+
+    /// The evidence of the most damning threshold (the first failing one, else the least
+    /// convincing pass).
+    pub fn observe(&mut self, interval: &Interval) -> Evidence {
+        let all: Vec<Evidence> = self.judges.iter_mut().map(|j| j.observe(interval)).collect();
+        if let Some(failed) = all.iter().find(|e| e.decision == Decision::Fail) {
+            return *failed;
+        }
+        let weakest = all
+            .iter()
+            .min_by(|a, b| (a.pass_log_evidence - a.log_boundary).total_cmp(&(b.pass_log_evidence - b.log_boundary)))
+            .copied()
+            .expect("at least one quantile");
+        Evidence {
+            decision: if all.iter().all(|e| e.decision == Decision::Pass) { Decision::Pass } else { Decision::Inconclusive },
+            ..weakest
+        }
+    }
+}
+
+/// A sentence a person understands, e.g. for `plover get` and `plover analyze`.
+pub fn explain(what: &str, evidence: &Evidence, alpha: f64) -> String {
+    let t = evidence.totals;
+    let rate = |events: u64, trials: u64| if trials == 0 { 0.0 } else { 100.0 * events as f64 / trials as f64 };
+    let verdict = match evidence.decision {
+        Decision::Fail => "canary is worse than stable",
+        Decision::Pass => "canary is shown not worse than stable",
+        Decision::Inconclusive => "not enough evidence yet",
+    };
+    format!(
+        "{what}: {verdict} (canary {}/{} = {:.2}%, stable {}/{} = {:.2}%, odds ratio ≈ {:.2}; \
+         evidence against 'acceptable' e^{:.2}, against 'worse' e^{:.2}, decide at e^{:.2} = 1/α, α = {alpha})",
+        t.canary_events,
+        t.canary_trials,
+        rate(t.canary_events, t.canary_trials),
+        t.stable_events,
+        t.stable_trials,
+        rate(t.stable_events, t.stable_trials),
+        t.odds_ratio(),
+        evidence.fail_log_evidence,
+        evidence.pass_log_evidence,
+        evidence.log_boundary,
+    )
+}
