@@ -1,0 +1,186 @@
+//! Per-VM aggregation between two flushes.
+//!
+//! Each worker VM counts its own requests; nothing is shared across threads. A flush turns the
+//! counts into one [`Batch`] of deltas and starts a new interval, so the exporter only ever adds.
+
+use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
+
+use plover_wire::{Batch, SeriesDelta, SeriesKey};
+
+/// Most series one VM keeps per interval. Labels come from configuration, status codes and (with
+/// the header source) application-chosen revision ids; the cap keeps a misbehaving application
+/// from growing the VM's memory or a batch past what the exporter accepts. Requests for new
+/// series beyond it are counted as dropped.
+pub const MAX_SERIES_PER_INTERVAL: usize = 4096;
+
+/// The series seen since the last flush.
+#[derive(Debug)]
+pub struct Aggregate {
+    /// Ordered, because a batch lists its series in ascending key order.
+    series: BTreeMap<SeriesKey, SeriesDelta>,
+    interval_start_ms: u64,
+    /// Requests not recorded because the series cap was hit.
+    dropped_requests: u64,
+    max_series: usize,
+}
+
+impl Aggregate {
+    pub fn new(now_ms: u64) -> Aggregate {
+        Aggregate::with_max_series(now_ms, MAX_SERIES_PER_INTERVAL)
+    }
+
+    pub fn with_max_series(now_ms: u64, max_series: usize) -> Aggregate {
+        Aggregate {
+            series: BTreeMap::new(),
+            interval_start_ms: now_ms,
+            dropped_requests: 0,
+            max_series,
+        }
+    }
+
+    /// Counts one request.
+    pub fn record(
+        &mut self,
+        key: SeriesKey,
+        duration_micros: u64,
+        request_bytes: u64,
+        response_bytes: u64,
+    ) {
+        let full = self.series.len() >= self.max_series;
+        let delta = match self.series.entry(key) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(_) if full => {
+                self.dropped_requests = self.dropped_requests.saturating_add(1);
+                return;
+            }
+            Entry::Vacant(entry) => entry.insert(SeriesDelta::default()),
+        };
+        delta.requests = delta.requests.saturating_add(1);
+        delta.request_bytes = delta.request_bytes.saturating_add(request_bytes);
+        delta.response_bytes = delta.response_bytes.saturating_add(response_bytes);
+        delta.duration.record(duration_micros);
+    }
+
+    /// Whether nothing happened since the last flush.
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty() && self.dropped_requests == 0
+    }
+
+    /// Ends the interval at `now_ms`: its series and dropped count go into a batch (gateway,
+    /// instance and sequence are left for the caller), and a new interval starts.
+    pub fn take_batch(&mut self, now_ms: u64) -> Batch {
+        // The host clock is wall time and may step back; a batch's interval must not.
+        let end = now_ms.max(self.interval_start_ms);
+        let batch = Batch {
+            start_unix_ms: self.interval_start_ms,
+            end_unix_ms: end,
+            dropped_requests: std::mem::take(&mut self.dropped_requests),
+            series: std::mem::take(&mut self.series).into_iter().collect(),
+            ..Batch::default()
+        };
+        self.interval_start_ms = end;
+        batch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plover_wire::{Role, StatusClass, UpstreamFailure};
+
+    fn key(revision: &str, code: u16) -> SeriesKey {
+        SeriesKey {
+            namespace: "demo".into(),
+            service: "app".into(),
+            route: "r".into(),
+            revision: revision.into(),
+            role: if revision == "v2" {
+                Role::Canary
+            } else {
+                Role::Stable
+            },
+            status_class: StatusClass::of_code(code),
+            code,
+            grpc_status: None,
+            upstream_failure: UpstreamFailure::None,
+        }
+    }
+
+    #[test]
+    fn requests_are_summed_per_series_in_key_order() {
+        let mut agg = Aggregate::new(1_000);
+        agg.record(key("v2", 200), 1_500, 100, 1_000);
+        agg.record(key("v1", 200), 800, 10, 20);
+        agg.record(key("v2", 200), 2_500, 100, 1_000);
+        agg.record(key("v2", 503), 90, 1, 2);
+        let batch = agg.take_batch(2_000);
+        assert_eq!(
+            (
+                batch.start_unix_ms,
+                batch.end_unix_ms,
+                batch.dropped_requests
+            ),
+            (1_000, 2_000, 0)
+        );
+        let keys: Vec<_> = batch
+            .series
+            .iter()
+            .map(|(k, _)| (k.revision.as_str(), k.code))
+            .collect();
+        assert_eq!(keys, [("v1", 200), ("v2", 200), ("v2", 503)]);
+        let (_, canary_ok) = &batch.series[1];
+        assert_eq!(
+            (
+                canary_ok.requests,
+                canary_ok.request_bytes,
+                canary_ok.response_bytes
+            ),
+            (2, 200, 2_000)
+        );
+        assert_eq!(canary_ok.duration.count(), 2);
+        assert_eq!(batch.requests(), 4);
+        // The encoded batch passes the exporter's strict decoder.
+        let mut sent = batch.clone();
+        sent.gateway = "gw".into();
+        sent.instance = "i-1".into();
+        sent.sequence = 1;
+        assert_eq!(Batch::decode(&sent.encode()).unwrap(), sent);
+    }
+
+    #[test]
+    fn take_batch_starts_a_fresh_interval() {
+        let mut agg = Aggregate::new(1_000);
+        agg.record(key("v1", 200), 1, 0, 0);
+        assert!(!agg.is_empty());
+        agg.take_batch(2_000);
+        assert!(agg.is_empty());
+        let next = agg.take_batch(3_000);
+        assert!(next.series.is_empty());
+        assert_eq!((next.start_unix_ms, next.end_unix_ms), (2_000, 3_000));
+    }
+
+    #[test]
+    fn a_clock_stepping_back_never_inverts_the_interval() {
+        let mut agg = Aggregate::new(5_000);
+        let batch = agg.take_batch(4_000);
+        assert_eq!((batch.start_unix_ms, batch.end_unix_ms), (5_000, 5_000));
+    }
+
+    #[test]
+    fn requests_beyond_the_series_cap_are_counted_as_dropped() {
+        let mut agg = Aggregate::with_max_series(0, 2);
+        agg.record(key("v1", 200), 1, 0, 0);
+        agg.record(key("v2", 200), 1, 0, 0);
+        agg.record(key("v3", 200), 1, 0, 0);
+        agg.record(key("v3", 500), 1, 0, 0);
+        // Existing series still count.
+        agg.record(key("v1", 200), 1, 0, 0);
+        let batch = agg.take_batch(1);
+        assert_eq!(
+            (batch.series.len(), batch.requests(), batch.dropped_requests),
+            (2, 3, 2)
+        );
+        assert_eq!(agg.take_batch(2).dropped_requests, 0);
+    }
+}

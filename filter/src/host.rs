@@ -1,0 +1,228 @@
+//! The proxy-wasm ABI adapter: the only code that makes host calls. It implements the
+//! [`StreamHost`], [`SharedData`] and [`ExporterHost`] traits with `proxy_wasm::hostcalls`
+//! (never the SDK's trait helpers, which unwrap host errors and would panic the VM), and wires
+//! Envoy's callbacks to [`Stream`] and [`Flusher`].
+//!
+//! Host calls per request (see `stream.rs`, whose tests count them): `xds.cluster_name` and
+//! the request tag; `content-type`, the app's revision header when it can still matter, and the
+//! response tag; then in `on_log` `response.code`, `response.flags`, `request.duration`,
+//! `request.total_size`, `response.total_size`, `xds.route_name`, plus `response.grpc_status`
+//! for gRPC responses. Ten for a tagged plain-HTTP request.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
+
+use crate::aggregate::Aggregate;
+use crate::flush::{ExporterHost, Flusher};
+use crate::identity::{gateway_id, SetError, SharedData};
+use crate::stream::{property, string_property, Plugin, Stream, StreamHost};
+
+proxy_wasm::main! {{
+    // Also installs the SDK's panic hook, which logs a panic at critical before the VM dies.
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::new()) });
+}}
+
+/// The proxy, reached through host calls; failures become `None` or are ignored.
+struct Envoy;
+
+impl StreamHost for Envoy {
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        hostcalls::get_property(path.to_vec()).ok().flatten()
+    }
+
+    fn response_header(&self, name: &str) -> Option<String> {
+        hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
+            .ok()
+            .flatten()
+    }
+
+    fn set_request_header(&self, name: &str, value: &str) {
+        // Replaces any value the client sent, so upstreams can trust the tag.
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+    }
+
+    fn set_response_header(&self, name: &str, value: &str) {
+        let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
+    }
+}
+
+impl SharedData for Envoy {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(value), cas)) => Some((value, cas.unwrap_or(0))),
+            _ => None,
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), SetError> {
+        match hostcalls::set_shared_data(key, Some(value), (cas != 0).then_some(cas)) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(SetError::CasMismatch),
+            Err(_) => Err(SetError::Failed),
+        }
+    }
+}
+
+impl ExporterHost for Envoy {
+    fn dispatch(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u32, String> {
+        hostcalls::dispatch_http_call(
+            cluster,
+            headers.to_vec(),
+            Some(body),
+            Vec::new(),
+            Duration::from_millis(timeout_ms),
+        )
+        .map_err(|status| format!("{status:?}"))
+    }
+}
+
+/// Wall-clock time from the host: wasm32-unknown-unknown has no clock of its own.
+fn now_ns() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn now_ms() -> u64 {
+    now_ns() / 1_000_000
+}
+
+/// One per VM (each worker thread, plus Envoy's main thread, whose root context never sees a
+/// request and therefore never sends).
+struct Root {
+    start_ns: u64,
+    /// `None` while the configuration is invalid: streams pass through.
+    plugin: Option<Rc<Plugin>>,
+    /// Owned here, not by the plugin, so counts survive a reconfiguration.
+    aggregate: Rc<RefCell<Aggregate>>,
+    flusher: Option<Flusher>,
+}
+
+impl Root {
+    fn new() -> Root {
+        let start_ns = now_ns();
+        Root {
+            start_ns,
+            plugin: None,
+            aggregate: Rc::new(RefCell::new(Aggregate::new(start_ns / 1_000_000))),
+            flusher: None,
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        _body: usize,
+        _trailers: usize,
+    ) {
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse().ok());
+        if let Some(flusher) = self.flusher.as_mut() {
+            flusher.on_response(now_ms(), token, status, &Envoy);
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+        let json = hostcalls::get_buffer(
+            BufferType::PluginConfiguration,
+            0,
+            plugin_configuration_size,
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        let plugin = match Plugin::configure(&json, Rc::clone(&self.aggregate)) {
+            Ok(plugin) => plugin,
+            Err(error) => {
+                // Returning true keeps the VM (and user traffic) alive; streams pass through.
+                log::error!("Plover filter disabled, traffic passes through untouched: {error}");
+                self.plugin = None;
+                return true;
+            }
+        };
+        let config = &plugin.config;
+        let node_id = if config.gateway_id.is_empty() {
+            string_property(&Envoy, property::NODE_ID)
+        } else {
+            None
+        };
+        let gateway = gateway_id(&config.gateway_id, node_id.as_deref());
+        log::info!(
+            "Plover filter configured: gateway {gateway:?}, {} rules, exporter cluster {:?}, flush every {} ms.",
+            config.rules.len(),
+            config.exporter.cluster,
+            config.flush_interval_ms
+        );
+        match self.flusher.as_mut() {
+            Some(flusher) => flusher.reconfigure(config, gateway),
+            None => self.flusher = Some(Flusher::new(config, gateway, self.start_ns)),
+        }
+        if let Err(status) =
+            hostcalls::set_tick_period(Duration::from_millis(config.flush_interval_ms))
+        {
+            log::error!("Could not set the flush timer ({status:?}); no batches will be sent.");
+        }
+        self.plugin = Some(Rc::new(plugin));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(flusher) = self.flusher.as_mut() else {
+            return;
+        };
+        let Ok(mut aggregate) = self.aggregate.try_borrow_mut() else {
+            return;
+        };
+        flusher.on_tick(now_ms(), &mut aggregate, &Envoy);
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        // Always Some: the SDK panics on None. Without a plugin the stream is a passthrough.
+        Some(Box::new(Http(Stream::new(self.plugin.clone()))))
+    }
+}
+
+/// One HTTP stream. Every hook returns `Continue`: the filter never holds up traffic.
+struct Http(Stream);
+
+impl Context for Http {}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        self.0.on_request_headers(&Envoy);
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        self.0.on_response_headers(&Envoy);
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        self.0.on_log(&Envoy);
+    }
+}
