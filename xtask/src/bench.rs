@@ -26,3 +26,10 @@ pub fn exporter(extra: &[&str]) -> Result<(), String> {
         .args(["run", "--release", "--quiet", "--package", "plover-exporter", "--bin", "plover-exporter-bench", "--"])
         .args(extra))
 }
+
+/// `bench judge`: seeded simulations, Plover's sequential judges beside the seed templates.
+pub fn judge(extra: &[&str]) -> Result<(), String> {
+    run(Command::new(cargo_bin())
+        .args(["run", "--release", "--quiet", "--package", "plover-controller", "--bin", "plover-bench-judge", "--"])
+        .args(extra))
+}

