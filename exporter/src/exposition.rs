@@ -1,0 +1,278 @@
+//! `/metrics`: renders the store at scrape time through a prometheus-client [`Collector`].
+//!
+//! The store already holds pre-aggregated data (cumulative counters, HDR histograms, windows),
+//! so nothing is mirrored into prometheus-client metric objects: the collector walks the store
+//! and writes each family with the `MetricEncoder` directly. Every metric and label is listed
+//! in `exporter/METRICS.md`.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabel, EncodeLabelSet, LabelSetEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Unit;
+use plover_wire::labels;
+use plover_wire::Role;
+
+use crate::store::{Durations, Outcome, Store, Totals};
+use crate::window::{Accumulator, Summary};
+
+/// Quantiles exposed by `plover_request_duration_window_seconds`, with their label values.
+pub const QUANTILES: [(f64, &str); 5] = [(0.5, "0.5"), (0.9, "0.9"), (0.95, "0.95"), (0.99, "0.99"), (0.999, "0.999")];
+
+/// Renders the store on each scrape.
+#[derive(Debug)]
+pub struct StoreCollector {
+    store: Arc<Mutex<Store>>,
+    /// Gauge windows in seconds, ascending.
+    windows: Vec<u64>,
+    /// Their `window` label values (`30s`, `1m`, `5m`).
+    window_labels: Vec<String>,
+    clock: fn() -> u64,
+}
+
+impl StoreCollector {
+    /// `clock` returns the current Unix time in milliseconds.
+    pub fn new(store: Arc<Mutex<Store>>, windows: Vec<u64>, clock: fn() -> u64) -> Self {
+        let window_labels = windows.iter().map(|&w| window_label(w)).collect();
+        StoreCollector { store, windows, window_labels, clock }
+    }
+}
+
+/// `window` label of a length in seconds: `30s`, `1m`, `90s`, `1h`.
+pub fn window_label(seconds: u64) -> String {
+    if seconds % 3600 == 0 {
+        format!("{}h", seconds / 3600)
+    } else if seconds % 60 == 0 {
+        format!("{}m", seconds / 60)
+    } else {
+        format!("{seconds}s")
+    }
+}
+
+impl Collector for StoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let now_ms = (self.clock)();
+        // A panic elsewhere while holding the lock leaves data that is still consistent
+        // (every update is a few saturating additions), so keep serving it.
+        let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        encode_series(&store, &mut encoder)?;
+        encode_windows(&store, &mut encoder, now_ms, &self.windows, &self.window_labels)?;
+        encode_health(&store, &mut encoder)
+    }
+}
+
+/// Labels of one series (`plover_requests_total` and the byte counters).
+struct SeriesLabels<'a> {
+    path: PathLabels<'a>,
+    outcome: &'a Outcome,
+}
+
+/// Labels down to the route.
+#[derive(Clone, Copy)]
+struct PathLabels<'a> {
+    namespace: &'a str,
+    service: &'a str,
+    route: &'a str,
+    revision: &'a str,
+    role: Role,
+}
+
+impl EncodeLabelSet for PathLabels<'_> {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> fmt::Result {
+        (labels::NAMESPACE, self.namespace).encode(encoder.encode_label())?;
+        (labels::SERVICE, self.service).encode(encoder.encode_label())?;
+        (labels::ROUTE, self.route).encode(encoder.encode_label())?;
+        (labels::REVISION, self.revision).encode(encoder.encode_label())?;
+        (labels::ROLE, self.role.as_str()).encode(encoder.encode_label())
+    }
+}
+
+impl EncodeLabelSet for SeriesLabels<'_> {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> fmt::Result {
+        self.path.encode(encoder)?;
+        let o = self.outcome;
+        (labels::STATUS_CLASS, o.status_class.as_str()).encode(encoder.encode_label())?;
+        (labels::CODE, o.code).encode(encoder.encode_label())?;
+        (labels::GRPC_STATUS, o.grpc_status).encode(encoder.encode_label())?;
+        (labels::UPSTREAM_FAILURE, o.upstream_failure.as_str()).encode(encoder.encode_label())
+    }
+}
+
+/// Labels of the per-revision window gauges.
+struct WindowLabels<'a> {
+    namespace: &'a str,
+    service: &'a str,
+    revision: &'a str,
+    role: Role,
+    window: &'a str,
+    quantile: Option<&'a str>,
+}
+
+impl EncodeLabelSet for WindowLabels<'_> {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> fmt::Result {
+        (labels::NAMESPACE, self.namespace).encode(encoder.encode_label())?;
+        (labels::SERVICE, self.service).encode(encoder.encode_label())?;
+        (labels::REVISION, self.revision).encode(encoder.encode_label())?;
+        (labels::ROLE, self.role.as_str()).encode(encoder.encode_label())?;
+        (labels::WINDOW, self.window).encode(encoder.encode_label())?;
+        if let Some(q) = self.quantile {
+            (labels::QUANTILE, q).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
+}
+
+/// Calls `f` for every series with its path labels.
+fn for_each_route<'s>(
+    store: &'s Store,
+    mut f: impl FnMut(PathLabels<'s>, &'s crate::store::Route) -> fmt::Result,
+) -> fmt::Result {
+    for (namespace, service, data) in store.services() {
+        for (revision, role, rev) in data.revisions() {
+            for (route, r) in &rev.routes {
+                f(PathLabels { namespace, service, route, revision, role }, r)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn encode_series(store: &Store, encoder: &mut DescriptorEncoder) -> fmt::Result {
+    let counters: [(&str, &str, fn(&Totals) -> u64); 3] = [
+        ("plover_requests", "Requests completed, by series.", |t| t.requests),
+        ("plover_request_bytes", "Request body bytes received from clients.", |t| t.request_bytes),
+        ("plover_response_bytes", "Response body bytes sent to clients.", |t| t.response_bytes),
+    ];
+    for (name, help, value) in counters {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for_each_route(store, |path, route| {
+            for (outcome, totals) in &route.outcomes {
+                let labels = SeriesLabels { path: path, outcome };
+                family.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(&value(totals), None)?;
+            }
+            Ok(())
+        })?;
+    }
+
+    let mut family = encoder.encode_descriptor(
+        "plover_request_duration",
+        "Request duration from the filter's HDR histograms (bucket edges are exact to 0.8%).",
+        Some(&Unit::Seconds),
+        MetricType::Histogram,
+    )?;
+    let bounds = store.config().buckets.bounds();
+    let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(bounds.len() + 1);
+    for_each_route(store, |path, route| {
+        for (class, durations) in plover_wire::StatusClass::ALL.iter().zip(&route.durations) {
+            let Some(d): Option<&Durations> = durations.as_deref() else { continue };
+            buckets.clear();
+            buckets.extend(bounds.iter().copied().chain([f64::INFINITY]).zip(d.buckets.iter().copied()));
+            let labels = (path, [(labels::STATUS_CLASS, class.as_str())]);
+            family.encode_family(&labels)?.encode_histogram::<NoLabelSet>(d.sum_seconds, d.count, &buckets, None)?;
+        }
+        Ok(())
+    })
+}
+
+fn encode_windows(
+    store: &Store,
+    encoder: &mut DescriptorEncoder,
+    now_ms: u64,
+    windows: &[u64],
+    window_labels: &[String],
+) -> fmt::Result {
+    if windows.is_empty() {
+        return Ok(());
+    }
+    // Compute every (revision, window) answer once, then write the four families from them.
+    let newest = (now_ms / 1000).saturating_sub(1);
+    let mut acc = Accumulator::default();
+    let services: Vec<_> = store
+        .services()
+        .map(|(namespace, service, data)| {
+            let revisions = data.windows(newest, windows, &mut acc);
+            let totals: Vec<u64> = (0..windows.len())
+                .map(|w| revisions.iter().map(|r| r.summaries[w].requests()).fold(0, u64::saturating_add))
+                .collect();
+            (namespace, service, revisions, totals)
+        })
+        .collect();
+
+    type Gauge = fn(&Summary, u64, u64) -> Option<f64>;
+    let gauges: [(&str, &str, Gauge); 3] = [
+        ("plover_request_rate", "Requests per second over the window.", |s, seconds, _| {
+            Some(s.requests() as f64 / seconds as f64)
+        }),
+        ("plover_success_ratio", "Share of requests in the window that were not 5xx or without response; absent without requests.", |s, _, _| {
+            let requests = s.requests();
+            (requests > 0).then(|| 1.0 - s.errors() as f64 / requests as f64)
+        }),
+        ("plover_traffic_share", "This revision's share of the service's requests in the window.", |s, _, service_total| {
+            (service_total > 0).then(|| s.requests() as f64 / service_total as f64)
+        }),
+    ];
+    for (name, help, value) in gauges {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (namespace, service, revisions, totals) in &services {
+            for r in revisions {
+                for (w, summary) in r.summaries.iter().enumerate() {
+                    let Some(v) = value(summary, windows[w], totals[w]) else { continue };
+                    let labels = WindowLabels { namespace, service, revision: r.revision, role: r.role, window: &window_labels[w], quantile: None };
+                    family.encode_family(&labels)?.encode_gauge(&v)?;
+                }
+            }
+        }
+    }
+
+    let mut family = encoder.encode_descriptor(
+        "plover_request_duration_window",
+        "Exact request duration quantiles over the window (within 1%); absent without requests.",
+        Some(&Unit::Seconds),
+        MetricType::Gauge,
+    )?;
+    for (namespace, service, revisions, _) in &services {
+        for r in revisions {
+            for (w, summary) in r.summaries.iter().enumerate() {
+                for (q, label) in QUANTILES {
+                    let Some(micros) = summary.histogram.value_at_quantile(q) else { continue };
+                    let labels = WindowLabels { namespace, service, revision: r.revision, role: r.role, window: &window_labels[w], quantile: Some(label) };
+                    family.encode_family(&labels)?.encode_gauge(&(micros as f64 / 1e6))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn encode_health(store: &Store, encoder: &mut DescriptorEncoder) -> fmt::Result {
+    let counters = store.counters();
+    let gauge = |encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64| -> fmt::Result {
+        encoder.encode_descriptor(name, help, None, MetricType::Gauge)?.encode_gauge(&value)
+    };
+    let counter = |encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64| -> fmt::Result {
+        encoder.encode_descriptor(name, help, None, MetricType::Counter)?.encode_counter::<NoLabelSet, _, u64>(&value, None)
+    };
+    gauge(encoder, "plover_exporter_active_series", "Series currently held.", store.series() as i64)?;
+    gauge(encoder, "plover_exporter_active_senders", "Filter VMs whose sequence records are held.", store.senders() as i64)?;
+    gauge(encoder, "plover_exporter_window_bytes", "Heap bytes held by the per-revision windows.", store.window_heap_bytes() as i64)?;
+    counter(encoder, "plover_exporter_series_rejected", "Series refused because --max-series was reached.", counters.series_rejected)?;
+    counter(encoder, "plover_exporter_series_expired", "Series dropped after --series-ttl without data.", counters.series_expired)?;
+    counter(encoder, "plover_exporter_filter_dropped_requests", "Requests the filters reported they could not record.", counters.dropped_requests)?;
+    counter(encoder, "plover_exporter_window_merges", "Old window seconds merged to keep a window within its memory budget.", counters.window_merges)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_labels_read_like_durations() {
+        assert_eq!(window_label(30), "30s");
+        assert_eq!(window_label(60), "1m");
+        assert_eq!(window_label(300), "5m");
+        assert_eq!(window_label(90), "90s");
+        assert_eq!(window_label(7200), "2h");
+    }
+}
