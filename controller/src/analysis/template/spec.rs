@@ -237,7 +237,7 @@ pub struct WebSpec {
 }
 
 /// What Plover's provider reports about the chosen revision.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub enum PloverQuantity {
     /// `1 - errors/requests`, 0–1.

@@ -1,0 +1,25 @@
+//! The `Canary` resource (`plover.dev/v1alpha1`) and the pure rollout logic around it.
+//!
+//! ```text
+//!  spec (what the user wants) ──validate──▶ steps, routing, analysis
+//!       │
+//!  Observation { spec, status, workloads, traffic share, analysis verdicts, now }
+//!       │ decide (pure: no clock, no I/O)
+//!       ▼
+//!  Decision { actions: SetWeight / StartAnalysis / StopAnalysis / PromoteWorkload / Event,
+//!             status, requeue_after }
+//! ```
+//!
+//! Everything here is plain data and functions; `reconcile` (Kubernetes) and `local` (a spec
+//! file, no API server) are the only places that perform the actions.
+
+pub mod crd;
+pub mod decide;
+pub mod spec;
+pub mod status;
+pub mod validate;
+
+pub use decide::{decide, Action, AnalysisKind, Decision, Observation, TrafficObservation, Verdict, WorkloadState};
+pub use spec::*;
+pub use status::*;
+pub use validate::{validate, InvalidSpec};

@@ -1,0 +1,346 @@
+//! `spec` of the `Canary` resource. The CRD in `manifests/crd.yaml` is generated from these types
+//! ([`super::crd::crd_yaml`]); `validate` checks what the schema cannot express.
+
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::status::CanaryStatus;
+
+/// A canary release of one workload: shift traffic from `stable` to `canary` step by step,
+/// gate the steps on analysis and on the traffic split actually observed, then promote.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "plover.dev",
+    version = "v1alpha1",
+    kind = "Canary",
+    plural = "canaries",
+    namespaced,
+    status = "CanaryStatus",
+    shortname = "pcan",
+    category = "plover",
+    doc = "A canary release: traffic shifted from the stable to the canary workload in steps, gated by analysis and by the observed split",
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Step", type_ = "integer", json_path = ".status.currentStepIndex"),
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredWeight", description = "Desired canary weight (%)"),
+    printcolumn(name = "Observed", type_ = "number", json_path = ".status.observedWeight", description = "Canary share of requests seen by the exporter (%)"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CanarySpec {
+    /// The two workloads traffic is split between.
+    pub workload: WorkloadRef,
+    /// How the split is applied: exactly one of `istio`, `gatewayAPI` or `envoy`.
+    pub traffic_routing: TrafficRouting,
+    /// The rollout plan, run in order; after the last step the canary is promoted.
+    #[serde(default)]
+    pub steps: Vec<CanaryStep>,
+    /// Background analysis, run alongside the steps from `startingStep` on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<BackgroundAnalysis>,
+    /// Verify the split from the exporter's observed traffic before a weight step completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_check: Option<TrafficCheck>,
+}
+
+/// The stable and canary workloads. On Kubernetes these are Deployments in the Canary's
+/// namespace; in local mode they are revision names (Envoy cluster names).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRef {
+    /// Deployment (or local revision) that serves the stable version and receives it at promotion.
+    pub stable: String,
+    /// Deployment (or local revision) whose pod template is the candidate; a change of that
+    /// template starts a new canary revision.
+    pub canary: String,
+}
+
+/// Exactly one router.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficRouting {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub istio: Option<IstioRouting>,
+    #[serde(default, rename = "gatewayAPI", skip_serializing_if = "Option::is_none")]
+    pub gateway_api: Option<GatewayApiRouting>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envoy: Option<EnvoyRouting>,
+}
+
+/// Istio: weights of the stable and canary destinations of named VirtualService routes.
+/// Destinations are told apart by host (`stableService`/`canaryService`) or, when
+/// `destinationRule` is set, by subset.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IstioRouting {
+    pub virtual_service: VirtualServiceRef,
+    /// Subset mode: the DestinationRule whose two subsets select the stable and canary pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_rule: Option<DestinationRuleRef>,
+    /// Host mode: the stable Service (destination host, compared up to its first dot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_service: Option<String>,
+    /// Host mode: the canary Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_service: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualServiceRef {
+    pub name: String,
+    /// Names of the `spec.http[]` routes to weight. Empty: the only HTTP route.
+    #[serde(default)]
+    pub routes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationRuleRef {
+    pub name: String,
+    pub stable_subset_name: String,
+    pub canary_subset_name: String,
+}
+
+/// Gateway API: `backendRefs[].weight` of the stable and canary Services in an HTTPRoute.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayApiRouting {
+    pub http_route: String,
+    /// Names of the rules (`spec.rules[].name`) to weight. Empty: every rule that references
+    /// both Services (rules that reference only one, e.g. header routes, are left alone).
+    #[serde(default)]
+    pub rules: Vec<String>,
+    pub stable_service: String,
+    pub canary_service: String,
+}
+
+/// Local mode: a real Envoy reads its routes from a file it watches (file-based RDS).
+/// Cluster names are the revision names of `workload`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvoyRouting {
+    /// The RDS file Envoy watches (its directory is the watched directory).
+    pub routes_file: String,
+    /// `RouteConfiguration.name`, as the listener's `rds.route_config_name` names it.
+    #[serde(default = "default_route_config_name")]
+    pub route_config_name: String,
+    #[serde(default = "default_virtual_host")]
+    pub virtual_host: String,
+    #[serde(default = "default_domains")]
+    pub domains: Vec<String>,
+    /// Path prefix of the one weighted route.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Envoy runtime key prefix for the weights (lets an operator override them through the
+    /// admin `/runtime_modify` in an emergency).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_key_prefix: Option<String>,
+}
+
+fn default_route_config_name() -> String {
+    "local_route".to_owned()
+}
+fn default_virtual_host() -> String {
+    "local".to_owned()
+}
+fn default_domains() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+fn default_prefix() -> String {
+    "/".to_owned()
+}
+
+/// One step: exactly one of `setWeight`, `pause`, `analysis`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStep {
+    /// Canary weight in percent (0–100); the stable workload gets the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub set_weight: Option<i32>,
+    /// Wait for `duration`, or without one until `plover promote`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<PauseStep>,
+    /// Run an analysis; the step completes when it is Successful.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisSource>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseStep {
+    /// `30s`, `5m`, `1h30m`, or a number of seconds. Unset: until promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<IntOrString>,
+}
+
+/// What an analysis runs: Argo `AnalysisTemplate`/`ClusterAnalysisTemplate` references and/or
+/// Plover inline metrics (Argo's metric syntax), with args.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisSource {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub templates: Vec<AnalysisTemplateRef>,
+    /// Inline metrics, in `AnalysisTemplate.spec.metrics[]` syntax.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "preserved_objects")]
+    pub metrics: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<AnalysisArg>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dry_run: Vec<DryRunRule>,
+}
+
+/// Background analysis: the same sources, started once the rollout reaches `startingStep`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackgroundAnalysis {
+    /// Index of the step from which the analysis runs (default 0: from the start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub starting_step: Option<i32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub templates: Vec<AnalysisTemplateRef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "preserved_objects")]
+    pub metrics: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<AnalysisArg>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dry_run: Vec<DryRunRule>,
+}
+
+impl BackgroundAnalysis {
+    /// The sources without the start condition.
+    pub fn source(&self) -> AnalysisSource {
+        AnalysisSource {
+            templates: self.templates.clone(),
+            metrics: self.metrics.clone(),
+            args: self.args.clone(),
+            dry_run: self.dry_run.clone(),
+        }
+    }
+
+    pub fn starting_step(&self) -> u32 {
+        self.starting_step.and_then(|s| u32::try_from(s).ok()).unwrap_or(0)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisTemplateRef {
+    pub template_name: String,
+    /// A `ClusterAnalysisTemplate` rather than a namespaced `AnalysisTemplate`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cluster_scope: bool,
+}
+
+/// An arg given to the templates: a `value`, or `valueFrom`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisArg {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<ArgValueFrom>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArgValueFrom {
+    /// `Stable` or `Latest`: the stable or the canary revision (pod template hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template_hash_value: Option<String>,
+    /// A path into the Canary object, e.g. `metadata.name` or `spec.workload.canary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field_ref: Option<FieldRef>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FieldRef {
+    pub field_path: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DryRunRule {
+    pub metric_name: String,
+}
+
+/// The observed-split gate: after a weight change, the step completes only once the exporter
+/// sees the canary's share of requests within `tolerance` of the desired weight.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficCheck {
+    /// Base URL of the Plover exporter (`http://plover-exporter.plover:9464`).
+    pub exporter: String,
+    /// Service name the filter tags requests with; default: the Canary's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Window the share is measured over (`30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// Allowed distance between observed and desired canary weight, in percentage points (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub tolerance: Option<i32>,
+    /// Fewer requests than this in the window: the split cannot be judged yet (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub min_requests: Option<i64>,
+    /// How long a mismatch may last before it is reported as the `TrafficSplitMismatch` condition (`2m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mismatch_after: Option<String>,
+}
+
+/// Default window of the observed-split check.
+pub const DEFAULT_TRAFFIC_WINDOW: &str = "30s";
+pub const DEFAULT_TRAFFIC_TOLERANCE: u32 = 5;
+pub const DEFAULT_MIN_REQUESTS: u64 = 50;
+pub const DEFAULT_MISMATCH_AFTER: &str = "2m";
+
+fn preserved_objects(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": true
+        }
+    })
+}
+
+/// The step kinds, as one enum (the wire form is Argo's struct-with-one-field).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum StepKind<'a> {
+    SetWeight(u32),
+    Pause(Option<&'a IntOrString>),
+    Analysis(&'a AnalysisSource),
+}
+
+impl CanaryStep {
+    /// `None` if the step does not have exactly one kind (see `validate`).
+    pub fn kind(&self) -> Option<StepKind<'_>> {
+        match (self.set_weight, &self.pause, &self.analysis) {
+            (Some(w), None, None) => u32::try_from(w).ok().filter(|w| *w <= 100).map(StepKind::SetWeight),
+            (None, Some(p), None) => Some(StepKind::Pause(p.duration.as_ref())),
+            (None, None, Some(a)) => Some(StepKind::Analysis(a)),
+            _ => None,
+        }
+    }
+}
+
+impl TrafficRouting {
+    /// Which router is configured, for messages and metrics.
+    pub fn kind(&self) -> &'static str {
+        match (&self.istio, &self.gateway_api, &self.envoy) {
+            (Some(_), None, None) => "istio",
+            (None, Some(_), None) => "gatewayAPI",
+            (None, None, Some(_)) => "envoy",
+            _ => "invalid",
+        }
+    }
+}

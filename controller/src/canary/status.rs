@@ -1,0 +1,237 @@
+//! `status` of the `Canary` resource: what the controller recorded, and the requests that
+//! `plover promote|abort|retry` leave for it (`promote`, `promoteFull`, `abort`).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::analysis::Phase;
+
+/// Phase of a canary, in Argo Rollouts' words.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum CanaryPhase {
+    /// Stepping through the plan.
+    #[default]
+    Progressing,
+    /// At a pause step, or held by an Inconclusive analysis: waits for time or `promote`.
+    Paused,
+    /// All steps done: the stable workload is being rolled out with the canary's template.
+    Promoting,
+    /// Nothing in flight: all traffic on the stable workload, which runs the latest revision.
+    Healthy,
+    /// Aborted (analysis failed or `abort`) or the spec is invalid: all traffic on stable.
+    Degraded,
+}
+
+impl CanaryPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CanaryPhase::Progressing => "Progressing",
+            CanaryPhase::Paused => "Paused",
+            CanaryPhase::Promoting => "Promoting",
+            CanaryPhase::Healthy => "Healthy",
+            CanaryPhase::Degraded => "Degraded",
+        }
+    }
+}
+
+/// Why the rollout is paused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PauseReason {
+    /// A `pause` step (Argo's `CanaryPauseStep`).
+    CanaryPauseStep,
+    /// An analysis was Inconclusive (Argo's `InconclusiveAnalysisRun`).
+    InconclusiveAnalysisRun,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseState {
+    pub reason: PauseReason,
+    pub since: Time,
+}
+
+/// Phase of an analysis run as stored in status (the engine's [`Phase`], with a schema).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AnalysisPhase {
+    #[default]
+    Pending,
+    Running,
+    Successful,
+    Failed,
+    Error,
+    Inconclusive,
+}
+
+impl From<Phase> for AnalysisPhase {
+    fn from(p: Phase) -> Self {
+        match p {
+            Phase::Pending => AnalysisPhase::Pending,
+            Phase::Running => AnalysisPhase::Running,
+            Phase::Successful => AnalysisPhase::Successful,
+            Phase::Failed => AnalysisPhase::Failed,
+            Phase::Error => AnalysisPhase::Error,
+            Phase::Inconclusive => AnalysisPhase::Inconclusive,
+        }
+    }
+}
+
+impl From<AnalysisPhase> for Phase {
+    fn from(p: AnalysisPhase) -> Self {
+        match p {
+            AnalysisPhase::Pending => Phase::Pending,
+            AnalysisPhase::Running => Phase::Running,
+            AnalysisPhase::Successful => Phase::Successful,
+            AnalysisPhase::Failed => Phase::Failed,
+            AnalysisPhase::Error => Phase::Error,
+            AnalysisPhase::Inconclusive => Phase::Inconclusive,
+        }
+    }
+}
+
+/// One analysis run as the Canary sees it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisRunStatus {
+    /// `<canary>-<revision>-<attempt>-step<i>` or `…-background`.
+    pub name: String,
+    pub phase: AnalysisPhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The step that started it (inline analysis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_index: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// Measurements so far, by phase (Argo's `✔ n,✖ n,? n,⚠ n`).
+    #[serde(default)]
+    pub successful: u32,
+    #[serde(default)]
+    pub failed: u32,
+    #[serde(default)]
+    pub inconclusive: u32,
+    #[serde(default)]
+    pub error: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<CanaryPhase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Revision (pod template hash) of the canary being rolled out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// Revision the stable workload runs (the last one promoted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_revision: Option<String>,
+    /// Index of the current step; equal to the number of steps once they are all done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_step_index: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<Time>,
+    /// Canary weight last written to the router (%).
+    #[serde(default)]
+    pub desired_weight: u32,
+    /// Canary share of requests the exporter saw over the check window (%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_weight: Option<f64>,
+    /// When `desiredWeight` last changed: the start of the observed-split check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_changed_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<PauseState>,
+    /// Request to abort (set by `plover abort`, or by the controller on a failed analysis).
+    /// `plover retry` clears it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub abort: bool,
+    /// When the abort took effect (traffic back on stable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted_at: Option<Time>,
+    /// One-shot request from `plover promote`: leave the current pause or step.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub promote: bool,
+    /// Request from `plover promote --full`: skip the remaining steps and analysis.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub promote_full: bool,
+    /// Incremented by each retry, so analysis runs of a retried revision get new names.
+    #[serde(default)]
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_analysis: Option<AnalysisRunStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub background_analysis: Option<AnalysisRunStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Condition types, reasons and statuses (linkerd's constant modules).
+pub mod conditions {
+    /// The spec cannot be acted on; the message names the field.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// Stepping through a revision (True) or not (False, with the reason).
+    pub const PROGRESSING: &str = "Progressing";
+    /// The observed canary share stays away from the desired weight.
+    pub const TRAFFIC_SPLIT_MISMATCH: &str = "TrafficSplitMismatch";
+    /// The stable workload runs the latest revision and takes all traffic.
+    pub const HEALTHY: &str = "Healthy";
+}
+
+pub mod reasons {
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const VALID: &str = "Valid";
+    pub const NEW_REVISION: &str = "NewRevision";
+    pub const STEP: &str = "Step";
+    pub const PAUSED: &str = "Paused";
+    pub const PROMOTING: &str = "Promoting";
+    pub const PROMOTED: &str = "Promoted";
+    pub const ABORTED: &str = "RolloutAborted";
+    pub const ANALYSIS_FAILED: &str = "AnalysisFailed";
+    pub const ANALYSIS_INCONCLUSIVE: &str = "AnalysisInconclusive";
+    pub const SPLIT_MATCHES: &str = "SplitMatches";
+    pub const SPLIT_MISMATCH: &str = "SplitMismatch";
+    pub const WORKLOAD_NOT_FOUND: &str = "WorkloadNotFound";
+}
+
+impl CanaryStatus {
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    /// Sets a condition; `lastTransitionTime` moves only when `status` changes, so an unchanged
+    /// condition writes an unchanged status (no watch event, no hot loop).
+    pub fn set_condition(&mut self, type_: &str, status: bool, reason: &str, message: &str, now: &Time, generation: Option<i64>) {
+        let status_text = if status { "True" } else { "False" };
+        match self.conditions.iter_mut().find(|c| c.type_ == type_) {
+            Some(c) => {
+                if c.status != status_text {
+                    c.last_transition_time = now.clone();
+                }
+                c.status = status_text.to_owned();
+                c.reason = reason.to_owned();
+                c.message = message.to_owned();
+                c.observed_generation = generation;
+            }
+            None => self.conditions.push(Condition {
+                type_: type_.to_owned(),
+                status: status_text.to_owned(),
+                reason: reason.to_owned(),
+                message: message.to_owned(),
+                last_transition_time: now.clone(),
+                observed_generation: generation,
+            }),
+        }
+    }
+
+    pub fn remove_condition(&mut self, type_: &str) {
+        self.conditions.retain(|c| c.type_ != type_);
+    }
+
+    pub fn is_condition_true(&self, type_: &str) -> bool {
+        self.condition(type_).is_some_and(|c| c.status == "True")
+    }
+}
