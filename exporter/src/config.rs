@@ -20,7 +20,11 @@ pub const WINDOW_BUDGET_BYTES: usize = 160 * 1024;
 /// Flags and environment variables, as parsed. Turn them into a [`Config`] with
 /// [`Config::from_args`].
 #[derive(Debug, Clone, Parser)]
-#[command(name = "plover-exporter", version, about = "Receives Plover filter batches and serves exact per-revision metrics.")]
+#[command(
+    name = "plover-exporter",
+    version,
+    about = "Receives Plover filter batches and serves exact per-revision metrics."
+)]
 pub struct Args {
     /// Address to listen on (ingest, /metrics, /v1/stats, /healthz, /readyz).
     #[arg(long, env = "PLOVER_EXPORTER_LISTEN", default_value = "0.0.0.0:9464")]
@@ -120,7 +124,9 @@ pub enum ConfigError {
     /// Flags could not be parsed (only from [`Config::parse_from`]).
     #[error("{0}")]
     Args(String),
-    #[error("no ingest token: set PLOVER_EXPORTER_TOKEN or --token-file (or --insecure-no-auth for local experiments)")]
+    #[error(
+        "no ingest token: set PLOVER_EXPORTER_TOKEN or --token-file (or --insecure-no-auth for local experiments)"
+    )]
     NoToken,
     #[error("give the token once: either --token-file or PLOVER_EXPORTER_TOKEN/--token")]
     TwoTokens,
@@ -165,13 +171,12 @@ impl Config {
         let window = seconds("window", &args.window)?;
         let series_ttl = seconds("series-ttl", &args.series_ttl)?;
         if series_ttl < window {
-            return Err(invalid("series-ttl", format!("must be at least --window ({window}s), or windows would lose data early")));
+            return Err(invalid(
+                "series-ttl",
+                format!("must be at least --window ({window}s), or windows would lose data early"),
+            ));
         }
-        let mut windows = args
-            .windows
-            .split(',')
-            .map(|w| seconds("windows", w))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut windows = args.windows.split(',').map(|w| seconds("windows", w)).collect::<Result<Vec<_>, _>>()?;
         windows.sort_unstable();
         windows.dedup();
         if let Some(&longest) = windows.last() {
@@ -253,7 +258,10 @@ mod tests {
         assert!(matches!(&c.auth, Auth::Bearer(t) if t == "s3cret"));
         assert!(!format!("{c:?}").contains("s3cret"));
         assert!(matches!(parse(&["--token-file", "/nonexistent/x"]), Err(ConfigError::TokenFile { .. })));
-        assert!(matches!(parse(&["--token-file", path.to_str().unwrap(), "--token", "x"]), Err(ConfigError::TwoTokens)));
+        assert!(matches!(
+            parse(&["--token-file", path.to_str().unwrap(), "--token", "x"]),
+            Err(ConfigError::TwoTokens)
+        ));
         assert!(matches!(parse(&["--token", "  "]), Err(ConfigError::EmptyToken)));
     }
 

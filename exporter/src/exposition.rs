@@ -8,12 +8,12 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use plover_wire::labels;
+use plover_wire::Role;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabel, EncodeLabelSet, LabelSetEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
-use plover_wire::labels;
-use plover_wire::Role;
 
 use crate::store::{Durations, Outcome, Store, Totals};
 use crate::window::{Accumulator, Summary};
@@ -42,9 +42,9 @@ impl StoreCollector {
 
 /// `window` label of a length in seconds: `30s`, `1m`, `90s`, `1h`.
 pub fn window_label(seconds: u64) -> String {
-    if seconds % 3600 == 0 {
+    if seconds.is_multiple_of(3600) {
         format!("{}h", seconds / 3600)
-    } else if seconds % 60 == 0 {
+    } else if seconds.is_multiple_of(60) {
         format!("{}m", seconds / 60)
     } else {
         format!("{seconds}s")
@@ -139,8 +139,11 @@ fn for_each_route<'s>(
     Ok(())
 }
 
+/// A counter family: name, help, and the field of [`Totals`] it shows.
+type CounterFamily = (&'static str, &'static str, fn(&Totals) -> u64);
+
 fn encode_series(store: &Store, encoder: &mut DescriptorEncoder) -> fmt::Result {
-    let counters: [(&str, &str, fn(&Totals) -> u64); 3] = [
+    let counters: [CounterFamily; 3] = [
         ("plover_requests", "Requests completed, by series.", |t| t.requests),
         ("plover_request_bytes", "Request body bytes received from clients.", |t| t.request_bytes),
         ("plover_response_bytes", "Response body bytes sent to clients.", |t| t.response_bytes),
@@ -149,7 +152,7 @@ fn encode_series(store: &Store, encoder: &mut DescriptorEncoder) -> fmt::Result 
         let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
         for_each_route(store, |path, route| {
             for (outcome, totals) in &route.outcomes {
-                let labels = SeriesLabels { path: path, outcome };
+                let labels = SeriesLabels { path, outcome };
                 family.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(&value(totals), None)?;
             }
             Ok(())
@@ -205,13 +208,19 @@ fn encode_windows(
         ("plover_request_rate", "Requests per second over the window.", |s, seconds, _| {
             Some(s.requests() as f64 / seconds as f64)
         }),
-        ("plover_success_ratio", "Share of requests in the window that were not 5xx or without response; absent without requests.", |s, _, _| {
-            let requests = s.requests();
-            (requests > 0).then(|| 1.0 - s.errors() as f64 / requests as f64)
-        }),
-        ("plover_traffic_share", "This revision's share of the service's requests in the window.", |s, _, service_total| {
-            (service_total > 0).then(|| s.requests() as f64 / service_total as f64)
-        }),
+        (
+            "plover_success_ratio",
+            "Share of requests in the window that were not 5xx or without response; absent without requests.",
+            |s, _, _| {
+                let requests = s.requests();
+                (requests > 0).then(|| 1.0 - s.errors() as f64 / requests as f64)
+            },
+        ),
+        (
+            "plover_traffic_share",
+            "This revision's share of the service's requests in the window.",
+            |s, _, service_total| (service_total > 0).then(|| s.requests() as f64 / service_total as f64),
+        ),
     ];
     for (name, help, value) in gauges {
         let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
@@ -219,7 +228,14 @@ fn encode_windows(
             for r in revisions {
                 for (w, summary) in r.summaries.iter().enumerate() {
                     let Some(v) = value(summary, windows[w], totals[w]) else { continue };
-                    let labels = WindowLabels { namespace, service, revision: r.revision, role: r.role, window: &window_labels[w], quantile: None };
+                    let labels = WindowLabels {
+                        namespace,
+                        service,
+                        revision: r.revision,
+                        role: r.role,
+                        window: &window_labels[w],
+                        quantile: None,
+                    };
                     family.encode_family(&labels)?.encode_gauge(&v)?;
                 }
             }
@@ -237,7 +253,14 @@ fn encode_windows(
             for (w, summary) in r.summaries.iter().enumerate() {
                 for (q, label) in QUANTILES {
                     let Some(micros) = summary.histogram.value_at_quantile(q) else { continue };
-                    let labels = WindowLabels { namespace, service, revision: r.revision, role: r.role, window: &window_labels[w], quantile: Some(label) };
+                    let labels = WindowLabels {
+                        namespace,
+                        service,
+                        revision: r.revision,
+                        role: r.role,
+                        window: &window_labels[w],
+                        quantile: Some(label),
+                    };
                     family.encode_family(&labels)?.encode_gauge(&(micros as f64 / 1e6))?;
                 }
             }
@@ -252,15 +275,47 @@ fn encode_health(store: &Store, encoder: &mut DescriptorEncoder) -> fmt::Result 
         encoder.encode_descriptor(name, help, None, MetricType::Gauge)?.encode_gauge(&value)
     };
     let counter = |encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64| -> fmt::Result {
-        encoder.encode_descriptor(name, help, None, MetricType::Counter)?.encode_counter::<NoLabelSet, _, u64>(&value, None)
+        encoder
+            .encode_descriptor(name, help, None, MetricType::Counter)?
+            .encode_counter::<NoLabelSet, _, u64>(&value, None)
     };
     gauge(encoder, "plover_exporter_active_series", "Series currently held.", store.series() as i64)?;
-    gauge(encoder, "plover_exporter_active_senders", "Filter VMs whose sequence records are held.", store.senders() as i64)?;
-    gauge(encoder, "plover_exporter_window_bytes", "Heap bytes held by the per-revision windows.", store.window_heap_bytes() as i64)?;
-    counter(encoder, "plover_exporter_series_rejected", "Series refused because --max-series was reached.", counters.series_rejected)?;
-    counter(encoder, "plover_exporter_series_expired", "Series dropped after --series-ttl without data.", counters.series_expired)?;
-    counter(encoder, "plover_exporter_filter_dropped_requests", "Requests the filters reported they could not record.", counters.dropped_requests)?;
-    counter(encoder, "plover_exporter_window_merges", "Old window seconds merged to keep a window within its memory budget.", counters.window_merges)
+    gauge(
+        encoder,
+        "plover_exporter_active_senders",
+        "Filter VMs whose sequence records are held.",
+        store.senders() as i64,
+    )?;
+    gauge(
+        encoder,
+        "plover_exporter_window_bytes",
+        "Heap bytes held by the per-revision windows.",
+        store.window_heap_bytes() as i64,
+    )?;
+    counter(
+        encoder,
+        "plover_exporter_series_rejected",
+        "Series refused because --max-series was reached.",
+        counters.series_rejected,
+    )?;
+    counter(
+        encoder,
+        "plover_exporter_series_expired",
+        "Series dropped after --series-ttl without data.",
+        counters.series_expired,
+    )?;
+    counter(
+        encoder,
+        "plover_exporter_filter_dropped_requests",
+        "Requests the filters reported they could not record.",
+        counters.dropped_requests,
+    )?;
+    counter(
+        encoder,
+        "plover_exporter_window_merges",
+        "Old window seconds merged to keep a window within its memory budget.",
+        counters.window_merges,
+    )
 }
 
 #[cfg(test)]

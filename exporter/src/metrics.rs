@@ -27,7 +27,8 @@ pub struct IngestMetrics {
 }
 
 impl IngestMetrics {
-    /// Creates the metrics and registers them under `plover_exporter_`.
+    /// Creates the metrics and registers them under `plover_exporter_`. (The registry ends
+    /// help texts with a period itself.)
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = IngestMetrics {
             accepted: Counter::default(),
@@ -36,20 +37,20 @@ impl IngestMetrics {
             // 50 µs … ~1.6 s: decoding and merging a batch normally takes well under a millisecond.
             duration: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
         };
-        registry.register("plover_exporter_batches_accepted", "Batches merged.", metrics.accepted.clone());
+        registry.register("plover_exporter_batches_accepted", "Batches merged", metrics.accepted.clone());
         registry.register(
             "plover_exporter_batches_duplicate",
-            "Batches acknowledged but ignored because they were already applied (retransmits).",
+            "Batches acknowledged but ignored because they were already applied (retransmits)",
             metrics.duplicate.clone(),
         );
         registry.register(
             "plover_exporter_batches_rejected",
-            "Batches refused, by reason (unauthorized, unsupported_media_type, too_large, malformed, body).",
+            "Batches refused, by reason (unauthorized, unsupported_media_type, too_large, malformed, body)",
             metrics.rejected.clone(),
         );
         registry.register_with_unit(
             "plover_exporter_ingest_duration",
-            "Time to read, decode and merge one batch.",
+            "Time to read, decode and merge one batch",
             Unit::Seconds,
             metrics.duration.clone(),
         );

@@ -97,7 +97,11 @@ fn revision_stats(revision: &str, role: &str, s: &Summary, service_total: u64) -
         success_ratio: (requests > 0).then(|| 1.0 - errors as f64 / requests as f64),
         request_rate: requests as f64 / seconds,
         traffic_share: if service_total > 0 { requests as f64 / service_total as f64 } else { 0.0 },
-        by_status_class: StatusClass::ALL.iter().zip(s.counts).map(|(c, n)| (c.as_str().to_owned(), n)).collect::<BTreeMap<_, _>>(),
+        by_status_class: StatusClass::ALL
+            .iter()
+            .zip(s.counts)
+            .map(|(c, n)| (c.as_str().to_owned(), n))
+            .collect::<BTreeMap<_, _>>(),
         latency_samples: s.histogram.count(),
         latency_seconds: latency(&s.histogram),
         histogram_v2_base64: base64::engine::general_purpose::STANDARD.encode(s.histogram.to_v2()),
@@ -141,7 +145,10 @@ mod tests {
             StatsQuery::parse(Some("namespace=a&namespace=b&service=app&window=1m"), 600),
             Err(StatsError::Repeated("namespace".into()))
         );
-        assert_eq!(StatsQuery::parse(Some("namespace=a&service=app&window=1m&x=1"), 600), Err(StatsError::Unknown("x".into())));
+        assert_eq!(
+            StatsQuery::parse(Some("namespace=a&service=app&window=1m&x=1"), 600),
+            Err(StatsError::Unknown("x".into()))
+        );
         let encoded = StatsQuery::parse(Some("namespace=my%20ns&service=a%2Bb&window=10m"), 600).unwrap();
         assert_eq!((encoded.namespace.as_str(), encoded.service.as_str()), ("my ns", "a+b"));
     }

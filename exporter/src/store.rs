@@ -146,12 +146,10 @@ impl DurationBuckets {
     /// `bounds` in seconds, ascending, positive and finite (checked by the config).
     pub fn new(bounds: Vec<f64>) -> Self {
         let limits: Vec<u16> = bounds.iter().map(|&b| index_of((b * 1e6).round() as u64)).collect();
-        let bucket_of = (0..COUNTS_LEN as u16)
-            .map(|i| limits.iter().position(|&l| i <= l).unwrap_or(limits.len()) as u8)
-            .collect();
-        let midpoint = (0..COUNTS_LEN as u16)
-            .map(|i| (lowest_value_at(i) + highest_value_at(i)) as f64 / 2.0 / 1e6)
-            .collect();
+        let bucket_of =
+            (0..COUNTS_LEN as u16).map(|i| limits.iter().position(|&l| i <= l).unwrap_or(limits.len()) as u8).collect();
+        let midpoint =
+            (0..COUNTS_LEN as u16).map(|i| (lowest_value_at(i) + highest_value_at(i)) as f64 / 2.0 / 1e6).collect();
         DurationBuckets { bounds, bucket_of, midpoint }
     }
 
@@ -212,7 +210,13 @@ impl SequenceRecord {
 
 impl Store {
     pub fn new(config: StoreConfig) -> Self {
-        Store { config, namespaces: HashMap::new(), senders: HashMap::new(), series: 0, counters: StoreCounters::default() }
+        Store {
+            config,
+            namespaces: HashMap::new(),
+            senders: HashMap::new(),
+            series: 0,
+            counters: StoreCounters::default(),
+        }
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -268,11 +272,20 @@ impl Store {
         let SeriesKey { namespace, service, route, revision, role, status_class, code, grpc_status, upstream_failure } =
             key;
         let outcome = Outcome { status_class, code, grpc_status, upstream_failure };
-        if self.series >= self.config.max_series && !self.contains(&namespace, &service, &revision, role, &route, &outcome)
+        if self.series >= self.config.max_series
+            && !self.contains(&namespace, &service, &revision, role, &route, &outcome)
         {
             return false;
         }
-        let roles = self.namespaces.entry(namespace).or_default().entry(service).or_default().revisions.entry(revision).or_default();
+        let roles = self
+            .namespaces
+            .entry(namespace)
+            .or_default()
+            .entry(service)
+            .or_default()
+            .revisions
+            .entry(revision)
+            .or_default();
         let rev = roles[role as usize].get_or_insert_with(Default::default);
         rev.window.record(second, status_class, delta.requests, &delta.duration);
         let route = rev.routes.entry(route).or_default();
@@ -285,15 +298,23 @@ impl Store {
         totals.response_bytes = totals.response_bytes.saturating_add(delta.response_bytes);
         totals.last_seen_ms = now_ms;
         if !delta.duration.is_empty() {
-            let durations =
-                route.durations[class_index(status_class)].get_or_insert_with(|| Box::new(Durations::new(&self.config.buckets)));
+            let durations = route.durations[class_index(status_class)]
+                .get_or_insert_with(|| Box::new(Durations::new(&self.config.buckets)));
             durations.record(&delta.duration, &self.config.buckets);
             durations.last_seen_ms = now_ms;
         }
         true
     }
 
-    fn contains(&self, namespace: &str, service: &str, revision: &str, role: Role, route: &str, outcome: &Outcome) -> bool {
+    fn contains(
+        &self,
+        namespace: &str,
+        service: &str,
+        revision: &str,
+        role: Role,
+        route: &str,
+        outcome: &Outcome,
+    ) -> bool {
         self.revision(namespace, service, revision, role)
             .and_then(|rev| rev.routes.get(route))
             .is_some_and(|r| r.outcomes.contains_key(outcome))
@@ -439,7 +460,12 @@ mod tests {
     }
 
     fn delta(durations_us: &[u64]) -> SeriesDelta {
-        let mut d = SeriesDelta { requests: durations_us.len() as u64, request_bytes: 10, response_bytes: 20, ..Default::default() };
+        let mut d = SeriesDelta {
+            requests: durations_us.len() as u64,
+            request_bytes: 10,
+            response_bytes: 20,
+            ..Default::default()
+        };
         durations_us.iter().for_each(|&v| d.duration.record(v));
         d
     }
@@ -459,7 +485,8 @@ mod tests {
     fn totals(store: &Store, revision: &str, role: Role, code: u16) -> Option<Totals> {
         let rev = store.revision("demo", "app", revision, role)?;
         let k = key(revision, role, code);
-        let o = Outcome { status_class: k.status_class, code, grpc_status: None, upstream_failure: UpstreamFailure::None };
+        let o =
+            Outcome { status_class: k.status_class, code, grpc_status: None, upstream_failure: UpstreamFailure::None };
         rev.routes.get("r")?.outcomes.get(&o).copied()
     }
 
@@ -551,12 +578,16 @@ mod tests {
         for (i, chunk) in values.chunks(100).enumerate() {
             let code = if i % 2 == 0 { 200 } else { 503 };
             let end = T0 + 1000 + (i as u64 % 5) * 1000;
-            store.apply(batch("vm", i as u64 + 1, end, vec![(key("v1", Role::Stable, code), delta(chunk))]), now).unwrap();
+            store
+                .apply(batch("vm", i as u64 + 1, end, vec![(key("v1", Role::Stable, code), delta(chunk))]), now)
+                .unwrap();
         }
         let s = &window(&store, now, 60)[0].1;
         assert_eq!(s.requests(), 1000);
         assert_eq!(s.errors(), 500);
-        for (q, exact) in [(0.5, 500_000.0), (0.9, 900_000.0), (0.99, 990_000.0), (0.999, 999_000.0), (1.0, 1_000_000.0)] {
+        for (q, exact) in
+            [(0.5, 500_000.0), (0.9, 900_000.0), (0.99, 990_000.0), (0.999, 999_000.0), (1.0, 1_000_000.0)]
+        {
             let got = s.histogram.value_at_quantile(q).unwrap() as f64;
             assert!((got - exact).abs() / exact <= 0.01, "q={q}: {got} vs {exact}");
         }
@@ -566,7 +597,9 @@ mod tests {
     fn the_cardinality_guard_refuses_new_series_but_keeps_existing_ones() {
         let mut store = Store::new(StoreConfig { max_series: 2, ..config() });
         let now = T0 + 10_000;
-        let b = |seq, codes: &[u16]| batch("vm", seq, T0 + 5000, codes.iter().map(|&c| (key("v1", Role::Stable, c), delta(&[100]))).collect());
+        let b = |seq, codes: &[u16]| {
+            batch("vm", seq, T0 + 5000, codes.iter().map(|&c| (key("v1", Role::Stable, c), delta(&[100]))).collect())
+        };
         assert_eq!(store.apply(b(1, &[200, 404]), now), Ok(Applied::Merged { series: 2, series_rejected: 0 }));
         assert_eq!(store.apply(b(2, &[200, 404, 500]), now), Ok(Applied::Merged { series: 2, series_rejected: 1 }));
         assert_eq!(store.series(), 2);
@@ -581,7 +614,9 @@ mod tests {
     fn idle_series_and_dead_instances_expire_after_the_ttl() {
         let mut store = Store::new(StoreConfig { series_ttl_ms: 600_000, ..config() });
         store.apply(batch("old", 1, T0, vec![(key("v1", Role::Stable, 200), delta(&[100]))]), T0).unwrap();
-        store.apply(batch("new", 1, T0 + 300_000, vec![(key("v2", Role::Canary, 200), delta(&[100]))]), T0 + 300_000).unwrap();
+        store
+            .apply(batch("new", 1, T0 + 300_000, vec![(key("v2", Role::Canary, 200), delta(&[100]))]), T0 + 300_000)
+            .unwrap();
         store.tick(T0 + 600_000);
         assert_eq!(store.series(), 2);
         store.tick(T0 + 600_001);

@@ -268,7 +268,13 @@ pub struct Accumulator {
 
 impl Default for Accumulator {
     fn default() -> Self {
-        Accumulator { counts: [0; CLASSES], bins: vec![0; COUNTS_LEN].into_boxed_slice(), lo: COUNTS_LEN, hi: 0, oldest: None }
+        Accumulator {
+            counts: [0; CLASSES],
+            bins: vec![0; COUNTS_LEN].into_boxed_slice(),
+            lo: COUNTS_LEN,
+            hi: 0,
+            oldest: None,
+        }
     }
 }
 
@@ -612,7 +618,12 @@ mod tests {
         let mut w = Window::new();
         for s in 0..600u64 {
             let values: Vec<u64> = (0..(s % 7)).map(|i| 100 + s * 10 + i).collect();
-            w.record(s, StatusClass::of_code(if s % 5 == 0 { 500 } else { 200 }), values.len() as u64, &histogram(&values));
+            w.record(
+                s,
+                StatusClass::of_code(if s % 5 == 0 { 500 } else { 200 }),
+                values.len() as u64,
+                &histogram(&values),
+            );
             if s % 3 == 0 {
                 w.seal_before(s);
             }

@@ -30,7 +30,12 @@ async fn data_lines(exporter: &Exporter) -> Vec<String> {
 #[tokio::test]
 async fn batches_are_merged_and_visible_in_stats_and_metrics() {
     let exporter = Exporter::start(&[]).await;
-    let b = batch("vm-1", 1, 3000, vec![series("v1", Role::Stable, 200, 90, 20_000), series("v1", Role::Stable, 503, 10, 50_000)]);
+    let b = batch(
+        "vm-1",
+        1,
+        3000,
+        vec![series("v1", Role::Stable, 200, 90, 20_000), series("v1", Role::Stable, 503, 10, 50_000)],
+    );
     let reply = exporter.post_batch(b.encode()).await;
     assert_eq!((reply.status, reply.body.as_str()), (200, "applied\n"));
 
@@ -74,14 +79,24 @@ async fn missing_or_wrong_tokens_get_401_and_change_nothing() {
 #[tokio::test]
 async fn bad_requests_leave_all_other_data_intact() {
     let exporter = Exporter::start(&["--max-batch-bytes", "4096"]).await;
-    let good = batch("vm-1", 1, 3000, vec![series("v1", Role::Stable, 200, 50, 2000), series("v2", Role::Canary, 500, 5, 9000)]);
+    let good = batch(
+        "vm-1",
+        1,
+        3000,
+        vec![series("v1", Role::Stable, 200, 50, 2000), series("v2", Role::Canary, 500, 5, 9000)],
+    );
     assert_eq!(exporter.post_batch(good.encode()).await.status, 200);
     let stats_before = stable_stats(&exporter).await;
     let metrics_before = data_lines(&exporter).await;
     assert!(!metrics_before.is_empty());
 
     // A batch whose last series is broken must not apply its valid first series either.
-    let mut bad_tail = batch("vm-1", 2, 3000, vec![series("v1", Role::Stable, 200, 7, 2000), series("v2", Role::Canary, 200, 3, 2000)]);
+    let mut bad_tail = batch(
+        "vm-1",
+        2,
+        3000,
+        vec![series("v1", Role::Stable, 200, 7, 2000), series("v2", Role::Canary, 200, 3, 2000)],
+    );
     bad_tail.series[1].1.requests += 1; // histogram count no longer matches
     let truncated = batch("vm-1", 3, 3000, vec![series("v1", Role::Stable, 200, 7, 2000)]).encode();
     let mut oversized = batch("vm-1", 4, 3000, vec![series("v1", Role::Stable, 200, 7, 2000)]);
@@ -92,7 +107,9 @@ async fn bad_requests_leave_all_other_data_intact() {
     }
     let zero_sequence = batch("vm-1", 0, 3000, vec![series("v1", Role::Stable, 200, 7, 2000)]);
 
-    let cases: Vec<(&str, Vec<u8>, Option<&str>, &str, u16, &str)> = vec![
+    // (case, body, token, content type, expected status, expected in the reason)
+    type Case<'a> = (&'a str, Vec<u8>, Option<&'a str>, &'a str, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("garbage", b"not a batch at all".to_vec(), Some(TOKEN), CONTENT_TYPE, 400, "bad magic"),
         ("broken last series", bad_tail.encode(), Some(TOKEN), CONTENT_TYPE, 400, "histogram count"),
         ("truncated", truncated[..truncated.len() - 3].to_vec(), Some(TOKEN), CONTENT_TYPE, 400, "invalid batch"),
@@ -111,8 +128,14 @@ async fn bad_requests_leave_all_other_data_intact() {
     assert_eq!(stable_stats(&exporter).await, stats_before);
     assert_eq!(data_lines(&exporter).await, metrics_before);
     let rejected = exporter.metric_lines("plover_exporter_batches_rejected_total").await;
-    assert!(rejected.contains(&r#"plover_exporter_batches_rejected_total{reason="malformed"} 5"#.to_owned()), "{rejected:?}");
-    assert!(rejected.contains(&r#"plover_exporter_batches_rejected_total{reason="too_large"} 1"#.to_owned()), "{rejected:?}");
+    assert!(
+        rejected.contains(&r#"plover_exporter_batches_rejected_total{reason="malformed"} 5"#.to_owned()),
+        "{rejected:?}"
+    );
+    assert!(
+        rejected.contains(&r#"plover_exporter_batches_rejected_total{reason="too_large"} 1"#.to_owned()),
+        "{rejected:?}"
+    );
 
     // The sender is still welcome afterwards: a valid batch from the same VM applies.
     let next = batch("vm-1", 5, 3000, vec![series("v1", Role::Stable, 200, 1, 2000)]);
@@ -152,8 +175,14 @@ async fn retransmits_are_acknowledged_and_counted_once() {
     assert_eq!(exporter.stats(STATS).await["revisions"][0]["requests"], 30);
     let total = exporter.metric_lines("plover_requests_total").await;
     assert!(total[0].ends_with(" 30"), "{total:?}");
-    assert_eq!(exporter.metric_lines("plover_exporter_batches_duplicate_total").await, vec!["plover_exporter_batches_duplicate_total 2"]);
-    assert_eq!(exporter.metric_lines("plover_exporter_batches_accepted_total").await, vec!["plover_exporter_batches_accepted_total 2"]);
+    assert_eq!(
+        exporter.metric_lines("plover_exporter_batches_duplicate_total").await,
+        vec!["plover_exporter_batches_duplicate_total 2"]
+    );
+    assert_eq!(
+        exporter.metric_lines("plover_exporter_batches_accepted_total").await,
+        vec!["plover_exporter_batches_accepted_total 2"]
+    );
     exporter.stop().await;
 }
 
@@ -206,7 +235,12 @@ async fn health_readiness_metrics_format_and_unknown_paths() {
     let metrics = exporter.get("/metrics").await;
     assert!(metrics.content_type.starts_with("application/openmetrics-text"), "{}", metrics.content_type);
     assert!(metrics.body.ends_with("# EOF\n"));
-    for family in ["plover_requests", "plover_request_duration_seconds", "plover_exporter_ingest_duration_seconds", "plover_exporter_active_series"] {
+    for family in [
+        "plover_requests",
+        "plover_request_duration_seconds",
+        "plover_exporter_ingest_duration_seconds",
+        "plover_exporter_active_series",
+    ] {
         assert!(metrics.body.contains(&format!("# TYPE {family} ")), "{family} missing");
     }
     exporter.stop().await;

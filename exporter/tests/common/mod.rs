@@ -106,15 +106,20 @@ pub struct Reply {
 }
 
 pub async fn send(addr: SocketAddr, request: Request<Full<Bytes>>) -> Reply {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    try_send(addr, request).await.unwrap_or_else(|e| panic!("request to {addr} failed: {e}"))
+}
+
+/// Like [`send`], but a connection or protocol failure is an error instead of a panic.
+pub async fn try_send(addr: SocketAddr, request: Request<Full<Bytes>>) -> Result<Reply, Box<dyn std::error::Error>> {
+    let stream = TcpStream::connect(addr).await?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
-    let response = sender.send_request(request).await.unwrap();
+    let response = sender.send_request(request).await?;
     let status = response.status().as_u16();
     let content_type =
-        response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    Reply { status, content_type, body: String::from_utf8_lossy(&body).into_owned() }
+        response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok(Reply { status, content_type, body: String::from_utf8_lossy(&body).into_owned() })
 }
 
 pub fn now_ms() -> u64 {
@@ -134,7 +139,8 @@ pub fn series(revision: &str, role: Role, code: u16, requests: u64, micros: u64)
         grpc_status: None,
         upstream_failure: UpstreamFailure::None,
     };
-    let mut delta = SeriesDelta { requests, request_bytes: requests * 100, response_bytes: requests * 1000, ..Default::default() };
+    let mut delta =
+        SeriesDelta { requests, request_bytes: requests * 100, response_bytes: requests * 1000, ..Default::default() };
     delta.duration.record_n(micros, requests);
     (key, delta)
 }

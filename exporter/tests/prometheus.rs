@@ -1,0 +1,196 @@
+//! A real Prometheus scrapes the exporter, and an Argo-AnalysisTemplate-style success-ratio
+//! query over what it stored returns exactly the ratio of the traffic sent.
+//!
+//! Needs the `prometheus` binary (Debian package `prometheus`; `PROMETHEUS` may name another
+//! path). Without it this test fails rather than skips: it is the proof that the exposition is
+//! something Prometheus really ingests.
+
+mod common;
+
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{batch, send, series, try_send, Exporter};
+use http_body_util::Full;
+use hyper::Request;
+use plover_wire::Role;
+
+/// Kills Prometheus however the test ends, and shows its log if the test failed.
+struct PrometheusGuard {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for PrometheusGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!("--- prometheus log (last lines) ---");
+            tail.iter().rev().for_each(|l| eprintln!("{l}"));
+        }
+    }
+}
+
+fn prometheus_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("PROMETHEUS") {
+        return PathBuf::from(path);
+    }
+    let default = Path::new("/usr/bin/prometheus");
+    if default.exists() {
+        return default.to_path_buf();
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("prometheus")).find(|p| p.exists()))
+        .expect("the `prometheus` binary is required for this test: `apt-get install prometheus` (or set PROMETHEUS)")
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_prometheus(dir: &Path, target: std::net::SocketAddr, port: u16) -> PrometheusGuard {
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: plover\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.join("prometheus.log");
+    let log_file = std::fs::File::create(&log).unwrap();
+    let child = Command::new(prometheus_binary())
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--log.level=info")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file)
+        .spawn()
+        .expect("starting prometheus");
+    PrometheusGuard { child, log }
+}
+
+async fn get(port: u16, path: &str) -> common::Reply {
+    let request = Request::get(path).header("host", "prometheus").body(Full::new(Bytes::new())).unwrap();
+    send(format!("127.0.0.1:{port}").parse().unwrap(), request).await
+}
+
+/// Whether Prometheus answers `/-/ready` with 200 (it refuses connections while starting).
+async fn is_ready(port: u16) -> bool {
+    let request = Request::get("/-/ready").header("host", "prometheus").body(Full::new(Bytes::new())).unwrap();
+    try_send(format!("127.0.0.1:{port}").parse().unwrap(), request).await.is_ok_and(|r| r.status == 200)
+}
+
+/// Runs an instant query; the single sample's value, if there is one.
+async fn query(port: u16, promql: &str) -> Option<f64> {
+    let encoded: String = form_urlencoded::byte_serialize(promql.as_bytes()).collect();
+    let reply = get(port, &format!("/api/v1/query?query={encoded}")).await;
+    assert_eq!(reply.status, 200, "{promql}: {}", reply.body);
+    let json: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+    assert_eq!(json["status"], "success", "{}", reply.body);
+    let result = json["data"]["result"].as_array()?;
+    assert!(result.len() <= 1, "{promql}: {}", reply.body);
+    result.first()?["value"][1].as_str()?.parse().ok()
+}
+
+/// Polls until `promql` returns a value that satisfies `done`, or fails after `timeout`.
+async fn wait_for(port: u16, promql: &str, timeout: Duration, done: impl Fn(f64) -> bool) -> f64 {
+    let started = Instant::now();
+    let mut last = None;
+    while started.elapsed() < timeout {
+        last = query(port, promql).await;
+        if last.is_some_and(&done) {
+            return last.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("{promql}: last value {last:?} after {timeout:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_computes_the_exact_canary_success_ratio() {
+    let exporter = Exporter::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _prometheus = start_prometheus(dir.path(), exporter.addr, port);
+
+    // Known traffic: canary 950 × 2xx + 50 × 5xx, stable 1000 × 2xx, from two gateways' VMs
+    // over a few batches (one retransmitted, which must not count twice).
+    let batches = [
+        batch(
+            "vm-a",
+            1,
+            2000,
+            vec![series("v2", Role::Canary, 200, 500, 20_000), series("v1", Role::Stable, 200, 600, 15_000)],
+        ),
+        batch(
+            "vm-b",
+            1,
+            2000,
+            vec![series("v2", Role::Canary, 200, 450, 20_000), series("v2", Role::Canary, 500, 30, 100_000)],
+        ),
+        batch(
+            "vm-a",
+            2,
+            1500,
+            vec![series("v2", Role::Canary, 503, 20, 100_000), series("v1", Role::Stable, 200, 400, 15_000)],
+        ),
+    ];
+    for b in &batches {
+        assert_eq!(exporter.post_batch(b.encode()).await.status, 200);
+    }
+    assert_eq!(exporter.post_batch(batches[2].encode()).await.body, "duplicate\n");
+
+    // Wait until Prometheus is up and has scraped the exporter.
+    let started = Instant::now();
+    while !is_ready(port).await {
+        assert!(started.elapsed() < Duration::from_secs(60), "prometheus did not become ready");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    wait_for(port, r#"up{job="plover"}"#, Duration::from_secs(60), |v| v == 1.0).await;
+
+    // What an Argo Rollouts AnalysisTemplate (Prometheus provider) would ask.
+    let success_ratio = r#"sum(plover_requests_total{service="app",role="canary",status_class!~"5xx|no_response"}) / sum(plover_requests_total{service="app",role="canary"})"#;
+    let ratio = wait_for(port, success_ratio, Duration::from_secs(30), |_| true).await;
+    assert_eq!(ratio, 0.95, "{success_ratio}");
+    let stable = r#"sum(plover_requests_total{service="app",role="stable",status_class!~"5xx|no_response"}) / sum(plover_requests_total{service="app",role="stable"})"#;
+    assert_eq!(query(port, stable).await, Some(1.0));
+    assert_eq!(query(port, r#"sum(plover_requests_total{service="app"})"#).await, Some(2000.0));
+
+    // The exporter's own precise window gauges, as stored by Prometheus.
+    let windowed = wait_for(
+        port,
+        r#"plover_success_ratio{service="app",role="canary",window="1m"}"#,
+        Duration::from_secs(10),
+        |_| true,
+    )
+    .await;
+    assert_eq!(windowed, 0.95);
+    let share = query(port, r#"plover_traffic_share{service="app",role="canary",window="1m"}"#).await;
+    assert_eq!(share, Some(0.5));
+    let p99 = query(
+        port,
+        r#"plover_request_duration_window_seconds{service="app",role="canary",window="1m",quantile="0.99"}"#,
+    )
+    .await
+    .unwrap();
+    assert!((p99 - 0.1).abs() / 0.1 < 0.01, "p99 {p99}");
+    // And the classic histogram works with histogram_quantile.
+    let p50 = query(
+        port,
+        r#"histogram_quantile(0.5, sum by (le) (plover_request_duration_seconds_bucket{service="app",role="canary"}))"#,
+    )
+    .await
+    .unwrap();
+    assert!((0.01..=0.025).contains(&p50), "p50 {p50}");
+
+    exporter.stop().await;
+}
