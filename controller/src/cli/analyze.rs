@@ -1,1 +1,348 @@
-//! `plover analyze` (in progress).
+//! `plover analyze`: runs an analysis outside any cluster and reports every measurement.
+//!
+//! The loop is the controller's reconcile in miniature: ask the [`Run`] what is due, measure
+//! it (concurrently, one task per metric), record, assess, then sleep until the next
+//! measurement is due. Ctrl-C or `--duration` terminates the run the way
+//! `kubectl argo rollouts terminate analysisrun` does.
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use serde_json::json;
+
+use super::rfc3339;
+use crate::analysis::{
+    expr,
+    phase::Phase,
+    provider::{self, Providers, Settings},
+    run::{Measurement, Run, RunOptions, Termination},
+    template::{self, Analysis, ArgInputs, MetricSpec, ProviderSpec, TemplateError},
+};
+
+/// How the result is printed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Output {
+    /// One line per measurement as it happens, then a summary.
+    #[default]
+    Text,
+    /// Progress lines on stderr, one JSON document on stdout at the end.
+    Json,
+}
+
+/// Everything `plover analyze` was asked to do.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub files: Vec<std::path::PathBuf>,
+    pub args: BTreeMap<String, String>,
+    pub secrets: template::Secrets,
+    pub fields: BTreeMap<String, String>,
+    pub prometheus: Option<String>,
+    pub prometheus_default: Option<String>,
+    pub exporter: Option<String>,
+    pub output: Output,
+    /// Stop (terminate) the run after this much wall time.
+    pub duration: Option<Duration>,
+    /// Multiplies every interval, initialDelay and the error retry delay.
+    pub time_scale: f64,
+    pub termination: Termination,
+}
+
+/// Why the analysis could not start. Reported as phase Error (exit status 3).
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyzeError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Template { path: String, source: TemplateError },
+    #[error(transparent)]
+    Resolve(#[from] TemplateError),
+    #[error(transparent)]
+    Provider(#[from] provider::ProviderError),
+    #[error("no metric can run here: {0}")]
+    NothingToRun(String),
+    #[error("--time-scale must be a positive number")]
+    TimeScale,
+}
+
+/// The exit status for a final phase: 0 Successful, 1 Failed, 2 Inconclusive, 3 Error.
+pub fn exit_code(phase: Phase) -> i32 {
+    match phase {
+        Phase::Successful => 0,
+        Phase::Failed => 1,
+        Phase::Inconclusive => 2,
+        _ => 3,
+    }
+}
+
+fn scale(d: Duration, factor: f64) -> Duration {
+    Duration::from_secs_f64(d.as_secs_f64() * factor)
+}
+
+fn describe(metric: &MetricSpec, providers: &Providers) -> String {
+    let provider = match &metric.provider {
+        ProviderSpec::Prometheus(p) => format!("prometheus {}", providers.prometheus_address(p).unwrap_or_else(|| "(no address)".into())),
+        ProviderSpec::Web(w) => format!("web {} {}", if w.method.is_empty() { "GET" } else { &w.method }, w.url),
+        ProviderSpec::Plover(p) => format!("plover {:?} of {}/{} revision {}", p.metric, p.namespace, p.service, p.revision),
+        ProviderSpec::Unsupported { provider, .. } => provider.clone(),
+    };
+    let plan = metric.plan();
+    let count = match plan.effective_count() {
+        Some(n) => format!("count {n}"),
+        None => "until stopped".to_owned(),
+    };
+    let mut parts = vec![provider, count];
+    if let Some(i) = metric.interval {
+        parts.push(format!("interval {}", humantime(i)));
+    }
+    if let Some(d) = metric.initial_delay {
+        parts.push(format!("initialDelay {}", humantime(d)));
+    }
+    if metric.dry_run {
+        parts.push("dryRun".to_owned());
+    }
+    parts.join(", ")
+}
+
+fn humantime(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 { format!("{}s", ms / 1000) } else { format!("{ms}ms") }
+}
+
+/// One line of progress.
+fn measurement_line(name: &str, m: &Measurement) -> String {
+    let mut line = format!("{}  {name}  value={}  {}", rfc3339(m.finished_at), if m.value.is_empty() { "-" } else { &m.value }, m.phase);
+    if let Some(msg) = &m.message {
+        line.push_str(&format!("  ({msg})"));
+    }
+    line
+}
+
+fn measurement_json(m: &Measurement) -> serde_json::Value {
+    json!({
+        "phase": m.phase,
+        "value": m.value,
+        "message": m.message,
+        "startedAt": rfc3339(m.started_at),
+        "finishedAt": rfc3339(m.finished_at),
+    })
+}
+
+/// Loads, resolves and checks the templates of `opts`.
+pub fn prepare(opts: &Options) -> Result<Analysis, AnalyzeError> {
+    let mut documents = Vec::new();
+    for path in &opts.files {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| AnalyzeError::Read { path: shown.clone(), source })?;
+        documents.extend(template::load(&text).map_err(|source| AnalyzeError::Template { path: shown, source })?);
+    }
+    let spec = template::flatten(&documents)?;
+    // Secrets outside a cluster: --secret first, then PLOVER_SECRET_<NAME>_<KEY>.
+    let mut secrets = opts.secrets.clone();
+    for arg in &spec.args {
+        if let Some(r) = arg.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()) {
+            let key = (r.name.clone(), r.key.clone());
+            if !secrets.contains_key(&key) {
+                if let Ok(v) = std::env::var(template::secret_env_var(&r.name, &r.key)) {
+                    secrets.insert(key, v);
+                }
+            }
+        }
+    }
+    let inputs = ArgInputs { values: opts.args.clone(), secrets, fields: opts.fields.clone() };
+    Ok(template::resolve(&spec, &inputs)?)
+}
+
+/// Runs the analysis and prints it; returns the final phase.
+pub async fn run(opts: &Options, out: &mut (dyn Write + Send), progress: &mut (dyn Write + Send)) -> Phase {
+    match run_inner(opts, out, progress).await {
+        Ok(phase) => phase,
+        Err(e) => {
+            let message = e.to_string();
+            match opts.output {
+                Output::Text => {
+                    let _ = writeln!(out, "Phase: Error\nMessage: {message}");
+                }
+                Output::Json => {
+                    let _ = writeln!(out, "{}", json!({"phase": "Error", "message": message, "metrics": []}));
+                }
+            }
+            Phase::Error
+        }
+    }
+}
+
+async fn run_inner(opts: &Options, out: &mut (dyn Write + Send), progress: &mut (dyn Write + Send)) -> Result<Phase, AnalyzeError> {
+    if !(opts.time_scale.is_finite() && opts.time_scale > 0.0) {
+        return Err(AnalyzeError::TimeScale);
+    }
+    let analysis = prepare(opts)?;
+    let providers = Arc::new(Providers::new(Settings {
+        prometheus_override: opts.prometheus.clone(),
+        prometheus_default: opts.prometheus_default.clone(),
+        exporter: opts.exporter.clone(),
+    })?);
+    let log: &mut (dyn Write + Send) = match opts.output {
+        Output::Text => out,
+        Output::Json => progress,
+    };
+    let mut runnable: Vec<MetricSpec> = Vec::new();
+    let mut skipped: Vec<(MetricSpec, String)> = Vec::new();
+    for metric in &analysis.metrics {
+        match providers.unsupported(metric) {
+            Some(reason) => skipped.push((metric.clone(), reason)),
+            None => runnable.push(metric.clone()),
+        }
+    }
+    let _ = writeln!(log, "Analysis with {} metric(s):", analysis.metrics.len());
+    for m in &runnable {
+        let _ = writeln!(log, "  {}: {}", m.name, analysis.redact(&describe(m, &providers)));
+        for (which, condition) in [("successCondition", &m.success_condition), ("failureCondition", &m.failure_condition)] {
+            if let Some(c) = condition {
+                if let Err(e) = expr::Program::compile(c) {
+                    let _ = writeln!(log, "    warning: {which} {c:?} does not compile: {e}; every measurement will be an Error");
+                }
+            }
+        }
+    }
+    for (m, reason) in &skipped {
+        let _ = writeln!(log, "  {}: skipped, not run here: {reason}", m.name);
+    }
+    if runnable.is_empty() {
+        let reasons: Vec<String> = skipped.iter().map(|(m, r)| format!("{}: {r}", m.name)).collect();
+        return Err(AnalyzeError::NothingToRun(reasons.join("; ")));
+    }
+    if opts.time_scale != 1.0 {
+        let _ = writeln!(log, "  (time scaled by {}: intervals, initial delays and error retries)", opts.time_scale);
+    }
+
+    let plans = runnable
+        .iter()
+        .map(|m| {
+            let mut p = m.plan();
+            p.interval = p.interval.map(|d| scale(d, opts.time_scale));
+            p.initial_delay = p.initial_delay.map(|d| scale(d, opts.time_scale));
+            p
+        })
+        .collect();
+    let options = RunOptions {
+        error_retry_interval: scale(crate::analysis::run::DEFAULT_ERROR_RETRY_INTERVAL, opts.time_scale),
+        termination: opts.termination,
+    };
+    let mut run = Run::new(plans, options, SystemTime::now());
+    let mut history: Vec<Vec<Measurement>> = vec![Vec::new(); runnable.len()];
+    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+    let metrics = Arc::new(runnable);
+    let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
+
+    loop {
+        let due = run.due(SystemTime::now());
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in due {
+            let (providers, metrics) = (providers.clone(), metrics.clone());
+            tasks.spawn(async move {
+                let m = provider::measure(providers.as_ref(), &metrics[i], &SystemTime::now).await;
+                (i, m)
+            });
+        }
+        let mut done = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok(pair) = joined {
+                done.push(pair);
+            }
+        }
+        done.sort_by_key(|(i, _)| *i);
+        for (i, mut m) in done {
+            m.message = m.message.map(|msg| analysis.redact(&msg));
+            let _ = writeln!(log, "{}", measurement_line(&metrics[i].name, &m));
+            history[i].push(m.clone());
+            run.record(i, m);
+        }
+        if run.assess(SystemTime::now()).is_completed() {
+            break;
+        }
+        let wait = run
+            .next_wake()
+            .map(|t| t.duration_since(SystemTime::now()).unwrap_or_default())
+            .unwrap_or(Duration::from_secs(1));
+        let mut sleep_until = tokio::time::Instant::now() + wait;
+        if let Some(d) = deadline {
+            sleep_until = sleep_until.min(d);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(sleep_until) => {}
+            _ = &mut ctrl_c => {
+                let _ = writeln!(log, "Interrupted: terminating the run.");
+                run.terminate();
+            }
+        }
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) && !run.phase().is_completed() {
+            let _ = writeln!(log, "--duration reached: terminating the run.");
+            run.terminate();
+        }
+    }
+
+    let phase = run.phase();
+    match opts.output {
+        Output::Text => {
+            for (r, plan) in run.results().iter().zip(run.plans()) {
+                let _ = write!(
+                    out,
+                    "Metric {}: {} ({} measured: {} successful, {} failed, {} inconclusive, {} error{})",
+                    r.name, r.phase, r.count + r.error, r.successful, r.failed, r.inconclusive, r.error,
+                    if plan.dry_run { "; dry run" } else { "" }
+                );
+                match &r.reason {
+                    Some(reason) => { let _ = writeln!(out, ": {reason}"); }
+                    None => { let _ = writeln!(out); }
+                }
+            }
+            for (m, _) in &skipped {
+                let _ = writeln!(out, "Metric {}: skipped", m.name);
+            }
+            let _ = writeln!(out, "Phase: {phase}");
+            if !run.message().is_empty() {
+                let _ = writeln!(out, "Message: {}", run.message());
+            }
+        }
+        Output::Json => {
+            let mut metrics_json: Vec<serde_json::Value> = run
+                .results()
+                .iter()
+                .zip(run.plans())
+                .zip(&history)
+                .map(|((r, plan), ms)| {
+                    json!({
+                        "name": r.name,
+                        "phase": r.phase,
+                        "reason": r.reason,
+                        "message": r.message,
+                        "dryRun": plan.dry_run,
+                        "count": r.count,
+                        "successful": r.successful,
+                        "failed": r.failed,
+                        "inconclusive": r.inconclusive,
+                        "error": r.error,
+                        "consecutiveError": r.consecutive_error,
+                        "measurements": ms.iter().map(measurement_json).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            for (m, reason) in &skipped {
+                metrics_json.push(json!({"name": m.name, "skipped": reason, "measurements": []}));
+            }
+            let doc = json!({
+                "phase": phase,
+                "message": run.message(),
+                "startedAt": rfc3339(run.started_at()),
+                "completedAt": run.completed_at().map(rfc3339),
+                "metrics": metrics_json,
+            });
+            let _ = writeln!(out, "{doc}");
+        }
+    }
+    Ok(phase)
+}
