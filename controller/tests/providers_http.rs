@@ -1,0 +1,266 @@
+//! The web and plover providers against tiny HTTP servers on loopback, through the library
+//! (`provider::measure`) and through `plover analyze`.
+
+use std::{
+    io::Write as _,
+    sync::{Arc, Mutex},
+    time::SystemTime,
+};
+
+use plover_controller::analysis::{
+    phase::Phase,
+    provider::{measure, Providers, Settings},
+    template::{self, ArgInputs, MetricSpec},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+/// What the server saw of one request.
+#[derive(Clone, Debug, Default)]
+struct Seen {
+    method: String,
+    target: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+type Handler = Arc<dyn Fn(&Seen) -> (u16, &'static str, String) + Send + Sync>;
+
+/// Serves `handler` on a loopback port until the test's runtime ends; records every request.
+async fn serve(handler: Handler) -> (String, Arc<Mutex<Vec<Seen>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let (handler, log) = (handler.clone(), log.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let header_end = loop {
+                    let n = socket.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
+                let mut lines = head.lines();
+                let mut first = lines.next().unwrap_or_default().split(' ');
+                let mut request = Seen {
+                    method: first.next().unwrap_or_default().to_owned(),
+                    target: first.next().unwrap_or_default().to_owned(),
+                    ..Default::default()
+                };
+                for line in lines {
+                    if let Some((k, v)) = line.split_once(':') {
+                        request.headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+                    }
+                }
+                let length: usize = request
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == "content-length")
+                    .and_then(|(_, v)| v.parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < header_end + length {
+                    let n = socket.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                request.body = String::from_utf8_lossy(&buf[header_end..]).into_owned();
+                let (status, content_type, body) = handler(&request);
+                log.lock().unwrap().push(request);
+                let answer = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+fn metric(yaml_metric: &str) -> MetricSpec {
+    let yaml = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {{name: t}}\nspec:\n  metrics:\n{}",
+        yaml_metric.lines().map(|l| format!("  {l}\n")).collect::<String>()
+    );
+    let spec = template::flatten(&template::load(&yaml).unwrap()).unwrap();
+    template::resolve(&spec, &ArgInputs::default()).unwrap().metrics.remove(0)
+}
+
+fn providers(exporter: Option<String>) -> Providers {
+    Providers::new(Settings { exporter, ..Default::default() }).unwrap()
+}
+
+#[tokio::test]
+async fn web_get_with_json_path_and_headers() {
+    let (url, seen) = serve(Arc::new(|_| (200, "application/json", r#"{"data": {"ok": true, "rate": 0.97}}"#.to_owned()))).await;
+    let m = metric(&format!(
+        "- name: web\n  successCondition: result >= 0.95\n  provider:\n    web:\n      url: {url}/api/health?x=1\n      jsonPath: '{{$.data.rate}}'\n      headers: [{{key: Authorization, value: Bearer t}}]\n"
+    ));
+    let out = measure(&providers(None), &m, &SystemTime::now).await;
+    assert_eq!(out.phase, Phase::Successful, "{out:?}");
+    assert_eq!(out.value, "0.97");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen[0].method, "GET");
+    assert_eq!(seen[0].target, "/api/health?x=1");
+    assert!(seen[0].headers.contains(&("authorization".into(), "Bearer t".into())));
+}
+
+#[tokio::test]
+async fn web_post_json_body_and_failures() {
+    let (url, seen) = serve(Arc::new(|req: &Seen| match req.target.as_str() {
+        "/down" => (503, "text/plain", "unavailable".to_owned()),
+        "/text" => (200, "text/plain", "OK".to_owned()),
+        _ => (200, "application/json", r#"{"errors": 12}"#.to_owned()),
+    }))
+    .await;
+    let p = providers(None);
+    let post = metric(&format!(
+        "- name: web\n  failureCondition: result.errors > 10\n  provider:\n    web:\n      method: POST\n      url: {url}/query\n      jsonBody: {{service: reviews, window: 5m}}\n"
+    ));
+    let out = measure(&p, &post, &SystemTime::now).await;
+    assert_eq!(out.phase, Phase::Failed, "{out:?}");
+    assert_eq!(out.value, r#"{"errors":12}"#);
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0].method, "POST");
+        assert!(seen[0].headers.contains(&("content-type".into(), "application/json".into())));
+        let body: serde_json::Value = serde_json::from_str(&seen[0].body).unwrap();
+        assert_eq!(body, serde_json::json!({"service": "reviews", "window": "5m"}));
+    }
+    let down = metric(&format!("- name: web\n  provider:\n    web:\n      url: {url}/down\n"));
+    let out = measure(&p, &down, &SystemTime::now).await;
+    assert_eq!(out.phase, Phase::Error);
+    assert_eq!(out.message.as_deref(), Some("received non 2xx response code: 503"));
+    let text = metric(&format!("- name: web\n  successCondition: result == 'OK'\n  provider:\n    web:\n      url: {url}/text\n"));
+    assert_eq!(measure(&p, &text, &SystemTime::now).await.phase, Phase::Successful);
+    let get_with_body = metric(&format!("- name: web\n  provider:\n    web:\n      url: {url}/x\n      body: hi\n"));
+    let out = measure(&p, &get_with_body, &SystemTime::now).await;
+    assert_eq!(out.message.as_deref(), Some("Body/JSONBody can only be used with POST or PUT WebMetric Method types"));
+}
+
+const STATS: &str = r#"{
+  "namespace": "bookinfo", "service": "reviews", "window_seconds": 30, "as_of_unix_ms": 1700000000000,
+  "revisions": [
+    {"revision": "reviews-v1", "role": "stable", "requests": 900, "errors": 1, "success_ratio": 0.99889,
+     "request_rate": 30.0, "traffic_share": 0.9, "by_status_class": {"2xx": 899, "5xx": 1}, "latency_samples": 900,
+     "latency_seconds": {"p50": 0.01, "p90": 0.02, "p95": 0.03, "p99": 0.05, "p999": 0.09, "max": 0.1, "mean": 0.012},
+     "histogram_v2_base64": ""},
+    {"revision": "reviews-v2", "role": "canary", "requests": 100, "errors": 3, "success_ratio": 0.97,
+     "request_rate": 3.3, "traffic_share": 0.1, "by_status_class": {"2xx": 97, "5xx": 3}, "latency_samples": 100,
+     "latency_seconds": {"p50": 0.012, "p90": 0.025, "p95": 0.04, "p99": 0.25, "p999": null, "max": 0.3, "mean": 0.015},
+     "histogram_v2_base64": ""}
+  ]
+}"#;
+
+#[tokio::test]
+async fn plover_provider_reads_v1_stats() {
+    let (url, seen) = serve(Arc::new(|req: &Seen| {
+        if req.target.starts_with("/v1/stats?") && req.target.contains("service=reviews") {
+            (200, "application/json", STATS.to_owned())
+        } else if req.target.contains("service=quiet") {
+            (200, "application/json", r#"{"namespace":"bookinfo","service":"quiet","window_seconds":30,"as_of_unix_ms":1,"revisions":[]}"#.to_owned())
+        } else {
+            (404, "text/plain", "no such service".to_owned())
+        }
+    }))
+    .await;
+    let p = providers(Some(url.clone()));
+    let success = metric("- name: s\n  successCondition: result >= 0.99\n  provider:\n    plover: {namespace: bookinfo, service: reviews, metric: successRate}\n");
+    let out = measure(&p, &success, &SystemTime::now).await;
+    assert_eq!((out.phase, out.value.as_str()), (Phase::Failed, "0.97"), "{out:?}");
+    assert_eq!(seen.lock().unwrap()[0].target, "/v1/stats?namespace=bookinfo&service=reviews&window=30s");
+    let latency = metric("- name: l\n  successCondition: result < 0.2\n  provider:\n    plover: {namespace: bookinfo, service: reviews, metric: latency, quantile: p99, revision: stable, window: 5m}\n");
+    let out = measure(&p, &latency, &SystemTime::now).await;
+    assert_eq!((out.phase, out.value.as_str()), (Phase::Successful, "0.05"), "{out:?}");
+    // The minimum-sample gate: 100 canary requests < 500 ⇒ Inconclusive, conditions untouched.
+    let gated = metric("- name: g\n  successCondition: result >= 0.5\n  provider:\n    plover: {namespace: bookinfo, service: reviews, metric: successRate, minRequests: 500}\n");
+    let out = measure(&p, &gated, &SystemTime::now).await;
+    assert_eq!(out.phase, Phase::Inconclusive);
+    assert!(out.message.unwrap().contains("100 requests to revision \"canary\" in the last 30s, fewer than minRequests (500)"));
+    // No traffic at all, noData: Failed.
+    let quiet = metric("- name: q\n  successCondition: result >= 0.5\n  provider:\n    plover: {namespace: bookinfo, service: quiet, metric: successRate, noData: Failed}\n");
+    assert_eq!(measure(&p, &quiet, &SystemTime::now).await.phase, Phase::Failed);
+    // A null quantile is no data too, not an error.
+    let p999 = metric("- name: p\n  successCondition: result < 1\n  provider:\n    plover: {namespace: bookinfo, service: reviews, metric: latency, quantile: p999}\n");
+    assert_eq!(measure(&p, &p999, &SystemTime::now).await.phase, Phase::Inconclusive);
+    let missing = metric("- name: m\n  provider:\n    plover: {namespace: bookinfo, service: nope, metric: requests}\n");
+    let out = measure(&p, &missing, &SystemTime::now).await;
+    assert_eq!(out.phase, Phase::Error);
+    assert!(out.message.unwrap().contains("exporter returned HTTP status 404"));
+}
+
+/// `plover analyze` end to end on a Plover-provider template (inline in a Plover resource),
+/// text output and exit status.
+#[tokio::test]
+async fn plover_analyze_with_the_plover_provider() {
+    let (url, _) = serve(Arc::new(|_: &Seen| (200, "application/json", STATS.to_owned()))).await;
+    let dir = std::env::temp_dir().join(format!("plover-analyze-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("rollout.yaml");
+    let mut f = std::fs::File::create(&file).unwrap();
+    write!(
+        f,
+        r#"apiVersion: plover.dev/v1alpha1
+kind: CanaryRollout
+metadata: {{name: reviews}}
+spec:
+  analysis:
+    args: [{{name: service}}]
+    metrics:
+    - name: canary-success
+      interval: 2s
+      count: 2
+      successCondition: result >= 0.95
+      provider:
+        plover: {{namespace: bookinfo, service: "{{{{args.service}}}}", metric: successRate}}
+    - name: canary-share
+      successCondition: result > 0.05
+      provider:
+        plover: {{namespace: bookinfo, service: "{{{{args.service}}}}", metric: trafficShare}}
+"#
+    )
+    .unwrap();
+    let run = |args: Vec<String>| {
+        let file = file.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_plover"))
+                .arg("analyze")
+                .arg("-f")
+                .arg(file)
+                .args(args)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(vec!["--arg".into(), "service=reviews".into(), "--exporter".into(), url.clone(), "--time-scale".into(), "0.5".into()])
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(text.matches("canary-success  value=0.97  Successful").count(), 2, "{text}");
+    assert!(text.contains("canary-share  value=0.1  Successful"), "{text}");
+    assert!(text.contains("Phase: Successful"), "{text}");
+    // A missing arg is an Error before anything runs (exit 3).
+    let out = run(vec!["--exporter".into(), url.clone()]).await.unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("args.service was not resolved"));
+    // Bad usage is 64, not a phase.
+    let out = run(vec!["--arg".into(), "novalue".into()]).await.unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let _ = std::fs::remove_dir_all(&dir);
+}
