@@ -14,5 +14,6 @@
 //! The semantics follow Argo Rollouts; every deliberate difference is listed in `ANALYSIS.md`.
 
 pub mod analysis;
+pub mod canary;
 pub mod cli;
 pub mod sequential;

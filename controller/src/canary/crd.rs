@@ -1,0 +1,60 @@
+//! The `Canary` CustomResourceDefinition, generated from the Rust types: the one source of
+//! truth for `manifests/crd.yaml` (a test keeps the file equal to this output).
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+use super::spec::Canary;
+
+/// Where the generated CRD is kept, relative to the workspace root.
+pub const CRD_PATH: &str = "manifests/crd.yaml";
+
+/// The CRD object.
+pub fn crd() -> CustomResourceDefinition {
+    Canary::crd()
+}
+
+/// The CRD as the YAML written to [`CRD_PATH`], with a header saying how to regenerate it.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    let body = serde_yaml::to_string(&crd())?;
+    Ok(format!(
+        "# Generated from controller/src/canary/spec.rs — do not edit.\n\
+         # Regenerate: cargo run -q -p plover-controller --bin plover-crdgen > {CRD_PATH}\n{body}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `manifests/crd.yaml` must be exactly what the code generates.
+    #[test]
+    fn manifest_equals_the_generated_crd() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/crd.yaml");
+        let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+        let generated = crd_yaml().unwrap();
+        assert!(
+            on_disk == generated,
+            "{CRD_PATH} is stale; regenerate it with: cargo run -q -p plover-controller --bin plover-crdgen > {CRD_PATH}"
+        );
+    }
+
+    #[test]
+    fn crd_has_status_printer_columns_and_a_structural_schema() {
+        let crd = crd();
+        assert_eq!(crd.spec.group, "plover.dev");
+        assert_eq!(crd.spec.names.kind, "Canary");
+        let version = &crd.spec.versions[0];
+        assert_eq!(version.name, "v1alpha1");
+        assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
+        let columns: Vec<&str> = version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
+        assert_eq!(columns, ["Phase", "Step", "Desired", "Observed", "Age"]);
+        let schema = serde_json::to_value(&version.schema).unwrap();
+        let text = schema.to_string();
+        // Structural: no anyOf/oneOf left at any level apart from IntOrString.
+        assert!(!text.contains("\"oneOf\""), "{text}");
+        let spec = &schema["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(spec["required"], serde_json::json!(["trafficRouting", "workload"]));
+        assert!(spec["properties"]["trafficRouting"]["properties"]["gatewayAPI"].is_object());
+    }
+}

@@ -1,0 +1,649 @@
+//! The pure decision: observed world + recorded status + analysis verdicts + `now` → actions,
+//! the new status and when to look again. No clock, no I/O, no async.
+//!
+//! Level-triggered: every call recomputes from what is observed, and every decision that can
+//! route traffic states the weights to enforce (`SetWeight`), so a router edited behind our
+//! back is put right on the next reconcile. Routers write only when the object differs.
+//!
+//! The order of concerns in [`decide`]: spec validity → workloads present → new revision →
+//! steady state (stable runs the canary's revision) → abort / retry → background analysis →
+//! steps → promotion.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+
+use super::{
+    spec::{AnalysisSource, CanarySpec, StepKind, DEFAULT_MIN_REQUESTS, DEFAULT_MISMATCH_AFTER, DEFAULT_TRAFFIC_TOLERANCE, DEFAULT_TRAFFIC_WINDOW},
+    status::{conditions, reasons, AnalysisRunStatus, CanaryPhase, CanaryStatus, PauseReason, PauseState},
+    validate::{duration_or, pause_duration, validate},
+};
+use crate::analysis::Phase;
+
+/// How often to look again while waiting on something that does not notify us (a rollout, the
+/// observed split, a running analysis whose runner is lost).
+pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// When a workload is missing: not a hot loop, but soon enough to notice it appear.
+pub const MISSING_WORKLOAD_RETRY: Duration = Duration::from_secs(30);
+
+/// One workload as observed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadState {
+    pub exists: bool,
+    /// Revision of its pod template (see `reconcile::template_revision`); local mode: the name.
+    pub revision: Option<String>,
+    /// Its current template is fully rolled out (updated, available, generation observed).
+    pub rolled_out: bool,
+}
+
+impl WorkloadState {
+    pub fn ready(revision: &str) -> Self {
+        WorkloadState { exists: true, revision: Some(revision.to_owned()), rolled_out: true }
+    }
+}
+
+/// What the exporter saw over the check window.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrafficObservation {
+    /// Canary share of the service's requests, in percent (0–100).
+    pub canary_percent: f64,
+    /// Requests of all revisions in the window.
+    pub requests: u64,
+}
+
+/// The analysis engine's word on one run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    pub phase: Phase,
+    /// Argo's run message, e.g. `Metric "success-rate" assessed Failed due to failed (1) > failureLimit (0)`.
+    pub message: String,
+    pub successful: u32,
+    pub failed: u32,
+    pub inconclusive: u32,
+    pub error: u32,
+}
+
+impl Verdict {
+    pub fn of(phase: Phase, message: impl Into<String>) -> Self {
+        Verdict { phase, message: message.into(), successful: 0, failed: 0, inconclusive: 0, error: 0 }
+    }
+}
+
+/// Everything [`decide`] looks at.
+#[derive(Clone, Debug)]
+pub struct Observation<'a> {
+    /// The Canary's name (analysis run names start with it).
+    pub name: &'a str,
+    pub generation: Option<i64>,
+    pub spec: &'a CanarySpec,
+    pub status: &'a CanaryStatus,
+    pub stable: WorkloadState,
+    pub canary: WorkloadState,
+    /// `None`: no traffic check configured, or the exporter did not answer.
+    pub traffic: Option<TrafficObservation>,
+    /// Verdicts of the runs the analysis runner knows, by run name. A run recorded in status but
+    /// missing here was lost (controller restart) and is started again.
+    pub analyses: &'a BTreeMap<String, Verdict>,
+    pub now: Timestamp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnalysisKind {
+    /// Inline analysis of step `i`: blocks the step.
+    Step(u32),
+    /// Background analysis: runs alongside the steps.
+    Background,
+}
+
+/// What the caller must do, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Route `canary`% to the canary and `stable`% to the stable workload (they add up to 100).
+    SetWeight { canary: u32, stable: u32 },
+    StartAnalysis { name: String, kind: AnalysisKind, source: AnalysisSource },
+    StopAnalysis { name: String },
+    /// Copy the canary's pod template to the stable workload.
+    PromoteWorkload { revision: String },
+    Event { warning: bool, reason: &'static str, message: String },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub actions: Vec<Action>,
+    pub status: CanaryStatus,
+    /// `None`: nothing is due; wait for a change of the Canary or its workloads.
+    pub requeue_after: Option<Duration>,
+}
+
+impl Decision {
+    /// The weights this decision enforces, if it routes at all.
+    pub fn weights(&self) -> Option<(u32, u32)> {
+        self.actions.iter().find_map(|a| match a {
+            Action::SetWeight { canary, stable } => Some((*canary, *stable)),
+            _ => None,
+        })
+    }
+}
+
+struct Builder<'o, 'a> {
+    obs: &'o Observation<'a>,
+    now: Time,
+    status: CanaryStatus,
+    actions: Vec<Action>,
+    requeue_after: Option<Duration>,
+}
+
+impl Builder<'_, '_> {
+    fn requeue(&mut self, after: Duration) {
+        self.requeue_after = Some(self.requeue_after.map_or(after, |r| r.min(after)));
+    }
+
+    fn event(&mut self, warning: bool, reason: &'static str, message: impl Into<String>) {
+        self.actions.push(Action::Event { warning, reason, message: message.into() });
+    }
+
+    /// Records the desired canary weight; the change time starts the observed-split check.
+    fn set_weight(&mut self, canary: u32) {
+        if self.status.desired_weight != canary {
+            self.status.desired_weight = canary;
+            self.status.weight_changed_at = Some(self.now.clone());
+            self.status.remove_condition(conditions::TRAFFIC_SPLIT_MISMATCH);
+        }
+        self.actions.retain(|a| !matches!(a, Action::SetWeight { .. }));
+        self.actions.push(Action::SetWeight { canary, stable: 100 - canary });
+    }
+
+    fn stop_running_analyses(&mut self) {
+        let runs = [self.status.step_analysis.as_mut(), self.status.background_analysis.as_mut()];
+        let mut stopped = Vec::new();
+        for run in runs.into_iter().flatten() {
+            if !Phase::from(run.phase).is_completed() {
+                stopped.push(run.name.clone());
+            }
+        }
+        for name in stopped {
+            self.actions.push(Action::StopAnalysis { name });
+        }
+    }
+
+    fn finish(mut self) -> Decision {
+        // Actions in a stable order: stop analyses, then traffic, then workloads, start analyses, events.
+        let rank = |a: &Action| match a {
+            Action::StopAnalysis { .. } => 0,
+            Action::SetWeight { .. } => 1,
+            Action::PromoteWorkload { .. } => 2,
+            Action::StartAnalysis { .. } => 3,
+            Action::Event { .. } => 4,
+        };
+        self.actions.sort_by_key(rank);
+        Decision { actions: self.actions, status: self.status, requeue_after: self.requeue_after }
+    }
+}
+
+/// Short form of a revision for run names.
+fn short(revision: &str) -> &str {
+    revision.get(..10).unwrap_or(revision)
+}
+
+/// Name of the run of step `i` of the current attempt of the current revision.
+pub fn step_run_name(name: &str, revision: &str, attempt: u32, step: u32) -> String {
+    format!("{name}-{}-{attempt}-step{step}", short(revision))
+}
+
+/// Name of the background run; `serial` counts restarts after an Inconclusive pause.
+pub fn background_run_name(name: &str, revision: &str, attempt: u32, serial: u32) -> String {
+    if serial == 0 {
+        format!("{name}-{}-{attempt}-background", short(revision))
+    } else {
+        format!("{name}-{}-{attempt}-background-{serial}", short(revision))
+    }
+}
+
+fn background_serial(run: &AnalysisRunStatus) -> u32 {
+    run.name.rsplit_once("-background-").and_then(|(_, n)| n.parse().ok()).unwrap_or(0)
+}
+
+fn elapsed(since: &Time, now: &Timestamp) -> Duration {
+    let secs = now.as_millisecond().saturating_sub(since.0.as_millisecond());
+    Duration::from_millis(u64::try_from(secs).unwrap_or(0))
+}
+
+/// The decision for one observation.
+pub fn decide(obs: &Observation<'_>) -> Decision {
+    let mut b = Builder {
+        obs,
+        now: Time(obs.now),
+        status: obs.status.clone(),
+        actions: Vec::new(),
+        requeue_after: None,
+    };
+    b.status.observed_generation = obs.generation;
+
+    // An invalid spec: say which field, route nothing (we cannot trust the router config) and
+    // do not requeue: only an edit of the spec can change the answer.
+    if let Err(invalid) = validate(obs.spec) {
+        let message = invalid.to_string();
+        let first_time = b.status.condition(conditions::INVALID_SPEC).is_none_or(|c| c.status != "True" || c.message != message);
+        let now = b.now.clone();
+        b.status.set_condition(conditions::INVALID_SPEC, true, reasons::INVALID_SPEC, &message, &now, obs.generation);
+        b.status.phase = Some(CanaryPhase::Degraded);
+        b.status.message = Some(format!("InvalidSpec: {message}"));
+        if first_time {
+            b.event(true, reasons::INVALID_SPEC, message);
+        }
+        return b.finish();
+    }
+    b.status.remove_condition(conditions::INVALID_SPEC);
+
+    let (Some(canary_rev), Some(stable_rev)) = (
+        obs.canary.revision.clone().filter(|_| obs.canary.exists),
+        obs.stable.revision.clone().filter(|_| obs.stable.exists),
+    ) else {
+        let missing = if obs.stable.exists { &obs.spec.workload.canary } else { &obs.spec.workload.stable };
+        let message = format!("workload {missing:?} not found");
+        let now = b.now.clone();
+        b.status.set_condition(conditions::PROGRESSING, false, reasons::WORKLOAD_NOT_FOUND, &message, &now, obs.generation);
+        b.status.message = Some(message);
+        b.status.phase.get_or_insert(CanaryPhase::Progressing);
+        b.requeue(MISSING_WORKLOAD_RETRY);
+        return b.finish();
+    };
+    b.status.stable_revision = Some(stable_rev.clone());
+    if let Some(traffic) = obs.traffic {
+        b.status.observed_weight = Some((traffic.canary_percent * 10.0).round() / 10.0);
+    }
+
+    if b.status.revision.as_deref() != Some(canary_rev.as_str()) {
+        let first_sight = b.status.revision.is_none();
+        b.stop_running_analyses();
+        let s = &mut b.status;
+        s.revision = Some(canary_rev.clone());
+        s.current_step_index = None;
+        s.step_started_at = None;
+        s.pause = None;
+        s.abort = false;
+        s.aborted_at = None;
+        s.promote = false;
+        s.promote_full = false;
+        s.attempt = 0;
+        s.step_analysis = None;
+        s.background_analysis = None;
+        s.remove_condition(conditions::TRAFFIC_SPLIT_MISMATCH);
+        if canary_rev != stable_rev {
+            s.current_step_index = Some(0);
+            s.step_started_at = Some(b.now.clone());
+            let message = format!("revision {canary_rev} of {} started; stable runs {stable_rev}", obs.spec.workload.canary);
+            let now = b.now.clone();
+            b.status.set_condition(conditions::PROGRESSING, true, reasons::NEW_REVISION, &message, &now, obs.generation);
+            b.event(false, reasons::NEW_REVISION, message);
+        } else if !first_sight {
+            // The canary went back to what stable runs: nothing left to roll out.
+            b.event(false, reasons::NEW_REVISION, format!("revision {canary_rev} is what stable runs; nothing to roll out"));
+        }
+    }
+
+    if canary_rev == stable_rev {
+        return steady(b, &canary_rev);
+    }
+
+    // Abort: all traffic to stable at once, until `retry` or a new revision.
+    if b.status.abort {
+        abort(&mut b, None);
+        return b.finish();
+    }
+    if b.status.aborted_at.is_some() {
+        // `plover retry` cleared `abort`: start the revision over with fresh analysis runs.
+        let s = &mut b.status;
+        s.aborted_at = None;
+        s.attempt += 1;
+        s.current_step_index = Some(0);
+        s.step_started_at = Some(b.now.clone());
+        s.pause = None;
+        s.promote = false;
+        s.step_analysis = None;
+        s.background_analysis = None;
+        let message = format!("retrying revision {canary_rev} (attempt {})", b.status.attempt);
+        b.event(false, "Retry", message);
+    }
+
+    let steps = &obs.spec.steps;
+    let len = steps.len() as u32;
+    if b.status.promote_full {
+        if b.status.current_step_index.unwrap_or(0) < len {
+            b.event(false, reasons::PROMOTING, "full promotion requested: skipping the remaining steps");
+        }
+        stop_step_analysis(&mut b);
+        b.status.current_step_index = Some(len);
+        b.status.pause = None;
+    }
+
+    // The desired weight carries over from the last setWeight reached (Argo's rule).
+    let weight = b.status.desired_weight;
+    b.set_weight(weight);
+
+    if background_analysis(&mut b, &canary_rev) {
+        return b.finish();
+    }
+
+    // Steps: move forward as far as the world allows in this one decision.
+    let previous_phase = obs.status.phase;
+    // Steps that wait in a pause set Paused again below.
+    b.status.phase = Some(CanaryPhase::Progressing);
+    for _ in 0..=len {
+        let index = b.status.current_step_index.unwrap_or(0);
+        if index >= len {
+            break;
+        }
+        let Some(kind) = steps[index as usize].kind() else { break };
+        let done = match kind {
+            StepKind::SetWeight(w) => set_weight_step(&mut b, w),
+            StepKind::Pause(duration) => pause_step(&mut b, duration.and_then(|d| pause_duration(d).ok())),
+            StepKind::Analysis(source) => match analysis_step(&mut b, &canary_rev, index, source) {
+                StepOutcome::Done => true,
+                StepOutcome::Waiting => false,
+                StepOutcome::Aborted => return b.finish(),
+            },
+        };
+        if !done {
+            // Steps taken in this decision may have reached the background analysis' startingStep.
+            if b.status.background_analysis.is_none() && background_analysis(&mut b, &canary_rev) {
+                return b.finish();
+            }
+            let step_text = format!("step {}/{len}", index + 1);
+            if b.status.phase != Some(CanaryPhase::Paused) {
+                b.status.phase = Some(CanaryPhase::Progressing);
+                b.status.message = Some(step_text);
+            }
+            return b.finish();
+        }
+        b.status.current_step_index = Some(index + 1);
+        b.status.step_started_at = Some(b.now.clone());
+        b.status.pause = None;
+        b.status.promote = false;
+        b.status.phase = Some(CanaryPhase::Progressing);
+    }
+
+    // All steps done: hand the revision to the stable workload; traffic stays as it is until the
+    // stable rollout completes (then `steady` routes everything to stable).
+    let background = b.status.background_analysis.as_ref().filter(|r| !Phase::from(r.phase).is_completed()).map(|r| r.name.clone());
+    if let Some(name) = background {
+        b.actions.push(Action::StopAnalysis { name });
+    }
+    if previous_phase != Some(CanaryPhase::Promoting) {
+        b.event(false, reasons::PROMOTING, format!("all steps complete: promoting revision {canary_rev} to {}", obs.spec.workload.stable));
+    }
+    b.status.phase = Some(CanaryPhase::Promoting);
+    b.status.message = Some(format!("rolling out revision {canary_rev} to {}", obs.spec.workload.stable));
+    b.status.pause = None;
+    b.status.promote = false;
+    let now = b.now.clone();
+    b.status.set_condition(conditions::PROGRESSING, true, reasons::PROMOTING, "copying the canary's pod template to the stable workload", &now, obs.generation);
+    b.actions.push(Action::PromoteWorkload { revision: canary_rev });
+    b.requeue(POLL_INTERVAL);
+    b.finish()
+}
+
+/// Stable runs the canary's revision: wait for its rollout, then everything to stable.
+fn steady(mut b: Builder<'_, '_>, revision: &str) -> Decision {
+    let obs = b.obs;
+    if !obs.stable.rolled_out {
+        // Keep the split as it is: the canary still serves its share while stable rolls out.
+        let weight = b.status.desired_weight;
+        b.set_weight(weight);
+        b.status.phase = Some(CanaryPhase::Promoting);
+        b.status.message = Some(format!("waiting for {} to roll out revision {revision}", obs.spec.workload.stable));
+        b.requeue(POLL_INTERVAL);
+        return b.finish();
+    }
+    let was_promoting = b.status.phase == Some(CanaryPhase::Promoting);
+    b.set_weight(0);
+    b.status.pause = None;
+    b.status.abort = false;
+    b.status.aborted_at = None;
+    b.status.promote = false;
+    b.status.promote_full = false;
+    b.status.phase = Some(CanaryPhase::Healthy);
+    b.status.message = None;
+    b.status.remove_condition(conditions::TRAFFIC_SPLIT_MISMATCH);
+    let now = b.now.clone();
+    b.status.set_condition(conditions::PROGRESSING, false, reasons::PROMOTED, &format!("stable runs revision {revision}"), &now, obs.generation);
+    if was_promoting {
+        b.event(false, reasons::PROMOTED, format!("revision {revision} promoted: {} takes all traffic", obs.spec.workload.stable));
+    }
+    b.finish()
+}
+
+/// Routes everything to stable and marks the rollout Degraded. `reason`: the analysis message
+/// when the analysis caused it (None: `abort` was requested).
+fn abort(b: &mut Builder<'_, '_>, reason: Option<String>) {
+    let just_now = b.status.aborted_at.is_none();
+    b.status.abort = true;
+    b.stop_running_analyses();
+    b.set_weight(0);
+    b.status.pause = None;
+    b.status.promote = false;
+    b.status.phase = Some(CanaryPhase::Degraded);
+    if let Some(reason) = &reason {
+        b.status.message = Some(format!("{}: {reason}", reasons::ABORTED));
+    } else if just_now {
+        b.status.message = Some(format!("{}: rollout aborted", reasons::ABORTED));
+    }
+    if just_now {
+        b.status.aborted_at = Some(b.now.clone());
+        let message = b.status.message.clone().unwrap_or_default();
+        let now = b.now.clone();
+        let generation = b.obs.generation;
+        b.status.set_condition(conditions::PROGRESSING, false, reasons::ABORTED, &message, &now, generation);
+        b.event(true, reasons::ABORTED, message);
+    }
+}
+
+enum StepOutcome {
+    Done,
+    Waiting,
+    Aborted,
+}
+
+/// Updates the recorded run from its verdict, or asks for it to be (re)started.
+fn track_run(b: &mut Builder<'_, '_>, run: &mut AnalysisRunStatus, kind: AnalysisKind, source: &AnalysisSource) {
+    match b.obs.analyses.get(&run.name) {
+        Some(v) => {
+            run.phase = v.phase.into();
+            run.message = Some(v.message.clone()).filter(|m| !m.is_empty());
+            run.successful = v.successful;
+            run.failed = v.failed;
+            run.inconclusive = v.inconclusive;
+            run.error = v.error;
+            if !v.phase.is_completed() {
+                b.requeue(POLL_INTERVAL);
+            }
+        }
+        None if !Phase::from(run.phase).is_completed() => {
+            // Not running anywhere (new, or lost with a controller restart): start it.
+            b.actions.push(Action::StartAnalysis { name: run.name.clone(), kind, source: source.clone() });
+            b.requeue(POLL_INTERVAL);
+        }
+        None => {}
+    }
+}
+
+/// Returns true when the rollout was aborted or paused by the background analysis.
+fn background_analysis(b: &mut Builder<'_, '_>, revision: &str) -> bool {
+    let Some(spec) = b.obs.spec.analysis.as_ref() else { return false };
+    let index = b.status.current_step_index.unwrap_or(0);
+    if index < spec.starting_step() || index >= b.obs.spec.steps.len() as u32 {
+        return false;
+    }
+    let source = spec.source();
+    let mut run = match b.status.background_analysis.take() {
+        Some(run) => run,
+        None => AnalysisRunStatus {
+            name: background_run_name(b.obs.name, revision, b.status.attempt, 0),
+            started_at: Some(b.now.clone()),
+            ..Default::default()
+        },
+    };
+    track_run(b, &mut run, AnalysisKind::Background, &source);
+    let phase = Phase::from(run.phase);
+    let message = run.message.clone().unwrap_or_default();
+    match phase {
+        Phase::Failed | Phase::Error => {
+            b.status.background_analysis = Some(run);
+            b.event(true, reasons::ANALYSIS_FAILED, format!("background analysis {phase}: {message}"));
+            abort(b, Some(message));
+            true
+        }
+        Phase::Inconclusive if b.status.promote => {
+            // `promote` after an Inconclusive pause: accept and start a fresh background run.
+            let serial = background_serial(&run) + 1;
+            let fresh = AnalysisRunStatus {
+                name: background_run_name(b.obs.name, revision, b.status.attempt, serial),
+                started_at: Some(b.now.clone()),
+                ..Default::default()
+            };
+            b.status.promote = false;
+            b.status.pause = None;
+            b.actions.push(Action::StartAnalysis { name: fresh.name.clone(), kind: AnalysisKind::Background, source });
+            b.requeue(POLL_INTERVAL);
+            b.status.background_analysis = Some(fresh);
+            false
+        }
+        Phase::Inconclusive => {
+            b.status.background_analysis = Some(run);
+            pause_inconclusive(b, "background analysis was Inconclusive", &message);
+            true
+        }
+        _ => {
+            b.status.background_analysis = Some(run);
+            false
+        }
+    }
+}
+
+fn pause_inconclusive(b: &mut Builder<'_, '_>, what: &str, message: &str) {
+    if b.status.pause.as_ref().is_none_or(|p| p.reason != PauseReason::InconclusiveAnalysisRun) {
+        b.status.pause = Some(PauseState { reason: PauseReason::InconclusiveAnalysisRun, since: b.now.clone() });
+        b.event(true, reasons::ANALYSIS_INCONCLUSIVE, format!("{what}: {message}; paused until promote or abort"));
+    }
+    b.status.phase = Some(CanaryPhase::Paused);
+    b.status.message = Some(format!("InconclusiveAnalysisRun: {message}"));
+    let now = b.now.clone();
+    let generation = b.obs.generation;
+    b.status.set_condition(conditions::PROGRESSING, true, reasons::PAUSED, &format!("{what}: waiting for promote or abort"), &now, generation);
+}
+
+fn stop_step_analysis(b: &mut Builder<'_, '_>) {
+    if let Some(run) = b.status.step_analysis.as_ref().filter(|r| !Phase::from(r.phase).is_completed()) {
+        let name = run.name.clone();
+        b.actions.push(Action::StopAnalysis { name });
+    }
+}
+
+fn set_weight_step(b: &mut Builder<'_, '_>, weight: u32) -> bool {
+    b.set_weight(weight);
+    if b.status.promote {
+        return true;
+    }
+    let Some(check) = b.obs.spec.traffic_check.as_ref() else { return true };
+    let window = plover_wire::stats::parse_window_seconds(check.window.as_deref().unwrap_or(DEFAULT_TRAFFIC_WINDOW)).unwrap_or(30);
+    let tolerance = check.tolerance.and_then(|t| u32::try_from(t).ok()).unwrap_or(DEFAULT_TRAFFIC_TOLERANCE);
+    let min_requests = check.min_requests.and_then(|m| u64::try_from(m).ok()).unwrap_or(DEFAULT_MIN_REQUESTS);
+    let mismatch_after = duration_or(check.mismatch_after.as_deref(), DEFAULT_MISMATCH_AFTER).unwrap_or(Duration::from_secs(120));
+    let since_change = b.status.weight_changed_at.as_ref().map_or(Duration::MAX, |t| elapsed(t, &b.obs.now));
+    // The window must hold only traffic routed after the change, or it would average old and new.
+    let window_full = since_change >= Duration::from_secs(window);
+    let verdict = match b.obs.traffic {
+        None => Err(format!("no answer from the exporter at {}", check.exporter)),
+        Some(_) if !window_full => Err("waiting for a full window of traffic after the weight change".to_owned()),
+        Some(t) if t.requests < min_requests => {
+            Err(format!("{} requests in the last {window}s, fewer than minRequests {min_requests}", t.requests))
+        }
+        Some(t) if (t.canary_percent - f64::from(weight)).abs() <= f64::from(tolerance) => Ok(()),
+        Some(t) => Err(format!(
+            "observed canary share {:.1}% over {} requests in the last {window}s; desired {weight}% ± {tolerance}",
+            t.canary_percent, t.requests
+        )),
+    };
+    match verdict {
+        Ok(()) => {
+            b.status.remove_condition(conditions::TRAFFIC_SPLIT_MISMATCH);
+            true
+        }
+        Err(message) => {
+            if since_change >= mismatch_after {
+                let first = !b.status.is_condition_true(conditions::TRAFFIC_SPLIT_MISMATCH);
+                let now = b.now.clone();
+                let generation = b.obs.generation;
+                b.status.set_condition(conditions::TRAFFIC_SPLIT_MISMATCH, true, reasons::SPLIT_MISMATCH, &message, &now, generation);
+                if first {
+                    b.event(true, reasons::SPLIT_MISMATCH, message);
+                }
+            }
+            b.requeue(POLL_INTERVAL);
+            false
+        }
+    }
+}
+
+fn pause_step(b: &mut Builder<'_, '_>, duration: Option<Duration>) -> bool {
+    if b.status.promote {
+        return true;
+    }
+    let since = b.status.step_started_at.clone().unwrap_or_else(|| b.now.clone());
+    if let Some(d) = duration {
+        let waited = elapsed(&since, &b.obs.now);
+        if waited >= d {
+            return true;
+        }
+        b.requeue(d - waited);
+    }
+    if b.status.pause.as_ref().is_none_or(|p| p.reason != PauseReason::CanaryPauseStep) {
+        b.status.pause = Some(PauseState { reason: PauseReason::CanaryPauseStep, since });
+    }
+    b.status.phase = Some(CanaryPhase::Paused);
+    b.status.message = Some(match duration {
+        Some(d) => format!("CanaryPauseStep: paused for {}s", d.as_secs()),
+        None => "CanaryPauseStep: paused until promoted".to_owned(),
+    });
+    false
+}
+
+fn analysis_step(b: &mut Builder<'_, '_>, revision: &str, index: u32, source: &AnalysisSource) -> StepOutcome {
+    let name = step_run_name(b.obs.name, revision, b.status.attempt, index);
+    let mut run = match b.status.step_analysis.take() {
+        Some(run) if run.name == name => run,
+        _ => AnalysisRunStatus { name: name.clone(), step_index: Some(index), started_at: Some(b.now.clone()), ..Default::default() },
+    };
+    track_run(b, &mut run, AnalysisKind::Step(index), source);
+    let phase = Phase::from(run.phase);
+    let message = run.message.clone().unwrap_or_default();
+    let promote = b.status.promote;
+    let outcome = match phase {
+        Phase::Successful => StepOutcome::Done,
+        Phase::Failed | Phase::Error => {
+            b.status.step_analysis = Some(run);
+            b.event(true, reasons::ANALYSIS_FAILED, format!("step {} analysis {phase}: {message}", index + 1));
+            abort(b, Some(message));
+            return StepOutcome::Aborted;
+        }
+        Phase::Inconclusive if promote => StepOutcome::Done,
+        Phase::Inconclusive => {
+            pause_inconclusive(b, &format!("step {} analysis was Inconclusive", index + 1), &message);
+            StepOutcome::Waiting
+        }
+        Phase::Pending | Phase::Running if promote => {
+            // `promote` skips a running analysis step; its run is cancelled.
+            b.actions.retain(|a| !matches!(a, Action::StartAnalysis { name: n, .. } if *n == run.name));
+            if b.obs.analyses.contains_key(&run.name) {
+                b.actions.push(Action::StopAnalysis { name: run.name.clone() });
+            }
+            StepOutcome::Done
+        }
+        Phase::Pending | Phase::Running => StepOutcome::Waiting,
+    };
+    b.status.step_analysis = Some(run);
+    outcome
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,531 @@
+//! Decision table: one scenario per row of the rollout's behaviour, each a sequence of
+//! observations fed through `decide` with the status carried over, as reconcile does.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::*;
+use crate::canary::{spec::*, status::AnalysisPhase};
+
+const T0: i64 = 1_800_000_000;
+
+fn at(seconds: i64) -> Timestamp {
+    Timestamp::from_second(T0 + seconds).unwrap()
+}
+
+fn weight(w: i32) -> CanaryStep {
+    CanaryStep { set_weight: Some(w), ..Default::default() }
+}
+
+fn pause(duration: Option<&str>) -> CanaryStep {
+    CanaryStep { pause: Some(PauseStep { duration: duration.map(|d| IntOrString::String(d.into())) }), ..Default::default() }
+}
+
+fn analysis(template: &str) -> CanaryStep {
+    CanaryStep {
+        analysis: Some(AnalysisSource {
+            templates: vec![AnalysisTemplateRef { template_name: template.into(), cluster_scope: false }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn spec(steps: Vec<CanaryStep>) -> CanarySpec {
+    CanarySpec {
+        workload: WorkloadRef { stable: "podinfo".into(), canary: "podinfo-canary".into() },
+        traffic_routing: TrafficRouting {
+            istio: Some(IstioRouting {
+                virtual_service: VirtualServiceRef { name: "podinfo".into(), routes: vec!["primary".into()] },
+                stable_service: Some("podinfo-stable".into()),
+                canary_service: Some("podinfo-canary".into()),
+                destination_rule: None,
+            }),
+            ..Default::default()
+        },
+        steps,
+        ..Default::default()
+    }
+}
+
+/// The world around one Canary; `tick` runs `decide` and carries the status over.
+struct World {
+    spec: CanarySpec,
+    status: CanaryStatus,
+    stable: WorkloadState,
+    canary: WorkloadState,
+    traffic: Option<TrafficObservation>,
+    analyses: BTreeMap<String, Verdict>,
+    now: i64,
+}
+
+impl World {
+    /// Stable runs `v1`, the canary was just changed to `v2`.
+    fn new(spec: CanarySpec) -> Self {
+        World {
+            spec,
+            status: CanaryStatus::default(),
+            stable: WorkloadState::ready("v1"),
+            canary: WorkloadState::ready("v2"),
+            traffic: None,
+            analyses: BTreeMap::new(),
+            now: 0,
+        }
+    }
+
+    fn tick(&mut self) -> Decision {
+        let obs = Observation {
+            name: "podinfo",
+            generation: Some(1),
+            spec: &self.spec,
+            status: &self.status,
+            stable: self.stable.clone(),
+            canary: self.canary.clone(),
+            traffic: self.traffic,
+            analyses: &self.analyses,
+            now: at(self.now),
+        };
+        let d = decide(&obs);
+        self.status = d.status.clone();
+        d
+    }
+
+    fn tick_at(&mut self, seconds: i64) -> Decision {
+        self.now = seconds;
+        self.tick()
+    }
+}
+
+fn events(d: &Decision) -> Vec<&'static str> {
+    d.actions.iter().filter_map(|a| if let Action::Event { reason, .. } = a { Some(*reason) } else { None }).collect()
+}
+
+fn started(d: &Decision) -> Vec<String> {
+    d.actions.iter().filter_map(|a| if let Action::StartAnalysis { name, .. } = a { Some(name.clone()) } else { None }).collect()
+}
+
+fn stopped(d: &Decision) -> Vec<String> {
+    d.actions.iter().filter_map(|a| if let Action::StopAnalysis { name } = a { Some(name.clone()) } else { None }).collect()
+}
+
+fn promoted(d: &Decision) -> bool {
+    d.actions.iter().any(|a| matches!(a, Action::PromoteWorkload { .. }))
+}
+
+#[test]
+fn first_sight_of_equal_templates_is_healthy_and_routes_to_stable() {
+    let mut w = World::new(spec(vec![weight(20)]));
+    w.canary = WorkloadState::ready("v1");
+    let d = w.tick();
+    assert_eq!(d.weights(), Some((0, 100)));
+    assert_eq!(d.status.phase, Some(CanaryPhase::Healthy));
+    assert_eq!(d.status.current_step_index, None);
+    assert!(events(&d).is_empty(), "{:?}", d.actions);
+    assert_eq!(d.requeue_after, None);
+}
+
+#[test]
+fn start_sets_the_first_weight_and_stops_at_an_indefinite_pause() {
+    let mut w = World::new(spec(vec![weight(20), pause(None), weight(50)]));
+    let d = w.tick();
+    assert_eq!(events(&d), vec![reasons::NEW_REVISION]);
+    assert_eq!(d.weights(), Some((20, 80)));
+    assert_eq!(d.status.revision.as_deref(), Some("v2"));
+    assert_eq!(d.status.stable_revision.as_deref(), Some("v1"));
+    assert_eq!(d.status.current_step_index, Some(1));
+    assert_eq!(d.status.phase, Some(CanaryPhase::Paused));
+    assert_eq!(d.status.pause.as_ref().map(|p| p.reason), Some(PauseReason::CanaryPauseStep));
+    assert_eq!(d.requeue_after, None, "an indefinite pause waits for promote, not for time");
+
+    // Nothing changes on its own: same decision, no new event.
+    let again = w.tick_at(600);
+    assert_eq!(again.weights(), Some((20, 80)));
+    assert!(events(&again).is_empty());
+    assert_eq!(again.status.current_step_index, Some(1));
+}
+
+#[test]
+fn promote_resumes_an_indefinite_pause_and_steps_forward() {
+    let mut w = World::new(spec(vec![weight(20), pause(None), weight(50), pause(Some("1m"))]));
+    w.tick();
+    w.status.promote = true; // `plover promote`
+    let d = w.tick_at(10);
+    assert!(!d.status.promote, "the request is consumed");
+    assert_eq!(d.weights(), Some((50, 50)));
+    assert_eq!(d.status.current_step_index, Some(3));
+    assert_eq!(d.status.phase, Some(CanaryPhase::Paused));
+    assert_eq!(d.status.desired_weight, 50);
+    assert_eq!(d.requeue_after, Some(Duration::from_secs(60)), "requeue when the timed pause ends");
+}
+
+#[test]
+fn a_timed_pause_ends_by_itself() {
+    let mut w = World::new(spec(vec![weight(10), pause(Some("30s")), weight(40)]));
+    let d = w.tick();
+    assert_eq!(d.requeue_after, Some(Duration::from_secs(30)));
+    let d = w.tick_at(20);
+    assert_eq!(d.status.current_step_index, Some(1));
+    assert_eq!(d.requeue_after, Some(Duration::from_secs(10)));
+    let d = w.tick_at(30);
+    assert_eq!(d.weights(), Some((40, 60)));
+    assert_eq!(d.status.current_step_index, Some(3), "setWeight 40 completes at once without a traffic check");
+    assert!(promoted(&d), "after the last step the canary is promoted");
+}
+
+#[test]
+fn inline_analysis_blocks_its_step_until_successful() {
+    let mut w = World::new(spec(vec![weight(20), analysis("success-rate"), weight(60)]));
+    let d = w.tick();
+    let run = "podinfo-v2-0-step1".to_owned();
+    assert_eq!(started(&d), vec![run.clone()]);
+    assert_eq!(d.status.current_step_index, Some(1));
+    assert_eq!(d.status.step_analysis.as_ref().map(|r| r.name.clone()), Some(run.clone()));
+    assert_eq!(d.requeue_after, Some(POLL_INTERVAL));
+
+    w.analyses.insert(run.clone(), Verdict::of(Phase::Running, ""));
+    let d = w.tick_at(10);
+    assert!(started(&d).is_empty(), "a known run is not started twice");
+    assert_eq!(d.status.current_step_index, Some(1));
+    assert_eq!(d.weights(), Some((20, 80)));
+
+    w.analyses.insert(run.clone(), Verdict { successful: 3, ..Verdict::of(Phase::Successful, "") });
+    let d = w.tick_at(20);
+    assert_eq!(d.weights(), Some((60, 40)));
+    assert_eq!(d.status.step_analysis.as_ref().map(|r| (r.phase, r.successful)), Some((AnalysisPhase::Successful, 3)));
+    assert!(promoted(&d));
+}
+
+#[test]
+fn failed_inline_analysis_rolls_back_at_once() {
+    let mut w = World::new(spec(vec![weight(20), analysis("success-rate"), weight(60)]));
+    w.tick();
+    let message = "Metric \"success-rate\" assessed Failed due to failed (1) > failureLimit (0)";
+    w.analyses.insert("podinfo-v2-0-step1".into(), Verdict { failed: 1, ..Verdict::of(Phase::Failed, message) });
+    let d = w.tick_at(30);
+    assert_eq!(d.weights(), Some((0, 100)));
+    assert_eq!(d.status.phase, Some(CanaryPhase::Degraded));
+    assert_eq!(d.status.message.as_deref(), Some(format!("RolloutAborted: {message}").as_str()));
+    assert!(d.status.abort);
+    assert_eq!(events(&d), vec![reasons::ANALYSIS_FAILED, reasons::ABORTED]);
+    assert!(d.actions.iter().any(|a| matches!(a, Action::Event { warning: true, reason, message: m } if *reason == reasons::ABORTED && m.contains(message))));
+    assert_eq!(d.requeue_after, None);
+    let cond = d.status.condition(conditions::PROGRESSING).unwrap();
+    assert_eq!((cond.status.as_str(), cond.reason.as_str()), ("False", reasons::ABORTED));
+
+    // Level-triggered and quiet afterwards: same weights, no more events.
+    let d = w.tick_at(60);
+    assert_eq!(d.weights(), Some((0, 100)));
+    assert!(events(&d).is_empty());
+    assert_eq!(d.status.phase, Some(CanaryPhase::Degraded));
+}
+
+#[test]
+fn error_analysis_also_rolls_back() {
+    let mut w = World::new(spec(vec![analysis("latency"), weight(60)]));
+    w.tick();
+    w.analyses.insert("podinfo-v2-0-step0".into(), Verdict::of(Phase::Error, "Metric \"p99\" assessed Error due to consecutiveErrors (5) > consecutiveErrorLimit (4)"));
+    let d = w.tick_at(5);
+    assert_eq!(d.weights(), Some((0, 100)));
+    assert_eq!(d.status.phase, Some(CanaryPhase::Degraded));
+}
+
+#[test]
+fn inconclusive_analysis_pauses_and_promote_accepts_it() {
+    let mut w = World::new(spec(vec![weight(20), analysis("success-rate"), weight(60), pause(None)]));
+    w.tick();
+    w.analyses.insert("podinfo-v2-0-step1".into(), Verdict::of(Phase::Inconclusive, "Metric \"m\" assessed Inconclusive due to inconclusive (1) > inconclusiveLimit (0)"));
+    let d = w.tick_at(10);
+    assert_eq!(d.status.phase, Some(CanaryPhase::Paused));
+    assert_eq!(d.status.pause.as_ref().map(|p| p.reason), Some(PauseReason::InconclusiveAnalysisRun));
+    assert_eq!(d.weights(), Some((20, 80)), "inconclusive holds the weight, it does not roll back");
+    assert_eq!(events(&d), vec![reasons::ANALYSIS_INCONCLUSIVE]);
+    assert!(w.tick_at(20).actions.iter().all(|a| !matches!(a, Action::Event { .. })), "one event per pause");
+
+    w.status.promote = true;
+    let d = w.tick_at(30);
+    assert_eq!(d.weights(), Some((60, 40)));
+    assert_eq!(d.status.current_step_index, Some(3));
+    assert_eq!(d.status.pause.as_ref().map(|p| p.reason), Some(PauseReason::CanaryPauseStep));
+}
+
+#[test]
+fn background_analysis_starts_at_its_starting_step_and_rolls_back_on_failure() {
+    let mut s = spec(vec![weight(10), pause(None), weight(30), pause(None), weight(50)]);
+    s.analysis = Some(BackgroundAnalysis {
+        starting_step: Some(2),
+        templates: vec![AnalysisTemplateRef { template_name: "error-rate".into(), cluster_scope: false }],
+        ..Default::default()
+    });
+    let mut w = World::new(s);
+    let d = w.tick();
+    assert!(started(&d).is_empty(), "before startingStep");
+    assert_eq!(d.status.current_step_index, Some(1));
+
+    w.status.promote = true;
+    let d = w.tick_at(10);
+    assert_eq!(d.status.current_step_index, Some(3));
+    let bg = "podinfo-v2-0-background".to_owned();
+    assert_eq!(started(&d), vec![bg.clone()]);
+    assert_eq!(d.weights(), Some((30, 70)));
+
+    w.analyses.insert(bg.clone(), Verdict::of(Phase::Running, ""));
+    let d = w.tick_at(20);
+    assert!(started(&d).is_empty());
+    assert_eq!(d.status.phase, Some(CanaryPhase::Paused));
+
+    let message = "Metric \"error-rate\" assessed Failed due to failed (1) > failureLimit (0)";
+    w.analyses.insert(bg.clone(), Verdict::of(Phase::Failed, message));
+    let d = w.tick_at(30);
+    assert_eq!(d.weights(), Some((0, 100)));
+    assert_eq!(d.status.phase, Some(CanaryPhase::Degraded));
+    assert_eq!(d.status.message.as_deref(), Some(format!("RolloutAborted: {message}").as_str()));
+    assert_eq!(d.status.background_analysis.as_ref().map(|r| r.phase), Some(AnalysisPhase::Failed));
+}
+
+#[test]
+fn inconclusive_background_analysis_pauses_and_promote_starts_a_fresh_run() {
+    let mut s = spec(vec![weight(10), pause(Some("10m")), weight(50)]);
+    s.analysis = Some(BackgroundAnalysis {
+        templates: vec![AnalysisTemplateRef { template_name: "error-rate".into(), cluster_scope: false }],
+        ..Default::default()
+    });
+    let mut w = World::new(s);
+    let d = w.tick();
+    assert_eq!(started(&d), vec!["podinfo-v2-0-background".to_owned()]);
+    w.analyses.insert("podinfo-v2-0-background".into(), Verdict::of(Phase::Inconclusive, "too few requests"));
+    let d = w.tick_at(10);
+    assert_eq!(d.status.pause.as_ref().map(|p| p.reason), Some(PauseReason::InconclusiveAnalysisRun));
+    w.status.promote = true;
+    let d = w.tick_at(20);
+    assert_eq!(started(&d), vec!["podinfo-v2-0-background-1".to_owned()]);
+    assert_eq!(d.status.pause.as_ref().map(|p| p.reason), Some(PauseReason::CanaryPauseStep), "back in the timed pause");
+    assert_eq!(d.status.current_step_index, Some(1));
+}
+
+#[test]
+fn promotion_copies_the_template_waits_for_stable_then_routes_all_to_stable() {
+    let mut w = World::new(spec(vec![weight(50)]));
+    let d = w.tick();
+    assert_eq!(d.weights(), Some((50, 50)), "the canary keeps its share while stable rolls out");
+    assert!(promoted(&d));
+    assert_eq!(d.status.phase, Some(CanaryPhase::Promoting));
+    assert_eq!(events(&d), vec![reasons::NEW_REVISION, reasons::PROMOTING]);
+
+    // The stable Deployment took the template but is still rolling out.
+    w.stable = WorkloadState { exists: true, revision: Some("v2".into()), rolled_out: false };
+    let d = w.tick_at(5);
+    assert_eq!(d.weights(), Some((50, 50)));
+    assert_eq!(d.status.phase, Some(CanaryPhase::Promoting));
+    assert!(!promoted(&d));
+
+    w.stable.rolled_out = true;
+    let d = w.tick_at(10);
+    assert_eq!(d.weights(), Some((0, 100)));
+    assert_eq!(d.status.phase, Some(CanaryPhase::Healthy));
+    assert_eq!(events(&d), vec![reasons::PROMOTED]);
+    assert_eq!(d.requeue_after, None);
+    assert_eq!(d.status.stable_revision.as_deref(), Some("v2"));
+}
+
+#[test]
+fn promote_full_skips_remaining_steps_and_analysis() {
+    let mut s = spec(vec![weight(10), analysis("success-rate"), weight(50), pause(None)]);
+    s.analysis = Some(BackgroundAnalysis { templates: vec![AnalysisTemplateRef { template_name: "bg".into(), cluster_scope: false }], ..Default::default() });
+    let mut w = World::new(s);
+    w.tick();
+    w.analyses.insert("podinfo-v2-0-step1".into(), Verdict::of(Phase::Running, ""));
+    w.analyses.insert("podinfo-v2-0-background".into(), Verdict::of(Phase::Running, ""));
+    w.tick_at(5);
+    w.status.promote_full = true;
+    let d = w.tick_at(10);
+    assert!(promoted(&d));
+    assert_eq!(d.status.current_step_index, Some(4));
+    let mut stops = stopped(&d);
+    stops.sort();
+    assert_eq!(stops, vec!["podinfo-v2-0-background".to_owned(), "podinfo-v2-0-step1".to_owned()]);
+}
+
+#[test]
+fn restart_mid_rollout_resumes_at_the_recorded_step() {
+    let mut w = World::new(spec(vec![weight(20), pause(None), weight(40), analysis("success-rate"), weight(80)]));
+    w.tick();
+    w.status.promote = true;
+    let d = w.tick_at(10);
+    assert_eq!(d.status.current_step_index, Some(3));
+    let run = "podinfo-v2-0-step3".to_owned();
+    assert_eq!(started(&d), vec![run.clone()]);
+    w.analyses.insert(run.clone(), Verdict::of(Phase::Running, ""));
+    w.tick_at(15);
+
+    // The controller restarts: only the status survives, the runner knows no runs.
+    w.analyses.clear();
+    let d = w.tick_at(100);
+    assert_eq!(d.status.current_step_index, Some(3), "resumes at the recorded step");
+    assert_eq!(d.weights(), Some((40, 60)), "the recorded weight is enforced again");
+    assert_eq!(started(&d), vec![run], "the lost analysis run is started again under its name");
+    assert!(events(&d).is_empty(), "no new revision");
+}
+
+#[test]
+fn abort_routes_to_stable_and_retry_starts_over() {
+    let mut w = World::new(spec(vec![weight(20), analysis("success-rate"), weight(60)]));
+    w.tick();
+    w.analyses.insert("podinfo-v2-0-step1".into(), Verdict::of(Phase::Running, ""));
+    w.status.abort = true; // `plover abort`
+    let d = w.tick_at(10);
+    assert_eq!(d.weights(), Some((0, 100)));
+    assert_eq!(d.status.phase, Some(CanaryPhase::Degraded));
+    assert_eq!(d.status.message.as_deref(), Some("RolloutAborted: rollout aborted"));
+    assert_eq!(stopped(&d), vec!["podinfo-v2-0-step1".to_owned()]);
+    assert_eq!(events(&d), vec![reasons::ABORTED]);
+    assert!(d.status.aborted_at.is_some());
+    assert!(events(&w.tick_at(20)).is_empty());
+
+    w.status.abort = false; // `plover retry`
+    let d = w.tick_at(30);
+    assert_eq!(d.status.attempt, 1);
+    assert_eq!(d.status.aborted_at, None);
+    assert_eq!(d.status.current_step_index, Some(1));
+    assert_eq!(started(&d), vec!["podinfo-v2-1-step1".to_owned()], "a retry gets fresh run names");
+    assert_eq!(d.weights(), Some((20, 80)));
+    assert_eq!(d.status.phase, Some(CanaryPhase::Progressing));
+}
+
+#[test]
+fn a_new_revision_mid_rollout_starts_over() {
+    let mut w = World::new(spec(vec![weight(20), analysis("a"), weight(60)]));
+    w.tick();
+    w.analyses.insert("podinfo-v2-0-step1".into(), Verdict::of(Phase::Running, ""));
+    w.canary = WorkloadState::ready("v3");
+    let d = w.tick_at(10);
+    assert_eq!(stopped(&d), vec!["podinfo-v2-0-step1".to_owned()]);
+    assert_eq!(started(&d), vec!["podinfo-v3-0-step1".to_owned()]);
+    assert_eq!(d.status.revision.as_deref(), Some("v3"));
+    assert_eq!(events(&d), vec![reasons::NEW_REVISION]);
+}
+
+#[test]
+fn invalid_spec_sets_a_condition_routes_nothing_and_does_not_hot_loop() {
+    let mut s = spec(vec![weight(120)]);
+    s.traffic_routing.gateway_api = Some(GatewayApiRouting { http_route: "r".into(), stable_service: "a".into(), canary_service: "b".into(), rules: vec![] });
+    let mut w = World::new(s);
+    let d = w.tick();
+    assert_eq!(d.weights(), None);
+    assert_eq!(d.requeue_after, None);
+    assert_eq!(d.status.phase, Some(CanaryPhase::Degraded));
+    let cond = d.status.condition(conditions::INVALID_SPEC).unwrap();
+    assert_eq!(cond.status, "True");
+    assert!(cond.message.contains("spec.trafficRouting: must set only one of istio, gatewayAPI, envoy"), "{}", cond.message);
+    assert!(cond.message.contains("spec.steps[0].setWeight: 120 is not between 0 and 100"), "{}", cond.message);
+    assert_eq!(events(&d), vec![reasons::INVALID_SPEC]);
+
+    let again = w.tick_at(300);
+    assert!(again.actions.is_empty(), "{:?}", again.actions);
+    assert_eq!(again.status, d.status, "an unchanged status is not written again");
+    assert_eq!(again.requeue_after, None);
+
+    // Fixing the spec clears the condition and starts the rollout.
+    w.spec.traffic_routing.gateway_api = None;
+    w.spec.steps = vec![weight(20)];
+    let d = w.tick_at(400);
+    assert!(d.status.condition(conditions::INVALID_SPEC).is_none());
+    assert_eq!(d.weights(), Some((20, 80)));
+}
+
+#[test]
+fn missing_workload_is_reported_and_retried_slowly() {
+    let mut w = World::new(spec(vec![weight(20)]));
+    w.canary = WorkloadState::default();
+    let d = w.tick();
+    assert_eq!(d.weights(), None);
+    assert_eq!(d.requeue_after, Some(MISSING_WORKLOAD_RETRY));
+    assert_eq!(d.status.message.as_deref(), Some("workload \"podinfo-canary\" not found"));
+}
+
+fn with_check(steps: Vec<CanaryStep>) -> CanarySpec {
+    let mut s = spec(steps);
+    s.traffic_check = Some(TrafficCheck {
+        exporter: "http://exporter:9464".into(),
+        window: Some("30s".into()),
+        tolerance: Some(5),
+        min_requests: Some(100),
+        mismatch_after: Some("2m".into()),
+        ..Default::default()
+    });
+    s
+}
+
+#[test]
+fn a_weight_step_completes_only_when_the_observed_split_matches() {
+    let mut w = World::new(with_check(vec![weight(20), weight(50)]));
+    w.traffic = Some(TrafficObservation { canary_percent: 0.0, requests: 1000 });
+    let d = w.tick();
+    assert_eq!(d.weights(), Some((20, 80)));
+    assert_eq!(d.status.current_step_index, Some(0));
+    assert_eq!(d.requeue_after, Some(POLL_INTERVAL));
+
+    // A full window after the change, the exporter sees the new split.
+    w.traffic = Some(TrafficObservation { canary_percent: 21.3, requests: 1000 });
+    let d = w.tick_at(10);
+    assert_eq!(d.status.current_step_index, Some(0), "the window still holds traffic from before the change");
+    let d = w.tick_at(31);
+    assert_eq!(d.status.current_step_index, Some(1));
+    assert_eq!(d.weights(), Some((50, 50)));
+    assert_eq!(d.status.observed_weight, Some(21.3));
+}
+
+#[test]
+fn a_persistent_mismatch_is_reported_as_a_condition_once() {
+    let mut w = World::new(with_check(vec![weight(20), weight(50)]));
+    w.traffic = Some(TrafficObservation { canary_percent: 0.0, requests: 1000 });
+    w.tick();
+    let d = w.tick_at(60);
+    assert!(d.status.condition(conditions::TRAFFIC_SPLIT_MISMATCH).is_none(), "not before mismatchAfter");
+    let d = w.tick_at(121);
+    let cond = d.status.condition(conditions::TRAFFIC_SPLIT_MISMATCH).unwrap();
+    assert_eq!(cond.status, "True");
+    assert_eq!(cond.message, "observed canary share 0.0% over 1000 requests in the last 30s; desired 20% ± 5");
+    assert_eq!(events(&d), vec![reasons::SPLIT_MISMATCH]);
+    assert_eq!(d.status.current_step_index, Some(0), "the step does not complete");
+    assert!(events(&w.tick_at(130)).is_empty());
+
+    w.traffic = Some(TrafficObservation { canary_percent: 19.0, requests: 1000 });
+    let d = w.tick_at(140);
+    assert!(d.status.condition(conditions::TRAFFIC_SPLIT_MISMATCH).is_none());
+    assert_eq!(d.status.current_step_index, Some(1));
+}
+
+#[test]
+fn too_little_traffic_cannot_confirm_the_split() {
+    let mut w = World::new(with_check(vec![weight(20)]));
+    w.traffic = Some(TrafficObservation { canary_percent: 20.0, requests: 12 });
+    w.tick();
+    let d = w.tick_at(60);
+    assert_eq!(d.status.current_step_index, Some(0));
+    w.traffic = None;
+    let d = w.tick_at(200);
+    let cond = d.status.condition(conditions::TRAFFIC_SPLIT_MISMATCH).unwrap();
+    assert_eq!(cond.message, "no answer from the exporter at http://exporter:9464");
+}
+
+#[test]
+fn promote_skips_a_running_analysis_step() {
+    let mut w = World::new(spec(vec![analysis("slow"), weight(30), pause(None)]));
+    w.tick();
+    w.analyses.insert("podinfo-v2-0-step0".into(), Verdict::of(Phase::Running, ""));
+    w.status.promote = true;
+    let d = w.tick_at(5);
+    assert_eq!(stopped(&d), vec!["podinfo-v2-0-step0".to_owned()]);
+    assert_eq!(d.status.current_step_index, Some(2));
+    assert_eq!(d.weights(), Some((30, 70)));
+}
+
+#[test]
+fn an_edited_router_is_put_right_because_weights_are_always_stated() {
+    let mut w = World::new(spec(vec![weight(25), pause(None)]));
+    w.tick();
+    for t in [10, 20, 30] {
+        assert_eq!(w.tick_at(t).weights(), Some((25, 75)));
+    }
+}
