@@ -10,7 +10,11 @@ use plover_controller::{
 };
 
 #[derive(Parser)]
-#[command(name = "plover", version, about = "Plover: canary releases for Istio/Envoy")]
+#[command(
+    name = "plover",
+    version,
+    about = "Plover: canary releases for Istio/Envoy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,10 +29,12 @@ enum Command {
     /// runs until Ctrl-C or --duration, which terminate the run as Argo's terminate does.
     ///
     /// Exit status: 0 Successful, 1 Failed, 2 Inconclusive, 3 Error, 64 bad usage.
-    #[command(after_help = "Secrets for valueFrom.secretKeyRef: --secret NAME/KEY=VALUE, or the environment variable \
+    #[command(
+        after_help = "Secrets for valueFrom.secretKeyRef: --secret NAME/KEY=VALUE, or the environment variable \
 PLOVER_SECRET_<NAME>_<KEY> (upper case, other characters as _), e.g. PLOVER_SECRET_WORKSPACE_URL_SECRETURL.\n\
 Prometheus metrics without an address use ARGO_ROLLOUTS_PROMETHEUS_ADDRESS, as in Argo.\n\
-See controller/ANALYSIS.md for the semantics and every difference from Argo Rollouts.")]
+See controller/ANALYSIS.md for the semantics and every difference from Argo Rollouts."
+    )]
     Analyze(AnalyzeCmd),
 }
 
@@ -36,7 +42,12 @@ See controller/ANALYSIS.md for the semantics and every difference from Argo Roll
 struct AnalyzeCmd {
     /// Template file (AnalysisTemplate, ClusterAnalysisTemplate, AnalysisRun, or a resource with
     /// spec.analysis). Repeat to merge several, as a Rollout merges its templates.
-    #[arg(short = 'f', long = "file", required = true, value_name = "TEMPLATE.yaml")]
+    #[arg(
+        short = 'f',
+        long = "file",
+        required = true,
+        value_name = "TEMPLATE.yaml"
+    )]
     files: Vec<PathBuf>,
     /// An arg value, overriding the template's value or valueFrom.
     #[arg(long = "arg", value_name = "NAME=VALUE")]
@@ -82,7 +93,9 @@ enum TerminationArg {
 }
 
 fn pair(text: &str, what: &str) -> Result<(String, String)> {
-    let (k, v) = text.split_once('=').ok_or_else(|| anyhow!("{what} {text:?}: expected KEY=VALUE"))?;
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| anyhow!("{what} {text:?}: expected KEY=VALUE"))?;
     if k.is_empty() {
         bail!("{what} {text:?}: empty name");
     }
@@ -90,8 +103,16 @@ fn pair(text: &str, what: &str) -> Result<(String, String)> {
 }
 
 fn options(cmd: AnalyzeCmd) -> Result<analyze::Options> {
-    let args: BTreeMap<_, _> = cmd.args.iter().map(|a| pair(a, "--arg")).collect::<Result<_>>()?;
-    let fields: BTreeMap<_, _> = cmd.fields.iter().map(|a| pair(a, "--field")).collect::<Result<_>>()?;
+    let args: BTreeMap<_, _> = cmd
+        .args
+        .iter()
+        .map(|a| pair(a, "--arg"))
+        .collect::<Result<_>>()?;
+    let fields: BTreeMap<_, _> = cmd
+        .fields
+        .iter()
+        .map(|a| pair(a, "--field"))
+        .collect::<Result<_>>()?;
     let mut secrets = BTreeMap::new();
     for s in &cmd.secrets {
         let (name_key, value) = pair(s, "--secret")?;
@@ -113,7 +134,9 @@ fn options(cmd: AnalyzeCmd) -> Result<analyze::Options> {
         secrets,
         fields,
         prometheus: cmd.prometheus,
-        prometheus_default: std::env::var("ARGO_ROLLOUTS_PROMETHEUS_ADDRESS").ok().filter(|s| !s.is_empty()),
+        prometheus_default: std::env::var("ARGO_ROLLOUTS_PROMETHEUS_ADDRESS")
+            .ok()
+            .filter(|s| !s.is_empty()),
         exporter: cmd.exporter,
         output: match cmd.output {
             OutputArg::Text => Output::Text,
@@ -146,7 +169,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(64);
                 }
             };
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("plover: cannot start the runtime: {e}");

@@ -36,7 +36,9 @@ async fn serve(handler: Handler) -> (String, Arc<Mutex<Vec<Seen>>>) {
     let log = seen.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
             let (handler, log) = (handler.clone(), log.clone());
             tokio::spawn(async move {
                 let mut buf = Vec::new();
@@ -61,7 +63,9 @@ async fn serve(handler: Handler) -> (String, Arc<Mutex<Vec<Seen>>>) {
                 };
                 for line in lines {
                     if let Some((k, v)) = line.split_once(':') {
-                        request.headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+                        request
+                            .headers
+                            .push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
                     }
                 }
                 let length: usize = request
@@ -98,16 +102,30 @@ fn metric(yaml_metric: &str) -> MetricSpec {
         yaml_metric.lines().map(|l| format!("  {l}\n")).collect::<String>()
     );
     let spec = template::flatten(&template::load(&yaml).unwrap()).unwrap();
-    template::resolve(&spec, &ArgInputs::default()).unwrap().metrics.remove(0)
+    template::resolve(&spec, &ArgInputs::default())
+        .unwrap()
+        .metrics
+        .remove(0)
 }
 
 fn providers(exporter: Option<String>) -> Providers {
-    Providers::new(Settings { exporter, ..Default::default() }).unwrap()
+    Providers::new(Settings {
+        exporter,
+        ..Default::default()
+    })
+    .unwrap()
 }
 
 #[tokio::test]
 async fn web_get_with_json_path_and_headers() {
-    let (url, seen) = serve(Arc::new(|_| (200, "application/json", r#"{"data": {"ok": true, "rate": 0.97}}"#.to_owned()))).await;
+    let (url, seen) = serve(Arc::new(|_| {
+        (
+            200,
+            "application/json",
+            r#"{"data": {"ok": true, "rate": 0.97}}"#.to_owned(),
+        )
+    }))
+    .await;
     let m = metric(&format!(
         "- name: web\n  successCondition: result >= 0.95\n  provider:\n    web:\n      url: {url}/api/health?x=1\n      jsonPath: '{{$.data.rate}}'\n      headers: [{{key: Authorization, value: Bearer t}}]\n"
     ));
@@ -117,7 +135,9 @@ async fn web_get_with_json_path_and_headers() {
     let seen = seen.lock().unwrap();
     assert_eq!(seen[0].method, "GET");
     assert_eq!(seen[0].target, "/api/health?x=1");
-    assert!(seen[0].headers.contains(&("authorization".into(), "Bearer t".into())));
+    assert!(seen[0]
+        .headers
+        .contains(&("authorization".into(), "Bearer t".into())));
 }
 
 #[tokio::test]
@@ -138,19 +158,37 @@ async fn web_post_json_body_and_failures() {
     {
         let seen = seen.lock().unwrap();
         assert_eq!(seen[0].method, "POST");
-        assert!(seen[0].headers.contains(&("content-type".into(), "application/json".into())));
+        assert!(seen[0]
+            .headers
+            .contains(&("content-type".into(), "application/json".into())));
         let body: serde_json::Value = serde_json::from_str(&seen[0].body).unwrap();
-        assert_eq!(body, serde_json::json!({"service": "reviews", "window": "5m"}));
+        assert_eq!(
+            body,
+            serde_json::json!({"service": "reviews", "window": "5m"})
+        );
     }
-    let down = metric(&format!("- name: web\n  provider:\n    web:\n      url: {url}/down\n"));
+    let down = metric(&format!(
+        "- name: web\n  provider:\n    web:\n      url: {url}/down\n"
+    ));
     let out = measure(&p, &down, &SystemTime::now).await;
     assert_eq!(out.phase, Phase::Error);
-    assert_eq!(out.message.as_deref(), Some("received non 2xx response code: 503"));
+    assert_eq!(
+        out.message.as_deref(),
+        Some("received non 2xx response code: 503")
+    );
     let text = metric(&format!("- name: web\n  successCondition: result == 'OK'\n  provider:\n    web:\n      url: {url}/text\n"));
-    assert_eq!(measure(&p, &text, &SystemTime::now).await.phase, Phase::Successful);
-    let get_with_body = metric(&format!("- name: web\n  provider:\n    web:\n      url: {url}/x\n      body: hi\n"));
+    assert_eq!(
+        measure(&p, &text, &SystemTime::now).await.phase,
+        Phase::Successful
+    );
+    let get_with_body = metric(&format!(
+        "- name: web\n  provider:\n    web:\n      url: {url}/x\n      body: hi\n"
+    ));
     let out = measure(&p, &get_with_body, &SystemTime::now).await;
-    assert_eq!(out.message.as_deref(), Some("Body/JSONBody can only be used with POST or PUT WebMetric Method types"));
+    assert_eq!(
+        out.message.as_deref(),
+        Some("Body/JSONBody can only be used with POST or PUT WebMetric Method types")
+    );
 }
 
 const STATS: &str = r#"{
@@ -182,33 +220,58 @@ async fn plover_provider_reads_v1_stats() {
     let p = providers(Some(url.clone()));
     let success = metric("- name: s\n  successCondition: result >= 0.99\n  provider:\n    plover: {namespace: bookinfo, service: reviews, metric: successRate}\n");
     let out = measure(&p, &success, &SystemTime::now).await;
-    assert_eq!((out.phase, out.value.as_str()), (Phase::Failed, "0.97"), "{out:?}");
-    assert_eq!(seen.lock().unwrap()[0].target, "/v1/stats?namespace=bookinfo&service=reviews&window=30s");
+    assert_eq!(
+        (out.phase, out.value.as_str()),
+        (Phase::Failed, "0.97"),
+        "{out:?}"
+    );
+    assert_eq!(
+        seen.lock().unwrap()[0].target,
+        "/v1/stats?namespace=bookinfo&service=reviews&window=30s"
+    );
     let latency = metric("- name: l\n  successCondition: result < 0.2\n  provider:\n    plover: {namespace: bookinfo, service: reviews, metric: latency, quantile: p99, revision: stable, window: 5m}\n");
     let out = measure(&p, &latency, &SystemTime::now).await;
-    assert_eq!((out.phase, out.value.as_str()), (Phase::Successful, "0.05"), "{out:?}");
+    assert_eq!(
+        (out.phase, out.value.as_str()),
+        (Phase::Successful, "0.05"),
+        "{out:?}"
+    );
     // The minimum-sample gate: 100 canary requests < 500 ⇒ Inconclusive, conditions untouched.
     let gated = metric("- name: g\n  successCondition: result >= 0.5\n  provider:\n    plover: {namespace: bookinfo, service: reviews, metric: successRate, minRequests: 500}\n");
     let out = measure(&p, &gated, &SystemTime::now).await;
     assert_eq!(out.phase, Phase::Inconclusive);
-    assert!(out.message.unwrap().contains("100 requests to revision \"canary\" in the last 30s, fewer than minRequests (500)"));
+    assert!(out.message.unwrap().contains(
+        "100 requests to revision \"canary\" in the last 30s, fewer than minRequests (500)"
+    ));
     // No traffic at all, noData: Failed.
     let quiet = metric("- name: q\n  successCondition: result >= 0.5\n  provider:\n    plover: {namespace: bookinfo, service: quiet, metric: successRate, noData: Failed}\n");
-    assert_eq!(measure(&p, &quiet, &SystemTime::now).await.phase, Phase::Failed);
+    assert_eq!(
+        measure(&p, &quiet, &SystemTime::now).await.phase,
+        Phase::Failed
+    );
     // A null quantile is no data too, not an error.
     let p999 = metric("- name: p\n  successCondition: result < 1\n  provider:\n    plover: {namespace: bookinfo, service: reviews, metric: latency, quantile: p999}\n");
-    assert_eq!(measure(&p, &p999, &SystemTime::now).await.phase, Phase::Inconclusive);
+    assert_eq!(
+        measure(&p, &p999, &SystemTime::now).await.phase,
+        Phase::Inconclusive
+    );
     let missing = metric("- name: m\n  provider:\n    plover: {namespace: bookinfo, service: nope, metric: requests}\n");
     let out = measure(&p, &missing, &SystemTime::now).await;
     assert_eq!(out.phase, Phase::Error);
-    assert!(out.message.unwrap().contains("exporter returned HTTP status 404"));
+    assert!(out
+        .message
+        .unwrap()
+        .contains("exporter returned HTTP status 404"));
 }
 
 /// `plover analyze` end to end on a Plover-provider template (inline in a Plover resource),
 /// text output and exit status.
 #[tokio::test]
 async fn plover_analyze_with_the_plover_provider() {
-    let (url, _) = serve(Arc::new(|_: &Seen| (200, "application/json", STATS.to_owned()))).await;
+    let (url, _) = serve(Arc::new(|_: &Seen| {
+        (200, "application/json", STATS.to_owned())
+    }))
+    .await;
     let dir = std::env::temp_dir().join(format!("plover-analyze-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("rollout.yaml");
@@ -247,13 +310,28 @@ spec:
                 .unwrap()
         })
     };
-    let out = run(vec!["--arg".into(), "service=reviews".into(), "--exporter".into(), url.clone(), "--time-scale".into(), "0.5".into()])
-        .await
-        .unwrap();
+    let out = run(vec![
+        "--arg".into(),
+        "service=reviews".into(),
+        "--exporter".into(),
+        url.clone(),
+        "--time-scale".into(),
+        "0.5".into(),
+    ])
+    .await
+    .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
-    assert_eq!(text.matches("canary-success  value=0.97  Successful").count(), 2, "{text}");
-    assert!(text.contains("canary-share  value=0.1  Successful"), "{text}");
+    assert_eq!(
+        text.matches("canary-success  value=0.97  Successful")
+            .count(),
+        2,
+        "{text}"
+    );
+    assert!(
+        text.contains("canary-share  value=0.1  Successful"),
+        "{text}"
+    );
     assert!(text.contains("Phase: Successful"), "{text}");
     // A missing arg is an Error before anything runs (exit 3).
     let out = run(vec!["--exporter".into(), url.clone()]).await.unwrap();

@@ -25,7 +25,10 @@ struct Scratch(PathBuf);
 
 impl Scratch {
     fn new(tag: &str) -> Self {
-        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos();
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
         let dir = std::env::temp_dir().join(format!("plover-{tag}-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
@@ -53,11 +56,19 @@ impl Drop for Prometheus {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn require_binary(name: &str) {
-    let found = Command::new(name).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let found = Command::new(name)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
     assert!(
         found.is_ok_and(|s| s.success()),
         "`{name}` is required by this test (Debian package `prometheus`: apt-get install prometheus)"
@@ -71,13 +82,19 @@ struct Series {
 }
 
 fn requests(labels: &str, per_second: f64) -> Series {
-    Series { labels: labels.to_owned(), per_second }
+    Series {
+        labels: labels.to_owned(),
+        per_second,
+    }
 }
 
 /// OpenMetrics text: counters and gauges every 5 s from 30 min ago to 10 min ahead, so that
 /// `rate()`/`irate()` windows ending at any moment of the test see them.
 fn openmetrics(counters: &[Series], gauges: &[(&str, &str, f64)]) -> String {
-    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     let (start, end, step) = (now - 1800, now + 600, 5);
     let mut out = String::from("# HELP istio_requests Requests.\n# TYPE istio_requests counter\n");
     for s in counters {
@@ -112,7 +129,11 @@ fn start_prometheus(tag: &str, data: &str) -> Prometheus {
         .arg(&tsdb)
         .output()
         .expect("promtool runs");
-    assert!(out.status.success(), "promtool failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "promtool failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let config = dir.0.join("prometheus.yml");
     std::fs::write(&config, "global:\n  evaluation_interval: 1m\n").unwrap();
     let port = free_port();
@@ -126,7 +147,11 @@ fn start_prometheus(tag: &str, data: &str) -> Prometheus {
         .stderr(log)
         .spawn()
         .expect("prometheus starts");
-    let prometheus = Prometheus { child, url: format!("http://127.0.0.1:{port}"), _dir: dir };
+    let prometheus = Prometheus {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    };
     wait_ready(&prometheus);
     prometheus
 }
@@ -156,7 +181,10 @@ fn scenario(ok: f64, cpu: f64) -> String {
     let split = |base: &str, good_code: &str, bad_code: &str, rps: f64, ok: f64| {
         vec![
             requests(&format!("{base},response_code=\"{good_code}\""), rps * ok),
-            requests(&format!("{base},response_code=\"{bad_code}\""), rps * (1.0 - ok)),
+            requests(
+                &format!("{base},response_code=\"{bad_code}\""),
+                rps * (1.0 - ok),
+            ),
         ]
     };
     let mut counters = Vec::new();
@@ -184,7 +212,13 @@ fn scenario(ok: f64, cpu: f64) -> String {
         "200", "500", 20.0, ok,
     ));
     // seed004 success rate.
-    counters.extend(split(r#"reporter="destination",destination_service_name="mock-server""#, "200", "500", 20.0, ok));
+    counters.extend(split(
+        r#"reporter="destination",destination_service_name="mock-server""#,
+        "200",
+        "500",
+        20.0,
+        ok,
+    ));
     // seed002: the recording rules its query joins.
     let gauges = [
         (
@@ -202,7 +236,9 @@ fn scenario(ok: f64, cpu: f64) -> String {
 }
 
 fn seed(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/seed-templates").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/seed-templates")
+        .join(name)
 }
 
 struct Case {
@@ -216,7 +252,14 @@ struct Case {
 const CASES: &[Case] = &[
     Case {
         template: "seed000-istio-success-rate.yaml",
-        extra: &["--arg", "service=reviews", "--arg", "namespace=bookinfo", "--duration", "4s"],
+        extra: &[
+            "--arg",
+            "service=reviews",
+            "--arg",
+            "namespace=bookinfo",
+            "--duration",
+            "4s",
+        ],
         values: (Some(0.99), Some(0.8)),
     },
     Case {
@@ -225,13 +268,26 @@ const CASES: &[Case] = &[
         extra: &["--secret", "workspace-url/secretURL={prometheus}"],
         values: (Some(0.002), Some(0.5)),
     },
-    Case { template: "seed003-apdex-analysis.yaml", extra: &["--duration", "12s"], values: (Some(0.01), Some(0.2)) },
+    Case {
+        template: "seed003-apdex-analysis.yaml",
+        extra: &["--duration", "12s"],
+        values: (Some(0.01), Some(0.2)),
+    },
     Case {
         template: "seed004-baseline-canary-comparison.yaml",
-        extra: &["--arg", "baseline-hash=abc123", "--arg", "canary-hash=def456"],
+        extra: &[
+            "--arg",
+            "baseline-hash=abc123",
+            "--arg",
+            "canary-hash=def456",
+        ],
         values: (Some(0.99), None),
     },
-    Case { template: "seed004-success-rate.yaml", extra: &[], values: (Some(0.99), Some(0.8)) },
+    Case {
+        template: "seed004-success-rate.yaml",
+        extra: &[],
+        values: (Some(0.99), Some(0.8)),
+    },
 ];
 
 struct Outcome {
@@ -256,17 +312,39 @@ fn analyze(case: &Case, prometheus: &Prometheus) -> Outcome {
     let out = cmd.output().expect("plover runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let doc = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("{}: stdout is not one JSON document ({e}):\n{stdout}\nstderr:\n{stderr}", case.template));
-    Outcome { code: out.status.code().unwrap_or(-1), doc, stderr }
+    let doc = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "{}: stdout is not one JSON document ({e}):\n{stdout}\nstderr:\n{stderr}",
+            case.template
+        )
+    });
+    Outcome {
+        code: out.status.code().unwrap_or(-1),
+        doc,
+        stderr,
+    }
 }
 
 fn check(case: &Case, healthy: bool, o: &Outcome) {
-    let what = format!("{} ({}):\n{}\n{}", case.template, if healthy { "healthy" } else { "failing" }, o.doc, o.stderr);
-    let (phase, code) = if healthy { ("Successful", 0) } else { ("Failed", 1) };
+    let what = format!(
+        "{} ({}):\n{}\n{}",
+        case.template,
+        if healthy { "healthy" } else { "failing" },
+        o.doc,
+        o.stderr
+    );
+    let (phase, code) = if healthy {
+        ("Successful", 0)
+    } else {
+        ("Failed", 1)
+    };
     assert_eq!(o.doc["phase"], phase, "{what}");
     assert_eq!(o.code, code, "{what}");
-    let expected = if healthy { case.values.0 } else { case.values.1 };
+    let expected = if healthy {
+        case.values.0
+    } else {
+        case.values.1
+    };
     let mut measured = 0;
     for metric in o.doc["metrics"].as_array().unwrap() {
         if metric.get("skipped").is_some() {
@@ -276,9 +354,15 @@ fn check(case: &Case, healthy: bool, o: &Outcome) {
             measured += 1;
             assert_ne!(m["phase"], "Error", "{what}");
             let text = m["value"].as_str().unwrap();
-            let number: f64 = text.trim_matches(|c| c == '[' || c == ']').parse().unwrap_or(f64::NAN);
+            let number: f64 = text
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse()
+                .unwrap_or(f64::NAN);
             if let Some(expected) = expected {
-                assert!((number - expected).abs() < 1e-9, "value {text}, expected {expected}: {what}");
+                assert!(
+                    (number - expected).abs() < 1e-9,
+                    "value {text}, expected {expected}: {what}"
+                );
             }
         }
     }
@@ -308,35 +392,80 @@ fn seed_templates_against_a_real_prometheus() {
 
     // Specific expectations per template.
     let find = |template: &str, healthy: bool| {
-        let (i, _, o) = results.iter().find(|(i, h, _)| CASES[*i].template == template && *h == healthy).unwrap();
+        let (i, _, o) = results
+            .iter()
+            .find(|(i, h, _)| CASES[*i].template == template && *h == healthy)
+            .unwrap();
         let _ = i;
         o
     };
     // seed000: unbounded metric, stopped by --duration after several Successful measurements.
     let o = find("seed000-istio-success-rate.yaml", true);
     assert_eq!(o.doc["message"], "Run Terminated");
-    assert!(o.doc["metrics"][0]["measurements"].as_array().unwrap().len() >= 2, "{}", o.doc);
+    assert!(
+        o.doc["metrics"][0]["measurements"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 2,
+        "{}",
+        o.doc
+    );
     let o = find("seed000-istio-success-rate.yaml", false);
-    assert_eq!(o.doc["message"], "Metric \"success-rate\" assessed Failed due to failed (1) > failureLimit (0)");
+    assert_eq!(
+        o.doc["message"],
+        "Metric \"success-rate\" assessed Failed due to failed (1) > failureLimit (0)"
+    );
     // seed002: the Job metric is reported as skipped, the Prometheus one ran 3 times; the secret
     // (the Prometheus URL) never appears in the output.
     let o = find("seed002-success-rate-with-job.yaml", true);
-    let job = o.doc["metrics"].as_array().unwrap().iter().find(|m| m["name"] == "trigger-load-test").unwrap();
-    assert!(job["skipped"].as_str().unwrap().contains("Kubernetes Job"), "{job}");
-    let rate = o.doc["metrics"].as_array().unwrap().iter().find(|m| m["name"] == "success-rate").unwrap();
+    let job = o.doc["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "trigger-load-test")
+        .unwrap();
+    assert!(
+        job["skipped"].as_str().unwrap().contains("Kubernetes Job"),
+        "{job}"
+    );
+    let rate = o.doc["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "success-rate")
+        .unwrap();
     assert_eq!(rate["count"], 3);
-    assert!(o.stderr.contains("prometheus *****"), "the secret address is redacted: {}", o.stderr);
+    assert!(
+        o.stderr.contains("prometheus *****"),
+        "the secret address is redacted: {}",
+        o.stderr
+    );
     assert!(!o.stderr.contains(&healthy.url), "{}", o.stderr);
     // seed003: failureLimit 3 ⇒ the 4th failure fails the metric (Argo's `>`).
     let o = find("seed003-apdex-analysis.yaml", false);
     assert_eq!(o.doc["metrics"][0]["failed"], 4, "{}", o.doc);
-    assert_eq!(o.doc["message"], "Metric \"error-rate\" assessed Failed due to failed (4) > failureLimit (3)");
+    assert_eq!(
+        o.doc["message"],
+        "Metric \"error-rate\" assessed Failed due to failed (4) > failureLimit (3)"
+    );
     // seed004 comparison: the baseline stays Successful, the canary fails after 3 of 3.
     let o = find("seed004-baseline-canary-comparison.yaml", false);
-    let phase = |name: &str| o.doc["metrics"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap()["phase"].clone();
+    let phase = |name: &str| {
+        o.doc["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap()["phase"]
+            .clone()
+    };
     assert_eq!(phase("baseline-success-rate"), "Successful");
     assert_eq!(phase("canary-success-rate"), "Failed");
-    assert_eq!(o.doc["message"], "Metric \"canary-success-rate\" assessed Failed due to failed (3) > failureLimit (2)");
+    assert_eq!(
+        o.doc["message"],
+        "Metric \"canary-success-rate\" assessed Failed due to failed (3) > failureLimit (2)"
+    );
     // seed004 success rate: count 3 reached ⇒ Successful with no message.
     let o = find("seed004-success-rate.yaml", true);
     assert_eq!(o.doc["metrics"][0]["count"], 3);

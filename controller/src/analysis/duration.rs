@@ -35,14 +35,18 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
     }
     let mut total = 0f64;
     while !rest.is_empty() {
-        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
         let number = &rest[..number_len];
         if number.is_empty() || number == "." {
             return Err(invalid());
         }
         let value: f64 = number.parse().map_err(|_| invalid())?;
         rest = &rest[number_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let nanos_per_unit = match unit {
@@ -53,7 +57,12 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
             "s" => 1e9,
             "m" => 60e9,
             "h" => 3600e9,
-            other => return Err(DurationError::UnknownUnit { unit: other.to_owned(), text: text.to_owned() }),
+            other => {
+                return Err(DurationError::UnknownUnit {
+                    unit: other.to_owned(),
+                    text: text.to_owned(),
+                })
+            }
         };
         total += value * nanos_per_unit;
     }
@@ -81,7 +90,10 @@ mod tests {
     #[test]
     fn refuses_what_go_refuses() {
         assert_eq!(parse("30"), Err(DurationError::MissingUnit("30".into())));
-        assert!(matches!(parse("5d"), Err(DurationError::UnknownUnit { .. })));
+        assert!(matches!(
+            parse("5d"),
+            Err(DurationError::UnknownUnit { .. })
+        ));
         assert!(matches!(parse(""), Err(DurationError::Invalid(_))));
         assert!(matches!(parse("s"), Err(DurationError::Invalid(_))));
         assert!(matches!(parse("-5s"), Err(DurationError::Negative(_))));

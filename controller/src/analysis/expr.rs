@@ -52,7 +52,10 @@ pub struct ExprError {
 
 impl ExprError {
     fn new(message: impl Into<String>, pos: Pos) -> Self {
-        ExprError { message: message.into(), pos: Some(pos) }
+        ExprError {
+            message: message.into(),
+            pos: Some(pos),
+        }
     }
 }
 
@@ -80,7 +83,10 @@ impl Program {
     pub fn compile(source: &str) -> Result<Program, ExprError> {
         let tokens = lexer::tokenize(source)?;
         let root = parser::Parser::new(tokens, ENVIRONMENT).parse()?;
-        Ok(Program { source: source.to_owned(), root })
+        Ok(Program {
+            source: source.to_owned(),
+            root,
+        })
     }
 
     /// The condition's text.
@@ -90,7 +96,10 @@ impl Program {
 
     /// Evaluates the condition with `result` bound to the provider's value.
     pub fn eval(&self, result: &Value) -> Result<Value, ExprError> {
-        let mut scope = eval::Scope { result, pointers: Vec::new() };
+        let mut scope = eval::Scope {
+            result,
+            pointers: Vec::new(),
+        };
         eval::eval(&self.root, &mut scope)
     }
 
@@ -98,7 +107,10 @@ impl Program {
     pub fn eval_bool(&self, result: &Value) -> Result<bool, ExprError> {
         match self.eval(result)? {
             Value::Bool(b) => Ok(b),
-            other => Err(ExprError { message: format!("expected bool, but got {}", other.type_name()), pos: None }),
+            other => Err(ExprError {
+                message: format!("expected bool, but got {}", other.type_name()),
+                pos: None,
+            }),
         }
     }
 }

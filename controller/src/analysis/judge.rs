@@ -42,29 +42,60 @@ pub enum JudgeError {
     #[error("could not evaluate {} \"{condition}\": metric result is nil or empty: no data returned from the metric provider", .which.field())]
     NoData { which: Which, condition: String },
     #[error("could not evaluate {} \"{condition}\": {source}", .which.field())]
-    Condition { which: Which, condition: String, source: expr::ExprError },
+    Condition {
+        which: Which,
+        condition: String,
+        source: expr::ExprError,
+    },
 }
 
 fn evaluate(result: &Value, condition: &str, which: Which) -> Result<bool, JudgeError> {
     expr::eval_condition(result, condition).map_err(|source| {
         if result.is_nil_or_empty() {
-            JudgeError::NoData { which, condition: condition.to_owned() }
+            JudgeError::NoData {
+                which,
+                condition: condition.to_owned(),
+            }
         } else {
-            JudgeError::Condition { which, condition: condition.to_owned(), source }
+            JudgeError::Condition {
+                which,
+                condition: condition.to_owned(),
+                source,
+            }
         }
     })
 }
 
 /// Decides one measurement from the provider's value. Empty strings count as unset, as in Argo.
-pub fn evaluate_result(result: &Value, success: Option<&str>, failure: Option<&str>) -> Result<Phase, JudgeError> {
+pub fn evaluate_result(
+    result: &Value,
+    success: Option<&str>,
+    failure: Option<&str>,
+) -> Result<Phase, JudgeError> {
     let success = success.filter(|s| !s.is_empty());
     let failure = failure.filter(|s| !s.is_empty());
-    let succeeded = success.map(|c| evaluate(result, c, Which::Success)).transpose()?;
-    let failed = failure.map(|c| evaluate(result, c, Which::Failure)).transpose()?;
+    let succeeded = success
+        .map(|c| evaluate(result, c, Which::Success))
+        .transpose()?;
+    let failed = failure
+        .map(|c| evaluate(result, c, Which::Failure))
+        .transpose()?;
     Ok(match (succeeded, failed) {
         (None, None) => Phase::Successful,
-        (Some(s), None) => if s { Phase::Successful } else { Phase::Failed },
-        (None, Some(f)) => if f { Phase::Failed } else { Phase::Successful },
+        (Some(s), None) => {
+            if s {
+                Phase::Successful
+            } else {
+                Phase::Failed
+            }
+        }
+        (None, Some(f)) => {
+            if f {
+                Phase::Failed
+            } else {
+                Phase::Successful
+            }
+        }
         (Some(_), Some(true)) => Phase::Failed,
         (Some(true), Some(false)) => Phase::Successful,
         (Some(false), Some(false)) => Phase::Inconclusive,
@@ -74,8 +105,14 @@ pub fn evaluate_result(result: &Value, success: Option<&str>, failure: Option<&s
 /// [`evaluate_result`] as a [`Judgement`]: an evaluation problem becomes an Error measurement.
 pub fn judge(result: &Value, success: Option<&str>, failure: Option<&str>) -> Judgement {
     match evaluate_result(result, success, failure) {
-        Ok(phase) => Judgement { phase, message: None },
-        Err(e) => Judgement { phase: Phase::Error, message: Some(e.to_string()) },
+        Ok(phase) => Judgement {
+            phase,
+            message: None,
+        },
+        Err(e) => Judgement {
+            phase: Phase::Error,
+            message: Some(e.to_string()),
+        },
     }
 }
 

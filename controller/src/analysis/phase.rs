@@ -18,7 +18,10 @@ pub enum Phase {
 impl Phase {
     /// Successful, Failed, Error and Inconclusive are final.
     pub fn is_completed(self) -> bool {
-        matches!(self, Phase::Successful | Phase::Failed | Phase::Error | Phase::Inconclusive)
+        matches!(
+            self,
+            Phase::Successful | Phase::Failed | Phase::Error | Phase::Inconclusive
+        )
     }
 
     /// Rank from best to worst, Argo's `analysisStatusOrder`:

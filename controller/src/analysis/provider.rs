@@ -10,7 +10,11 @@ pub mod plover;
 pub mod prometheus;
 pub mod web;
 
-use std::{future::Future, pin::Pin, time::{Duration, SystemTime}};
+use std::{
+    future::Future,
+    pin::Pin,
+    time::{Duration, SystemTime},
+};
 
 use super::{
     judge,
@@ -26,7 +30,11 @@ pub enum Outcome {
     /// A value for the conditions, and its text for the measurement (`0.98`, `[0.98]`).
     Value { value: Value, text: String },
     /// The provider decided the phase itself (Plover's `noData`); conditions are not evaluated.
-    Decided { phase: Phase, text: String, message: String },
+    Decided {
+        phase: Phase,
+        text: String,
+        message: String,
+    },
 }
 
 /// Why a provider could not produce a value. Every variant makes the measurement an Error.
@@ -51,7 +59,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Something that can query a metric's provider.
 pub trait Source: Send + Sync {
-    fn query<'a>(&'a self, metric: &'a MetricSpec) -> BoxFuture<'a, Result<Outcome, ProviderError>>;
+    fn query<'a>(&'a self, metric: &'a MetricSpec)
+        -> BoxFuture<'a, Result<Outcome, ProviderError>>;
 }
 
 /// Addresses that complete or override the templates' own.
@@ -82,9 +91,15 @@ impl Providers {
             let builder = builder.danger_accept_invalid_certs(insecure);
             #[cfg(not(feature = "tls"))]
             let _ = insecure;
-            builder.build().map_err(|e| ProviderError::Config(format!("cannot build the HTTP client: {e}")))
+            builder
+                .build()
+                .map_err(|e| ProviderError::Config(format!("cannot build the HTTP client: {e}")))
         };
-        Ok(Providers { client: build(false)?, insecure_client: build(true)?, settings })
+        Ok(Providers {
+            client: build(false)?,
+            insecure_client: build(true)?,
+            settings,
+        })
     }
 
     pub fn settings(&self) -> &Settings {
@@ -92,7 +107,11 @@ impl Providers {
     }
 
     /// The client for a URL, refusing `https` in a build without TLS.
-    pub(crate) fn client_for(&self, url: &str, insecure: bool) -> Result<&reqwest::Client, ProviderError> {
+    pub(crate) fn client_for(
+        &self,
+        url: &str,
+        insecure: bool,
+    ) -> Result<&reqwest::Client, ProviderError> {
         let parsed = reqwest::Url::parse(url)
             .map_err(|e| ProviderError::Config(format!("{url:?} is not a URL: {e}")))?;
         match parsed.scheme() {
@@ -103,7 +122,11 @@ impl Providers {
                     "{url}: https needs plover built with the `tls` feature"
                 )))
             }
-            other => return Err(ProviderError::Config(format!("{url}: unsupported scheme {other:?}"))),
+            other => {
+                return Err(ProviderError::Config(format!(
+                    "{url}: unsupported scheme {other:?}"
+                )))
+            }
         }
         #[cfg(feature = "tls")]
         if insecure {
@@ -126,7 +149,9 @@ impl Providers {
     pub fn unsupported(&self, metric: &MetricSpec) -> Option<String> {
         match &metric.provider {
             ProviderSpec::Unsupported { reason, .. } => Some(reason.clone()),
-            ProviderSpec::Prometheus(p) => prometheus::unsupported(p, &self.prometheus_address(p).unwrap_or_default()),
+            ProviderSpec::Prometheus(p) => {
+                prometheus::unsupported(p, &self.prometheus_address(p).unwrap_or_default())
+            }
             ProviderSpec::Web(w) => web::unsupported(w),
             ProviderSpec::Plover(_) => None,
         }
@@ -134,30 +159,52 @@ impl Providers {
 }
 
 impl Source for Providers {
-    fn query<'a>(&'a self, metric: &'a MetricSpec) -> BoxFuture<'a, Result<Outcome, ProviderError>> {
+    fn query<'a>(
+        &'a self,
+        metric: &'a MetricSpec,
+    ) -> BoxFuture<'a, Result<Outcome, ProviderError>> {
         Box::pin(async move {
             match &metric.provider {
                 ProviderSpec::Prometheus(spec) => prometheus::query(self, spec).await,
                 ProviderSpec::Web(spec) => web::query(self, spec).await,
                 ProviderSpec::Plover(spec) => plover::query(self, spec).await,
-                ProviderSpec::Unsupported { provider, reason } => {
-                    Err(ProviderError::Unsupported { provider: provider.clone(), reason: reason.clone() })
-                }
+                ProviderSpec::Unsupported { provider, reason } => Err(ProviderError::Unsupported {
+                    provider: provider.clone(),
+                    reason: reason.clone(),
+                }),
             }
         })
     }
 }
 
 /// Takes one measurement of `metric`: query, then judge. `now` stamps start and finish.
-pub async fn measure(source: &dyn Source, metric: &MetricSpec, now: &(dyn Fn() -> SystemTime + Sync)) -> Measurement {
+pub async fn measure(
+    source: &dyn Source,
+    metric: &MetricSpec,
+    now: &(dyn Fn() -> SystemTime + Sync),
+) -> Measurement {
     let started_at = now();
     let (phase, value, message) = match source.query(metric).await {
         Err(e) => (Phase::Error, String::new(), Some(e.to_string())),
-        Ok(Outcome::Decided { phase, text, message }) => (phase, text, Some(message)),
+        Ok(Outcome::Decided {
+            phase,
+            text,
+            message,
+        }) => (phase, text, Some(message)),
         Ok(Outcome::Value { value, text }) => {
-            let j = judge::judge(&value, metric.success_condition.as_deref(), metric.failure_condition.as_deref());
+            let j = judge::judge(
+                &value,
+                metric.success_condition.as_deref(),
+                metric.failure_condition.as_deref(),
+            );
             (j.phase, text, j.message)
         }
     };
-    Measurement { phase, value, message, started_at, finished_at: now() }
+    Measurement {
+        phase,
+        value,
+        message,
+        started_at,
+        finished_at: now(),
+    }
 }

@@ -48,7 +48,10 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { error_retry_interval: DEFAULT_ERROR_RETRY_INTERVAL, termination: Termination::default() }
+        RunOptions {
+            error_retry_interval: DEFAULT_ERROR_RETRY_INTERVAL,
+            termination: Termination::default(),
+        }
     }
 }
 
@@ -189,12 +192,21 @@ pub struct Run {
 fn limit_breach(plan: &MetricPlan, r: &MetricResult) -> Option<(Phase, String)> {
     let mut breach = None;
     if plan.failure_limit >= 0 && i64::from(r.failed) > plan.failure_limit {
-        breach = Some((Phase::Failed, format!("failed ({}) > failureLimit ({})", r.failed, plan.failure_limit)));
+        breach = Some((
+            Phase::Failed,
+            format!(
+                "failed ({}) > failureLimit ({})",
+                r.failed, plan.failure_limit
+            ),
+        ));
     }
     if i64::from(r.inconclusive) > plan.inconclusive_limit {
         breach = Some((
             Phase::Inconclusive,
-            format!("inconclusive ({}) > inconclusiveLimit ({})", r.inconclusive, plan.inconclusive_limit),
+            format!(
+                "inconclusive ({}) > inconclusiveLimit ({})",
+                r.inconclusive, plan.inconclusive_limit
+            ),
         ));
     }
     if i64::from(r.consecutive_error) > plan.consecutive_error_limit {
@@ -224,18 +236,25 @@ pub fn assess_metric_status(
         match termination {
             Termination::Argo => (Phase::Successful, None),
             Termination::RequireSuccess if r.successful > 0 => (Phase::Successful, None),
-            Termination::RequireSuccess => {
-                (Phase::Inconclusive, Some(format!("run terminated {what} any successful measurement")))
-            }
+            Termination::RequireSuccess => (
+                Phase::Inconclusive,
+                Some(format!("run terminated {what} any successful measurement")),
+            ),
         }
     };
     if r.measurements.is_empty() {
-        return if terminating { stopped("before") } else { (Phase::Pending, None) };
+        return if terminating {
+            stopped("before")
+        } else {
+            (Phase::Pending, None)
+        };
     }
     if let Some((phase, message)) = limit_breach(plan, r) {
         return (phase, Some(message));
     }
-    if plan.consecutive_success_limit > 0 && i64::from(r.consecutive_success) >= plan.consecutive_success_limit {
+    if plan.consecutive_success_limit > 0
+        && i64::from(r.consecutive_success) >= plan.consecutive_success_limit
+    {
         return (Phase::Successful, None);
     }
     if let Some(n) = plan.effective_count() {
@@ -352,7 +371,9 @@ impl Run {
             }
             // With no interval and no error there is nothing to repeat; Argo falls back to the
             // error retry interval here too.
-            let wait = self.wait_after(i, last).unwrap_or(self.options.error_retry_interval);
+            let wait = self
+                .wait_after(i, last)
+                .unwrap_or(self.options.error_retry_interval);
             if now >= last.finished_at + wait {
                 due.push(i);
             }
@@ -449,7 +470,11 @@ impl Run {
         }
         let terminating = self.is_terminating();
         let mut worst: Option<Phase> = None;
-        let mut worst_message = if self.terminate { "Run Terminated".to_owned() } else { String::new() };
+        let mut worst_message = if self.terminate {
+            "Run Terminated".to_owned()
+        } else {
+            String::new()
+        };
         let mut everything_completed = true;
         let mut summary = RunSummary::default();
         let mut dry_run_summary = RunSummary::default();
@@ -460,8 +485,12 @@ impl Run {
             } else {
                 summary.count += 1;
             }
-            let (phase, reason) =
-                assess_metric_status(&self.plans[i], &self.results[i], terminating, self.options.termination);
+            let (phase, reason) = assess_metric_status(
+                &self.plans[i],
+                &self.results[i],
+                terminating,
+                self.options.termination,
+            );
             let r = &mut self.results[i];
             if r.phase != phase {
                 if let Some(last) = r.measurements.last() {
@@ -474,7 +503,11 @@ impl Run {
                 everything_completed = false;
                 continue;
             }
-            let target = if dry_run { &mut dry_run_summary } else { &mut summary };
+            let target = if dry_run {
+                &mut dry_run_summary
+            } else {
+                &mut summary
+            };
             match phase {
                 Phase::Error => target.error += 1,
                 Phase::Failed => target.failed += 1,
@@ -491,7 +524,8 @@ impl Run {
             if worst.is_none_or(|w| phase.is_worse_than(w)) {
                 worst = Some(phase);
                 if let Some(reason) = &reason {
-                    worst_message = format!("Metric \"{}\" assessed {phase} due to {reason}", r.name);
+                    worst_message =
+                        format!("Metric \"{}\" assessed {phase} due to {reason}", r.name);
                     if let Some(message) = &r.message {
                         worst_message.push_str(&format!(": \"Error Message: {message}\""));
                     }
@@ -501,11 +535,17 @@ impl Run {
         self.summary = summary;
         self.dry_run_summary = dry_run_summary;
         let (phase, message) = if terminating {
-            (worst.unwrap_or(Phase::Successful), worst_message.trim().to_owned())
+            (
+                worst.unwrap_or(Phase::Successful),
+                worst_message.trim().to_owned(),
+            )
         } else if !everything_completed || worst.is_none() {
             (Phase::Running, String::new())
         } else {
-            (worst.unwrap_or(Phase::Successful), worst_message.trim().to_owned())
+            (
+                worst.unwrap_or(Phase::Successful),
+                worst_message.trim().to_owned(),
+            )
         };
         self.phase = phase;
         self.message = message;

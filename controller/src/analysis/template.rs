@@ -29,7 +29,10 @@ use super::{
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
     #[error("document {index}: not valid YAML for an analysis: {source}")]
-    Yaml { index: usize, source: serde_yaml::Error },
+    Yaml {
+        index: usize,
+        source: serde_yaml::Error,
+    },
     #[error("document {index}: {message}")]
     Document { index: usize, message: String },
     #[error("no analysis template found (expected kind AnalysisTemplate, ClusterAnalysisTemplate or AnalysisRun, or spec.analysis)")]
@@ -43,7 +46,11 @@ pub enum TemplateError {
     #[error("args.{0} was not resolved")]
     UnresolvedArg(String),
     #[error("secret '{secret}' not found (outside a cluster supply it with --secret {secret}/{key}=VALUE or {env})")]
-    SecretNotFound { secret: String, key: String, env: String },
+    SecretNotFound {
+        secret: String,
+        key: String,
+        env: String,
+    },
     #[error("args.{arg}: valueFrom.fieldRef '{path}' reads a Rollout; outside a cluster pass --arg {arg}=VALUE or --field '{path}=VALUE'")]
     FieldRef { arg: String, path: String },
     #[error("Unable to resolve metric arguments: {0}")]
@@ -87,17 +94,24 @@ const ARGO_KINDS: &[&str] = &["AnalysisTemplate", "ClusterAnalysisTemplate", "An
 pub fn load(text: &str) -> Result<Vec<Document>, TemplateError> {
     let mut documents = Vec::new();
     for (index, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = serde_json::Value::deserialize(de).map_err(|source| TemplateError::Yaml { index, source })?;
+        let value = serde_json::Value::deserialize(de)
+            .map_err(|source| TemplateError::Yaml { index, source })?;
         if value.is_null() {
             continue;
         }
-        let envelope: Envelope = serde_json::from_value(value)
-            .map_err(|e| TemplateError::Document { index, message: e.to_string() })?;
+        let envelope: Envelope =
+            serde_json::from_value(value).map_err(|e| TemplateError::Document {
+                index,
+                message: e.to_string(),
+            })?;
         let body = if ARGO_KINDS.contains(&envelope.kind.as_str()) {
             if !envelope.api_version.starts_with("argoproj.io/") {
                 return Err(TemplateError::Document {
                     index,
-                    message: format!("{} must have apiVersion argoproj.io/v1alpha1, not {:?}", envelope.kind, envelope.api_version),
+                    message: format!(
+                        "{} must have apiVersion argoproj.io/v1alpha1, not {:?}",
+                        envelope.kind, envelope.api_version
+                    ),
                 });
             }
             envelope.spec
@@ -107,9 +121,16 @@ pub fn load(text: &str) -> Result<Vec<Document>, TemplateError> {
                 None => continue,
             }
         };
-        let spec: AnalysisSpec = serde_json::from_value(body)
-            .map_err(|e| TemplateError::Document { index, message: format!("spec: {e}") })?;
-        documents.push(Document { kind: envelope.kind, name: envelope.metadata.name, spec });
+        let spec: AnalysisSpec =
+            serde_json::from_value(body).map_err(|e| TemplateError::Document {
+                index,
+                message: format!("spec: {e}"),
+            })?;
+        documents.push(Document {
+            kind: envelope.kind,
+            name: envelope.metadata.name,
+            spec,
+        });
     }
     if documents.is_empty() {
         return Err(TemplateError::Empty);
@@ -127,11 +148,18 @@ pub fn flatten(documents: &[Document]) -> Result<AnalysisSpec, TemplateError> {
     for doc in documents {
         for (index, reference) in doc.spec.templates.iter().enumerate() {
             if !documents.iter().any(|d| d.name == reference.template_name) {
-                return Err(TemplateError::MissingTemplate { index, name: reference.template_name.clone() });
+                return Err(TemplateError::MissingTemplate {
+                    index,
+                    name: reference.template_name.clone(),
+                });
             }
         }
         for metric in &doc.spec.metrics {
-            let name = metric.get("name").and_then(|n| n.as_str()).unwrap_or_default().to_owned();
+            let name = metric
+                .get("name")
+                .and_then(|n| n.as_str())
+                .unwrap_or_default()
+                .to_owned();
             if names.contains(&name) {
                 return Err(TemplateError::DuplicateMetric(name));
             }
@@ -142,7 +170,10 @@ pub fn flatten(documents: &[Document]) -> Result<AnalysisSpec, TemplateError> {
             match out.args.iter_mut().find(|a| a.name == arg.name) {
                 None => out.args.push(arg.clone()),
                 Some(existing) => {
-                    if existing.value.is_some() && arg.value.is_some() && existing.value != arg.value {
+                    if existing.value.is_some()
+                        && arg.value.is_some()
+                        && existing.value != arg.value
+                    {
                         return Err(TemplateError::ConflictingArg(arg.name.clone()));
                     }
                     if existing.value.is_none() && existing.value_from.is_none() {
@@ -152,7 +183,8 @@ pub fn flatten(documents: &[Document]) -> Result<AnalysisSpec, TemplateError> {
             }
         }
         out.dry_run.extend(doc.spec.dry_run.iter().cloned());
-        out.measurement_retention.extend(doc.spec.measurement_retention.iter().cloned());
+        out.measurement_retention
+            .extend(doc.spec.measurement_retention.iter().cloned());
     }
     Ok(out)
 }
@@ -171,7 +203,17 @@ pub struct ArgInputs {
 /// The environment variable that can carry a secret's key: `PLOVER_SECRET_<NAME>_<KEY>`,
 /// upper-cased, other characters as `_`.
 pub fn secret_env_var(secret: &str, key: &str) -> String {
-    let clean = |s: &str| s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect::<String>();
+    let clean = |s: &str| {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect::<String>()
+    };
     format!("PLOVER_SECRET_{}_{}", clean(secret), clean(key))
 }
 
@@ -247,10 +289,17 @@ pub fn substitute(text: &str, args: &BTreeMap<String, String>) -> Result<String,
             )));
         };
         let tag = &after[..end];
-        let value = tag.trim().strip_prefix("args.").and_then(|name| args.get(name));
+        let value = tag
+            .trim()
+            .strip_prefix("args.")
+            .and_then(|name| args.get(name));
         match value {
             Some(v) => out.push_str(v),
-            None => return Err(TemplateError::Substitution(format!("failed to resolve {{{{{tag}}}}}"))),
+            None => {
+                return Err(TemplateError::Substitution(format!(
+                    "failed to resolve {{{{{tag}}}}}"
+                )))
+            }
         }
         rest = &after[end + 2..];
     }
@@ -258,12 +307,18 @@ pub fn substitute(text: &str, args: &BTreeMap<String, String>) -> Result<String,
     Ok(out)
 }
 
-fn substitute_json(value: &serde_json::Value, args: &BTreeMap<String, String>) -> Result<serde_json::Value, TemplateError> {
+fn substitute_json(
+    value: &serde_json::Value,
+    args: &BTreeMap<String, String>,
+) -> Result<serde_json::Value, TemplateError> {
     Ok(match value {
         serde_json::Value::String(s) => serde_json::Value::String(substitute(s, args)?),
-        serde_json::Value::Array(items) => {
-            serde_json::Value::Array(items.iter().map(|v| substitute_json(v, args)).collect::<Result<_, _>>()?)
-        }
+        serde_json::Value::Array(items) => serde_json::Value::Array(
+            items
+                .iter()
+                .map(|v| substitute_json(v, args))
+                .collect::<Result<_, _>>()?,
+        ),
         serde_json::Value::Object(map) => serde_json::Value::Object(
             map.iter()
                 .map(|(k, v)| Ok((substitute(k, args)?, substitute_json(v, args)?)))
@@ -282,21 +337,31 @@ pub fn resolve(spec: &AnalysisSpec, inputs: &ArgInputs) -> Result<Analysis, Temp
             v.clone()
         } else if let Some(v) = &arg.value {
             v.clone()
-        } else if let Some(secret) = arg.value_from.as_ref().and_then(|f| f.secret_key_ref.as_ref()) {
-            let value = inputs.secrets.get(&(secret.name.clone(), secret.key.clone())).cloned().ok_or_else(|| {
-                TemplateError::SecretNotFound {
+        } else if let Some(secret) = arg
+            .value_from
+            .as_ref()
+            .and_then(|f| f.secret_key_ref.as_ref())
+        {
+            let value = inputs
+                .secrets
+                .get(&(secret.name.clone(), secret.key.clone()))
+                .cloned()
+                .ok_or_else(|| TemplateError::SecretNotFound {
                     secret: secret.name.clone(),
                     key: secret.key.clone(),
                     env: secret_env_var(&secret.name, &secret.key),
-                }
-            })?;
+                })?;
             secret_values.push(value.clone());
             value
         } else if let Some(field) = arg.value_from.as_ref().and_then(|f| f.field_ref.as_ref()) {
-            inputs.fields.get(&field.field_path).cloned().ok_or_else(|| TemplateError::FieldRef {
-                arg: arg.name.clone(),
-                path: field.field_path.clone(),
-            })?
+            inputs
+                .fields
+                .get(&field.field_path)
+                .cloned()
+                .ok_or_else(|| TemplateError::FieldRef {
+                    arg: arg.name.clone(),
+                    path: field.field_path.clone(),
+                })?
         } else {
             return Err(TemplateError::UnresolvedArg(arg.name.clone()));
         };
@@ -304,42 +369,78 @@ pub fn resolve(spec: &AnalysisSpec, inputs: &ArgInputs) -> Result<Analysis, Temp
     }
     for name in inputs.values.keys() {
         if !args.contains_key(name) {
-            return Err(TemplateError::InvalidSpec(format!("--arg {name}: the template declares no arg named '{name}'")));
+            return Err(TemplateError::InvalidSpec(format!(
+                "--arg {name}: the template declares no arg named '{name}'"
+            )));
         }
     }
-    let dry_run = compile_rules(spec.dry_run.iter().map(|r| r.metric_name.as_str()), "dryRun")?;
-    let retention = compile_rules(spec.measurement_retention.iter().map(|r| r.metric_name.as_str()), "measurementRetention")?;
+    let dry_run = compile_rules(
+        spec.dry_run.iter().map(|r| r.metric_name.as_str()),
+        "dryRun",
+    )?;
+    let retention = compile_rules(
+        spec.measurement_retention
+            .iter()
+            .map(|r| r.metric_name.as_str()),
+        "measurementRetention",
+    )?;
     let mut metrics = Vec::new();
     for (index, raw) in spec.metrics.iter().enumerate() {
         let resolved = substitute_json(raw, &args)?;
-        let raw: RawMetric = serde_json::from_value(resolved)
-            .map_err(|e| TemplateError::InvalidMetric { index, message: e.to_string() })?;
-        let mut metric = validate_metric(raw).map_err(|message| TemplateError::InvalidMetric { index, message })?;
+        let raw: RawMetric =
+            serde_json::from_value(resolved).map_err(|e| TemplateError::InvalidMetric {
+                index,
+                message: e.to_string(),
+            })?;
+        let mut metric = validate_metric(raw)
+            .map_err(|message| TemplateError::InvalidMetric { index, message })?;
         metric.dry_run = dry_run.iter().any(|re| re.is_match(&metric.name));
-        if let Some((i, _)) = retention.iter().enumerate().rev().find(|(_, re)| re.is_match(&metric.name)) {
+        if let Some((i, _)) = retention
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, re)| re.is_match(&metric.name))
+        {
             let limit = spec.measurement_retention[i].limit;
-            metric.retention = if limit <= 0 { DEFAULT_MEASUREMENT_RETENTION } else { limit as usize };
+            metric.retention = if limit <= 0 {
+                DEFAULT_MEASUREMENT_RETENTION
+            } else {
+                limit as usize
+            };
         }
         metrics.push(metric);
     }
     if metrics.is_empty() {
-        return Err(TemplateError::InvalidSpec("no metrics specified".to_owned()));
+        return Err(TemplateError::InvalidSpec(
+            "no metrics specified".to_owned(),
+        ));
     }
     for (rules, field) in [(&dry_run, "dryRun"), (&retention, "measurementRetention")] {
         for (i, re) in rules.iter().enumerate() {
             if !metrics.iter().any(|m| re.is_match(&m.name)) {
-                return Err(TemplateError::InvalidSpec(format!("{field}[{i}]: Rule didn't match any metric name(s)")));
+                return Err(TemplateError::InvalidSpec(format!(
+                    "{field}[{i}]: Rule didn't match any metric name(s)"
+                )));
             }
         }
     }
-    Ok(Analysis { metrics, args, secret_values })
+    Ok(Analysis {
+        metrics,
+        args,
+        secret_values,
+    })
 }
 
-fn compile_rules<'a>(patterns: impl Iterator<Item = &'a str>, field: &str) -> Result<Vec<Regex>, TemplateError> {
+fn compile_rules<'a>(
+    patterns: impl Iterator<Item = &'a str>,
+    field: &str,
+) -> Result<Vec<Regex>, TemplateError> {
     patterns
         .enumerate()
         .map(|(i, p)| {
-            Regex::new(p).map_err(|e| TemplateError::InvalidSpec(format!("{field}[{i}]: invalid metricName regex: {e}")))
+            Regex::new(p).map_err(|e| {
+                TemplateError::InvalidSpec(format!("{field}[{i}]: invalid metricName regex: {e}"))
+            })
         })
         .collect()
 }
@@ -348,14 +449,19 @@ fn int_field(value: &Option<IntOrString>, field: &str, default: i64) -> Result<i
     match value {
         None => Ok(default),
         Some(IntOrString::Int(i)) => Ok(*i),
-        Some(IntOrString::String(s)) => s.trim().parse().map_err(|_| format!("{field}: {s:?} is not an integer")),
+        Some(IntOrString::String(s)) => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("{field}: {s:?} is not an integer")),
     }
 }
 
 fn duration_field(value: &Option<String>, field: &str) -> Result<Option<Duration>, String> {
     match value.as_deref() {
         None | Some("") => Ok(None),
-        Some(text) => duration::parse(text).map(Some).map_err(|e| format!("invalid {field} string: {e}")),
+        Some(text) => duration::parse(text)
+            .map(Some)
+            .map_err(|e| format!("invalid {field} string: {e}")),
     }
 }
 
@@ -363,10 +469,14 @@ fn duration_field(value: &Option<String>, field: &str) -> Result<Option<Duration
 fn validate_metric(raw: RawMetric) -> Result<MetricSpec, String> {
     let count = int_field(&raw.count, "count", 0)?;
     let failure_limit = int_field(&raw.failure_limit, "failureLimit", 0)?;
-    let consecutive_success_limit = int_field(&raw.consecutive_success_limit, "consecutiveSuccessLimit", 0)?;
+    let consecutive_success_limit =
+        int_field(&raw.consecutive_success_limit, "consecutiveSuccessLimit", 0)?;
     let inconclusive_limit = int_field(&raw.inconclusive_limit, "inconclusiveLimit", 0)?;
-    let consecutive_error_limit =
-        int_field(&raw.consecutive_error_limit, "consecutiveErrorLimit", DEFAULT_CONSECUTIVE_ERROR_LIMIT)?;
+    let consecutive_error_limit = int_field(
+        &raw.consecutive_error_limit,
+        "consecutiveErrorLimit",
+        DEFAULT_CONSECUTIVE_ERROR_LIMIT,
+    )?;
     if raw.name.is_empty() {
         return Err("name is required".to_owned());
     }

@@ -55,10 +55,14 @@ impl Value {
             serde_json::Value::Bool(b) => Value::Bool(*b),
             serde_json::Value::Number(n) => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
             serde_json::Value::String(s) => Value::String(s.clone()),
-            serde_json::Value::Array(items) => Value::List(items.iter().map(Value::from_json).collect()),
-            serde_json::Value::Object(map) => {
-                Value::Map(map.iter().map(|(k, v)| (k.clone(), Value::from_json(v))).collect())
+            serde_json::Value::Array(items) => {
+                Value::List(items.iter().map(Value::from_json).collect())
             }
+            serde_json::Value::Object(map) => Value::Map(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), Value::from_json(v)))
+                    .collect(),
+            ),
         }
     }
 
@@ -125,10 +129,16 @@ mod tests {
         assert_eq!(Value::Float(10.0).to_string(), "10");
         assert_eq!(Value::Float(f64::NAN).to_string(), "NaN");
         assert_eq!(Value::Float(f64::INFINITY).to_string(), "+Inf");
-        assert_eq!(Value::List(vec![Value::Float(10.0), Value::Float(11.5)]).to_string(), "[10,11.5]");
+        assert_eq!(
+            Value::List(vec![Value::Float(10.0), Value::Float(11.5)]).to_string(),
+            "[10,11.5]"
+        );
         assert_eq!(Value::List(vec![]).to_string(), "[]");
         let json = serde_json::json!({"a": [1, "x", null, true]});
-        assert_eq!(Value::from_json(&json).to_string(), r#"{"a":[1,"x",null,true]}"#);
+        assert_eq!(
+            Value::from_json(&json).to_string(),
+            r#"{"a":[1,"x",null,true]}"#
+        );
     }
 
     #[test]

@@ -55,7 +55,10 @@ pub struct Options {
 #[derive(Debug, thiserror::Error)]
 pub enum AnalyzeError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {source}")]
     Template { path: String, source: TemplateError },
     #[error(transparent)]
@@ -84,9 +87,25 @@ fn scale(d: Duration, factor: f64) -> Duration {
 
 fn describe(metric: &MetricSpec, providers: &Providers) -> String {
     let provider = match &metric.provider {
-        ProviderSpec::Prometheus(p) => format!("prometheus {}", providers.prometheus_address(p).unwrap_or_else(|| "(no address)".into())),
-        ProviderSpec::Web(w) => format!("web {} {}", if w.method.is_empty() { "GET" } else { &w.method }, w.url),
-        ProviderSpec::Plover(p) => format!("plover {:?} of {}/{} revision {}", p.metric, p.namespace, p.service, p.revision),
+        ProviderSpec::Prometheus(p) => format!(
+            "prometheus {}",
+            providers
+                .prometheus_address(p)
+                .unwrap_or_else(|| "(no address)".into())
+        ),
+        ProviderSpec::Web(w) => format!(
+            "web {} {}",
+            if w.method.is_empty() {
+                "GET"
+            } else {
+                &w.method
+            },
+            w.url
+        ),
+        ProviderSpec::Plover(p) => format!(
+            "plover {:?} of {}/{} revision {}",
+            p.metric, p.namespace, p.service, p.revision
+        ),
         ProviderSpec::Unsupported { provider, .. } => provider.clone(),
     };
     let plan = metric.plan();
@@ -109,12 +128,21 @@ fn describe(metric: &MetricSpec, providers: &Providers) -> String {
 
 fn humantime(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 == 0 { format!("{}s", ms / 1000) } else { format!("{ms}ms") }
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
 }
 
 /// One line of progress.
 fn measurement_line(name: &str, m: &Measurement) -> String {
-    let mut line = format!("{}  {name}  value={}  {}", rfc3339(m.finished_at), if m.value.is_empty() { "-" } else { &m.value }, m.phase);
+    let mut line = format!(
+        "{}  {name}  value={}  {}",
+        rfc3339(m.finished_at),
+        if m.value.is_empty() { "-" } else { &m.value },
+        m.phase
+    );
     if let Some(msg) = &m.message {
         line.push_str(&format!("  ({msg})"));
     }
@@ -136,28 +164,48 @@ pub fn prepare(opts: &Options) -> Result<Analysis, AnalyzeError> {
     let mut documents = Vec::new();
     for path in &opts.files {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| AnalyzeError::Read { path: shown.clone(), source })?;
-        documents.extend(template::load(&text).map_err(|source| AnalyzeError::Template { path: shown, source })?);
+        let text = std::fs::read_to_string(path).map_err(|source| AnalyzeError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        documents.extend(
+            template::load(&text).map_err(|source| AnalyzeError::Template {
+                path: shown,
+                source,
+            })?,
+        );
     }
     let spec = template::flatten(&documents)?;
     // Secrets outside a cluster: --secret first, then PLOVER_SECRET_<NAME>_<KEY>.
     let mut secrets = opts.secrets.clone();
     for arg in &spec.args {
-        if let Some(r) = arg.value_from.as_ref().and_then(|v| v.secret_key_ref.as_ref()) {
+        if let Some(r) = arg
+            .value_from
+            .as_ref()
+            .and_then(|v| v.secret_key_ref.as_ref())
+        {
             let key = (r.name.clone(), r.key.clone());
-            if !secrets.contains_key(&key) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = secrets.entry(key) {
                 if let Ok(v) = std::env::var(template::secret_env_var(&r.name, &r.key)) {
-                    secrets.insert(key, v);
+                    slot.insert(v);
                 }
             }
         }
     }
-    let inputs = ArgInputs { values: opts.args.clone(), secrets, fields: opts.fields.clone() };
+    let inputs = ArgInputs {
+        values: opts.args.clone(),
+        secrets,
+        fields: opts.fields.clone(),
+    };
     Ok(template::resolve(&spec, &inputs)?)
 }
 
 /// Runs the analysis and prints it; returns the final phase.
-pub async fn run(opts: &Options, out: &mut (dyn Write + Send), progress: &mut (dyn Write + Send)) -> Phase {
+pub async fn run(
+    opts: &Options,
+    out: &mut (dyn Write + Send),
+    progress: &mut (dyn Write + Send),
+) -> Phase {
     match run_inner(opts, out, progress).await {
         Ok(phase) => phase,
         Err(e) => {
@@ -167,7 +215,11 @@ pub async fn run(opts: &Options, out: &mut (dyn Write + Send), progress: &mut (d
                     let _ = writeln!(out, "Phase: Error\nMessage: {message}");
                 }
                 Output::Json => {
-                    let _ = writeln!(out, "{}", json!({"phase": "Error", "message": message, "metrics": []}));
+                    let _ = writeln!(
+                        out,
+                        "{}",
+                        json!({"phase": "Error", "message": message, "metrics": []})
+                    );
                 }
             }
             Phase::Error
@@ -175,7 +227,11 @@ pub async fn run(opts: &Options, out: &mut (dyn Write + Send), progress: &mut (d
     }
 }
 
-async fn run_inner(opts: &Options, out: &mut (dyn Write + Send), progress: &mut (dyn Write + Send)) -> Result<Phase, AnalyzeError> {
+async fn run_inner(
+    opts: &Options,
+    out: &mut (dyn Write + Send),
+    progress: &mut (dyn Write + Send),
+) -> Result<Phase, AnalyzeError> {
     if !(opts.time_scale.is_finite() && opts.time_scale > 0.0) {
         return Err(AnalyzeError::TimeScale);
     }
@@ -199,8 +255,16 @@ async fn run_inner(opts: &Options, out: &mut (dyn Write + Send), progress: &mut 
     }
     let _ = writeln!(log, "Analysis with {} metric(s):", analysis.metrics.len());
     for m in &runnable {
-        let _ = writeln!(log, "  {}: {}", m.name, analysis.redact(&describe(m, &providers)));
-        for (which, condition) in [("successCondition", &m.success_condition), ("failureCondition", &m.failure_condition)] {
+        let _ = writeln!(
+            log,
+            "  {}: {}",
+            m.name,
+            analysis.redact(&describe(m, &providers))
+        );
+        for (which, condition) in [
+            ("successCondition", &m.success_condition),
+            ("failureCondition", &m.failure_condition),
+        ] {
             if let Some(c) = condition {
                 if let Err(e) = expr::Program::compile(c) {
                     let _ = writeln!(log, "    warning: {which} {c:?} does not compile: {e}; every measurement will be an Error");
@@ -212,11 +276,18 @@ async fn run_inner(opts: &Options, out: &mut (dyn Write + Send), progress: &mut 
         let _ = writeln!(log, "  {}: skipped, not run here: {reason}", m.name);
     }
     if runnable.is_empty() {
-        let reasons: Vec<String> = skipped.iter().map(|(m, r)| format!("{}: {r}", m.name)).collect();
+        let reasons: Vec<String> = skipped
+            .iter()
+            .map(|(m, r)| format!("{}: {r}", m.name))
+            .collect();
         return Err(AnalyzeError::NothingToRun(reasons.join("; ")));
     }
     if opts.time_scale != 1.0 {
-        let _ = writeln!(log, "  (time scaled by {}: intervals, initial delays and error retries)", opts.time_scale);
+        let _ = writeln!(
+            log,
+            "  (time scaled by {}: intervals, initial delays and error retries)",
+            opts.time_scale
+        );
     }
 
     let plans = runnable
@@ -229,7 +300,10 @@ async fn run_inner(opts: &Options, out: &mut (dyn Write + Send), progress: &mut 
         })
         .collect();
     let options = RunOptions {
-        error_retry_interval: scale(crate::analysis::run::DEFAULT_ERROR_RETRY_INTERVAL, opts.time_scale),
+        error_retry_interval: scale(
+            crate::analysis::run::DEFAULT_ERROR_RETRY_INTERVAL,
+            opts.time_scale,
+        ),
         termination: opts.termination,
     };
     let mut run = Run::new(plans, options, SystemTime::now());
@@ -279,7 +353,8 @@ async fn run_inner(opts: &Options, out: &mut (dyn Write + Send), progress: &mut 
                 run.terminate();
             }
         }
-        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) && !run.phase().is_completed() {
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) && !run.phase().is_completed()
+        {
             let _ = writeln!(log, "--duration reached: terminating the run.");
             run.terminate();
         }
@@ -296,8 +371,12 @@ async fn run_inner(opts: &Options, out: &mut (dyn Write + Send), progress: &mut 
                     if plan.dry_run { "; dry run" } else { "" }
                 );
                 match &r.reason {
-                    Some(reason) => { let _ = writeln!(out, ": {reason}"); }
-                    None => { let _ = writeln!(out); }
+                    Some(reason) => {
+                        let _ = writeln!(out, ": {reason}");
+                    }
+                    None => {
+                        let _ = writeln!(out);
+                    }
                 }
             }
             for (m, _) in &skipped {

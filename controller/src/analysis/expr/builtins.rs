@@ -17,11 +17,19 @@ pub(super) struct Builtin {
 }
 
 const fn f(name: &'static str, arity: Arity) -> Builtin {
-    Builtin { name, arity, predicate: false }
+    Builtin {
+        name,
+        arity,
+        predicate: false,
+    }
 }
 
 const fn p(name: &'static str) -> Builtin {
-    Builtin { name, arity: Arity::Exactly(2), predicate: true }
+    Builtin {
+        name,
+        arity: Arity::Exactly(2),
+        predicate: true,
+    }
 }
 
 pub(super) const BUILTINS: &[Builtin] = &[

@@ -21,7 +21,14 @@ fn err<T>(message: impl Into<String>, pos: Pos) -> Result<T, ExprError> {
 }
 
 fn mismatched<T>(op: &str, a: &Value, b: &Value, pos: Pos) -> Result<T, ExprError> {
-    err(format!("invalid operation: {op} (mismatched types {} and {})", a.type_name(), b.type_name()), pos)
+    err(
+        format!(
+            "invalid operation: {op} (mismatched types {} and {})",
+            a.type_name(),
+            b.type_name()
+        ),
+        pos,
+    )
 }
 
 pub(super) fn eval(node: &Node, scope: &mut Scope<'_>) -> Result<Value, ExprError> {
@@ -49,7 +56,13 @@ pub(super) fn eval(node: &Node, scope: &mut Scope<'_>) -> Result<Value, ExprErro
                         UnaryOp::Neg => "-",
                         UnaryOp::Plus => "+",
                     };
-                    err(format!("invalid operation: {sym} (mismatched type {})", v.type_name()), pos)
+                    err(
+                        format!(
+                            "invalid operation: {sym} (mismatched type {})",
+                            v.type_name()
+                        ),
+                        pos,
+                    )
                 }
             }
         }
@@ -57,9 +70,19 @@ pub(super) fn eval(node: &Node, scope: &mut Scope<'_>) -> Result<Value, ExprErro
         Expr::Ternary(cond, then, otherwise) => match eval(cond, scope)? {
             Value::Bool(true) => eval(then, scope),
             Value::Bool(false) => eval(otherwise, scope),
-            other => err(format!("non-bool {} used as the ternary's condition", other.type_name()), cond.pos),
+            other => err(
+                format!(
+                    "non-bool {} used as the ternary's condition",
+                    other.type_name()
+                ),
+                cond.pos,
+            ),
         },
-        Expr::Member { object, index, optional } => {
+        Expr::Member {
+            object,
+            index,
+            optional,
+        } => {
             let object = eval(object, scope)?;
             if *optional && object == Value::Nil {
                 return Ok(Value::Nil);
@@ -74,7 +97,10 @@ pub(super) fn eval(node: &Node, scope: &mut Scope<'_>) -> Result<Value, ExprErro
                 Value::String(s) => s.chars().count(),
                 other => return err(format!("cannot slice {}", other.type_name()), pos),
             };
-            let bound = |n: &Option<Box<Node>>, default: usize, scope: &mut Scope<'_>| -> Result<usize, ExprError> {
+            let bound = |n: &Option<Box<Node>>,
+                         default: usize,
+                         scope: &mut Scope<'_>|
+             -> Result<usize, ExprError> {
                 match n {
                     None => Ok(default),
                     Some(n) => match eval(n, scope)? {
@@ -82,7 +108,10 @@ pub(super) fn eval(node: &Node, scope: &mut Scope<'_>) -> Result<Value, ExprErro
                             let i = if i < 0 { i + len as i64 } else { i };
                             Ok(i.clamp(0, len as i64) as usize)
                         }
-                        other => err(format!("slice bounds must be int, got {}", other.type_name()), n.pos),
+                        other => err(
+                            format!("slice bounds must be int, got {}", other.type_name()),
+                            n.pos,
+                        ),
                     },
                 }
             };
@@ -95,10 +124,21 @@ pub(super) fn eval(node: &Node, scope: &mut Scope<'_>) -> Result<Value, ExprErro
             })
         }
         Expr::Call { name, args } => call(name, args, pos, scope),
-        Expr::Closure(_) => err("a predicate can only be passed to all, any, filter, map, …", pos),
-        Expr::Array(items) => Ok(Value::List(items.iter().map(|i| eval(i, scope)).collect::<Result<_, _>>()?)),
+        Expr::Closure(_) => err(
+            "a predicate can only be passed to all, any, filter, map, …",
+            pos,
+        ),
+        Expr::Array(items) => Ok(Value::List(
+            items
+                .iter()
+                .map(|i| eval(i, scope))
+                .collect::<Result<_, _>>()?,
+        )),
         Expr::Map(entries) => Ok(Value::Map(
-            entries.iter().map(|(k, v)| Ok((k.clone(), eval(v, scope)?))).collect::<Result<_, ExprError>>()?,
+            entries
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), eval(v, scope)?)))
+                .collect::<Result<_, ExprError>>()?,
         )),
     }
 }
@@ -111,7 +151,10 @@ fn member(object: &Value, index: &Value, pos: Pos) -> Result<Value, ExprError> {
             let len = list.len() as i64;
             let at = if *i < 0 { i + len } else { *i };
             if at < 0 || at >= len {
-                return err(format!("index out of range: {i} (array length is {len})"), pos);
+                return err(
+                    format!("index out of range: {i} (array length is {len})"),
+                    pos,
+                );
             }
             Ok(list[at as usize].clone())
         }
@@ -120,14 +163,26 @@ fn member(object: &Value, index: &Value, pos: Pos) -> Result<Value, ExprError> {
             let len = chars.len() as i64;
             let at = if *i < 0 { i + len } else { *i };
             if at < 0 || at >= len {
-                return err(format!("index out of range: {i} (string length is {len})"), pos);
+                return err(
+                    format!("index out of range: {i} (string length is {len})"),
+                    pos,
+                );
             }
             Ok(Value::String(chars[at as usize].to_string()))
         }
-        (Value::Nil, Value::String(key)) => err(format!("cannot fetch {key} from <nil> (use ?. to allow nil)"), pos),
+        (Value::Nil, Value::String(key)) => err(
+            format!("cannot fetch {key} from <nil> (use ?. to allow nil)"),
+            pos,
+        ),
         (Value::Nil, _) => err("cannot index <nil>", pos),
-        (other, Value::String(key)) => err(format!("cannot fetch {key} from {}", other.type_name()), pos),
-        (Value::List(_), other) => err(format!("array index must be int, got {}", other.type_name()), pos),
+        (other, Value::String(key)) => err(
+            format!("cannot fetch {key} from {}", other.type_name()),
+            pos,
+        ),
+        (Value::List(_), other) => err(
+            format!("array index must be int, got {}", other.type_name()),
+            pos,
+        ),
         (other, _) => err(format!("cannot index {}", other.type_name()), pos),
     }
 }
@@ -136,7 +191,11 @@ fn truthy(v: Value, op: BinaryOp, pos: Pos) -> Result<bool, ExprError> {
     match v {
         Value::Bool(b) => Ok(b),
         other => err(
-            format!("invalid operation: {} (mismatched type {}, expected bool)", op.symbol(), other.type_name()),
+            format!(
+                "invalid operation: {} (mismatched type {}, expected bool)",
+                op.symbol(),
+                other.type_name()
+            ),
             pos,
         ),
     }
@@ -156,14 +215,22 @@ fn equal(a: &Value, b: &Value) -> Option<bool> {
             Some(x.len() == y.len() && x.iter().zip(y).all(|(a, b)| equal(a, b) == Some(true)))
         }
         (Value::Map(x), Value::Map(y)) => Some(
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| equal(v, w) == Some(true))),
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| equal(v, w) == Some(true))),
         ),
         (Value::List(_) | Value::Map(_), _) | (_, Value::List(_) | Value::Map(_)) => Some(false),
         _ => None,
     }
 }
 
-fn binary(op: BinaryOp, left: &Node, right: &Node, pos: Pos, scope: &mut Scope<'_>) -> Result<Value, ExprError> {
+fn binary(
+    op: BinaryOp,
+    left: &Node,
+    right: &Node,
+    pos: Pos,
+    scope: &mut Scope<'_>,
+) -> Result<Value, ExprError> {
     // Short-circuit operators evaluate their right side only when needed.
     match op {
         BinaryOp::And => {
@@ -178,7 +245,11 @@ fn binary(op: BinaryOp, left: &Node, right: &Node, pos: Pos, scope: &mut Scope<'
         }
         BinaryOp::Coalesce => {
             let l = eval(left, scope)?;
-            return if l == Value::Nil { eval(right, scope) } else { Ok(l) };
+            return if l == Value::Nil {
+                eval(right, scope)
+            } else {
+                Ok(l)
+            };
         }
         _ => {}
     }
@@ -195,9 +266,10 @@ fn binary(op: BinaryOp, left: &Node, right: &Node, pos: Pos, scope: &mut Scope<'
                 (Value::Int(x), Value::Int(y)) => Some(x.cmp(y)),
                 (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
                 // NaN compares false with everything, as in Go.
-                (x, y) if x.as_f64().is_some() && y.as_f64().is_some() => {
-                    x.as_f64().unwrap_or(f64::NAN).partial_cmp(&y.as_f64().unwrap_or(f64::NAN))
-                }
+                (x, y) if x.as_f64().is_some() && y.as_f64().is_some() => x
+                    .as_f64()
+                    .unwrap_or(f64::NAN)
+                    .partial_cmp(&y.as_f64().unwrap_or(f64::NAN)),
                 _ => return mismatched(sym, &a, &b, pos),
             };
             let result = match ordering {
@@ -216,17 +288,28 @@ fn binary(op: BinaryOp, left: &Node, right: &Node, pos: Pos, scope: &mut Scope<'
                 Value::List(items) => items.iter().any(|item| equal(&a, item) == Some(true)),
                 Value::Map(map) => match &a {
                     Value::String(key) => map.contains_key(key),
-                    other => return err(format!("cannot use {} as a map key in `in`", other.type_name()), pos),
+                    other => {
+                        return err(
+                            format!("cannot use {} as a map key in `in`", other.type_name()),
+                            pos,
+                        )
+                    }
                 },
                 Value::Nil => false,
-                other => return err(format!("operator `in` not defined on {}", other.type_name()), pos),
+                other => {
+                    return err(
+                        format!("operator `in` not defined on {}", other.type_name()),
+                        pos,
+                    )
+                }
             };
             Ok(Value::Bool(found == (op == BinaryOp::In)))
         }
         BinaryOp::Matches => match (&a, &b) {
             (Value::String(s), Value::String(pattern)) => {
-                let re = regex::Regex::new(pattern)
-                    .map_err(|e| ExprError::new(format!("invalid regular expression: {e}"), right.pos))?;
+                let re = regex::Regex::new(pattern).map_err(|e| {
+                    ExprError::new(format!("invalid regular expression: {e}"), right.pos)
+                })?;
                 Ok(Value::Bool(re.is_match(s)))
             }
             _ => mismatched(sym, &a, &b, pos),
@@ -251,7 +334,9 @@ fn binary(op: BinaryOp, left: &Node, right: &Node, pos: Pos, scope: &mut Scope<'
         BinaryOp::Add => match (&a, &b) {
             (Value::Int(x), Value::Int(y)) => Ok(Value::Int(x.wrapping_add(*y))),
             (Value::String(x), Value::String(y)) => Ok(Value::String(format!("{x}{y}"))),
-            (Value::List(x), Value::List(y)) => Ok(Value::List(x.iter().chain(y).cloned().collect())),
+            (Value::List(x), Value::List(y)) => {
+                Ok(Value::List(x.iter().chain(y).cloned().collect()))
+            }
             _ => float_op(&a, &b, sym, pos, |x, y| x + y),
         },
         BinaryOp::Sub => match (&a, &b) {
@@ -274,7 +359,13 @@ fn binary(op: BinaryOp, left: &Node, right: &Node, pos: Pos, scope: &mut Scope<'
     }
 }
 
-fn float_op(a: &Value, b: &Value, sym: &str, pos: Pos, f: impl Fn(f64, f64) -> f64) -> Result<Value, ExprError> {
+fn float_op(
+    a: &Value,
+    b: &Value,
+    sym: &str,
+    pos: Pos,
+    f: impl Fn(f64, f64) -> f64,
+) -> Result<Value, ExprError> {
     match (a.as_f64(), b.as_f64()) {
         (Some(x), Some(y)) => Ok(Value::Float(f(x, y))),
         _ => mismatched(sym, a, b, pos),
@@ -282,26 +373,41 @@ fn float_op(a: &Value, b: &Value, sym: &str, pos: Pos, f: impl Fn(f64, f64) -> f
 }
 
 fn number(v: &Value, name: &str, pos: Pos) -> Result<f64, ExprError> {
-    v.as_f64().ok_or_else(|| ExprError::new(format!("{name}() expects a number, got {}", v.type_name()), pos))
+    v.as_f64().ok_or_else(|| {
+        ExprError::new(
+            format!("{name}() expects a number, got {}", v.type_name()),
+            pos,
+        )
+    })
 }
 
 fn list<'v>(v: &'v Value, name: &str, pos: Pos) -> Result<&'v [Value], ExprError> {
     match v {
         Value::List(items) => Ok(items),
-        other => err(format!("{name}() expects an array, got {}", other.type_name()), pos),
+        other => err(
+            format!("{name}() expects an array, got {}", other.type_name()),
+            pos,
+        ),
     }
 }
 
 fn string<'v>(v: &'v Value, name: &str, pos: Pos) -> Result<&'v str, ExprError> {
     match v {
         Value::String(s) => Ok(s),
-        other => err(format!("{name}() expects a string, got {}", other.type_name()), pos),
+        other => err(
+            format!("{name}() expects a string, got {}", other.type_name()),
+            pos,
+        ),
     }
 }
 
 fn call(name: &str, args: &[Node], pos: Pos, scope: &mut Scope<'_>) -> Result<Value, ExprError> {
     // Predicates: the second argument runs once per element with `#` bound to it.
-    if let [collection, Node { expr: Expr::Closure(body), pos: predicate_pos }] = args {
+    if let [collection, Node {
+        expr: Expr::Closure(body),
+        pos: predicate_pos,
+    }] = args
+    {
         let items = eval(collection, scope)?;
         let items = list(&items, name, collection.pos)?.to_vec();
         let mut outputs = Vec::with_capacity(items.len());
@@ -319,7 +425,13 @@ fn call(name: &str, args: &[Node], pos: Pos, scope: &mut Scope<'_>) -> Result<Va
             match out {
                 Value::Bool(b) => flags.push(b),
                 other => {
-                    return err(format!("predicate of {name}() must return bool, got {}", other.type_name()), *predicate_pos)
+                    return err(
+                        format!(
+                            "predicate of {name}() must return bool, got {}",
+                            other.type_name()
+                        ),
+                        *predicate_pos,
+                    )
                 }
             }
         }
@@ -330,32 +442,57 @@ fn call(name: &str, args: &[Node], pos: Pos, scope: &mut Scope<'_>) -> Result<Va
             "none" => Value::Bool(trues == 0),
             "one" => Value::Bool(trues == 1),
             "count" => Value::Int(trues as i64),
-            "filter" => Value::List(items.into_iter().zip(flags).filter(|(_, keep)| *keep).map(|(v, _)| v).collect()),
+            "filter" => Value::List(
+                items
+                    .into_iter()
+                    .zip(flags)
+                    .filter(|(_, keep)| *keep)
+                    .map(|(v, _)| v)
+                    .collect(),
+            ),
             _ => return err(format!("unknown func {name}"), pos),
         });
     }
-    let values: Vec<Value> = args.iter().map(|a| eval(a, scope)).collect::<Result<_, _>>()?;
+    let values: Vec<Value> = args
+        .iter()
+        .map(|a| eval(a, scope))
+        .collect::<Result<_, _>>()?;
     let arg = |i: usize| -> &Value { &values[i] };
     match name {
         // Argo: isNil and default look at the whole result, whatever their first argument.
         "isNil" => Ok(Value::Bool(*scope.result == Value::Nil)),
-        "default" => Ok(if *scope.result == Value::Nil { arg(1).clone() } else { scope.result.clone() }),
+        "default" => Ok(if *scope.result == Value::Nil {
+            arg(1).clone()
+        } else {
+            scope.result.clone()
+        }),
         "asInt" => match arg(0) {
             Value::Int(i) => Ok(Value::Int(*i)),
             Value::Float(f) => Ok(Value::Int(*f as i64)),
-            Value::String(s) => s
-                .parse::<i64>()
-                .map(Value::Int)
-                .map_err(|_| ExprError::new(format!("strconv.ParseInt: parsing {s:?}: invalid syntax"), pos)),
-            other => err(format!("asInt() not supported on {} {other}", other.type_name()), pos),
+            Value::String(s) => s.parse::<i64>().map(Value::Int).map_err(|_| {
+                ExprError::new(
+                    format!("strconv.ParseInt: parsing {s:?}: invalid syntax"),
+                    pos,
+                )
+            }),
+            other => err(
+                format!("asInt() not supported on {} {other}", other.type_name()),
+                pos,
+            ),
         },
         "asFloat" => match arg(0) {
             Value::Int(i) => Ok(Value::Float(*i as f64)),
             Value::Float(f) => Ok(Value::Float(*f)),
-            Value::String(s) => parse_go_float(s)
-                .map(Value::Float)
-                .ok_or_else(|| ExprError::new(format!("strconv.ParseFloat: parsing {s:?}: invalid syntax"), pos)),
-            other => err(format!("asFloat() not supported on {} {other}", other.type_name()), pos),
+            Value::String(s) => parse_go_float(s).map(Value::Float).ok_or_else(|| {
+                ExprError::new(
+                    format!("strconv.ParseFloat: parsing {s:?}: invalid syntax"),
+                    pos,
+                )
+            }),
+            other => err(
+                format!("asFloat() not supported on {} {other}", other.type_name()),
+                pos,
+            ),
         },
         "isNaN" => Ok(Value::Bool(number(arg(0), name, pos)?.is_nan())),
         "isInf" => Ok(Value::Bool(number(arg(0), name, pos)?.is_infinite())),
@@ -363,19 +500,31 @@ fn call(name: &str, args: &[Node], pos: Pos, scope: &mut Scope<'_>) -> Result<Va
             Value::String(s) => Ok(Value::Int(s.len() as i64)),
             Value::List(l) => Ok(Value::Int(l.len() as i64)),
             Value::Map(m) => Ok(Value::Int(m.len() as i64)),
-            other => err(format!("invalid argument for len (type {})", other.type_name()), pos),
+            other => err(
+                format!("invalid argument for len (type {})", other.type_name()),
+                pos,
+            ),
         },
         "sum" | "mean" => {
             let items = list(arg(0), name, pos)?;
             let all_int = items.iter().all(|v| matches!(v, Value::Int(_)));
             if name == "sum" && all_int {
-                return Ok(Value::Int(items.iter().map(|v| if let Value::Int(i) = v { *i } else { 0 }).sum()));
+                return Ok(Value::Int(
+                    items
+                        .iter()
+                        .map(|v| if let Value::Int(i) = v { *i } else { 0 })
+                        .sum(),
+                ));
             }
             let mut total = 0.0;
             for item in items {
                 total += number(item, name, pos)?;
             }
-            Ok(Value::Float(if name == "mean" { total / items.len() as f64 } else { total }))
+            Ok(Value::Float(if name == "mean" {
+                total / items.len() as f64
+            } else {
+                total
+            }))
         }
         "min" | "max" => {
             let items: &[Value] = match values.as_slice() {
@@ -389,14 +538,19 @@ fn call(name: &str, args: &[Node], pos: Pos, scope: &mut Scope<'_>) -> Result<Va
                     None => true,
                     Some(b) => {
                         let y = b.as_f64().unwrap_or(f64::NAN);
-                        if name == "min" { x < y } else { x > y }
+                        if name == "min" {
+                            x < y
+                        } else {
+                            x > y
+                        }
                     }
                 };
                 if better {
                     best = Some(item);
                 }
             }
-            best.cloned().ok_or_else(|| ExprError::new(format!("{name}() of an empty array"), pos))
+            best.cloned()
+                .ok_or_else(|| ExprError::new(format!("{name}() of an empty array"), pos))
         }
         "abs" => match arg(0) {
             Value::Int(i) => Ok(Value::Int(i.wrapping_abs())),
@@ -405,8 +559,14 @@ fn call(name: &str, args: &[Node], pos: Pos, scope: &mut Scope<'_>) -> Result<Va
         "ceil" => Ok(Value::Float(number(arg(0), name, pos)?.ceil())),
         "floor" => Ok(Value::Float(number(arg(0), name, pos)?.floor())),
         "round" => Ok(Value::Float(number(arg(0), name, pos)?.round())),
-        "first" => Ok(list(arg(0), name, pos)?.first().cloned().unwrap_or(Value::Nil)),
-        "last" => Ok(list(arg(0), name, pos)?.last().cloned().unwrap_or(Value::Nil)),
+        "first" => Ok(list(arg(0), name, pos)?
+            .first()
+            .cloned()
+            .unwrap_or(Value::Nil)),
+        "last" => Ok(list(arg(0), name, pos)?
+            .last()
+            .cloned()
+            .unwrap_or(Value::Nil)),
         "int" => match arg(0) {
             Value::String(s) => s
                 .trim()
@@ -443,7 +603,10 @@ fn call(name: &str, args: &[Node], pos: Pos, scope: &mut Scope<'_>) -> Result<Va
             } else {
                 m.values().cloned().collect()
             })),
-            other => err(format!("{name}() expects a map, got {}", other.type_name()), pos),
+            other => err(
+                format!("{name}() expects a map, got {}", other.type_name()),
+                pos,
+            ),
         },
         _ => err(format!("unknown func {name}"), pos),
     }
@@ -455,7 +618,10 @@ fn parse_go_float(s: &str) -> Option<f64> {
         "nan" => Some(f64::NAN),
         "inf" | "+inf" | "infinity" | "+infinity" => Some(f64::INFINITY),
         "-inf" | "-infinity" => Some(f64::NEG_INFINITY),
-        _ if s.chars().all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-' | '_')) => {
+        _ if s
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-' | '_')) =>
+        {
             s.replace('_', "").parse().ok()
         }
         _ => None,

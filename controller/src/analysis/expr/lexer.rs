@@ -41,7 +41,16 @@ const SYMBOLS: &[&str] = &[
 ];
 
 /// Words that are operators rather than names.
-const WORD_OPS: &[&str] = &["and", "or", "not", "in", "matches", "contains", "startsWith", "endsWith"];
+const WORD_OPS: &[&str] = &[
+    "and",
+    "or",
+    "not",
+    "in",
+    "matches",
+    "contains",
+    "startsWith",
+    "endsWith",
+];
 
 pub(super) fn tokenize(source: &str) -> Result<Vec<Token>, ExprError> {
     let chars: Vec<char> = source.chars().collect();
@@ -67,7 +76,8 @@ pub(super) fn tokenize(source: &str) -> Result<Vec<Token>, ExprError> {
             advance(&mut i, 1, &mut line, &mut column);
             continue;
         }
-        if c.is_ascii_digit() || (c == '.' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit())) {
+        if c.is_ascii_digit() || (c == '.' && chars.get(i + 1).is_some_and(|d| d.is_ascii_digit()))
+        {
             let start = i;
             let mut end = i;
             let mut is_float = false;
@@ -112,8 +122,17 @@ pub(super) fn tokenize(source: &str) -> Result<Vec<Token>, ExprError> {
                 text.parse::<i64>().map(Tok::Int).ok()
             };
             let tok = tok.ok_or_else(|| ExprError::new(format!("invalid number {text:?}"), pos))?;
-            if chars.get(end).is_some_and(|c| c.is_alphanumeric() || *c == '_') {
-                return Err(ExprError::new(format!("invalid number {:?}", chars[start..=end].iter().collect::<String>()), pos));
+            if chars
+                .get(end)
+                .is_some_and(|c| c.is_alphanumeric() || *c == '_')
+            {
+                return Err(ExprError::new(
+                    format!(
+                        "invalid number {:?}",
+                        chars[start..=end].iter().collect::<String>()
+                    ),
+                    pos,
+                ));
             }
             tokens.push(Token { tok, pos });
             advance(&mut i, end - start, &mut line, &mut column);
@@ -122,7 +141,9 @@ pub(super) fn tokenize(source: &str) -> Result<Vec<Token>, ExprError> {
         if c.is_alphabetic() || c == '_' || c == '$' {
             let start = i;
             let mut end = i;
-            while end < chars.len() && (chars[end].is_alphanumeric() || chars[end] == '_' || chars[end] == '$') {
+            while end < chars.len()
+                && (chars[end].is_alphanumeric() || chars[end] == '_' || chars[end] == '$')
+            {
                 end += 1;
             }
             let word: String = chars[start..end].iter().collect();
@@ -136,20 +157,29 @@ pub(super) fn tokenize(source: &str) -> Result<Vec<Token>, ExprError> {
         }
         if c == '"' || c == '\'' || c == '`' {
             let (text, consumed) = string_literal(&chars[i..], pos)?;
-            tokens.push(Token { tok: Tok::Str(text), pos });
+            tokens.push(Token {
+                tok: Tok::Str(text),
+                pos,
+            });
             advance(&mut i, consumed, &mut line, &mut column);
             continue;
         }
         let rest: String = chars[i..chars.len().min(i + 2)].iter().collect();
         match SYMBOLS.iter().find(|s| rest.starts_with(**s)) {
             Some(sym) => {
-                tokens.push(Token { tok: Tok::Op(sym), pos });
+                tokens.push(Token {
+                    tok: Tok::Op(sym),
+                    pos,
+                });
                 advance(&mut i, sym.chars().count(), &mut line, &mut column);
             }
             None => return Err(ExprError::new(format!("unexpected character {c:?}"), pos)),
         }
     }
-    tokens.push(Token { tok: Tok::Eof, pos: Pos { line, column } });
+    tokens.push(Token {
+        tok: Tok::Eof,
+        pos: Pos { line, column },
+    });
     Ok(tokens)
 }
 
@@ -164,7 +194,9 @@ fn string_literal(chars: &[char], pos: Pos) -> Result<(String, usize), ExprError
             return Ok((out, i + 1));
         }
         if c == '\\' && quote != '`' {
-            let escaped = chars.get(i + 1).ok_or_else(|| ExprError::new("unterminated string", pos))?;
+            let escaped = chars
+                .get(i + 1)
+                .ok_or_else(|| ExprError::new("unterminated string", pos))?;
             match escaped {
                 'n' => out.push('\n'),
                 't' => out.push('\t'),
@@ -172,12 +204,22 @@ fn string_literal(chars: &[char], pos: Pos) -> Result<(String, usize), ExprError
                 '0' => out.push('\0'),
                 '\\' | '"' | '\'' | '`' => out.push(*escaped),
                 'u' => {
-                    let hex: String = chars.get(i + 2..i + 6).map(|h| h.iter().collect()).unwrap_or_default();
+                    let hex: String = chars
+                        .get(i + 2..i + 6)
+                        .map(|h| h.iter().collect())
+                        .unwrap_or_default();
                     let ch = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32);
-                    out.push(ch.ok_or_else(|| ExprError::new("invalid \\u escape in string", pos))?);
+                    out.push(
+                        ch.ok_or_else(|| ExprError::new("invalid \\u escape in string", pos))?,
+                    );
                     i += 4;
                 }
-                other => return Err(ExprError::new(format!("invalid escape \\{other} in string"), pos)),
+                other => {
+                    return Err(ExprError::new(
+                        format!("invalid escape \\{other} in string"),
+                        pos,
+                    ))
+                }
             }
             i += 2;
             continue;

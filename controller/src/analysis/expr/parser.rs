@@ -116,10 +116,21 @@ pub(super) enum Expr {
     Binary(BinaryOp, Box<Node>, Box<Node>),
     Ternary(Box<Node>, Box<Node>, Box<Node>),
     /// `a.b`, `a?.b`, `a[b]`.
-    Member { object: Box<Node>, index: Box<Node>, optional: bool },
+    Member {
+        object: Box<Node>,
+        index: Box<Node>,
+        optional: bool,
+    },
     /// `a[from:to]`.
-    Slice { object: Box<Node>, from: Option<Box<Node>>, to: Option<Box<Node>> },
-    Call { name: String, args: Vec<Node> },
+    Slice {
+        object: Box<Node>,
+        from: Option<Box<Node>>,
+        to: Option<Box<Node>>,
+    },
+    Call {
+        name: String,
+        args: Vec<Node>,
+    },
     /// A predicate (`{# > 1}` or `# > 1`) passed to `all`, `filter`, …
     Closure(Box<Node>),
     Array(Vec<Node>),
@@ -142,18 +153,29 @@ pub(super) struct Parser<'a> {
 
 impl<'a> Parser<'a> {
     pub(super) fn new(tokens: Vec<Token>, names: &'a [&'a str]) -> Self {
-        Parser { tokens, at: 0, names, closure_depth: 0 }
+        Parser {
+            tokens,
+            at: 0,
+            names,
+            closure_depth: 0,
+        }
     }
 
     pub(super) fn parse(mut self) -> Result<Node, ExprError> {
         if self.peek().tok == Tok::Eof {
-            return Err(ExprError::new("empty condition: expected an expression", self.peek().pos));
+            return Err(ExprError::new(
+                "empty condition: expected an expression",
+                self.peek().pos,
+            ));
         }
         let node = self.expression(0)?;
         let next = self.peek();
         if next.tok != Tok::Eof {
             return Err(ExprError::new(
-                format!("expected an operator or the end of the condition, found {}", next.tok.describe()),
+                format!(
+                    "expected an operator or the end of the condition, found {}",
+                    next.tok.describe()
+                ),
                 next.pos,
             ));
         }
@@ -185,7 +207,10 @@ impl<'a> Parser<'a> {
             Ok(self.next().pos)
         } else {
             let found = self.peek();
-            Err(ExprError::new(format!("expected `{op}` {what}, found {}", found.tok.describe()), found.pos))
+            Err(ExprError::new(
+                format!("expected `{op}` {what}, found {}", found.tok.describe()),
+                found.pos,
+            ))
         }
     }
 
@@ -224,10 +249,17 @@ impl<'a> Parser<'a> {
             if negated {
                 self.next();
             }
-            let next_min = if right_assoc { precedence } else { precedence + 1 };
+            let next_min = if right_assoc {
+                precedence
+            } else {
+                precedence + 1
+            };
             let right = self.expression(next_min)?;
             let bin = if negated { BinaryOp::NotIn } else { bin };
-            left = Node { expr: Expr::Binary(bin, Box::new(left), Box::new(right)), pos: token.pos };
+            left = Node {
+                expr: Expr::Binary(bin, Box::new(left), Box::new(right)),
+                pos: token.pos,
+            };
         }
         Ok(left)
     }
@@ -243,7 +275,10 @@ impl<'a> Parser<'a> {
         if let Some((op, precedence)) = op {
             self.next();
             let operand = self.expression(precedence)?;
-            return Ok(Node { expr: Expr::Unary(op, Box::new(operand)), pos: token.pos });
+            return Ok(Node {
+                expr: Expr::Unary(op, Box::new(operand)),
+                pos: token.pos,
+            });
         }
         let primary = self.primary()?;
         self.postfix(primary)
@@ -266,7 +301,10 @@ impl<'a> Parser<'a> {
             },
             Tok::Op("#") => {
                 if self.closure_depth == 0 {
-                    return Err(ExprError::new("`#` is only meaningful inside a predicate such as all(list, {# > 0})", pos));
+                    return Err(ExprError::new(
+                        "`#` is only meaningful inside a predicate such as all(list, {# > 0})",
+                        pos,
+                    ));
                 }
                 Expr::Pointer
             }
@@ -274,8 +312,14 @@ impl<'a> Parser<'a> {
             Tok::Op(".") if self.closure_depth > 0 => {
                 let name = self.property_name()?;
                 Expr::Member {
-                    object: Box::new(Node { expr: Expr::Pointer, pos }),
-                    index: Box::new(Node { expr: Expr::Literal(Value::String(name)), pos }),
+                    object: Box::new(Node {
+                        expr: Expr::Pointer,
+                        pos,
+                    }),
+                    index: Box::new(Node {
+                        expr: Expr::Literal(Value::String(name)),
+                        pos,
+                    }),
                     optional: false,
                 }
             }
@@ -304,7 +348,10 @@ impl<'a> Parser<'a> {
                         Tok::Int(i) => i.to_string(),
                         other => {
                             return Err(ExprError::new(
-                                format!("expected a map key (name or string), found {}", other.describe()),
+                                format!(
+                                    "expected a map key (name or string), found {}",
+                                    other.describe()
+                                ),
                                 key_token.pos,
                             ))
                         }
@@ -319,7 +366,10 @@ impl<'a> Parser<'a> {
                 Expr::Map(entries)
             }
             other => {
-                return Err(ExprError::new(format!("expected an expression, found {}", other.describe()), pos))
+                return Err(ExprError::new(
+                    format!("expected an expression, found {}", other.describe()),
+                    pos,
+                ))
             }
         };
         Ok(Node { expr, pos })
@@ -331,7 +381,13 @@ impl<'a> Parser<'a> {
             Tok::Ident(name) => Ok(name),
             // Word operators are valid field names after a dot (`result.in`).
             Tok::Op(op) if op.chars().all(char::is_alphabetic) => Ok(op.to_owned()),
-            other => Err(ExprError::new(format!("expected a field name after `.`, found {}", other.describe()), token.pos)),
+            other => Err(ExprError::new(
+                format!(
+                    "expected a field name after `.`, found {}",
+                    other.describe()
+                ),
+                token.pos,
+            )),
         }
     }
 
@@ -346,7 +402,10 @@ impl<'a> Parser<'a> {
                     node = Node {
                         expr: Expr::Member {
                             object: Box::new(node),
-                            index: Box::new(Node { expr: Expr::Literal(Value::String(name)), pos: name_pos }),
+                            index: Box::new(Node {
+                                expr: Expr::Literal(Value::String(name)),
+                                pos: name_pos,
+                            }),
                             optional: op == "?.",
                         },
                         pos: token.pos,
@@ -354,17 +413,36 @@ impl<'a> Parser<'a> {
                 }
                 Tok::Op("[") => {
                     self.next();
-                    let from = if self.is_op(":") { None } else { Some(Box::new(self.expression(0)?)) };
+                    let from = if self.is_op(":") {
+                        None
+                    } else {
+                        Some(Box::new(self.expression(0)?))
+                    };
                     if self.is_op(":") {
                         self.next();
-                        let to = if self.is_op("]") { None } else { Some(Box::new(self.expression(0)?)) };
+                        let to = if self.is_op("]") {
+                            None
+                        } else {
+                            Some(Box::new(self.expression(0)?))
+                        };
                         self.expect("]", "to close the slice")?;
-                        node = Node { expr: Expr::Slice { object: Box::new(node), from, to }, pos: token.pos };
+                        node = Node {
+                            expr: Expr::Slice {
+                                object: Box::new(node),
+                                from,
+                                to,
+                            },
+                            pos: token.pos,
+                        };
                     } else {
                         self.expect("]", "to close the index")?;
                         let index = from.expect("an index expression was parsed");
                         node = Node {
-                            expr: Expr::Member { object: Box::new(node), index, optional: false },
+                            expr: Expr::Member {
+                                object: Box::new(node),
+                                index,
+                                optional: false,
+                            },
                             pos: token.pos,
                         };
                     }
@@ -394,7 +472,10 @@ impl<'a> Parser<'a> {
                     self.expression(0)?
                 };
                 self.closure_depth -= 1;
-                args.push(Node { expr: Expr::Closure(Box::new(body)), pos: body_pos });
+                args.push(Node {
+                    expr: Expr::Closure(Box::new(body)),
+                    pos: body_pos,
+                });
             } else {
                 args.push(self.expression(0)?);
             }
@@ -415,13 +496,22 @@ impl<'a> Parser<'a> {
                 Arity::Between(lo, hi) => format!("{lo} to {hi}"),
             };
             return Err(ExprError::new(
-                format!("{name}() expects {expected} argument(s), got {}", args.len()),
+                format!(
+                    "{name}() expects {expected} argument(s), got {}",
+                    args.len()
+                ),
                 pos,
             ));
         }
         if builtin.predicate && args.len() >= 2 && !matches!(args[1].expr, Expr::Closure(_)) {
-            return Err(ExprError::new(format!("{name}() expects a predicate as its second argument"), pos));
+            return Err(ExprError::new(
+                format!("{name}() expects a predicate as its second argument"),
+                pos,
+            ));
         }
-        Ok(Node { expr: Expr::Call { name, args }, pos })
+        Ok(Node {
+            expr: Expr::Call { name, args },
+            pos,
+        })
     }
 }

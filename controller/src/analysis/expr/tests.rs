@@ -22,10 +22,21 @@ fn eval(result: &Value, condition: &str) -> Result<Value, ExprError> {
 #[test]
 fn argo_eval_condition_cases() {
     // TestEvaluateConditionWithSuccess / WithFailure
-    assert_eq!(eval_condition(&Value::Bool(true), "result == true"), Ok(true));
-    assert_eq!(eval_condition(&Value::Bool(true), "result == false"), Ok(false));
+    assert_eq!(
+        eval_condition(&Value::Bool(true), "result == true"),
+        Ok(true)
+    );
+    assert_eq!(
+        eval_condition(&Value::Bool(true), "result == false"),
+        Ok(false)
+    );
     // TestErrorWithNonBoolReturn
-    assert_eq!(eval_condition(&Value::Bool(true), "1").unwrap_err().to_string(), "expected bool, but got int");
+    assert_eq!(
+        eval_condition(&Value::Bool(true), "1")
+            .unwrap_err()
+            .to_string(),
+        "expected bool, but got int"
+    );
     // TestErrorWithInvalidReference
     let e = eval_condition(&Value::Bool(true), "invalidVariable").unwrap_err();
     assert_eq!(e.message, "unknown name invalidVariable");
@@ -38,9 +49,18 @@ fn argo_eval_condition_cases() {
     apdex.insert("values".to_owned(), Value::Map(values));
     let mut top = BTreeMap::new();
     top.insert("service_apdex".to_owned(), Value::Map(apdex));
-    assert_eq!(eval_condition(&Value::Map(top), "all(result.service_apdex.values.values, {# > 1})"), Ok(true));
+    assert_eq!(
+        eval_condition(
+            &Value::Map(top),
+            "all(result.service_apdex.values.values, {# > 1})"
+        ),
+        Ok(true)
+    );
     // TestEvaluateInOperator
-    assert_eq!(eval_condition(&floats(&[2.0, 2.0]), "2 in result"), Ok(true));
+    assert_eq!(
+        eval_condition(&floats(&[2.0, 2.0]), "2 in result"),
+        Ok(true)
+    );
     // TestEvaluateFloat64
     assert_eq!(eval_condition(&f(5.0), "result > 1"), Ok(true));
     // TestEvaluateInvalidStruct
@@ -52,7 +72,11 @@ fn argo_eval_condition_cases() {
 #[test]
 fn argo_as_int_and_as_float() {
     // TestEvaluateAsInt
-    for (input, expr) in [(s("1"), "asInt(result) == 1"), (Value::Int(1), "asInt(result) == 1"), (f(1.123), "asInt(result) == 1")] {
+    for (input, expr) in [
+        (s("1"), "asInt(result) == 1"),
+        (Value::Int(1), "asInt(result) == 1"),
+        (f(1.123), "asInt(result) == 1"),
+    ] {
         assert_eq!(eval_condition(&input, expr), Ok(true), "{input:?} {expr}");
     }
     // TestEvaluateAsFloat
@@ -68,9 +92,17 @@ fn argo_as_int_and_as_float() {
     }
     // TestEvaluateAsFloatError
     let e = eval_condition(&s("NotANum"), "asFloat(result) == 1.1").unwrap_err();
-    assert!(e.message.contains(r#"strconv.ParseFloat: parsing "NotANum": invalid syntax"#), "{e}");
+    assert!(
+        e.message
+            .contains(r#"strconv.ParseFloat: parsing "NotANum": invalid syntax"#),
+        "{e}"
+    );
     let e = eval_condition(&s("1.1"), r#"asFloat(result) == "1.1""#).unwrap_err();
-    assert!(e.message.contains("invalid operation: == (mismatched types float64 and string)"), "{e}");
+    assert!(
+        e.message
+            .contains("invalid operation: == (mismatched types float64 and string)"),
+        "{e}"
+    );
     // TestAsInt / TestAsFloat
     assert_eq!(eval(&s("1"), "asInt(result)"), Ok(Value::Int(1)));
     assert!(eval(&s("notint"), "asInt(result)").is_err());
@@ -89,11 +121,20 @@ fn argo_is_nil_and_default_look_at_the_whole_result() {
     // TestIsNilFunc / TestIsNil
     assert_eq!(eval_condition(&Value::Nil, "isNil(result)"), Ok(true));
     assert_eq!(eval_condition(&f(1.0), "isNil(result)"), Ok(false));
-    assert_eq!(eval_condition(&Value::List(vec![s("hi"), s("hello")]), "isNil(result)"), Ok(false));
-    assert_eq!(eval_condition(&Value::Bool(false), "isNil(result)"), Ok(false));
+    assert_eq!(
+        eval_condition(&Value::List(vec![s("hi"), s("hello")]), "isNil(result)"),
+        Ok(false)
+    );
+    assert_eq!(
+        eval_condition(&Value::Bool(false), "isNil(result)"),
+        Ok(false)
+    );
     // The argument is ignored, exactly as in Argo.
     assert_eq!(eval_condition(&f(1.0), "isNil(nil)"), Ok(false));
-    assert_eq!(eval_condition(&Value::List(vec![]), "isNil(result)"), Ok(false));
+    assert_eq!(
+        eval_condition(&Value::List(vec![]), "isNil(result)"),
+        Ok(false)
+    );
     // TestIsInf
     assert_eq!(eval_condition(&f(f64::INFINITY), "isInf(result)"), Ok(true));
     assert_eq!(eval_condition(&f(0.0), "isInf(result)"), Ok(false));
@@ -137,7 +178,10 @@ fn syntax_that_templates_use() {
         ("'canary-1' startsWith 'canary'", Value::Bool(true)),
         ("'canary-1' matches '^canary-[0-9]+$'", Value::Bool(true)),
         ("nil ?? 3", Value::Int(3)),
-        ("1..3", Value::List(vec![Value::Int(1), Value::Int(2), Value::Int(3)])),
+        (
+            "1..3",
+            Value::List(vec![Value::Int(1), Value::Int(2), Value::Int(3)]),
+        ),
         ("1_000 == 1e3", Value::Bool(true)),
         ("0x10", Value::Int(16)),
         ("isNaN(result[0])", Value::Bool(false)),
@@ -162,7 +206,10 @@ fn maps_fields_and_closures() {
         ("result.data.missing?.deeper", Value::Nil),
         ("all(result.data.items, .n > 0)", Value::Bool(true)),
         ("sum(map(result.data.items, #.n))", f(6.0)),
-        ("len(filter(result.data.items, {#.code >= 500})) / len(result.data.items)", f(0.5)),
+        (
+            "len(filter(result.data.items, {#.code >= 500})) / len(result.data.items)",
+            f(0.5),
+        ),
         ("'ok' in result.data", Value::Bool(true)),
         ("result.data.items[0].code == 200", Value::Bool(true)),
     ];
@@ -174,15 +221,35 @@ fn maps_fields_and_closures() {
 #[test]
 fn errors_name_the_position_and_what_was_expected() {
     let cases: &[(&str, &str, (u32, u32))] = &[
-        ("result >", "expected an expression, found end of condition", (1, 9)),
-        ("result[0] >= ", "expected an expression, found end of condition", (1, 14)),
-        ("(result", "expected `)` to close `(`, found end of condition", (1, 8)),
+        (
+            "result >",
+            "expected an expression, found end of condition",
+            (1, 9),
+        ),
+        (
+            "result[0] >= ",
+            "expected an expression, found end of condition",
+            (1, 14),
+        ),
+        (
+            "(result",
+            "expected `)` to close `(`, found end of condition",
+            (1, 8),
+        ),
         ("result[0 > 1", "expected `]` to close the index", (1, 13)),
         ("result ? 1", "expected `:` in the ternary", (1, 11)),
-        ("1 2", "expected an operator or the end of the condition, found number 2", (1, 3)),
+        (
+            "1 2",
+            "expected an operator or the end of the condition, found number 2",
+            (1, 3),
+        ),
         ("foo > 1", "unknown name foo", (1, 1)),
         ("bogus(result)", "unknown func bogus", (1, 1)),
-        ("len(result, 1)", "len() expects 1 argument(s), got 2", (1, 1)),
+        (
+            "len(result, 1)",
+            "len() expects 1 argument(s), got 2",
+            (1, 1),
+        ),
         ("result == 'x", "unterminated string", (1, 11)),
         ("result @ 1", "unexpected character '@'", (1, 8)),
         ("# > 1", "`#` is only meaningful inside a predicate", (1, 1)),
@@ -192,7 +259,14 @@ fn errors_name_the_position_and_what_was_expected() {
     for (expr, message, (line, column)) in cases {
         let e = Program::compile(expr).unwrap_err();
         assert!(e.message.contains(message), "{expr}: {e}");
-        assert_eq!(e.pos, Some(Pos { line: *line, column: *column }), "{expr}: {e}");
+        assert_eq!(
+            e.pos,
+            Some(Pos {
+                line: *line,
+                column: *column
+            }),
+            "{expr}: {e}"
+        );
     }
 }
 
@@ -200,33 +274,71 @@ fn errors_name_the_position_and_what_was_expected() {
 fn runtime_errors_name_the_position() {
     let r = floats(&[0.5]);
     let cases: &[(&str, &str, (u32, u32))] = &[
-        ("result >= 0.95", "invalid operation: >= (mismatched types array and float64)", (1, 8)),
-        ("result[3] > 0", "index out of range: 3 (array length is 1)", (1, 7)),
-        ("result[0] && true", "invalid operation: && (mismatched type float64, expected bool)", (1, 11)),
+        (
+            "result >= 0.95",
+            "invalid operation: >= (mismatched types array and float64)",
+            (1, 8),
+        ),
+        (
+            "result[3] > 0",
+            "index out of range: 3 (array length is 1)",
+            (1, 7),
+        ),
+        (
+            "result[0] && true",
+            "invalid operation: && (mismatched type float64, expected bool)",
+            (1, 11),
+        ),
         ("1 % 0 == 0", "integer divide by zero", (1, 3)),
-        ("all(result, # + 1)", "predicate of all() must return bool, got float64", (1, 13)),
+        (
+            "all(result, # + 1)",
+            "predicate of all() must return bool, got float64",
+            (1, 13),
+        ),
         ("result.x", "cannot fetch x from array", (1, 7)),
     ];
     for (expr, message, (line, column)) in cases {
         let e = eval(&r, expr).unwrap_err();
         assert!(e.message.contains(message), "{expr}: {e}");
-        assert_eq!(e.pos, Some(Pos { line: *line, column: *column }), "{expr}: {e}");
+        assert_eq!(
+            e.pos,
+            Some(Pos {
+                line: *line,
+                column: *column
+            }),
+            "{expr}: {e}"
+        );
     }
-    assert!(eval(&Value::Nil, "result.x").unwrap_err().message.contains("cannot fetch x from <nil>"));
+    assert!(eval(&Value::Nil, "result.x")
+        .unwrap_err()
+        .message
+        .contains("cannot fetch x from <nil>"));
 }
 
 #[test]
 fn short_circuit_skips_runtime_errors_but_not_unknown_names() {
     let empty = Value::List(vec![]);
-    assert_eq!(eval_condition(&empty, "len(result) == 0 || result[0] > 1"), Ok(true));
-    assert_eq!(eval_condition(&empty, "len(result) > 0 && result[0] > 1"), Ok(false));
+    assert_eq!(
+        eval_condition(&empty, "len(result) == 0 || result[0] > 1"),
+        Ok(true)
+    );
+    assert_eq!(
+        eval_condition(&empty, "len(result) > 0 && result[0] > 1"),
+        Ok(false)
+    );
     assert!(eval_condition(&empty, "true || missing > 1").is_err());
 }
 
 #[test]
 fn nan_comparisons_are_false() {
     let nan = f(f64::NAN);
-    for expr in ["result > 0", "result < 0", "result >= 0", "result <= 0", "result == result"] {
+    for expr in [
+        "result > 0",
+        "result < 0",
+        "result >= 0",
+        "result <= 0",
+        "result == result",
+    ] {
         assert_eq!(eval_condition(&nan, expr), Ok(false), "{expr}");
     }
     assert_eq!(eval_condition(&nan, "result != result"), Ok(true));

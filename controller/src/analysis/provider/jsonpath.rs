@@ -22,7 +22,10 @@ enum Step {
 }
 
 fn parse(path: &str) -> Result<Vec<Step>, JsonPathError> {
-    let syntax = |message: &str| JsonPathError::Syntax { path: path.to_owned(), message: message.to_owned() };
+    let syntax = |message: &str| JsonPathError::Syntax {
+        path: path.to_owned(),
+        message: message.to_owned(),
+    };
     let trimmed = path.trim();
     let inner = if trimmed.is_empty() {
         "$"
@@ -66,7 +69,9 @@ fn parse(path: &str) -> Result<Vec<Step>, JsonPathError> {
             } else if let Ok(i) = inside.parse::<i64>() {
                 steps.push(Step::Index(i));
             } else {
-                return Err(syntax(&format!("unsupported subscript [{inside}] (filters and slices are not supported)")));
+                return Err(syntax(&format!(
+                    "unsupported subscript [{inside}] (filters and slices are not supported)"
+                )));
             }
             rest = &r[end + 1..];
         } else {
@@ -133,7 +138,8 @@ mod tests {
 
     #[test]
     fn kubectl_paths() {
-        let data = json!({"data": {"ok": true, "rate": 0.99, "a-b": 1, "items": [{"x": 1}, {"x": 2}]}});
+        let data =
+            json!({"data": {"ok": true, "rate": 0.99, "a-b": 1, "items": [{"x": 1}, {"x": 2}]}});
         let first = |p: &str| find(p, &data).map(|v| v[0].clone());
         assert_eq!(first("{$}").unwrap(), data);
         assert_eq!(first("").unwrap(), data);
@@ -142,10 +148,19 @@ mod tests {
         assert_eq!(first("{.data['a-b']}").unwrap(), json!(1));
         assert_eq!(first("{.data.items[1].x}").unwrap(), json!(2));
         assert_eq!(first("{.data.items[-1].x}").unwrap(), json!(2));
-        assert_eq!(find("{.data.items[*].x}", &data).unwrap(), vec![&json!(1), &json!(2)]);
+        assert_eq!(
+            find("{.data.items[*].x}", &data).unwrap(),
+            vec![&json!(1), &json!(2)]
+        );
         assert_eq!(find("{..x}", &data).unwrap().len(), 2);
-        assert_eq!(first("{.data.missing}").unwrap_err(), JsonPathError::NotFound("missing".into()));
-        assert!(matches!(first("{.data.items[?(@.x==1)]}"), Err(JsonPathError::Syntax { .. })));
+        assert_eq!(
+            first("{.data.missing}").unwrap_err(),
+            JsonPathError::NotFound("missing".into())
+        );
+        assert!(matches!(
+            first("{.data.items[?(@.x==1)]}"),
+            Err(JsonPathError::Syntax { .. })
+        ));
         assert!(matches!(first(".data"), Err(JsonPathError::Syntax { .. })));
     }
 }

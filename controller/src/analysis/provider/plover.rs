@@ -27,31 +27,48 @@ fn address(providers: &Providers, spec: &PloverSpec) -> Result<String, ProviderE
     })
 }
 
-pub(super) async fn query(providers: &Providers, spec: &PloverSpec) -> Result<Outcome, ProviderError> {
+pub(super) async fn query(
+    providers: &Providers,
+    spec: &PloverSpec,
+) -> Result<Outcome, ProviderError> {
     if stats::parse_window_seconds(&spec.window).is_none() {
-        return Err(ProviderError::Config(format!("window {:?}: expected e.g. 30s, 5m or 1h", spec.window)));
+        return Err(ProviderError::Config(format!(
+            "window {:?}: expected e.g. 30s, 5m or 1h",
+            spec.window
+        )));
     }
     let base = address(providers, spec)?;
     let url = format!("{}{}", base.trim_end_matches('/'), stats::STATS_PATH);
     let client = providers.client_for(&url, false)?;
-    let timeout = spec.timeout.filter(|t| *t > 0).map_or(DEFAULT_TIMEOUT, |t| Duration::from_secs(t as u64));
+    let timeout = spec
+        .timeout
+        .filter(|t| *t > 0)
+        .map_or(DEFAULT_TIMEOUT, |t| Duration::from_secs(t as u64));
     let response = client
         .get(&url)
-        .query(&[("namespace", spec.namespace.as_str()), ("service", spec.service.as_str()), ("window", spec.window.as_str())])
+        .query(&[
+            ("namespace", spec.namespace.as_str()),
+            ("service", spec.service.as_str()),
+            ("window", spec.window.as_str()),
+        ])
         .timeout(timeout)
         .send()
         .await
         .map_err(|e| ProviderError::Transport(format!("Get \"{url}\": {e}")))?;
     let status = response.status();
-    let body = response.bytes().await.map_err(|e| ProviderError::Transport(e.to_string()))?;
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| ProviderError::Transport(e.to_string()))?;
     if !status.is_success() {
         return Err(ProviderError::Response(format!(
             "exporter returned HTTP status {status}: {}",
             String::from_utf8_lossy(&body).trim()
         )));
     }
-    let answer: StatsResponse = serde_json::from_slice(&body)
-        .map_err(|e| ProviderError::Response(format!("exporter answer is not a /v1/stats response: {e}")))?;
+    let answer: StatsResponse = serde_json::from_slice(&body).map_err(|e| {
+        ProviderError::Response(format!("exporter answer is not a /v1/stats response: {e}"))
+    })?;
     evaluate(spec, &answer)
 }
 
@@ -97,24 +114,46 @@ fn no_data(spec: &PloverSpec, why: String) -> Result<Outcome, ProviderError> {
         NoData::Successful => Phase::Successful,
         NoData::Error => return Err(ProviderError::Response(format!("no data: {why}"))),
     };
-    Ok(Outcome::Decided { phase, text: String::new(), message: format!("no data ({phase} by noData): {why}") })
+    Ok(Outcome::Decided {
+        phase,
+        text: String::new(),
+        message: format!("no data ({phase} by noData): {why}"),
+    })
 }
 
 /// Judges one `/v1/stats` answer: the gate first, then the value for the conditions. Pure.
 pub fn evaluate(spec: &PloverSpec, answer: &StatsResponse) -> Result<Outcome, ProviderError> {
     let window = &spec.window;
     let Some(r) = revision(answer, &spec.revision) else {
-        return no_data(spec, format!("no traffic recorded for revision {:?} of {}/{} in the last {window}", spec.revision, spec.namespace, spec.service));
+        return no_data(
+            spec,
+            format!(
+                "no traffic recorded for revision {:?} of {}/{} in the last {window}",
+                spec.revision, spec.namespace, spec.service
+            ),
+        );
     };
     if r.requests < spec.min_requests {
-        return no_data(spec, format!(
-            "{} requests to revision {:?} in the last {window}, fewer than minRequests ({})",
-            r.requests, spec.revision, spec.min_requests
-        ));
+        return no_data(
+            spec,
+            format!(
+                "{} requests to revision {:?} in the last {window}, fewer than minRequests ({})",
+                r.requests, spec.revision, spec.min_requests
+            ),
+        );
     }
     match quantity(spec, r)? {
-        None => no_data(spec, format!("no value for {:?} of revision {:?} in the last {window}", spec.metric, spec.revision)),
-        Some(v) => Ok(Outcome::Value { value: Value::Float(v), text: format_float(v) }),
+        None => no_data(
+            spec,
+            format!(
+                "no value for {:?} of revision {:?} in the last {window}",
+                spec.metric, spec.revision
+            ),
+        ),
+        Some(v) => Ok(Outcome::Value {
+            value: Value::Float(v),
+            text: format_float(v),
+        }),
     }
 }
 
@@ -123,7 +162,10 @@ mod tests {
     use super::*;
 
     fn spec(metric: PloverQuantity) -> PloverSpec {
-        serde_json::from_value(serde_json::json!({"namespace": "ns", "service": "svc", "metric": metric})).unwrap()
+        serde_json::from_value(
+            serde_json::json!({"namespace": "ns", "service": "svc", "metric": metric}),
+        )
+        .unwrap()
     }
 
     fn answer(requests: u64, errors: u64) -> StatsResponse {
@@ -142,7 +184,13 @@ mod tests {
                     traffic_share: 0.1,
                     ..Default::default()
                 },
-                RevisionStats { revision: "v1".into(), role: "stable".into(), requests: 900, success_ratio: Some(1.0), ..Default::default() },
+                RevisionStats {
+                    revision: "v1".into(),
+                    role: "stable".into(),
+                    requests: 900,
+                    success_ratio: Some(1.0),
+                    ..Default::default()
+                },
             ],
             ..Default::default()
         }
@@ -151,7 +199,10 @@ mod tests {
     #[test]
     fn quantities_per_revision() {
         let v = |s: &PloverSpec, a: &StatsResponse| match evaluate(s, a).unwrap() {
-            Outcome::Value { value: Value::Float(f), .. } => f,
+            Outcome::Value {
+                value: Value::Float(f),
+                ..
+            } => f,
             other => panic!("{other:?}"),
         };
         assert_eq!(v(&spec(PloverQuantity::SuccessRate), &answer(100, 2)), 0.98);
@@ -168,21 +219,42 @@ mod tests {
     #[test]
     fn too_little_traffic_is_no_data() {
         let s = spec(PloverQuantity::SuccessRate);
-        let Outcome::Decided { phase, message, .. } = evaluate(&s, &answer(5, 0)).unwrap() else { panic!() };
+        let Outcome::Decided { phase, message, .. } = evaluate(&s, &answer(5, 0)).unwrap() else {
+            panic!()
+        };
         assert_eq!(phase, Phase::Inconclusive);
-        assert!(message.contains("5 requests to revision \"canary\" in the last 30s, fewer than minRequests (20)"), "{message}");
+        assert!(
+            message.contains(
+                "5 requests to revision \"canary\" in the last 30s, fewer than minRequests (20)"
+            ),
+            "{message}"
+        );
         let mut failing = s.clone();
         failing.no_data = NoData::Failed;
-        assert!(matches!(evaluate(&failing, &answer(0, 0)).unwrap(), Outcome::Decided { phase: Phase::Failed, .. }));
+        assert!(matches!(
+            evaluate(&failing, &answer(0, 0)).unwrap(),
+            Outcome::Decided {
+                phase: Phase::Failed,
+                ..
+            }
+        ));
         failing.no_data = NoData::Error;
         assert!(evaluate(&failing, &answer(0, 0)).is_err());
         let mut missing = s;
         missing.revision = "v9".into();
-        let Outcome::Decided { message, .. } = evaluate(&missing, &answer(100, 0)).unwrap() else { panic!() };
-        assert!(message.contains("no traffic recorded for revision \"v9\""), "{message}");
+        let Outcome::Decided { message, .. } = evaluate(&missing, &answer(100, 0)).unwrap() else {
+            panic!()
+        };
+        assert!(
+            message.contains("no traffic recorded for revision \"v9\""),
+            "{message}"
+        );
         // Latency without samples: no quantile ⇒ no data.
         let mut latency = spec(PloverQuantity::Latency);
         latency.min_requests = 0;
-        assert!(matches!(evaluate(&latency, &answer(0, 0)).unwrap(), Outcome::Decided { .. }));
+        assert!(matches!(
+            evaluate(&latency, &answer(0, 0)).unwrap(),
+            Outcome::Decided { .. }
+        ));
     }
 }

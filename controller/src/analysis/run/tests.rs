@@ -19,7 +19,13 @@ fn secs(n: u64) -> Duration {
 }
 
 fn measurement(phase: Phase, finished_at: SystemTime) -> Measurement {
-    Measurement { phase, value: "99".into(), message: None, started_at: finished_at, finished_at }
+    Measurement {
+        phase,
+        value: "99".into(),
+        message: None,
+        started_at: finished_at,
+        finished_at,
+    }
 }
 
 /// A result with the given counters and one last measurement of `last` phase.
@@ -101,7 +107,8 @@ fn argo_assess_metric_status_failure_limit_and_consecutive_success_limit() {
         p.interval = Some(secs(60));
     });
     // (count set?, failed, successful, count, consecutiveSuccess, expected !terminating, expected terminating)
-    let cases: &[(Option<u32>, u32, u32, u32, u32, Phase, Phase)] = &[
+    type Case = (Option<u32>, u32, u32, u32, u32, Phase, Phase);
+    let cases: &[Case] = &[
         (None, 3, 4, 7, 3, Running, Successful),
         (None, 5, 9, 9, 0, Failed, Failed),
         (None, 3, 5, 8, 4, Successful, Successful),
@@ -115,7 +122,9 @@ fn argo_assess_metric_status_failure_limit_and_consecutive_success_limit() {
         (Some(10), 3, 5, 8, 4, Successful, Successful),
         (Some(10), 5, 4, 9, 4, Failed, Failed),
     ];
-    for (i, (count, failed, successful, n, consecutive, running, terminating)) in cases.iter().enumerate() {
+    for (i, (count, failed, successful, n, consecutive, running, terminating)) in
+        cases.iter().enumerate()
+    {
         p.count = *count;
         let r = result(&p, Failed, |r| {
             r.failed = *failed;
@@ -184,16 +193,25 @@ fn argo_assess_metric_status_no_measurements() {
 fn argo_assess_metric_failure_inconclusive_or_error_messages() {
     let p = plan(|_| {});
     let r = result(&p, Failed, |r| r.failed = 1);
-    assert_eq!(assess_metric_status(&p, &r, true, ARGO), (Failed, Some("failed (1) > failureLimit (0)".into())));
+    assert_eq!(
+        assess_metric_status(&p, &r, true, ARGO),
+        (Failed, Some("failed (1) > failureLimit (0)".into()))
+    );
     let r = result(&p, Inconclusive, |r| r.inconclusive = 1);
     assert_eq!(
         assess_metric_status(&p, &r, true, ARGO),
-        (Inconclusive, Some("inconclusive (1) > inconclusiveLimit (0)".into()))
+        (
+            Inconclusive,
+            Some("inconclusive (1) > inconclusiveLimit (0)".into())
+        )
     );
     let r = result(&p, Error, |r| r.consecutive_error = 5);
     assert_eq!(
         assess_metric_status(&p, &r, true, ARGO),
-        (Error, Some("consecutiveErrors (5) > consecutiveErrorLimit (4)".into()))
+        (
+            Error,
+            Some("consecutiveErrors (5) > consecutiveErrorLimit (4)".into())
+        )
     );
 }
 
@@ -202,12 +220,33 @@ fn argo_effective_count() {
     assert_eq!(plan(|_| {}).effective_count(), Some(1));
     assert_eq!(plan(|p| p.count = Some(0)).effective_count(), Some(1));
     assert_eq!(plan(|p| p.interval = Some(secs(5))).effective_count(), None);
-    assert_eq!(plan(|p| { p.interval = Some(secs(5)); p.count = Some(0) }).effective_count(), None);
-    assert_eq!(plan(|p| { p.interval = Some(secs(5)); p.count = Some(3) }).effective_count(), Some(3));
+    assert_eq!(
+        plan(|p| {
+            p.interval = Some(secs(5));
+            p.count = Some(0)
+        })
+        .effective_count(),
+        None
+    );
+    assert_eq!(
+        plan(|p| {
+            p.interval = Some(secs(5));
+            p.count = Some(3)
+        })
+        .effective_count(),
+        Some(3)
+    );
 }
 
 fn run_of(plans: Vec<MetricPlan>) -> Run {
-    Run::new(plans, RunOptions { termination: ARGO, ..RunOptions::default() }, t0())
+    Run::new(
+        plans,
+        RunOptions {
+            termination: ARGO,
+            ..RunOptions::default()
+        },
+        t0(),
+    )
 }
 
 #[test]
@@ -220,7 +259,10 @@ fn argo_generate_metric_tasks_interval() {
 
 #[test]
 fn argo_generate_metric_tasks_failing() {
-    let mut run = run_of(vec![MetricPlan::new("success-rate"), MetricPlan::new("latency")]);
+    let mut run = run_of(vec![
+        MetricPlan::new("success-rate"),
+        MetricPlan::new("latency"),
+    ]);
     assert_eq!(run.due(t0()), vec![0, 1]);
     run.record(1, measurement(Failed, t0()));
     run.assess(t0());
@@ -272,7 +314,10 @@ fn argo_calculate_next_reconcile_time() {
     // The earliest metric wins.
     let mut run = run_of(vec![
         plan(|p| p.interval = Some(secs(60))),
-        MetricPlan { interval: Some(secs(30)), ..MetricPlan::new("latency") },
+        MetricPlan {
+            interval: Some(secs(30)),
+            ..MetricPlan::new("latency")
+        },
     ]);
     run.record(0, measurement(Successful, t0()));
     run.record(1, measurement(Successful, t0()));
@@ -332,12 +377,27 @@ fn argo_trim_measurement_history() {
 #[test]
 fn argo_assess_run_status_messages() {
     // TestAssessRunStatusErrorMessageAnalysisPhaseFail: a Successful and a Failed metric.
-    let mut run = run_of(vec![MetricPlan::new("run-forever"), MetricPlan::new("failed-metric")]);
+    let mut run = run_of(vec![
+        MetricPlan::new("run-forever"),
+        MetricPlan::new("failed-metric"),
+    ]);
     run.record(0, measurement(Successful, t0()));
     run.record(1, measurement(Failed, t0()));
     assert_eq!(run.assess(t0()), Failed);
-    assert_eq!(run.message(), "Metric \"failed-metric\" assessed Failed due to failed (1) > failureLimit (0)");
-    assert_eq!(run.summary(), RunSummary { count: 2, successful: 1, failed: 1, inconclusive: 0, error: 0 });
+    assert_eq!(
+        run.message(),
+        "Metric \"failed-metric\" assessed Failed due to failed (1) > failureLimit (0)"
+    );
+    assert_eq!(
+        run.summary(),
+        RunSummary {
+            count: 2,
+            successful: 1,
+            failed: 1,
+            inconclusive: 0,
+            error: 0
+        }
+    );
     // TestAssessRunStatusErrorMessageFromProvider: the last measurement's message is appended.
     let mut run = run_of(vec![MetricPlan::new("failed-metric")]);
     let mut m = measurement(Error, t0());
@@ -351,17 +411,29 @@ fn argo_assess_run_status_messages() {
         "Metric \"failed-metric\" assessed Error due to consecutiveErrors (1) > consecutiveErrorLimit (0): \"Error Message: Error Message\""
     );
     // TestAssessRunStatusMultipleFailures: ties keep the first metric's message.
-    let mut run = run_of(vec![MetricPlan::new("run-forever"), MetricPlan::new("failed-metric")]);
+    let mut run = run_of(vec![
+        MetricPlan::new("run-forever"),
+        MetricPlan::new("failed-metric"),
+    ]);
     run.record(0, measurement(Failed, t0()));
     run.record(1, measurement(Failed, t0()));
     assert_eq!(run.assess(t0()), Failed);
-    assert_eq!(run.message(), "Metric \"run-forever\" assessed Failed due to failed (1) > failureLimit (0)");
+    assert_eq!(
+        run.message(),
+        "Metric \"run-forever\" assessed Failed due to failed (1) > failureLimit (0)"
+    );
 }
 
 #[test]
 fn argo_assess_run_status_worst_wins_only_when_all_complete() {
     // TestAssessRunStatus: one Successful, one still running ⇒ Running; then both done.
-    let mut run = run_of(vec![MetricPlan::new("latency"), plan(|p| { p.interval = Some(secs(60)); p.count = Some(2) })]);
+    let mut run = run_of(vec![
+        MetricPlan::new("latency"),
+        plan(|p| {
+            p.interval = Some(secs(60));
+            p.count = Some(2)
+        }),
+    ]);
     run.record(0, measurement(Successful, t0()));
     run.record(1, measurement(Successful, t0()));
     assert_eq!(run.assess(t0()), Running);
@@ -376,20 +448,38 @@ fn argo_assess_run_status_worst_wins_only_when_all_complete() {
 #[test]
 fn argo_dry_run_metrics_never_decide_the_run() {
     // TestAssessRunStatusErrorMessageAnalysisPhaseFailInDryRunMode / WithOnlyDryRunMetrics.
-    let dry = MetricPlan { dry_run: true, ..MetricPlan::new("failed-metric") };
+    let dry = MetricPlan {
+        dry_run: true,
+        ..MetricPlan::new("failed-metric")
+    };
     let mut run = run_of(vec![MetricPlan::new("run-forever"), dry.clone()]);
     run.record(0, measurement(Successful, t0()));
     run.record(1, measurement(Failed, t0()));
     assert_eq!(run.assess(t0()), Successful);
     assert_eq!(run.results()[1].phase, Failed);
-    assert_eq!(run.results()[1].message.as_deref(), Some("Metric assessed Failed due to failed (1) > failureLimit (0)"));
-    assert_eq!(run.dry_run_summary(), RunSummary { count: 1, successful: 0, failed: 1, inconclusive: 0, error: 0 });
+    assert_eq!(
+        run.results()[1].message.as_deref(),
+        Some("Metric assessed Failed due to failed (1) > failureLimit (0)")
+    );
+    assert_eq!(
+        run.dry_run_summary(),
+        RunSummary {
+            count: 1,
+            successful: 0,
+            failed: 1,
+            inconclusive: 0,
+            error: 0
+        }
+    );
     let mut run = run_of(vec![dry]);
     run.record(0, measurement(Failed, t0()));
     assert_eq!(run.assess(t0()), Successful);
     // A failed dry-run metric does not stop its siblings.
     let mut run = run_of(vec![
-        MetricPlan { dry_run: true, ..MetricPlan::new("dry") },
+        MetricPlan {
+            dry_run: true,
+            ..MetricPlan::new("dry")
+        },
         plan(|p| p.interval = Some(secs(10))),
     ]);
     run.record(0, measurement(Failed, t0()));
@@ -444,14 +534,22 @@ fn plover_termination_requires_evidence() {
     run.terminate();
     assert_eq!(run.assess(t0()), Successful);
     // Stopped before anything was measured (e.g. during initialDelay).
-    let mut run = Run::new(vec![plan(|p| p.initial_delay = Some(secs(30)))], RunOptions::default(), t0());
+    let mut run = Run::new(
+        vec![plan(|p| p.initial_delay = Some(secs(30)))],
+        RunOptions::default(),
+        t0(),
+    );
     run.terminate();
     assert_eq!(run.assess(t0()), Inconclusive);
 }
 
 #[test]
 fn phases_are_sticky_and_the_run_is_final() {
-    let mut run = run_of(vec![plan(|p| { p.interval = Some(secs(1)); p.count = Some(3); p.failure_limit = 0 })]);
+    let mut run = run_of(vec![plan(|p| {
+        p.interval = Some(secs(1));
+        p.count = Some(3);
+        p.failure_limit = 0
+    })]);
     run.record(0, measurement(Failed, t0()));
     assert_eq!(run.assess(t0()), Failed);
     run.record(0, measurement(Successful, t0() + secs(1)));

@@ -311,7 +311,10 @@ pub enum ProviderSpec {
     Web(WebSpec),
     Plover(PloverSpec),
     /// A provider this build cannot run (a Job, Datadog, a plugin …): parsed, never measured.
-    Unsupported { provider: String, reason: String },
+    Unsupported {
+        provider: String,
+        reason: String,
+    },
 }
 
 impl ProviderSpec {
@@ -328,12 +331,24 @@ impl ProviderSpec {
 
 /// Provider keys Argo knows, besides Plover's own `plover`.
 pub(crate) const ARGO_PROVIDERS: &[&str] = &[
-    "prometheus", "kayenta", "web", "datadog", "wavefront", "newRelic", "job", "cloudWatch", "graphite",
-    "influxdb", "skywalking", "plugin",
+    "prometheus",
+    "kayenta",
+    "web",
+    "datadog",
+    "wavefront",
+    "newRelic",
+    "job",
+    "cloudWatch",
+    "graphite",
+    "influxdb",
+    "skywalking",
+    "plugin",
 ];
 
 /// Builds the typed provider from `metric.provider`, with Argo's checks and messages.
-pub(crate) fn provider_from(map: &serde_json::Map<String, serde_json::Value>) -> Result<ProviderSpec, String> {
+pub(crate) fn provider_from(
+    map: &serde_json::Map<String, serde_json::Value>,
+) -> Result<ProviderSpec, String> {
     let mut count = 0;
     for (key, value) in map {
         if key == "plugin" {
@@ -350,7 +365,10 @@ pub(crate) fn provider_from(map: &serde_json::Map<String, serde_json::Value>) ->
     if count > 1 {
         return Err("multiple providers specified".to_owned());
     }
-    let (key, value) = map.iter().find(|(_, v)| !v.is_null()).expect("one provider is present");
+    let (key, value) = map
+        .iter()
+        .find(|(_, v)| !v.is_null())
+        .expect("one provider is present");
     let typed = |e: serde_json::Error| format!("provider.{key}: {e}");
     Ok(match key.as_str() {
         "prometheus" => ProviderSpec::Prometheus(serde_json::from_value(value.clone()).map_err(typed)?),
