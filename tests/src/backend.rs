@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use plover_wire::Histogram;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -33,6 +34,9 @@ struct State {
     behaviour: Behaviour,
     served: u64,
     by_status: BTreeMap<u16, u64>,
+    /// How long the backend itself took per request (µs), the floor of any latency measured
+    /// in front of it.
+    handling: Histogram,
 }
 
 /// A running backend. Stops when dropped.
@@ -58,6 +62,7 @@ impl Backend {
                 let state = handler_state.clone();
                 let revision = revision_owned.clone();
                 async move {
+                    let received = std::time::Instant::now();
                     let (delay, status) = {
                         let mut s = state.lock().expect("backend state");
                         let n = s.served;
@@ -73,6 +78,8 @@ impl Backend {
                         // the next millisecond, which would blur latency assertions.
                         let _ = tokio::task::spawn_blocking(move || std::thread::sleep(delay)).await;
                     }
+                    let took = received.elapsed().as_micros() as u64;
+                    state.lock().expect("backend state").handling.record(took);
                     respond(status, revision.clone(), &[("x-app-revision", &revision), ("content-type", "text/plain")])
                 }
             },
@@ -88,6 +95,11 @@ impl Backend {
     /// Requests served so far.
     pub fn served(&self) -> u64 {
         self.state.lock().expect("backend state").served
+    }
+
+    /// The backend's own handling time per request, µs.
+    pub fn handling(&self) -> Histogram {
+        self.state.lock().expect("backend state").handling.clone()
     }
 
     /// Requests served so far, by status code.

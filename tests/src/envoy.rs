@@ -196,10 +196,10 @@ pub fn admin_get(port: u16, path: &str) -> Option<String> {
     let mut stream =
         std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    // Envoy's admin answers HTTP/1.0 with 426 Upgrade Required.
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
-    let status_ok = head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200");
-    status_ok.then(|| body.to_owned())
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
 }

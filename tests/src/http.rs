@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use plover_wire::Histogram;
 use tokio::sync::watch;
 
 pub type Body = Full<Bytes>;
@@ -72,6 +73,8 @@ pub struct LoadReport {
     pub by_tag: BTreeMap<String, u64>,
     /// Responses whose tag header disagreed with the body (the revision that served).
     pub mismatched_tags: u64,
+    /// Latency the client observed (µs), by the revision that answered (the body).
+    pub latency_by_revision: BTreeMap<String, Histogram>,
 }
 
 impl LoadReport {
@@ -118,7 +121,12 @@ pub async fn load(url: &str, total: u64, concurrency: u64, tag_header: &str) -> 
         workers.push(tokio::spawn(async move {
             let mut report = LoadReport::default();
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
+                let started = std::time::Instant::now();
                 let (status, tag, body) = get(&client, &url, &tag_header).await;
+                if status != 0 {
+                    let took = started.elapsed().as_micros() as u64;
+                    report.latency_by_revision.entry(body.clone()).or_default().record(took);
+                }
                 report.sent += 1;
                 *report.by_status.entry(status).or_default() += 1;
                 if status != 0 {
@@ -141,6 +149,9 @@ pub async fn load(url: &str, total: u64, concurrency: u64, tag_header: &str) -> 
         }
         for (k, v) in r.by_tag {
             *total_report.by_tag.entry(k).or_default() += v;
+        }
+        for (k, v) in r.latency_by_revision {
+            total_report.latency_by_revision.entry(k).or_default().merge(&v);
         }
     }
     total_report
