@@ -57,7 +57,8 @@ pub struct StatsResponse {
 }
 
 impl StatsResponse {
-    /// The entry for a role (`stable`/`canary`), summed if several revisions share it.
+    /// The entry for a role (`stable`/`canary`); when several revisions share the role (a
+    /// revision changed inside the window), the one that served the most requests.
     pub fn role(&self, role: &str) -> Option<&RevisionStats> {
         self.revisions.iter().filter(|r| r.role == role).max_by_key(|r| r.requests)
     }
