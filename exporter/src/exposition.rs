@@ -15,7 +15,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabel, EncodeLabelSet
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
-use crate::store::{Durations, Outcome, Store, Totals};
+use crate::store::{Durations, Outcome, Route, Store};
 use crate::window::{Accumulator, Summary};
 
 /// Quantiles exposed by `plover_request_duration_window_seconds`, with their label values.
@@ -125,10 +125,7 @@ impl EncodeLabelSet for WindowLabels<'_> {
 }
 
 /// Calls `f` for every series with its path labels.
-fn for_each_route<'s>(
-    store: &'s Store,
-    mut f: impl FnMut(PathLabels<'s>, &'s crate::store::Route) -> fmt::Result,
-) -> fmt::Result {
+fn for_each_route<'s>(store: &'s Store, mut f: impl FnMut(PathLabels<'s>, &'s Route) -> fmt::Result) -> fmt::Result {
     for (namespace, service, data) in store.services() {
         for (revision, role, rev) in data.revisions() {
             for (route, r) in &rev.routes {
@@ -139,43 +136,44 @@ fn for_each_route<'s>(
     Ok(())
 }
 
-/// A counter family: name, help, and the field of [`Totals`] it shows.
-type CounterFamily = (&'static str, &'static str, fn(&Totals) -> u64);
+/// A counter family: name, help, and the field it shows.
+type CounterFamily<T> = (&'static str, &'static str, fn(&T) -> u64);
 
 fn encode_series(store: &Store, encoder: &mut DescriptorEncoder) -> fmt::Result {
-    let counters: [CounterFamily; 3] = [
-        ("plover_requests", "Requests completed, by series.", |t| t.requests),
-        ("plover_request_bytes", "Request body bytes received from clients.", |t| t.request_bytes),
-        ("plover_response_bytes", "Response body bytes sent to clients.", |t| t.response_bytes),
+    let mut family =
+        encoder.encode_descriptor("plover_requests", "Requests completed, by series.", None, MetricType::Counter)?;
+    for_each_route(store, |path, route| {
+        for (outcome, totals) in &route.outcomes {
+            let labels = SeriesLabels { path, outcome };
+            family.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(&totals.requests, None)?;
+        }
+        Ok(())
+    })?;
+
+    let bytes: [CounterFamily<Route>; 2] = [
+        ("plover_request_bytes", "Request body bytes received from clients, by route.", |r| r.request_bytes),
+        ("plover_response_bytes", "Response body bytes sent to clients, by route.", |r| r.response_bytes),
     ];
-    for (name, help, value) in counters {
+    for (name, help, value) in bytes {
         let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
         for_each_route(store, |path, route| {
-            for (outcome, totals) in &route.outcomes {
-                let labels = SeriesLabels { path, outcome };
-                family.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(&value(totals), None)?;
-            }
-            Ok(())
+            family.encode_family(&path)?.encode_counter::<NoLabelSet, _, u64>(&value(route), None)
         })?;
     }
 
     let mut family = encoder.encode_descriptor(
         "plover_request_duration",
-        "Request duration from the filter's HDR histograms (bucket edges are exact to 0.8%).",
+        "Request duration by route, from the filters' HDR histograms (bucket edges exact to 0.8%).",
         Some(&Unit::Seconds),
         MetricType::Histogram,
     )?;
     let bounds = store.config().buckets.bounds();
     let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(bounds.len() + 1);
     for_each_route(store, |path, route| {
-        for (class, durations) in plover_wire::StatusClass::ALL.iter().zip(&route.durations) {
-            let Some(d): Option<&Durations> = durations.as_deref() else { continue };
-            buckets.clear();
-            buckets.extend(bounds.iter().copied().chain([f64::INFINITY]).zip(d.buckets.iter().copied()));
-            let labels = (path, [(labels::STATUS_CLASS, class.as_str())]);
-            family.encode_family(&labels)?.encode_histogram::<NoLabelSet>(d.sum_seconds, d.count, &buckets, None)?;
-        }
-        Ok(())
+        let Some(d): Option<&Durations> = route.durations.as_deref() else { return Ok(()) };
+        buckets.clear();
+        buckets.extend(bounds.iter().copied().chain([f64::INFINITY]).zip(d.buckets.iter().copied()));
+        family.encode_family(&path)?.encode_histogram::<NoLabelSet>(d.sum_seconds, d.count, &buckets, None)
     })
 }
 
@@ -210,7 +208,7 @@ fn encode_windows(
         }),
         (
             "plover_success_ratio",
-            "Share of requests in the window that were not 5xx or without response; absent without requests.",
+            "Share of requests in the window that were neither 5xx nor without response; absent without requests.",
             |s, _, _| {
                 let requests = s.requests();
                 (requests > 0).then(|| 1.0 - s.errors() as f64 / requests as f64)

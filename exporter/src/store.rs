@@ -10,7 +10,7 @@
 //! ```text
 //! namespace → service → revision → role ─┬─ window (per second: counts by class + histogram)
 //!                                        └─ route ─┬─ outcome (class, code, grpc, failure) → totals
-//!                                                  └─ class → duration buckets
+//!                                                  └─ bytes, duration buckets
 //! ```
 //!
 //! An *outcome* under a route is one series of the wire format (one [`SeriesKey`]); it is
@@ -23,7 +23,7 @@ use hashbrown::HashMap;
 use plover_wire::histogram::{highest_value_at, index_of, lowest_value_at, COUNTS_LEN};
 use plover_wire::{Batch, Histogram, Role, SeriesDelta, SeriesKey, StatusClass, UpstreamFailure};
 
-use crate::window::{class_index, Accumulator, Summary, Window, CLASSES};
+use crate::window::{Accumulator, Summary, Window};
 
 /// Why a decoded batch was refused as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,8 +95,13 @@ pub struct Revision {
 #[derive(Debug, Default)]
 pub struct Route {
     pub outcomes: HashMap<Outcome, Totals>,
-    /// Cumulative duration buckets by status class (indexed like `StatusClass::ALL`).
-    pub durations: [Option<Box<Durations>>; CLASSES],
+    /// Body bytes of all outcomes. Kept per route rather than per series: byte volumes are
+    /// read per route and revision, and per series they would triple the exposition's size.
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    /// Cumulative duration buckets of all outcomes (per route for the same reason; the exact
+    /// per-revision quantiles come from the window).
+    pub durations: Option<Box<Durations>>,
 }
 
 /// The part of a series key below the route: how the requests ended.
@@ -112,12 +117,10 @@ pub struct Outcome {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Totals {
     pub requests: u64,
-    pub request_bytes: u64,
-    pub response_bytes: u64,
     last_seen_ms: u64,
 }
 
-/// Cumulative duration histogram of one (route, status class), in the exposition buckets.
+/// Cumulative duration histogram of one route, in the exposition buckets.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Durations {
     /// Count per bucket (not cumulative), the last one being `+Inf`.
@@ -125,7 +128,6 @@ pub struct Durations {
     pub count: u64,
     /// Sum of durations in seconds, from HDR bin midpoints (within 0.4% of the true sum).
     pub sum_seconds: f64,
-    last_seen_ms: u64,
 }
 
 /// The exposition histogram's bucket bounds, with a lookup from HDR index to bucket.
@@ -160,7 +162,7 @@ impl DurationBuckets {
 
 impl Durations {
     fn new(buckets: &DurationBuckets) -> Self {
-        Durations { buckets: vec![0; buckets.bounds.len() + 1].into(), count: 0, sum_seconds: 0.0, last_seen_ms: 0 }
+        Durations { buckets: vec![0; buckets.bounds.len() + 1].into(), count: 0, sum_seconds: 0.0 }
     }
 
     fn record(&mut self, histogram: &Histogram, buckets: &DurationBuckets) {
@@ -294,14 +296,12 @@ impl Store {
             Totals::default()
         });
         totals.requests = totals.requests.saturating_add(delta.requests);
-        totals.request_bytes = totals.request_bytes.saturating_add(delta.request_bytes);
-        totals.response_bytes = totals.response_bytes.saturating_add(delta.response_bytes);
         totals.last_seen_ms = now_ms;
+        route.request_bytes = route.request_bytes.saturating_add(delta.request_bytes);
+        route.response_bytes = route.response_bytes.saturating_add(delta.response_bytes);
         if !delta.duration.is_empty() {
-            let durations = route.durations[class_index(status_class)]
-                .get_or_insert_with(|| Box::new(Durations::new(&self.config.buckets)));
+            let durations = route.durations.get_or_insert_with(|| Box::new(Durations::new(&self.config.buckets)));
             durations.record(&delta.duration, &self.config.buckets);
-            durations.last_seen_ms = now_ms;
         }
         true
     }
@@ -345,11 +345,6 @@ impl Store {
                             let before = route.outcomes.len();
                             route.outcomes.retain(|_, t| t.last_seen_ms >= cutoff);
                             expired += before - route.outcomes.len();
-                            for d in route.durations.iter_mut() {
-                                if d.as_ref().is_some_and(|d| d.last_seen_ms < cutoff) {
-                                    *d = None;
-                                }
-                            }
                             !route.outcomes.is_empty()
                         });
                         if rev.routes.is_empty() {

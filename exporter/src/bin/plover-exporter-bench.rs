@@ -1,1 +1,499 @@
-fn main() {}
+//! In-process benchmark of the exporter: ingest rate on one core, `/metrics` render time at
+//! 100k series, memory per series (realistic and worst-case density), and ingest latency.
+//!
+//! Run: `cargo xtask bench exporter` or
+//! `cargo run --release -p plover-exporter --bin plover-exporter-bench -- [--seconds N] [--series N]`.
+//!
+//! Memory is measured with a counting global allocator: live heap bytes requested, before and
+//! after building the state (malloc's own per-allocation overhead is estimated separately).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use plover_exporter::store::{Applied, Store};
+use plover_exporter::Config;
+use plover_wire::histogram::COUNTS_LEN;
+use plover_wire::{Batch, Histogram, Role, SeriesDelta, SeriesKey, StatusClass, UpstreamFailure};
+
+/// Counts live heap bytes and allocations.
+struct Counting;
+
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+static LIVE_ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the counters are only
+// bookkeeping.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
+            LIVE_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        LIVE_ALLOCATIONS.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
+            LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// glibc's per-chunk overhead, for the "with malloc overhead" estimate.
+const MALLOC_OVERHEAD: usize = 16;
+
+/// Heap in use: (requested bytes, allocations).
+fn heap() -> (usize, usize) {
+    (LIVE_BYTES.load(Ordering::Relaxed), LIVE_ALLOCATIONS.load(Ordering::Relaxed))
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "plover-exporter in-process benchmark")]
+struct Args {
+    /// Gateways (one filter VM each), each flushing one batch per simulated second.
+    #[arg(long, default_value_t = 100)]
+    gateways: usize,
+    /// Services behind every gateway; each has a stable and a canary revision.
+    #[arg(long, default_value_t = 50)]
+    services: usize,
+    /// Simulated seconds of ingest (600 fills the default 10-minute window).
+    #[arg(long, default_value_t = 600)]
+    seconds: u64,
+    /// Series in the /metrics render test.
+    #[arg(long, default_value_t = 100_000)]
+    series: usize,
+    /// Revisions in the worst-case memory test (one series each, every second dense).
+    #[arg(long, default_value_t = 20)]
+    worst_revisions: usize,
+    /// Run only one part: ingest, render or worst.
+    #[arg(long)]
+    only: Option<String>,
+}
+
+/// Simulated clock for the collector.
+static SIM_NOW_MS: AtomicU64 = AtomicU64::new(T0);
+const T0: u64 = 1_700_000_000_000;
+
+fn sim_now() -> u64 {
+    SIM_NOW_MS.load(Ordering::Relaxed)
+}
+
+/// xorshift64*: deterministic and dependency-free.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Log-normal sample with the given median and sigma.
+    fn log_normal(&mut self, median: f64, sigma: f64) -> f64 {
+        let (u1, u2) = (self.unit().max(1e-12), self.unit());
+        let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+        median * (sigma * z).exp()
+    }
+}
+
+fn config() -> Config {
+    Config::parse_from(["bench", "--insecure-no-auth"]).expect("default configuration")
+}
+
+fn key(service: usize, revision: usize, route: usize, code: u16) -> SeriesKey {
+    SeriesKey {
+        namespace: "bench".into(),
+        service: format!("svc-{service:02}"),
+        route: format!("route-{route}"),
+        revision: format!("v{}", revision + 1),
+        role: if revision == 0 { Role::Stable } else { Role::Canary },
+        status_class: StatusClass::of_code(code),
+        code,
+        grpc_status: None,
+        upstream_failure: UpstreamFailure::None,
+    }
+}
+
+/// Requests of one series in one second: latencies from a log-normal around `median_us`.
+fn delta(rng: &mut Rng, requests: u64, median_us: f64) -> SeriesDelta {
+    let mut d =
+        SeriesDelta { requests, request_bytes: requests * 350, response_bytes: requests * 2200, ..Default::default() };
+    for _ in 0..requests {
+        d.duration.record(rng.log_normal(median_us, 0.5) as u64);
+    }
+    d
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
+}
+
+fn kib(bytes: f64) -> String {
+    format!("{:.1} KiB", bytes / 1024.0)
+}
+
+struct IngestFigures {
+    batches_per_second: f64,
+    p99: Duration,
+    bytes_per_series: f64,
+}
+
+/// 100 gateways × 50 services × 2 revisions, one batch per gateway per second: decode + apply
+/// on this thread, timed batch by batch; housekeeping ticks once per simulated second.
+fn ingest(args: &Args) -> IngestFigures {
+    println!(
+        "== ingest: {} gateways × {} services × 2 revisions, 1 s flush, {} s simulated",
+        args.gateways, args.services, args.seconds
+    );
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let (heap_before, allocs_before) = heap();
+    let mut store = Store::new(config().store);
+    let mut latencies = Vec::with_capacity(args.gateways * args.seconds as usize);
+    let mut busy = Duration::ZERO;
+    let mut tick_time = Duration::ZERO;
+    let mut decode_time = Duration::ZERO;
+    let mut batch_bytes = 0usize;
+    let mut series_deltas = 0usize;
+    for second in 0..args.seconds {
+        for gateway in 0..args.gateways {
+            // Each gateway sends ~10 rps per stable and ~2 rps per canary series, 1% 503s.
+            let mut series = Vec::with_capacity(args.services * 4);
+            for service in 0..args.services {
+                let median = 2_000.0 + 1_500.0 * service as f64;
+                for revision in 0..2 {
+                    let requests = if revision == 0 { 8 + rng.next() % 5 } else { 1 + rng.next() % 3 };
+                    series.push((key(service, revision, 0, 200), delta(&mut rng, requests, median)));
+                    if rng.next() % 10 == 0 {
+                        series.push((key(service, revision, 0, 503), delta(&mut rng, 1, median * 3.0)));
+                    }
+                }
+            }
+            series.sort_by(|a, b| a.0.cmp(&b.0));
+            let end = T0 + (second + 1) * 1000 + gateway as u64;
+            let batch = Batch {
+                gateway: format!("gw-{gateway:03}"),
+                instance: format!("gw-{gateway:03}-vm0"),
+                sequence: second + 1,
+                start_unix_ms: end - 1000,
+                end_unix_ms: end,
+                dropped_requests: 0,
+                series,
+            };
+            series_deltas += batch.series.len();
+            let encoded = batch.encode();
+            drop(batch);
+            batch_bytes += encoded.len();
+
+            let started = Instant::now();
+            let decoded = Batch::decode(&encoded).expect("valid batch");
+            let decoded_at = Instant::now();
+            let applied = store.apply(decoded, end + 40);
+            let took = started.elapsed();
+            decode_time += decoded_at - started;
+            assert!(matches!(applied, Ok(Applied::Merged { series_rejected: 0, .. })));
+            busy += took;
+            latencies.push(took);
+        }
+        let started = Instant::now();
+        store.tick(T0 + (second + 2) * 1000);
+        tick_time += started.elapsed();
+    }
+    let batches = latencies.len();
+    latencies.sort_unstable();
+    let rate = batches as f64 / busy.as_secs_f64();
+    let rate_with_ticks = batches as f64 / (busy + tick_time).as_secs_f64();
+    let (heap_after, allocs_after) = heap();
+    let bytes = (heap_after - heap_before) as f64;
+    let overhead = (allocs_after - allocs_before) as f64 * MALLOC_OVERHEAD as f64;
+    let series = store.series();
+    let revisions = args.services * 2;
+    println!("  batches: {batches}, mean size {} B, {} series held", batch_bytes / batches.max(1), series);
+    println!(
+        "  time split: decode {:?} per batch, apply {:?} per batch",
+        decode_time / batches as u32,
+        (busy - decode_time) / batches as u32
+    );
+    println!(
+        "  ingest rate (decode + apply, 1 core): {rate:.0} batches/s = {:.0} series deltas/s; with housekeeping ticks: {rate_with_ticks:.0} batches/s",
+        series_deltas as f64 / busy.as_secs_f64()
+    );
+    println!(
+        "  per-batch latency: p50 {:?}, p99 {:?}, max {:?}; tick {:?}/s",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or_default(),
+        tick_time / args.seconds.max(1) as u32
+    );
+    println!(
+        "  memory: {} total, {} per revision window (~{:.0} rps each, {} s of history), {} per series ({} with malloc overhead)",
+        kib(bytes),
+        kib(store.window_heap_bytes() as f64 / revisions as f64),
+        (10.0 + 2.0) / 2.0 * args.gateways as f64,
+        args.seconds.min(600),
+        kib(bytes / series as f64),
+        kib((bytes + overhead) / series as f64),
+    );
+    IngestFigures {
+        batches_per_second: rate,
+        p99: percentile(&latencies, 0.99),
+        bytes_per_series: (bytes + overhead) / series as f64,
+    }
+}
+
+/// Profiling aid: applies pre-decoded batches only (no generation, no decode).
+fn apply_only(args: &Args) {
+    let mut rng = Rng(1);
+    let mut store = Store::new(config().store);
+    let mut batches = Vec::new();
+    for second in 0..args.seconds {
+        for gateway in 0..args.gateways {
+            let mut series = Vec::new();
+            for service in 0..args.services {
+                for revision in 0..2 {
+                    series.push((
+                        key(service, revision, 0, 200),
+                        delta(&mut rng, 10, 2_000.0 + 1_500.0 * service as f64),
+                    ));
+                }
+            }
+            series.sort_by(|a, b| a.0.cmp(&b.0));
+            let end = T0 + (second + 1) * 1000 + gateway as u64;
+            let (gateway, instance) = (format!("gw-{gateway:03}"), format!("gw-{gateway:03}-vm0"));
+            batches.push(Batch {
+                gateway,
+                instance,
+                sequence: second + 1,
+                start_unix_ms: end - 1000,
+                end_unix_ms: end,
+                dropped_requests: 0,
+                series,
+            });
+        }
+    }
+    let n = batches.len();
+    let started = Instant::now();
+    for b in batches {
+        let end = b.end_unix_ms;
+        store.apply(b, end + 40).unwrap();
+    }
+    let took = started.elapsed();
+    println!("apply only: {n} batches in {took:?}: {:.0} batches/s", n as f64 / took.as_secs_f64());
+}
+
+struct RenderFigures {
+    median: Duration,
+    bytes_per_series: f64,
+}
+
+/// /metrics with `args.series` series (50 services × 2 revisions × routes × 10 codes) and five
+/// minutes of dense window history per revision.
+fn render(args: &Args) -> RenderFigures {
+    const CODES: [u16; 10] = [200, 201, 204, 301, 404, 429, 500, 502, 503, 504];
+    let routes = (args.series / (args.services * 2 * CODES.len())).max(1);
+    let total = args.services * 2 * routes * CODES.len();
+    println!(
+        "== /metrics render: {total} series ({} services × 2 revisions × {routes} routes × {} codes)",
+        args.services,
+        CODES.len()
+    );
+    let mut rng = Rng(42);
+    let (heap_before, allocs_before) = heap();
+    let config = config();
+    let store = Arc::new(Mutex::new(Store::new(config.store.clone())));
+    let now = T0 + 400_000;
+    SIM_NOW_MS.store(now, Ordering::Relaxed);
+    {
+        let mut s = store.lock().unwrap();
+        let mut sequence = 0;
+        let mut pending = Vec::new();
+        let flush = |s: &mut Store, pending: &mut Vec<(SeriesKey, SeriesDelta)>, sequence: &mut u64, end: u64| {
+            *sequence += 1;
+            let mut series = std::mem::take(pending);
+            series.sort_by(|a, b| a.0.cmp(&b.0));
+            let batch = Batch {
+                gateway: "gw".into(),
+                instance: "vm".into(),
+                sequence: *sequence,
+                start_unix_ms: end - 1000,
+                end_unix_ms: end,
+                dropped_requests: 0,
+                series,
+            };
+            s.apply(batch, now).unwrap();
+        };
+        for service in 0..args.services {
+            for revision in 0..2 {
+                for route in 0..routes {
+                    for code in CODES {
+                        pending.push((key(service, revision, route, code), delta(&mut rng, 3, 20_000.0)));
+                        if pending.len() == 1000 {
+                            flush(&mut s, &mut pending, &mut sequence, now - 1000);
+                        }
+                    }
+                }
+            }
+        }
+        flush(&mut s, &mut pending, &mut sequence, now - 1000);
+        // Five minutes of history: ~300 rps per revision, every second.
+        for second in 0..300u64 {
+            for service in 0..args.services {
+                for revision in 0..2 {
+                    pending.push((
+                        key(service, revision, 0, 200),
+                        delta(&mut rng, 300, 5_000.0 + 1_000.0 * service as f64),
+                    ));
+                }
+            }
+            flush(&mut s, &mut pending, &mut sequence, now - (300 - second) * 1000);
+            s.tick(now - (299 - second) * 1000);
+        }
+        assert_eq!(s.series(), total);
+    }
+    let (heap_after, allocs_after) = heap();
+    let bytes = (heap_after - heap_before) as f64 + (allocs_after - allocs_before) as f64 * MALLOC_OVERHEAD as f64;
+
+    let (registry, _) = plover_exporter::metrics::registry(store.clone(), config.windows.clone(), sim_now);
+    let mut times = Vec::new();
+    let mut size = 0;
+    let mut lines = 0;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let mut out = String::with_capacity(size.max(1 << 20));
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        times.push(started.elapsed());
+        size = out.len();
+        lines = out.lines().count();
+    }
+    times.sort_unstable();
+    println!("  render: median {:?}, max {:?}; {:.1} MB, {lines} lines", times[2], times[4], size as f64 / 1e6);
+    println!(
+        "  memory: {} per series (incl. 5 min of window history; malloc overhead included)",
+        kib(bytes / total as f64)
+    );
+    RenderFigures { median: times[2], bytes_per_series: bytes / total as f64 }
+}
+
+/// Worst case for memory: every second of every window is dense (all 3,328 indices occupied,
+/// large counts), for the whole 10 minutes, with one series per revision, so nothing is shared.
+fn worst_case(args: &Args) -> f64 {
+    println!(
+        "== worst-case density: {} revisions × 1 series, every second all {COUNTS_LEN} bins, 600 s",
+        args.worst_revisions
+    );
+    let mut rng = Rng(7);
+    let (heap_before, allocs_before) = heap();
+    let mut store = Store::new(config().store);
+    for second in 0..600u64 {
+        let end = T0 + (second + 1) * 1000;
+        let series = (0..args.worst_revisions)
+            .map(|service| {
+                let histogram =
+                    Histogram::from_bins((0..COUNTS_LEN as u16).map(|i| (i, 1 + rng.next() % 1000))).unwrap();
+                let d = SeriesDelta {
+                    requests: histogram.count(),
+                    request_bytes: 0,
+                    response_bytes: 0,
+                    duration: histogram,
+                };
+                (key(service, 0, 0, 200), d)
+            })
+            .collect();
+        let batch = Batch {
+            gateway: "gw".into(),
+            instance: "vm".into(),
+            sequence: second + 1,
+            start_unix_ms: end - 1000,
+            end_unix_ms: end,
+            dropped_requests: 0,
+            series,
+        };
+        store.apply(batch, end + 40).unwrap();
+        store.tick(end + 1000);
+    }
+    let (heap_after, allocs_after) = heap();
+    let bytes = (heap_after - heap_before) as f64;
+    let with_overhead = bytes + (allocs_after - allocs_before) as f64 * MALLOC_OVERHEAD as f64;
+    let per_series = with_overhead / store.series() as f64;
+    let service = store.service("bench", "svc-00").unwrap();
+    let mut acc = plover_exporter::window::Accumulator::default();
+    let newest = (T0 + 601_000) / 1000 - 1;
+    let windows = service.windows(newest, &[30, 60, 300, 600], &mut acc);
+    let covered: Vec<u64> = windows[0].summaries.iter().map(|s| s.covered_seconds).collect();
+    println!(
+        "  memory: {} per series ({} with malloc overhead); {} budget merges; windows 30s/1m/5m/10m cover {covered:?} s",
+        kib(bytes / store.series() as f64),
+        kib(per_series),
+        store.counters().window_merges
+    );
+    per_series
+}
+
+fn main() {
+    let args = Args::parse();
+    match args.only.as_deref() {
+        Some("ingest") => {
+            ingest(&args);
+            return;
+        }
+        Some("render") => {
+            render(&args);
+            return;
+        }
+        Some("apply") => {
+            apply_only(&args);
+            return;
+        }
+        Some("worst") => {
+            worst_case(&args);
+            return;
+        }
+        Some(other) => panic!("--only takes ingest, render or worst, not {other}"),
+        None => {}
+    }
+    let ingest = ingest(&args);
+    let render = render(&args);
+    let worst = worst_case(&args);
+    let target = 256.0 * 1024.0;
+    println!("== summary (targets in brackets)");
+    let check = |ok: bool| if ok { "ok" } else { "MISSED" };
+    println!(
+        "  ingest: {:.0} batches/s [≥ 20000] {}",
+        ingest.batches_per_second,
+        check(ingest.batches_per_second >= 20_000.0)
+    );
+    println!("  ingest p99 latency: {:?}", ingest.p99);
+    println!(
+        "  /metrics render at {} series: {:?} [< 500 ms] {}",
+        args.series,
+        render.median,
+        check(render.median < Duration::from_millis(500))
+    );
+    println!(
+        "  memory per series: realistic {} / 100k-series store {} / worst case {} [≤ 256 KiB] {}",
+        kib(ingest.bytes_per_series),
+        kib(render.bytes_per_series),
+        kib(worst),
+        check(ingest.bytes_per_series.max(render.bytes_per_series).max(worst) <= target)
+    );
+}
