@@ -184,7 +184,7 @@ fn ingest(args: &Args) -> IngestFigures {
                 for revision in 0..2 {
                     let requests = if revision == 0 { 8 + rng.next() % 5 } else { 1 + rng.next() % 3 };
                     series.push((key(service, revision, 0, 200), delta(&mut rng, requests, median)));
-                    if rng.next() % 10 == 0 {
+                    if rng.next().is_multiple_of(10) {
                         series.push((key(service, revision, 0, 503), delta(&mut rng, 1, median * 3.0)));
                     }
                 }
