@@ -16,4 +16,6 @@
 pub mod analysis;
 pub mod canary;
 pub mod cli;
+pub mod router;
+pub mod runner;
 pub mod sequential;

@@ -1,0 +1,156 @@
+//! Local mode: a real Envoy whose routes come from a file it watches (file-based RDS).
+//!
+//! Envoy reloads a path config source only when a file is *moved* into its watched directory,
+//! never on an in-place edit, so the new route configuration is written to a temporary file in
+//! the same directory (same filesystem: the rename is atomic) and renamed over the old one.
+//! Cluster names are the revision names; weights are never all zero (Envoy refuses that).
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use serde_json::{json, Value};
+
+use super::{RouteWeights, RouterError};
+use crate::canary::EnvoyRouting;
+
+const ROUTE_CONFIGURATION: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+
+/// The DiscoveryResponse-shaped document Envoy reads: one RouteConfiguration with one weighted
+/// route. `stable`/`canary` are cluster (revision) names; equal names give a single cluster.
+pub fn route_configuration(cfg: &EnvoyRouting, stable: &str, canary: &str, canary_weight: u32, stable_weight: u32) -> Result<Value, String> {
+    if canary_weight + stable_weight == 0 {
+        return Err("weights must not all be zero".to_owned());
+    }
+    let clusters = if stable == canary {
+        vec![json!({"name": stable, "weight": canary_weight + stable_weight})]
+    } else {
+        vec![json!({"name": stable, "weight": stable_weight}), json!({"name": canary, "weight": canary_weight})]
+    };
+    let mut weighted = json!({"clusters": clusters});
+    if let Some(prefix) = &cfg.runtime_key_prefix {
+        weighted["runtime_key_prefix"] = json!(prefix);
+    }
+    Ok(json!({
+        "version_info": format!("plover-{stable}-{stable_weight}-{canary}-{canary_weight}"),
+        "resources": [{
+            "@type": ROUTE_CONFIGURATION,
+            "name": cfg.route_config_name,
+            "virtual_hosts": [{
+                "name": cfg.virtual_host,
+                "domains": cfg.domains,
+                "routes": [{"match": {"prefix": cfg.prefix}, "route": {"weighted_clusters": weighted}}]
+            }]
+        }]
+    }))
+}
+
+fn is_json(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "json")
+}
+
+/// Renders the file's text: JSON for a `.json` path, YAML otherwise (Envoy picks the parser by
+/// extension).
+pub fn render(cfg: &EnvoyRouting, stable: &str, canary: &str, canary_weight: u32, stable_weight: u32) -> Result<String, RouterError> {
+    let path = Path::new(&cfg.routes_file);
+    let render_err = |message: String| RouterError::Render { path: cfg.routes_file.clone(), message };
+    let doc = route_configuration(cfg, stable, canary, canary_weight, stable_weight).map_err(render_err)?;
+    if is_json(path) {
+        serde_json::to_string_pretty(&doc).map(|s| s + "\n").map_err(|e| render_err(e.to_string()))
+    } else {
+        serde_yaml::to_string(&doc).map_err(|e| render_err(e.to_string()))
+    }
+}
+
+/// Writes `contents` to `path` by renaming a temporary sibling over it. Returns false (and
+/// writes nothing) when the file already holds exactly these contents, so Envoy is not asked
+/// to reload for nothing.
+pub fn write_atomically(path: &Path, contents: &str) -> Result<bool, RouterError> {
+    let io_err = |source| RouterError::File { path: path.display().to_string(), source };
+    if std::fs::read_to_string(path).is_ok_and(|old| old == contents) {
+        return Ok(false);
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let mut tmp = tempfile::Builder::new().prefix(".plover-routes-").tempfile_in(&dir).map_err(io_err)?;
+    tmp.write_all(contents.as_bytes()).map_err(io_err)?;
+    tmp.as_file().sync_all().map_err(io_err)?;
+    tmp.persist(path).map_err(|e| io_err(e.error))?;
+    Ok(true)
+}
+
+/// Renders and writes the routes; true if the file changed.
+pub fn set_weights(cfg: &EnvoyRouting, stable: &str, canary: &str, canary_weight: u32, stable_weight: u32) -> Result<bool, RouterError> {
+    let text = render(cfg, stable, canary, canary_weight, stable_weight)?;
+    write_atomically(Path::new(&cfg.routes_file), &text)
+}
+
+/// The weights the file routes now (`None` if the file does not exist yet).
+pub fn current_weights(cfg: &EnvoyRouting, stable: &str, canary: &str) -> Result<Option<RouteWeights>, RouterError> {
+    let path = Path::new(&cfg.routes_file);
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(RouterError::File { path: cfg.routes_file.clone(), source }),
+    };
+    let render_err = |message: String| RouterError::Render { path: cfg.routes_file.clone(), message };
+    let doc: Value = if is_json(path) {
+        serde_json::from_str(&text).map_err(|e| render_err(e.to_string()))?
+    } else {
+        serde_yaml::from_str(&text).map_err(|e| render_err(e.to_string()))?
+    };
+    let clusters = doc
+        .pointer("/resources/0/virtual_hosts/0/routes/0/route/weighted_clusters/clusters")
+        .and_then(Value::as_array)
+        .ok_or_else(|| render_err("no weighted_clusters in the first route".to_owned()))?;
+    let weight = |name: &str| clusters.iter().find(|c| c["name"] == name).and_then(|c| c["weight"].as_i64());
+    Ok(Some(RouteWeights { route: cfg.route_config_name.clone(), canary: weight(canary), stable: weight(stable) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(path: &Path) -> EnvoyRouting {
+        EnvoyRouting {
+            routes_file: path.display().to_string(),
+            route_config_name: "local_route".into(),
+            virtual_host: "local".into(),
+            domains: vec!["*".into()],
+            prefix: "/".into(),
+            runtime_key_prefix: None,
+        }
+    }
+
+    #[test]
+    fn writes_by_rename_and_only_when_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.yaml");
+        let cfg = cfg(&path);
+        assert!(set_weights(&cfg, "v1", "v2", 20, 80).unwrap());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("type.googleapis.com/envoy.config.route.v3.RouteConfiguration"), "{text}");
+        let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
+        assert!(!set_weights(&cfg, "v1", "v2", 20, 80).unwrap(), "same weights: no rewrite, no reload");
+        assert!(set_weights(&cfg, "v1", "v2", 50, 50).unwrap());
+        let inode2 = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
+        assert_ne!(inode, inode2, "a new file was moved in, not edited in place");
+        assert_eq!(current_weights(&cfg, "v1", "v2").unwrap(), Some(RouteWeights { route: "local_route".into(), canary: Some(50), stable: Some(50) }));
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(Result::ok).filter(|e| e.file_name() != "routes.yaml").collect();
+        assert!(leftovers.is_empty(), "no temporary files left behind");
+    }
+
+    #[test]
+    fn json_by_extension_single_cluster_after_promotion_and_never_all_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rds.json");
+        let mut cfg = cfg(&path);
+        cfg.runtime_key_prefix = Some("routing.traffic_split.app".into());
+        set_weights(&cfg, "v2", "v2", 0, 100).unwrap();
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let weighted = &doc["resources"][0]["virtual_hosts"][0]["routes"][0]["route"]["weighted_clusters"];
+        assert_eq!(weighted["clusters"], json!([{"name": "v2", "weight": 100}]));
+        assert_eq!(weighted["runtime_key_prefix"], "routing.traffic_split.app");
+        assert!(set_weights(&cfg, "v1", "v2", 0, 0).is_err());
+    }
+}

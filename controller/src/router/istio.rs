@@ -1,0 +1,319 @@
+//! Istio: weights of the stable and canary destinations of named VirtualService HTTP routes,
+//! and (subset mode) the DestinationRule subsets that select the two workloads' pods.
+//!
+//! Host mode tells destinations apart by `destination.host`, compared up to its first dot
+//! (`podinfo-canary.ns.svc.cluster.local` is `podinfo-canary`), as Argo does. Subset mode tells
+//! them apart by `destination.subset`. A route with any third destination that carries weight
+//! is refused: its traffic would not add up to the desired split.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use super::{escape, guarded, RouteWeights, RouterError};
+use crate::canary::IstioRouting;
+
+const VS: &str = "VirtualService";
+const DR: &str = "DestinationRule";
+
+/// Which destination is which.
+enum Match<'a> {
+    Hosts { stable: &'a str, canary: &'a str },
+    Subsets { stable: &'a str, canary: &'a str },
+}
+
+fn short_host(host: &str) -> &str {
+    host.split('.').next().unwrap_or(host)
+}
+
+impl Match<'_> {
+    fn from(cfg: &IstioRouting) -> Result<Match<'_>, String> {
+        match (&cfg.destination_rule, cfg.stable_service.as_deref(), cfg.canary_service.as_deref()) {
+            (Some(dr), _, _) => Ok(Match::Subsets { stable: &dr.stable_subset_name, canary: &dr.canary_subset_name }),
+            (None, Some(stable), Some(canary)) => Ok(Match::Hosts { stable, canary }),
+            _ => Err("spec.trafficRouting.istio names neither a destinationRule nor stableService and canaryService".to_owned()),
+        }
+    }
+
+    /// `Some(true)` canary, `Some(false)` stable, `None` another destination.
+    fn classify(&self, destination: &Value) -> Option<bool> {
+        match self {
+            Match::Hosts { stable, canary } => {
+                let host = destination.get("host").and_then(Value::as_str).map(short_host)?;
+                if host == short_host(canary) {
+                    Some(true)
+                } else if host == short_host(stable) {
+                    Some(false)
+                } else {
+                    None
+                }
+            }
+            Match::Subsets { stable, canary } => {
+                let subset = destination.get("subset").and_then(Value::as_str)?;
+                if subset == *canary {
+                    Some(true)
+                } else if subset == *stable {
+                    Some(false)
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    fn describe(&self, canary: bool) -> String {
+        match (self, canary) {
+            (Match::Hosts { canary: c, .. }, true) => format!("canary host {c:?}"),
+            (Match::Hosts { stable: s, .. }, false) => format!("stable host {s:?}"),
+            (Match::Subsets { canary: c, .. }, true) => format!("canary subset {c:?}"),
+            (Match::Subsets { stable: s, .. }, false) => format!("stable subset {s:?}"),
+        }
+    }
+}
+
+/// One selected route: its index, label, and the indexes of its canary and stable destinations.
+struct Selected {
+    index: usize,
+    label: String,
+    canary: usize,
+    stable: usize,
+}
+
+fn select<'c>(vs: &Value, cfg: &'c IstioRouting) -> Result<(Vec<Selected>, Match<'c>), RouterError> {
+    let err = |m: String| RouterError::object(VS, vs, m);
+    let matcher = Match::from(cfg).map_err(err)?;
+    let http = vs.pointer("/spec/http").and_then(Value::as_array).ok_or_else(|| err("spec.http is missing".to_owned()))?;
+    let indexes: Vec<usize> = if cfg.virtual_service.routes.is_empty() {
+        if http.len() != 1 {
+            return Err(err(format!(
+                "spec.http has {} routes; name the ones to weight in spec.trafficRouting.istio.virtualService.routes",
+                http.len()
+            )));
+        }
+        vec![0]
+    } else {
+        cfg.virtual_service
+            .routes
+            .iter()
+            .map(|name| {
+                http.iter()
+                    .position(|r| r.get("name").and_then(Value::as_str) == Some(name.as_str()))
+                    .ok_or_else(|| err(format!("HTTP route {name:?} not found in spec.http")))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let mut selected = Vec::new();
+    for index in indexes {
+        let route = &http[index];
+        let label = route.get("name").and_then(Value::as_str).map_or_else(|| format!("spec.http[{index}]"), |n| format!("{n:?}"));
+        let destinations = route.get("route").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        let (mut canary, mut stable) = (None, None);
+        for (j, d) in destinations.iter().enumerate() {
+            let destination = d.get("destination").unwrap_or(&Value::Null);
+            match matcher.classify(destination) {
+                Some(true) if canary.is_some() => return Err(err(format!("route {label} has the {} twice", matcher.describe(true)))),
+                Some(false) if stable.is_some() => return Err(err(format!("route {label} has the {} twice", matcher.describe(false)))),
+                Some(true) => canary = Some(j),
+                Some(false) => stable = Some(j),
+                None => {
+                    if d.get("weight").and_then(Value::as_i64).unwrap_or(0) != 0 {
+                        return Err(err(format!(
+                            "route {label} sends weight to a destination other than stable and canary (route[{j}])"
+                        )));
+                    }
+                }
+            }
+        }
+        let canary = canary.ok_or_else(|| err(format!("{} not found in route {label}", matcher.describe(true))))?;
+        let stable = stable.ok_or_else(|| err(format!("{} not found in route {label}", matcher.describe(false))))?;
+        selected.push(Selected { index, label, canary, stable });
+    }
+    Ok((selected, matcher))
+}
+
+/// The weights the VirtualService routes now.
+pub fn current_weights(vs: &Value, cfg: &IstioRouting) -> Result<Vec<RouteWeights>, RouterError> {
+    let (selected, _) = select(vs, cfg)?;
+    Ok(selected
+        .iter()
+        .map(|s| {
+            let weight = |j: usize| vs.pointer(&format!("/spec/http/{}/route/{j}/weight", s.index)).and_then(Value::as_i64);
+            RouteWeights { route: s.label.clone(), canary: weight(s.canary), stable: weight(s.stable) }
+        })
+        .collect())
+}
+
+/// The patch that routes `canary`/`stable` percent on every selected route, or `None` if the
+/// VirtualService already does.
+pub fn set_weights(vs: &Value, cfg: &IstioRouting, canary: u32, stable: u32) -> Result<Option<json_patch::Patch>, RouterError> {
+    let (selected, _) = select(vs, cfg)?;
+    let mut ops = Vec::new();
+    for s in &selected {
+        let route = format!("/spec/http/{}", s.index);
+        let current = |j: usize| vs.pointer(&format!("{route}/route/{j}/weight")).and_then(Value::as_i64);
+        if current(s.canary) == Some(i64::from(canary)) && current(s.stable) == Some(i64::from(stable)) {
+            continue;
+        }
+        if let Some(name) = vs.pointer(&format!("{route}/name")) {
+            ops.push(json!({"op": "test", "path": format!("{route}/name"), "value": name}));
+        }
+        for (j, weight) in [(s.canary, canary), (s.stable, stable)] {
+            let destination = vs.pointer(&format!("{route}/route/{j}/destination")).cloned().unwrap_or(Value::Null);
+            ops.push(json!({"op": "test", "path": format!("{route}/route/{j}/destination"), "value": destination}));
+            ops.push(json!({"op": "add", "path": format!("{route}/route/{j}/weight"), "value": weight}));
+        }
+    }
+    if ops.is_empty() {
+        return Ok(None);
+    }
+    guarded(vs, ops).map(Some).map_err(|e| RouterError::object(VS, vs, format!("building the patch: {e}")))
+}
+
+/// Subset mode: makes the stable and canary subsets select their workloads' pods (each
+/// Deployment's `spec.selector.matchLabels`). Adds a missing subset, sets missing or different
+/// selector labels, keeps every other label and field (e.g. `trafficPolicy`) and every other
+/// subset. `None` if nothing needs to change.
+pub fn sync_subsets(
+    dr: &Value,
+    cfg: &IstioRouting,
+    stable_labels: &BTreeMap<String, String>,
+    canary_labels: &BTreeMap<String, String>,
+) -> Result<Option<json_patch::Patch>, RouterError> {
+    let Some(rule) = &cfg.destination_rule else { return Ok(None) };
+    let subsets = dr.pointer("/spec/subsets").and_then(Value::as_array);
+    let mut ops = Vec::new();
+    if subsets.is_none() {
+        ops.push(json!({"op": "add", "path": "/spec/subsets", "value": []}));
+    }
+    for (name, labels) in [(&rule.stable_subset_name, stable_labels), (&rule.canary_subset_name, canary_labels)] {
+        if labels.is_empty() {
+            return Err(RouterError::object(DR, dr, format!("no selector labels for subset {name:?}")));
+        }
+        let position = subsets.and_then(|s| s.iter().position(|x| x.get("name").and_then(Value::as_str) == Some(name.as_str())));
+        let Some(k) = position else {
+            ops.push(json!({"op": "add", "path": "/spec/subsets/-", "value": {"name": name, "labels": labels}}));
+            continue;
+        };
+        let path = format!("/spec/subsets/{k}");
+        let existing = dr.pointer(&format!("{path}/labels")).and_then(Value::as_object);
+        let mut changes = Vec::new();
+        match existing {
+            None => changes.push(json!({"op": "add", "path": format!("{path}/labels"), "value": labels})),
+            Some(existing) => {
+                for (key, value) in labels {
+                    if existing.get(key).and_then(Value::as_str) != Some(value.as_str()) {
+                        changes.push(json!({"op": "add", "path": format!("{path}/labels/{}", escape(key)), "value": value}));
+                    }
+                }
+            }
+        }
+        if !changes.is_empty() {
+            ops.push(json!({"op": "test", "path": format!("{path}/name"), "value": name}));
+            ops.extend(changes);
+        }
+    }
+    if ops.is_empty() {
+        return Ok(None);
+    }
+    guarded(dr, ops).map(Some).map_err(|e| RouterError::object(DR, dr, format!("building the patch: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        canary::{DestinationRuleRef, VirtualServiceRef},
+        router::apply,
+    };
+
+    fn host_cfg(routes: &[&str]) -> IstioRouting {
+        IstioRouting {
+            virtual_service: VirtualServiceRef { name: "podinfo".into(), routes: routes.iter().map(|r| r.to_string()).collect() },
+            stable_service: Some("podinfo-stable".into()),
+            canary_service: Some("podinfo-canary".into()),
+            destination_rule: None,
+        }
+    }
+
+    fn vs() -> Value {
+        json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "podinfo", "namespace": "test", "resourceVersion": "41"},
+            "spec": {"hosts": ["podinfo"], "http": [
+                {"name": "header", "match": [{"headers": {"x-canary": {"exact": "1"}}}],
+                 "route": [{"destination": {"host": "podinfo-canary"}}]},
+                {"name": "primary", "route": [
+                    {"destination": {"host": "podinfo-stable.test.svc.cluster.local", "port": {"number": 80}}, "weight": 100},
+                    {"destination": {"host": "podinfo-canary.test.svc.cluster.local", "port": {"number": 80}}, "weight": 0}],
+                 "retries": {"attempts": 3}}
+            ]}
+        })
+    }
+
+    #[test]
+    fn patch_writes_both_weights_of_the_named_route_only() {
+        let vs = vs();
+        let patch = set_weights(&vs, &host_cfg(&["primary"]), 20, 80).unwrap().unwrap();
+        let ops = serde_json::to_value(&patch).unwrap();
+        assert_eq!(ops[0], json!({"op": "test", "path": "/metadata/resourceVersion", "value": "41"}));
+        let out = apply(&vs, &patch).unwrap();
+        assert_eq!(out["spec"]["http"][1]["route"][0]["weight"], 80);
+        assert_eq!(out["spec"]["http"][1]["route"][1]["weight"], 20);
+        let mut expected = vs.clone();
+        expected["spec"]["http"][1]["route"][0]["weight"] = json!(80);
+        expected["spec"]["http"][1]["route"][1]["weight"] = json!(20);
+        assert_eq!(out, expected, "nothing else changes");
+        assert_eq!(current_weights(&out, &host_cfg(&["primary"])).unwrap()[0].canary, Some(20));
+        assert!(set_weights(&out, &host_cfg(&["primary"]), 20, 80).unwrap().is_none(), "already routed: no write");
+    }
+
+    #[test]
+    fn a_moved_route_or_a_concurrent_edit_fails_the_patch() {
+        let vs = vs();
+        let patch = set_weights(&vs, &host_cfg(&["primary"]), 20, 80).unwrap().unwrap();
+        let mut edited = vs.clone();
+        edited["metadata"]["resourceVersion"] = json!("42");
+        assert!(apply(&edited, &patch).is_err());
+        let mut reordered = vs.clone();
+        reordered["metadata"].as_object_mut().unwrap().remove("resourceVersion");
+        reordered["spec"]["http"].as_array_mut().unwrap().swap(0, 1);
+        assert!(apply(&reordered, &patch).is_err());
+    }
+
+    #[test]
+    fn route_selection_errors_name_the_problem() {
+        let vs = vs();
+        let e = set_weights(&vs, &host_cfg(&["missing"]), 20, 80).unwrap_err().to_string();
+        assert_eq!(e, "VirtualService podinfo: HTTP route \"missing\" not found in spec.http");
+        let e = set_weights(&vs, &host_cfg(&[]), 20, 80).unwrap_err().to_string();
+        assert!(e.contains("spec.http has 2 routes"), "{e}");
+        let e = set_weights(&vs, &host_cfg(&["header"]), 20, 80).unwrap_err().to_string();
+        assert_eq!(e, "VirtualService podinfo: stable host \"podinfo-stable\" not found in route \"header\"");
+    }
+
+    #[test]
+    fn subset_mode_matches_by_subset_and_syncs_the_destination_rule() {
+        let cfg = IstioRouting {
+            virtual_service: VirtualServiceRef { name: "podinfo".into(), routes: vec![] },
+            destination_rule: Some(DestinationRuleRef { name: "podinfo".into(), stable_subset_name: "stable".into(), canary_subset_name: "canary".into() }),
+            ..Default::default()
+        };
+        let vs = json!({"metadata": {"name": "podinfo"}, "spec": {"hosts": ["podinfo"], "http": [{"route": [
+            {"destination": {"host": "podinfo", "subset": "stable"}},
+            {"destination": {"host": "podinfo", "subset": "canary"}}]}]}});
+        let out = apply(&vs, &set_weights(&vs, &cfg, 30, 70).unwrap().unwrap()).unwrap();
+        assert_eq!(out["spec"]["http"][0]["route"][0]["weight"], 70);
+        assert_eq!(out["spec"]["http"][0]["route"][1]["weight"], 30);
+
+        let dr = json!({"metadata": {"name": "podinfo", "resourceVersion": "7"}, "spec": {"host": "podinfo",
+            "subsets": [{"name": "stable", "labels": {"app": "podinfo", "track": "old"}, "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}},
+                        {"name": "other", "labels": {"x": "y"}}]}});
+        let stable = BTreeMap::from([("app".to_owned(), "podinfo".to_owned()), ("track".to_owned(), "stable".to_owned())]);
+        let canary = BTreeMap::from([("app".to_owned(), "podinfo".to_owned()), ("track".to_owned(), "canary".to_owned())]);
+        let out = apply(&dr, &sync_subsets(&dr, &cfg, &stable, &canary).unwrap().unwrap()).unwrap();
+        assert_eq!(out["spec"]["subsets"][0], json!({"name": "stable", "labels": {"app": "podinfo", "track": "stable"}, "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}));
+        assert_eq!(out["spec"]["subsets"][1], json!({"name": "other", "labels": {"x": "y"}}));
+        assert_eq!(out["spec"]["subsets"][2], json!({"name": "canary", "labels": {"app": "podinfo", "track": "canary"}}));
+        assert!(sync_subsets(&out, &cfg, &stable, &canary).unwrap().is_none());
+    }
+}

@@ -1,0 +1,236 @@
+//! The analysis runner: drives the analysis engine's pure [`Run`] state machine with real
+//! providers, one tokio task per run, and reports verdicts by run name.
+//!
+//! The Canary's decision never waits on a run: it reads [`Runner::verdicts`] and asks for runs
+//! to be started or stopped. Runs live in memory; a controller restart loses them and the
+//! decision starts the run of the current step again (the recorded step survives in status).
+//! When a run completes, the runner sends the Canary's key on its notification channel so the
+//! controller reconciles at once instead of at the next poll.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    analysis::{
+        provider::{self, Source},
+        run::{Run, RunOptions},
+        template::Analysis,
+        Phase,
+    },
+    canary::Verdict,
+};
+
+/// Identifies a Canary: namespace and name (local mode: empty namespace).
+pub type CanaryKey = (String, String);
+
+/// The clock the runner stamps measurements with.
+pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
+
+/// Longest sleep between looks at a run, so `stop` is noticed promptly even without a wake time.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+struct Entry {
+    run: Arc<Mutex<Run>>,
+    stop: watch::Sender<bool>,
+    /// A verdict decided before the run could start (e.g. templates that do not resolve).
+    fixed: Option<Verdict>,
+}
+
+/// Runs analyses for many Canaries.
+#[derive(Clone)]
+pub struct Runner {
+    source: Arc<dyn Source>,
+    clock: Clock,
+    runs: Arc<Mutex<HashMap<CanaryKey, BTreeMap<String, Entry>>>>,
+    completed: mpsc::UnboundedSender<CanaryKey>,
+}
+
+/// Reads a run's current verdict.
+fn verdict_of(run: &Run) -> Verdict {
+    let mut v = Verdict::of(run.phase(), run.message());
+    for r in run.results() {
+        v.successful += r.successful;
+        v.failed += r.failed;
+        v.inconclusive += r.inconclusive;
+        v.error += r.error;
+    }
+    v
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind; keep serving it.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Runner {
+    /// A runner and the receiver of "a run of this Canary completed" notifications.
+    pub fn new(source: Arc<dyn Source>, clock: Clock) -> (Self, mpsc::UnboundedReceiver<CanaryKey>) {
+        let (completed, rx) = mpsc::unbounded_channel();
+        (Runner { source, clock, runs: Arc::default(), completed }, rx)
+    }
+
+    /// Verdicts of every run this runner knows for the Canary.
+    pub fn verdicts(&self, key: &CanaryKey) -> BTreeMap<String, Verdict> {
+        let runs = lock(&self.runs);
+        runs.get(key)
+            .map(|m| m.iter().map(|(name, e)| (name.clone(), e.fixed.clone().unwrap_or_else(|| verdict_of(&lock(&e.run))))).collect())
+            .unwrap_or_default()
+    }
+
+    /// Records a run that cannot start (its templates or args do not resolve) as an Error, as
+    /// Argo does with `Analysis spec invalid: …`.
+    pub fn fail(&self, key: &CanaryKey, name: &str, message: String) {
+        let (stop, _) = watch::channel(true);
+        let run = Arc::new(Mutex::new(Run::new(Vec::new(), RunOptions::default(), (self.clock)())));
+        let entry = Entry { run, stop, fixed: Some(Verdict::of(Phase::Error, message)) };
+        lock(&self.runs).entry(key.clone()).or_default().insert(name.to_owned(), entry);
+        let _ = self.completed.send(key.clone());
+    }
+
+    /// Starts a run under `name` unless one with that name exists.
+    pub fn start(&self, key: &CanaryKey, name: &str, analysis: Analysis) {
+        let mut runs = lock(&self.runs);
+        let of_canary = runs.entry(key.clone()).or_default();
+        if of_canary.contains_key(name) {
+            return;
+        }
+        let plans = analysis.metrics.iter().map(|m| m.plan()).collect();
+        let run = Arc::new(Mutex::new(Run::new(plans, RunOptions::default(), (self.clock)())));
+        let (stop, stopped) = watch::channel(false);
+        of_canary.insert(name.to_owned(), Entry { run: run.clone(), stop, fixed: None });
+        drop(runs);
+        let task = Task { run, analysis, source: self.source.clone(), clock: self.clock.clone(), stopped, key: key.clone(), completed: self.completed.clone() };
+        tokio::spawn(task.drive());
+    }
+
+    /// Stops a run (Argo's terminate): no more measurements; it completes with what it has.
+    pub fn stop(&self, key: &CanaryKey, name: &str) {
+        if let Some(e) = lock(&self.runs).get(key).and_then(|m| m.get(name)) {
+            let _ = e.stop.send(true);
+        }
+    }
+
+    /// Forgets every run of a Canary that is not in `keep` (stopping those still running).
+    pub fn retain(&self, key: &CanaryKey, keep: &[&str]) {
+        let mut runs = lock(&self.runs);
+        if let Some(m) = runs.get_mut(key) {
+            m.retain(|name, e| {
+                let kept = keep.contains(&name.as_str());
+                if !kept {
+                    let _ = e.stop.send(true);
+                }
+                kept
+            });
+        }
+    }
+}
+
+struct Task {
+    run: Arc<Mutex<Run>>,
+    analysis: Analysis,
+    source: Arc<dyn Source>,
+    clock: Clock,
+    stopped: watch::Receiver<bool>,
+    key: CanaryKey,
+    completed: mpsc::UnboundedSender<CanaryKey>,
+}
+
+impl Task {
+    async fn drive(mut self) {
+        loop {
+            let now = (self.clock)();
+            if *self.stopped.borrow() {
+                let mut run = lock(&self.run);
+                run.terminate();
+                run.assess(now);
+                break;
+            }
+            let due = lock(&self.run).due(now);
+            for index in due {
+                let Some(metric) = self.analysis.metrics.get(index) else { continue };
+                let clock = self.clock.clone();
+                let now_fn = move || clock();
+                let measurement = provider::measure(self.source.as_ref(), metric, &now_fn).await;
+                lock(&self.run).record(index, measurement);
+            }
+            let (phase, wake) = {
+                let mut run = lock(&self.run);
+                let phase = run.assess((self.clock)());
+                (phase, run.next_wake())
+            };
+            if phase.is_completed() {
+                break;
+            }
+            let sleep = wake
+                .and_then(|w| w.duration_since((self.clock)()).ok())
+                .unwrap_or(Duration::ZERO)
+                .clamp(Duration::from_millis(50), MAX_SLEEP);
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = self.stopped.changed() => {}
+            }
+        }
+        let _ = self.completed.send(self.key.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::{
+        provider::{BoxFuture, Outcome, ProviderError},
+        template::{self, ArgInputs, MetricSpec},
+        Value,
+    };
+
+    /// Answers every query with the same number.
+    struct Constant(f64);
+
+    impl Source for Constant {
+        fn query<'a>(&'a self, _: &'a MetricSpec) -> BoxFuture<'a, Result<Outcome, ProviderError>> {
+            let v = self.0;
+            Box::pin(async move { Ok(Outcome::Value { value: Value::Float(v), text: v.to_string() }) })
+        }
+    }
+
+    fn analysis(success: &str) -> Analysis {
+        let yaml = format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {{name: t}}\nspec:\n  metrics:\n  - name: success-rate\n    successCondition: {success}\n    provider: {{web: {{url: 'http://127.0.0.1:1/'}}}}\n"
+        );
+        let docs = template::load(&yaml).unwrap();
+        template::resolve(&template::flatten(&docs).unwrap(), &ArgInputs::default()).unwrap()
+    }
+
+    async fn wait_for(runner: &Runner, key: &CanaryKey, name: &str) -> Verdict {
+        for _ in 0..200 {
+            if let Some(v) = runner.verdicts(key).get(name).filter(|v| v.phase.is_completed()) {
+                return v.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("run {name} did not complete");
+    }
+
+    #[tokio::test]
+    async fn runs_report_argo_verdicts_and_notify() {
+        let (runner, mut rx) = Runner::new(Arc::new(Constant(0.5)), Arc::new(SystemTime::now));
+        let key = ("ns".to_owned(), "podinfo".to_owned());
+        runner.start(&key, "ok", analysis("result > 0.1"));
+        runner.start(&key, "bad", analysis("result > 0.9"));
+        assert_eq!(wait_for(&runner, &key, "ok").await.phase, Phase::Successful);
+        let bad = wait_for(&runner, &key, "bad").await;
+        assert_eq!(bad.phase, Phase::Failed);
+        assert_eq!(bad.message, "Metric \"success-rate\" assessed Failed due to failed (1) > failureLimit (0)");
+        assert_eq!(bad.failed, 1);
+        assert_eq!(rx.recv().await, Some(key.clone()));
+        runner.fail(&key, "broken", "Analysis spec invalid: no metrics specified".into());
+        assert_eq!(runner.verdicts(&key)["broken"].phase, Phase::Error);
+        runner.retain(&key, &["ok"]);
+        assert_eq!(runner.verdicts(&key).keys().collect::<Vec<_>>(), vec!["ok"]);
+    }
+}
