@@ -83,8 +83,8 @@ pub struct RevisionResolver {
     rules: Vec<RevisionRule>,
     sources: Vec<RevisionSource>,
     by_cluster: BTreeMap<String, Rc<ClusterResolution>>,
-    /// Keyed by (namespace, service, revision).
-    by_header: BTreeMap<(String, String, String), Rc<Resolution>>,
+    /// Keyed by (namespace, service, role the cluster gave, revision).
+    by_header: BTreeMap<(String, String, Role, String), Rc<Resolution>>,
 }
 
 impl RevisionResolver {
@@ -135,6 +135,9 @@ impl RevisionResolver {
     /// Whether the response header can still change the answer for this cluster, i.e. whether
     /// reading it is worth a host call.
     pub fn wants_response_header(&self, cluster: &ClusterResolution) -> bool {
+        if cluster.matched && cluster.target.revision.is_empty() {
+            return true; // the rule gives the role; the application names the revision
+        }
         for source in &self.sources {
             match source {
                 RevisionSource::ResponseHeader => return true,
@@ -152,12 +155,18 @@ impl RevisionResolver {
         cluster: &ClusterResolution,
         header_revision: Option<&str>,
     ) -> Rc<Resolution> {
+        let header_revision = header_revision.map(str::trim).filter(|r| !r.is_empty());
+        if cluster.matched && cluster.target.revision.is_empty() {
+            return match header_revision {
+                Some(revision) => self.resolve_role_and_header(&cluster.target, revision),
+                None => Rc::clone(&cluster.target),
+            };
+        }
         for source in &self.sources {
             match source {
                 RevisionSource::Cluster if cluster.matched => return Rc::clone(&cluster.target),
                 RevisionSource::ResponseHeader => {
-                    if let Some(revision) = header_revision.map(str::trim).filter(|r| !r.is_empty())
-                    {
+                    if let Some(revision) = header_revision {
                         return self.resolve_header(&cluster.target, revision);
                     }
                 }
@@ -167,32 +176,45 @@ impl RevisionResolver {
         Rc::clone(&cluster.unknown)
     }
 
+    /// The cluster's rule gave the role and the application names the revision.
+    fn resolve_role_and_header(&mut self, target: &Resolution, revision: &str) -> Rc<Resolution> {
+        self.cached_header_resolution(target, revision, |target, revision| {
+            Resolution::new(&target.namespace, &target.service, target.role, revision)
+        })
+    }
+
     /// The application says it is `revision` of `service`: the rule for that service and
     /// revision gives the role (and the namespace when the cluster did not); otherwise the role
     /// is unknown but the revision is kept.
     fn resolve_header(&mut self, service: &Resolution, revision: &str) -> Rc<Resolution> {
-        let key = (
-            service.namespace.clone(),
-            service.service.clone(),
-            revision.to_owned(),
-        );
+        let rules = &self.rules;
+        let rule = rules
+            .iter()
+            .find(|rule| {
+                rule.service == service.service
+                    && rule.revision == revision
+                    && (service.namespace.is_empty() || rule.namespace == service.namespace)
+            })
+            .cloned();
+        self.cached_header_resolution(service, revision, move |service, revision| match &rule {
+            Some(rule) => Resolution::from_rule(rule),
+            None => Resolution::new(&service.namespace, &service.service, Role::Unknown, revision),
+        })
+    }
+
+    /// Header-based resolutions are cached by (namespace, service, role, revision) so that a
+    /// hit costs no search and no allocation.
+    fn cached_header_resolution(
+        &mut self,
+        base: &Resolution,
+        revision: &str,
+        compute: impl FnOnce(&Resolution, &str) -> Resolution,
+    ) -> Rc<Resolution> {
+        let key = (base.namespace.clone(), base.service.clone(), base.role, revision.to_owned());
         if let Some(hit) = self.by_header.get(&key) {
             return Rc::clone(hit);
         }
-        let rule = self.rules.iter().find(|rule| {
-            rule.service == service.service
-                && rule.revision == revision
-                && (service.namespace.is_empty() || rule.namespace == service.namespace)
-        });
-        let resolved = Rc::new(match rule {
-            Some(rule) => Resolution::from_rule(rule),
-            None => Resolution::new(
-                &service.namespace,
-                &service.service,
-                Role::Unknown,
-                revision,
-            ),
-        });
+        let resolved = Rc::new(compute(base, revision));
         if self.by_header.len() >= CACHE_LIMIT {
             self.by_header.clear();
         }
@@ -312,6 +334,28 @@ mod tests {
             parts(&r.resolve(&c, None)),
             ("demo", "app", Role::Unknown, "", "")
         );
+    }
+
+    #[test]
+    fn a_rule_without_revision_takes_the_role_from_the_cluster_and_the_revision_from_the_app() {
+        let config = FilterConfig::from_json(
+            br#"{"exporter": {"cluster": "e", "token": "t"},
+                 "sources": ["cluster", "response_header"],
+                 "response_header": {"name": "x-app-revision"},
+                 "rules": [
+                   {"match": {"exact": "stable"}, "namespace": "demo", "service": "app", "role": "stable"},
+                   {"match": {"exact": "canary"}, "namespace": "demo", "service": "app", "role": "canary"}]}"#,
+        )
+        .unwrap();
+        let mut r = RevisionResolver::new(&config);
+        let canary = r.resolve_cluster("canary");
+        assert!(r.wants_response_header(&canary));
+        assert_eq!(parts(&r.resolve(&canary, Some("v3"))), ("demo", "app", Role::Canary, "v3", "canary/v3"));
+        // After promotion the stable cluster serves v3: same revision, role stable.
+        let stable = r.resolve_cluster("stable");
+        assert_eq!(parts(&r.resolve(&stable, Some("v3"))), ("demo", "app", Role::Stable, "v3", "stable/v3"));
+        // No header: the role is still known, the revision is not.
+        assert_eq!(parts(&r.resolve(&canary, None)), ("demo", "app", Role::Canary, "", ""));
     }
 
     #[test]

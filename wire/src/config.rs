@@ -88,6 +88,10 @@ pub struct RevisionRule {
     pub namespace: String,
     pub service: String,
     pub role: RoleName,
+    /// Revision id. Empty: the revision comes from the response header (`response_header`),
+    /// and the rule gives only the role — for stable/canary clusters whose backends change
+    /// revision as a rollout proceeds.
+    #[serde(default)]
     pub revision: String,
 }
 
@@ -267,10 +271,19 @@ impl FilterConfig {
             if !matcher_ok {
                 return invalid(&field("match"), "a non-empty exact, istio_subset or istio_host value");
             }
-            for (name, value) in [("namespace", &rule.namespace), ("service", &rule.service), ("revision", &rule.revision)] {
+            for (name, value) in [("namespace", &rule.namespace), ("service", &rule.service)] {
                 if value.is_empty() || value.len() > MAX_STRING_BYTES {
                     return invalid(&field(name), "a non-empty string of at most 512 bytes");
                 }
+            }
+            if rule.revision.len() > MAX_STRING_BYTES {
+                return invalid(&field("revision"), "a string of at most 512 bytes");
+            }
+            if rule.revision.is_empty() && !self.sources.contains(&RevisionSource::ResponseHeader) {
+                return invalid(
+                    &field("revision"),
+                    "a revision id (it may be left out only when sources lists \"response_header\")",
+                );
             }
             if self.rules[..i].iter().any(|earlier| earlier.cluster == rule.cluster) {
                 return invalid(&field("match"), "a cluster matched by no earlier rule");
@@ -333,6 +346,8 @@ mod tests {
         assert_eq!(error_field(&MINIMAL.replace("\"revision\": \"v2\"", "\"revision\": \"\"")), "rules[1].revision");
         let header_source = MINIMAL.replacen('{', "{\"sources\": [\"response_header\"],", 1);
         assert_eq!(error_field(&header_source), "response_header");
+        let no_revision = MINIMAL.replace(", \"revision\": \"v1\"", "");
+        assert_eq!(error_field(&no_revision), "rules[0].revision");
     }
 
     #[test]
