@@ -123,7 +123,7 @@ impl Stream {
         let Some(cluster) = plugin.resolve_cluster(host) else {
             return;
         };
-        if plugin.tag_requests && cluster.matched {
+        if plugin.tag_requests && cluster.matched && !cluster.target.tag.is_empty() {
             host.set_request_header(&plugin.config.tagging.request_header, &cluster.target.tag);
         }
         self.cluster = Some(cluster);
