@@ -8,7 +8,8 @@
 //! minutes are 600 seconds, so the per-second histograms dominate. They live in two forms:
 //!
 //! * **open**: the newest seconds, which batches are still arriving for, are a sorted
-//!   `Vec<(index, count)>` that merges in place;
+//!   `Vec<(index, count)>` (counts for known indices are added in place, new indices are
+//!   merged in bulk);
 //! * **sealed**: once a second is complete ([`Window::seal_before`]) it is packed into a bit
 //!   stream of Elias-gamma codes: the gap to the previous occupied index, then the count.
 //!   Real latency data has small gaps and small counts, so a bin costs about 4 bits instead of
@@ -70,16 +71,22 @@ struct OpenSlot {
     counts: ClassCounts,
     /// Occupied histogram indices, ascending, counts > 0.
     bins: Vec<(u16, u64)>,
-    /// Recorded pairs not yet merged into `bins`, in any order. A busy second receives a
-    /// hundred small histograms; appending them and merging in bulk ([`OpenSlot::normalize`])
-    /// costs O(log n) per pair instead of shifting a sorted vector on every insert.
+    /// Pairs for indices not yet in `bins`, in any order. A busy second receives a hundred
+    /// small histograms: counts for known indices are added in place, new indices wait here
+    /// and are merged in bulk ([`OpenSlot::normalize`]), instead of shifting a sorted vector on
+    /// every insert.
     pending: Vec<(u16, u64)>,
 }
 
 impl OpenSlot {
     fn record(&mut self, bins: &[(u16, u64)]) {
-        self.pending.extend_from_slice(bins);
-        if self.pending.len() >= self.bins.len().max(64) {
+        for &(index, count) in bins {
+            match self.bins.binary_search_by_key(&index, |&(i, _)| i) {
+                Ok(pos) => self.bins[pos].1 = self.bins[pos].1.saturating_add(count),
+                Err(_) => self.pending.push((index, count)),
+            }
+        }
+        if self.pending.len() > 32 + self.bins.len() / 4 {
             self.normalize();
         }
     }
