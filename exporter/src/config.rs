@@ -51,6 +51,12 @@ pub struct Args {
     #[arg(long, env = "PLOVER_EXPORTER_MAX_SERIES", default_value_t = 100_000)]
     pub max_series: usize,
 
+    /// Memory all per-revision windows together may use, in MiB. Far above what real traffic
+    /// needs; when reached, old window seconds are merged (answers then say which window they
+    /// really covered) instead of exhausting memory.
+    #[arg(long, env = "PLOVER_EXPORTER_MAX_WINDOW_MIB", default_value_t = 4096)]
+    pub max_window_mib: usize,
+
     /// Series (and filter VM records) not reported for this long are dropped; e.g. 10m.
     #[arg(long, env = "PLOVER_EXPORTER_SERIES_TTL", default_value = "10m")]
     pub series_ttl: String,
@@ -165,6 +171,9 @@ impl Config {
         if args.max_batch_bytes == 0 || args.max_batch_bytes > MAX_BATCH_BYTES {
             return Err(invalid("max-batch-bytes", format!("must be between 1 and {MAX_BATCH_BYTES}")));
         }
+        if args.max_window_mib == 0 {
+            return Err(invalid("max-window-mib", "must be at least 1".into()));
+        }
         if args.max_series == 0 {
             return Err(invalid("max-series", "must be at least 1".into()));
         }
@@ -208,6 +217,7 @@ impl Config {
                 series_ttl_ms: series_ttl * 1000,
                 window_seconds: window,
                 window_budget_bytes: WINDOW_BUDGET_BYTES,
+                max_window_bytes: args.max_window_mib.saturating_mul(1 << 20),
                 buckets: DurationBuckets::new(bounds),
             },
         })

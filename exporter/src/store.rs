@@ -21,6 +21,7 @@
 
 use hashbrown::HashMap;
 use plover_wire::histogram::{highest_value_at, index_of, lowest_value_at, COUNTS_LEN};
+
 use plover_wire::{Batch, Histogram, Role, SeriesDelta, SeriesKey, StatusClass, UpstreamFailure};
 
 use crate::window::{Accumulator, Summary, Window};
@@ -53,6 +54,9 @@ pub struct StoreConfig {
     pub window_seconds: u64,
     /// Most payload bytes one revision's window may hold before old seconds are merged.
     pub window_budget_bytes: usize,
+    /// Most payload bytes all windows together may hold: with many revisions each window's
+    /// budget shrinks to its share, so that no input can exhaust memory.
+    pub max_window_bytes: usize,
     /// Upper bounds of the exposition histogram.
     pub buckets: DurationBuckets,
 }
@@ -332,6 +336,14 @@ impl Store {
         let cutoff = now_ms.saturating_sub(self.config.series_ttl_ms);
         let mut expired = 0usize;
         let mut merges = 0;
+        let revisions: usize = self
+            .namespaces
+            .values()
+            .flat_map(|services| services.values())
+            .flat_map(|service| service.revisions.values())
+            .map(|roles| roles.iter().filter(|r| r.is_some()).count())
+            .sum();
+        let budget = self.config.window_budget_bytes.min(self.config.max_window_bytes / revisions.max(1));
         for services in self.namespaces.values_mut() {
             for service in services.values_mut() {
                 for roles in service.revisions.values_mut() {
@@ -340,7 +352,7 @@ impl Store {
                         rev.window.expire_before(oldest);
                         // Batches for a second arrive during the next one; seal after that.
                         rev.window.seal_before(now_s.saturating_sub(1));
-                        merges += rev.window.enforce_budget(self.config.window_budget_bytes, now_s);
+                        merges += rev.window.enforce_budget(budget, now_s);
                         rev.routes.retain(|_, route| {
                             let before = route.outcomes.len();
                             route.outcomes.retain(|_, t| t.last_seen_ms >= cutoff);
@@ -436,6 +448,7 @@ mod tests {
             series_ttl_ms: 600_000,
             window_seconds: 600,
             window_budget_bytes: 224 * 1024,
+            max_window_bytes: 1 << 30,
             buckets: DurationBuckets::new(vec![0.001, 0.01, 0.1, 1.0]),
         }
     }
@@ -637,6 +650,32 @@ mod tests {
         let rev = store.revision("demo", "app", "v1", Role::Stable).unwrap();
         assert!(rev.window.is_empty());
         assert_eq!(totals(&store, "v1", Role::Stable, 200).unwrap().requests, 1, "counters stay");
+    }
+
+    #[test]
+    fn all_windows_together_stay_within_the_global_cap() {
+        let cap = 400 * 1024;
+        let mut store = Store::new(StoreConfig { max_window_bytes: cap, ..config() });
+        let dense = Histogram::from_bins((0..COUNTS_LEN as u16).map(|i| (i, 3))).unwrap();
+        for second in 0..120u64 {
+            let end = T0 + (second + 1) * 1000;
+            let series = ["a", "b", "c", "d"]
+                .iter()
+                .map(|rev| {
+                    let d = SeriesDelta { requests: dense.count(), duration: dense.clone(), ..Default::default() };
+                    (key(rev, Role::Stable, 200), d)
+                })
+                .collect();
+            store.apply(batch("vm", second + 1, end, series), end).unwrap();
+            store.tick(end + 1000);
+        }
+        assert!(store.counters().window_merges > 0);
+        let payload: usize = store.window_heap_bytes();
+        assert!(payload < cap + 4 * 40 * 1024, "{payload}");
+        // Still exact over what each answer covers.
+        for (_, s) in window(&store, T0 + 121_000, 120) {
+            assert_eq!(s.requests(), dense.count() * s.covered_seconds.min(120));
+        }
     }
 
     #[test]
