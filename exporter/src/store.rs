@@ -21,7 +21,6 @@
 
 use hashbrown::HashMap;
 use plover_wire::histogram::{highest_value_at, index_of, lowest_value_at, COUNTS_LEN};
-
 use plover_wire::{Batch, Histogram, Role, SeriesDelta, SeriesKey, StatusClass, UpstreamFailure};
 
 use crate::window::{Accumulator, Summary, Window};
