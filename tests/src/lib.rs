@@ -26,3 +26,29 @@ pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// Checks a latency quantile measured at the gateway (`measured`, µs): it must lie between
+/// what the backend itself took and what the client saw (the gateway sees more than the first
+/// and less than the second), allowing the histograms' 1% resolution; and it must exceed the
+/// delay the backend really applied (the configured delay plus the backend's own measured
+/// overshoot) by at most 1% + 1 ms.
+pub fn assert_latency_close(
+    revision: &str,
+    q: f64,
+    measured: f64,
+    backend: &plover_wire::Histogram,
+    client: &plover_wire::Histogram,
+    delay_ms: u64,
+) {
+    let at = |h: &plover_wire::Histogram| h.value_at_quantile(q).expect("latency samples") as f64;
+    let (applied, ceiling) = (at(backend), at(client));
+    let context = format!(
+        "{revision} p{}: gateway measured {measured} µs, backend itself {applied} µs, client {ceiling} µs, configured {} µs",
+        q * 100.0,
+        delay_ms * 1000
+    );
+    assert!(applied >= (delay_ms * 1000) as f64, "{context}");
+    assert!(measured >= applied * 0.99 && measured <= ceiling * 1.01, "{context}");
+    assert!(measured <= applied * 1.01 + 1000.0, "{context}");
+    println!("{context}");
+}

@@ -225,7 +225,8 @@ pub struct Batch {
     pub end_unix_ms: u64,
     /// Requests whose data the VM had to drop (buffer full) since its previous batch.
     pub dropped_requests: u64,
-    /// Series in ascending key order, no key twice.
+    /// Series, no key twice. Decoded batches hold them in ascending key order; `encode`
+    /// writes them in that order whatever the order here.
     pub series: Vec<(SeriesKey, SeriesDelta)>,
 }
 
@@ -235,13 +236,15 @@ impl Batch {
         self.series.iter().map(|(_, d)| d.requests).fold(0, u64::saturating_add)
     }
 
-    /// Encodes the batch. Series must be unique; they are written in the order given.
+    /// Encodes the batch, series in ascending key order (what `decode` requires). Series
+    /// must be unique.
     pub fn encode(&self) -> Vec<u8> {
+        let mut order: Vec<&(SeriesKey, SeriesDelta)> = self.series.iter().collect();
+        order.sort_by(|a, b| a.0.cmp(&b.0));
         let mut strings = StringTable::default();
         let gateway = strings.index(&self.gateway);
         let instance = strings.index(&self.instance);
-        let series_labels: Vec<[u64; 4]> = self
-            .series
+        let series_labels: Vec<[u64; 4]> = order
             .iter()
             .map(|(k, _)| {
                 [
@@ -265,7 +268,7 @@ impl Batch {
             write_u64(&mut out, v);
         }
         write_u64(&mut out, self.series.len() as u64);
-        for ((key, delta), labels) in self.series.iter().zip(series_labels) {
+        for ((key, delta), labels) in order.into_iter().zip(series_labels) {
             for l in labels {
                 write_u64(&mut out, l);
             }
@@ -360,15 +363,16 @@ impl Batch {
                 grpc_status,
                 upstream_failure,
             };
+            // Ascending order makes duplicates adjacent: one comparison per series finds them.
+            if series.last().is_some_and(|(previous, _): &(SeriesKey, SeriesDelta)| *previous >= key) {
+                return Err(WireError::Malformed(
+                    "series out of ascending key order, or the same series appears twice",
+                ));
+            }
             series.push((key, SeriesDelta { requests, request_bytes, response_bytes, duration }));
         }
         if !input.is_empty() {
             return Err(WireError::Malformed("trailing bytes after the last series"));
-        }
-        let mut keys: Vec<&SeriesKey> = series.iter().map(|(k, _)| k).collect();
-        keys.sort_unstable();
-        if keys.windows(2).any(|w| w[0] == w[1]) {
-            return Err(WireError::Malformed("the same series appears twice"));
         }
         Ok(Batch { gateway, instance, sequence, start_unix_ms, end_unix_ms, dropped_requests, series })
     }
@@ -451,7 +455,7 @@ mod tests {
         let mut reset = key("v2", Role::Canary, 503);
         reset.status_class = StatusClass::NoResponse;
         reset.upstream_failure = UpstreamFailure::Reset;
-        Batch {
+        let mut batch = Batch {
             gateway: "gw-1".into(),
             instance: "18a3c0ffee-1".into(),
             sequence: 42,
@@ -465,7 +469,9 @@ mod tests {
                 (reset, delta(&[3_000_000], 0)),
                 (key("", Role::Unknown, 404), delta(&[], 0)),
             ],
-        }
+        };
+        batch.series.sort_by(|a, b| a.0.cmp(&b.0));
+        batch
     }
 
     #[test]
@@ -473,6 +479,9 @@ mod tests {
         let batch = sample();
         assert_eq!(Batch::decode(&batch.encode()).unwrap(), batch);
         assert_eq!(batch.requests(), 6);
+        let mut shuffled = sample();
+        shuffled.series.reverse();
+        assert_eq!(Batch::decode(&shuffled.encode()).unwrap(), batch, "encode sorts the series");
     }
 
     #[test]
@@ -538,6 +547,7 @@ mod tests {
         let mut batch = sample();
         batch.series[0].0.service = "é".repeat(MAX_STRING_BYTES);
         let decoded = Batch::decode(&batch.encode()).unwrap();
-        assert_eq!(decoded.series[0].0.service.len(), MAX_STRING_BYTES);
+        let longest = decoded.series.iter().map(|(k, _)| k.service.len()).max();
+        assert_eq!(longest, Some(MAX_STRING_BYTES));
     }
 }

@@ -312,6 +312,8 @@ impl Histogram {
             .ok_or(WireError::Histogram("payload length exceeds the input"))?;
         let mut payload = &bytes[V2_HEADER_LEN..end];
         let mut histogram = Histogram::new();
+        // Each occupied bin costs at least one byte of payload; most cost two.
+        histogram.bins.reserve(payload_len / 2);
         let mut index: usize = 0;
         while !payload.is_empty() {
             let value = read_zigzag(&mut payload)?;
