@@ -16,6 +16,10 @@
 pub mod analysis;
 pub mod canary;
 pub mod cli;
+pub mod lease;
+pub mod metrics;
+pub mod observe;
+pub mod reconcile;
 pub mod router;
 pub mod runner;
 pub mod sequential;

@@ -1,0 +1,413 @@
+//! Reconcile: the only glue between the Kubernetes API and the pure decision.
+//!
+//! ```text
+//!  observe (GET stable + canary Deployments, exporter /v1/stats, runner verdicts)
+//!     └─▶ canary::decide (pure) ─▶ Decision { actions, status, requeue_after }
+//!            └─▶ execute, in order: stop runs · route (GET + guarded PATCH) · promote
+//!                (guarded PATCH of the stable Deployment) · start runs · events
+//!                └─▶ status (guarded JSON patch, only when it changed) ─▶ requeue
+//! ```
+//!
+//! Level-triggered and idempotent: every reconcile recomputes from the world, routers and
+//! promotion write only when the object differs, and an unchanged status is not written, so a
+//! reconcile caused by our own write ends without writing. Every write carries a `test` of the
+//! resourceVersion it was computed from; a concurrent edit fails it and the next reconcile
+//! starts over from fresh reads.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use k8s_openapi::{
+    api::{apps::v1::Deployment, core::v1::Secret},
+    jiff::Timestamp,
+};
+use kube::{
+    api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams},
+    runtime::{
+        controller::{Action, Controller},
+        events::{Event, EventType, Recorder},
+        reflector::ObjectRef,
+        watcher,
+    },
+    Client, Resource, ResourceExt,
+};
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use crate::{
+    analysis::template::{AnalysisSpec, Document, Secrets},
+    canary::{
+        decide, resolve, validate, Action as Step, AnalysisKind, Canary, CanarySpec, Decision, Observation,
+    },
+    metrics::Metrics,
+    observe::{selector_labels, template_revision, traffic_from_stats, workload_state, TrafficSource},
+    router::{envoy_file, gateway_api, istio, RouterError},
+    runner::{CanaryKey, Runner},
+};
+
+/// Field manager of every write (shows in `managedFields`).
+pub const FIELD_MANAGER: &str = "plover-controller";
+/// Back-off after a failed reconcile (a conflict is usually gone by then).
+pub const ERROR_REQUEUE: Duration = Duration::from_secs(5);
+
+/// Why a reconcile failed; the controller retries after [`ERROR_REQUEUE`].
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Router(#[from] RouterError),
+    #[error("Canary {0} has no namespace")]
+    NoNamespace(String),
+    #[error("serializing: {0}")]
+    Serialize(#[from] serde_json::Error),
+    #[error("promotion: {0}")]
+    Promote(String),
+}
+
+impl ReconcileError {
+    /// Label for `plover_reconcile_errors_total{error}`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            ReconcileError::Kube(kube::Error::Api(s)) if s.code == 409 || s.code == 422 => "conflict",
+            ReconcileError::Kube(_) => "kube",
+            ReconcileError::Router(_) => "router",
+            ReconcileError::NoNamespace(_) => "no_namespace",
+            ReconcileError::Serialize(_) => "serialize",
+            ReconcileError::Promote(_) => "promote",
+        }
+    }
+}
+
+/// Everything reconcile needs; one per controller.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub runner: Runner,
+    pub traffic: Arc<dyn TrafficSource>,
+    pub metrics: Arc<Metrics>,
+    /// The clock (tests pin it).
+    pub now: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+}
+
+fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+}
+
+pub fn virtual_services() -> ApiResource {
+    api_resource("networking.istio.io", "v1", "VirtualService", "virtualservices")
+}
+pub fn destination_rules() -> ApiResource {
+    api_resource("networking.istio.io", "v1", "DestinationRule", "destinationrules")
+}
+pub fn http_routes() -> ApiResource {
+    api_resource("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")
+}
+fn analysis_templates(cluster: bool) -> ApiResource {
+    if cluster {
+        api_resource("argoproj.io", "v1alpha1", "ClusterAnalysisTemplate", "clusteranalysistemplates")
+    } else {
+        api_resource("argoproj.io", "v1alpha1", "AnalysisTemplate", "analysistemplates")
+    }
+}
+
+fn patch_params() -> PatchParams {
+    PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() }
+}
+
+/// Reconciles one Canary.
+pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let name = canary.name_any();
+    let namespace = canary.namespace().ok_or_else(|| ReconcileError::NoNamespace(name.clone()))?;
+    let key: CanaryKey = (namespace.clone(), name.clone());
+    let spec = &canary.spec;
+    let status = canary.status.clone().unwrap_or_default();
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+
+    // Observe. With an invalid spec nothing is read: the decision only reports the spec.
+    let valid = validate(spec).is_ok();
+    let (stable, candidate) = if valid && spec.traffic_routing.envoy.is_none() {
+        (deployments.get_opt(&spec.workload.stable).await?, deployments.get_opt(&spec.workload.canary).await?)
+    } else {
+        (None, None)
+    };
+    let traffic = match spec.traffic_check.as_ref().filter(|_| valid) {
+        Some(check) => {
+            let service = check.service.clone().unwrap_or_else(|| name.clone());
+            match ctx.traffic.stats(check, &namespace, &service).await {
+                Ok(stats) => Some(traffic_from_stats(&stats)),
+                Err(e) => {
+                    warn!(canary = %name, namespace = %namespace, error = %e, "Exporter did not answer.");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let verdicts = ctx.runner.verdicts(&key);
+    let obs = Observation {
+        name: &name,
+        generation: canary.metadata.generation,
+        spec,
+        status: &status,
+        stable: workload_state(stable.as_ref()),
+        canary: workload_state(candidate.as_ref()),
+        traffic,
+        analyses: &verdicts,
+        now: (ctx.now)(),
+    };
+    let decision = decide(&obs);
+
+    execute(&canary, &ctx, &key, &decision, stable.as_ref(), candidate.as_ref()).await?;
+
+    if decision.status != status {
+        let canaries: Api<Canary> = Api::namespaced(ctx.client.clone(), &namespace);
+        let mut ops = Vec::new();
+        if let Some(rv) = &canary.metadata.resource_version {
+            ops.push(json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}));
+        }
+        ops.push(json!({"op": "add", "path": "/status", "value": decision.status}));
+        let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))?;
+        canaries.patch_status(&name, &patch_params(), &Patch::Json::<()>(patch)).await?;
+    }
+    ctx.metrics.observe(&namespace, &name, &decision.status);
+    info!(
+        canary = %name, namespace = %namespace,
+        phase = decision.status.phase.map_or("", |p| p.as_str()),
+        step = ?decision.status.current_step_index, desired_weight = decision.status.desired_weight,
+        observed_weight = ?decision.status.observed_weight, requeue_after = ?decision.requeue_after,
+        "Reconciled."
+    );
+    Ok(decision.requeue_after.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Logs, counts and retries a failed reconcile.
+pub fn error_policy(canary: Arc<Canary>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    warn!(canary = %canary.name_any(), error = %error, "Reconcile failed.");
+    ctx.metrics.reconcile_error(error.metric_label());
+    Action::requeue(ERROR_REQUEUE)
+}
+
+async fn execute(
+    canary: &Canary,
+    ctx: &Context,
+    key: &CanaryKey,
+    decision: &Decision,
+    stable: Option<&Deployment>,
+    candidate: Option<&Deployment>,
+) -> Result<(), ReconcileError> {
+    let namespace = &key.0;
+    for action in &decision.actions {
+        match action {
+            Step::StopAnalysis { name } => ctx.runner.stop(key, name),
+            Step::SetWeight { canary: c, stable: s } => route(ctx, namespace, &canary.spec, stable, candidate, *c, *s).await?,
+            Step::PromoteWorkload { revision } => promote(ctx, namespace, stable, candidate, revision).await?,
+            Step::StartAnalysis { name, kind, source } => {
+                let object = serde_json::to_value(canary)?;
+                let stable_rev = decision.status.stable_revision.clone().unwrap_or_default();
+                let canary_rev = decision.status.revision.clone().unwrap_or_default();
+                match fetch_templates(ctx, namespace, source).await {
+                    Err(e) => ctx.runner.fail(key, name, format!("Analysis spec invalid: {e}")),
+                    Ok((templates, secrets)) => {
+                        let inputs = resolve::Inputs { templates, canary: &object, stable_revision: &stable_rev, canary_revision: &canary_rev, secrets };
+                        match resolve::resolve(source, inputs) {
+                            Ok(analysis) => ctx.runner.start(key, name, analysis),
+                            Err(e) => ctx.runner.fail(key, name, e.to_string()),
+                        }
+                    }
+                }
+                info!(canary = %key.1, run = %name, kind = ?kind_label(*kind), "Analysis started.");
+            }
+            Step::Event { warning, reason, message } => {
+                let event = Event {
+                    type_: if *warning { EventType::Warning } else { EventType::Normal },
+                    reason: (*reason).to_owned(),
+                    note: Some(message.clone()),
+                    action: "Rollout".to_owned(),
+                    secondary: None,
+                };
+                // An event that cannot be published must not stop the rollout.
+                if let Err(e) = ctx.recorder.publish(&event, &canary.object_ref(&())).await {
+                    warn!(canary = %key.1, error = %e, "Event not published.");
+                }
+            }
+        }
+    }
+    let keep: Vec<&str> = [&decision.status.step_analysis, &decision.status.background_analysis]
+        .into_iter()
+        .flatten()
+        .map(|r| r.name.as_str())
+        .collect();
+    ctx.runner.retain(key, &keep);
+    Ok(())
+}
+
+fn kind_label(kind: AnalysisKind) -> String {
+    match kind {
+        AnalysisKind::Step(i) => format!("step {i}"),
+        AnalysisKind::Background => "background".to_owned(),
+    }
+}
+
+/// GETs a router object and PATCHes it when the router says so.
+async fn patch_router_object(
+    api: &Api<DynamicObject>,
+    name: &str,
+    compute: impl FnOnce(&Value) -> Result<Option<json_patch::Patch>, RouterError>,
+) -> Result<(), ReconcileError> {
+    let object = serde_json::to_value(api.get(name).await?)?;
+    if let Some(patch) = compute(&object)? {
+        api.patch(name, &patch_params(), &Patch::Json::<()>(patch)).await?;
+    }
+    Ok(())
+}
+
+async fn route(
+    ctx: &Context,
+    namespace: &str,
+    spec: &CanarySpec,
+    stable: Option<&Deployment>,
+    candidate: Option<&Deployment>,
+    canary_weight: u32,
+    stable_weight: u32,
+) -> Result<(), ReconcileError> {
+    let routing = &spec.traffic_routing;
+    if let Some(cfg) = &routing.istio {
+        if let Some(dr) = &cfg.destination_rule {
+            let stable_labels = stable.map(selector_labels).unwrap_or_default();
+            let canary_labels = candidate.map(selector_labels).unwrap_or_default();
+            let api = Api::namespaced_with(ctx.client.clone(), namespace, &destination_rules());
+            patch_router_object(&api, &dr.name, |o| istio::sync_subsets(o, cfg, &stable_labels, &canary_labels)).await?;
+        }
+        let api = Api::namespaced_with(ctx.client.clone(), namespace, &virtual_services());
+        patch_router_object(&api, &cfg.virtual_service.name, |o| istio::set_weights(o, cfg, canary_weight, stable_weight)).await
+    } else if let Some(cfg) = &routing.gateway_api {
+        let api = Api::namespaced_with(ctx.client.clone(), namespace, &http_routes());
+        patch_router_object(&api, &cfg.http_route, |o| gateway_api::set_weights(o, cfg, canary_weight, stable_weight)).await
+    } else if let Some(cfg) = &routing.envoy {
+        envoy_file::set_weights(cfg, &spec.workload.stable, &spec.workload.canary, canary_weight, stable_weight)?;
+        Ok(())
+    } else {
+        Ok(())
+    }
+}
+
+/// Copies the canary's pod template (spec and annotations) to the stable Deployment, unless it
+/// already runs `revision`.
+async fn promote(
+    ctx: &Context,
+    namespace: &str,
+    stable: Option<&Deployment>,
+    candidate: Option<&Deployment>,
+    revision: &str,
+) -> Result<(), ReconcileError> {
+    let (Some(stable), Some(candidate)) = (stable, candidate) else {
+        return Err(ReconcileError::Promote("the stable or canary Deployment is gone".to_owned()));
+    };
+    let (Some(stable_spec), Some(canary_spec)) = (&stable.spec, &candidate.spec) else {
+        return Err(ReconcileError::Promote("a Deployment has no spec".to_owned()));
+    };
+    if template_revision(&stable_spec.template) == revision {
+        return Ok(());
+    }
+    if template_revision(&canary_spec.template) != revision {
+        return Err(ReconcileError::Promote(format!("the canary no longer runs revision {revision}")));
+    }
+    let mut ops = Vec::new();
+    if let Some(rv) = &stable.metadata.resource_version {
+        ops.push(json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}));
+    }
+    ops.push(json!({"op": "add", "path": "/spec/template/spec", "value": canary_spec.template.spec}));
+    let annotations = canary_spec.template.metadata.as_ref().and_then(|m| m.annotations.clone()).unwrap_or_default();
+    let stable_annotations = stable_spec.template.metadata.as_ref().and_then(|m| m.annotations.clone()).unwrap_or_default();
+    if annotations != stable_annotations {
+        if stable_spec.template.metadata.is_none() {
+            ops.push(json!({"op": "add", "path": "/spec/template/metadata", "value": {"annotations": annotations}}));
+        } else {
+            ops.push(json!({"op": "add", "path": "/spec/template/metadata/annotations", "value": annotations}));
+        }
+    }
+    let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))?;
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+    api.patch(&stable.name_any(), &patch_params(), &Patch::Json::<()>(patch)).await?;
+    Ok(())
+}
+
+/// Fetches the referenced templates (and the templates they reference) and the secrets their
+/// args read.
+async fn fetch_templates(
+    ctx: &Context,
+    namespace: &str,
+    source: &crate::canary::AnalysisSource,
+) -> Result<(Vec<Document>, Secrets), ReconcileError> {
+    let mut wanted: Vec<(String, bool)> = source.templates.iter().map(|t| (t.template_name.clone(), t.cluster_scope)).collect();
+    let mut documents: Vec<Document> = Vec::new();
+    while let Some((name, cluster)) = wanted.pop() {
+        let kind = if cluster { "ClusterAnalysisTemplate" } else { "AnalysisTemplate" };
+        if documents.iter().any(|d| d.name == name && d.kind == kind) {
+            continue;
+        }
+        let resource = analysis_templates(cluster);
+        let api: Api<DynamicObject> =
+            if cluster { Api::all_with(ctx.client.clone(), &resource) } else { Api::namespaced_with(ctx.client.clone(), namespace, &resource) };
+        let Some(object) = api.get_opt(&name).await? else { continue };
+        let spec: AnalysisSpec = serde_json::from_value(object.data.get("spec").cloned().unwrap_or(Value::Null))?;
+        for nested in &spec.templates {
+            wanted.push((nested.template_name.clone(), nested.cluster_scope));
+        }
+        documents.push(Document { kind: kind.to_owned(), name, spec });
+    }
+    let mut secrets = Secrets::new();
+    let refs = resolve::secret_refs(&documents);
+    if !refs.is_empty() {
+        let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+        for (name, key) in refs {
+            let value = api
+                .get_opt(&name)
+                .await?
+                .and_then(|s| s.data)
+                .and_then(|d| d.get(&key).map(|b| String::from_utf8_lossy(&b.0).into_owned()));
+            if let Some(value) = value {
+                secrets.insert((name, key), value);
+            }
+        }
+    }
+    Ok((documents, secrets))
+}
+
+/// Canaries whose stable or canary workload is this Deployment.
+fn canaries_of(store: &kube::runtime::reflector::Store<Canary>, deployment: &Deployment) -> Vec<ObjectRef<Canary>> {
+    let name = deployment.name_any();
+    let namespace = deployment.namespace();
+    store
+        .state()
+        .iter()
+        .filter(|c| c.namespace() == namespace && (c.spec.workload.stable == name || c.spec.workload.canary == name))
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
+/// Runs the controller until shutdown: watches Canaries and the Deployments they name, and
+/// reconciles. While an analysis runs, the decision's requeue polls its verdict.
+pub async fn run(ctx: Arc<Context>, namespace: Option<String>) -> Result<(), kube::Error> {
+    let client = ctx.client.clone();
+    let (canaries, deployments): (Api<Canary>, Api<Deployment>) = match &namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    // Fail early and clearly when the CRD is not installed.
+    canaries.list(&ListParams::default().limit(1)).await?;
+    let controller = Controller::new(canaries, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    controller
+        .watches(deployments, watcher::Config::default().any_semantic(), move |d| canaries_of(&store, &d))
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "Controller error.");
+            }
+        })
+        .await;
+    Ok(())
+}
