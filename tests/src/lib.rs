@@ -21,10 +21,10 @@ pub fn free_port() -> u16 {
 
 /// Serialises the tests of one test binary that start Envoys and drive load: on a 2-core
 /// machine, parallel load would distort each other's latency figures. Hold the guard for the
-/// whole test.
-pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// whole test. (An async lock: it is held across awaits, and a failed test must not poison it.)
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }
 
 /// Checks a latency quantile measured at the gateway (`measured`, µs): it must lie between

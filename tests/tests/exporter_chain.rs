@@ -33,7 +33,7 @@ async fn stats(port: u16, window: &str) -> StatsResponse {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_count_every_request_per_revision_and_match_the_backends_latency() {
-    let _serial = exclusive();
+    let _serial = exclusive().await;
     let stable = Backend::start("v1", Behaviour { delay: Duration::from_millis(20), ..Behaviour::default() }).await;
     let canary =
         Backend::start("v2", Behaviour { delay: Duration::from_millis(50), error_share: 0.1, error_status: 500 }).await;

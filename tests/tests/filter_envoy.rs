@@ -52,7 +52,7 @@ async fn wait_for_sink(sink: &Sink, expected: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_statuses_latency_and_tags_match_what_each_backend_served() {
-    let _serial = plover_e2e::exclusive();
+    let _serial = plover_e2e::exclusive().await;
     let stable = Backend::start("v1", Behaviour { delay: Duration::from_millis(20), ..Behaviour::default() }).await;
     let canary = Backend::start(
         "v2",
@@ -100,7 +100,7 @@ async fn counts_statuses_latency_and_tags_match_what_each_backend_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exporter_outage_of_ten_seconds_loses_no_count_and_fails_no_request() {
-    let _serial = plover_e2e::exclusive();
+    let _serial = plover_e2e::exclusive().await;
     let stable = Backend::start("v1", Behaviour::default()).await;
     let canary = Backend::start("v2", Behaviour::default()).await;
     let mut sink = Sink::start(TOKEN).await;
@@ -132,7 +132,7 @@ async fn exporter_outage_of_ten_seconds_loses_no_count_and_fails_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_configuration_is_reported_and_traffic_still_flows() {
-    let _serial = plover_e2e::exclusive();
+    let _serial = plover_e2e::exclusive().await;
     let stable = Backend::start("v1", Behaviour::default()).await;
     let canary = Backend::start("v2", Behaviour::default()).await;
     let sink = Sink::start(TOKEN).await;

@@ -200,7 +200,7 @@ pub fn run_release(scenario: &Scenario, method: &Method, seed: u64) -> Ending {
                 let (requests, errs) = window.iter().fold((0, 0), |(r, e), &(rr, ee)| (r + rr, e + ee));
                 let success = if requests == 0 { f64::NAN } else { 1.0 - errs as f64 / requests as f64 };
                 measurements += 1;
-                if !(success >= t.min_success) {
+                if success.is_nan() || success < t.min_success {
                     failed_measurements += 1;
                 }
                 if failed_measurements > t.failure_limit {
