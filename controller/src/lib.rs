@@ -12,11 +12,27 @@
 //!
 //! Everything under [`analysis`] except [`analysis::provider`] is pure: no clock, no network.
 //! The semantics follow Argo Rollouts; every deliberate difference is listed in `ANALYSIS.md`.
+//!
+//! The canary controller around it:
+//!
+//! ```text
+//!  canary (CRD types, validation, pure decide) ◀── reconcile (kube: observe, execute, status)
+//!     │  Decision { SetWeight, StartAnalysis, StopAnalysis,     │        ▲ daemon (Lease, /metrics)
+//!     │            PromoteWorkload, Event }                     │        │
+//!     ▼                                                         ▼        │
+//!  router::{istio, gateway_api} (pure JSON patches), router::envoy_file (RDS file by rename)
+//!  runner (drives analysis::run with providers) · observe (revisions, exporter share)
+//!  local (no API server: spec file, Envoy, status file) · kubectl + commands (get/promote/abort/retry)
+//! ```
 
 pub mod analysis;
 pub mod canary;
 pub mod cli;
+pub mod commands;
+pub mod daemon;
+pub mod kubectl;
 pub mod lease;
+pub mod local;
 pub mod metrics;
 pub mod observe;
 pub mod reconcile;

@@ -36,6 +36,9 @@ Prometheus metrics without an address use ARGO_ROLLOUTS_PROMETHEUS_ADDRESS, as i
 See controller/ANALYSIS.md for the semantics and every difference from Argo Rollouts."
     )]
     Analyze(AnalyzeCmd),
+    /// Canary commands: crd, controller, local, get, promote, abort, retry.
+    #[command(flatten)]
+    Canary(plover_controller::commands::CanaryCommand),
 }
 
 #[derive(clap::Args)]
@@ -161,6 +164,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Canary(cmd) => plover_controller::commands::run(cmd),
         Command::Analyze(cmd) => {
             let opts = match options(cmd) {
                 Ok(o) => o,

@@ -1,0 +1,17 @@
+//! `kubectl-plover`: the kubectl plugin (`kubectl plover get canary NAME -w`,
+//! `kubectl plover promote NAME --full`, `abort`, `retry`). Same commands as `plover`'s canary
+//! subcommands; install it next to kubectl on the PATH.
+
+use clap::Parser;
+use plover_controller::commands::{self, CanaryCommand};
+
+#[derive(Parser)]
+#[command(name = "kubectl plover", version, about = "Plover canary releases, as a kubectl plugin")]
+struct Plugin {
+    #[command(subcommand)]
+    command: CanaryCommand,
+}
+
+fn main() -> std::process::ExitCode {
+    commands::run(Plugin::parse().command)
+}

@@ -1,0 +1,342 @@
+//! `plover get canary|promote|abort|retry` (also installed as the kubectl plugin
+//! `kubectl-plover`): a status tree in the spirit of `kubectl argo rollouts get rollout`, and
+//! the requests the CLI leaves in the Canary's status for the controller to act on.
+//!
+//! The renderer is pure ([`render`]); [`fetch`] gathers its inputs.
+
+use std::fmt::Write as _;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::{
+    api::{Api, Patch, PatchParams},
+    Client, ResourceExt,
+};
+use plover_wire::stats::{RevisionStats, StatsResponse};
+use serde_json::json;
+
+use crate::{
+    canary::{AnalysisPhase, AnalysisRunStatus, Canary, CanaryPhase},
+    observe::{workload_state, Exporter, TrafficSource},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubectlError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("canary {0} not found")]
+    NotFound(String),
+}
+
+/// A request the CLI leaves for the controller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Leave the current pause or step (`promote`).
+    Promote,
+    /// Skip the remaining steps and analysis (`promote --full`).
+    PromoteFull,
+    /// Route everything to stable and stop (`abort`).
+    Abort,
+    /// Start the aborted revision over (`retry`).
+    Retry,
+}
+
+impl Request {
+    /// The merge patch of the status subresource.
+    pub fn status_patch(self) -> serde_json::Value {
+        match self {
+            Request::Promote => json!({"status": {"promote": true}}),
+            Request::PromoteFull => json!({"status": {"promoteFull": true}}),
+            Request::Abort => json!({"status": {"abort": true}}),
+            Request::Retry => json!({"status": {"abort": false}}),
+        }
+    }
+
+    pub fn done(self, name: &str) -> String {
+        match self {
+            Request::Promote => format!("canary '{name}' promoted"),
+            Request::PromoteFull => format!("canary '{name}' fully promoted"),
+            Request::Abort => format!("canary '{name}' aborted"),
+            Request::Retry => format!("canary '{name}' retried"),
+        }
+    }
+}
+
+/// Sends a request.
+pub async fn request(client: Client, namespace: &str, name: &str, request: Request) -> Result<String, KubectlError> {
+    let api: Api<Canary> = Api::namespaced(client, namespace);
+    if api.get_opt(name).await?.is_none() {
+        return Err(KubectlError::NotFound(name.to_owned()));
+    }
+    let params = PatchParams { field_manager: Some("plover-cli".to_owned()), ..Default::default() };
+    api.patch_status(name, &params, &Patch::Merge(request.status_patch())).await?;
+    Ok(request.done(name))
+}
+
+/// Everything `get` shows.
+pub struct View {
+    pub canary: Canary,
+    pub stable: Option<Deployment>,
+    pub canary_workload: Option<Deployment>,
+    pub stats: Option<StatsResponse>,
+}
+
+/// Reads the Canary, its Deployments and (if configured) the exporter's per-revision stats.
+pub async fn fetch(client: Client, namespace: &str, name: &str) -> Result<View, KubectlError> {
+    let canaries: Api<Canary> = Api::namespaced(client.clone(), namespace);
+    let canary = canaries.get_opt(name).await?.ok_or_else(|| KubectlError::NotFound(name.to_owned()))?;
+    let deployments: Api<Deployment> = Api::namespaced(client, namespace);
+    let (stable, canary_workload) = if canary.spec.traffic_routing.envoy.is_some() {
+        (None, None)
+    } else {
+        (deployments.get_opt(&canary.spec.workload.stable).await?, deployments.get_opt(&canary.spec.workload.canary).await?)
+    };
+    let stats = match (&canary.spec.traffic_check, Exporter::new()) {
+        (Some(check), Ok(exporter)) => {
+            let service = check.service.clone().unwrap_or_else(|| name.to_owned());
+            exporter.stats(check, namespace, &service).await.ok()
+        }
+        _ => None,
+    };
+    Ok(View { canary, stable, canary_workload, stats })
+}
+
+fn phase_icon(phase: Option<CanaryPhase>) -> &'static str {
+    match phase {
+        Some(CanaryPhase::Healthy) => "✔",
+        Some(CanaryPhase::Degraded) => "✖",
+        Some(CanaryPhase::Paused) => "॥",
+        Some(CanaryPhase::Progressing | CanaryPhase::Promoting) | None => "◌",
+    }
+}
+
+fn run_icon(phase: AnalysisPhase) -> &'static str {
+    match phase {
+        AnalysisPhase::Successful => "✔",
+        AnalysisPhase::Failed => "✖",
+        AnalysisPhase::Running => "◌",
+        AnalysisPhase::Pending => "◷",
+        AnalysisPhase::Error => "⚠",
+        AnalysisPhase::Inconclusive => "?",
+    }
+}
+
+fn run_info(run: &AnalysisRunStatus) -> String {
+    let parts: Vec<String> = [("✔", run.successful), ("✖", run.failed), ("?", run.inconclusive), ("⚠", run.error)]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(icon, n)| format!("{icon} {n}"))
+        .collect();
+    parts.join(",")
+}
+
+fn deployment_info(d: Option<&Deployment>) -> (String, String) {
+    let Some(d) = d else { return ("⚠ Missing".to_owned(), String::new()) };
+    let state = workload_state(Some(d));
+    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let ready = d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+    let status = if state.rolled_out { "✔ Healthy" } else { "◌ Progressing" };
+    (status.to_owned(), format!("ready:{ready}/{desired}"))
+}
+
+fn stats_info(stats: Option<&RevisionStats>) -> String {
+    let Some(s) = stats else { return String::new() };
+    let mut out = format!("requests:{}", s.requests);
+    if let Some(ratio) = s.success_ratio {
+        let _ = write!(out, " success:{:.2}%", ratio * 100.0);
+    }
+    if let Some(p99) = s.latency_seconds.p99 {
+        let _ = write!(out, " p99:{:.1}ms", p99 * 1000.0);
+    }
+    out
+}
+
+struct Row {
+    prefix: String,
+    name: String,
+    kind: &'static str,
+    status: String,
+    info: String,
+}
+
+/// The status tree, as `plover get canary` prints it.
+pub fn render(view: &View) -> String {
+    let c = &view.canary;
+    let status = c.status.clone().unwrap_or_default();
+    let spec = &c.spec;
+    let mut out = String::new();
+    let field = |out: &mut String, k: &str, v: &str| {
+        let _ = writeln!(out, "{:<16} {v}", format!("{k}:"));
+    };
+    field(&mut out, "Name", &c.name_any());
+    field(&mut out, "Namespace", &c.namespace().unwrap_or_default());
+    field(&mut out, "Status", &format!("{} {}", phase_icon(status.phase), status.phase.map_or("Unknown", |p| p.as_str())));
+    if let Some(m) = &status.message {
+        field(&mut out, "Message", m);
+    }
+    field(&mut out, "Strategy", &format!("Canary ({})", spec.traffic_routing.kind()));
+    let steps = spec.steps.len();
+    let step = status.current_step_index.map_or_else(|| "-".to_owned(), |i| format!("{}/{steps}", (i as usize).min(steps)));
+    field(&mut out, "  Step", &step);
+    field(&mut out, "  SetWeight", &status.desired_weight.to_string());
+    let actual = match (status.observed_weight, view.stats.as_ref()) {
+        (Some(w), Some(s)) => format!("{w} (observed over {}s, {} requests)", s.window_seconds, s.revisions.iter().map(|r| r.requests).sum::<u64>()),
+        (Some(w), None) => format!("{w} (observed)"),
+        (None, _) => "-".to_owned(),
+    };
+    field(&mut out, "  ActualWeight", &actual);
+    for cond in status.conditions.iter().filter(|c| c.type_ == "TrafficSplitMismatch" && c.status == "True") {
+        field(&mut out, "  SplitMismatch", &cond.message);
+    }
+    out.push('\n');
+
+    let stats_for = |role: &str| view.stats.as_ref().and_then(|s| s.role(role));
+    let mut rows = vec![Row {
+        prefix: "⟳ ".into(),
+        name: c.name_any(),
+        kind: "Canary",
+        status: format!("{} {}", phase_icon(status.phase), status.phase.map_or("Unknown", |p| p.as_str())),
+        info: String::new(),
+    }];
+    let canary_rev = status.revision.clone().unwrap_or_else(|| "?".into());
+    let stable_rev = status.stable_revision.clone().unwrap_or_else(|| "?".into());
+    let in_flight = canary_rev != stable_rev;
+    let mut revisions: Vec<(String, &str, &str, Option<&Deployment>, u32)> = Vec::new();
+    if in_flight {
+        revisions.push((canary_rev.clone(), "canary", &spec.workload.canary, view.canary_workload.as_ref(), status.desired_weight));
+    }
+    revisions.push((stable_rev.clone(), "stable", &spec.workload.stable, view.stable.as_ref(), 100 - status.desired_weight.min(100)));
+    let count = revisions.len();
+    for (i, (rev, role, workload, deployment, weight)) in revisions.into_iter().enumerate() {
+        let last = i + 1 == count;
+        let (branch, indent) = if last { ("└──", "   ") } else { ("├──", "│  ") };
+        rows.push(Row { prefix: format!("{branch}# "), name: format!("revision:{rev}"), kind: "", status: String::new(), info: role.to_owned() });
+        let mut children: Vec<Row> = Vec::new();
+        let (d_status, ready) = if view.stable.is_none() && view.canary_workload.is_none() {
+            ("✔ Local".to_owned(), String::new())
+        } else {
+            deployment_info(deployment)
+        };
+        let stats = stats_info(stats_for(role));
+        let info = [ready, format!("weight:{weight}%"), stats].into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ");
+        children.push(Row { prefix: String::new(), name: workload.to_owned(), kind: "Deployment", status: d_status, info });
+        if role == "canary" {
+            for run in [&status.step_analysis, &status.background_analysis].into_iter().flatten() {
+                children.push(Row {
+                    prefix: String::new(),
+                    name: run.name.clone(),
+                    kind: "AnalysisRun",
+                    status: format!("{} {:?}", run_icon(run.phase), run.phase),
+                    info: run_info(run),
+                });
+            }
+        }
+        let n = children.len();
+        for (j, mut child) in children.into_iter().enumerate() {
+            let icon = if child.kind == "Deployment" { "⧉ " } else { "α " };
+            child.prefix = format!("{indent}{}{icon}", if j + 1 == n { "└──" } else { "├──" });
+            rows.push(child);
+        }
+    }
+    let width = rows.iter().map(|r| r.prefix.chars().count() + r.name.chars().count()).max().unwrap_or(0) + 2;
+    let _ = writeln!(out, "{:<width$}{:<13}{:<16}INFO", "NAME", "KIND", "STATUS");
+    for r in rows {
+        let name = format!("{}{}", r.prefix, r.name);
+        let pad = width.saturating_sub(name.chars().count());
+        let status_pad = 16usize.saturating_sub(r.status.chars().count());
+        let line = format!("{name}{}{:<13}{}{}{}", " ".repeat(pad), r.kind, r.status, " ".repeat(status_pad), r.info);
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use plover_wire::stats::LatencySummary;
+
+    use super::*;
+    use crate::canary::CanaryStatus;
+
+    fn view() -> View {
+        let canary: Canary = serde_json::from_value(json!({
+            "apiVersion": "plover.dev/v1alpha1", "kind": "Canary",
+            "metadata": {"name": "podinfo", "namespace": "test"},
+            "spec": {
+                "workload": {"stable": "podinfo", "canary": "podinfo-canary"},
+                "trafficRouting": {"istio": {"virtualService": {"name": "podinfo"}, "stableService": "a", "canaryService": "b"}},
+                "steps": [{"setWeight": 20}, {"analysis": {"templates": [{"templateName": "success-rate"}]}}, {"setWeight": 50}],
+                "trafficCheck": {"exporter": "http://exporter:9464"}
+            }
+        }))
+        .unwrap();
+        let mut canary = canary;
+        canary.status = Some(CanaryStatus {
+            phase: Some(CanaryPhase::Progressing),
+            message: Some("step 2/3".into()),
+            revision: Some("9f8e7d6c5b".into()),
+            stable_revision: Some("1a2b3c4d5e".into()),
+            current_step_index: Some(1),
+            desired_weight: 20,
+            observed_weight: Some(19.6),
+            step_analysis: Some(AnalysisRunStatus { name: "podinfo-9f8e7d6c5b-0-step1".into(), phase: AnalysisPhase::Running, successful: 3, failed: 1, ..Default::default() }),
+            ..Default::default()
+        });
+        let deployment = |name: &str, ready: i32| -> Deployment {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "generation": 1},
+                "spec": {"replicas": 2, "selector": {}, "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}},
+                "status": {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "availableReplicas": ready, "readyReplicas": ready}
+            }))
+            .unwrap()
+        };
+        let rev = |role: &str, requests: u64, ratio: f64, p99: f64| RevisionStats {
+            revision: role.into(),
+            role: role.into(),
+            requests,
+            success_ratio: Some(ratio),
+            latency_seconds: LatencySummary { p99: Some(p99), ..Default::default() },
+            ..Default::default()
+        };
+        View {
+            canary,
+            stable: Some(deployment("podinfo", 2)),
+            canary_workload: Some(deployment("podinfo-canary", 1)),
+            stats: Some(StatsResponse {
+                window_seconds: 30,
+                revisions: vec![rev("stable", 800, 1.0, 0.038), rev("canary", 200, 0.985, 0.0412)],
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn renders_the_status_tree_with_per_revision_stats() {
+        let text = render(&view());
+        let expected = "\
+Name:            podinfo
+Namespace:       test
+Status:          ◌ Progressing
+Message:         step 2/3
+Strategy:        Canary (istio)
+  Step:          1/3
+  SetWeight:     20
+  ActualWeight:  19.6 (observed over 30s, 1000 requests)
+
+NAME                                KIND         STATUS          INFO
+⟳ podinfo                           Canary       ◌ Progressing
+├──# revision:9f8e7d6c5b                                         canary
+│  ├──⧉ podinfo-canary              Deployment   ◌ Progressing   ready:1/2 weight:20% requests:200 success:98.50% p99:41.2ms
+│  └──α podinfo-9f8e7d6c5b-0-step1  AnalysisRun  ◌ Running       ✔ 3,✖ 1
+└──# revision:1a2b3c4d5e                                         stable
+   └──⧉ podinfo                     Deployment   ✔ Healthy       ready:2/2 weight:80% requests:800 success:100.00% p99:38.0ms
+";
+        assert_eq!(text, expected, "\n{text}");
+    }
+
+    #[test]
+    fn requests_patch_the_status_fields_the_decision_reads() {
+        assert_eq!(Request::Promote.status_patch(), json!({"status": {"promote": true}}));
+        assert_eq!(Request::PromoteFull.status_patch(), json!({"status": {"promoteFull": true}}));
+        assert_eq!(Request::Abort.status_patch(), json!({"status": {"abort": true}}));
+        assert_eq!(Request::Retry.status_patch(), json!({"status": {"abort": false}}));
+    }
+}

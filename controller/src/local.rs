@@ -1,0 +1,348 @@
+//! Local mode: the controller without an API server. The Canary comes from a YAML file, the
+//! "workloads" are revision names (Envoy cluster names), the router is a real Envoy reading
+//! file-based RDS, and the status lives in a JSON file next to the spec.
+//!
+//! The loop is reconcile's, with files for I/O: read the spec (edits are picked up, so changing
+//! `spec.workload.canary` starts a new revision) and the status file (which also carries the
+//! `promote`/`abort` requests `plover promote|abort|retry --status-file` leave there), decide,
+//! write the routes file, start/stop analysis runs, print events, write the status file.
+//! Promotion is instant: the stable revision becomes the canary's.
+
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+
+use crate::{
+    analysis::{
+        provider::{Providers, Settings},
+        template::{self, secret_env_var, Document, Secrets},
+    },
+    canary::{decide, resolve, Action, Canary, CanaryPhase, CanaryStatus, Observation, WorkloadState},
+    kubectl::Request,
+    observe::{traffic_from_stats, Exporter, TrafficSource},
+    router::{envoy_file, RouterError},
+    runner::{CanaryKey, Runner},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("{0}")]
+    Spec(String),
+    #[error(transparent)]
+    Router(#[from] RouterError),
+}
+
+fn file_err(path: &Path, e: impl std::fmt::Display) -> LocalError {
+    LocalError::File { path: path.display().to_string(), message: e.to_string() }
+}
+
+pub struct Options {
+    /// The Canary YAML (kind `Canary`, `spec.trafficRouting.envoy`).
+    pub canary_file: PathBuf,
+    /// AnalysisTemplate files the Canary's analyses reference.
+    pub template_files: Vec<PathBuf>,
+    /// Where the status is kept; default `<canary file>.status.json`.
+    pub status_file: Option<PathBuf>,
+    /// Provider settings (exporter and Prometheus addresses).
+    pub settings: Settings,
+    /// Stop at Healthy (after a promotion) or Degraded instead of running forever.
+    pub until_done: bool,
+    /// Longest sleep between two decisions.
+    pub poll: Duration,
+}
+
+/// How a `--until-done` run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The canary was promoted; stable runs its revision and takes all traffic.
+    Promoted,
+    /// Nothing to roll out: the canary runs what stable runs.
+    Healthy,
+    /// Rolled back (analysis failed, or aborted) or the spec is invalid.
+    Degraded,
+}
+
+pub fn default_status_file(canary_file: &Path) -> PathBuf {
+    let mut name = canary_file.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".status.json");
+    canary_file.with_file_name(name)
+}
+
+pub fn read_canary(path: &Path) -> Result<Canary, LocalError> {
+    let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
+    let canary: Canary = serde_yaml::from_str(&text).map_err(|e| file_err(path, e))?;
+    if canary.spec.traffic_routing.envoy.is_none() {
+        return Err(LocalError::Spec(format!("{}: local mode needs spec.trafficRouting.envoy", path.display())));
+    }
+    Ok(canary)
+}
+
+pub fn read_status(path: &Path) -> Result<CanaryStatus, LocalError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| file_err(path, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CanaryStatus::default()),
+        Err(e) => Err(file_err(path, e)),
+    }
+}
+
+pub fn write_status(path: &Path, status: &CanaryStatus) -> Result<(), LocalError> {
+    let text = serde_json::to_string_pretty(status).map_err(|e| file_err(path, e))? + "\n";
+    envoy_file::write_atomically(path, &text)?;
+    Ok(())
+}
+
+/// Leaves a request in a local status file (what `plover promote --status-file` does).
+pub fn request(status_file: &Path, request: Request) -> Result<String, LocalError> {
+    let mut status = read_status(status_file)?;
+    match request {
+        Request::Promote => status.promote = true,
+        Request::PromoteFull => status.promote_full = true,
+        Request::Abort => status.abort = true,
+        Request::Retry => status.abort = false,
+    }
+    write_status(status_file, &status)?;
+    Ok(request.done(&status_file.display().to_string()))
+}
+
+fn load_templates(files: &[PathBuf]) -> Result<Vec<Document>, LocalError> {
+    let mut documents = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
+        documents.extend(template::load(&text).map_err(|e| file_err(path, e))?);
+    }
+    Ok(documents)
+}
+
+/// Secrets for the templates' `secretKeyRef` args, from `PLOVER_SECRET_<NAME>_<KEY>`.
+fn env_secrets(documents: &[Document]) -> Secrets {
+    let mut secrets = Secrets::new();
+    for (name, key) in resolve::secret_refs(documents) {
+        if let Ok(value) = std::env::var(secret_env_var(&name, &key)) {
+            secrets.insert((name, key), value);
+        }
+    }
+    secrets
+}
+
+/// Runs the local controller; returns only with `until_done` (or on an error).
+pub async fn run(opts: Options, out: &mut (dyn Write + Send)) -> Result<Outcome, LocalError> {
+    let status_file = opts.status_file.clone().unwrap_or_else(|| default_status_file(&opts.canary_file));
+    let templates = load_templates(&opts.template_files)?;
+    let secrets = env_secrets(&templates);
+    let providers = Providers::new(opts.settings.clone()).map_err(|e| LocalError::Spec(e.to_string()))?;
+    let clock: Arc<dyn Fn() -> std::time::SystemTime + Send + Sync> = Arc::new(std::time::SystemTime::now);
+    let (runner, mut completed) = Runner::new(Arc::new(providers), clock);
+    let exporter = Exporter::new().map_err(LocalError::Spec)?;
+    let mut canary = read_canary(&opts.canary_file)?;
+    let mut last_line = String::new();
+    loop {
+        // Keep the last good spec if an edit is half-written.
+        match read_canary(&opts.canary_file) {
+            Ok(c) => canary = c,
+            Err(e) => {
+                let _ = writeln!(out, "WARN {e}");
+            }
+        }
+        let status = read_status(&status_file)?;
+        let name = canary.name_any();
+        let namespace = canary.namespace().unwrap_or_else(|| "default".to_owned());
+        let key: CanaryKey = (namespace.clone(), name.clone());
+        let spec = &canary.spec;
+        let stable_revision = status.stable_revision.clone().unwrap_or_else(|| spec.workload.stable.clone());
+        let traffic = match &spec.traffic_check {
+            Some(check) => {
+                let service = check.service.clone().unwrap_or_else(|| name.clone());
+                exporter.stats(check, &namespace, &service).await.ok().map(|s| traffic_from_stats(&s))
+            }
+            None => None,
+        };
+        let verdicts = runner.verdicts(&key);
+        let obs = Observation {
+            name: &name,
+            generation: canary.metadata.generation,
+            spec,
+            status: &status,
+            stable: WorkloadState::ready(&stable_revision),
+            canary: WorkloadState::ready(&spec.workload.canary),
+            traffic,
+            analyses: &verdicts,
+            now: Timestamp::now(),
+        };
+        let mut decision = decide(&obs);
+        let mut stable_now = stable_revision.clone();
+        for action in &decision.actions {
+            match action {
+                Action::SetWeight { canary: c, stable: s } => {
+                    if let Some(cfg) = &spec.traffic_routing.envoy {
+                        if envoy_file::set_weights(cfg, &stable_now, &spec.workload.canary, *c, *s)? {
+                            let weights = if stable_now == spec.workload.canary {
+                                format!("{stable_now}={}", c + s)
+                            } else {
+                                format!("{stable_now}={s} {}={c}", spec.workload.canary)
+                            };
+                            let _ = writeln!(out, "ROUTE {}: {weights}", cfg.routes_file);
+                        }
+                    }
+                }
+                Action::PromoteWorkload { revision } => {
+                    stable_now = revision.clone();
+                    decision.status.stable_revision = Some(revision.clone());
+                }
+                Action::StartAnalysis { name: run, source, .. } => {
+                    let object = serde_json::to_value(&canary).unwrap_or_default();
+                    let inputs = resolve::Inputs {
+                        templates: templates.clone(),
+                        canary: &object,
+                        stable_revision: &stable_revision,
+                        canary_revision: &spec.workload.canary,
+                        secrets: secrets.clone(),
+                    };
+                    match resolve::resolve(source, inputs) {
+                        Ok(analysis) => runner.start(&key, run, analysis),
+                        Err(e) => runner.fail(&key, run, e.to_string()),
+                    }
+                    let _ = writeln!(out, "ANALYSIS started {run}");
+                }
+                Action::StopAnalysis { name: run } => runner.stop(&key, run),
+                Action::Event { warning, reason, message } => {
+                    let _ = writeln!(out, "EVENT {} {reason}: {message}", if *warning { "Warning" } else { "Normal" });
+                }
+            }
+        }
+        let keep: Vec<&str> = [&decision.status.step_analysis, &decision.status.background_analysis].into_iter().flatten().map(|r| r.name.as_str()).collect();
+        runner.retain(&key, &keep);
+        // A request that arrived while we decided must not be lost by our write.
+        let latest = read_status(&status_file)?;
+        if latest.promote && !status.promote {
+            decision.status.promote = true;
+        }
+        if latest.promote_full && !status.promote_full {
+            decision.status.promote_full = true;
+        }
+        if latest.abort != status.abort {
+            decision.status.abort = latest.abort;
+        }
+        if decision.status != status {
+            write_status(&status_file, &decision.status)?;
+        }
+        let s = &decision.status;
+        let line = format!(
+            "STATUS {} step={} desired={} observed={} {}",
+            s.phase.map_or("Unknown", |p| p.as_str()),
+            s.current_step_index.map_or_else(|| "-".to_owned(), |i| format!("{i}/{}", spec.steps.len())),
+            s.desired_weight,
+            s.observed_weight.map_or_else(|| "-".to_owned(), |w| w.to_string()),
+            s.message.clone().unwrap_or_default()
+        );
+        if line != last_line {
+            let _ = writeln!(out, "{}", line.trim_end());
+            last_line = line;
+        }
+        let _ = out.flush();
+        if opts.until_done {
+            match s.phase {
+                Some(CanaryPhase::Degraded) => return Ok(Outcome::Degraded),
+                Some(CanaryPhase::Healthy) if status.phase == Some(CanaryPhase::Promoting) => return Ok(Outcome::Promoted),
+                Some(CanaryPhase::Healthy) if status.phase.is_none() => return Ok(Outcome::Healthy),
+                _ => {}
+            }
+        }
+        let sleep = decision.requeue_after.unwrap_or(opts.poll).min(opts.poll);
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = completed.recv() => {}
+        }
+    }
+}
+
+/// Per-revision weights the routes file holds, for `plover get --local`.
+pub fn routed(canary: &Canary, status: &CanaryStatus) -> Result<BTreeMap<String, i64>, LocalError> {
+    let mut out = BTreeMap::new();
+    if let Some(cfg) = &canary.spec.traffic_routing.envoy {
+        let stable = status.stable_revision.clone().unwrap_or_else(|| canary.spec.workload.stable.clone());
+        if let Some(w) = envoy_file::current_weights(cfg, &stable, &canary.spec.workload.canary)? {
+            out.insert(stable, w.stable.unwrap_or(0));
+            out.insert(canary.spec.workload.canary.clone(), w.canary.unwrap_or(0));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_spec(dir: &Path, canary: &str, steps: &str, analysis: &str) -> PathBuf {
+        let path = dir.join("canary.yaml");
+        let routes = dir.join("rds").join("routes.yaml");
+        std::fs::create_dir_all(routes.parent().unwrap()).unwrap();
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: plover.dev/v1alpha1\nkind: Canary\nmetadata: {{name: app}}\nspec:\n  workload: {{stable: v1, canary: {canary}}}\n  trafficRouting:\n    envoy: {{routesFile: {}}}\n  steps:\n{steps}{analysis}",
+                routes.display()
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    fn options(path: &Path, templates: Vec<PathBuf>) -> Options {
+        Options { canary_file: path.to_owned(), template_files: templates, status_file: None, settings: Settings::default(), until_done: true, poll: Duration::from_millis(20) }
+    }
+
+    #[tokio::test]
+    async fn a_canary_without_analysis_is_promoted_and_envoy_routes_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_spec(dir.path(), "v2", "  - setWeight: 25\n  - pause: {duration: 0}\n  - setWeight: 50\n", "");
+        let mut out = Vec::new();
+        let outcome = run(options(&path, vec![]), &mut out).await.unwrap();
+        let log = String::from_utf8(out).unwrap();
+        assert_eq!(outcome, Outcome::Promoted, "{log}");
+        // Without a traffic check nothing holds a weight step: the steps chain in one decision.
+        assert!(log.contains("routes.yaml: v1=50 v2=50"), "{log}");
+        assert!(log.contains("routes.yaml: v2=100\n"), "{log}");
+        let status = read_status(&default_status_file(&path)).unwrap();
+        assert_eq!(status.stable_revision.as_deref(), Some("v2"));
+        let canary = read_canary(&path).unwrap();
+        assert_eq!(routed(&canary, &status).unwrap(), BTreeMap::from([("v2".to_owned(), 100)]));
+        let routes = std::fs::read_to_string(dir.path().join("rds/routes.yaml")).unwrap();
+        assert!(routes.contains("name: v2") && !routes.contains("name: v1"), "{routes}");
+    }
+
+    #[tokio::test]
+    async fn a_failing_analysis_rolls_back_to_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let template = dir.path().join("template.yaml");
+        // The provider cannot be reached: five consecutive errors make the run Error.
+        std::fs::write(&template, "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: fails}\nspec:\n  metrics:\n  - name: always-fails\n    consecutiveErrorLimit: 0\n    provider: {web: {url: 'http://127.0.0.1:9/'}}\n").unwrap();
+        let path = write_spec(dir.path(), "v2", "  - setWeight: 20\n  - analysis: {templates: [{templateName: fails}]}\n  - setWeight: 60\n", "");
+        let mut out = Vec::new();
+        let outcome = run(options(&path, vec![template]), &mut out).await.unwrap();
+        let log = String::from_utf8(out).unwrap();
+        assert_eq!(outcome, Outcome::Degraded, "{log}");
+        assert!(log.contains("EVENT Warning RolloutAborted: RolloutAborted: Metric \"always-fails\" assessed Error"), "{log}");
+        let status = read_status(&default_status_file(&path)).unwrap();
+        assert_eq!(status.desired_weight, 0);
+        assert_eq!(routed(&read_canary(&path).unwrap(), &status).unwrap(), BTreeMap::from([("v1".to_owned(), 100), ("v2".to_owned(), 0)]));
+    }
+
+    #[test]
+    fn requests_are_left_in_the_status_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s.json");
+        request(&file, Request::Abort).unwrap();
+        assert!(read_status(&file).unwrap().abort);
+        request(&file, Request::Retry).unwrap();
+        assert!(!read_status(&file).unwrap().abort);
+    }
+}
