@@ -189,7 +189,8 @@ impl Display {
                 f.revision,
                 f.elapsed.as_secs_f64(),
                 step(s, steps),
-                s.message.as_deref().map(|m| format!("  ({m})")).unwrap_or_default()
+                // The plain "step i/n" message repeats what the step column says.
+                s.message.as_deref().filter(|m| !m.starts_with("step ")).map(|m| format!("  ({m})")).unwrap_or_default()
             ),
             format!(
                 "weight     desired {}%   observed {observed}{}",

@@ -245,7 +245,7 @@ pub async fn run(opts: &Options, display: &mut Display, outcomes: &mut Vec<Outco
     let controller = LocalController::new(canary, config.templates.clone(), stack.workloads.clone(), settings)?;
     let (snapshot_tx, mut snapshots) = watch::channel(Snapshot::default());
     let (stop, stopped) = watch::channel(false);
-    let controller = tokio::spawn(controller.run(snapshot_tx, stopped));
+    let controller = AbortOnDrop(tokio::spawn(controller.run(snapshot_tx, stopped)));
 
     // Steady state first: everything on stable, and the exporter seeing the traffic.
     let warm = Instant::now();
@@ -255,9 +255,9 @@ pub async fn run(opts: &Options, display: &mut Display, outcomes: &mut Vec<Outco
         if snapshot.status.phase == Some(CanaryPhase::Healthy) && seen {
             break;
         }
-        if controller.is_finished() || warm.elapsed() > Duration::from_secs(60) {
-            let why = match controller.is_finished() {
-                true => match controller.await {
+        if controller.0.is_finished() || warm.elapsed() > Duration::from_secs(60) {
+            let why = match controller.0.is_finished() {
+                true => match controller.join().await {
                     Ok(Err(e)) => e.to_string(),
                     other => format!("{other:?}"),
                 },
@@ -273,12 +273,12 @@ pub async fn run(opts: &Options, display: &mut Display, outcomes: &mut Vec<Outco
         let outcome = release(&config, &stack, &mut snapshots, display, spec, revision).await;
         display.line(&outcome.summary_line());
         outcomes.push(outcome);
-        if controller.is_finished() {
+        if controller.0.is_finished() {
             break;
         }
     }
-    if controller.is_finished() {
-        return match controller.await {
+    if controller.0.is_finished() {
+        return match controller.join().await {
             Ok(Err(e)) => Err(e),
             other => Err(DemoError::Controller(format!("stopped: {other:?}"))),
         };
@@ -292,8 +292,24 @@ pub async fn run(opts: &Options, display: &mut Display, outcomes: &mut Vec<Outco
         std::future::pending::<()>().await;
     }
     let _ = stop.send(true);
-    let _ = controller.await;
+    let _ = controller.join().await;
     Ok(())
+}
+
+/// The controller's task, stopped when the demo is dropped (Ctrl-C) so that it does not write
+/// routes into the temp dir while the dir is being removed.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> AbortOnDrop<T> {
+    async fn join(mut self) -> std::result::Result<T, tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Median and maximum of the rollback exposures, and the wrongly rolled back healthy releases.
