@@ -8,7 +8,10 @@
 //! - [`odds`]: the exact conditional test on the odds ratio of an event between canary and
 //!   stable, valid at any stopping time (false decisions ≤ α however often one looks);
 //! - [`compare`]: the judges built on it — error ratio, a latency quantile shift, and the
-//!   whole latency distribution (several quantiles, Bonferroni);
+//!   whole latency distribution (several quantiles, Bonferroni), and [`compare::Judge`], which
+//!   picks one by configuration and holds a decision once reached;
+//! - [`looks`]: bookkeeping that feeds a judge each second of traffic at most once from
+//!   windowed answers (the exporter's `/v1/stats`);
 //! - [`simulate`]: seeded simulations that check the false-failure rate and measure the time
 //!   to detect, side by side with Argo-style threshold templates.
 //!
@@ -16,5 +19,6 @@
 //! `controller/SEQUENTIAL.md`.
 
 pub mod compare;
+pub mod looks;
 pub mod odds;
 pub mod simulate;

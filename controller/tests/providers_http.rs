@@ -12,6 +12,7 @@ use plover_controller::analysis::{
     provider::{measure, Providers, Settings},
     template::{self, ArgInputs, MetricSpec},
 };
+use plover_wire::stats::{RevisionStats, StatsResponse};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
@@ -340,5 +341,227 @@ spec:
     // Bad usage is 64, not a phase.
     let out = run(vec!["--arg".into(), "novalue".into()]).await.unwrap();
     assert_eq!(out.status.code(), Some(64));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An exporter on the real clock: per second, the canary serves `canary` (requests, errors)
+/// and stable `stable`; `/v1/stats` answers the asked whole seconds ending at the last complete
+/// second, as the exporter does (`as_of_unix_ms`, `window_seconds`).
+fn steady_exporter(canary: (u64, u64), stable: (u64, u64)) -> Handler {
+    Arc::new(move |req: &Seen| {
+        let window: u64 = req
+            .target
+            .split(['?', '&'])
+            .find_map(|kv| kv.strip_prefix("window="))
+            .and_then(|w| w.strip_suffix('s'))
+            .and_then(|w| w.parse().ok())
+            .unwrap_or(0);
+        if window == 0 {
+            return (
+                400,
+                "text/plain",
+                "window: expected whole seconds".to_owned(),
+            );
+        }
+        let now_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let revision = |name: &str, role: &str, (n, x): (u64, u64)| RevisionStats {
+            revision: name.into(),
+            role: role.into(),
+            requests: n * window,
+            errors: x * window,
+            ..Default::default()
+        };
+        let body = serde_json::to_string(&StatsResponse {
+            namespace: "bookinfo".into(),
+            service: "reviews".into(),
+            window_seconds: window,
+            as_of_unix_ms: now_ms / 1000 * 1000,
+            revisions: vec![
+                revision("reviews-v2", "canary", canary),
+                revision("reviews-v1", "stable", stable),
+            ],
+        })
+        .unwrap();
+        (200, "application/json", body)
+    })
+}
+
+/// Measures `metric` once a second until `limit` looks or a Failed/Successful one; returns the
+/// phases and the last measurement.
+async fn looks(
+    p: &Providers,
+    m: &MetricSpec,
+    limit: usize,
+) -> (Vec<Phase>, plover_controller::analysis::run::Measurement) {
+    let mut phases = Vec::new();
+    loop {
+        let out = measure(p, m, &SystemTime::now).await;
+        phases.push(out.phase);
+        if phases.len() >= limit
+            || matches!(out.phase, Phase::Failed | Phase::Successful | Phase::Error)
+        {
+            return (phases, out);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    }
+}
+
+/// The sequential comparison across measurements: a canary with twice stable's error ratio
+/// fails within a few looks; an equal one never fails. Every second is counted exactly once.
+#[tokio::test]
+async fn plover_error_ratio_vs_stable_across_looks() {
+    let (bad_url, bad_seen) = serve(steady_exporter((600, 12), (5400, 54))).await;
+    let (equal_url, _) = serve(steady_exporter((600, 6), (5400, 54))).await;
+    let yaml = "- name: errors-vs-stable\n  interval: 1s\n  count: 20\n  inconclusiveLimit: 19\n  consecutiveSuccessLimit: 1\n  provider:\n    plover: {namespace: bookinfo, service: reviews, metric: errorRatioVsStable, window: 1s}\n";
+    let m = metric(yaml);
+    let (bad, equal) = (providers(Some(bad_url)), providers(Some(equal_url)));
+    let ((bad_phases, last), (equal_phases, equal_last)) =
+        tokio::join!(looks(&bad, &m, 12), looks(&equal, &m, 12));
+    assert_eq!(
+        bad_phases.last(),
+        Some(&Phase::Failed),
+        "{bad_phases:?} {last:?}"
+    );
+    assert!(
+        bad_phases.len() >= 2,
+        "needs more than one look: {bad_phases:?}"
+    );
+    let message = last.message.clone().unwrap();
+    assert!(
+        message.starts_with("error ratio: canary is worse than stable (canary "),
+        "{message}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&last.value).unwrap();
+    assert_eq!(v["decision"], "Fail");
+    assert!(v["failLogEvidence"].as_f64().unwrap() >= v["logBoundary"].as_f64().unwrap());
+    assert!(
+        (v["oddsRatio"].as_f64().unwrap() - 2.02).abs() < 0.05,
+        "{v}"
+    );
+    // Contiguous: every second from the first look's window to the last as_of, once.
+    let first: u64 = {
+        let seen = bad_seen.lock().unwrap();
+        assert!(
+            seen[0].target.ends_with("window=1s"),
+            "{:?}",
+            seen[0].target
+        );
+        seen.len() as u64
+    };
+    assert!(first >= bad_phases.len() as u64);
+    let requests = v["canaryRequests"].as_u64().unwrap();
+    let skipped = v["skippedSeconds"].as_f64().unwrap() as u64;
+    assert_eq!(requests % 600, 0);
+    let seconds = requests / 600 + skipped;
+    assert!(seconds >= bad_phases.len() as u64, "{v}");
+    assert_eq!(
+        v["stableRequests"].as_u64().unwrap(),
+        (requests / 600) * 5400
+    );
+    assert!(
+        !equal_phases.contains(&Phase::Failed),
+        "{equal_phases:?} {equal_last:?}"
+    );
+    assert!(
+        matches!(equal_last.phase, Phase::Successful | Phase::Inconclusive),
+        "{equal_last:?}"
+    );
+    // A fresh run (Providers::for_run) starts a fresh test: its first look is a first look.
+    let out = measure(&bad.for_run(), &m, &SystemTime::now).await;
+    assert!(out.message.unwrap().contains("first look: the last 1s"));
+}
+
+/// Template errors of the comparative metrics name the field.
+#[test]
+fn plover_vs_stable_fields_are_validated() {
+    let err = |provider: &str, extra: &str| {
+        let yaml = format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {{name: t}}\nspec:\n  metrics:\n  - name: m\n{extra}    provider: {{plover: {{namespace: ns, service: svc, {provider}}}}}\n"
+        );
+        let spec = template::flatten(&template::load(&yaml).unwrap()).unwrap();
+        template::resolve(&spec, &ArgInputs::default())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        err(
+            "metric: errorRatioVsStable, alpha: 0.01, tolerance: 1.2, minEffect: '3'",
+            ""
+        ),
+        ""
+    );
+    assert!(err("metric: errorRatioVsStable, alpha: 0.7", "")
+        .contains("provider.plover.alpha: must be in (0, 0.5), got 0.7"));
+    assert!(
+        err("metric: errorRatioVsStable, tolerance: 0.5", "").contains("provider.plover.tolerance")
+    );
+    assert!(err("metric: latencyVsStable, minEffect: 1", "").contains(
+        "provider.plover.minEffect: must be a finite odds ratio above tolerance (1), got 1"
+    ));
+    assert!(err("metric: latencyVsStable, quantile: max", "").contains("provider.plover.quantile"));
+    assert!(
+        err("metric: latencyDistributionVsStable, quantile: p99", "")
+            .contains("provider.plover.quantile: only latencyVsStable")
+    );
+    assert!(err("metric: errorRatioVsStable, revision: stable", "")
+        .contains("provider.plover.revision"));
+    assert!(err("metric: successRate, alpha: 0.01", "")
+        .contains("provider.plover.alpha: only the errorRatioVsStable"));
+    assert!(err("metric: errorRatioVsStable", "    successCondition: result > 1\n")
+        .contains("successCondition: provider.plover metric errorRatioVsStable decides each measurement itself"));
+}
+
+/// `plover analyze` on a Plover inline analysis with `errorRatioVsStable`: the evidence
+/// sentence is printed with each measurement, and a canary with twice stable's errors fails.
+#[tokio::test]
+async fn plover_analyze_error_ratio_vs_stable() {
+    let (url, _) = serve(steady_exporter((600, 12), (5400, 54))).await;
+    let dir = std::env::temp_dir().join(format!("plover-analyze-vs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("canary.yaml");
+    std::fs::write(
+        &file,
+        r#"apiVersion: plover.dev/v1alpha1
+kind: CanaryRollout
+metadata: {name: reviews}
+spec:
+  analysis:
+    metrics:
+    - name: errors-vs-stable
+      interval: 1s
+      count: 20
+      failureLimit: 0
+      inconclusiveLimit: 19
+      consecutiveSuccessLimit: 1
+      provider:
+        plover: {namespace: bookinfo, service: reviews, metric: errorRatioVsStable, window: 1s, alpha: 0.05, tolerance: 1, minEffect: 2}
+"#,
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_plover"))
+            .arg("analyze")
+            .arg("-f")
+            .arg(&file)
+            .args(["--exporter", &url, "--duration", "30s"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("errors-vs-stable  value={"), "{text}");
+    assert!(text.contains("\"decision\":\"Fail\""), "{text}");
+    assert!(
+        text.contains("Failed  (error ratio: canary is worse than stable (canary "),
+        "{text}"
+    );
+    assert!(text.contains("evidence against 'acceptable' e^"), "{text}");
+    assert!(text.contains("Phase: Failed"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,8 +11,10 @@ pub mod prometheus;
 pub mod web;
 
 use std::{
+    collections::HashMap,
     future::Future,
     pin::Pin,
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
@@ -61,6 +63,13 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Source: Send + Sync {
     fn query<'a>(&'a self, metric: &'a MetricSpec)
         -> BoxFuture<'a, Result<Outcome, ProviderError>>;
+
+    /// A source for one new analysis run, when this one keeps state across a run's
+    /// measurements (Plover's `…VsStable` judges): the caller should use it for every
+    /// measurement of that run, so that each run starts its tests fresh. `None`: use `self`.
+    fn for_run(&self) -> Option<Arc<dyn Source>> {
+        None
+    }
 }
 
 /// Addresses that complete or override the templates' own.
@@ -81,6 +90,8 @@ pub struct Providers {
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     insecure_client: reqwest::Client,
     settings: Settings,
+    /// The `…VsStable` judges of this run, by metric name and spec (see [`plover::vs_stable`]).
+    judges: Arc<Mutex<HashMap<String, plover::vs_stable::JudgeState>>>,
 }
 
 impl Providers {
@@ -99,11 +110,40 @@ impl Providers {
             client: build(false)?,
             insecure_client: build(true)?,
             settings,
+            judges: Arc::default(),
         })
     }
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The same providers (clients and settings shared) with no sequential judge yet: what a
+    /// new analysis run should measure with ([`Source::for_run`]).
+    pub fn for_run(&self) -> Providers {
+        Providers {
+            judges: Arc::default(),
+            ..self.clone()
+        }
+    }
+
+    /// Takes a metric's judge out (forgetting judges idle for longer than
+    /// [`plover::vs_stable::IDLE_EXPIRY_MS`]); [`Providers::put_judge`] puts it back.
+    pub(crate) fn take_judge(
+        &self,
+        key: &str,
+        local_now_ms: u64,
+    ) -> Option<plover::vs_stable::JudgeState> {
+        let mut judges = self.judges.lock().unwrap_or_else(|e| e.into_inner());
+        judges.retain(|_, j| {
+            local_now_ms.saturating_sub(j.last_look_local_ms) < plover::vs_stable::IDLE_EXPIRY_MS
+        });
+        judges.remove(key)
+    }
+
+    pub(crate) fn put_judge(&self, key: String, judge: plover::vs_stable::JudgeState) {
+        let mut judges = self.judges.lock().unwrap_or_else(|e| e.into_inner());
+        judges.insert(key, judge);
     }
 
     /// The client for a URL, refusing `https` in a build without TLS.
@@ -167,13 +207,17 @@ impl Source for Providers {
             match &metric.provider {
                 ProviderSpec::Prometheus(spec) => prometheus::query(self, spec).await,
                 ProviderSpec::Web(spec) => web::query(self, spec).await,
-                ProviderSpec::Plover(spec) => plover::query(self, spec).await,
+                ProviderSpec::Plover(spec) => plover::query(self, &metric.name, spec).await,
                 ProviderSpec::Unsupported { provider, reason } => Err(ProviderError::Unsupported {
                     provider: provider.clone(),
                     reason: reason.clone(),
                 }),
             }
         })
+    }
+
+    fn for_run(&self) -> Option<Arc<dyn Source>> {
+        Some(Arc::new(Providers::for_run(self)))
     }
 }
 

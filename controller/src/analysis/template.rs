@@ -517,6 +517,20 @@ fn validate_metric(raw: RawMetric) -> Result<MetricSpec, String> {
     }
     let initial_delay = duration_field(&raw.initial_delay, "startDelay")?;
     let provider = provider_from(&raw.provider)?;
+    if let ProviderSpec::Plover(p) = &provider {
+        let has = |c: &Option<String>| c.as_deref().is_some_and(|c| !c.trim().is_empty());
+        for (field, condition) in [
+            ("successCondition", &raw.success_condition),
+            ("failureCondition", &raw.failure_condition),
+        ] {
+            if p.metric.is_vs_stable() && has(condition) {
+                return Err(format!(
+                    "{field}: provider.plover metric {} decides each measurement itself (the sequential test's Fail/Pass/Inconclusive); remove the condition",
+                    p.metric.as_str()
+                ));
+            }
+        }
+    }
     Ok(MetricSpec {
         name: raw.name,
         interval,

@@ -133,3 +133,141 @@ pub fn explain(what: &str, evidence: &Evidence, alpha: f64) -> String {
         evidence.log_boundary,
     )
 }
+
+/// Any of the three judges, for callers that pick one from configuration (Plover's provider),
+/// with decisions made final: once the fail (or pass) statistic has crossed ln(1/α) the
+/// decision stands at every later look. That is what Ville's inequality bounds (the
+/// probability that the statistic *ever* crosses), so holding a crossing is as valid as
+/// stopping there; a Fail still overrides an earlier Pass.
+#[derive(Clone, Debug)]
+pub struct Judge {
+    kind: JudgeKind,
+    failed: bool,
+    passed: bool,
+    looks: u64,
+    /// The look (1-based) at which the current decision was first reached.
+    decided_at: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+enum JudgeKind {
+    ErrorRatio(ErrorRatioJudge),
+    LatencyQuantile(LatencyQuantileJudge),
+    LatencyDistribution(LatencyDistributionJudge),
+}
+
+impl Judge {
+    pub fn error_ratio(config: OddsTestConfig) -> Judge {
+        Judge::of(JudgeKind::ErrorRatio(ErrorRatioJudge::new(config)))
+    }
+
+    pub fn latency_quantile(quantile: f64, config: OddsTestConfig) -> Judge {
+        Judge::of(JudgeKind::LatencyQuantile(LatencyQuantileJudge::new(quantile, config)))
+    }
+
+    pub fn latency_distribution(config: OddsTestConfig) -> Judge {
+        Judge::of(JudgeKind::LatencyDistribution(LatencyDistributionJudge::new(config)))
+    }
+
+    fn of(kind: JudgeKind) -> Judge {
+        Judge { kind, failed: false, passed: false, looks: 0, decided_at: None }
+    }
+
+    /// Looks observed so far (including empty ones).
+    pub fn looks(&self) -> u64 {
+        self.looks
+    }
+
+    /// The look at which the standing decision was reached, if any.
+    pub fn decided_at(&self) -> Option<u64> {
+        self.decided_at
+    }
+
+    /// The latency threshold (µs) used at the latest look, for the quantile judge.
+    pub fn threshold_micros(&self) -> Option<u64> {
+        match &self.kind {
+            JudgeKind::LatencyQuantile(j) => j.threshold_micros,
+            _ => None,
+        }
+    }
+
+    /// Adds one look and returns the evidence, its decision made final as described above.
+    pub fn observe(&mut self, interval: &Interval) -> Evidence {
+        self.looks += 1;
+        let evidence = match &mut self.kind {
+            JudgeKind::ErrorRatio(j) => j.observe(interval),
+            JudgeKind::LatencyQuantile(j) => j.observe(interval),
+            JudgeKind::LatencyDistribution(j) => j.observe(interval),
+        };
+        let before = self.decision();
+        match evidence.decision {
+            Decision::Fail => self.failed = true,
+            Decision::Pass => self.passed = true,
+            Decision::Inconclusive => {}
+        }
+        let decision = self.decision();
+        if decision != before {
+            self.decided_at = Some(self.looks);
+        }
+        Evidence { decision, ..evidence }
+    }
+
+    fn decision(&self) -> Decision {
+        if self.failed {
+            Decision::Fail
+        } else if self.passed {
+            Decision::Pass
+        } else {
+            Decision::Inconclusive
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: OddsTestConfig = OddsTestConfig { alpha: 0.05, tolerance: 1.0, min_effect: 2.0 };
+
+    fn interval(canary: (u64, u64), stable: (u64, u64)) -> Interval {
+        Interval {
+            canary: Sample { requests: canary.0, errors: canary.1, ..Default::default() },
+            stable: Sample { requests: stable.0, errors: stable.1, ..Default::default() },
+        }
+    }
+
+    #[test]
+    fn decisions_are_final_once_reached() {
+        let mut judge = Judge::error_ratio(CONFIG);
+        let mut looks = 0;
+        while judge.observe(&interval((100, 10), (900, 9))).decision != Decision::Fail {
+            looks += 1;
+            assert!(looks < 100);
+        }
+        let at = judge.decided_at().unwrap();
+        // A stretch where the canary looks better drags the statistic down, not the decision.
+        for _ in 0..20 {
+            let e = judge.observe(&interval((100, 0), (900, 30)));
+            assert_eq!(e.decision, Decision::Fail);
+        }
+        assert_eq!(judge.decided_at(), Some(at));
+        assert!(judge.observe(&Interval::default()).fail_log_evidence < (1.0f64 / 0.05).ln());
+    }
+
+    #[test]
+    fn a_fail_overrides_an_earlier_pass() {
+        let mut judge = Judge::error_ratio(CONFIG);
+        for _ in 0..60 {
+            judge.observe(&interval((100, 1), (900, 9)));
+        }
+        assert_eq!(judge.observe(&Interval::default()).decision, Decision::Pass);
+        let mut e = judge.observe(&Interval::default());
+        for _ in 0..200 {
+            e = judge.observe(&interval((100, 20), (900, 9)));
+        }
+        assert_eq!(e.decision, Decision::Fail);
+        assert!(e.totals.odds_ratio() > 2.0);
+        let text = explain("error ratio", &e, 0.05);
+        assert!(text.starts_with("error ratio: canary is worse than stable (canary "), "{text}");
+    }
+}

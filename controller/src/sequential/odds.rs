@@ -82,7 +82,7 @@ impl ConditionalTable {
         for k in k_low + 1..=k_high {
             // C(n_c,k)/C(n_c,k−1) · C(n_s,x−k)/C(n_s,x−k+1)
             acc += ((canary_trials - k + 1) as f64 / k as f64).ln()
-                + ((events - k + 1) as f64 / (stable_trials - events + k) as f64).ln();
+                + ((events - k + 1) as f64 / (stable_trials + k - events) as f64).ln();
             log_base.push(acc);
         }
         Some(ConditionalTable { k_low, log_base })
@@ -235,6 +235,20 @@ mod tests {
             assert!((w - expected).abs() < 1e-9, "{weights:?}");
         }
         assert!((table.log_normaliser(0.0) + 4f64.ln() - 35f64.ln()).abs() < 1e-9);
+    }
+
+    #[test]
+    fn more_events_than_stable_trials_is_fine() {
+        // x = 12 > n_s = 5: k runs from 7 to 10 (C(10,k)·C(5,12−k)), no underflow.
+        let table = ConditionalTable::new(10, 5, 12).unwrap();
+        assert_eq!((table.k_low, table.log_base.len()), (7, 4));
+        let weights: Vec<f64> = table.log_base.iter().map(|b| (b + 120f64.ln()).exp()).collect();
+        for (w, expected) in weights.iter().zip([120.0, 225.0, 100.0, 10.0]) {
+            assert!((w - expected).abs() < 1e-6, "{weights:?}");
+        }
+        let mut test = OddsTest::new(CONFIG);
+        test.observe(100, 100, 20, 10);
+        assert!(test.evidence().fail_log_evidence > 0.0);
     }
 
     #[test]

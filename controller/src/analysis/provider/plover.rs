@@ -4,6 +4,8 @@
 //! asked quantity) is never judged by the conditions: it becomes the `noData` phase
 //! (Inconclusive unless configured), with a message saying why.
 
+pub mod vs_stable;
+
 use std::time::Duration;
 
 use plover_wire::stats::{self, RevisionStats, StatsResponse};
@@ -29,6 +31,7 @@ fn address(providers: &Providers, spec: &PloverSpec) -> Result<String, ProviderE
 
 pub(super) async fn query(
     providers: &Providers,
+    name: &str,
     spec: &PloverSpec,
 ) -> Result<Outcome, ProviderError> {
     if stats::parse_window_seconds(&spec.window).is_none() {
@@ -37,6 +40,19 @@ pub(super) async fn query(
             spec.window
         )));
     }
+    if spec.metric.is_vs_stable() {
+        return vs_stable::query(providers, name, spec).await;
+    }
+    let answer = fetch(providers, spec, &spec.window).await?;
+    evaluate(spec, &answer)
+}
+
+/// One `GET /v1/stats` for `spec`'s service over `window`.
+async fn fetch(
+    providers: &Providers,
+    spec: &PloverSpec,
+    window: &str,
+) -> Result<StatsResponse, ProviderError> {
     let base = address(providers, spec)?;
     let url = format!("{}{}", base.trim_end_matches('/'), stats::STATS_PATH);
     let client = providers.client_for(&url, false)?;
@@ -49,7 +65,7 @@ pub(super) async fn query(
         .query(&[
             ("namespace", spec.namespace.as_str()),
             ("service", spec.service.as_str()),
-            ("window", spec.window.as_str()),
+            ("window", window),
         ])
         .timeout(timeout)
         .send()
@@ -66,10 +82,9 @@ pub(super) async fn query(
             String::from_utf8_lossy(&body).trim()
         )));
     }
-    let answer: StatsResponse = serde_json::from_slice(&body).map_err(|e| {
+    serde_json::from_slice(&body).map_err(|e| {
         ProviderError::Response(format!("exporter answer is not a /v1/stats response: {e}"))
-    })?;
-    evaluate(spec, &answer)
+    })
 }
 
 fn revision<'a>(answer: &'a StatsResponse, wanted: &str) -> Option<&'a RevisionStats> {
@@ -87,6 +102,14 @@ fn quantity(spec: &PloverSpec, r: &RevisionStats) -> Result<Option<f64>, Provide
         PloverQuantity::RequestRate => Some(r.request_rate),
         PloverQuantity::TrafficShare => Some(r.traffic_share),
         PloverQuantity::Requests => Some(r.requests as f64),
+        PloverQuantity::ErrorRatioVsStable
+        | PloverQuantity::LatencyVsStable
+        | PloverQuantity::LatencyDistributionVsStable => {
+            return Err(ProviderError::Config(format!(
+                "{} is judged by the sequential test, not by conditions",
+                spec.metric.as_str()
+            )))
+        }
         PloverQuantity::Latency => {
             let l = &r.latency_seconds;
             match spec.quantile.as_deref().unwrap_or("p99") {

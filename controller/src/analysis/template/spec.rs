@@ -252,6 +252,57 @@ pub enum PloverQuantity {
     TrafficShare,
     /// Requests completed in the window.
     Requests,
+    /// Canary against stable: the sequential test on the odds ratio of an error (see
+    /// `controller/SEQUENTIAL.md`). The measurement's phase is the test's decision.
+    ErrorRatioVsStable,
+    /// Canary against stable: the sequential test on the odds of a request being slower than
+    /// stable's `quantile` (default p99) over the earlier looks.
+    LatencyVsStable,
+    /// Canary against stable: latency tests at stable's p50, p75, p90 and p99, each at α/4.
+    LatencyDistributionVsStable,
+}
+
+impl PloverQuantity {
+    /// The name as written in a template (`errorRatioVsStable`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PloverQuantity::SuccessRate => "successRate",
+            PloverQuantity::ErrorRate => "errorRate",
+            PloverQuantity::RequestRate => "requestRate",
+            PloverQuantity::Latency => "latency",
+            PloverQuantity::TrafficShare => "trafficShare",
+            PloverQuantity::Requests => "requests",
+            PloverQuantity::ErrorRatioVsStable => "errorRatioVsStable",
+            PloverQuantity::LatencyVsStable => "latencyVsStable",
+            PloverQuantity::LatencyDistributionVsStable => "latencyDistributionVsStable",
+        }
+    }
+
+    /// The canary-versus-stable sequential judges, which decide the phase themselves and
+    /// keep evidence across the measurements of a run.
+    pub fn is_vs_stable(self) -> bool {
+        matches!(
+            self,
+            PloverQuantity::ErrorRatioVsStable
+                | PloverQuantity::LatencyVsStable
+                | PloverQuantity::LatencyDistributionVsStable
+        )
+    }
+}
+
+/// A number that YAML may have written as a string (`alpha: "{{args.alpha}}"` → `"0.01"`).
+pub(crate) fn number_like<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    let v = Option::<serde_json::Value>::deserialize(d)?;
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Number(n)) => Ok(n.as_f64()),
+        Some(serde_json::Value::String(s)) => s
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a number"))),
+        Some(other) => Err(serde::de::Error::custom(format!("{other} is not a number"))),
+    }
 }
 
 /// What a measurement with too little traffic becomes.
@@ -292,6 +343,132 @@ pub struct PloverSpec {
     /// Seconds; default 10.
     #[serde(default)]
     pub timeout: Option<i64>,
+    /// For the `…VsStable` metrics: bound on the probability of a wrong decision. Default 0.05.
+    #[serde(default, deserialize_with = "number_like")]
+    pub alpha: Option<f64>,
+    /// For the `…VsStable` metrics: the largest odds ratio canary/stable still acceptable
+    /// (1.0: no worse than stable). Default 1.0.
+    #[serde(default, deserialize_with = "number_like")]
+    pub tolerance: Option<f64>,
+    /// For the `…VsStable` metrics: the smallest odds ratio worth detecting; a pass shows the
+    /// canary is below it. Default 2.0.
+    #[serde(default, deserialize_with = "number_like")]
+    pub min_effect: Option<f64>,
+}
+
+/// Defaults of the `…VsStable` metrics.
+pub const DEFAULT_ALPHA: f64 = 0.05;
+pub const DEFAULT_TOLERANCE: f64 = 1.0;
+pub const DEFAULT_MIN_EFFECT: f64 = 2.0;
+
+/// `quantile` values `latencyVsStable` accepts, as fractions.
+pub const VS_STABLE_QUANTILES: &[(&str, f64)] = &[
+    ("p50", 0.5),
+    ("p75", 0.75),
+    ("p90", 0.9),
+    ("p95", 0.95),
+    ("p99", 0.99),
+    ("p999", 0.999),
+];
+
+impl PloverSpec {
+    /// The sequential test's configuration (defaults filled in).
+    pub fn odds_config(&self) -> crate::sequential::odds::OddsTestConfig {
+        crate::sequential::odds::OddsTestConfig {
+            alpha: self.alpha.unwrap_or(DEFAULT_ALPHA),
+            tolerance: self.tolerance.unwrap_or(DEFAULT_TOLERANCE),
+            min_effect: self.min_effect.unwrap_or(DEFAULT_MIN_EFFECT),
+        }
+    }
+
+    /// `latencyVsStable`'s quantile as a fraction (default p99).
+    pub fn vs_stable_quantile(&self) -> Option<f64> {
+        let name = self.quantile.as_deref().unwrap_or("p99");
+        VS_STABLE_QUANTILES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, q)| *q)
+    }
+
+    /// Checks what serde cannot: the `…VsStable` fields, with messages naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let field = |name: &str| format!("provider.plover.{name}");
+        if !self.metric.is_vs_stable() {
+            for (name, set) in [
+                ("alpha", self.alpha.is_some()),
+                ("tolerance", self.tolerance.is_some()),
+                ("minEffect", self.min_effect.is_some()),
+            ] {
+                if set {
+                    return Err(format!(
+                        "{}: only the errorRatioVsStable, latencyVsStable and latencyDistributionVsStable metrics take it",
+                        field(name)
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        if self.revision != "canary" {
+            return Err(format!(
+                "{}: {} compares role canary with role stable; leave revision unset (or canary), not {:?}",
+                field("revision"),
+                self.metric.as_str(),
+                self.revision
+            ));
+        }
+        match self.metric {
+            PloverQuantity::LatencyVsStable if self.vs_stable_quantile().is_none() => {
+                return Err(format!(
+                    "{}: {:?}: expected p50, p75, p90, p95, p99 (default) or p999",
+                    field("quantile"),
+                    self.quantile.as_deref().unwrap_or_default()
+                ));
+            }
+            PloverQuantity::LatencyVsStable => {}
+            _ if self.quantile.is_some() => {
+                return Err(format!(
+                    "{}: only latencyVsStable takes a quantile (latencyDistributionVsStable compares at stable's p50, p75, p90 and p99)",
+                    field("quantile")
+                ));
+            }
+            _ => {}
+        }
+        let c = self.odds_config();
+        if !(c.alpha > 0.0 && c.alpha < 0.5) {
+            return Err(format!(
+                "{}: must be in (0, 0.5), got {}",
+                field("alpha"),
+                c.alpha
+            ));
+        }
+        if !(c.tolerance >= 1.0 && c.tolerance.is_finite()) {
+            return Err(format!(
+                "{}: must be an odds ratio ≥ 1 (1 = no worse than stable), got {}",
+                field("tolerance"),
+                c.tolerance
+            ));
+        }
+        if !(c.min_effect > c.tolerance && c.min_effect.is_finite()) {
+            return Err(format!(
+                "{}: must be a finite odds ratio above tolerance ({}), got {}",
+                field("minEffect"),
+                c.tolerance,
+                c.min_effect
+            ));
+        }
+        if stats_window_seconds(&self.window).is_none() {
+            return Err(format!(
+                "{}: {:?}: expected e.g. 30s, 5m or 1h",
+                field("window"),
+                self.window
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn stats_window_seconds(text: &str) -> Option<u64> {
+    plover_wire::stats::parse_window_seconds(text)
 }
 
 fn default_window() -> String {
@@ -373,7 +550,11 @@ pub(crate) fn provider_from(
     Ok(match key.as_str() {
         "prometheus" => ProviderSpec::Prometheus(serde_json::from_value(value.clone()).map_err(typed)?),
         "web" => ProviderSpec::Web(serde_json::from_value(value.clone()).map_err(typed)?),
-        "plover" => ProviderSpec::Plover(serde_json::from_value(value.clone()).map_err(typed)?),
+        "plover" => {
+            let spec: PloverSpec = serde_json::from_value(value.clone()).map_err(typed)?;
+            spec.validate()?;
+            ProviderSpec::Plover(spec)
+        }
         "job" => ProviderSpec::Unsupported {
             provider: "job".to_owned(),
             reason: "the job provider runs a Kubernetes Job, which needs a cluster".to_owned(),
