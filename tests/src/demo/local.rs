@@ -32,6 +32,8 @@ use super::DemoError;
 const RECONCILE_EVERY: Duration = Duration::from_millis(500);
 /// Events kept for the display.
 const EVENTS_KEPT: usize = 50;
+/// Window of the per-revision figures shown when the spec has no traffic check of its own.
+const DISPLAY_WINDOW: &str = "5s";
 
 /// One event the controller emitted (Kubernetes would record it on the Canary).
 #[derive(Clone, Debug)]
@@ -96,6 +98,8 @@ pub struct LocalController {
     completed: mpsc::UnboundedReceiver<CanaryKey>,
     recording: Arc<Recording>,
     exporter: observe::Exporter,
+    /// The exporter's base URL, for the display's figures.
+    display_exporter: String,
     key: CanaryKey,
     events: Vec<Event>,
     stats: Option<StatsResponse>,
@@ -109,6 +113,7 @@ impl LocalController {
         workloads: Arc<Mutex<Workloads>>,
         settings: Settings,
     ) -> Result<LocalController, DemoError> {
+        let display_exporter = settings.exporter.clone().unwrap_or_default();
         let routing = canary.spec.traffic_routing.envoy.clone().ok_or_else(|| DemoError::Controller("local mode needs spec.trafficRouting.envoy".into()))?;
         let providers = Providers::new(settings).map_err(|e| DemoError::Controller(e.to_string()))?;
         let recording = Arc::new(Recording { providers, last: Mutex::default() });
@@ -126,6 +131,7 @@ impl LocalController {
             completed,
             recording,
             exporter,
+            display_exporter,
             key,
             events: Vec::new(),
             stats: None,
@@ -141,16 +147,17 @@ impl LocalController {
     pub async fn reconcile(&mut self) -> Result<(), DemoError> {
         let (stable, canary) = self.revisions();
         let (namespace, name) = self.key.clone();
-        self.stats = None;
-        let traffic = match &self.canary.spec.traffic_check {
-            Some(check) => {
-                let service = check.service.clone().unwrap_or_else(|| name.clone());
-                // An exporter that does not answer is "no observation", as in the cluster.
-                self.stats = self.exporter.stats(check, &namespace, &service).await.ok();
-                self.stats.as_ref().map(observe::traffic_from_stats)
-            }
-            None => None,
-        };
+        // The display reads the same answer; without a traffic check it is fetched for the
+        // display alone and the decision gets no observation, as in the cluster.
+        let check = self.canary.spec.traffic_check.clone().unwrap_or_else(|| TrafficCheck {
+            exporter: self.display_exporter.clone(),
+            window: Some(DISPLAY_WINDOW.into()),
+            ..TrafficCheck::default()
+        });
+        let service = check.service.clone().unwrap_or_else(|| name.clone());
+        // An exporter that does not answer is "no observation".
+        self.stats = self.exporter.stats(&check, &namespace, &service).await.ok();
+        let traffic = self.canary.spec.traffic_check.as_ref().and(self.stats.as_ref()).map(observe::traffic_from_stats);
         let status = self.canary.status.clone().unwrap_or_default();
         let verdicts = self.runner.verdicts(&self.key);
         let observation = Observation {

@@ -211,12 +211,13 @@ impl Display {
             lines.push(format!("           {m}"));
         }
         lines.push(format!(
-            "load       {:.0} req/s target   sent {}   ok {}   5xx {}   failed {}",
+            "load       {:.0} req/s target   sent {}   ok {}   5xx {}   failed {}   skipped (max in flight) {}",
             f.rps,
             counter(&load.sent),
             counter(&load.ok),
             counter(&load.errors),
-            counter(&load.failed)
+            counter(&load.failed),
+            counter(&load.skipped)
         ));
         let mut out = std::io::stdout().lock();
         self.erase(&mut out);
