@@ -563,5 +563,9 @@ spec:
     );
     assert!(text.contains("evidence against 'acceptable' e^"), "{text}");
     assert!(text.contains("Phase: Failed"), "{text}");
+    assert!(
+        text.contains("errors-vs-stable: plover errorRatioVsStable of bookinfo/reviews, canary vs stable, sequential (alpha 0.05, tolerance 1, minEffect 2)"),
+        "{text}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -102,6 +102,18 @@ fn describe(metric: &MetricSpec, providers: &Providers) -> String {
             },
             w.url
         ),
+        ProviderSpec::Plover(p) if p.metric.is_vs_stable() => {
+            let c = p.odds_config();
+            format!(
+                "plover {} of {}/{}, canary vs stable, sequential (alpha {}, tolerance {}, minEffect {})",
+                p.metric.as_str(),
+                p.namespace,
+                p.service,
+                c.alpha,
+                c.tolerance,
+                c.min_effect
+            )
+        }
         ProviderSpec::Plover(p) => format!(
             "plover {:?} of {}/{} revision {}",
             p.metric, p.namespace, p.service, p.revision
