@@ -20,7 +20,9 @@ pub mod spec;
 pub mod status;
 pub mod validate;
 
-pub use decide::{decide, Action, AnalysisKind, Decision, Observation, TrafficObservation, Verdict, WorkloadState};
+pub use decide::{
+    decide, Action, AnalysisKind, Decision, Observation, TrafficObservation, Verdict, WorkloadState,
+};
 pub use spec::*;
 pub use status::*;
 pub use validate::{validate, InvalidSpec};

@@ -125,8 +125,11 @@ pub enum LogFormat {
 }
 
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -134,7 +137,10 @@ fn init_logs(format: LogFormat) {
 }
 
 fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => Some(rt),
         Err(e) => {
             eprintln!("plover: cannot start the runtime: {e}");
@@ -174,11 +180,15 @@ pub fn run(command: CanaryCommand) -> ExitCode {
                 lease_duration: Duration::from_secs(args.lease_duration_seconds.max(3)),
                 settings: Settings {
                     exporter: args.exporter,
-                    prometheus_default: std::env::var("ARGO_ROLLOUTS_PROMETHEUS_ADDRESS").ok().filter(|s| !s.is_empty()),
+                    prometheus_default: std::env::var("ARGO_ROLLOUTS_PROMETHEUS_ADDRESS")
+                        .ok()
+                        .filter(|s| !s.is_empty()),
                     ..Default::default()
                 },
             };
-            let Some(rt) = runtime() else { return ExitCode::FAILURE };
+            let Some(rt) = runtime() else {
+                return ExitCode::FAILURE;
+            };
             match rt.block_on(daemon::run(opts)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail("controller", e),
@@ -191,13 +201,17 @@ pub fn run(command: CanaryCommand) -> ExitCode {
                 status_file: args.status_file,
                 settings: Settings {
                     exporter: args.exporter,
-                    prometheus_default: std::env::var("ARGO_ROLLOUTS_PROMETHEUS_ADDRESS").ok().filter(|s| !s.is_empty()),
+                    prometheus_default: std::env::var("ARGO_ROLLOUTS_PROMETHEUS_ADDRESS")
+                        .ok()
+                        .filter(|s| !s.is_empty()),
                     ..Default::default()
                 },
                 until_done: args.until_done,
                 poll: Duration::from_millis(args.poll_ms.max(10)),
             };
-            let Some(rt) = runtime() else { return ExitCode::FAILURE };
+            let Some(rt) = runtime() else {
+                return ExitCode::FAILURE;
+            };
             let mut out = std::io::stdout();
             match rt.block_on(local::run(opts, &mut out)) {
                 Ok(local::Outcome::Promoted | local::Outcome::Healthy) => ExitCode::SUCCESS,
@@ -207,7 +221,11 @@ pub fn run(command: CanaryCommand) -> ExitCode {
         }
         CanaryCommand::Get(args) => get(args),
         CanaryCommand::Promote(args) => {
-            let request = if args.full { Request::PromoteFull } else { Request::Promote };
+            let request = if args.full {
+                Request::PromoteFull
+            } else {
+                Request::Promote
+            };
             send(args.target, request)
         }
         CanaryCommand::Abort(target) => send(target, Request::Abort),
@@ -225,11 +243,17 @@ fn send(target: TargetArgs, request: Request) -> ExitCode {
             Err(e) => fail("request", e),
         };
     }
-    let Some(name) = target.name else { return fail("request", "name the Canary (or pass --status-file)") };
-    let Some(rt) = runtime() else { return ExitCode::FAILURE };
+    let Some(name) = target.name else {
+        return fail("request", "name the Canary (or pass --status-file)");
+    };
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
     let result: Result<String, String> = rt.block_on(async {
         let client = Client::try_default().await.map_err(|e| e.to_string())?;
-        kubectl::request(client, &target.namespace, &name, request).await.map_err(|e| e.to_string())
+        kubectl::request(client, &target.namespace, &name, request)
+            .await
+            .map_err(|e| e.to_string())
     });
     match result {
         Ok(message) => {
@@ -243,11 +267,18 @@ fn send(target: TargetArgs, request: Request) -> ExitCode {
 fn local_view(file: &std::path::Path) -> Result<View, local::LocalError> {
     let mut canary = local::read_canary(file)?;
     canary.status = Some(local::read_status(&local::default_status_file(file))?);
-    Ok(View { canary, stable: None, canary_workload: None, stats: None })
+    Ok(View {
+        canary,
+        stable: None,
+        canary_workload: None,
+        stats: None,
+    })
 }
 
 fn get(args: GetArgs) -> ExitCode {
-    let Some(rt) = runtime() else { return ExitCode::FAILURE };
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
     rt.block_on(async {
         let client = if args.local.is_some() {
             None
@@ -259,9 +290,14 @@ fn get(args: GetArgs) -> ExitCode {
         };
         loop {
             let text = match (&args.local, &client, &args.name) {
-                (Some(file), _, _) => local_view(file).map(|v| kubectl::render(&v)).map_err(|e| e.to_string()),
+                (Some(file), _, _) => local_view(file)
+                    .map(|v| kubectl::render(&v))
+                    .map_err(|e| e.to_string()),
                 (None, Some(client), Some(name)) => {
-                    kubectl::fetch(client.clone(), &args.namespace, name).await.map(|v| kubectl::render(&v)).map_err(|e| e.to_string())
+                    kubectl::fetch(client.clone(), &args.namespace, name)
+                        .await
+                        .map(|v| kubectl::render(&v))
+                        .map_err(|e| e.to_string())
                 }
                 _ => Err("name the Canary".to_owned()),
             };

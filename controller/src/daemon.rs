@@ -32,7 +32,10 @@ pub enum DaemonError {
     #[error("Canary CRD not reachable ({0}); install it with: plover crd | kubectl apply -f -")]
     Crd(#[source] kube::Error),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Lease(#[from] LeaseError),
     #[error("{0}")]
@@ -60,7 +63,10 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let healthy = Arc::new(AtomicBool::new(true));
     let listener = tokio::net::TcpListener::bind(opts.metrics_addr)
         .await
-        .map_err(|source| DaemonError::Listen { addr: opts.metrics_addr, source })?;
+        .map_err(|source| DaemonError::Listen {
+            addr: opts.metrics_addr,
+            source,
+        })?;
     info!(addr = %opts.metrics_addr, "Serving /metrics and /healthz.");
     tokio::spawn(metrics::serve(listener, metrics.clone(), healthy.clone()));
 
@@ -74,11 +80,19 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         elector.acquire().await?;
     }
 
-    let providers = Providers::new(opts.settings.clone()).map_err(|e| DaemonError::Setup(e.to_string()))?;
-    let (runner, _completed) = Runner::new(Arc::new(providers), Arc::new(std::time::SystemTime::now));
+    let providers =
+        Providers::new(opts.settings.clone()).map_err(|e| DaemonError::Setup(e.to_string()))?;
+    let (runner, _completed) =
+        Runner::new(Arc::new(providers), Arc::new(std::time::SystemTime::now));
     let ctx = Arc::new(Context {
         client: client.clone(),
-        recorder: Recorder::new(client.clone(), Reporter { controller: "plover".into(), instance: Some(opts.identity.clone()) }),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "plover".into(),
+                instance: Some(opts.identity.clone()),
+            },
+        ),
         runner,
         traffic: Arc::new(Exporter::new().map_err(DaemonError::Setup)?),
         metrics,

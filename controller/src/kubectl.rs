@@ -62,13 +62,22 @@ impl Request {
 }
 
 /// Sends a request.
-pub async fn request(client: Client, namespace: &str, name: &str, request: Request) -> Result<String, KubectlError> {
+pub async fn request(
+    client: Client,
+    namespace: &str,
+    name: &str,
+    request: Request,
+) -> Result<String, KubectlError> {
     let api: Api<Canary> = Api::namespaced(client, namespace);
     if api.get_opt(name).await?.is_none() {
         return Err(KubectlError::NotFound(name.to_owned()));
     }
-    let params = PatchParams { field_manager: Some("plover-cli".to_owned()), ..Default::default() };
-    api.patch_status(name, &params, &Patch::Merge(request.status_patch())).await?;
+    let params = PatchParams {
+        field_manager: Some("plover-cli".to_owned()),
+        ..Default::default()
+    };
+    api.patch_status(name, &params, &Patch::Merge(request.status_patch()))
+        .await?;
     Ok(request.done(name))
 }
 
@@ -83,12 +92,18 @@ pub struct View {
 /// Reads the Canary, its Deployments and (if configured) the exporter's per-revision stats.
 pub async fn fetch(client: Client, namespace: &str, name: &str) -> Result<View, KubectlError> {
     let canaries: Api<Canary> = Api::namespaced(client.clone(), namespace);
-    let canary = canaries.get_opt(name).await?.ok_or_else(|| KubectlError::NotFound(name.to_owned()))?;
+    let canary = canaries
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| KubectlError::NotFound(name.to_owned()))?;
     let deployments: Api<Deployment> = Api::namespaced(client, namespace);
     let (stable, canary_workload) = if canary.spec.traffic_routing.envoy.is_some() {
         (None, None)
     } else {
-        (deployments.get_opt(&canary.spec.workload.stable).await?, deployments.get_opt(&canary.spec.workload.canary).await?)
+        (
+            deployments.get_opt(&canary.spec.workload.stable).await?,
+            deployments.get_opt(&canary.spec.workload.canary).await?,
+        )
     };
     let stats = match (&canary.spec.traffic_check, Exporter::new()) {
         (Some(check), Ok(exporter)) => {
@@ -97,7 +112,12 @@ pub async fn fetch(client: Client, namespace: &str, name: &str) -> Result<View, 
         }
         _ => None,
     };
-    Ok(View { canary, stable, canary_workload, stats })
+    Ok(View {
+        canary,
+        stable,
+        canary_workload,
+        stats,
+    })
 }
 
 fn phase_icon(phase: Option<CanaryPhase>) -> &'static str {
@@ -121,20 +141,35 @@ fn run_icon(phase: AnalysisPhase) -> &'static str {
 }
 
 fn run_info(run: &AnalysisRunStatus) -> String {
-    let parts: Vec<String> = [("✔", run.successful), ("✖", run.failed), ("?", run.inconclusive), ("⚠", run.error)]
-        .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(icon, n)| format!("{icon} {n}"))
-        .collect();
+    let parts: Vec<String> = [
+        ("✔", run.successful),
+        ("✖", run.failed),
+        ("?", run.inconclusive),
+        ("⚠", run.error),
+    ]
+    .into_iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(icon, n)| format!("{icon} {n}"))
+    .collect();
     parts.join(",")
 }
 
 fn deployment_info(d: Option<&Deployment>) -> (String, String) {
-    let Some(d) = d else { return ("⚠ Missing".to_owned(), String::new()) };
+    let Some(d) = d else {
+        return ("⚠ Missing".to_owned(), String::new());
+    };
     let state = workload_state(Some(d));
     let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let ready = d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
-    let status = if state.rolled_out { "✔ Healthy" } else { "◌ Progressing" };
+    let ready = d
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    let status = if state.rolled_out {
+        "✔ Healthy"
+    } else {
+        "◌ Progressing"
+    };
     (status.to_owned(), format!("ready:{ready}/{desired}"))
 }
 
@@ -169,22 +204,45 @@ pub fn render(view: &View) -> String {
     };
     field(&mut out, "Name", &c.name_any());
     field(&mut out, "Namespace", &c.namespace().unwrap_or_default());
-    field(&mut out, "Status", &format!("{} {}", phase_icon(status.phase), status.phase.map_or("Unknown", |p| p.as_str())));
+    field(
+        &mut out,
+        "Status",
+        &format!(
+            "{} {}",
+            phase_icon(status.phase),
+            status.phase.map_or("Unknown", |p| p.as_str())
+        ),
+    );
     if let Some(m) = &status.message {
         field(&mut out, "Message", m);
     }
-    field(&mut out, "Strategy", &format!("Canary ({})", spec.traffic_routing.kind()));
+    field(
+        &mut out,
+        "Strategy",
+        &format!("Canary ({})", spec.traffic_routing.kind()),
+    );
     let steps = spec.steps.len();
-    let step = status.current_step_index.map_or_else(|| "-".to_owned(), |i| format!("{}/{steps}", (i as usize).min(steps)));
+    let step = status.current_step_index.map_or_else(
+        || "-".to_owned(),
+        |i| format!("{}/{steps}", (i as usize).min(steps)),
+    );
     field(&mut out, "  Step", &step);
     field(&mut out, "  SetWeight", &status.desired_weight.to_string());
     let actual = match (status.observed_weight, view.stats.as_ref()) {
-        (Some(w), Some(s)) => format!("{w} (observed over {}s, {} requests)", s.window_seconds, s.revisions.iter().map(|r| r.requests).sum::<u64>()),
+        (Some(w), Some(s)) => format!(
+            "{w} (observed over {}s, {} requests)",
+            s.window_seconds,
+            s.revisions.iter().map(|r| r.requests).sum::<u64>()
+        ),
         (Some(w), None) => format!("{w} (observed)"),
         (None, _) => "-".to_owned(),
     };
     field(&mut out, "  ActualWeight", &actual);
-    for cond in status.conditions.iter().filter(|c| c.type_ == "TrafficSplitMismatch" && c.status == "True") {
+    for cond in status
+        .conditions
+        .iter()
+        .filter(|c| c.type_ == "TrafficSplitMismatch" && c.status == "True")
+    {
         field(&mut out, "  SplitMismatch", &cond.message);
     }
     out.push('\n');
@@ -194,7 +252,11 @@ pub fn render(view: &View) -> String {
         prefix: "⟳ ".into(),
         name: c.name_any(),
         kind: "Canary",
-        status: format!("{} {}", phase_icon(status.phase), status.phase.map_or("Unknown", |p| p.as_str())),
+        status: format!(
+            "{} {}",
+            phase_icon(status.phase),
+            status.phase.map_or("Unknown", |p| p.as_str())
+        ),
         info: String::new(),
     }];
     let canary_rev = status.revision.clone().unwrap_or_else(|| "?".into());
@@ -202,14 +264,36 @@ pub fn render(view: &View) -> String {
     let in_flight = canary_rev != stable_rev;
     let mut revisions: Vec<(String, &str, &str, Option<&Deployment>, u32)> = Vec::new();
     if in_flight {
-        revisions.push((canary_rev.clone(), "canary", &spec.workload.canary, view.canary_workload.as_ref(), status.desired_weight));
+        revisions.push((
+            canary_rev.clone(),
+            "canary",
+            &spec.workload.canary,
+            view.canary_workload.as_ref(),
+            status.desired_weight,
+        ));
     }
-    revisions.push((stable_rev.clone(), "stable", &spec.workload.stable, view.stable.as_ref(), 100 - status.desired_weight.min(100)));
+    revisions.push((
+        stable_rev.clone(),
+        "stable",
+        &spec.workload.stable,
+        view.stable.as_ref(),
+        100 - status.desired_weight.min(100),
+    ));
     let count = revisions.len();
     for (i, (rev, role, workload, deployment, weight)) in revisions.into_iter().enumerate() {
         let last = i + 1 == count;
-        let (branch, indent) = if last { ("└──", "   ") } else { ("├──", "│  ") };
-        rows.push(Row { prefix: format!("{branch}# "), name: format!("revision:{rev}"), kind: "", status: String::new(), info: role.to_owned() });
+        let (branch, indent) = if last {
+            ("└──", "   ")
+        } else {
+            ("├──", "│  ")
+        };
+        rows.push(Row {
+            prefix: format!("{branch}# "),
+            name: format!("revision:{rev}"),
+            kind: "",
+            status: String::new(),
+            info: role.to_owned(),
+        });
         let mut children: Vec<Row> = Vec::new();
         let (d_status, ready) = if view.stable.is_none() && view.canary_workload.is_none() {
             ("✔ Local".to_owned(), String::new())
@@ -217,10 +301,23 @@ pub fn render(view: &View) -> String {
             deployment_info(deployment)
         };
         let stats = stats_info(stats_for(role));
-        let info = [ready, format!("weight:{weight}%"), stats].into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" ");
-        children.push(Row { prefix: String::new(), name: workload.to_owned(), kind: "Deployment", status: d_status, info });
+        let info = [ready, format!("weight:{weight}%"), stats]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        children.push(Row {
+            prefix: String::new(),
+            name: workload.to_owned(),
+            kind: "Deployment",
+            status: d_status,
+            info,
+        });
         if role == "canary" {
-            for run in [&status.step_analysis, &status.background_analysis].into_iter().flatten() {
+            for run in [&status.step_analysis, &status.background_analysis]
+                .into_iter()
+                .flatten()
+            {
                 children.push(Row {
                     prefix: String::new(),
                     name: run.name.clone(),
@@ -232,18 +329,34 @@ pub fn render(view: &View) -> String {
         }
         let n = children.len();
         for (j, mut child) in children.into_iter().enumerate() {
-            let icon = if child.kind == "Deployment" { "⧉ " } else { "α " };
+            let icon = if child.kind == "Deployment" {
+                "⧉ "
+            } else {
+                "α "
+            };
             child.prefix = format!("{indent}{}{icon}", if j + 1 == n { "└──" } else { "├──" });
             rows.push(child);
         }
     }
-    let width = rows.iter().map(|r| r.prefix.chars().count() + r.name.chars().count()).max().unwrap_or(0) + 2;
+    let width = rows
+        .iter()
+        .map(|r| r.prefix.chars().count() + r.name.chars().count())
+        .max()
+        .unwrap_or(0)
+        + 2;
     let _ = writeln!(out, "{:<width$}{:<13}{:<16}INFO", "NAME", "KIND", "STATUS");
     for r in rows {
         let name = format!("{}{}", r.prefix, r.name);
         let pad = width.saturating_sub(name.chars().count());
         let status_pad = 16usize.saturating_sub(r.status.chars().count());
-        let line = format!("{name}{}{:<13}{}{}{}", " ".repeat(pad), r.kind, r.status, " ".repeat(status_pad), r.info);
+        let line = format!(
+            "{name}{}{:<13}{}{}{}",
+            " ".repeat(pad),
+            r.kind,
+            r.status,
+            " ".repeat(status_pad),
+            r.info
+        );
         let _ = writeln!(out, "{}", line.trim_end());
     }
     out
@@ -277,7 +390,13 @@ mod tests {
             current_step_index: Some(1),
             desired_weight: 20,
             observed_weight: Some(19.6),
-            step_analysis: Some(AnalysisRunStatus { name: "podinfo-9f8e7d6c5b-0-step1".into(), phase: AnalysisPhase::Running, successful: 3, failed: 1, ..Default::default() }),
+            step_analysis: Some(AnalysisRunStatus {
+                name: "podinfo-9f8e7d6c5b-0-step1".into(),
+                phase: AnalysisPhase::Running,
+                successful: 3,
+                failed: 1,
+                ..Default::default()
+            }),
             ..Default::default()
         });
         let deployment = |name: &str, ready: i32| -> Deployment {
@@ -293,7 +412,10 @@ mod tests {
             role: role.into(),
             requests,
             success_ratio: Some(ratio),
-            latency_seconds: LatencySummary { p99: Some(p99), ..Default::default() },
+            latency_seconds: LatencySummary {
+                p99: Some(p99),
+                ..Default::default()
+            },
             ..Default::default()
         };
         View {
@@ -302,7 +424,10 @@ mod tests {
             canary_workload: Some(deployment("podinfo-canary", 1)),
             stats: Some(StatsResponse {
                 window_seconds: 30,
-                revisions: vec![rev("stable", 800, 1.0, 0.038), rev("canary", 200, 0.985, 0.0412)],
+                revisions: vec![
+                    rev("stable", 800, 1.0, 0.038),
+                    rev("canary", 200, 0.985, 0.0412),
+                ],
                 ..Default::default()
             }),
         }
@@ -334,9 +459,21 @@ NAME                                KIND         STATUS          INFO
 
     #[test]
     fn requests_patch_the_status_fields_the_decision_reads() {
-        assert_eq!(Request::Promote.status_patch(), json!({"status": {"promote": true}}));
-        assert_eq!(Request::PromoteFull.status_patch(), json!({"status": {"promoteFull": true}}));
-        assert_eq!(Request::Abort.status_patch(), json!({"status": {"abort": true}}));
-        assert_eq!(Request::Retry.status_patch(), json!({"status": {"abort": false}}));
+        assert_eq!(
+            Request::Promote.status_patch(),
+            json!({"status": {"promote": true}})
+        );
+        assert_eq!(
+            Request::PromoteFull.status_patch(),
+            json!({"status": {"promoteFull": true}})
+        );
+        assert_eq!(
+            Request::Abort.status_patch(),
+            json!({"status": {"abort": true}})
+        );
+        assert_eq!(
+            Request::Retry.status_patch(),
+            json!({"status": {"abort": false}})
+        );
     }
 }

@@ -27,7 +27,10 @@ pub enum LeaseStep {
     /// Ours: renew it.
     Renew,
     /// Someone else's and still valid: wait until it may have expired.
-    Follow { holder: String, retry_after: Duration },
+    Follow {
+        holder: String,
+        retry_after: Duration,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,30 +44,55 @@ pub enum LeaseError {
 /// The pure rule.
 pub fn step(lease: Option<&Lease>, identity: &str, now: Timestamp) -> LeaseStep {
     let Some(spec) = lease.and_then(|l| l.spec.as_ref()) else {
-        return if lease.is_some() { LeaseStep::Acquire } else { LeaseStep::Create };
+        return if lease.is_some() {
+            LeaseStep::Acquire
+        } else {
+            LeaseStep::Create
+        };
     };
     let holder = spec.holder_identity.clone().unwrap_or_default();
     if holder == identity {
         return LeaseStep::Renew;
     }
     let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
-    let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()).map(|t| t.0);
+    let renewed = spec
+        .renew_time
+        .as_ref()
+        .or(spec.acquire_time.as_ref())
+        .map(|t| t.0);
     match renewed {
         Some(at) if !holder.is_empty() && at + duration > now => {
             let left = (at + duration).duration_since(now);
-            LeaseStep::Follow { holder, retry_after: Duration::try_from(left).unwrap_or(Duration::from_secs(1)) }
+            LeaseStep::Follow {
+                holder,
+                retry_after: Duration::try_from(left).unwrap_or(Duration::from_secs(1)),
+            }
         }
         _ => LeaseStep::Acquire,
     }
 }
 
 /// The lease as we write it.
-pub fn held(existing: Option<&Lease>, name: &str, identity: &str, duration: Duration, now: Timestamp, acquired: bool) -> Lease {
-    let mut lease = existing.cloned().unwrap_or_else(|| Lease { metadata: ObjectMeta { name: Some(name.to_owned()), ..Default::default() }, spec: None });
+pub fn held(
+    existing: Option<&Lease>,
+    name: &str,
+    identity: &str,
+    duration: Duration,
+    now: Timestamp,
+    acquired: bool,
+) -> Lease {
+    let mut lease = existing.cloned().unwrap_or_else(|| Lease {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        spec: None,
+    });
     let mut spec = lease.spec.take().unwrap_or_default();
     if acquired {
         spec.acquire_time = Some(MicroTime(now));
-        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + i32::from(existing.is_some()));
+        spec.lease_transitions =
+            Some(spec.lease_transitions.unwrap_or(0) + i32::from(existing.is_some()));
     }
     spec.holder_identity = Some(identity.to_owned());
     spec.lease_duration_seconds = Some(i32::try_from(duration.as_secs()).unwrap_or(15));
@@ -83,26 +111,49 @@ pub struct Elector {
 
 impl Elector {
     fn err(&self, source: kube::Error) -> LeaseError {
-        LeaseError::Kube { name: self.name.clone(), source }
+        LeaseError::Kube {
+            name: self.name.clone(),
+            source,
+        }
     }
 
     /// One attempt; true when we hold the lease afterwards.
     async fn try_once(&self) -> Result<Result<(), Duration>, LeaseError> {
-        let existing = self.api.get_opt(&self.name).await.map_err(|e| self.err(e))?;
+        let existing = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .map_err(|e| self.err(e))?;
         let now = Timestamp::now();
         let write = match step(existing.as_ref(), &self.identity, now) {
-            LeaseStep::Follow { holder, retry_after } => {
+            LeaseStep::Follow {
+                holder,
+                retry_after,
+            } => {
                 info!(lease = %self.name, %holder, "Following the leader.");
                 return Ok(Err(retry_after.min(self.duration)));
             }
             LeaseStep::Create => {
                 let lease = held(None, &self.name, &self.identity, self.duration, now, true);
-                self.api.create(&PostParams::default(), &lease).await.map(|_| ())
+                self.api
+                    .create(&PostParams::default(), &lease)
+                    .await
+                    .map(|_| ())
             }
             LeaseStep::Acquire | LeaseStep::Renew => {
                 let acquired = step(existing.as_ref(), &self.identity, now) == LeaseStep::Acquire;
-                let lease = held(existing.as_ref(), &self.name, &self.identity, self.duration, now, acquired);
-                self.api.replace(&self.name, &PostParams::default(), &lease).await.map(|_| ())
+                let lease = held(
+                    existing.as_ref(),
+                    &self.name,
+                    &self.identity,
+                    self.duration,
+                    now,
+                    acquired,
+                );
+                self.api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
+                    .map(|_| ())
             }
         };
         match write {
@@ -148,7 +199,11 @@ mod tests {
 
     fn lease(holder: &str, renewed: i64, duration: i32) -> Lease {
         Lease {
-            metadata: ObjectMeta { name: Some("plover".into()), resource_version: Some("5".into()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some("plover".into()),
+                resource_version: Some("5".into()),
+                ..Default::default()
+            },
             spec: Some(LeaseSpec {
                 holder_identity: Some(holder.into()),
                 lease_duration_seconds: Some(duration),
@@ -165,20 +220,48 @@ mod tests {
     #[test]
     fn the_election_rule() {
         assert_eq!(step(None, "a", at(100)), LeaseStep::Create);
-        assert_eq!(step(Some(&lease("a", 90, 15)), "a", at(100)), LeaseStep::Renew);
-        assert_eq!(step(Some(&lease("b", 90, 15)), "a", at(100)), LeaseStep::Follow { holder: "b".into(), retry_after: Duration::from_secs(5) });
-        assert_eq!(step(Some(&lease("b", 80, 15)), "a", at(100)), LeaseStep::Acquire, "expired");
-        assert_eq!(step(Some(&lease("", 99, 15)), "a", at(100)), LeaseStep::Acquire, "released");
+        assert_eq!(
+            step(Some(&lease("a", 90, 15)), "a", at(100)),
+            LeaseStep::Renew
+        );
+        assert_eq!(
+            step(Some(&lease("b", 90, 15)), "a", at(100)),
+            LeaseStep::Follow {
+                holder: "b".into(),
+                retry_after: Duration::from_secs(5)
+            }
+        );
+        assert_eq!(
+            step(Some(&lease("b", 80, 15)), "a", at(100)),
+            LeaseStep::Acquire,
+            "expired"
+        );
+        assert_eq!(
+            step(Some(&lease("", 99, 15)), "a", at(100)),
+            LeaseStep::Acquire,
+            "released"
+        );
     }
 
     #[test]
     fn taking_over_counts_a_transition_and_keeps_the_resource_version() {
         let old = lease("b", 80, 15);
-        let new = held(Some(&old), "plover", "a", Duration::from_secs(15), at(100), true);
+        let new = held(
+            Some(&old),
+            "plover",
+            "a",
+            Duration::from_secs(15),
+            at(100),
+            true,
+        );
         let spec = new.spec.unwrap();
         assert_eq!(spec.holder_identity.as_deref(), Some("a"));
         assert_eq!(spec.lease_transitions, Some(1));
         assert_eq!(spec.renew_time, Some(MicroTime(at(100))));
-        assert_eq!(new.metadata.resource_version.as_deref(), Some("5"), "the replace is conditional on what was read");
+        assert_eq!(
+            new.metadata.resource_version.as_deref(),
+            Some("5"),
+            "the replace is conditional on what was read"
+        );
     }
 }

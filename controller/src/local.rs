@@ -24,7 +24,9 @@ use crate::{
         provider::{Providers, Settings},
         template::{self, secret_env_var, Document, Secrets},
     },
-    canary::{decide, resolve, Action, Canary, CanaryPhase, CanaryStatus, Observation, WorkloadState},
+    canary::{
+        decide, resolve, Action, Canary, CanaryPhase, CanaryStatus, Observation, WorkloadState,
+    },
     kubectl::Request,
     observe::{traffic_from_stats, Exporter, TrafficSource},
     router::{envoy_file, RouterError},
@@ -42,7 +44,10 @@ pub enum LocalError {
 }
 
 fn file_err(path: &Path, e: impl std::fmt::Display) -> LocalError {
-    LocalError::File { path: path.display().to_string(), message: e.to_string() }
+    LocalError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
 }
 
 pub struct Options {
@@ -72,7 +77,10 @@ pub enum Outcome {
 }
 
 pub fn default_status_file(canary_file: &Path) -> PathBuf {
-    let mut name = canary_file.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = canary_file
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".status.json");
     canary_file.with_file_name(name)
 }
@@ -81,7 +89,10 @@ pub fn read_canary(path: &Path) -> Result<Canary, LocalError> {
     let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
     let canary: Canary = serde_yaml::from_str(&text).map_err(|e| file_err(path, e))?;
     if canary.spec.traffic_routing.envoy.is_none() {
-        return Err(LocalError::Spec(format!("{}: local mode needs spec.trafficRouting.envoy", path.display())));
+        return Err(LocalError::Spec(format!(
+            "{}: local mode needs spec.trafficRouting.envoy",
+            path.display()
+        )));
     }
     Ok(canary)
 }
@@ -135,11 +146,16 @@ fn env_secrets(documents: &[Document]) -> Secrets {
 
 /// Runs the local controller; returns only with `until_done` (or on an error).
 pub async fn run(opts: Options, out: &mut (dyn Write + Send)) -> Result<Outcome, LocalError> {
-    let status_file = opts.status_file.clone().unwrap_or_else(|| default_status_file(&opts.canary_file));
+    let status_file = opts
+        .status_file
+        .clone()
+        .unwrap_or_else(|| default_status_file(&opts.canary_file));
     let templates = load_templates(&opts.template_files)?;
     let secrets = env_secrets(&templates);
-    let providers = Providers::new(opts.settings.clone()).map_err(|e| LocalError::Spec(e.to_string()))?;
-    let clock: Arc<dyn Fn() -> std::time::SystemTime + Send + Sync> = Arc::new(std::time::SystemTime::now);
+    let providers =
+        Providers::new(opts.settings.clone()).map_err(|e| LocalError::Spec(e.to_string()))?;
+    let clock: Arc<dyn Fn() -> std::time::SystemTime + Send + Sync> =
+        Arc::new(std::time::SystemTime::now);
     let (runner, mut completed) = Runner::new(Arc::new(providers), clock);
     let exporter = Exporter::new().map_err(LocalError::Spec)?;
     let mut canary = read_canary(&opts.canary_file)?;
@@ -157,11 +173,18 @@ pub async fn run(opts: Options, out: &mut (dyn Write + Send)) -> Result<Outcome,
         let namespace = canary.namespace().unwrap_or_else(|| "default".to_owned());
         let key: CanaryKey = (namespace.clone(), name.clone());
         let spec = &canary.spec;
-        let stable_revision = status.stable_revision.clone().unwrap_or_else(|| spec.workload.stable.clone());
+        let stable_revision = status
+            .stable_revision
+            .clone()
+            .unwrap_or_else(|| spec.workload.stable.clone());
         let traffic = match &spec.traffic_check {
             Some(check) => {
                 let service = check.service.clone().unwrap_or_else(|| name.clone());
-                exporter.stats(check, &namespace, &service).await.ok().map(|s| traffic_from_stats(&s))
+                exporter
+                    .stats(check, &namespace, &service)
+                    .await
+                    .ok()
+                    .map(|s| traffic_from_stats(&s))
             }
             None => None,
         };
@@ -181,9 +204,13 @@ pub async fn run(opts: Options, out: &mut (dyn Write + Send)) -> Result<Outcome,
         let mut stable_now = stable_revision.clone();
         for action in &decision.actions {
             match action {
-                Action::SetWeight { canary: c, stable: s } => {
+                Action::SetWeight {
+                    canary: c,
+                    stable: s,
+                } => {
                     if let Some(cfg) = &spec.traffic_routing.envoy {
-                        if envoy_file::set_weights(cfg, &stable_now, &spec.workload.canary, *c, *s)? {
+                        if envoy_file::set_weights(cfg, &stable_now, &spec.workload.canary, *c, *s)?
+                        {
                             let weights = if stable_now == spec.workload.canary {
                                 format!("{stable_now}={}", c + s)
                             } else {
@@ -197,7 +224,9 @@ pub async fn run(opts: Options, out: &mut (dyn Write + Send)) -> Result<Outcome,
                     stable_now = revision.clone();
                     decision.status.stable_revision = Some(revision.clone());
                 }
-                Action::StartAnalysis { name: run, source, .. } => {
+                Action::StartAnalysis {
+                    name: run, source, ..
+                } => {
                     let object = serde_json::to_value(&canary).unwrap_or_default();
                     let inputs = resolve::Inputs {
                         templates: templates.clone(),
@@ -213,12 +242,27 @@ pub async fn run(opts: Options, out: &mut (dyn Write + Send)) -> Result<Outcome,
                     let _ = writeln!(out, "ANALYSIS started {run}");
                 }
                 Action::StopAnalysis { name: run } => runner.stop(&key, run),
-                Action::Event { warning, reason, message } => {
-                    let _ = writeln!(out, "EVENT {} {reason}: {message}", if *warning { "Warning" } else { "Normal" });
+                Action::Event {
+                    warning,
+                    reason,
+                    message,
+                } => {
+                    let _ = writeln!(
+                        out,
+                        "EVENT {} {reason}: {message}",
+                        if *warning { "Warning" } else { "Normal" }
+                    );
                 }
             }
         }
-        let keep: Vec<&str> = [&decision.status.step_analysis, &decision.status.background_analysis].into_iter().flatten().map(|r| r.name.as_str()).collect();
+        let keep: Vec<&str> = [
+            &decision.status.step_analysis,
+            &decision.status.background_analysis,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|r| r.name.as_str())
+        .collect();
         runner.retain(&key, &keep);
         // A request that arrived while we decided must not be lost by our write.
         let latest = read_status(&status_file)?;
@@ -238,9 +282,11 @@ pub async fn run(opts: Options, out: &mut (dyn Write + Send)) -> Result<Outcome,
         let line = format!(
             "STATUS {} step={} desired={} observed={} {}",
             s.phase.map_or("Unknown", |p| p.as_str()),
-            s.current_step_index.map_or_else(|| "-".to_owned(), |i| format!("{i}/{}", spec.steps.len())),
+            s.current_step_index
+                .map_or_else(|| "-".to_owned(), |i| format!("{i}/{}", spec.steps.len())),
             s.desired_weight,
-            s.observed_weight.map_or_else(|| "-".to_owned(), |w| w.to_string()),
+            s.observed_weight
+                .map_or_else(|| "-".to_owned(), |w| w.to_string()),
             s.message.clone().unwrap_or_default()
         );
         if line != last_line {
@@ -251,8 +297,12 @@ pub async fn run(opts: Options, out: &mut (dyn Write + Send)) -> Result<Outcome,
         if opts.until_done {
             match s.phase {
                 Some(CanaryPhase::Degraded) => return Ok(Outcome::Degraded),
-                Some(CanaryPhase::Healthy) if status.phase == Some(CanaryPhase::Promoting) => return Ok(Outcome::Promoted),
-                Some(CanaryPhase::Healthy) if status.phase.is_none() => return Ok(Outcome::Healthy),
+                Some(CanaryPhase::Healthy) if status.phase == Some(CanaryPhase::Promoting) => {
+                    return Ok(Outcome::Promoted)
+                }
+                Some(CanaryPhase::Healthy) if status.phase.is_none() => {
+                    return Ok(Outcome::Healthy)
+                }
                 _ => {}
             }
         }
@@ -268,7 +318,10 @@ pub async fn run(opts: Options, out: &mut (dyn Write + Send)) -> Result<Outcome,
 pub fn routed(canary: &Canary, status: &CanaryStatus) -> Result<BTreeMap<String, i64>, LocalError> {
     let mut out = BTreeMap::new();
     if let Some(cfg) = &canary.spec.traffic_routing.envoy {
-        let stable = status.stable_revision.clone().unwrap_or_else(|| canary.spec.workload.stable.clone());
+        let stable = status
+            .stable_revision
+            .clone()
+            .unwrap_or_else(|| canary.spec.workload.stable.clone());
         if let Some(w) = envoy_file::current_weights(cfg, &stable, &canary.spec.workload.canary)? {
             out.insert(stable, w.stable.unwrap_or(0));
             out.insert(canary.spec.workload.canary.clone(), w.canary.unwrap_or(0));
@@ -297,13 +350,25 @@ mod tests {
     }
 
     fn options(path: &Path, templates: Vec<PathBuf>) -> Options {
-        Options { canary_file: path.to_owned(), template_files: templates, status_file: None, settings: Settings::default(), until_done: true, poll: Duration::from_millis(20) }
+        Options {
+            canary_file: path.to_owned(),
+            template_files: templates,
+            status_file: None,
+            settings: Settings::default(),
+            until_done: true,
+            poll: Duration::from_millis(20),
+        }
     }
 
     #[tokio::test]
     async fn a_canary_without_analysis_is_promoted_and_envoy_routes_to_it() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write_spec(dir.path(), "v2", "  - setWeight: 25\n  - pause: {duration: 0}\n  - setWeight: 50\n", "");
+        let path = write_spec(
+            dir.path(),
+            "v2",
+            "  - setWeight: 25\n  - pause: {duration: 0}\n  - setWeight: 50\n",
+            "",
+        );
         let mut out = Vec::new();
         let outcome = run(options(&path, vec![]), &mut out).await.unwrap();
         let log = String::from_utf8(out).unwrap();
@@ -314,9 +379,15 @@ mod tests {
         let status = read_status(&default_status_file(&path)).unwrap();
         assert_eq!(status.stable_revision.as_deref(), Some("v2"));
         let canary = read_canary(&path).unwrap();
-        assert_eq!(routed(&canary, &status).unwrap(), BTreeMap::from([("v2".to_owned(), 100)]));
+        assert_eq!(
+            routed(&canary, &status).unwrap(),
+            BTreeMap::from([("v2".to_owned(), 100)])
+        );
         let routes = std::fs::read_to_string(dir.path().join("rds/routes.yaml")).unwrap();
-        assert!(routes.contains("name: v2") && !routes.contains("name: v1"), "{routes}");
+        assert!(
+            routes.contains("name: v2") && !routes.contains("name: v1"),
+            "{routes}"
+        );
     }
 
     #[tokio::test]
@@ -333,7 +404,10 @@ mod tests {
         assert!(log.contains("EVENT Warning RolloutAborted: RolloutAborted: Metric \"always-fails\" assessed Error"), "{log}");
         let status = read_status(&default_status_file(&path)).unwrap();
         assert_eq!(status.desired_weight, 0);
-        assert_eq!(routed(&read_canary(&path).unwrap(), &status).unwrap(), BTreeMap::from([("v1".to_owned(), 100), ("v2".to_owned(), 0)]));
+        assert_eq!(
+            routed(&read_canary(&path).unwrap(), &status).unwrap(),
+            BTreeMap::from([("v1".to_owned(), 100), ("v2".to_owned(), 0)])
+        );
     }
 
     #[test]

@@ -14,7 +14,9 @@ use std::{
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{body::Incoming, header::CONTENT_TYPE, service::service_fn, Request, Response, StatusCode};
+use hyper::{
+    body::Incoming, header::CONTENT_TYPE, service::service_fn, Request, Response, StatusCode,
+};
 use hyper_util::rt::TokioIo;
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
@@ -52,7 +54,13 @@ pub struct ErrorLabels {
     pub error: String,
 }
 
-const PHASES: [CanaryPhase; 5] = [CanaryPhase::Progressing, CanaryPhase::Paused, CanaryPhase::Promoting, CanaryPhase::Healthy, CanaryPhase::Degraded];
+const PHASES: [CanaryPhase; 5] = [
+    CanaryPhase::Progressing,
+    CanaryPhase::Paused,
+    CanaryPhase::Promoting,
+    CanaryPhase::Healthy,
+    CanaryPhase::Degraded,
+];
 
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -82,47 +90,98 @@ impl Metrics {
             reconciles: Counter::default(),
             reconcile_errors: Family::default(),
         };
-        registry.register("canary_phase", "Canary phase (1 for the current phase)", m.phase.clone());
-        registry.register("canary_desired_weight", "Canary weight written to the router, percent", m.desired_weight.clone());
-        registry.register("canary_observed_weight", "Canary share of requests seen by the exporter, percent", m.observed_weight.clone());
-        registry.register("canary_analysis_measurements", "Measurements of the current analysis runs by phase", m.measurements.clone());
+        registry.register(
+            "canary_phase",
+            "Canary phase (1 for the current phase)",
+            m.phase.clone(),
+        );
+        registry.register(
+            "canary_desired_weight",
+            "Canary weight written to the router, percent",
+            m.desired_weight.clone(),
+        );
+        registry.register(
+            "canary_observed_weight",
+            "Canary share of requests seen by the exporter, percent",
+            m.observed_weight.clone(),
+        );
+        registry.register(
+            "canary_analysis_measurements",
+            "Measurements of the current analysis runs by phase",
+            m.measurements.clone(),
+        );
         registry.register("reconciles", "Canary reconciles", m.reconciles.clone());
-        registry.register("reconcile_errors", "Canary reconciles that failed, by error kind", m.reconcile_errors.clone());
-        *m.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = registry;
+        registry.register(
+            "reconcile_errors",
+            "Canary reconciles that failed, by error kind",
+            m.reconcile_errors.clone(),
+        );
+        *m.registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = registry;
         m
     }
 
     /// Records a Canary's status after a reconcile.
     pub fn observe(&self, namespace: &str, name: &str, status: &CanaryStatus) {
         self.reconciles.inc();
-        let labels = CanaryLabels { namespace: namespace.to_owned(), name: name.to_owned() };
+        let labels = CanaryLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
         for phase in PHASES {
             let current = status.phase == Some(phase);
             self.phase
-                .get_or_create(&PhaseLabels { namespace: namespace.to_owned(), name: name.to_owned(), phase: phase.as_str().to_owned() })
+                .get_or_create(&PhaseLabels {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    phase: phase.as_str().to_owned(),
+                })
                 .set(i64::from(current));
         }
-        self.desired_weight.get_or_create(&labels).set(i64::from(status.desired_weight));
+        self.desired_weight
+            .get_or_create(&labels)
+            .set(i64::from(status.desired_weight));
         if let Some(w) = status.observed_weight {
             self.observed_weight.get_or_create(&labels).set(w);
         }
-        for (analysis, run) in [("step", &status.step_analysis), ("background", &status.background_analysis)] {
-            let counts = run.as_ref().map_or([0; 4], |r: &AnalysisRunStatus| [r.successful, r.failed, r.inconclusive, r.error]);
-            for (phase, count) in ["Successful", "Failed", "Inconclusive", "Error"].into_iter().zip(counts) {
-                let l = MeasurementLabels { namespace: namespace.to_owned(), name: name.to_owned(), analysis: analysis.to_owned(), phase: phase.to_owned() };
+        for (analysis, run) in [
+            ("step", &status.step_analysis),
+            ("background", &status.background_analysis),
+        ] {
+            let counts = run.as_ref().map_or([0; 4], |r: &AnalysisRunStatus| {
+                [r.successful, r.failed, r.inconclusive, r.error]
+            });
+            for (phase, count) in ["Successful", "Failed", "Inconclusive", "Error"]
+                .into_iter()
+                .zip(counts)
+            {
+                let l = MeasurementLabels {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    analysis: analysis.to_owned(),
+                    phase: phase.to_owned(),
+                };
                 self.measurements.get_or_create(&l).set(i64::from(count));
             }
         }
     }
 
     pub fn reconcile_error(&self, kind: &str) {
-        self.reconcile_errors.get_or_create(&ErrorLabels { error: kind.to_owned() }).inc();
+        self.reconcile_errors
+            .get_or_create(&ErrorLabels {
+                error: kind.to_owned(),
+            })
+            .inc();
     }
 
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        let registry = self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let registry = self
+            .registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &registry);
         out
@@ -132,7 +191,9 @@ impl Metrics {
 /// Serves `/metrics` and `/healthz` (200 while `healthy`, else 503) until the task is dropped.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, healthy: Arc<AtomicBool>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let metrics = metrics.clone();
         let healthy = healthy.clone();
         tokio::spawn(async move {
@@ -141,17 +202,33 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, healthy: Arc<At
                 let healthy = healthy.clone();
                 async move { Ok::<_, Infallible>(respond(request.uri().path(), &metrics, &healthy)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
 
 fn respond(path: &str, metrics: &Metrics, healthy: &AtomicBool) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match path {
-        "/metrics" => (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.encode()),
-        "/healthz" if healthy.load(Ordering::Relaxed) => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        "/healthz" => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".to_owned()),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_owned()),
+        "/metrics" => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(),
+        ),
+        "/healthz" if healthy.load(Ordering::Relaxed) => {
+            (StatusCode::OK, "text/plain", "ok\n".to_owned())
+        }
+        "/healthz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "not ready\n".to_owned(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found\n".to_owned(),
+        ),
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
@@ -173,7 +250,13 @@ mod tests {
             phase: Some(CanaryPhase::Paused),
             desired_weight: 20,
             observed_weight: Some(19.5),
-            step_analysis: Some(AnalysisRunStatus { name: "r".into(), phase: AnalysisPhase::Running, successful: 3, failed: 1, ..Default::default() }),
+            step_analysis: Some(AnalysisRunStatus {
+                name: "r".into(),
+                phase: AnalysisPhase::Running,
+                successful: 3,
+                failed: 1,
+                ..Default::default()
+            }),
             ..Default::default()
         };
         m.observe("test", "podinfo", &status);
@@ -190,8 +273,17 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
-        assert_eq!(respond("/healthz", &m, &AtomicBool::new(true)).status(), StatusCode::OK);
-        assert_eq!(respond("/healthz", &m, &AtomicBool::new(false)).status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(respond("/nope", &m, &AtomicBool::new(true)).status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            respond("/healthz", &m, &AtomicBool::new(true)).status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            respond("/healthz", &m, &AtomicBool::new(false)).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            respond("/nope", &m, &AtomicBool::new(true)).status(),
+            StatusCode::NOT_FOUND
+        );
     }
 }

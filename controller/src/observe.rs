@@ -15,7 +15,11 @@ use crate::{
 /// template's annotations). Labels are left out on purpose: the stable and canary Deployments
 /// must select different pods, so their template labels always differ.
 pub fn template_revision(template: &PodTemplateSpec) -> String {
-    let annotations = template.metadata.as_ref().and_then(|m| m.annotations.clone()).unwrap_or_default();
+    let annotations = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
     let doc = serde_json::json!({"spec": template.spec, "annotations": annotations});
     // FNV-1a over the canonical JSON of typed values (field order fixed by the types).
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -28,8 +32,15 @@ pub fn template_revision(template: &PodTemplateSpec) -> String {
 
 /// A Deployment's revision and whether its current template is fully rolled out.
 pub fn workload_state(deployment: Option<&Deployment>) -> WorkloadState {
-    let Some(d) = deployment else { return WorkloadState::default() };
-    let Some(spec) = &d.spec else { return WorkloadState { exists: true, ..Default::default() } };
+    let Some(d) = deployment else {
+        return WorkloadState::default();
+    };
+    let Some(spec) = &d.spec else {
+        return WorkloadState {
+            exists: true,
+            ..Default::default()
+        };
+    };
     let desired = spec.replicas.unwrap_or(1);
     let rolled_out = d.status.as_ref().is_some_and(|s| {
         s.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
@@ -37,26 +48,50 @@ pub fn workload_state(deployment: Option<&Deployment>) -> WorkloadState {
             && s.available_replicas.unwrap_or(0) == desired
             && s.replicas.unwrap_or(0) == desired
     });
-    WorkloadState { exists: true, revision: Some(template_revision(&spec.template)), rolled_out }
+    WorkloadState {
+        exists: true,
+        revision: Some(template_revision(&spec.template)),
+        rolled_out,
+    }
 }
 
 /// The Deployment's `spec.selector.matchLabels` (what a DestinationRule subset must select).
 pub fn selector_labels(d: &Deployment) -> BTreeMap<String, String> {
-    d.spec.as_ref().and_then(|s| s.selector.match_labels.clone()).unwrap_or_default()
+    d.spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.clone())
+        .unwrap_or_default()
 }
 
 /// The canary's share of the service's requests in an exporter answer.
 pub fn traffic_from_stats(stats: &StatsResponse) -> TrafficObservation {
     let requests: u64 = stats.revisions.iter().map(|r| r.requests).sum();
-    let canary: u64 = stats.revisions.iter().filter(|r| r.role == "canary").map(|r| r.requests).sum();
-    let canary_percent = if requests == 0 { 0.0 } else { 100.0 * canary as f64 / requests as f64 };
-    TrafficObservation { canary_percent, requests }
+    let canary: u64 = stats
+        .revisions
+        .iter()
+        .filter(|r| r.role == "canary")
+        .map(|r| r.requests)
+        .sum();
+    let canary_percent = if requests == 0 {
+        0.0
+    } else {
+        100.0 * canary as f64 / requests as f64
+    };
+    TrafficObservation {
+        canary_percent,
+        requests,
+    }
 }
 
 /// Where the observed split comes from.
 pub trait TrafficSource: Send + Sync {
     /// The exporter's answer for `service` in `namespace` over the check's window.
-    fn stats<'a>(&'a self, check: &'a TrafficCheck, namespace: &'a str, service: &'a str) -> BoxFuture<'a, Result<StatsResponse, String>>;
+    fn stats<'a>(
+        &'a self,
+        check: &'a TrafficCheck,
+        namespace: &'a str,
+        service: &'a str,
+    ) -> BoxFuture<'a, Result<StatsResponse, String>>;
 }
 
 /// The Plover exporter over HTTP (`GET /v1/stats`).
@@ -75,14 +110,23 @@ impl Exporter {
 }
 
 impl TrafficSource for Exporter {
-    fn stats<'a>(&'a self, check: &'a TrafficCheck, namespace: &'a str, service: &'a str) -> BoxFuture<'a, Result<StatsResponse, String>> {
+    fn stats<'a>(
+        &'a self,
+        check: &'a TrafficCheck,
+        namespace: &'a str,
+        service: &'a str,
+    ) -> BoxFuture<'a, Result<StatsResponse, String>> {
         Box::pin(async move {
             let url = format!("{}{STATS_PATH}", check.exporter.trim_end_matches('/'));
             let window = check.window.as_deref().unwrap_or(DEFAULT_TRAFFIC_WINDOW);
             let response = self
                 .client
                 .get(&url)
-                .query(&[("namespace", namespace), ("service", service), ("window", window)])
+                .query(&[
+                    ("namespace", namespace),
+                    ("service", service),
+                    ("window", window),
+                ])
                 .send()
                 .await
                 .map_err(|e| format!("{url}: {e}"))?;
@@ -120,7 +164,10 @@ mod tests {
         let state = workload_state(Some(&stable));
         assert!(state.rolled_out);
         assert_eq!(state.revision, workload_state(Some(&canary)).revision);
-        assert_ne!(state.revision, workload_state(Some(&deployment("podinfo:6.1", "canary"))).revision);
+        assert_ne!(
+            state.revision,
+            workload_state(Some(&deployment("podinfo:6.1", "canary"))).revision
+        );
         assert_eq!(state.revision.as_deref().map(str::len), Some(10));
         assert_eq!(selector_labels(&canary)["track"], "canary");
     }
@@ -128,11 +175,23 @@ mod tests {
     #[test]
     fn a_rollout_in_progress_is_not_rolled_out() {
         let mut d = deployment("podinfo:6.0", "stable");
-        d.status = Some(DeploymentStatus { observed_generation: Some(3), replicas: Some(3), updated_replicas: Some(1), available_replicas: Some(2), ..Default::default() });
+        d.status = Some(DeploymentStatus {
+            observed_generation: Some(3),
+            replicas: Some(3),
+            updated_replicas: Some(1),
+            available_replicas: Some(2),
+            ..Default::default()
+        });
         assert!(!workload_state(Some(&d)).rolled_out);
-        d.spec = Some(DeploymentSpec { replicas: Some(1), ..d.spec.unwrap() });
+        d.spec = Some(DeploymentSpec {
+            replicas: Some(1),
+            ..d.spec.unwrap()
+        });
         d.metadata.generation = Some(4);
-        assert!(!workload_state(Some(&d)).rolled_out, "generation not observed yet");
+        assert!(
+            !workload_state(Some(&d)).rolled_out,
+            "generation not observed yet"
+        );
         assert_eq!(workload_state(None), WorkloadState::default());
     }
 
@@ -140,12 +199,34 @@ mod tests {
     fn share_is_computed_from_request_counts() {
         let stats = StatsResponse {
             revisions: vec![
-                RevisionStats { revision: "a".into(), role: "stable".into(), requests: 750, ..Default::default() },
-                RevisionStats { revision: "b".into(), role: "canary".into(), requests: 250, ..Default::default() },
+                RevisionStats {
+                    revision: "a".into(),
+                    role: "stable".into(),
+                    requests: 750,
+                    ..Default::default()
+                },
+                RevisionStats {
+                    revision: "b".into(),
+                    role: "canary".into(),
+                    requests: 250,
+                    ..Default::default()
+                },
             ],
             ..Default::default()
         };
-        assert_eq!(traffic_from_stats(&stats), TrafficObservation { canary_percent: 25.0, requests: 1000 });
-        assert_eq!(traffic_from_stats(&StatsResponse::default()), TrafficObservation { canary_percent: 0.0, requests: 0 });
+        assert_eq!(
+            traffic_from_stats(&stats),
+            TrafficObservation {
+                canary_percent: 25.0,
+                requests: 1000
+            }
+        );
+        assert_eq!(
+            traffic_from_stats(&StatsResponse::default()),
+            TrafficObservation {
+                canary_percent: 0.0,
+                requests: 0
+            }
+        );
     }
 }

@@ -37,10 +37,13 @@ use tracing::{info, warn};
 use crate::{
     analysis::template::{AnalysisSpec, Document, Secrets},
     canary::{
-        decide, resolve, validate, Action as Step, AnalysisKind, Canary, CanarySpec, Decision, Observation,
+        decide, resolve, validate, Action as Step, AnalysisKind, Canary, CanarySpec, Decision,
+        Observation,
     },
     metrics::Metrics,
-    observe::{selector_labels, template_revision, traffic_from_stats, workload_state, TrafficSource},
+    observe::{
+        selector_labels, template_revision, traffic_from_stats, workload_state, TrafficSource,
+    },
     router::{envoy_file, gateway_api, istio, RouterError},
     runner::{CanaryKey, Runner},
 };
@@ -69,7 +72,9 @@ impl ReconcileError {
     /// Label for `plover_reconcile_errors_total{error}`.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            ReconcileError::Kube(kube::Error::Api(s)) if s.code == 409 || s.code == 422 => "conflict",
+            ReconcileError::Kube(kube::Error::Api(s)) if s.code == 409 || s.code == 422 => {
+                "conflict"
+            }
             ReconcileError::Kube(_) => "kube",
             ReconcileError::Router(_) => "router",
             ReconcileError::NoNamespace(_) => "no_namespace",
@@ -95,30 +100,55 @@ fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiReso
 }
 
 pub fn virtual_services() -> ApiResource {
-    api_resource("networking.istio.io", "v1", "VirtualService", "virtualservices")
+    api_resource(
+        "networking.istio.io",
+        "v1",
+        "VirtualService",
+        "virtualservices",
+    )
 }
 pub fn destination_rules() -> ApiResource {
-    api_resource("networking.istio.io", "v1", "DestinationRule", "destinationrules")
+    api_resource(
+        "networking.istio.io",
+        "v1",
+        "DestinationRule",
+        "destinationrules",
+    )
 }
 pub fn http_routes() -> ApiResource {
     api_resource("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes")
 }
 fn analysis_templates(cluster: bool) -> ApiResource {
     if cluster {
-        api_resource("argoproj.io", "v1alpha1", "ClusterAnalysisTemplate", "clusteranalysistemplates")
+        api_resource(
+            "argoproj.io",
+            "v1alpha1",
+            "ClusterAnalysisTemplate",
+            "clusteranalysistemplates",
+        )
     } else {
-        api_resource("argoproj.io", "v1alpha1", "AnalysisTemplate", "analysistemplates")
+        api_resource(
+            "argoproj.io",
+            "v1alpha1",
+            "AnalysisTemplate",
+            "analysistemplates",
+        )
     }
 }
 
 fn patch_params() -> PatchParams {
-    PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..Default::default() }
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..Default::default()
+    }
 }
 
 /// Reconciles one Canary.
 pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let name = canary.name_any();
-    let namespace = canary.namespace().ok_or_else(|| ReconcileError::NoNamespace(name.clone()))?;
+    let namespace = canary
+        .namespace()
+        .ok_or_else(|| ReconcileError::NoNamespace(name.clone()))?;
     let key: CanaryKey = (namespace.clone(), name.clone());
     let spec = &canary.spec;
     let status = canary.status.clone().unwrap_or_default();
@@ -127,7 +157,10 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
     // Observe. With an invalid spec nothing is read: the decision only reports the spec.
     let valid = validate(spec).is_ok();
     let (stable, candidate) = if valid && spec.traffic_routing.envoy.is_none() {
-        (deployments.get_opt(&spec.workload.stable).await?, deployments.get_opt(&spec.workload.canary).await?)
+        (
+            deployments.get_opt(&spec.workload.stable).await?,
+            deployments.get_opt(&spec.workload.canary).await?,
+        )
     } else {
         (None, None)
     };
@@ -158,7 +191,15 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
     };
     let decision = decide(&obs);
 
-    execute(&canary, &ctx, &key, &decision, stable.as_ref(), candidate.as_ref()).await?;
+    execute(
+        &canary,
+        &ctx,
+        &key,
+        &decision,
+        stable.as_ref(),
+        candidate.as_ref(),
+    )
+    .await?;
 
     if decision.status != status {
         let canaries: Api<Canary> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -168,7 +209,9 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
         }
         ops.push(json!({"op": "add", "path": "/status", "value": decision.status}));
         let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))?;
-        canaries.patch_status(&name, &patch_params(), &Patch::Json::<()>(patch)).await?;
+        canaries
+            .patch_status(&name, &patch_params(), &Patch::Json::<()>(patch))
+            .await?;
     }
     ctx.metrics.observe(&namespace, &name, &decision.status);
     info!(
@@ -178,7 +221,9 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
         observed_weight = ?decision.status.observed_weight, requeue_after = ?decision.requeue_after,
         "Reconciled."
     );
-    Ok(decision.requeue_after.map_or_else(Action::await_change, Action::requeue))
+    Ok(decision
+        .requeue_after
+        .map_or_else(Action::await_change, Action::requeue))
 }
 
 /// Logs, counts and retries a failed reconcile.
@@ -200,16 +245,29 @@ async fn execute(
     for action in &decision.actions {
         match action {
             Step::StopAnalysis { name } => ctx.runner.stop(key, name),
-            Step::SetWeight { canary: c, stable: s } => route(ctx, namespace, &canary.spec, stable, candidate, *c, *s).await?,
-            Step::PromoteWorkload { revision } => promote(ctx, namespace, stable, candidate, revision).await?,
+            Step::SetWeight {
+                canary: c,
+                stable: s,
+            } => route(ctx, namespace, &canary.spec, stable, candidate, *c, *s).await?,
+            Step::PromoteWorkload { revision } => {
+                promote(ctx, namespace, stable, candidate, revision).await?
+            }
             Step::StartAnalysis { name, kind, source } => {
                 let object = serde_json::to_value(canary)?;
                 let stable_rev = decision.status.stable_revision.clone().unwrap_or_default();
                 let canary_rev = decision.status.revision.clone().unwrap_or_default();
                 match fetch_templates(ctx, namespace, source).await {
-                    Err(e) => ctx.runner.fail(key, name, format!("Analysis spec invalid: {e}")),
+                    Err(e) => ctx
+                        .runner
+                        .fail(key, name, format!("Analysis spec invalid: {e}")),
                     Ok((templates, secrets)) => {
-                        let inputs = resolve::Inputs { templates, canary: &object, stable_revision: &stable_rev, canary_revision: &canary_rev, secrets };
+                        let inputs = resolve::Inputs {
+                            templates,
+                            canary: &object,
+                            stable_revision: &stable_rev,
+                            canary_revision: &canary_rev,
+                            secrets,
+                        };
                         match resolve::resolve(source, inputs) {
                             Ok(analysis) => ctx.runner.start(key, name, analysis),
                             Err(e) => ctx.runner.fail(key, name, e.to_string()),
@@ -218,9 +276,17 @@ async fn execute(
                 }
                 info!(canary = %key.1, run = %name, kind = ?kind_label(*kind), "Analysis started.");
             }
-            Step::Event { warning, reason, message } => {
+            Step::Event {
+                warning,
+                reason,
+                message,
+            } => {
                 let event = Event {
-                    type_: if *warning { EventType::Warning } else { EventType::Normal },
+                    type_: if *warning {
+                        EventType::Warning
+                    } else {
+                        EventType::Normal
+                    },
                     reason: (*reason).to_owned(),
                     note: Some(message.clone()),
                     action: "Rollout".to_owned(),
@@ -233,11 +299,14 @@ async fn execute(
             }
         }
     }
-    let keep: Vec<&str> = [&decision.status.step_analysis, &decision.status.background_analysis]
-        .into_iter()
-        .flatten()
-        .map(|r| r.name.as_str())
-        .collect();
+    let keep: Vec<&str> = [
+        &decision.status.step_analysis,
+        &decision.status.background_analysis,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|r| r.name.as_str())
+    .collect();
     ctx.runner.retain(key, &keep);
     Ok(())
 }
@@ -257,7 +326,8 @@ async fn patch_router_object(
 ) -> Result<(), ReconcileError> {
     let object = serde_json::to_value(api.get(name).await?)?;
     if let Some(patch) = compute(&object)? {
-        api.patch(name, &patch_params(), &Patch::Json::<()>(patch)).await?;
+        api.patch(name, &patch_params(), &Patch::Json::<()>(patch))
+            .await?;
     }
     Ok(())
 }
@@ -277,15 +347,30 @@ async fn route(
             let stable_labels = stable.map(selector_labels).unwrap_or_default();
             let canary_labels = candidate.map(selector_labels).unwrap_or_default();
             let api = Api::namespaced_with(ctx.client.clone(), namespace, &destination_rules());
-            patch_router_object(&api, &dr.name, |o| istio::sync_subsets(o, cfg, &stable_labels, &canary_labels)).await?;
+            patch_router_object(&api, &dr.name, |o| {
+                istio::sync_subsets(o, cfg, &stable_labels, &canary_labels)
+            })
+            .await?;
         }
         let api = Api::namespaced_with(ctx.client.clone(), namespace, &virtual_services());
-        patch_router_object(&api, &cfg.virtual_service.name, |o| istio::set_weights(o, cfg, canary_weight, stable_weight)).await
+        patch_router_object(&api, &cfg.virtual_service.name, |o| {
+            istio::set_weights(o, cfg, canary_weight, stable_weight)
+        })
+        .await
     } else if let Some(cfg) = &routing.gateway_api {
         let api = Api::namespaced_with(ctx.client.clone(), namespace, &http_routes());
-        patch_router_object(&api, &cfg.http_route, |o| gateway_api::set_weights(o, cfg, canary_weight, stable_weight)).await
+        patch_router_object(&api, &cfg.http_route, |o| {
+            gateway_api::set_weights(o, cfg, canary_weight, stable_weight)
+        })
+        .await
     } else if let Some(cfg) = &routing.envoy {
-        envoy_file::set_weights(cfg, &spec.workload.stable, &spec.workload.canary, canary_weight, stable_weight)?;
+        envoy_file::set_weights(
+            cfg,
+            &spec.workload.stable,
+            &spec.workload.canary,
+            canary_weight,
+            stable_weight,
+        )?;
         Ok(())
     } else {
         Ok(())
@@ -302,24 +387,42 @@ async fn promote(
     revision: &str,
 ) -> Result<(), ReconcileError> {
     let (Some(stable), Some(candidate)) = (stable, candidate) else {
-        return Err(ReconcileError::Promote("the stable or canary Deployment is gone".to_owned()));
+        return Err(ReconcileError::Promote(
+            "the stable or canary Deployment is gone".to_owned(),
+        ));
     };
     let (Some(stable_spec), Some(canary_spec)) = (&stable.spec, &candidate.spec) else {
-        return Err(ReconcileError::Promote("a Deployment has no spec".to_owned()));
+        return Err(ReconcileError::Promote(
+            "a Deployment has no spec".to_owned(),
+        ));
     };
     if template_revision(&stable_spec.template) == revision {
         return Ok(());
     }
     if template_revision(&canary_spec.template) != revision {
-        return Err(ReconcileError::Promote(format!("the canary no longer runs revision {revision}")));
+        return Err(ReconcileError::Promote(format!(
+            "the canary no longer runs revision {revision}"
+        )));
     }
     let mut ops = Vec::new();
     if let Some(rv) = &stable.metadata.resource_version {
         ops.push(json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}));
     }
-    ops.push(json!({"op": "add", "path": "/spec/template/spec", "value": canary_spec.template.spec}));
-    let annotations = canary_spec.template.metadata.as_ref().and_then(|m| m.annotations.clone()).unwrap_or_default();
-    let stable_annotations = stable_spec.template.metadata.as_ref().and_then(|m| m.annotations.clone()).unwrap_or_default();
+    ops.push(
+        json!({"op": "add", "path": "/spec/template/spec", "value": canary_spec.template.spec}),
+    );
+    let annotations = canary_spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
+    let stable_annotations = stable_spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.clone())
+        .unwrap_or_default();
     if annotations != stable_annotations {
         if stable_spec.template.metadata.is_none() {
             ops.push(json!({"op": "add", "path": "/spec/template/metadata", "value": {"annotations": annotations}}));
@@ -329,7 +432,12 @@ async fn promote(
     }
     let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))?;
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
-    api.patch(&stable.name_any(), &patch_params(), &Patch::Json::<()>(patch)).await?;
+    api.patch(
+        &stable.name_any(),
+        &patch_params(),
+        &Patch::Json::<()>(patch),
+    )
+    .await?;
     Ok(())
 }
 
@@ -340,22 +448,40 @@ async fn fetch_templates(
     namespace: &str,
     source: &crate::canary::AnalysisSource,
 ) -> Result<(Vec<Document>, Secrets), ReconcileError> {
-    let mut wanted: Vec<(String, bool)> = source.templates.iter().map(|t| (t.template_name.clone(), t.cluster_scope)).collect();
+    let mut wanted: Vec<(String, bool)> = source
+        .templates
+        .iter()
+        .map(|t| (t.template_name.clone(), t.cluster_scope))
+        .collect();
     let mut documents: Vec<Document> = Vec::new();
     while let Some((name, cluster)) = wanted.pop() {
-        let kind = if cluster { "ClusterAnalysisTemplate" } else { "AnalysisTemplate" };
+        let kind = if cluster {
+            "ClusterAnalysisTemplate"
+        } else {
+            "AnalysisTemplate"
+        };
         if documents.iter().any(|d| d.name == name && d.kind == kind) {
             continue;
         }
         let resource = analysis_templates(cluster);
-        let api: Api<DynamicObject> =
-            if cluster { Api::all_with(ctx.client.clone(), &resource) } else { Api::namespaced_with(ctx.client.clone(), namespace, &resource) };
-        let Some(object) = api.get_opt(&name).await? else { continue };
-        let spec: AnalysisSpec = serde_json::from_value(object.data.get("spec").cloned().unwrap_or(Value::Null))?;
+        let api: Api<DynamicObject> = if cluster {
+            Api::all_with(ctx.client.clone(), &resource)
+        } else {
+            Api::namespaced_with(ctx.client.clone(), namespace, &resource)
+        };
+        let Some(object) = api.get_opt(&name).await? else {
+            continue;
+        };
+        let spec: AnalysisSpec =
+            serde_json::from_value(object.data.get("spec").cloned().unwrap_or(Value::Null))?;
         for nested in &spec.templates {
             wanted.push((nested.template_name.clone(), nested.cluster_scope));
         }
-        documents.push(Document { kind: kind.to_owned(), name, spec });
+        documents.push(Document {
+            kind: kind.to_owned(),
+            name,
+            spec,
+        });
     }
     let mut secrets = Secrets::new();
     let refs = resolve::secret_refs(&documents);
@@ -366,7 +492,10 @@ async fn fetch_templates(
                 .get_opt(&name)
                 .await?
                 .and_then(|s| s.data)
-                .and_then(|d| d.get(&key).map(|b| String::from_utf8_lossy(&b.0).into_owned()));
+                .and_then(|d| {
+                    d.get(&key)
+                        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                });
             if let Some(value) = value {
                 secrets.insert((name, key), value);
             }
@@ -376,13 +505,19 @@ async fn fetch_templates(
 }
 
 /// Canaries whose stable or canary workload is this Deployment.
-fn canaries_of(store: &kube::runtime::reflector::Store<Canary>, deployment: &Deployment) -> Vec<ObjectRef<Canary>> {
+fn canaries_of(
+    store: &kube::runtime::reflector::Store<Canary>,
+    deployment: &Deployment,
+) -> Vec<ObjectRef<Canary>> {
     let name = deployment.name_any();
     let namespace = deployment.namespace();
     store
         .state()
         .iter()
-        .filter(|c| c.namespace() == namespace && (c.spec.workload.stable == name || c.spec.workload.canary == name))
+        .filter(|c| {
+            c.namespace() == namespace
+                && (c.spec.workload.stable == name || c.spec.workload.canary == name)
+        })
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
 }
@@ -392,7 +527,10 @@ fn canaries_of(store: &kube::runtime::reflector::Store<Canary>, deployment: &Dep
 pub async fn run(ctx: Arc<Context>, namespace: Option<String>) -> Result<(), kube::Error> {
     let client = ctx.client.clone();
     let (canaries, deployments): (Api<Canary>, Api<Deployment>) = match &namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     // Fail early and clearly when the CRD is not installed.
@@ -400,7 +538,11 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) -> Result<(), kub
     let controller = Controller::new(canaries, watcher::Config::default().any_semantic());
     let store = controller.store();
     controller
-        .watches(deployments, watcher::Config::default().any_semantic(), move |d| canaries_of(&store, &d))
+        .watches(
+            deployments,
+            watcher::Config::default().any_semantic(),
+            move |d| canaries_of(&store, &d),
+        )
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

@@ -22,21 +22,34 @@ use serde_json::{json, Value};
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
     #[error("{kind} {name}: {message}")]
-    Object { kind: &'static str, name: String, message: String },
+    Object {
+        kind: &'static str,
+        name: String,
+        message: String,
+    },
     #[error("envoy routes file {path}: {source}")]
-    File { path: String, source: std::io::Error },
+    File {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("envoy routes file {path}: {message}")]
     Render { path: String, message: String },
 }
 
 impl RouterError {
     pub(crate) fn object(kind: &'static str, obj: &Value, message: impl Into<String>) -> Self {
-        RouterError::Object { kind, name: name_of(obj).to_owned(), message: message.into() }
+        RouterError::Object {
+            kind,
+            name: name_of(obj).to_owned(),
+            message: message.into(),
+        }
     }
 }
 
 pub(crate) fn name_of(obj: &Value) -> &str {
-    obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("<unnamed>")
+    obj.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("<unnamed>")
 }
 
 /// Escapes a key for a JSON pointer (RFC 6901).
@@ -45,7 +58,10 @@ pub(crate) fn escape(key: &str) -> String {
 }
 
 /// Builds the guarded patch: `test` on resourceVersion first, then the given ops.
-pub(crate) fn guarded(obj: &Value, ops: Vec<Value>) -> Result<json_patch::Patch, serde_json::Error> {
+pub(crate) fn guarded(
+    obj: &Value,
+    ops: Vec<Value>,
+) -> Result<json_patch::Patch, serde_json::Error> {
     let mut all = Vec::with_capacity(ops.len() + 1);
     if let Some(rv) = obj.pointer("/metadata/resourceVersion") {
         all.push(json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}));

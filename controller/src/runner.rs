@@ -69,16 +69,36 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Runner {
     /// A runner and the receiver of "a run of this Canary completed" notifications.
-    pub fn new(source: Arc<dyn Source>, clock: Clock) -> (Self, mpsc::UnboundedReceiver<CanaryKey>) {
+    pub fn new(
+        source: Arc<dyn Source>,
+        clock: Clock,
+    ) -> (Self, mpsc::UnboundedReceiver<CanaryKey>) {
         let (completed, rx) = mpsc::unbounded_channel();
-        (Runner { source, clock, runs: Arc::default(), completed }, rx)
+        (
+            Runner {
+                source,
+                clock,
+                runs: Arc::default(),
+                completed,
+            },
+            rx,
+        )
     }
 
     /// Verdicts of every run this runner knows for the Canary.
     pub fn verdicts(&self, key: &CanaryKey) -> BTreeMap<String, Verdict> {
         let runs = lock(&self.runs);
         runs.get(key)
-            .map(|m| m.iter().map(|(name, e)| (name.clone(), e.fixed.clone().unwrap_or_else(|| verdict_of(&lock(&e.run))))).collect())
+            .map(|m| {
+                m.iter()
+                    .map(|(name, e)| {
+                        (
+                            name.clone(),
+                            e.fixed.clone().unwrap_or_else(|| verdict_of(&lock(&e.run))),
+                        )
+                    })
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -86,9 +106,20 @@ impl Runner {
     /// Argo does with `Analysis spec invalid: …`.
     pub fn fail(&self, key: &CanaryKey, name: &str, message: String) {
         let (stop, _) = watch::channel(true);
-        let run = Arc::new(Mutex::new(Run::new(Vec::new(), RunOptions::default(), (self.clock)())));
-        let entry = Entry { run, stop, fixed: Some(Verdict::of(Phase::Error, message)) };
-        lock(&self.runs).entry(key.clone()).or_default().insert(name.to_owned(), entry);
+        let run = Arc::new(Mutex::new(Run::new(
+            Vec::new(),
+            RunOptions::default(),
+            (self.clock)(),
+        )));
+        let entry = Entry {
+            run,
+            stop,
+            fixed: Some(Verdict::of(Phase::Error, message)),
+        };
+        lock(&self.runs)
+            .entry(key.clone())
+            .or_default()
+            .insert(name.to_owned(), entry);
         let _ = self.completed.send(key.clone());
     }
 
@@ -100,11 +131,30 @@ impl Runner {
             return;
         }
         let plans = analysis.metrics.iter().map(|m| m.plan()).collect();
-        let run = Arc::new(Mutex::new(Run::new(plans, RunOptions::default(), (self.clock)())));
+        let run = Arc::new(Mutex::new(Run::new(
+            plans,
+            RunOptions::default(),
+            (self.clock)(),
+        )));
         let (stop, stopped) = watch::channel(false);
-        of_canary.insert(name.to_owned(), Entry { run: run.clone(), stop, fixed: None });
+        of_canary.insert(
+            name.to_owned(),
+            Entry {
+                run: run.clone(),
+                stop,
+                fixed: None,
+            },
+        );
         drop(runs);
-        let task = Task { run, analysis, source: self.source.clone(), clock: self.clock.clone(), stopped, key: key.clone(), completed: self.completed.clone() };
+        let task = Task {
+            run,
+            analysis,
+            source: self.source.clone(),
+            clock: self.clock.clone(),
+            stopped,
+            key: key.clone(),
+            completed: self.completed.clone(),
+        };
         tokio::spawn(task.drive());
     }
 
@@ -152,7 +202,9 @@ impl Task {
             }
             let due = lock(&self.run).due(now);
             for index in due {
-                let Some(metric) = self.analysis.metrics.get(index) else { continue };
+                let Some(metric) = self.analysis.metrics.get(index) else {
+                    continue;
+                };
                 let clock = self.clock.clone();
                 let now_fn = move || clock();
                 let measurement = provider::measure(self.source.as_ref(), metric, &now_fn).await;
@@ -194,7 +246,12 @@ mod tests {
     impl Source for Constant {
         fn query<'a>(&'a self, _: &'a MetricSpec) -> BoxFuture<'a, Result<Outcome, ProviderError>> {
             let v = self.0;
-            Box::pin(async move { Ok(Outcome::Value { value: Value::Float(v), text: v.to_string() }) })
+            Box::pin(async move {
+                Ok(Outcome::Value {
+                    value: Value::Float(v),
+                    text: v.to_string(),
+                })
+            })
         }
     }
 
@@ -208,7 +265,11 @@ mod tests {
 
     async fn wait_for(runner: &Runner, key: &CanaryKey, name: &str) -> Verdict {
         for _ in 0..200 {
-            if let Some(v) = runner.verdicts(key).get(name).filter(|v| v.phase.is_completed()) {
+            if let Some(v) = runner
+                .verdicts(key)
+                .get(name)
+                .filter(|v| v.phase.is_completed())
+            {
                 return v.clone();
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -225,10 +286,17 @@ mod tests {
         assert_eq!(wait_for(&runner, &key, "ok").await.phase, Phase::Successful);
         let bad = wait_for(&runner, &key, "bad").await;
         assert_eq!(bad.phase, Phase::Failed);
-        assert_eq!(bad.message, "Metric \"success-rate\" assessed Failed due to failed (1) > failureLimit (0)");
+        assert_eq!(
+            bad.message,
+            "Metric \"success-rate\" assessed Failed due to failed (1) > failureLimit (0)"
+        );
         assert_eq!(bad.failed, 1);
         assert_eq!(rx.recv().await, Some(key.clone()));
-        runner.fail(&key, "broken", "Analysis spec invalid: no metrics specified".into());
+        runner.fail(
+            &key,
+            "broken",
+            "Analysis spec invalid: no metrics specified".into(),
+        );
         assert_eq!(runner.verdicts(&key)["broken"].phase, Phase::Error);
         runner.retain(&key, &["ok"]);
         assert_eq!(runner.verdicts(&key).keys().collect::<Vec<_>>(), vec!["ok"]);

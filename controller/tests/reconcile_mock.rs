@@ -5,13 +5,13 @@
 use std::{sync::Arc, time::Duration};
 
 use http::{Request, Response};
-use k8s_openapi::{
-    api::apps::v1::Deployment,
-    jiff::Timestamp,
-};
+use k8s_openapi::{api::apps::v1::Deployment, jiff::Timestamp};
 use kube::{
     client::Body,
-    runtime::{controller::Action, events::{Recorder, Reporter}},
+    runtime::{
+        controller::Action,
+        events::{Recorder, Reporter},
+    },
     Client,
 };
 use plover_controller::{
@@ -39,7 +39,12 @@ impl Source for NoProvider {
 
 struct NoExporter;
 impl TrafficSource for NoExporter {
-    fn stats<'a>(&'a self, _: &'a TrafficCheck, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<StatsResponse, String>> {
+    fn stats<'a>(
+        &'a self,
+        _: &'a TrafficCheck,
+        _: &'a str,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<StatsResponse, String>> {
         Box::pin(async { Err("no exporter in this test".into()) })
     }
 }
@@ -49,7 +54,13 @@ struct ApiServer(Handle<Request<Body>, Response<Body>>);
 
 impl ApiServer {
     /// Expects the next request; returns its JSON body (Null if empty) after answering `reply`.
-    async fn expect(&mut self, method: &str, path: &str, query: Option<&str>, reply: impl FnOnce(&Value) -> Value) -> Value {
+    async fn expect(
+        &mut self,
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        reply: impl FnOnce(&Value) -> Value,
+    ) -> Value {
         let (request, send) = tokio::time::timeout(Duration::from_secs(2), self.0.next_request())
             .await
             .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}"))
@@ -57,16 +68,33 @@ impl ApiServer {
         assert_eq!(request.method().as_str(), method, "{}", request.uri());
         assert_eq!(request.uri().path(), path);
         if let Some(q) = query {
-            assert_eq!(request.uri().query().unwrap_or_default(), q, "query of {method} {path}");
+            assert_eq!(
+                request.uri().query().unwrap_or_default(),
+                q,
+                "query of {method} {path}"
+            );
         }
         if method == "PATCH" {
-            let content_type = request.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            let content_type = request
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
             assert_eq!(content_type, "application/json-patch+json", "{path}");
         }
         let bytes = request.into_body().collect_bytes().await.unwrap();
-        let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
         let response = reply(&body);
-        send.send_response(Response::builder().status(200).body(Body::from(serde_json::to_vec(&response).unwrap())).unwrap());
+        send.send_response(
+            Response::builder()
+                .status(200)
+                .body(Body::from(serde_json::to_vec(&response).unwrap()))
+                .unwrap(),
+        );
         body
     }
 
@@ -82,8 +110,15 @@ impl ApiServer {
 fn context() -> (Arc<Context>, ApiServer) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "test");
-    let recorder = Recorder::new(client.clone(), Reporter { controller: "plover".into(), instance: None });
-    let (runner, _completed) = Runner::new(Arc::new(NoProvider), Arc::new(std::time::SystemTime::now));
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "plover".into(),
+            instance: None,
+        },
+    );
+    let (runner, _completed) =
+        Runner::new(Arc::new(NoProvider), Arc::new(std::time::SystemTime::now));
     let ctx = Context {
         client,
         recorder,
@@ -117,7 +152,11 @@ fn revision(deployment: &Value) -> String {
 }
 
 fn testdata(name: &str) -> Value {
-    let text = std::fs::read_to_string(format!("{}/testdata/objects/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let text = std::fs::read_to_string(format!(
+        "{}/testdata/objects/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
     serde_yaml::from_str(&text).unwrap()
 }
 
@@ -134,7 +173,10 @@ fn canary(spec: Value, status: Option<Value>) -> Arc<Canary> {
 }
 
 fn merge_status(object: &Canary, patch: &Value) -> Value {
-    assert_eq!(patch[0], json!({"op": "test", "path": "/metadata/resourceVersion", "value": "100"}));
+    assert_eq!(
+        patch[0],
+        json!({"op": "test", "path": "/metadata/resourceVersion", "value": "100"})
+    );
     assert_eq!(patch[1]["op"], "add");
     assert_eq!(patch[1]["path"], "/status");
     let mut obj = serde_json::to_value(object).unwrap();
@@ -150,7 +192,10 @@ fn check_event(body: &Value, type_: &str, reason: &str, note_contains: &str) -> 
     assert_eq!(body["regarding"]["name"], "podinfo");
     assert_eq!(body["reportingController"], "plover");
     let note = body["note"].as_str().unwrap_or_default();
-    assert!(note.contains(note_contains), "{note:?} should contain {note_contains:?}");
+    assert!(
+        note.contains(note_contains),
+        "{note:?} should contain {note_contains:?}"
+    );
     body.clone()
 }
 
@@ -173,54 +218,126 @@ async fn istio_rollout_sets_the_weight_pauses_then_writes_nothing_more() {
     let object = canary(spec.clone(), None);
 
     let task = tokio::spawn(reconcile(object.clone(), ctx.clone()));
-    api.expect("GET", "/apis/apps/v1/namespaces/test/deployments/podinfo", None, |_| stable.clone()).await;
-    api.expect("GET", "/apis/apps/v1/namespaces/test/deployments/podinfo-canary", None, |_| candidate.clone()).await;
-    api.expect("GET", "/apis/networking.istio.io/v1/namespaces/test/virtualservices/podinfo", None, |_| vs.clone()).await;
+    api.expect(
+        "GET",
+        "/apis/apps/v1/namespaces/test/deployments/podinfo",
+        None,
+        |_| stable.clone(),
+    )
+    .await;
+    api.expect(
+        "GET",
+        "/apis/apps/v1/namespaces/test/deployments/podinfo-canary",
+        None,
+        |_| candidate.clone(),
+    )
+    .await;
+    api.expect(
+        "GET",
+        "/apis/networking.istio.io/v1/namespaces/test/virtualservices/podinfo",
+        None,
+        |_| vs.clone(),
+    )
+    .await;
     let mut weighted = vs.clone();
     weighted["spec"]["http"][1]["route"][0]["weight"] = json!(80);
     weighted["spec"]["http"][1]["route"][1]["weight"] = json!(20);
-    let patch = api.expect("PATCH", "/apis/networking.istio.io/v1/namespaces/test/virtualservices/podinfo", FM, |_| weighted.clone()).await;
-    assert_eq!(patch, json!([
-        {"op": "test", "path": "/metadata/resourceVersion", "value": "1041"},
-        {"op": "test", "path": "/spec/http/1/name", "value": "primary"},
-        {"op": "test", "path": "/spec/http/1/route/1/destination", "value": {"host": "podinfo-canary.test.svc.cluster.local", "port": {"number": 9898}}},
-        {"op": "add", "path": "/spec/http/1/route/1/weight", "value": 20},
-        {"op": "test", "path": "/spec/http/1/route/0/destination", "value": {"host": "podinfo-stable.test.svc.cluster.local", "port": {"number": 9898}}},
-        {"op": "add", "path": "/spec/http/1/route/0/weight", "value": 80},
-    ]));
-    api.expect("POST", "/apis/events.k8s.io/v1/namespaces/test/events", None, |b| {
-        check_event(b, "Normal", "NewRevision", &format!("revision {canary_rev} of podinfo-canary started; stable runs {stable_rev}"))
-    })
+    let patch = api
+        .expect(
+            "PATCH",
+            "/apis/networking.istio.io/v1/namespaces/test/virtualservices/podinfo",
+            FM,
+            |_| weighted.clone(),
+        )
+        .await;
+    assert_eq!(
+        patch,
+        json!([
+            {"op": "test", "path": "/metadata/resourceVersion", "value": "1041"},
+            {"op": "test", "path": "/spec/http/1/name", "value": "primary"},
+            {"op": "test", "path": "/spec/http/1/route/1/destination", "value": {"host": "podinfo-canary.test.svc.cluster.local", "port": {"number": 9898}}},
+            {"op": "add", "path": "/spec/http/1/route/1/weight", "value": 20},
+            {"op": "test", "path": "/spec/http/1/route/0/destination", "value": {"host": "podinfo-stable.test.svc.cluster.local", "port": {"number": 9898}}},
+            {"op": "add", "path": "/spec/http/1/route/0/weight", "value": 80},
+        ])
+    );
+    api.expect(
+        "POST",
+        "/apis/events.k8s.io/v1/namespaces/test/events",
+        None,
+        |b| {
+            check_event(
+                b,
+                "Normal",
+                "NewRevision",
+                &format!(
+                    "revision {canary_rev} of podinfo-canary started; stable runs {stable_rev}"
+                ),
+            )
+        },
+    )
     .await;
-    let status_patch = api.expect("PATCH", "/apis/plover.dev/v1alpha1/namespaces/test/canaries/podinfo/status", FM, |b| merge_status(&object, b)).await;
-    assert_eq!(status_patch[1]["value"], json!({
-        "phase": "Paused",
-        "message": "CanaryPauseStep: paused until promoted",
-        "observedGeneration": 1,
-        "revision": canary_rev,
-        "stableRevision": stable_rev,
-        "currentStepIndex": 1,
-        "stepStartedAt": T0_TEXT,
-        "desiredWeight": 20,
-        "weightChangedAt": T0_TEXT,
-        "pause": {"reason": "CanaryPauseStep", "since": T0_TEXT},
-        "attempt": 0,
-        "conditions": [{
-            "type": "Progressing", "status": "True", "reason": "NewRevision",
-            "message": format!("revision {canary_rev} of podinfo-canary started; stable runs {stable_rev}"),
-            "lastTransitionTime": T0_TEXT, "observedGeneration": 1
-        }]
-    }));
+    let status_patch = api
+        .expect(
+            "PATCH",
+            "/apis/plover.dev/v1alpha1/namespaces/test/canaries/podinfo/status",
+            FM,
+            |b| merge_status(&object, b),
+        )
+        .await;
+    assert_eq!(
+        status_patch[1]["value"],
+        json!({
+            "phase": "Paused",
+            "message": "CanaryPauseStep: paused until promoted",
+            "observedGeneration": 1,
+            "revision": canary_rev,
+            "stableRevision": stable_rev,
+            "currentStepIndex": 1,
+            "stepStartedAt": T0_TEXT,
+            "desiredWeight": 20,
+            "weightChangedAt": T0_TEXT,
+            "pause": {"reason": "CanaryPauseStep", "since": T0_TEXT},
+            "attempt": 0,
+            "conditions": [{
+                "type": "Progressing", "status": "True", "reason": "NewRevision",
+                "message": format!("revision {canary_rev} of podinfo-canary started; stable runs {stable_rev}"),
+                "lastTransitionTime": T0_TEXT, "observedGeneration": 1
+            }]
+        })
+    );
     let action = task.await.unwrap().unwrap();
-    assert_eq!(action, Action::await_change(), "an indefinite pause waits for promote");
+    assert_eq!(
+        action,
+        Action::await_change(),
+        "an indefinite pause waits for promote"
+    );
     api.expect_nothing_more().await;
 
     // The reconcile our own status write triggers: reads, finds everything in place, writes nothing.
     let object = canary(spec, Some(status_patch[1]["value"].clone()));
     let task = tokio::spawn(reconcile(object, ctx.clone()));
-    api.expect("GET", "/apis/apps/v1/namespaces/test/deployments/podinfo", None, |_| stable.clone()).await;
-    api.expect("GET", "/apis/apps/v1/namespaces/test/deployments/podinfo-canary", None, |_| candidate.clone()).await;
-    api.expect("GET", "/apis/networking.istio.io/v1/namespaces/test/virtualservices/podinfo", None, |_| weighted.clone()).await;
+    api.expect(
+        "GET",
+        "/apis/apps/v1/namespaces/test/deployments/podinfo",
+        None,
+        |_| stable.clone(),
+    )
+    .await;
+    api.expect(
+        "GET",
+        "/apis/apps/v1/namespaces/test/deployments/podinfo-canary",
+        None,
+        |_| candidate.clone(),
+    )
+    .await;
+    api.expect(
+        "GET",
+        "/apis/networking.istio.io/v1/namespaces/test/virtualservices/podinfo",
+        None,
+        |_| weighted.clone(),
+    )
+    .await;
     assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
     api.expect_nothing_more().await;
 }
@@ -241,44 +358,108 @@ async fn gateway_api_rollout_is_promoted_then_routes_everything_to_stable() {
 
     // 1. New revision: 50/50, all steps done, so the canary's template goes to stable.
     let task = tokio::spawn(reconcile(object.clone(), ctx.clone()));
-    api.expect("GET", "/apis/apps/v1/namespaces/test/deployments/podinfo", None, |_| stable.clone()).await;
-    api.expect("GET", "/apis/apps/v1/namespaces/test/deployments/podinfo-canary", None, |_| candidate.clone()).await;
-    api.expect("GET", "/apis/gateway.networking.k8s.io/v1/namespaces/test/httproutes/podinfo", None, |_| route.clone()).await;
+    api.expect(
+        "GET",
+        "/apis/apps/v1/namespaces/test/deployments/podinfo",
+        None,
+        |_| stable.clone(),
+    )
+    .await;
+    api.expect(
+        "GET",
+        "/apis/apps/v1/namespaces/test/deployments/podinfo-canary",
+        None,
+        |_| candidate.clone(),
+    )
+    .await;
+    api.expect(
+        "GET",
+        "/apis/gateway.networking.k8s.io/v1/namespaces/test/httproutes/podinfo",
+        None,
+        |_| route.clone(),
+    )
+    .await;
     let mut split = route.clone();
     split["spec"]["rules"][1]["backendRefs"][0]["weight"] = json!(50);
     split["spec"]["rules"][1]["backendRefs"][1]["weight"] = json!(50);
     split["metadata"]["resourceVersion"] = json!("312");
-    let patch = api.expect("PATCH", "/apis/gateway.networking.k8s.io/v1/namespaces/test/httproutes/podinfo", FM, |_| split.clone()).await;
-    assert_eq!(patch, json!([
-        {"op": "test", "path": "/metadata/resourceVersion", "value": "311"},
-        {"op": "test", "path": "/spec/rules/1/backendRefs/1/name", "value": "podinfo-canary"},
-        {"op": "add", "path": "/spec/rules/1/backendRefs/1/weight", "value": 50},
-        {"op": "test", "path": "/spec/rules/1/backendRefs/0/name", "value": "podinfo-stable"},
-        {"op": "add", "path": "/spec/rules/1/backendRefs/0/weight", "value": 50},
-    ]));
+    let patch = api
+        .expect(
+            "PATCH",
+            "/apis/gateway.networking.k8s.io/v1/namespaces/test/httproutes/podinfo",
+            FM,
+            |_| split.clone(),
+        )
+        .await;
+    assert_eq!(
+        patch,
+        json!([
+            {"op": "test", "path": "/metadata/resourceVersion", "value": "311"},
+            {"op": "test", "path": "/spec/rules/1/backendRefs/1/name", "value": "podinfo-canary"},
+            {"op": "add", "path": "/spec/rules/1/backendRefs/1/weight", "value": 50},
+            {"op": "test", "path": "/spec/rules/1/backendRefs/0/name", "value": "podinfo-stable"},
+            {"op": "add", "path": "/spec/rules/1/backendRefs/0/weight", "value": 50},
+        ])
+    );
     let mut promoted = stable.clone();
     promoted["spec"]["template"]["spec"] = candidate["spec"]["template"]["spec"].clone();
-    let patch = api.expect("PATCH", "/apis/apps/v1/namespaces/test/deployments/podinfo", FM, |_| promoted.clone()).await;
+    let patch = api
+        .expect(
+            "PATCH",
+            "/apis/apps/v1/namespaces/test/deployments/podinfo",
+            FM,
+            |_| promoted.clone(),
+        )
+        .await;
     let canary_template_spec: Value = {
         let d: Deployment = serde_json::from_value(candidate.clone()).unwrap();
         serde_json::to_value(d.spec.unwrap().template.spec).unwrap()
     };
-    assert_eq!(patch, json!([
-        {"op": "test", "path": "/metadata/resourceVersion", "value": "podinfo-rv"},
-        {"op": "add", "path": "/spec/template/spec", "value": canary_template_spec},
-    ]));
-    api.expect("POST", "/apis/events.k8s.io/v1/namespaces/test/events", None, |b| check_event(b, "Normal", "NewRevision", &canary_rev)).await;
-    api.expect("POST", "/apis/events.k8s.io/v1/namespaces/test/events", None, |b| {
-        check_event(b, "Normal", "Promoting", &format!("all steps complete: promoting revision {canary_rev} to podinfo"))
-    })
+    assert_eq!(
+        patch,
+        json!([
+            {"op": "test", "path": "/metadata/resourceVersion", "value": "podinfo-rv"},
+            {"op": "add", "path": "/spec/template/spec", "value": canary_template_spec},
+        ])
+    );
+    api.expect(
+        "POST",
+        "/apis/events.k8s.io/v1/namespaces/test/events",
+        None,
+        |b| check_event(b, "Normal", "NewRevision", &canary_rev),
+    )
     .await;
-    let status = api.expect("PATCH", "/apis/plover.dev/v1alpha1/namespaces/test/canaries/podinfo/status", FM, |b| merge_status(&object, b)).await;
+    api.expect(
+        "POST",
+        "/apis/events.k8s.io/v1/namespaces/test/events",
+        None,
+        |b| {
+            check_event(
+                b,
+                "Normal",
+                "Promoting",
+                &format!("all steps complete: promoting revision {canary_rev} to podinfo"),
+            )
+        },
+    )
+    .await;
+    let status = api
+        .expect(
+            "PATCH",
+            "/apis/plover.dev/v1alpha1/namespaces/test/canaries/podinfo/status",
+            FM,
+            |b| merge_status(&object, b),
+        )
+        .await;
     let status = status[1]["value"].clone();
     assert_eq!(status["phase"], "Promoting");
     assert_eq!(status["currentStepIndex"], 1);
     assert_eq!(status["desiredWeight"], 50);
     assert_eq!(status["stableRevision"], stable_rev);
-    assert_eq!(task.await.unwrap().unwrap(), Action::requeue(Duration::from_secs(5)));
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(5))
+    );
     api.expect_nothing_more().await;
 
     // 2. Stable now runs the canary's revision and has rolled out: everything to stable, Healthy.
@@ -288,22 +469,67 @@ async fn gateway_api_rollout_is_promoted_then_routes_everything_to_stable() {
     stable_now["status"]["observedGeneration"] = json!(3);
     assert_eq!(revision(&stable_now), canary_rev);
     let task = tokio::spawn(reconcile(object.clone(), ctx.clone()));
-    api.expect("GET", "/apis/apps/v1/namespaces/test/deployments/podinfo", None, |_| stable_now.clone()).await;
-    api.expect("GET", "/apis/apps/v1/namespaces/test/deployments/podinfo-canary", None, |_| candidate.clone()).await;
-    api.expect("GET", "/apis/gateway.networking.k8s.io/v1/namespaces/test/httproutes/podinfo", None, |_| split.clone()).await;
-    let patch = api.expect("PATCH", "/apis/gateway.networking.k8s.io/v1/namespaces/test/httproutes/podinfo", FM, |_| split.clone()).await;
-    assert_eq!(patch, json!([
-        {"op": "test", "path": "/metadata/resourceVersion", "value": "312"},
-        {"op": "test", "path": "/spec/rules/1/backendRefs/1/name", "value": "podinfo-canary"},
-        {"op": "add", "path": "/spec/rules/1/backendRefs/1/weight", "value": 0},
-        {"op": "test", "path": "/spec/rules/1/backendRefs/0/name", "value": "podinfo-stable"},
-        {"op": "add", "path": "/spec/rules/1/backendRefs/0/weight", "value": 100},
-    ]));
-    api.expect("POST", "/apis/events.k8s.io/v1/namespaces/test/events", None, |b| {
-        check_event(b, "Normal", "Promoted", &format!("revision {canary_rev} promoted: podinfo takes all traffic"))
-    })
+    api.expect(
+        "GET",
+        "/apis/apps/v1/namespaces/test/deployments/podinfo",
+        None,
+        |_| stable_now.clone(),
+    )
     .await;
-    let status = api.expect("PATCH", "/apis/plover.dev/v1alpha1/namespaces/test/canaries/podinfo/status", FM, |b| merge_status(&object, b)).await;
+    api.expect(
+        "GET",
+        "/apis/apps/v1/namespaces/test/deployments/podinfo-canary",
+        None,
+        |_| candidate.clone(),
+    )
+    .await;
+    api.expect(
+        "GET",
+        "/apis/gateway.networking.k8s.io/v1/namespaces/test/httproutes/podinfo",
+        None,
+        |_| split.clone(),
+    )
+    .await;
+    let patch = api
+        .expect(
+            "PATCH",
+            "/apis/gateway.networking.k8s.io/v1/namespaces/test/httproutes/podinfo",
+            FM,
+            |_| split.clone(),
+        )
+        .await;
+    assert_eq!(
+        patch,
+        json!([
+            {"op": "test", "path": "/metadata/resourceVersion", "value": "312"},
+            {"op": "test", "path": "/spec/rules/1/backendRefs/1/name", "value": "podinfo-canary"},
+            {"op": "add", "path": "/spec/rules/1/backendRefs/1/weight", "value": 0},
+            {"op": "test", "path": "/spec/rules/1/backendRefs/0/name", "value": "podinfo-stable"},
+            {"op": "add", "path": "/spec/rules/1/backendRefs/0/weight", "value": 100},
+        ])
+    );
+    api.expect(
+        "POST",
+        "/apis/events.k8s.io/v1/namespaces/test/events",
+        None,
+        |b| {
+            check_event(
+                b,
+                "Normal",
+                "Promoted",
+                &format!("revision {canary_rev} promoted: podinfo takes all traffic"),
+            )
+        },
+    )
+    .await;
+    let status = api
+        .expect(
+            "PATCH",
+            "/apis/plover.dev/v1alpha1/namespaces/test/canaries/podinfo/status",
+            FM,
+            |b| merge_status(&object, b),
+        )
+        .await;
     let status = &status[1]["value"];
     assert_eq!(status["phase"], "Healthy");
     assert_eq!(status["desiredWeight"], 0);
@@ -327,9 +553,20 @@ async fn an_invalid_spec_reads_nothing_and_writes_only_its_status() {
         check_event(b, "Warning", "InvalidSpec", "spec.workload.canary: must differ from spec.workload.stable; spec.trafficRouting: must set one of istio, gatewayAPI, envoy")
     })
     .await;
-    let status = api.expect("PATCH", "/apis/plover.dev/v1alpha1/namespaces/test/canaries/podinfo/status", FM, |b| merge_status(&object, b)).await;
+    let status = api
+        .expect(
+            "PATCH",
+            "/apis/plover.dev/v1alpha1/namespaces/test/canaries/podinfo/status",
+            FM,
+            |b| merge_status(&object, b),
+        )
+        .await;
     assert_eq!(status[1]["value"]["phase"], "Degraded");
     assert_eq!(status[1]["value"]["conditions"][0]["type"], "InvalidSpec");
-    assert_eq!(task.await.unwrap().unwrap(), Action::await_change(), "no hot loop");
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::await_change(),
+        "no hot loop"
+    );
     api.expect_nothing_more().await;
 }

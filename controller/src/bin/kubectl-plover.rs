@@ -6,7 +6,11 @@ use clap::Parser;
 use plover_controller::commands::{self, CanaryCommand};
 
 #[derive(Parser)]
-#[command(name = "kubectl plover", version, about = "Plover canary releases, as a kubectl plugin")]
+#[command(
+    name = "kubectl plover",
+    version,
+    about = "Plover canary releases, as a kubectl plugin"
+)]
 struct Plugin {
     #[command(subcommand)]
     command: CanaryCommand,

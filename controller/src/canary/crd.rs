@@ -46,15 +46,27 @@ mod tests {
         assert_eq!(crd.spec.names.kind, "Canary");
         let version = &crd.spec.versions[0];
         assert_eq!(version.name, "v1alpha1");
-        assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
-        let columns: Vec<&str> = version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
+        assert!(version
+            .subresources
+            .as_ref()
+            .and_then(|s| s.status.as_ref())
+            .is_some());
+        let columns: Vec<&str> = version
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
         assert_eq!(columns, ["Phase", "Step", "Desired", "Observed", "Age"]);
         let schema = serde_json::to_value(&version.schema).unwrap();
         let text = schema.to_string();
         // Structural: no anyOf/oneOf left at any level apart from IntOrString.
         assert!(!text.contains("\"oneOf\""), "{text}");
         let spec = &schema["openAPIV3Schema"]["properties"]["spec"];
-        assert_eq!(spec["required"], serde_json::json!(["trafficRouting", "workload"]));
+        assert_eq!(
+            spec["required"],
+            serde_json::json!(["trafficRouting", "workload"])
+        );
         assert!(spec["properties"]["trafficRouting"]["properties"]["gatewayAPI"].is_object());
     }
 }

@@ -14,8 +14,13 @@ use std::{collections::BTreeMap, time::Duration};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
 use super::{
-    spec::{AnalysisSource, CanarySpec, StepKind, DEFAULT_MIN_REQUESTS, DEFAULT_MISMATCH_AFTER, DEFAULT_TRAFFIC_TOLERANCE, DEFAULT_TRAFFIC_WINDOW},
-    status::{conditions, reasons, AnalysisRunStatus, CanaryPhase, CanaryStatus, PauseReason, PauseState},
+    spec::{
+        AnalysisSource, CanarySpec, StepKind, DEFAULT_MIN_REQUESTS, DEFAULT_MISMATCH_AFTER,
+        DEFAULT_TRAFFIC_TOLERANCE, DEFAULT_TRAFFIC_WINDOW,
+    },
+    status::{
+        conditions, reasons, AnalysisRunStatus, CanaryPhase, CanaryStatus, PauseReason, PauseState,
+    },
     validate::{duration_or, pause_duration, validate},
 };
 use crate::analysis::Phase;
@@ -38,7 +43,11 @@ pub struct WorkloadState {
 
 impl WorkloadState {
     pub fn ready(revision: &str) -> Self {
-        WorkloadState { exists: true, revision: Some(revision.to_owned()), rolled_out: true }
+        WorkloadState {
+            exists: true,
+            revision: Some(revision.to_owned()),
+            rolled_out: true,
+        }
     }
 }
 
@@ -65,7 +74,14 @@ pub struct Verdict {
 
 impl Verdict {
     pub fn of(phase: Phase, message: impl Into<String>) -> Self {
-        Verdict { phase, message: message.into(), successful: 0, failed: 0, inconclusive: 0, error: 0 }
+        Verdict {
+            phase,
+            message: message.into(),
+            successful: 0,
+            failed: 0,
+            inconclusive: 0,
+            error: 0,
+        }
     }
 }
 
@@ -99,12 +115,27 @@ pub enum AnalysisKind {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// Route `canary`% to the canary and `stable`% to the stable workload (they add up to 100).
-    SetWeight { canary: u32, stable: u32 },
-    StartAnalysis { name: String, kind: AnalysisKind, source: AnalysisSource },
-    StopAnalysis { name: String },
+    SetWeight {
+        canary: u32,
+        stable: u32,
+    },
+    StartAnalysis {
+        name: String,
+        kind: AnalysisKind,
+        source: AnalysisSource,
+    },
+    StopAnalysis {
+        name: String,
+    },
     /// Copy the canary's pod template to the stable workload.
-    PromoteWorkload { revision: String },
-    Event { warning: bool, reason: &'static str, message: String },
+    PromoteWorkload {
+        revision: String,
+    },
+    Event {
+        warning: bool,
+        reason: &'static str,
+        message: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -139,7 +170,11 @@ impl Builder<'_, '_> {
     }
 
     fn event(&mut self, warning: bool, reason: &'static str, message: impl Into<String>) {
-        self.actions.push(Action::Event { warning, reason, message: message.into() });
+        self.actions.push(Action::Event {
+            warning,
+            reason,
+            message: message.into(),
+        });
     }
 
     /// Records the desired canary weight; the change time starts the observed-split check.
@@ -147,14 +182,22 @@ impl Builder<'_, '_> {
         if self.status.desired_weight != canary {
             self.status.desired_weight = canary;
             self.status.weight_changed_at = Some(self.now.clone());
-            self.status.remove_condition(conditions::TRAFFIC_SPLIT_MISMATCH);
+            self.status
+                .remove_condition(conditions::TRAFFIC_SPLIT_MISMATCH);
         }
-        self.actions.retain(|a| !matches!(a, Action::SetWeight { .. }));
-        self.actions.push(Action::SetWeight { canary, stable: 100 - canary });
+        self.actions
+            .retain(|a| !matches!(a, Action::SetWeight { .. }));
+        self.actions.push(Action::SetWeight {
+            canary,
+            stable: 100 - canary,
+        });
     }
 
     fn stop_running_analyses(&mut self) {
-        let runs = [self.status.step_analysis.as_mut(), self.status.background_analysis.as_mut()];
+        let runs = [
+            self.status.step_analysis.as_mut(),
+            self.status.background_analysis.as_mut(),
+        ];
         let mut stopped = Vec::new();
         for run in runs.into_iter().flatten() {
             if !Phase::from(run.phase).is_completed() {
@@ -176,7 +219,11 @@ impl Builder<'_, '_> {
             Action::Event { .. } => 4,
         };
         self.actions.sort_by_key(rank);
-        Decision { actions: self.actions, status: self.status, requeue_after: self.requeue_after }
+        Decision {
+            actions: self.actions,
+            status: self.status,
+            requeue_after: self.requeue_after,
+        }
     }
 }
 
@@ -200,11 +247,16 @@ pub fn background_run_name(name: &str, revision: &str, attempt: u32, serial: u32
 }
 
 fn background_serial(run: &AnalysisRunStatus) -> u32 {
-    run.name.rsplit_once("-background-").and_then(|(_, n)| n.parse().ok()).unwrap_or(0)
+    run.name
+        .rsplit_once("-background-")
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or(0)
 }
 
 fn elapsed(since: &Time, now: &Timestamp) -> Duration {
-    let secs = now.as_millisecond().saturating_sub(since.0.as_millisecond());
+    let secs = now
+        .as_millisecond()
+        .saturating_sub(since.0.as_millisecond());
     Duration::from_millis(u64::try_from(secs).unwrap_or(0))
 }
 
@@ -223,9 +275,19 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
     // do not requeue: only an edit of the spec can change the answer.
     if let Err(invalid) = validate(obs.spec) {
         let message = invalid.to_string();
-        let first_time = b.status.condition(conditions::INVALID_SPEC).is_none_or(|c| c.status != "True" || c.message != message);
+        let first_time = b
+            .status
+            .condition(conditions::INVALID_SPEC)
+            .is_none_or(|c| c.status != "True" || c.message != message);
         let now = b.now.clone();
-        b.status.set_condition(conditions::INVALID_SPEC, true, reasons::INVALID_SPEC, &message, &now, obs.generation);
+        b.status.set_condition(
+            conditions::INVALID_SPEC,
+            true,
+            reasons::INVALID_SPEC,
+            &message,
+            &now,
+            obs.generation,
+        );
         b.status.phase = Some(CanaryPhase::Degraded);
         b.status.message = Some(format!("InvalidSpec: {message}"));
         if first_time {
@@ -239,10 +301,21 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         obs.canary.revision.clone().filter(|_| obs.canary.exists),
         obs.stable.revision.clone().filter(|_| obs.stable.exists),
     ) else {
-        let missing = if obs.stable.exists { &obs.spec.workload.canary } else { &obs.spec.workload.stable };
+        let missing = if obs.stable.exists {
+            &obs.spec.workload.canary
+        } else {
+            &obs.spec.workload.stable
+        };
         let message = format!("workload {missing:?} not found");
         let now = b.now.clone();
-        b.status.set_condition(conditions::PROGRESSING, false, reasons::WORKLOAD_NOT_FOUND, &message, &now, obs.generation);
+        b.status.set_condition(
+            conditions::PROGRESSING,
+            false,
+            reasons::WORKLOAD_NOT_FOUND,
+            &message,
+            &now,
+            obs.generation,
+        );
         b.status.message = Some(message);
         b.status.phase.get_or_insert(CanaryPhase::Progressing);
         b.requeue(MISSING_WORKLOAD_RETRY);
@@ -272,13 +345,27 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         if canary_rev != stable_rev {
             s.current_step_index = Some(0);
             s.step_started_at = Some(b.now.clone());
-            let message = format!("revision {canary_rev} of {} started; stable runs {stable_rev}", obs.spec.workload.canary);
+            let message = format!(
+                "revision {canary_rev} of {} started; stable runs {stable_rev}",
+                obs.spec.workload.canary
+            );
             let now = b.now.clone();
-            b.status.set_condition(conditions::PROGRESSING, true, reasons::NEW_REVISION, &message, &now, obs.generation);
+            b.status.set_condition(
+                conditions::PROGRESSING,
+                true,
+                reasons::NEW_REVISION,
+                &message,
+                &now,
+                obs.generation,
+            );
             b.event(false, reasons::NEW_REVISION, message);
         } else if !first_sight {
             // The canary went back to what stable runs: nothing left to roll out.
-            b.event(false, reasons::NEW_REVISION, format!("revision {canary_rev} is what stable runs; nothing to roll out"));
+            b.event(
+                false,
+                reasons::NEW_REVISION,
+                format!("revision {canary_rev} is what stable runs; nothing to roll out"),
+            );
         }
     }
 
@@ -302,7 +389,10 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         s.promote = false;
         s.step_analysis = None;
         s.background_analysis = None;
-        let message = format!("retrying revision {canary_rev} (attempt {})", b.status.attempt);
+        let message = format!(
+            "retrying revision {canary_rev} (attempt {})",
+            b.status.attempt
+        );
         b.event(false, "Retry", message);
     }
 
@@ -310,7 +400,11 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
     let len = steps.len() as u32;
     if b.status.promote_full {
         if b.status.current_step_index.unwrap_or(0) < len {
-            b.event(false, reasons::PROMOTING, "full promotion requested: skipping the remaining steps");
+            b.event(
+                false,
+                reasons::PROMOTING,
+                "full promotion requested: skipping the remaining steps",
+            );
         }
         stop_step_analysis(&mut b);
         b.status.current_step_index = Some(len);
@@ -334,10 +428,14 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         if index >= len {
             break;
         }
-        let Some(kind) = steps[index as usize].kind() else { break };
+        let Some(kind) = steps[index as usize].kind() else {
+            break;
+        };
         let done = match kind {
             StepKind::SetWeight(w) => set_weight_step(&mut b, w),
-            StepKind::Pause(duration) => pause_step(&mut b, duration.and_then(|d| pause_duration(d).ok())),
+            StepKind::Pause(duration) => {
+                pause_step(&mut b, duration.and_then(|d| pause_duration(d).ok()))
+            }
             StepKind::Analysis(source) => match analysis_step(&mut b, &canary_rev, index, source) {
                 StepOutcome::Done => true,
                 StepOutcome::Waiting => false,
@@ -365,20 +463,44 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
 
     // All steps done: hand the revision to the stable workload; traffic stays as it is until the
     // stable rollout completes (then `steady` routes everything to stable).
-    let background = b.status.background_analysis.as_ref().filter(|r| !Phase::from(r.phase).is_completed()).map(|r| r.name.clone());
+    let background = b
+        .status
+        .background_analysis
+        .as_ref()
+        .filter(|r| !Phase::from(r.phase).is_completed())
+        .map(|r| r.name.clone());
     if let Some(name) = background {
         b.actions.push(Action::StopAnalysis { name });
     }
     if previous_phase != Some(CanaryPhase::Promoting) {
-        b.event(false, reasons::PROMOTING, format!("all steps complete: promoting revision {canary_rev} to {}", obs.spec.workload.stable));
+        b.event(
+            false,
+            reasons::PROMOTING,
+            format!(
+                "all steps complete: promoting revision {canary_rev} to {}",
+                obs.spec.workload.stable
+            ),
+        );
     }
     b.status.phase = Some(CanaryPhase::Promoting);
-    b.status.message = Some(format!("rolling out revision {canary_rev} to {}", obs.spec.workload.stable));
+    b.status.message = Some(format!(
+        "rolling out revision {canary_rev} to {}",
+        obs.spec.workload.stable
+    ));
     b.status.pause = None;
     b.status.promote = false;
     let now = b.now.clone();
-    b.status.set_condition(conditions::PROGRESSING, true, reasons::PROMOTING, "copying the canary's pod template to the stable workload", &now, obs.generation);
-    b.actions.push(Action::PromoteWorkload { revision: canary_rev });
+    b.status.set_condition(
+        conditions::PROGRESSING,
+        true,
+        reasons::PROMOTING,
+        "copying the canary's pod template to the stable workload",
+        &now,
+        obs.generation,
+    );
+    b.actions.push(Action::PromoteWorkload {
+        revision: canary_rev,
+    });
     b.requeue(POLL_INTERVAL);
     b.finish()
 }
@@ -391,7 +513,10 @@ fn steady(mut b: Builder<'_, '_>, revision: &str) -> Decision {
         let weight = b.status.desired_weight;
         b.set_weight(weight);
         b.status.phase = Some(CanaryPhase::Promoting);
-        b.status.message = Some(format!("waiting for {} to roll out revision {revision}", obs.spec.workload.stable));
+        b.status.message = Some(format!(
+            "waiting for {} to roll out revision {revision}",
+            obs.spec.workload.stable
+        ));
         b.requeue(POLL_INTERVAL);
         return b.finish();
     }
@@ -404,11 +529,26 @@ fn steady(mut b: Builder<'_, '_>, revision: &str) -> Decision {
     b.status.promote_full = false;
     b.status.phase = Some(CanaryPhase::Healthy);
     b.status.message = None;
-    b.status.remove_condition(conditions::TRAFFIC_SPLIT_MISMATCH);
+    b.status
+        .remove_condition(conditions::TRAFFIC_SPLIT_MISMATCH);
     let now = b.now.clone();
-    b.status.set_condition(conditions::PROGRESSING, false, reasons::PROMOTED, &format!("stable runs revision {revision}"), &now, obs.generation);
+    b.status.set_condition(
+        conditions::PROGRESSING,
+        false,
+        reasons::PROMOTED,
+        &format!("stable runs revision {revision}"),
+        &now,
+        obs.generation,
+    );
     if was_promoting {
-        b.event(false, reasons::PROMOTED, format!("revision {revision} promoted: {} takes all traffic", obs.spec.workload.stable));
+        b.event(
+            false,
+            reasons::PROMOTED,
+            format!(
+                "revision {revision} promoted: {} takes all traffic",
+                obs.spec.workload.stable
+            ),
+        );
     }
     b.finish()
 }
@@ -433,7 +573,14 @@ fn abort(b: &mut Builder<'_, '_>, reason: Option<String>) {
         let message = b.status.message.clone().unwrap_or_default();
         let now = b.now.clone();
         let generation = b.obs.generation;
-        b.status.set_condition(conditions::PROGRESSING, false, reasons::ABORTED, &message, &now, generation);
+        b.status.set_condition(
+            conditions::PROGRESSING,
+            false,
+            reasons::ABORTED,
+            &message,
+            &now,
+            generation,
+        );
         b.event(true, reasons::ABORTED, message);
     }
 }
@@ -445,7 +592,12 @@ enum StepOutcome {
 }
 
 /// Updates the recorded run from its verdict, or asks for it to be (re)started.
-fn track_run(b: &mut Builder<'_, '_>, run: &mut AnalysisRunStatus, kind: AnalysisKind, source: &AnalysisSource) {
+fn track_run(
+    b: &mut Builder<'_, '_>,
+    run: &mut AnalysisRunStatus,
+    kind: AnalysisKind,
+    source: &AnalysisSource,
+) {
     match b.obs.analyses.get(&run.name) {
         Some(v) => {
             run.phase = v.phase.into();
@@ -460,7 +612,11 @@ fn track_run(b: &mut Builder<'_, '_>, run: &mut AnalysisRunStatus, kind: Analysi
         }
         None if !Phase::from(run.phase).is_completed() => {
             // Not running anywhere (new, or lost with a controller restart): start it.
-            b.actions.push(Action::StartAnalysis { name: run.name.clone(), kind, source: source.clone() });
+            b.actions.push(Action::StartAnalysis {
+                name: run.name.clone(),
+                kind,
+                source: source.clone(),
+            });
             b.requeue(POLL_INTERVAL);
         }
         None => {}
@@ -469,7 +625,9 @@ fn track_run(b: &mut Builder<'_, '_>, run: &mut AnalysisRunStatus, kind: Analysi
 
 /// Returns true when the rollout was aborted or paused by the background analysis.
 fn background_analysis(b: &mut Builder<'_, '_>, revision: &str) -> bool {
-    let Some(spec) = b.obs.spec.analysis.as_ref() else { return false };
+    let Some(spec) = b.obs.spec.analysis.as_ref() else {
+        return false;
+    };
     let index = b.status.current_step_index.unwrap_or(0);
     if index < spec.starting_step() || index >= b.obs.spec.steps.len() as u32 {
         return false;
@@ -489,7 +647,11 @@ fn background_analysis(b: &mut Builder<'_, '_>, revision: &str) -> bool {
     match phase {
         Phase::Failed | Phase::Error => {
             b.status.background_analysis = Some(run);
-            b.event(true, reasons::ANALYSIS_FAILED, format!("background analysis {phase}: {message}"));
+            b.event(
+                true,
+                reasons::ANALYSIS_FAILED,
+                format!("background analysis {phase}: {message}"),
+            );
             abort(b, Some(message));
             true
         }
@@ -503,7 +665,11 @@ fn background_analysis(b: &mut Builder<'_, '_>, revision: &str) -> bool {
             };
             b.status.promote = false;
             b.status.pause = None;
-            b.actions.push(Action::StartAnalysis { name: fresh.name.clone(), kind: AnalysisKind::Background, source });
+            b.actions.push(Action::StartAnalysis {
+                name: fresh.name.clone(),
+                kind: AnalysisKind::Background,
+                source,
+            });
             b.requeue(POLL_INTERVAL);
             b.status.background_analysis = Some(fresh);
             false
@@ -521,19 +687,42 @@ fn background_analysis(b: &mut Builder<'_, '_>, revision: &str) -> bool {
 }
 
 fn pause_inconclusive(b: &mut Builder<'_, '_>, what: &str, message: &str) {
-    if b.status.pause.as_ref().is_none_or(|p| p.reason != PauseReason::InconclusiveAnalysisRun) {
-        b.status.pause = Some(PauseState { reason: PauseReason::InconclusiveAnalysisRun, since: b.now.clone() });
-        b.event(true, reasons::ANALYSIS_INCONCLUSIVE, format!("{what}: {message}; paused until promote or abort"));
+    if b.status
+        .pause
+        .as_ref()
+        .is_none_or(|p| p.reason != PauseReason::InconclusiveAnalysisRun)
+    {
+        b.status.pause = Some(PauseState {
+            reason: PauseReason::InconclusiveAnalysisRun,
+            since: b.now.clone(),
+        });
+        b.event(
+            true,
+            reasons::ANALYSIS_INCONCLUSIVE,
+            format!("{what}: {message}; paused until promote or abort"),
+        );
     }
     b.status.phase = Some(CanaryPhase::Paused);
     b.status.message = Some(format!("InconclusiveAnalysisRun: {message}"));
     let now = b.now.clone();
     let generation = b.obs.generation;
-    b.status.set_condition(conditions::PROGRESSING, true, reasons::PAUSED, &format!("{what}: waiting for promote or abort"), &now, generation);
+    b.status.set_condition(
+        conditions::PROGRESSING,
+        true,
+        reasons::PAUSED,
+        &format!("{what}: waiting for promote or abort"),
+        &now,
+        generation,
+    );
 }
 
 fn stop_step_analysis(b: &mut Builder<'_, '_>) {
-    if let Some(run) = b.status.step_analysis.as_ref().filter(|r| !Phase::from(r.phase).is_completed()) {
+    if let Some(run) = b
+        .status
+        .step_analysis
+        .as_ref()
+        .filter(|r| !Phase::from(r.phase).is_completed())
+    {
         let name = run.name.clone();
         b.actions.push(Action::StopAnalysis { name });
     }
@@ -544,12 +733,28 @@ fn set_weight_step(b: &mut Builder<'_, '_>, weight: u32) -> bool {
     if b.status.promote {
         return true;
     }
-    let Some(check) = b.obs.spec.traffic_check.as_ref() else { return true };
-    let window = plover_wire::stats::parse_window_seconds(check.window.as_deref().unwrap_or(DEFAULT_TRAFFIC_WINDOW)).unwrap_or(30);
-    let tolerance = check.tolerance.and_then(|t| u32::try_from(t).ok()).unwrap_or(DEFAULT_TRAFFIC_TOLERANCE);
-    let min_requests = check.min_requests.and_then(|m| u64::try_from(m).ok()).unwrap_or(DEFAULT_MIN_REQUESTS);
-    let mismatch_after = duration_or(check.mismatch_after.as_deref(), DEFAULT_MISMATCH_AFTER).unwrap_or(Duration::from_secs(120));
-    let since_change = b.status.weight_changed_at.as_ref().map_or(Duration::MAX, |t| elapsed(t, &b.obs.now));
+    let Some(check) = b.obs.spec.traffic_check.as_ref() else {
+        return true;
+    };
+    let window = plover_wire::stats::parse_window_seconds(
+        check.window.as_deref().unwrap_or(DEFAULT_TRAFFIC_WINDOW),
+    )
+    .unwrap_or(30);
+    let tolerance = check
+        .tolerance
+        .and_then(|t| u32::try_from(t).ok())
+        .unwrap_or(DEFAULT_TRAFFIC_TOLERANCE);
+    let min_requests = check
+        .min_requests
+        .and_then(|m| u64::try_from(m).ok())
+        .unwrap_or(DEFAULT_MIN_REQUESTS);
+    let mismatch_after = duration_or(check.mismatch_after.as_deref(), DEFAULT_MISMATCH_AFTER)
+        .unwrap_or(Duration::from_secs(120));
+    let since_change = b
+        .status
+        .weight_changed_at
+        .as_ref()
+        .map_or(Duration::MAX, |t| elapsed(t, &b.obs.now));
     // The window must hold only traffic routed after the change, or it would average old and new.
     let window_full = since_change >= Duration::from_secs(window);
     let verdict = match b.obs.traffic {
@@ -566,15 +771,25 @@ fn set_weight_step(b: &mut Builder<'_, '_>, weight: u32) -> bool {
     };
     match verdict {
         Ok(()) => {
-            b.status.remove_condition(conditions::TRAFFIC_SPLIT_MISMATCH);
+            b.status
+                .remove_condition(conditions::TRAFFIC_SPLIT_MISMATCH);
             true
         }
         Err(message) => {
             if since_change >= mismatch_after {
-                let first = !b.status.is_condition_true(conditions::TRAFFIC_SPLIT_MISMATCH);
+                let first = !b
+                    .status
+                    .is_condition_true(conditions::TRAFFIC_SPLIT_MISMATCH);
                 let now = b.now.clone();
                 let generation = b.obs.generation;
-                b.status.set_condition(conditions::TRAFFIC_SPLIT_MISMATCH, true, reasons::SPLIT_MISMATCH, &message, &now, generation);
+                b.status.set_condition(
+                    conditions::TRAFFIC_SPLIT_MISMATCH,
+                    true,
+                    reasons::SPLIT_MISMATCH,
+                    &message,
+                    &now,
+                    generation,
+                );
                 if first {
                     b.event(true, reasons::SPLIT_MISMATCH, message);
                 }
@@ -589,7 +804,11 @@ fn pause_step(b: &mut Builder<'_, '_>, duration: Option<Duration>) -> bool {
     if b.status.promote {
         return true;
     }
-    let since = b.status.step_started_at.clone().unwrap_or_else(|| b.now.clone());
+    let since = b
+        .status
+        .step_started_at
+        .clone()
+        .unwrap_or_else(|| b.now.clone());
     if let Some(d) = duration {
         let waited = elapsed(&since, &b.obs.now);
         if waited >= d {
@@ -597,8 +816,15 @@ fn pause_step(b: &mut Builder<'_, '_>, duration: Option<Duration>) -> bool {
         }
         b.requeue(d - waited);
     }
-    if b.status.pause.as_ref().is_none_or(|p| p.reason != PauseReason::CanaryPauseStep) {
-        b.status.pause = Some(PauseState { reason: PauseReason::CanaryPauseStep, since });
+    if b.status
+        .pause
+        .as_ref()
+        .is_none_or(|p| p.reason != PauseReason::CanaryPauseStep)
+    {
+        b.status.pause = Some(PauseState {
+            reason: PauseReason::CanaryPauseStep,
+            since,
+        });
     }
     b.status.phase = Some(CanaryPhase::Paused);
     b.status.message = Some(match duration {
@@ -608,11 +834,21 @@ fn pause_step(b: &mut Builder<'_, '_>, duration: Option<Duration>) -> bool {
     false
 }
 
-fn analysis_step(b: &mut Builder<'_, '_>, revision: &str, index: u32, source: &AnalysisSource) -> StepOutcome {
+fn analysis_step(
+    b: &mut Builder<'_, '_>,
+    revision: &str,
+    index: u32,
+    source: &AnalysisSource,
+) -> StepOutcome {
     let name = step_run_name(b.obs.name, revision, b.status.attempt, index);
     let mut run = match b.status.step_analysis.take() {
         Some(run) if run.name == name => run,
-        _ => AnalysisRunStatus { name: name.clone(), step_index: Some(index), started_at: Some(b.now.clone()), ..Default::default() },
+        _ => AnalysisRunStatus {
+            name: name.clone(),
+            step_index: Some(index),
+            started_at: Some(b.now.clone()),
+            ..Default::default()
+        },
     };
     track_run(b, &mut run, AnalysisKind::Step(index), source);
     let phase = Phase::from(run.phase);
@@ -622,20 +858,31 @@ fn analysis_step(b: &mut Builder<'_, '_>, revision: &str, index: u32, source: &A
         Phase::Successful => StepOutcome::Done,
         Phase::Failed | Phase::Error => {
             b.status.step_analysis = Some(run);
-            b.event(true, reasons::ANALYSIS_FAILED, format!("step {} analysis {phase}: {message}", index + 1));
+            b.event(
+                true,
+                reasons::ANALYSIS_FAILED,
+                format!("step {} analysis {phase}: {message}", index + 1),
+            );
             abort(b, Some(message));
             return StepOutcome::Aborted;
         }
         Phase::Inconclusive if promote => StepOutcome::Done,
         Phase::Inconclusive => {
-            pause_inconclusive(b, &format!("step {} analysis was Inconclusive", index + 1), &message);
+            pause_inconclusive(
+                b,
+                &format!("step {} analysis was Inconclusive", index + 1),
+                &message,
+            );
             StepOutcome::Waiting
         }
         Phase::Pending | Phase::Running if promote => {
             // `promote` skips a running analysis step; its run is cancelled.
-            b.actions.retain(|a| !matches!(a, Action::StartAnalysis { name: n, .. } if *n == run.name));
+            b.actions
+                .retain(|a| !matches!(a, Action::StartAnalysis { name: n, .. } if *n == run.name));
             if b.obs.analyses.contains_key(&run.name) {
-                b.actions.push(Action::StopAnalysis { name: run.name.clone() });
+                b.actions.push(Action::StopAnalysis {
+                    name: run.name.clone(),
+                });
             }
             StepOutcome::Done
         }

@@ -20,7 +20,10 @@ pub fn field_path(object: &Value, path: &str) -> Option<String> {
     while !rest.is_empty() {
         let (segment, tail) = if let Some(stripped) = rest.strip_prefix("['") {
             let end = stripped.find("']")?;
-            (&stripped[..end], stripped[end + 2..].trim_start_matches('.'))
+            (
+                &stripped[..end],
+                stripped[end + 2..].trim_start_matches('.'),
+            )
         } else {
             let end = rest.find(['.', '[']).unwrap_or(rest.len());
             (&rest[..end], rest[end..].trim_start_matches('.'))
@@ -51,7 +54,10 @@ pub struct Inputs<'a> {
 }
 
 /// Resolves the analysis a step or the background runs.
-pub fn resolve(source: &AnalysisSource, inputs: Inputs<'_>) -> Result<template::Analysis, TemplateError> {
+pub fn resolve(
+    source: &AnalysisSource,
+    inputs: Inputs<'_>,
+) -> Result<template::Analysis, TemplateError> {
     let mut documents = Vec::new();
     for (index, reference) in source.templates.iter().enumerate() {
         let found = inputs.templates.iter().find(|d| {
@@ -60,12 +66,20 @@ pub fn resolve(source: &AnalysisSource, inputs: Inputs<'_>) -> Result<template::
         });
         match found {
             Some(doc) => documents.push(doc.clone()),
-            None => return Err(TemplateError::MissingTemplate { index, name: reference.template_name.clone() }),
+            None => {
+                return Err(TemplateError::MissingTemplate {
+                    index,
+                    name: reference.template_name.clone(),
+                })
+            }
         }
     }
     // A template may reference further templates; they must have been fetched too.
     for doc in inputs.templates.iter() {
-        if !documents.iter().any(|d| d.name == doc.name && d.kind == doc.kind) {
+        if !documents
+            .iter()
+            .any(|d| d.name == doc.name && d.kind == doc.kind)
+        {
             documents.push(doc.clone());
         }
     }
@@ -75,12 +89,18 @@ pub fn resolve(source: &AnalysisSource, inputs: Inputs<'_>) -> Result<template::
             "dryRun": source.dry_run,
         }))
         .map_err(|e| TemplateError::InvalidSpec(format!("inline metrics: {e}")))?;
-        documents.push(Document { kind: "Canary".to_owned(), name: String::new(), spec });
+        documents.push(Document {
+            kind: "Canary".to_owned(),
+            name: String::new(),
+            spec,
+        });
     } else if !source.dry_run.is_empty() {
         if let Some(first) = documents.first_mut() {
             for rule in &source.dry_run {
-                first.spec.dry_run.push(serde_json::from_value(serde_json::json!({"metricName": rule.metric_name}))
-                    .map_err(|e| TemplateError::InvalidSpec(e.to_string()))?);
+                first.spec.dry_run.push(
+                    serde_json::from_value(serde_json::json!({"metricName": rule.metric_name}))
+                        .map_err(|e| TemplateError::InvalidSpec(e.to_string()))?,
+                );
             }
         }
     }
@@ -97,7 +117,10 @@ pub fn resolve(source: &AnalysisSource, inputs: Inputs<'_>) -> Result<template::
                 (Some(h), _) if h == "Stable" => inputs.stable_revision.to_owned(),
                 (Some(_), _) => inputs.canary_revision.to_owned(),
                 (None, Some(r)) => field_path(inputs.canary, &r.field_path).ok_or_else(|| {
-                    TemplateError::Substitution(format!("args.{}: fieldRef {:?} not found in the Canary", arg.name, r.field_path))
+                    TemplateError::Substitution(format!(
+                        "args.{}: fieldRef {:?} not found in the Canary",
+                        arg.name, r.field_path
+                    ))
                 })?,
                 (None, None) => continue,
             },
@@ -107,13 +130,25 @@ pub fn resolve(source: &AnalysisSource, inputs: Inputs<'_>) -> Result<template::
     }
     let mut fields = BTreeMap::new();
     for arg in &flat.args {
-        if let Some(path) = arg.value_from.as_ref().and_then(|f| f.field_ref.as_ref()).map(|f| f.field_path.clone()) {
+        if let Some(path) = arg
+            .value_from
+            .as_ref()
+            .and_then(|f| f.field_ref.as_ref())
+            .map(|f| f.field_path.clone())
+        {
             if let Some(v) = field_path(inputs.canary, &path) {
                 fields.insert(path, v);
             }
         }
     }
-    template::resolve(&flat, &ArgInputs { values, secrets: inputs.secrets, fields })
+    template::resolve(
+        &flat,
+        &ArgInputs {
+            values,
+            secrets: inputs.secrets,
+            fields,
+        },
+    )
 }
 
 /// The secrets (`name`, `key`) the templates' args read.
@@ -121,7 +156,11 @@ pub fn secret_refs(templates: &[Document]) -> Vec<(String, String)> {
     let mut refs = Vec::new();
     for doc in templates {
         for arg in &doc.spec.args {
-            if let Some(s) = arg.value_from.as_ref().and_then(|f| f.secret_key_ref.as_ref()) {
+            if let Some(s) = arg
+                .value_from
+                .as_ref()
+                .and_then(|f| f.secret_key_ref.as_ref())
+            {
                 let r = (s.name.clone(), s.key.clone());
                 if !refs.contains(&r) {
                     refs.push(r);
@@ -156,32 +195,69 @@ spec:
     #[test]
     fn field_paths() {
         let obj = serde_json::json!({"metadata": {"name": "podinfo", "labels": {"app.kubernetes.io/name": "pi"}}, "spec": {"steps": [{"setWeight": 5}]}});
-        assert_eq!(field_path(&obj, "metadata.name").as_deref(), Some("podinfo"));
-        assert_eq!(field_path(&obj, "metadata.labels['app.kubernetes.io/name']").as_deref(), Some("pi"));
-        assert_eq!(field_path(&obj, "spec.steps.0.setWeight").as_deref(), Some("5"));
+        assert_eq!(
+            field_path(&obj, "metadata.name").as_deref(),
+            Some("podinfo")
+        );
+        assert_eq!(
+            field_path(&obj, "metadata.labels['app.kubernetes.io/name']").as_deref(),
+            Some("pi")
+        );
+        assert_eq!(
+            field_path(&obj, "spec.steps.0.setWeight").as_deref(),
+            Some("5")
+        );
         assert_eq!(field_path(&obj, "spec.nothing"), None);
     }
 
     #[test]
     fn templates_inline_metrics_and_args_resolve_together() {
         let source = AnalysisSource {
-            templates: vec![AnalysisTemplateRef { template_name: "success-rate".into(), cluster_scope: false }],
-            metrics: vec![serde_json::json!({"name": "inline", "provider": {"web": {"url": "http://x/{{args.service}}"}}})],
+            templates: vec![AnalysisTemplateRef {
+                template_name: "success-rate".into(),
+                cluster_scope: false,
+            }],
+            metrics: vec![
+                serde_json::json!({"name": "inline", "provider": {"web": {"url": "http://x/{{args.service}}"}}}),
+            ],
             args: vec![
-                AnalysisArg { name: "service".into(), value_from: Some(ArgValueFrom { field_ref: Some(FieldRef { field_path: "metadata.name".into() }), ..Default::default() }), ..Default::default() },
-                AnalysisArg { name: "hash".into(), value_from: Some(ArgValueFrom { pod_template_hash_value: Some("Latest".into()), ..Default::default() }), ..Default::default() },
-                AnalysisArg { name: "unused".into(), value: Some("x".into()), ..Default::default() },
+                AnalysisArg {
+                    name: "service".into(),
+                    value_from: Some(ArgValueFrom {
+                        field_ref: Some(FieldRef {
+                            field_path: "metadata.name".into(),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                AnalysisArg {
+                    name: "hash".into(),
+                    value_from: Some(ArgValueFrom {
+                        pod_template_hash_value: Some("Latest".into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                AnalysisArg {
+                    name: "unused".into(),
+                    value: Some("x".into()),
+                    ..Default::default()
+                },
             ],
             ..Default::default()
         };
         let canary = serde_json::json!({"metadata": {"name": "podinfo"}});
-        let analysis = resolve(&source, Inputs {
-            templates: template::load(TEMPLATE).unwrap(),
-            canary: &canary,
-            stable_revision: "s1",
-            canary_revision: "c2",
-            secrets: Secrets::new(),
-        })
+        let analysis = resolve(
+            &source,
+            Inputs {
+                templates: template::load(TEMPLATE).unwrap(),
+                canary: &canary,
+                stable_revision: "s1",
+                canary_revision: "c2",
+                secrets: Secrets::new(),
+            },
+        )
         .unwrap();
         let names: Vec<&str> = analysis.metrics.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["success-rate", "inline"]);
@@ -191,9 +267,25 @@ spec:
 
     #[test]
     fn a_missing_template_is_an_error_naming_it() {
-        let source = AnalysisSource { templates: vec![AnalysisTemplateRef { template_name: "nope".into(), cluster_scope: true }], ..Default::default() };
+        let source = AnalysisSource {
+            templates: vec![AnalysisTemplateRef {
+                template_name: "nope".into(),
+                cluster_scope: true,
+            }],
+            ..Default::default()
+        };
         let canary = serde_json::json!({});
-        let e = resolve(&source, Inputs { templates: vec![], canary: &canary, stable_revision: "", canary_revision: "", secrets: Secrets::new() }).unwrap_err();
+        let e = resolve(
+            &source,
+            Inputs {
+                templates: vec![],
+                canary: &canary,
+                stable_revision: "",
+                canary_revision: "",
+                secrets: Secrets::new(),
+            },
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("'nope'"), "{e}");
     }
 }

@@ -10,6 +10,8 @@ use super::status::CanaryStatus;
 
 /// A canary release of one workload: shift traffic from `stable` to `canary` step by step,
 /// gate the steps on analysis and on the traffic split actually observed, then promote.
+// clippy reads the repeated `type_ = "integer"` of two printer columns as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "plover.dev",
@@ -22,10 +24,28 @@ use super::status::CanaryStatus;
     category = "plover",
     doc = "A canary release: traffic shifted from the stable to the canary workload in steps, gated by analysis and by the observed split",
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Step", type_ = "integer", json_path = ".status.currentStepIndex"),
-    printcolumn(name = "Desired", type_ = "integer", json_path = ".status.desiredWeight", description = "Desired canary weight (%)"),
-    printcolumn(name = "Observed", type_ = "number", json_path = ".status.observedWeight", description = "Canary share of requests seen by the exporter (%)"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Step",
+        type_ = "integer",
+        json_path = ".status.currentStepIndex"
+    ),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.desiredWeight",
+        description = "Desired canary weight (%)"
+    ),
+    printcolumn(
+        name = "Observed",
+        type_ = "number",
+        json_path = ".status.observedWeight",
+        description = "Canary share of requests seen by the exporter (%)"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CanarySpec {
@@ -62,7 +82,11 @@ pub struct WorkloadRef {
 pub struct TrafficRouting {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub istio: Option<IstioRouting>,
-    #[serde(default, rename = "gatewayAPI", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "gatewayAPI",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub gateway_api: Option<GatewayApiRouting>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envoy: Option<EnvoyRouting>,
@@ -224,7 +248,9 @@ impl BackgroundAnalysis {
     }
 
     pub fn starting_step(&self) -> u32 {
-        self.starting_step.and_then(|s| u32::try_from(s).ok()).unwrap_or(0)
+        self.starting_step
+            .and_then(|s| u32::try_from(s).ok())
+            .unwrap_or(0)
     }
 }
 
@@ -325,7 +351,10 @@ impl CanaryStep {
     /// `None` if the step does not have exactly one kind (see `validate`).
     pub fn kind(&self) -> Option<StepKind<'_>> {
         match (self.set_weight, &self.pause, &self.analysis) {
-            (Some(w), None, None) => u32::try_from(w).ok().filter(|w| *w <= 100).map(StepKind::SetWeight),
+            (Some(w), None, None) => u32::try_from(w)
+                .ok()
+                .filter(|w| *w <= 100)
+                .map(StepKind::SetWeight),
             (None, Some(p), None) => Some(StepKind::Pause(p.duration.as_ref())),
             (None, None, Some(a)) => Some(StepKind::Analysis(a)),
             _ => None,

@@ -204,7 +204,15 @@ impl CanaryStatus {
 
     /// Sets a condition; `lastTransitionTime` moves only when `status` changes, so an unchanged
     /// condition writes an unchanged status (no watch event, no hot loop).
-    pub fn set_condition(&mut self, type_: &str, status: bool, reason: &str, message: &str, now: &Time, generation: Option<i64>) {
+    pub fn set_condition(
+        &mut self,
+        type_: &str,
+        status: bool,
+        reason: &str,
+        message: &str,
+        now: &Time,
+        generation: Option<i64>,
+    ) {
         let status_text = if status { "True" } else { "False" };
         match self.conditions.iter_mut().find(|c| c.type_ == type_) {
             Some(c) => {

@@ -39,7 +39,10 @@ struct Errors(Vec<FieldError>);
 
 impl Errors {
     fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.push(FieldError { field: field.into(), message: message.into() });
+        self.0.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
     }
 
     /// A Kubernetes object name: DNS-1123 subdomain.
@@ -47,7 +50,9 @@ impl Errors {
         if value.is_empty() {
             self.push(field, "must not be empty");
         } else if value.len() > 253
-            || !value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            || !value
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
             || !value.starts_with(|c: char| c.is_ascii_alphanumeric())
             || !value.ends_with(|c: char| c.is_ascii_alphanumeric())
         {
@@ -79,12 +84,19 @@ pub fn validate(spec: &CanarySpec) -> Result<(), InvalidSpec> {
     e.name("spec.workload.stable", &spec.workload.stable);
     e.name("spec.workload.canary", &spec.workload.canary);
     if !spec.workload.stable.is_empty() && spec.workload.stable == spec.workload.canary {
-        e.push("spec.workload.canary", "must differ from spec.workload.stable");
+        e.push(
+            "spec.workload.canary",
+            "must differ from spec.workload.stable",
+        );
     }
     validate_routing(&mut e, &spec.traffic_routing);
     for (i, step) in spec.steps.iter().enumerate() {
         let field = format!("spec.steps[{i}]");
-        let set = [step.set_weight.is_some(), step.pause.is_some(), step.analysis.is_some()];
+        let set = [
+            step.set_weight.is_some(),
+            step.pause.is_some(),
+            step.analysis.is_some(),
+        ];
         match set.iter().filter(|s| **s).count() {
             1 => {}
             0 => e.push(&field, "must set one of setWeight, pause, analysis"),
@@ -92,7 +104,10 @@ pub fn validate(spec: &CanarySpec) -> Result<(), InvalidSpec> {
         }
         if let Some(w) = step.set_weight {
             if !(0..=100).contains(&w) {
-                e.push(format!("{field}.setWeight"), format!("{w} is not between 0 and 100"));
+                e.push(
+                    format!("{field}.setWeight"),
+                    format!("{w} is not between 0 and 100"),
+                );
             }
         }
         if let Some(d) = step.pause.as_ref().and_then(|p| p.duration.as_ref()) {
@@ -101,28 +116,46 @@ pub fn validate(spec: &CanarySpec) -> Result<(), InvalidSpec> {
             }
         }
         if let Some(a) = &step.analysis {
-            validate_source(&mut e, &format!("{field}.analysis"), &a.templates, &a.metrics, &a.args);
+            validate_source(
+                &mut e,
+                &format!("{field}.analysis"),
+                &a.templates,
+                &a.metrics,
+                &a.args,
+            );
         }
     }
     if let Some(a) = &spec.analysis {
         validate_source(&mut e, "spec.analysis", &a.templates, &a.metrics, &a.args);
         if let Some(s) = a.starting_step {
             if s < 0 || s as usize > spec.steps.len() {
-                e.push("spec.analysis.startingStep", format!("{s} is not a step index (0 to {})", spec.steps.len()));
+                e.push(
+                    "spec.analysis.startingStep",
+                    format!("{s} is not a step index (0 to {})", spec.steps.len()),
+                );
             }
         }
     }
     if let Some(t) = &spec.traffic_check {
         if !(t.exporter.starts_with("http://") || t.exporter.starts_with("https://")) {
-            e.push("spec.trafficCheck.exporter", format!("{:?} is not an http(s) URL", t.exporter));
+            e.push(
+                "spec.trafficCheck.exporter",
+                format!("{:?} is not an http(s) URL", t.exporter),
+            );
         }
         let window = t.window.as_deref().unwrap_or(DEFAULT_TRAFFIC_WINDOW);
         if plover_wire::stats::parse_window_seconds(window).is_none() {
-            e.push("spec.trafficCheck.window", format!("{window:?} is not a window such as 30s, 5m or 1h"));
+            e.push(
+                "spec.trafficCheck.window",
+                format!("{window:?} is not a window such as 30s, 5m or 1h"),
+            );
         }
         if let Some(tol) = t.tolerance {
             if !(0..=100).contains(&tol) {
-                e.push("spec.trafficCheck.tolerance", format!("{tol} is not between 0 and 100"));
+                e.push(
+                    "spec.trafficCheck.tolerance",
+                    format!("{tol} is not between 0 and 100"),
+                );
             }
         }
         if t.min_requests.is_some_and(|m| m < 0) {
@@ -150,18 +183,36 @@ fn validate_routing(e: &mut Errors, routing: &TrafficRouting) {
     .collect();
     match configured.len() {
         1 => {}
-        0 => e.push("spec.trafficRouting", "must set one of istio, gatewayAPI, envoy"),
-        _ => e.push("spec.trafficRouting", format!("must set only one of istio, gatewayAPI, envoy (found {})", configured.join(", "))),
+        0 => e.push(
+            "spec.trafficRouting",
+            "must set one of istio, gatewayAPI, envoy",
+        ),
+        _ => e.push(
+            "spec.trafficRouting",
+            format!(
+                "must set only one of istio, gatewayAPI, envoy (found {})",
+                configured.join(", ")
+            ),
+        ),
     }
     if let Some(istio) = &routing.istio {
         let f = "spec.trafficRouting.istio";
-        e.name(&format!("{f}.virtualService.name"), &istio.virtual_service.name);
+        e.name(
+            &format!("{f}.virtualService.name"),
+            &istio.virtual_service.name,
+        );
         for (i, r) in istio.virtual_service.routes.iter().enumerate() {
             if r.is_empty() {
-                e.push(format!("{f}.virtualService.routes[{i}]"), "must not be empty");
+                e.push(
+                    format!("{f}.virtualService.routes[{i}]"),
+                    "must not be empty",
+                );
             }
         }
-        let hosts = (istio.stable_service.as_deref(), istio.canary_service.as_deref());
+        let hosts = (
+            istio.stable_service.as_deref(),
+            istio.canary_service.as_deref(),
+        );
         match (&istio.destination_rule, hosts) {
             (Some(dr), (None, None)) => {
                 e.name(&format!("{f}.destinationRule.name"), &dr.name);
@@ -192,7 +243,10 @@ fn validate_routing(e: &mut Errors, routing: &TrafficRouting) {
         e.name(&format!("{f}.stableService"), &gw.stable_service);
         e.name(&format!("{f}.canaryService"), &gw.canary_service);
         if !gw.stable_service.is_empty() && gw.stable_service == gw.canary_service {
-            e.push(format!("{f}.canaryService"), "must differ from stableService");
+            e.push(
+                format!("{f}.canaryService"),
+                "must differ from stableService",
+            );
         }
         for (i, r) in gw.rules.iter().enumerate() {
             if r.is_empty() {
@@ -204,7 +258,10 @@ fn validate_routing(e: &mut Errors, routing: &TrafficRouting) {
         let f = "spec.trafficRouting.envoy";
         if envoy.routes_file.is_empty() {
             e.push(format!("{f}.routesFile"), "must not be empty");
-        } else if std::path::Path::new(&envoy.routes_file).file_name().is_none() {
+        } else if std::path::Path::new(&envoy.routes_file)
+            .file_name()
+            .is_none()
+        {
             e.push(format!("{f}.routesFile"), "must name a file");
         }
         if envoy.route_config_name.is_empty() {
@@ -214,30 +271,48 @@ fn validate_routing(e: &mut Errors, routing: &TrafficRouting) {
             e.push(format!("{f}.domains"), "must list at least one domain");
         }
         if !envoy.prefix.starts_with('/') {
-            e.push(format!("{f}.prefix"), format!("{:?} must start with '/'", envoy.prefix));
+            e.push(
+                format!("{f}.prefix"),
+                format!("{:?} must start with '/'", envoy.prefix),
+            );
         }
     }
 }
 
-fn validate_source(e: &mut Errors, field: &str, templates: &[AnalysisTemplateRef], metrics: &[serde_json::Value], args: &[AnalysisArg]) {
+fn validate_source(
+    e: &mut Errors,
+    field: &str,
+    templates: &[AnalysisTemplateRef],
+    metrics: &[serde_json::Value],
+    args: &[AnalysisArg],
+) {
     if templates.is_empty() && metrics.is_empty() {
         e.push(field, "must reference templates or define metrics");
     }
     for (i, t) in templates.iter().enumerate() {
-        e.name(&format!("{field}.templates[{i}].templateName"), &t.template_name);
+        e.name(
+            &format!("{field}.templates[{i}].templateName"),
+            &t.template_name,
+        );
     }
     let mut names: Vec<&str> = Vec::new();
     for (i, m) in metrics.iter().enumerate() {
         match m.get("name").and_then(|n| n.as_str()) {
             Some(n) if !n.is_empty() => {
                 if names.contains(&n) {
-                    e.push(format!("{field}.metrics[{i}].name"), format!("two metrics have the same name '{n}'"));
+                    e.push(
+                        format!("{field}.metrics[{i}].name"),
+                        format!("two metrics have the same name '{n}'"),
+                    );
                 }
                 names.push(n);
             }
             _ => e.push(format!("{field}.metrics[{i}].name"), "is required"),
         }
-        if m.get("provider").and_then(|p| p.as_object()).is_none_or(|p| p.is_empty()) {
+        if m.get("provider")
+            .and_then(|p| p.as_object())
+            .is_none_or(|p| p.is_empty())
+        {
             e.push(format!("{field}.metrics[{i}].provider"), "is required");
         }
     }
@@ -252,15 +327,24 @@ fn validate_source(e: &mut Errors, field: &str, templates: &[AnalysisTemplateRef
             (None, Some(from)) => match (&from.pod_template_hash_value, &from.field_ref) {
                 (Some(h), None) => {
                     if h != "Stable" && h != "Latest" {
-                        e.push(format!("{f}.valueFrom.podTemplateHashValue"), format!("{h:?} is not Stable or Latest"));
+                        e.push(
+                            format!("{f}.valueFrom.podTemplateHashValue"),
+                            format!("{h:?} is not Stable or Latest"),
+                        );
                     }
                 }
                 (None, Some(r)) => {
                     if r.field_path.is_empty() {
-                        e.push(format!("{f}.valueFrom.fieldRef.fieldPath"), "must not be empty");
+                        e.push(
+                            format!("{f}.valueFrom.fieldRef.fieldPath"),
+                            "must not be empty",
+                        );
                     }
                 }
-                _ => e.push(format!("{f}.valueFrom"), "set exactly one of podTemplateHashValue, fieldRef"),
+                _ => e.push(
+                    format!("{f}.valueFrom"),
+                    "set exactly one of podTemplateHashValue, fieldRef",
+                ),
             },
             (Some(_), None) => {}
         }
@@ -273,17 +357,26 @@ mod tests {
 
     fn istio_spec() -> CanarySpec {
         CanarySpec {
-            workload: WorkloadRef { stable: "podinfo".into(), canary: "podinfo-canary".into() },
+            workload: WorkloadRef {
+                stable: "podinfo".into(),
+                canary: "podinfo-canary".into(),
+            },
             traffic_routing: TrafficRouting {
                 istio: Some(IstioRouting {
-                    virtual_service: VirtualServiceRef { name: "podinfo".into(), routes: vec!["primary".into()] },
+                    virtual_service: VirtualServiceRef {
+                        name: "podinfo".into(),
+                        routes: vec!["primary".into()],
+                    },
                     stable_service: Some("podinfo-stable".into()),
                     canary_service: Some("podinfo-canary".into()),
                     destination_rule: None,
                 }),
                 ..Default::default()
             },
-            steps: vec![CanaryStep { set_weight: Some(20), ..Default::default() }],
+            steps: vec![CanaryStep {
+                set_weight: Some(20),
+                ..Default::default()
+            }],
             ..Default::default()
         }
     }
@@ -303,25 +396,48 @@ mod tests {
     #[test]
     fn messages_name_the_field() {
         let mut spec = istio_spec();
-        spec.steps.push(CanaryStep { set_weight: Some(120), ..Default::default() });
+        spec.steps.push(CanaryStep {
+            set_weight: Some(120),
+            ..Default::default()
+        });
         spec.steps.push(CanaryStep::default());
         spec.steps.push(CanaryStep {
-            pause: Some(PauseStep { duration: Some(IntOrString::String("5 minutes".into())) }),
+            pause: Some(PauseStep {
+                duration: Some(IntOrString::String("5 minutes".into())),
+            }),
             ..Default::default()
         });
         spec.workload.canary = "podinfo".into();
         let err = validate(&spec).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("spec.workload.canary: must differ from spec.workload.stable"), "{text}");
-        assert!(text.contains("spec.steps[1].setWeight: 120 is not between 0 and 100"), "{text}");
-        assert!(text.contains("spec.steps[2]: must set one of setWeight, pause, analysis"), "{text}");
-        assert!(text.contains("spec.steps[3].pause.duration: time: "), "{text}");
+        assert!(
+            text.contains("spec.workload.canary: must differ from spec.workload.stable"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spec.steps[1].setWeight: 120 is not between 0 and 100"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spec.steps[2]: must set one of setWeight, pause, analysis"),
+            "{text}"
+        );
+        assert!(
+            text.contains("spec.steps[3].pause.duration: time: "),
+            "{text}"
+        );
     }
 
     #[test]
     fn exactly_one_router() {
         let mut spec = istio_spec();
-        spec.traffic_routing.envoy = Some(EnvoyRouting { routes_file: "/tmp/rds/routes.yaml".into(), prefix: "/".into(), route_config_name: "r".into(), domains: vec!["*".into()], ..Default::default() });
+        spec.traffic_routing.envoy = Some(EnvoyRouting {
+            routes_file: "/tmp/rds/routes.yaml".into(),
+            prefix: "/".into(),
+            route_config_name: "r".into(),
+            domains: vec!["*".into()],
+            ..Default::default()
+        });
         assert_eq!(fields(&spec), vec!["spec.trafficRouting"]);
         spec.traffic_routing = TrafficRouting::default();
         assert_eq!(fields(&spec), vec!["spec.trafficRouting"]);
@@ -336,19 +452,35 @@ mod tests {
         assert_eq!(fields(&spec), vec!["spec.trafficRouting.istio"]);
         if let Some(i) = spec.traffic_routing.istio.as_mut() {
             i.stable_service = None;
-            i.destination_rule = Some(DestinationRuleRef { name: "podinfo".into(), stable_subset_name: "s".into(), canary_subset_name: "s".into() });
+            i.destination_rule = Some(DestinationRuleRef {
+                name: "podinfo".into(),
+                stable_subset_name: "s".into(),
+                canary_subset_name: "s".into(),
+            });
         }
-        assert_eq!(fields(&spec), vec!["spec.trafficRouting.istio.destinationRule.canarySubsetName"]);
+        assert_eq!(
+            fields(&spec),
+            vec!["spec.trafficRouting.istio.destinationRule.canarySubsetName"]
+        );
     }
 
     #[test]
     fn analysis_sources_are_checked() {
         let mut spec = istio_spec();
-        spec.steps.push(CanaryStep { analysis: Some(AnalysisSource::default()), ..Default::default() });
+        spec.steps.push(CanaryStep {
+            analysis: Some(AnalysisSource::default()),
+            ..Default::default()
+        });
         spec.analysis = Some(BackgroundAnalysis {
             starting_step: Some(9),
-            metrics: vec![serde_json::json!({"name": "m", "provider": {"web": {"url": "http://x"}}}), serde_json::json!({"name": "m"})],
-            args: vec![AnalysisArg { name: "a".into(), ..Default::default() }],
+            metrics: vec![
+                serde_json::json!({"name": "m", "provider": {"web": {"url": "http://x"}}}),
+                serde_json::json!({"name": "m"}),
+            ],
+            args: vec![AnalysisArg {
+                name: "a".into(),
+                ..Default::default()
+            }],
             ..Default::default()
         });
         assert_eq!(
@@ -365,9 +497,18 @@ mod tests {
 
     #[test]
     fn pause_durations() {
-        assert_eq!(pause_duration(&IntOrString::Int(30)), Ok(Duration::from_secs(30)));
-        assert_eq!(pause_duration(&IntOrString::String("1m30s".into())), Ok(Duration::from_secs(90)));
-        assert_eq!(pause_duration(&IntOrString::String("45".into())), Ok(Duration::from_secs(45)));
+        assert_eq!(
+            pause_duration(&IntOrString::Int(30)),
+            Ok(Duration::from_secs(30))
+        );
+        assert_eq!(
+            pause_duration(&IntOrString::String("1m30s".into())),
+            Ok(Duration::from_secs(90))
+        );
+        assert_eq!(
+            pause_duration(&IntOrString::String("45".into())),
+            Ok(Duration::from_secs(45))
+        );
         assert!(pause_duration(&IntOrString::Int(-1)).is_err());
     }
 }

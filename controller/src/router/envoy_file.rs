@@ -19,14 +19,23 @@ const ROUTE_CONFIGURATION: &str = "type.googleapis.com/envoy.config.route.v3.Rou
 
 /// The DiscoveryResponse-shaped document Envoy reads: one RouteConfiguration with one weighted
 /// route. `stable`/`canary` are cluster (revision) names; equal names give a single cluster.
-pub fn route_configuration(cfg: &EnvoyRouting, stable: &str, canary: &str, canary_weight: u32, stable_weight: u32) -> Result<Value, String> {
+pub fn route_configuration(
+    cfg: &EnvoyRouting,
+    stable: &str,
+    canary: &str,
+    canary_weight: u32,
+    stable_weight: u32,
+) -> Result<Value, String> {
     if canary_weight + stable_weight == 0 {
         return Err("weights must not all be zero".to_owned());
     }
     let clusters = if stable == canary {
         vec![json!({"name": stable, "weight": canary_weight + stable_weight})]
     } else {
-        vec![json!({"name": stable, "weight": stable_weight}), json!({"name": canary, "weight": canary_weight})]
+        vec![
+            json!({"name": stable, "weight": stable_weight}),
+            json!({"name": canary, "weight": canary_weight}),
+        ]
     };
     let mut weighted = json!({"clusters": clusters});
     if let Some(prefix) = &cfg.runtime_key_prefix {
@@ -52,12 +61,24 @@ fn is_json(path: &Path) -> bool {
 
 /// Renders the file's text: JSON for a `.json` path, YAML otherwise (Envoy picks the parser by
 /// extension).
-pub fn render(cfg: &EnvoyRouting, stable: &str, canary: &str, canary_weight: u32, stable_weight: u32) -> Result<String, RouterError> {
+pub fn render(
+    cfg: &EnvoyRouting,
+    stable: &str,
+    canary: &str,
+    canary_weight: u32,
+    stable_weight: u32,
+) -> Result<String, RouterError> {
     let path = Path::new(&cfg.routes_file);
-    let render_err = |message: String| RouterError::Render { path: cfg.routes_file.clone(), message };
-    let doc = route_configuration(cfg, stable, canary, canary_weight, stable_weight).map_err(render_err)?;
+    let render_err = |message: String| RouterError::Render {
+        path: cfg.routes_file.clone(),
+        message,
+    };
+    let doc = route_configuration(cfg, stable, canary, canary_weight, stable_weight)
+        .map_err(render_err)?;
     if is_json(path) {
-        serde_json::to_string_pretty(&doc).map(|s| s + "\n").map_err(|e| render_err(e.to_string()))
+        serde_json::to_string_pretty(&doc)
+            .map(|s| s + "\n")
+            .map_err(|e| render_err(e.to_string()))
     } else {
         serde_yaml::to_string(&doc).map_err(|e| render_err(e.to_string()))
     }
@@ -67,12 +88,21 @@ pub fn render(cfg: &EnvoyRouting, stable: &str, canary: &str, canary_weight: u32
 /// writes nothing) when the file already holds exactly these contents, so Envoy is not asked
 /// to reload for nothing.
 pub fn write_atomically(path: &Path, contents: &str) -> Result<bool, RouterError> {
-    let io_err = |source| RouterError::File { path: path.display().to_string(), source };
+    let io_err = |source| RouterError::File {
+        path: path.display().to_string(),
+        source,
+    };
     if std::fs::read_to_string(path).is_ok_and(|old| old == contents) {
         return Ok(false);
     }
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    let mut tmp = tempfile::Builder::new().prefix(".plover-routes-").tempfile_in(&dir).map_err(io_err)?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".plover-routes-")
+        .tempfile_in(&dir)
+        .map_err(io_err)?;
     tmp.write_all(contents.as_bytes()).map_err(io_err)?;
     tmp.as_file().sync_all().map_err(io_err)?;
     tmp.persist(path).map_err(|e| io_err(e.error))?;
@@ -80,20 +110,38 @@ pub fn write_atomically(path: &Path, contents: &str) -> Result<bool, RouterError
 }
 
 /// Renders and writes the routes; true if the file changed.
-pub fn set_weights(cfg: &EnvoyRouting, stable: &str, canary: &str, canary_weight: u32, stable_weight: u32) -> Result<bool, RouterError> {
+pub fn set_weights(
+    cfg: &EnvoyRouting,
+    stable: &str,
+    canary: &str,
+    canary_weight: u32,
+    stable_weight: u32,
+) -> Result<bool, RouterError> {
     let text = render(cfg, stable, canary, canary_weight, stable_weight)?;
     write_atomically(Path::new(&cfg.routes_file), &text)
 }
 
 /// The weights the file routes now (`None` if the file does not exist yet).
-pub fn current_weights(cfg: &EnvoyRouting, stable: &str, canary: &str) -> Result<Option<RouteWeights>, RouterError> {
+pub fn current_weights(
+    cfg: &EnvoyRouting,
+    stable: &str,
+    canary: &str,
+) -> Result<Option<RouteWeights>, RouterError> {
     let path = Path::new(&cfg.routes_file);
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(RouterError::File { path: cfg.routes_file.clone(), source }),
+        Err(source) => {
+            return Err(RouterError::File {
+                path: cfg.routes_file.clone(),
+                source,
+            })
+        }
     };
-    let render_err = |message: String| RouterError::Render { path: cfg.routes_file.clone(), message };
+    let render_err = |message: String| RouterError::Render {
+        path: cfg.routes_file.clone(),
+        message,
+    };
     let doc: Value = if is_json(path) {
         serde_json::from_str(&text).map_err(|e| render_err(e.to_string()))?
     } else {
@@ -103,8 +151,17 @@ pub fn current_weights(cfg: &EnvoyRouting, stable: &str, canary: &str) -> Result
         .pointer("/resources/0/virtual_hosts/0/routes/0/route/weighted_clusters/clusters")
         .and_then(Value::as_array)
         .ok_or_else(|| render_err("no weighted_clusters in the first route".to_owned()))?;
-    let weight = |name: &str| clusters.iter().find(|c| c["name"] == name).and_then(|c| c["weight"].as_i64());
-    Ok(Some(RouteWeights { route: cfg.route_config_name.clone(), canary: weight(canary), stable: weight(stable) }))
+    let weight = |name: &str| {
+        clusters
+            .iter()
+            .find(|c| c["name"] == name)
+            .and_then(|c| c["weight"].as_i64())
+    };
+    Ok(Some(RouteWeights {
+        route: cfg.route_config_name.clone(),
+        canary: weight(canary),
+        stable: weight(stable),
+    }))
 }
 
 #[cfg(test)]
@@ -129,14 +186,34 @@ mod tests {
         let cfg = cfg(&path);
         assert!(set_weights(&cfg, "v1", "v2", 20, 80).unwrap());
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains("type.googleapis.com/envoy.config.route.v3.RouteConfiguration"), "{text}");
+        assert!(
+            text.contains("type.googleapis.com/envoy.config.route.v3.RouteConfiguration"),
+            "{text}"
+        );
         let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
-        assert!(!set_weights(&cfg, "v1", "v2", 20, 80).unwrap(), "same weights: no rewrite, no reload");
+        assert!(
+            !set_weights(&cfg, "v1", "v2", 20, 80).unwrap(),
+            "same weights: no rewrite, no reload"
+        );
         assert!(set_weights(&cfg, "v1", "v2", 50, 50).unwrap());
         let inode2 = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
-        assert_ne!(inode, inode2, "a new file was moved in, not edited in place");
-        assert_eq!(current_weights(&cfg, "v1", "v2").unwrap(), Some(RouteWeights { route: "local_route".into(), canary: Some(50), stable: Some(50) }));
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().filter_map(Result::ok).filter(|e| e.file_name() != "routes.yaml").collect();
+        assert_ne!(
+            inode, inode2,
+            "a new file was moved in, not edited in place"
+        );
+        assert_eq!(
+            current_weights(&cfg, "v1", "v2").unwrap(),
+            Some(RouteWeights {
+                route: "local_route".into(),
+                canary: Some(50),
+                stable: Some(50)
+            })
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name() != "routes.yaml")
+            .collect();
         assert!(leftovers.is_empty(), "no temporary files left behind");
     }
 
@@ -148,7 +225,8 @@ mod tests {
         cfg.runtime_key_prefix = Some("routing.traffic_split.app".into());
         set_weights(&cfg, "v2", "v2", 0, 100).unwrap();
         let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let weighted = &doc["resources"][0]["virtual_hosts"][0]["routes"][0]["route"]["weighted_clusters"];
+        let weighted =
+            &doc["resources"][0]["virtual_hosts"][0]["routes"][0]["route"]["weighted_clusters"];
         assert_eq!(weighted["clusters"], json!([{"name": "v2", "weight": 100}]));
         assert_eq!(weighted["runtime_key_prefix"], "routing.traffic_split.app");
         assert!(set_weights(&cfg, "v1", "v2", 0, 0).is_err());

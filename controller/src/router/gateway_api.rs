@@ -13,9 +13,14 @@ const KIND: &str = "HTTPRoute";
 
 /// A backendRef to a core Service named `service`.
 fn is_service(backend: &Value, service: &str) -> bool {
-    let kind = backend.get("kind").and_then(Value::as_str).unwrap_or("Service");
+    let kind = backend
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("Service");
     let group = backend.get("group").and_then(Value::as_str).unwrap_or("");
-    kind == "Service" && group.is_empty() && backend.get("name").and_then(Value::as_str) == Some(service)
+    kind == "Service"
+        && group.is_empty()
+        && backend.get("name").and_then(Value::as_str) == Some(service)
 }
 
 struct Selected {
@@ -26,7 +31,10 @@ struct Selected {
 }
 
 fn backends(rule: &Value) -> &[Value] {
-    rule.get("backendRefs").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default()
+    rule.get("backendRefs")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
 }
 
 fn find(rule: &Value, service: &str) -> Option<usize> {
@@ -35,13 +43,29 @@ fn find(rule: &Value, service: &str) -> Option<usize> {
 
 fn select(route: &Value, cfg: &GatewayApiRouting) -> Result<Vec<Selected>, RouterError> {
     let err = |m: String| RouterError::object(KIND, route, m);
-    let rules = route.pointer("/spec/rules").and_then(Value::as_array).ok_or_else(|| err("spec.rules is missing".to_owned()))?;
-    let label = |i: usize| rules[i].get("name").and_then(Value::as_str).map_or_else(|| format!("spec.rules[{i}]"), |n| format!("rule {n:?}"));
+    let rules = route
+        .pointer("/spec/rules")
+        .and_then(Value::as_array)
+        .ok_or_else(|| err("spec.rules is missing".to_owned()))?;
+    let label = |i: usize| {
+        rules[i]
+            .get("name")
+            .and_then(Value::as_str)
+            .map_or_else(|| format!("spec.rules[{i}]"), |n| format!("rule {n:?}"))
+    };
     let mut selected = Vec::new();
     if cfg.rules.is_empty() {
         for (index, rule) in rules.iter().enumerate() {
-            if let (Some(canary), Some(stable)) = (find(rule, &cfg.canary_service), find(rule, &cfg.stable_service)) {
-                selected.push(Selected { index, label: label(index), canary, stable });
+            if let (Some(canary), Some(stable)) = (
+                find(rule, &cfg.canary_service),
+                find(rule, &cfg.stable_service),
+            ) {
+                selected.push(Selected {
+                    index,
+                    label: label(index),
+                    canary,
+                    stable,
+                });
             }
         }
         if selected.is_empty() {
@@ -57,36 +81,74 @@ fn select(route: &Value, cfg: &GatewayApiRouting) -> Result<Vec<Selected>, Route
             .iter()
             .position(|r| r.get("name").and_then(Value::as_str) == Some(name.as_str()))
             .ok_or_else(|| err(format!("rule {name:?} not found in spec.rules")))?;
-        let canary = find(&rules[index], &cfg.canary_service)
-            .ok_or_else(|| err(format!("backendRef {:?} not found in rule {name:?}", cfg.canary_service)))?;
-        let stable = find(&rules[index], &cfg.stable_service)
-            .ok_or_else(|| err(format!("backendRef {:?} not found in rule {name:?}", cfg.stable_service)))?;
-        selected.push(Selected { index, label: label(index), canary, stable });
+        let canary = find(&rules[index], &cfg.canary_service).ok_or_else(|| {
+            err(format!(
+                "backendRef {:?} not found in rule {name:?}",
+                cfg.canary_service
+            ))
+        })?;
+        let stable = find(&rules[index], &cfg.stable_service).ok_or_else(|| {
+            err(format!(
+                "backendRef {:?} not found in rule {name:?}",
+                cfg.stable_service
+            ))
+        })?;
+        selected.push(Selected {
+            index,
+            label: label(index),
+            canary,
+            stable,
+        });
     }
     Ok(selected)
 }
 
 /// The weights the HTTPRoute now routes (absent weights are Gateway API's default, 1).
-pub fn current_weights(route: &Value, cfg: &GatewayApiRouting) -> Result<Vec<RouteWeights>, RouterError> {
+pub fn current_weights(
+    route: &Value,
+    cfg: &GatewayApiRouting,
+) -> Result<Vec<RouteWeights>, RouterError> {
     Ok(select(route, cfg)?
         .iter()
         .map(|s| {
-            let weight = |j: usize| route.pointer(&format!("/spec/rules/{}/backendRefs/{j}/weight", s.index)).and_then(Value::as_i64);
-            RouteWeights { route: s.label.clone(), canary: weight(s.canary), stable: weight(s.stable) }
+            let weight = |j: usize| {
+                route
+                    .pointer(&format!("/spec/rules/{}/backendRefs/{j}/weight", s.index))
+                    .and_then(Value::as_i64)
+            };
+            RouteWeights {
+                route: s.label.clone(),
+                canary: weight(s.canary),
+                stable: weight(s.stable),
+            }
         })
         .collect())
 }
 
 /// The patch that sets both weights on every selected rule, or `None` if they are set.
-pub fn set_weights(route: &Value, cfg: &GatewayApiRouting, canary: u32, stable: u32) -> Result<Option<json_patch::Patch>, RouterError> {
+pub fn set_weights(
+    route: &Value,
+    cfg: &GatewayApiRouting,
+    canary: u32,
+    stable: u32,
+) -> Result<Option<json_patch::Patch>, RouterError> {
     let mut ops = Vec::new();
     for s in select(route, cfg)? {
         let rule = format!("/spec/rules/{}", s.index);
-        let current = |j: usize| route.pointer(&format!("{rule}/backendRefs/{j}/weight")).and_then(Value::as_i64);
-        if current(s.canary) == Some(i64::from(canary)) && current(s.stable) == Some(i64::from(stable)) {
+        let current = |j: usize| {
+            route
+                .pointer(&format!("{rule}/backendRefs/{j}/weight"))
+                .and_then(Value::as_i64)
+        };
+        if current(s.canary) == Some(i64::from(canary))
+            && current(s.stable) == Some(i64::from(stable))
+        {
             continue;
         }
-        for (j, weight, service) in [(s.canary, canary, &cfg.canary_service), (s.stable, stable, &cfg.stable_service)] {
+        for (j, weight, service) in [
+            (s.canary, canary, &cfg.canary_service),
+            (s.stable, stable, &cfg.stable_service),
+        ] {
             ops.push(json!({"op": "test", "path": format!("{rule}/backendRefs/{j}/name"), "value": service}));
             ops.push(json!({"op": "add", "path": format!("{rule}/backendRefs/{j}/weight"), "value": weight}));
         }
@@ -94,7 +156,9 @@ pub fn set_weights(route: &Value, cfg: &GatewayApiRouting, canary: u32, stable: 
     if ops.is_empty() {
         return Ok(None);
     }
-    guarded(route, ops).map(Some).map_err(|e| RouterError::object(KIND, route, format!("building the patch: {e}")))
+    guarded(route, ops)
+        .map(Some)
+        .map_err(|e| RouterError::object(KIND, route, format!("building the patch: {e}")))
 }
 
 #[cfg(test)]
@@ -132,16 +196,38 @@ mod tests {
         let mut expected = r.clone();
         expected["spec"]["rules"][1]["backendRefs"][0]["weight"] = json!(90);
         expected["spec"]["rules"][1]["backendRefs"][1]["weight"] = json!(10);
-        assert_eq!(out, expected, "the header rule and everything else are untouched");
-        assert!(set_weights(&out, &cfg(&["main"]), 10, 90).unwrap().is_none());
-        assert_eq!(current_weights(&out, &cfg(&[])).unwrap(), vec![RouteWeights { route: "rule \"main\"".into(), canary: Some(10), stable: Some(90) }]);
+        assert_eq!(
+            out, expected,
+            "the header rule and everything else are untouched"
+        );
+        assert!(set_weights(&out, &cfg(&["main"]), 10, 90)
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            current_weights(&out, &cfg(&[])).unwrap(),
+            vec![RouteWeights {
+                route: "rule \"main\"".into(),
+                canary: Some(10),
+                stable: Some(90)
+            }]
+        );
     }
 
     #[test]
     fn named_rules_must_reference_both_services() {
-        let e = set_weights(&route(), &cfg(&["canary-header"]), 10, 90).unwrap_err().to_string();
-        assert_eq!(e, "HTTPRoute podinfo: backendRef \"podinfo-stable\" not found in rule \"canary-header\"");
-        let e = set_weights(&route(), &cfg(&["nope"]), 10, 90).unwrap_err().to_string();
-        assert_eq!(e, "HTTPRoute podinfo: rule \"nope\" not found in spec.rules");
+        let e = set_weights(&route(), &cfg(&["canary-header"]), 10, 90)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "HTTPRoute podinfo: backendRef \"podinfo-stable\" not found in rule \"canary-header\""
+        );
+        let e = set_weights(&route(), &cfg(&["nope"]), 10, 90)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "HTTPRoute podinfo: rule \"nope\" not found in spec.rules"
+        );
     }
 }

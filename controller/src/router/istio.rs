@@ -39,7 +39,10 @@ impl Match<'_> {
     fn classify(&self, destination: &Value) -> Option<bool> {
         match self {
             Match::Hosts { stable, canary } => {
-                let host = destination.get("host").and_then(Value::as_str).map(short_host)?;
+                let host = destination
+                    .get("host")
+                    .and_then(Value::as_str)
+                    .map(short_host)?;
                 if host == short_host(canary) {
                     Some(true)
                 } else if host == short_host(stable) {
@@ -79,10 +82,16 @@ struct Selected {
     stable: usize,
 }
 
-fn select<'c>(vs: &Value, cfg: &'c IstioRouting) -> Result<(Vec<Selected>, Match<'c>), RouterError> {
+fn select<'c>(
+    vs: &Value,
+    cfg: &'c IstioRouting,
+) -> Result<(Vec<Selected>, Match<'c>), RouterError> {
     let err = |m: String| RouterError::object(VS, vs, m);
     let matcher = Match::from(cfg).map_err(err)?;
-    let http = vs.pointer("/spec/http").and_then(Value::as_array).ok_or_else(|| err("spec.http is missing".to_owned()))?;
+    let http = vs
+        .pointer("/spec/http")
+        .and_then(Value::as_array)
+        .ok_or_else(|| err("spec.http is missing".to_owned()))?;
     let indexes: Vec<usize> = if cfg.virtual_service.routes.is_empty() {
         if http.len() != 1 {
             return Err(err(format!(
@@ -105,14 +114,31 @@ fn select<'c>(vs: &Value, cfg: &'c IstioRouting) -> Result<(Vec<Selected>, Match
     let mut selected = Vec::new();
     for index in indexes {
         let route = &http[index];
-        let label = route.get("name").and_then(Value::as_str).map_or_else(|| format!("spec.http[{index}]"), |n| format!("{n:?}"));
-        let destinations = route.get("route").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        let label = route
+            .get("name")
+            .and_then(Value::as_str)
+            .map_or_else(|| format!("spec.http[{index}]"), |n| format!("{n:?}"));
+        let destinations = route
+            .get("route")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let (mut canary, mut stable) = (None, None);
         for (j, d) in destinations.iter().enumerate() {
             let destination = d.get("destination").unwrap_or(&Value::Null);
             match matcher.classify(destination) {
-                Some(true) if canary.is_some() => return Err(err(format!("route {label} has the {} twice", matcher.describe(true)))),
-                Some(false) if stable.is_some() => return Err(err(format!("route {label} has the {} twice", matcher.describe(false)))),
+                Some(true) if canary.is_some() => {
+                    return Err(err(format!(
+                        "route {label} has the {} twice",
+                        matcher.describe(true)
+                    )))
+                }
+                Some(false) if stable.is_some() => {
+                    return Err(err(format!(
+                        "route {label} has the {} twice",
+                        matcher.describe(false)
+                    )))
+                }
                 Some(true) => canary = Some(j),
                 Some(false) => stable = Some(j),
                 None => {
@@ -124,9 +150,24 @@ fn select<'c>(vs: &Value, cfg: &'c IstioRouting) -> Result<(Vec<Selected>, Match
                 }
             }
         }
-        let canary = canary.ok_or_else(|| err(format!("{} not found in route {label}", matcher.describe(true))))?;
-        let stable = stable.ok_or_else(|| err(format!("{} not found in route {label}", matcher.describe(false))))?;
-        selected.push(Selected { index, label, canary, stable });
+        let canary = canary.ok_or_else(|| {
+            err(format!(
+                "{} not found in route {label}",
+                matcher.describe(true)
+            ))
+        })?;
+        let stable = stable.ok_or_else(|| {
+            err(format!(
+                "{} not found in route {label}",
+                matcher.describe(false)
+            ))
+        })?;
+        selected.push(Selected {
+            index,
+            label,
+            canary,
+            stable,
+        });
     }
     Ok((selected, matcher))
 }
@@ -137,36 +178,60 @@ pub fn current_weights(vs: &Value, cfg: &IstioRouting) -> Result<Vec<RouteWeight
     Ok(selected
         .iter()
         .map(|s| {
-            let weight = |j: usize| vs.pointer(&format!("/spec/http/{}/route/{j}/weight", s.index)).and_then(Value::as_i64);
-            RouteWeights { route: s.label.clone(), canary: weight(s.canary), stable: weight(s.stable) }
+            let weight = |j: usize| {
+                vs.pointer(&format!("/spec/http/{}/route/{j}/weight", s.index))
+                    .and_then(Value::as_i64)
+            };
+            RouteWeights {
+                route: s.label.clone(),
+                canary: weight(s.canary),
+                stable: weight(s.stable),
+            }
         })
         .collect())
 }
 
 /// The patch that routes `canary`/`stable` percent on every selected route, or `None` if the
 /// VirtualService already does.
-pub fn set_weights(vs: &Value, cfg: &IstioRouting, canary: u32, stable: u32) -> Result<Option<json_patch::Patch>, RouterError> {
+pub fn set_weights(
+    vs: &Value,
+    cfg: &IstioRouting,
+    canary: u32,
+    stable: u32,
+) -> Result<Option<json_patch::Patch>, RouterError> {
     let (selected, _) = select(vs, cfg)?;
     let mut ops = Vec::new();
     for s in &selected {
         let route = format!("/spec/http/{}", s.index);
-        let current = |j: usize| vs.pointer(&format!("{route}/route/{j}/weight")).and_then(Value::as_i64);
-        if current(s.canary) == Some(i64::from(canary)) && current(s.stable) == Some(i64::from(stable)) {
+        let current = |j: usize| {
+            vs.pointer(&format!("{route}/route/{j}/weight"))
+                .and_then(Value::as_i64)
+        };
+        if current(s.canary) == Some(i64::from(canary))
+            && current(s.stable) == Some(i64::from(stable))
+        {
             continue;
         }
         if let Some(name) = vs.pointer(&format!("{route}/name")) {
             ops.push(json!({"op": "test", "path": format!("{route}/name"), "value": name}));
         }
         for (j, weight) in [(s.canary, canary), (s.stable, stable)] {
-            let destination = vs.pointer(&format!("{route}/route/{j}/destination")).cloned().unwrap_or(Value::Null);
+            let destination = vs
+                .pointer(&format!("{route}/route/{j}/destination"))
+                .cloned()
+                .unwrap_or(Value::Null);
             ops.push(json!({"op": "test", "path": format!("{route}/route/{j}/destination"), "value": destination}));
-            ops.push(json!({"op": "add", "path": format!("{route}/route/{j}/weight"), "value": weight}));
+            ops.push(
+                json!({"op": "add", "path": format!("{route}/route/{j}/weight"), "value": weight}),
+            );
         }
     }
     if ops.is_empty() {
         return Ok(None);
     }
-    guarded(vs, ops).map(Some).map_err(|e| RouterError::object(VS, vs, format!("building the patch: {e}")))
+    guarded(vs, ops)
+        .map(Some)
+        .map_err(|e| RouterError::object(VS, vs, format!("building the patch: {e}")))
 }
 
 /// Subset mode: makes the stable and canary subsets select their workloads' pods (each
@@ -179,26 +244,41 @@ pub fn sync_subsets(
     stable_labels: &BTreeMap<String, String>,
     canary_labels: &BTreeMap<String, String>,
 ) -> Result<Option<json_patch::Patch>, RouterError> {
-    let Some(rule) = &cfg.destination_rule else { return Ok(None) };
+    let Some(rule) = &cfg.destination_rule else {
+        return Ok(None);
+    };
     let subsets = dr.pointer("/spec/subsets").and_then(Value::as_array);
     let mut ops = Vec::new();
     if subsets.is_none() {
         ops.push(json!({"op": "add", "path": "/spec/subsets", "value": []}));
     }
-    for (name, labels) in [(&rule.stable_subset_name, stable_labels), (&rule.canary_subset_name, canary_labels)] {
+    for (name, labels) in [
+        (&rule.stable_subset_name, stable_labels),
+        (&rule.canary_subset_name, canary_labels),
+    ] {
         if labels.is_empty() {
-            return Err(RouterError::object(DR, dr, format!("no selector labels for subset {name:?}")));
+            return Err(RouterError::object(
+                DR,
+                dr,
+                format!("no selector labels for subset {name:?}"),
+            ));
         }
-        let position = subsets.and_then(|s| s.iter().position(|x| x.get("name").and_then(Value::as_str) == Some(name.as_str())));
+        let position = subsets.and_then(|s| {
+            s.iter()
+                .position(|x| x.get("name").and_then(Value::as_str) == Some(name.as_str()))
+        });
         let Some(k) = position else {
             ops.push(json!({"op": "add", "path": "/spec/subsets/-", "value": {"name": name, "labels": labels}}));
             continue;
         };
         let path = format!("/spec/subsets/{k}");
-        let existing = dr.pointer(&format!("{path}/labels")).and_then(Value::as_object);
+        let existing = dr
+            .pointer(&format!("{path}/labels"))
+            .and_then(Value::as_object);
         let mut changes = Vec::new();
         match existing {
-            None => changes.push(json!({"op": "add", "path": format!("{path}/labels"), "value": labels})),
+            None => changes
+                .push(json!({"op": "add", "path": format!("{path}/labels"), "value": labels})),
             Some(existing) => {
                 for (key, value) in labels {
                     if existing.get(key).and_then(Value::as_str) != Some(value.as_str()) {
@@ -215,7 +295,9 @@ pub fn sync_subsets(
     if ops.is_empty() {
         return Ok(None);
     }
-    guarded(dr, ops).map(Some).map_err(|e| RouterError::object(DR, dr, format!("building the patch: {e}")))
+    guarded(dr, ops)
+        .map(Some)
+        .map_err(|e| RouterError::object(DR, dr, format!("building the patch: {e}")))
 }
 
 #[cfg(test)]
@@ -228,7 +310,10 @@ mod tests {
 
     fn host_cfg(routes: &[&str]) -> IstioRouting {
         IstioRouting {
-            virtual_service: VirtualServiceRef { name: "podinfo".into(), routes: routes.iter().map(|r| r.to_string()).collect() },
+            virtual_service: VirtualServiceRef {
+                name: "podinfo".into(),
+                routes: routes.iter().map(|r| r.to_string()).collect(),
+            },
             stable_service: Some("podinfo-stable".into()),
             canary_service: Some("podinfo-canary".into()),
             destination_rule: None,
@@ -253,9 +338,14 @@ mod tests {
     #[test]
     fn patch_writes_both_weights_of_the_named_route_only() {
         let vs = vs();
-        let patch = set_weights(&vs, &host_cfg(&["primary"]), 20, 80).unwrap().unwrap();
+        let patch = set_weights(&vs, &host_cfg(&["primary"]), 20, 80)
+            .unwrap()
+            .unwrap();
         let ops = serde_json::to_value(&patch).unwrap();
-        assert_eq!(ops[0], json!({"op": "test", "path": "/metadata/resourceVersion", "value": "41"}));
+        assert_eq!(
+            ops[0],
+            json!({"op": "test", "path": "/metadata/resourceVersion", "value": "41"})
+        );
         let out = apply(&vs, &patch).unwrap();
         assert_eq!(out["spec"]["http"][1]["route"][0]["weight"], 80);
         assert_eq!(out["spec"]["http"][1]["route"][1]["weight"], 20);
@@ -263,19 +353,32 @@ mod tests {
         expected["spec"]["http"][1]["route"][0]["weight"] = json!(80);
         expected["spec"]["http"][1]["route"][1]["weight"] = json!(20);
         assert_eq!(out, expected, "nothing else changes");
-        assert_eq!(current_weights(&out, &host_cfg(&["primary"])).unwrap()[0].canary, Some(20));
-        assert!(set_weights(&out, &host_cfg(&["primary"]), 20, 80).unwrap().is_none(), "already routed: no write");
+        assert_eq!(
+            current_weights(&out, &host_cfg(&["primary"])).unwrap()[0].canary,
+            Some(20)
+        );
+        assert!(
+            set_weights(&out, &host_cfg(&["primary"]), 20, 80)
+                .unwrap()
+                .is_none(),
+            "already routed: no write"
+        );
     }
 
     #[test]
     fn a_moved_route_or_a_concurrent_edit_fails_the_patch() {
         let vs = vs();
-        let patch = set_weights(&vs, &host_cfg(&["primary"]), 20, 80).unwrap().unwrap();
+        let patch = set_weights(&vs, &host_cfg(&["primary"]), 20, 80)
+            .unwrap()
+            .unwrap();
         let mut edited = vs.clone();
         edited["metadata"]["resourceVersion"] = json!("42");
         assert!(apply(&edited, &patch).is_err());
         let mut reordered = vs.clone();
-        reordered["metadata"].as_object_mut().unwrap().remove("resourceVersion");
+        reordered["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("resourceVersion");
         reordered["spec"]["http"].as_array_mut().unwrap().swap(0, 1);
         assert!(apply(&reordered, &patch).is_err());
     }
@@ -283,19 +386,38 @@ mod tests {
     #[test]
     fn route_selection_errors_name_the_problem() {
         let vs = vs();
-        let e = set_weights(&vs, &host_cfg(&["missing"]), 20, 80).unwrap_err().to_string();
-        assert_eq!(e, "VirtualService podinfo: HTTP route \"missing\" not found in spec.http");
-        let e = set_weights(&vs, &host_cfg(&[]), 20, 80).unwrap_err().to_string();
+        let e = set_weights(&vs, &host_cfg(&["missing"]), 20, 80)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "VirtualService podinfo: HTTP route \"missing\" not found in spec.http"
+        );
+        let e = set_weights(&vs, &host_cfg(&[]), 20, 80)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("spec.http has 2 routes"), "{e}");
-        let e = set_weights(&vs, &host_cfg(&["header"]), 20, 80).unwrap_err().to_string();
-        assert_eq!(e, "VirtualService podinfo: stable host \"podinfo-stable\" not found in route \"header\"");
+        let e = set_weights(&vs, &host_cfg(&["header"]), 20, 80)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "VirtualService podinfo: stable host \"podinfo-stable\" not found in route \"header\""
+        );
     }
 
     #[test]
     fn subset_mode_matches_by_subset_and_syncs_the_destination_rule() {
         let cfg = IstioRouting {
-            virtual_service: VirtualServiceRef { name: "podinfo".into(), routes: vec![] },
-            destination_rule: Some(DestinationRuleRef { name: "podinfo".into(), stable_subset_name: "stable".into(), canary_subset_name: "canary".into() }),
+            virtual_service: VirtualServiceRef {
+                name: "podinfo".into(),
+                routes: vec![],
+            },
+            destination_rule: Some(DestinationRuleRef {
+                name: "podinfo".into(),
+                stable_subset_name: "stable".into(),
+                canary_subset_name: "canary".into(),
+            }),
             ..Default::default()
         };
         let vs = json!({"metadata": {"name": "podinfo"}, "spec": {"hosts": ["podinfo"], "http": [{"route": [
@@ -308,12 +430,33 @@ mod tests {
         let dr = json!({"metadata": {"name": "podinfo", "resourceVersion": "7"}, "spec": {"host": "podinfo",
             "subsets": [{"name": "stable", "labels": {"app": "podinfo", "track": "old"}, "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}},
                         {"name": "other", "labels": {"x": "y"}}]}});
-        let stable = BTreeMap::from([("app".to_owned(), "podinfo".to_owned()), ("track".to_owned(), "stable".to_owned())]);
-        let canary = BTreeMap::from([("app".to_owned(), "podinfo".to_owned()), ("track".to_owned(), "canary".to_owned())]);
-        let out = apply(&dr, &sync_subsets(&dr, &cfg, &stable, &canary).unwrap().unwrap()).unwrap();
-        assert_eq!(out["spec"]["subsets"][0], json!({"name": "stable", "labels": {"app": "podinfo", "track": "stable"}, "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}));
-        assert_eq!(out["spec"]["subsets"][1], json!({"name": "other", "labels": {"x": "y"}}));
-        assert_eq!(out["spec"]["subsets"][2], json!({"name": "canary", "labels": {"app": "podinfo", "track": "canary"}}));
-        assert!(sync_subsets(&out, &cfg, &stable, &canary).unwrap().is_none());
+        let stable = BTreeMap::from([
+            ("app".to_owned(), "podinfo".to_owned()),
+            ("track".to_owned(), "stable".to_owned()),
+        ]);
+        let canary = BTreeMap::from([
+            ("app".to_owned(), "podinfo".to_owned()),
+            ("track".to_owned(), "canary".to_owned()),
+        ]);
+        let out = apply(
+            &dr,
+            &sync_subsets(&dr, &cfg, &stable, &canary).unwrap().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            out["spec"]["subsets"][0],
+            json!({"name": "stable", "labels": {"app": "podinfo", "track": "stable"}, "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}})
+        );
+        assert_eq!(
+            out["spec"]["subsets"][1],
+            json!({"name": "other", "labels": {"x": "y"}})
+        );
+        assert_eq!(
+            out["spec"]["subsets"][2],
+            json!({"name": "canary", "labels": {"app": "podinfo", "track": "canary"}})
+        );
+        assert!(sync_subsets(&out, &cfg, &stable, &canary)
+            .unwrap()
+            .is_none());
     }
 }

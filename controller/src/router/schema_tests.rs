@@ -23,7 +23,10 @@ fn validator(name: &str) -> jsonschema::Validator {
 }
 
 fn assert_valid(v: &jsonschema::Validator, obj: &Value) {
-    let errors: Vec<String> = v.iter_errors(obj).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    let errors: Vec<String> = v
+        .iter_errors(obj)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
     assert!(errors.is_empty(), "schema errors: {errors:#?}\n{obj:#}");
 }
 
@@ -32,7 +35,12 @@ fn assert_only_changed(before: &Value, after: &Value, changed: &[(&str, Value)])
     let mut expected = before.clone();
     for (pointer, value) in changed {
         let (parent, key) = pointer.rsplit_once('/').unwrap();
-        expected.pointer_mut(parent).unwrap().as_object_mut().unwrap().insert(key.to_owned(), value.clone());
+        expected
+            .pointer_mut(parent)
+            .unwrap()
+            .as_object_mut()
+            .unwrap()
+            .insert(key.to_owned(), value.clone());
     }
     assert_eq!(after, &expected);
 }
@@ -58,20 +66,29 @@ fn istio_host_mode_writes_a_valid_virtual_service() {
     let before = load_yaml("virtualservice-hosts.yaml");
     assert_valid(&schema, &before);
     let cfg = IstioRouting {
-        virtual_service: VirtualServiceRef { name: "podinfo".into(), routes: vec!["primary".into()] },
+        virtual_service: VirtualServiceRef {
+            name: "podinfo".into(),
+            routes: vec!["primary".into()],
+        },
         stable_service: Some("podinfo-stable".into()),
         canary_service: Some("podinfo-canary".into()),
         destination_rule: None,
     };
     let mut current = before.clone();
     for (canary, stable) in [(5, 95), (50, 50), (100, 0), (0, 100)] {
-        let patch = istio::set_weights(&current, &cfg, canary, stable).unwrap().unwrap();
+        let patch = istio::set_weights(&current, &cfg, canary, stable)
+            .unwrap()
+            .unwrap();
         let after = apply(&current, &patch).unwrap();
         assert_valid(&schema, &after);
-        assert_only_changed(&current, &after, &[
-            ("/spec/http/1/route/0/weight", json!(stable)),
-            ("/spec/http/1/route/1/weight", json!(canary)),
-        ]);
+        assert_only_changed(
+            &current,
+            &after,
+            &[
+                ("/spec/http/1/route/0/weight", json!(stable)),
+                ("/spec/http/1/route/1/weight", json!(canary)),
+            ],
+        );
         // The API server bumps the resourceVersion; the next patch must test the new one.
         current = after;
         current["metadata"]["resourceVersion"] = json!(format!("{}", 2000 + canary));
@@ -81,31 +98,64 @@ fn istio_host_mode_writes_a_valid_virtual_service() {
 #[test]
 fn istio_subset_mode_writes_a_valid_virtual_service_and_destination_rule() {
     let cfg = IstioRouting {
-        virtual_service: VirtualServiceRef { name: "podinfo".into(), routes: vec![] },
-        destination_rule: Some(DestinationRuleRef { name: "podinfo".into(), stable_subset_name: "stable".into(), canary_subset_name: "canary".into() }),
+        virtual_service: VirtualServiceRef {
+            name: "podinfo".into(),
+            routes: vec![],
+        },
+        destination_rule: Some(DestinationRuleRef {
+            name: "podinfo".into(),
+            stable_subset_name: "stable".into(),
+            canary_subset_name: "canary".into(),
+        }),
         ..Default::default()
     };
     let vs_schema = validator("virtualservice.networking.istio.io.v1.json");
     let before = load_yaml("virtualservice-subsets.yaml");
     assert_valid(&vs_schema, &before);
-    let after = apply(&before, &istio::set_weights(&before, &cfg, 10, 90).unwrap().unwrap()).unwrap();
+    let after = apply(
+        &before,
+        &istio::set_weights(&before, &cfg, 10, 90).unwrap().unwrap(),
+    )
+    .unwrap();
     assert_valid(&vs_schema, &after);
-    assert_only_changed(&before, &after, &[
-        ("/spec/http/0/route/0/weight", json!(90)),
-        ("/spec/http/0/route/1/weight", json!(10)),
-    ]);
+    assert_only_changed(
+        &before,
+        &after,
+        &[
+            ("/spec/http/0/route/0/weight", json!(90)),
+            ("/spec/http/0/route/1/weight", json!(10)),
+        ],
+    );
 
     let dr_schema = validator("destinationrule.networking.istio.io.v1.json");
     let before = load_yaml("destinationrule.yaml");
     assert_valid(&dr_schema, &before);
-    let stable = BTreeMap::from([("app".to_owned(), "podinfo".to_owned()), ("track".to_owned(), "stable".to_owned())]);
-    let canary = BTreeMap::from([("app".to_owned(), "podinfo".to_owned()), ("track".to_owned(), "canary".to_owned())]);
-    let after = apply(&before, &istio::sync_subsets(&before, &cfg, &stable, &canary).unwrap().unwrap()).unwrap();
+    let stable = BTreeMap::from([
+        ("app".to_owned(), "podinfo".to_owned()),
+        ("track".to_owned(), "stable".to_owned()),
+    ]);
+    let canary = BTreeMap::from([
+        ("app".to_owned(), "podinfo".to_owned()),
+        ("track".to_owned(), "canary".to_owned()),
+    ]);
+    let after = apply(
+        &before,
+        &istio::sync_subsets(&before, &cfg, &stable, &canary)
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
     assert_valid(&dr_schema, &after);
     let mut expected = before.clone();
     expected["spec"]["subsets"][0]["labels"]["track"] = json!("stable");
-    expected["spec"]["subsets"].as_array_mut().unwrap().push(json!({"name": "canary", "labels": canary}));
-    assert_eq!(after, expected, "trafficPolicy, other subsets and other labels are kept");
+    expected["spec"]["subsets"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "canary", "labels": canary}));
+    assert_eq!(
+        after, expected,
+        "trafficPolicy, other subsets and other labels are kept"
+    );
 }
 
 #[test]
@@ -120,11 +170,21 @@ fn gateway_api_writes_a_valid_http_route() {
             stable_service: "podinfo-stable".into(),
             canary_service: "podinfo-canary".into(),
         };
-        let after = apply(&before, &gateway_api::set_weights(&before, &cfg, 30, 70).unwrap().unwrap()).unwrap();
+        let after = apply(
+            &before,
+            &gateway_api::set_weights(&before, &cfg, 30, 70)
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
         assert_valid(&schema, &after);
-        assert_only_changed(&before, &after, &[
-            ("/spec/rules/1/backendRefs/0/weight", json!(70)),
-            ("/spec/rules/1/backendRefs/1/weight", json!(30)),
-        ]);
+        assert_only_changed(
+            &before,
+            &after,
+            &[
+                ("/spec/rules/1/backendRefs/0/weight", json!(70)),
+                ("/spec/rules/1/backendRefs/1/weight", json!(30)),
+            ],
+        );
     }
 }

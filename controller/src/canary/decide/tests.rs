@@ -15,17 +15,28 @@ fn at(seconds: i64) -> Timestamp {
 }
 
 fn weight(w: i32) -> CanaryStep {
-    CanaryStep { set_weight: Some(w), ..Default::default() }
+    CanaryStep {
+        set_weight: Some(w),
+        ..Default::default()
+    }
 }
 
 fn pause(duration: Option<&str>) -> CanaryStep {
-    CanaryStep { pause: Some(PauseStep { duration: duration.map(|d| IntOrString::String(d.into())) }), ..Default::default() }
+    CanaryStep {
+        pause: Some(PauseStep {
+            duration: duration.map(|d| IntOrString::String(d.into())),
+        }),
+        ..Default::default()
+    }
 }
 
 fn analysis(template: &str) -> CanaryStep {
     CanaryStep {
         analysis: Some(AnalysisSource {
-            templates: vec![AnalysisTemplateRef { template_name: template.into(), cluster_scope: false }],
+            templates: vec![AnalysisTemplateRef {
+                template_name: template.into(),
+                cluster_scope: false,
+            }],
             ..Default::default()
         }),
         ..Default::default()
@@ -34,10 +45,16 @@ fn analysis(template: &str) -> CanaryStep {
 
 fn spec(steps: Vec<CanaryStep>) -> CanarySpec {
     CanarySpec {
-        workload: WorkloadRef { stable: "podinfo".into(), canary: "podinfo-canary".into() },
+        workload: WorkloadRef {
+            stable: "podinfo".into(),
+            canary: "podinfo-canary".into(),
+        },
         traffic_routing: TrafficRouting {
             istio: Some(IstioRouting {
-                virtual_service: VirtualServiceRef { name: "podinfo".into(), routes: vec!["primary".into()] },
+                virtual_service: VirtualServiceRef {
+                    name: "podinfo".into(),
+                    routes: vec!["primary".into()],
+                },
                 stable_service: Some("podinfo-stable".into()),
                 canary_service: Some("podinfo-canary".into()),
                 destination_rule: None,
@@ -98,19 +115,48 @@ impl World {
 }
 
 fn events(d: &Decision) -> Vec<&'static str> {
-    d.actions.iter().filter_map(|a| if let Action::Event { reason, .. } = a { Some(*reason) } else { None }).collect()
+    d.actions
+        .iter()
+        .filter_map(|a| {
+            if let Action::Event { reason, .. } = a {
+                Some(*reason)
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 fn started(d: &Decision) -> Vec<String> {
-    d.actions.iter().filter_map(|a| if let Action::StartAnalysis { name, .. } = a { Some(name.clone()) } else { None }).collect()
+    d.actions
+        .iter()
+        .filter_map(|a| {
+            if let Action::StartAnalysis { name, .. } = a {
+                Some(name.clone())
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 fn stopped(d: &Decision) -> Vec<String> {
-    d.actions.iter().filter_map(|a| if let Action::StopAnalysis { name } = a { Some(name.clone()) } else { None }).collect()
+    d.actions
+        .iter()
+        .filter_map(|a| {
+            if let Action::StopAnalysis { name } = a {
+                Some(name.clone())
+            } else {
+                None
+            }
+        })
+        .collect()
 }
 
 fn promoted(d: &Decision) -> bool {
-    d.actions.iter().any(|a| matches!(a, Action::PromoteWorkload { .. }))
+    d.actions
+        .iter()
+        .any(|a| matches!(a, Action::PromoteWorkload { .. }))
 }
 
 #[test]
@@ -135,8 +181,14 @@ fn start_sets_the_first_weight_and_stops_at_an_indefinite_pause() {
     assert_eq!(d.status.stable_revision.as_deref(), Some("v1"));
     assert_eq!(d.status.current_step_index, Some(1));
     assert_eq!(d.status.phase, Some(CanaryPhase::Paused));
-    assert_eq!(d.status.pause.as_ref().map(|p| p.reason), Some(PauseReason::CanaryPauseStep));
-    assert_eq!(d.requeue_after, None, "an indefinite pause waits for promote, not for time");
+    assert_eq!(
+        d.status.pause.as_ref().map(|p| p.reason),
+        Some(PauseReason::CanaryPauseStep)
+    );
+    assert_eq!(
+        d.requeue_after, None,
+        "an indefinite pause waits for promote, not for time"
+    );
 
     // Nothing changes on its own: same decision, no new event.
     let again = w.tick_at(600);
@@ -147,7 +199,12 @@ fn start_sets_the_first_weight_and_stops_at_an_indefinite_pause() {
 
 #[test]
 fn promote_resumes_an_indefinite_pause_and_steps_forward() {
-    let mut w = World::new(spec(vec![weight(20), pause(None), weight(50), pause(Some("1m"))]));
+    let mut w = World::new(spec(vec![
+        weight(20),
+        pause(None),
+        weight(50),
+        pause(Some("1m")),
+    ]));
     w.tick();
     w.status.promote = true; // `plover promote`
     let d = w.tick_at(10);
@@ -156,7 +213,11 @@ fn promote_resumes_an_indefinite_pause_and_steps_forward() {
     assert_eq!(d.status.current_step_index, Some(3));
     assert_eq!(d.status.phase, Some(CanaryPhase::Paused));
     assert_eq!(d.status.desired_weight, 50);
-    assert_eq!(d.requeue_after, Some(Duration::from_secs(60)), "requeue when the timed pause ends");
+    assert_eq!(
+        d.requeue_after,
+        Some(Duration::from_secs(60)),
+        "requeue when the timed pause ends"
+    );
 }
 
 #[test]
@@ -169,7 +230,11 @@ fn a_timed_pause_ends_by_itself() {
     assert_eq!(d.requeue_after, Some(Duration::from_secs(10)));
     let d = w.tick_at(30);
     assert_eq!(d.weights(), Some((40, 60)));
-    assert_eq!(d.status.current_step_index, Some(3), "setWeight 40 completes at once without a traffic check");
+    assert_eq!(
+        d.status.current_step_index,
+        Some(3),
+        "setWeight 40 completes at once without a traffic check"
+    );
     assert!(promoted(&d), "after the last step the canary is promoted");
 }
 
@@ -180,19 +245,35 @@ fn inline_analysis_blocks_its_step_until_successful() {
     let run = "podinfo-v2-0-step1".to_owned();
     assert_eq!(started(&d), vec![run.clone()]);
     assert_eq!(d.status.current_step_index, Some(1));
-    assert_eq!(d.status.step_analysis.as_ref().map(|r| r.name.clone()), Some(run.clone()));
+    assert_eq!(
+        d.status.step_analysis.as_ref().map(|r| r.name.clone()),
+        Some(run.clone())
+    );
     assert_eq!(d.requeue_after, Some(POLL_INTERVAL));
 
-    w.analyses.insert(run.clone(), Verdict::of(Phase::Running, ""));
+    w.analyses
+        .insert(run.clone(), Verdict::of(Phase::Running, ""));
     let d = w.tick_at(10);
     assert!(started(&d).is_empty(), "a known run is not started twice");
     assert_eq!(d.status.current_step_index, Some(1));
     assert_eq!(d.weights(), Some((20, 80)));
 
-    w.analyses.insert(run.clone(), Verdict { successful: 3, ..Verdict::of(Phase::Successful, "") });
+    w.analyses.insert(
+        run.clone(),
+        Verdict {
+            successful: 3,
+            ..Verdict::of(Phase::Successful, "")
+        },
+    );
     let d = w.tick_at(20);
     assert_eq!(d.weights(), Some((60, 40)));
-    assert_eq!(d.status.step_analysis.as_ref().map(|r| (r.phase, r.successful)), Some((AnalysisPhase::Successful, 3)));
+    assert_eq!(
+        d.status
+            .step_analysis
+            .as_ref()
+            .map(|r| (r.phase, r.successful)),
+        Some((AnalysisPhase::Successful, 3))
+    );
     assert!(promoted(&d));
 }
 
@@ -201,17 +282,29 @@ fn failed_inline_analysis_rolls_back_at_once() {
     let mut w = World::new(spec(vec![weight(20), analysis("success-rate"), weight(60)]));
     w.tick();
     let message = "Metric \"success-rate\" assessed Failed due to failed (1) > failureLimit (0)";
-    w.analyses.insert("podinfo-v2-0-step1".into(), Verdict { failed: 1, ..Verdict::of(Phase::Failed, message) });
+    w.analyses.insert(
+        "podinfo-v2-0-step1".into(),
+        Verdict {
+            failed: 1,
+            ..Verdict::of(Phase::Failed, message)
+        },
+    );
     let d = w.tick_at(30);
     assert_eq!(d.weights(), Some((0, 100)));
     assert_eq!(d.status.phase, Some(CanaryPhase::Degraded));
-    assert_eq!(d.status.message.as_deref(), Some(format!("RolloutAborted: {message}").as_str()));
+    assert_eq!(
+        d.status.message.as_deref(),
+        Some(format!("RolloutAborted: {message}").as_str())
+    );
     assert!(d.status.abort);
     assert_eq!(events(&d), vec![reasons::ANALYSIS_FAILED, reasons::ABORTED]);
     assert!(d.actions.iter().any(|a| matches!(a, Action::Event { warning: true, reason, message: m } if *reason == reasons::ABORTED && m.contains(message))));
     assert_eq!(d.requeue_after, None);
     let cond = d.status.condition(conditions::PROGRESSING).unwrap();
-    assert_eq!((cond.status.as_str(), cond.reason.as_str()), ("False", reasons::ABORTED));
+    assert_eq!(
+        (cond.status.as_str(), cond.reason.as_str()),
+        ("False", reasons::ABORTED)
+    );
 
     // Level-triggered and quiet afterwards: same weights, no more events.
     let d = w.tick_at(60);
@@ -232,29 +325,65 @@ fn error_analysis_also_rolls_back() {
 
 #[test]
 fn inconclusive_analysis_pauses_and_promote_accepts_it() {
-    let mut w = World::new(spec(vec![weight(20), analysis("success-rate"), weight(60), pause(None)]));
+    let mut w = World::new(spec(vec![
+        weight(20),
+        analysis("success-rate"),
+        weight(60),
+        pause(None),
+    ]));
     w.tick();
-    w.analyses.insert("podinfo-v2-0-step1".into(), Verdict::of(Phase::Inconclusive, "Metric \"m\" assessed Inconclusive due to inconclusive (1) > inconclusiveLimit (0)"));
+    w.analyses.insert(
+        "podinfo-v2-0-step1".into(),
+        Verdict::of(
+            Phase::Inconclusive,
+            "Metric \"m\" assessed Inconclusive due to inconclusive (1) > inconclusiveLimit (0)",
+        ),
+    );
     let d = w.tick_at(10);
     assert_eq!(d.status.phase, Some(CanaryPhase::Paused));
-    assert_eq!(d.status.pause.as_ref().map(|p| p.reason), Some(PauseReason::InconclusiveAnalysisRun));
-    assert_eq!(d.weights(), Some((20, 80)), "inconclusive holds the weight, it does not roll back");
+    assert_eq!(
+        d.status.pause.as_ref().map(|p| p.reason),
+        Some(PauseReason::InconclusiveAnalysisRun)
+    );
+    assert_eq!(
+        d.weights(),
+        Some((20, 80)),
+        "inconclusive holds the weight, it does not roll back"
+    );
     assert_eq!(events(&d), vec![reasons::ANALYSIS_INCONCLUSIVE]);
-    assert!(w.tick_at(20).actions.iter().all(|a| !matches!(a, Action::Event { .. })), "one event per pause");
+    assert!(
+        w.tick_at(20)
+            .actions
+            .iter()
+            .all(|a| !matches!(a, Action::Event { .. })),
+        "one event per pause"
+    );
 
     w.status.promote = true;
     let d = w.tick_at(30);
     assert_eq!(d.weights(), Some((60, 40)));
     assert_eq!(d.status.current_step_index, Some(3));
-    assert_eq!(d.status.pause.as_ref().map(|p| p.reason), Some(PauseReason::CanaryPauseStep));
+    assert_eq!(
+        d.status.pause.as_ref().map(|p| p.reason),
+        Some(PauseReason::CanaryPauseStep)
+    );
 }
 
 #[test]
 fn background_analysis_starts_at_its_starting_step_and_rolls_back_on_failure() {
-    let mut s = spec(vec![weight(10), pause(None), weight(30), pause(None), weight(50)]);
+    let mut s = spec(vec![
+        weight(10),
+        pause(None),
+        weight(30),
+        pause(None),
+        weight(50),
+    ]);
     s.analysis = Some(BackgroundAnalysis {
         starting_step: Some(2),
-        templates: vec![AnalysisTemplateRef { template_name: "error-rate".into(), cluster_scope: false }],
+        templates: vec![AnalysisTemplateRef {
+            template_name: "error-rate".into(),
+            cluster_scope: false,
+        }],
         ..Default::default()
     });
     let mut w = World::new(s);
@@ -269,37 +398,58 @@ fn background_analysis_starts_at_its_starting_step_and_rolls_back_on_failure() {
     assert_eq!(started(&d), vec![bg.clone()]);
     assert_eq!(d.weights(), Some((30, 70)));
 
-    w.analyses.insert(bg.clone(), Verdict::of(Phase::Running, ""));
+    w.analyses
+        .insert(bg.clone(), Verdict::of(Phase::Running, ""));
     let d = w.tick_at(20);
     assert!(started(&d).is_empty());
     assert_eq!(d.status.phase, Some(CanaryPhase::Paused));
 
     let message = "Metric \"error-rate\" assessed Failed due to failed (1) > failureLimit (0)";
-    w.analyses.insert(bg.clone(), Verdict::of(Phase::Failed, message));
+    w.analyses
+        .insert(bg.clone(), Verdict::of(Phase::Failed, message));
     let d = w.tick_at(30);
     assert_eq!(d.weights(), Some((0, 100)));
     assert_eq!(d.status.phase, Some(CanaryPhase::Degraded));
-    assert_eq!(d.status.message.as_deref(), Some(format!("RolloutAborted: {message}").as_str()));
-    assert_eq!(d.status.background_analysis.as_ref().map(|r| r.phase), Some(AnalysisPhase::Failed));
+    assert_eq!(
+        d.status.message.as_deref(),
+        Some(format!("RolloutAborted: {message}").as_str())
+    );
+    assert_eq!(
+        d.status.background_analysis.as_ref().map(|r| r.phase),
+        Some(AnalysisPhase::Failed)
+    );
 }
 
 #[test]
 fn inconclusive_background_analysis_pauses_and_promote_starts_a_fresh_run() {
     let mut s = spec(vec![weight(10), pause(Some("10m")), weight(50)]);
     s.analysis = Some(BackgroundAnalysis {
-        templates: vec![AnalysisTemplateRef { template_name: "error-rate".into(), cluster_scope: false }],
+        templates: vec![AnalysisTemplateRef {
+            template_name: "error-rate".into(),
+            cluster_scope: false,
+        }],
         ..Default::default()
     });
     let mut w = World::new(s);
     let d = w.tick();
     assert_eq!(started(&d), vec!["podinfo-v2-0-background".to_owned()]);
-    w.analyses.insert("podinfo-v2-0-background".into(), Verdict::of(Phase::Inconclusive, "too few requests"));
+    w.analyses.insert(
+        "podinfo-v2-0-background".into(),
+        Verdict::of(Phase::Inconclusive, "too few requests"),
+    );
     let d = w.tick_at(10);
-    assert_eq!(d.status.pause.as_ref().map(|p| p.reason), Some(PauseReason::InconclusiveAnalysisRun));
+    assert_eq!(
+        d.status.pause.as_ref().map(|p| p.reason),
+        Some(PauseReason::InconclusiveAnalysisRun)
+    );
     w.status.promote = true;
     let d = w.tick_at(20);
     assert_eq!(started(&d), vec!["podinfo-v2-0-background-1".to_owned()]);
-    assert_eq!(d.status.pause.as_ref().map(|p| p.reason), Some(PauseReason::CanaryPauseStep), "back in the timed pause");
+    assert_eq!(
+        d.status.pause.as_ref().map(|p| p.reason),
+        Some(PauseReason::CanaryPauseStep),
+        "back in the timed pause"
+    );
     assert_eq!(d.status.current_step_index, Some(1));
 }
 
@@ -307,13 +457,21 @@ fn inconclusive_background_analysis_pauses_and_promote_starts_a_fresh_run() {
 fn promotion_copies_the_template_waits_for_stable_then_routes_all_to_stable() {
     let mut w = World::new(spec(vec![weight(50)]));
     let d = w.tick();
-    assert_eq!(d.weights(), Some((50, 50)), "the canary keeps its share while stable rolls out");
+    assert_eq!(
+        d.weights(),
+        Some((50, 50)),
+        "the canary keeps its share while stable rolls out"
+    );
     assert!(promoted(&d));
     assert_eq!(d.status.phase, Some(CanaryPhase::Promoting));
     assert_eq!(events(&d), vec![reasons::NEW_REVISION, reasons::PROMOTING]);
 
     // The stable Deployment took the template but is still rolling out.
-    w.stable = WorkloadState { exists: true, revision: Some("v2".into()), rolled_out: false };
+    w.stable = WorkloadState {
+        exists: true,
+        revision: Some("v2".into()),
+        rolled_out: false,
+    };
     let d = w.tick_at(5);
     assert_eq!(d.weights(), Some((50, 50)));
     assert_eq!(d.status.phase, Some(CanaryPhase::Promoting));
@@ -330,12 +488,27 @@ fn promotion_copies_the_template_waits_for_stable_then_routes_all_to_stable() {
 
 #[test]
 fn promote_full_skips_remaining_steps_and_analysis() {
-    let mut s = spec(vec![weight(10), analysis("success-rate"), weight(50), pause(None)]);
-    s.analysis = Some(BackgroundAnalysis { templates: vec![AnalysisTemplateRef { template_name: "bg".into(), cluster_scope: false }], ..Default::default() });
+    let mut s = spec(vec![
+        weight(10),
+        analysis("success-rate"),
+        weight(50),
+        pause(None),
+    ]);
+    s.analysis = Some(BackgroundAnalysis {
+        templates: vec![AnalysisTemplateRef {
+            template_name: "bg".into(),
+            cluster_scope: false,
+        }],
+        ..Default::default()
+    });
     let mut w = World::new(s);
     w.tick();
-    w.analyses.insert("podinfo-v2-0-step1".into(), Verdict::of(Phase::Running, ""));
-    w.analyses.insert("podinfo-v2-0-background".into(), Verdict::of(Phase::Running, ""));
+    w.analyses
+        .insert("podinfo-v2-0-step1".into(), Verdict::of(Phase::Running, ""));
+    w.analyses.insert(
+        "podinfo-v2-0-background".into(),
+        Verdict::of(Phase::Running, ""),
+    );
     w.tick_at(5);
     w.status.promote_full = true;
     let d = w.tick_at(10);
@@ -343,27 +516,52 @@ fn promote_full_skips_remaining_steps_and_analysis() {
     assert_eq!(d.status.current_step_index, Some(4));
     let mut stops = stopped(&d);
     stops.sort();
-    assert_eq!(stops, vec!["podinfo-v2-0-background".to_owned(), "podinfo-v2-0-step1".to_owned()]);
+    assert_eq!(
+        stops,
+        vec![
+            "podinfo-v2-0-background".to_owned(),
+            "podinfo-v2-0-step1".to_owned()
+        ]
+    );
 }
 
 #[test]
 fn restart_mid_rollout_resumes_at_the_recorded_step() {
-    let mut w = World::new(spec(vec![weight(20), pause(None), weight(40), analysis("success-rate"), weight(80)]));
+    let mut w = World::new(spec(vec![
+        weight(20),
+        pause(None),
+        weight(40),
+        analysis("success-rate"),
+        weight(80),
+    ]));
     w.tick();
     w.status.promote = true;
     let d = w.tick_at(10);
     assert_eq!(d.status.current_step_index, Some(3));
     let run = "podinfo-v2-0-step3".to_owned();
     assert_eq!(started(&d), vec![run.clone()]);
-    w.analyses.insert(run.clone(), Verdict::of(Phase::Running, ""));
+    w.analyses
+        .insert(run.clone(), Verdict::of(Phase::Running, ""));
     w.tick_at(15);
 
     // The controller restarts: only the status survives, the runner knows no runs.
     w.analyses.clear();
     let d = w.tick_at(100);
-    assert_eq!(d.status.current_step_index, Some(3), "resumes at the recorded step");
-    assert_eq!(d.weights(), Some((40, 60)), "the recorded weight is enforced again");
-    assert_eq!(started(&d), vec![run], "the lost analysis run is started again under its name");
+    assert_eq!(
+        d.status.current_step_index,
+        Some(3),
+        "resumes at the recorded step"
+    );
+    assert_eq!(
+        d.weights(),
+        Some((40, 60)),
+        "the recorded weight is enforced again"
+    );
+    assert_eq!(
+        started(&d),
+        vec![run],
+        "the lost analysis run is started again under its name"
+    );
     assert!(events(&d).is_empty(), "no new revision");
 }
 
@@ -371,12 +569,16 @@ fn restart_mid_rollout_resumes_at_the_recorded_step() {
 fn abort_routes_to_stable_and_retry_starts_over() {
     let mut w = World::new(spec(vec![weight(20), analysis("success-rate"), weight(60)]));
     w.tick();
-    w.analyses.insert("podinfo-v2-0-step1".into(), Verdict::of(Phase::Running, ""));
+    w.analyses
+        .insert("podinfo-v2-0-step1".into(), Verdict::of(Phase::Running, ""));
     w.status.abort = true; // `plover abort`
     let d = w.tick_at(10);
     assert_eq!(d.weights(), Some((0, 100)));
     assert_eq!(d.status.phase, Some(CanaryPhase::Degraded));
-    assert_eq!(d.status.message.as_deref(), Some("RolloutAborted: rollout aborted"));
+    assert_eq!(
+        d.status.message.as_deref(),
+        Some("RolloutAborted: rollout aborted")
+    );
     assert_eq!(stopped(&d), vec!["podinfo-v2-0-step1".to_owned()]);
     assert_eq!(events(&d), vec![reasons::ABORTED]);
     assert!(d.status.aborted_at.is_some());
@@ -387,7 +589,11 @@ fn abort_routes_to_stable_and_retry_starts_over() {
     assert_eq!(d.status.attempt, 1);
     assert_eq!(d.status.aborted_at, None);
     assert_eq!(d.status.current_step_index, Some(1));
-    assert_eq!(started(&d), vec!["podinfo-v2-1-step1".to_owned()], "a retry gets fresh run names");
+    assert_eq!(
+        started(&d),
+        vec!["podinfo-v2-1-step1".to_owned()],
+        "a retry gets fresh run names"
+    );
     assert_eq!(d.weights(), Some((20, 80)));
     assert_eq!(d.status.phase, Some(CanaryPhase::Progressing));
 }
@@ -396,7 +602,8 @@ fn abort_routes_to_stable_and_retry_starts_over() {
 fn a_new_revision_mid_rollout_starts_over() {
     let mut w = World::new(spec(vec![weight(20), analysis("a"), weight(60)]));
     w.tick();
-    w.analyses.insert("podinfo-v2-0-step1".into(), Verdict::of(Phase::Running, ""));
+    w.analyses
+        .insert("podinfo-v2-0-step1".into(), Verdict::of(Phase::Running, ""));
     w.canary = WorkloadState::ready("v3");
     let d = w.tick_at(10);
     assert_eq!(stopped(&d), vec!["podinfo-v2-0-step1".to_owned()]);
@@ -408,7 +615,12 @@ fn a_new_revision_mid_rollout_starts_over() {
 #[test]
 fn invalid_spec_sets_a_condition_routes_nothing_and_does_not_hot_loop() {
     let mut s = spec(vec![weight(120)]);
-    s.traffic_routing.gateway_api = Some(GatewayApiRouting { http_route: "r".into(), stable_service: "a".into(), canary_service: "b".into(), rules: vec![] });
+    s.traffic_routing.gateway_api = Some(GatewayApiRouting {
+        http_route: "r".into(),
+        stable_service: "a".into(),
+        canary_service: "b".into(),
+        rules: vec![],
+    });
     let mut w = World::new(s);
     let d = w.tick();
     assert_eq!(d.weights(), None);
@@ -416,13 +628,26 @@ fn invalid_spec_sets_a_condition_routes_nothing_and_does_not_hot_loop() {
     assert_eq!(d.status.phase, Some(CanaryPhase::Degraded));
     let cond = d.status.condition(conditions::INVALID_SPEC).unwrap();
     assert_eq!(cond.status, "True");
-    assert!(cond.message.contains("spec.trafficRouting: must set only one of istio, gatewayAPI, envoy"), "{}", cond.message);
-    assert!(cond.message.contains("spec.steps[0].setWeight: 120 is not between 0 and 100"), "{}", cond.message);
+    assert!(
+        cond.message
+            .contains("spec.trafficRouting: must set only one of istio, gatewayAPI, envoy"),
+        "{}",
+        cond.message
+    );
+    assert!(
+        cond.message
+            .contains("spec.steps[0].setWeight: 120 is not between 0 and 100"),
+        "{}",
+        cond.message
+    );
     assert_eq!(events(&d), vec![reasons::INVALID_SPEC]);
 
     let again = w.tick_at(300);
     assert!(again.actions.is_empty(), "{:?}", again.actions);
-    assert_eq!(again.status, d.status, "an unchanged status is not written again");
+    assert_eq!(
+        again.status, d.status,
+        "an unchanged status is not written again"
+    );
     assert_eq!(again.requeue_after, None);
 
     // Fixing the spec clears the condition and starts the rollout.
@@ -440,7 +665,10 @@ fn missing_workload_is_reported_and_retried_slowly() {
     let d = w.tick();
     assert_eq!(d.weights(), None);
     assert_eq!(d.requeue_after, Some(MISSING_WORKLOAD_RETRY));
-    assert_eq!(d.status.message.as_deref(), Some("workload \"podinfo-canary\" not found"));
+    assert_eq!(
+        d.status.message.as_deref(),
+        Some("workload \"podinfo-canary\" not found")
+    );
 }
 
 fn with_check(steps: Vec<CanaryStep>) -> CanarySpec {
@@ -459,16 +687,26 @@ fn with_check(steps: Vec<CanaryStep>) -> CanarySpec {
 #[test]
 fn a_weight_step_completes_only_when_the_observed_split_matches() {
     let mut w = World::new(with_check(vec![weight(20), weight(50)]));
-    w.traffic = Some(TrafficObservation { canary_percent: 0.0, requests: 1000 });
+    w.traffic = Some(TrafficObservation {
+        canary_percent: 0.0,
+        requests: 1000,
+    });
     let d = w.tick();
     assert_eq!(d.weights(), Some((20, 80)));
     assert_eq!(d.status.current_step_index, Some(0));
     assert_eq!(d.requeue_after, Some(POLL_INTERVAL));
 
     // A full window after the change, the exporter sees the new split.
-    w.traffic = Some(TrafficObservation { canary_percent: 21.3, requests: 1000 });
+    w.traffic = Some(TrafficObservation {
+        canary_percent: 21.3,
+        requests: 1000,
+    });
     let d = w.tick_at(10);
-    assert_eq!(d.status.current_step_index, Some(0), "the window still holds traffic from before the change");
+    assert_eq!(
+        d.status.current_step_index,
+        Some(0),
+        "the window still holds traffic from before the change"
+    );
     let d = w.tick_at(31);
     assert_eq!(d.status.current_step_index, Some(1));
     assert_eq!(d.weights(), Some((50, 50)));
@@ -478,42 +716,76 @@ fn a_weight_step_completes_only_when_the_observed_split_matches() {
 #[test]
 fn a_persistent_mismatch_is_reported_as_a_condition_once() {
     let mut w = World::new(with_check(vec![weight(20), weight(50)]));
-    w.traffic = Some(TrafficObservation { canary_percent: 0.0, requests: 1000 });
+    w.traffic = Some(TrafficObservation {
+        canary_percent: 0.0,
+        requests: 1000,
+    });
     w.tick();
     let d = w.tick_at(60);
-    assert!(d.status.condition(conditions::TRAFFIC_SPLIT_MISMATCH).is_none(), "not before mismatchAfter");
+    assert!(
+        d.status
+            .condition(conditions::TRAFFIC_SPLIT_MISMATCH)
+            .is_none(),
+        "not before mismatchAfter"
+    );
     let d = w.tick_at(121);
-    let cond = d.status.condition(conditions::TRAFFIC_SPLIT_MISMATCH).unwrap();
+    let cond = d
+        .status
+        .condition(conditions::TRAFFIC_SPLIT_MISMATCH)
+        .unwrap();
     assert_eq!(cond.status, "True");
-    assert_eq!(cond.message, "observed canary share 0.0% over 1000 requests in the last 30s; desired 20% ± 5");
+    assert_eq!(
+        cond.message,
+        "observed canary share 0.0% over 1000 requests in the last 30s; desired 20% ± 5"
+    );
     assert_eq!(events(&d), vec![reasons::SPLIT_MISMATCH]);
-    assert_eq!(d.status.current_step_index, Some(0), "the step does not complete");
+    assert_eq!(
+        d.status.current_step_index,
+        Some(0),
+        "the step does not complete"
+    );
     assert!(events(&w.tick_at(130)).is_empty());
 
-    w.traffic = Some(TrafficObservation { canary_percent: 19.0, requests: 1000 });
+    w.traffic = Some(TrafficObservation {
+        canary_percent: 19.0,
+        requests: 1000,
+    });
     let d = w.tick_at(140);
-    assert!(d.status.condition(conditions::TRAFFIC_SPLIT_MISMATCH).is_none());
+    assert!(d
+        .status
+        .condition(conditions::TRAFFIC_SPLIT_MISMATCH)
+        .is_none());
     assert_eq!(d.status.current_step_index, Some(1));
 }
 
 #[test]
 fn too_little_traffic_cannot_confirm_the_split() {
     let mut w = World::new(with_check(vec![weight(20)]));
-    w.traffic = Some(TrafficObservation { canary_percent: 20.0, requests: 12 });
+    w.traffic = Some(TrafficObservation {
+        canary_percent: 20.0,
+        requests: 12,
+    });
     w.tick();
     let d = w.tick_at(60);
     assert_eq!(d.status.current_step_index, Some(0));
     w.traffic = None;
     let d = w.tick_at(200);
-    let cond = d.status.condition(conditions::TRAFFIC_SPLIT_MISMATCH).unwrap();
-    assert_eq!(cond.message, "no answer from the exporter at http://exporter:9464");
+    let cond = d
+        .status
+        .condition(conditions::TRAFFIC_SPLIT_MISMATCH)
+        .unwrap();
+    assert_eq!(
+        cond.message,
+        "no answer from the exporter at http://exporter:9464"
+    );
 }
 
 #[test]
 fn promote_skips_a_running_analysis_step() {
     let mut w = World::new(spec(vec![analysis("slow"), weight(30), pause(None)]));
     w.tick();
-    w.analyses.insert("podinfo-v2-0-step0".into(), Verdict::of(Phase::Running, ""));
+    w.analyses
+        .insert("podinfo-v2-0-step0".into(), Verdict::of(Phase::Running, ""));
     w.status.promote = true;
     let d = w.tick_at(5);
     assert_eq!(stopped(&d), vec!["podinfo-v2-0-step0".to_owned()]);
