@@ -1,11 +1,20 @@
 //! The `Canary` controller in local mode, as the demo drives it: a spec file, no API server;
 //! the workloads are the gateway's `stable` and `canary` clusters and the revisions they serve.
 //!
-//! The controller crate has no local-mode entry point yet, so this is the thin loop around
-//! its public pieces, and nothing more: observe (revisions from [`Workloads`], the split from
-//! the exporter through `observe`), [`decide`] (the pure decision core), then perform the
-//! actions with the Envoy file router (`router::envoy_file`), the analysis [`Runner`] and
-//! [`Workloads::promote`]. The status lives in memory, as the object would in the API server.
+//! This is the controller's reconcile loop around its public pieces, and nothing more:
+//! observe (revisions from [`Workloads`], the split from the exporter through `observe`),
+//! [`decide`] (the pure decision core), then perform the actions with the Envoy file router
+//! (`router::envoy_file`), the analysis [`Runner`] and [`Workloads::promote`]. The status lives
+//! in memory, as the object would in the API server.
+//!
+//! Why not `plover_controller::local::run` (`plover local`): it names Envoy clusters after
+//! revisions and promotes by routing to the canary's cluster, while the filter takes a
+//! request's role from its cluster (`stable`/`canary` rules without a revision, the revision
+//! from the app's header). With clusters named after revisions, the promoted revision would keep
+//! the role `canary` and every observed split and role-based figure after the first promotion
+//! would be wrong. Here promotion repoints the `stable` cluster at the canary's backend (CDS),
+//! so roles stay right. `local::run` also offers no hook for such workloads and keeps the
+//! measurements to itself.
 //!
 //! It also records each metric's latest measured value as the providers return it, so the
 //! progress display can show measurements the runner itself only counts.
@@ -24,7 +33,7 @@ use plover_controller::runner::{CanaryKey, Runner};
 use plover_wire::stats::StatsResponse;
 use tokio::sync::{mpsc, watch};
 
-use super::stack::Workloads;
+use super::stack::{lock, Workloads};
 use super::DemoError;
 
 /// How often the controller looks again even when nothing notifies it: the traffic check and
@@ -139,7 +148,7 @@ impl LocalController {
     }
 
     fn revisions(&self) -> (String, String) {
-        let w = self.workloads.lock().unwrap_or_else(|p| p.into_inner());
+        let w = lock(&self.workloads);
         (w.stable().to_owned(), w.canary().to_owned())
     }
 
@@ -202,7 +211,7 @@ impl LocalController {
                 }
                 Action::StopAnalysis { name: run } => self.runner.stop(&self.key, &run),
                 Action::PromoteWorkload { revision } => {
-                    self.workloads.lock().unwrap_or_else(|p| p.into_inner()).promote(&revision)?;
+                    lock(&self.workloads).promote(&revision)?;
                 }
                 Action::Event { warning, reason, message } => {
                     self.events.push(Event { at: Instant::now(), warning, reason, message });

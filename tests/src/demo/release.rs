@@ -2,7 +2,6 @@
 //! back, and report what happened with the ground truth of the backends (what the canary
 //! really served, and for how long).
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use plover_controller::analysis::provider::Settings;
@@ -13,7 +12,7 @@ use tokio::sync::watch;
 use super::config::{DemoConfig, ReleaseSpec};
 use super::local::{point_at_exporter, LocalController, Snapshot};
 use super::progress::{Display, Frame};
-use super::stack::{Stack, Workloads};
+use super::stack::{lock, Stack};
 use super::{DemoError, Options};
 use crate::backend::Backend;
 
@@ -93,10 +92,6 @@ impl Outcome {
     }
 }
 
-fn lock(w: &Mutex<Workloads>) -> std::sync::MutexGuard<'_, Workloads> {
-    w.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// Deploys `revision` as the canary and follows the controller until the release ends.
 async fn release(
     config: &DemoConfig,
@@ -105,13 +100,11 @@ async fn release(
     display: &mut Display,
     spec: &ReleaseSpec,
     revision: &str,
-) -> Outcome {
+) -> std::result::Result<Outcome, DemoError> {
     let from = lock(&stack.workloads).stable().to_owned();
     let backend = Backend::start(revision, config.revisions[&spec.revision].clone()).await;
     let started = Instant::now();
-    if let Err(e) = lock(&stack.workloads).release(backend) {
-        display.line(&format!("release {}: {e}", spec.name));
-    }
+    lock(&stack.workloads).release(backend)?;
     display.line(&format!("▶ release {}: {from} → {revision} (expect {:?})", spec.name, spec.expect));
     let steps = config.canary.spec.steps.len();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -157,7 +150,7 @@ async fn release(
         (Result::RolledBack, Some(first), Some(last)) => Some(last.duration_since(first).as_secs_f64()),
         _ => None,
     };
-    Outcome {
+    Ok(Outcome {
         release: spec.name.clone(),
         from,
         revision: revision.to_owned(),
@@ -168,7 +161,7 @@ async fn release(
         canary_errors,
         canary_exposure_seconds,
         message,
-    }
+    })
 }
 
 /// The releases to run: `demo.yaml`'s, one of them (`--scenario`), or for the benchmark each
@@ -270,7 +263,7 @@ pub async fn run(opts: &Options, display: &mut Display, outcomes: &mut Vec<Outco
     display.line(&format!("steady: stable runs {} and takes all traffic", lock(&stack.workloads).stable()));
 
     for (spec, revision) in &plan {
-        let outcome = release(&config, &stack, &mut snapshots, display, spec, revision).await;
+        let outcome = release(&config, &stack, &mut snapshots, display, spec, revision).await?;
         display.line(&outcome.summary_line());
         outcomes.push(outcome);
         if controller.0.is_finished() {

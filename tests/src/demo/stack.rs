@@ -79,6 +79,11 @@ impl Workloads {
     }
 }
 
+/// Locks the shared workloads (a panic elsewhere leaves plain data behind; keep using it).
+pub fn lock(workloads: &Mutex<Workloads>) -> std::sync::MutexGuard<'_, Workloads> {
+    workloads.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// What the load generator saw.
 #[derive(Default)]
 pub struct LoadCounters {
