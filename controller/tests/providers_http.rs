@@ -395,15 +395,24 @@ async fn looks(
     p: &Providers,
     m: &MetricSpec,
     limit: usize,
-) -> (Vec<Phase>, plover_controller::analysis::run::Measurement) {
+) -> (
+    Vec<Phase>,
+    plover_controller::analysis::run::Measurement,
+    u64,
+) {
     let mut phases = Vec::new();
+    let mut first_as_of = 0;
     loop {
         let out = measure(p, m, &SystemTime::now).await;
         phases.push(out.phase);
+        if first_as_of == 0 {
+            let v: serde_json::Value = serde_json::from_str(&out.value).unwrap_or_default();
+            first_as_of = v["asOfUnixMs"].as_u64().unwrap_or_default();
+        }
         if phases.len() >= limit
             || matches!(out.phase, Phase::Failed | Phase::Successful | Phase::Error)
         {
-            return (phases, out);
+            return (phases, out, first_as_of);
         }
         tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
     }
@@ -418,7 +427,7 @@ async fn plover_error_ratio_vs_stable_across_looks() {
     let yaml = "- name: errors-vs-stable\n  interval: 1s\n  count: 20\n  inconclusiveLimit: 19\n  consecutiveSuccessLimit: 1\n  provider:\n    plover: {namespace: bookinfo, service: reviews, metric: errorRatioVsStable, window: 1s}\n";
     let m = metric(yaml);
     let (bad, equal) = (providers(Some(bad_url)), providers(Some(equal_url)));
-    let ((bad_phases, last), (equal_phases, equal_last)) =
+    let ((bad_phases, last, first_as_of), (equal_phases, equal_last, _)) =
         tokio::join!(looks(&bad, &m, 12), looks(&equal, &m, 12));
     assert_eq!(
         bad_phases.last(),
@@ -454,9 +463,10 @@ async fn plover_error_ratio_vs_stable_across_looks() {
     assert!(first >= bad_phases.len() as u64);
     let requests = v["canaryRequests"].as_u64().unwrap();
     let skipped = v["skippedSeconds"].as_f64().unwrap() as u64;
-    assert_eq!(requests % 600, 0);
-    let seconds = requests / 600 + skipped;
-    assert!(seconds >= bad_phases.len() as u64, "{v}");
+    // The first look judged the second before its as_of; the rest up to the last as_of.
+    let span = (v["asOfUnixMs"].as_u64().unwrap() - first_as_of) / 1000 + 1;
+    assert_eq!(requests, 600 * (span - skipped), "{v}");
+    assert!(span >= bad_phases.len() as u64, "{v}");
     assert_eq!(
         v["stableRequests"].as_u64().unwrap(),
         (requests / 600) * 5400
