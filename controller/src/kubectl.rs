@@ -295,8 +295,10 @@ pub fn render(view: &View) -> String {
             info: role.to_owned(),
         });
         let mut children: Vec<Row> = Vec::new();
-        let (d_status, ready) = if view.stable.is_none() && view.canary_workload.is_none() {
-            ("✔ Local".to_owned(), String::new())
+        // Local mode has no Deployments: the workload is the revision (an Envoy cluster).
+        let local = spec.traffic_routing.envoy.is_some();
+        let (d_status, ready) = if local {
+            ("✔ Routed".to_owned(), String::new())
         } else {
             deployment_info(deployment)
         };
@@ -308,8 +310,12 @@ pub fn render(view: &View) -> String {
             .join(" ");
         children.push(Row {
             prefix: String::new(),
-            name: workload.to_owned(),
-            kind: "Deployment",
+            name: if local {
+                rev.clone()
+            } else {
+                workload.to_owned()
+            },
+            kind: if local { "Revision" } else { "Deployment" },
             status: d_status,
             info,
         });
@@ -329,7 +335,7 @@ pub fn render(view: &View) -> String {
         }
         let n = children.len();
         for (j, mut child) in children.into_iter().enumerate() {
-            let icon = if child.kind == "Deployment" {
+            let icon = if child.kind != "AnalysisRun" {
                 "⧉ "
             } else {
                 "α "
@@ -455,6 +461,41 @@ NAME                                KIND         STATUS          INFO
    └──⧉ podinfo                     Deployment   ✔ Healthy       ready:2/2 weight:80% requests:800 success:100.00% p99:38.0ms
 ";
         assert_eq!(text, expected, "\n{text}");
+    }
+
+    #[test]
+    fn local_mode_shows_revisions_instead_of_deployments() {
+        let mut canary: Canary = serde_json::from_value(json!({
+            "apiVersion": "plover.dev/v1alpha1", "kind": "Canary",
+            "metadata": {"name": "app"},
+            "spec": {"workload": {"stable": "v1", "canary": "v2"},
+                     "trafficRouting": {"envoy": {"routesFile": "/tmp/r.yaml"}},
+                     "steps": [{"setWeight": 30}]}
+        }))
+        .unwrap();
+        canary.status = Some(CanaryStatus {
+            phase: Some(CanaryPhase::Degraded),
+            message: Some("RolloutAborted: rollout aborted".into()),
+            revision: Some("v2".into()),
+            stable_revision: Some("v1".into()),
+            current_step_index: Some(0),
+            ..Default::default()
+        });
+        let text = render(&View {
+            canary,
+            stable: None,
+            canary_workload: None,
+            stats: None,
+        });
+        assert!(text.contains("Status:          ✖ Degraded"), "{text}");
+        assert!(
+            text.contains("│  └──⧉ v2        Revision     ✔ Routed        weight:0%"),
+            "{text}"
+        );
+        assert!(
+            text.contains("   └──⧉ v1        Revision     ✔ Routed        weight:100%"),
+            "{text}"
+        );
     }
 
     #[test]

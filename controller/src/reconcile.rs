@@ -256,7 +256,7 @@ async fn execute(
                 let object = serde_json::to_value(canary)?;
                 let stable_rev = decision.status.stable_revision.clone().unwrap_or_default();
                 let canary_rev = decision.status.revision.clone().unwrap_or_default();
-                match fetch_templates(ctx, namespace, source).await {
+                match fetch_templates(ctx, namespace, source).await? {
                     Err(e) => ctx
                         .runner
                         .fail(key, name, format!("Analysis spec invalid: {e}")),
@@ -442,12 +442,13 @@ async fn promote(
 }
 
 /// Fetches the referenced templates (and the templates they reference) and the secrets their
-/// args read.
+/// args read. The outer error is the API server's (retry the reconcile); the inner one is the
+/// spec's (a template that does not exist: the run is an Error, as Argo makes it).
 async fn fetch_templates(
     ctx: &Context,
     namespace: &str,
     source: &crate::canary::AnalysisSource,
-) -> Result<(Vec<Document>, Secrets), ReconcileError> {
+) -> Result<Result<(Vec<Document>, Secrets), String>, ReconcileError> {
     let mut wanted: Vec<(String, bool)> = source
         .templates
         .iter()
@@ -470,7 +471,12 @@ async fn fetch_templates(
             Api::namespaced_with(ctx.client.clone(), namespace, &resource)
         };
         let Some(object) = api.get_opt(&name).await? else {
-            continue;
+            let place = if cluster {
+                String::new()
+            } else {
+                format!(" in namespace {namespace}")
+            };
+            return Ok(Err(format!("{kind} {name:?} not found{place}")));
         };
         let spec: AnalysisSpec =
             serde_json::from_value(object.data.get("spec").cloned().unwrap_or(Value::Null))?;
@@ -501,7 +507,7 @@ async fn fetch_templates(
             }
         }
     }
-    Ok((documents, secrets))
+    Ok(Ok((documents, secrets)))
 }
 
 /// Canaries whose stable or canary workload is this Deployment.

@@ -107,7 +107,24 @@ impl ApiServer {
     }
 }
 
+/// Every metric measures 0.5.
+struct Half;
+impl Source for Half {
+    fn query<'a>(&'a self, _: &'a MetricSpec) -> BoxFuture<'a, Result<Outcome, ProviderError>> {
+        Box::pin(async {
+            Ok(Outcome::Value {
+                value: plover_controller::analysis::Value::Float(0.5),
+                text: "0.5".into(),
+            })
+        })
+    }
+}
+
 fn context() -> (Arc<Context>, ApiServer) {
+    context_with(Arc::new(NoProvider))
+}
+
+fn context_with(source: Arc<dyn Source>) -> (Arc<Context>, ApiServer) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "test");
     let recorder = Recorder::new(
@@ -117,8 +134,7 @@ fn context() -> (Arc<Context>, ApiServer) {
             instance: None,
         },
     );
-    let (runner, _completed) =
-        Runner::new(Arc::new(NoProvider), Arc::new(std::time::SystemTime::now));
+    let (runner, _completed) = Runner::new(source, Arc::new(std::time::SystemTime::now));
     let ctx = Context {
         client,
         recorder,
@@ -568,5 +584,190 @@ async fn an_invalid_spec_reads_nothing_and_writes_only_its_status() {
         Action::await_change(),
         "no hot loop"
     );
+    api.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn a_failed_analysis_rolls_back_to_stable_with_an_argo_message_and_warning_events() {
+    let (ctx, mut api) = context_with(Arc::new(Half));
+    let spec = json!({
+        "workload": {"stable": "podinfo", "canary": "podinfo-canary"},
+        "trafficRouting": {"istio": {
+            "virtualService": {"name": "podinfo", "routes": ["primary"]},
+            "stableService": "podinfo-stable", "canaryService": "podinfo-canary"}},
+        "steps": [{"setWeight": 20}, {"analysis": {"templates": [{"templateName": "success-rate"}]}}, {"setWeight": 60}]
+    });
+    let template = json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "AnalysisTemplate",
+        "metadata": {"name": "success-rate", "namespace": "test"},
+        "spec": {"metrics": [{"name": "success-rate", "successCondition": "result >= 0.95",
+                              "provider": {"prometheus": {"address": "http://prometheus:9090", "query": "x"}}}]}
+    });
+    let stable = deployment("podinfo", "stable", "podinfo:6.0", true);
+    let candidate = deployment("podinfo-canary", "canary", "podinfo:6.1", true);
+    let canary_rev = revision(&candidate);
+    let vs = testdata("virtualservice-hosts.yaml");
+    let object = canary(spec.clone(), None);
+
+    let task = tokio::spawn(reconcile(object.clone(), ctx.clone()));
+    api.expect(
+        "GET",
+        "/apis/apps/v1/namespaces/test/deployments/podinfo",
+        None,
+        |_| stable.clone(),
+    )
+    .await;
+    api.expect(
+        "GET",
+        "/apis/apps/v1/namespaces/test/deployments/podinfo-canary",
+        None,
+        |_| candidate.clone(),
+    )
+    .await;
+    api.expect(
+        "GET",
+        "/apis/networking.istio.io/v1/namespaces/test/virtualservices/podinfo",
+        None,
+        |_| vs.clone(),
+    )
+    .await;
+    let mut weighted = vs.clone();
+    weighted["spec"]["http"][1]["route"][0]["weight"] = json!(80);
+    weighted["spec"]["http"][1]["route"][1]["weight"] = json!(20);
+    weighted["metadata"]["resourceVersion"] = json!("1042");
+    api.expect(
+        "PATCH",
+        "/apis/networking.istio.io/v1/namespaces/test/virtualservices/podinfo",
+        FM,
+        |_| weighted.clone(),
+    )
+    .await;
+    api.expect(
+        "GET",
+        "/apis/argoproj.io/v1alpha1/namespaces/test/analysistemplates/success-rate",
+        None,
+        |_| template.clone(),
+    )
+    .await;
+    api.expect(
+        "POST",
+        "/apis/events.k8s.io/v1/namespaces/test/events",
+        None,
+        |b| check_event(b, "Normal", "NewRevision", &canary_rev),
+    )
+    .await;
+    let status = api
+        .expect(
+            "PATCH",
+            "/apis/plover.dev/v1alpha1/namespaces/test/canaries/podinfo/status",
+            FM,
+            |b| merge_status(&object, b),
+        )
+        .await;
+    let status = status[1]["value"].clone();
+    let run = format!("podinfo-{canary_rev}-0-step1");
+    assert_eq!(status["stepAnalysis"]["name"], run.as_str());
+    assert_eq!(status["currentStepIndex"], 1);
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(5))
+    );
+    api.expect_nothing_more().await;
+
+    // The run measures 0.5 < 0.95: Failed at its first measurement.
+    let key = ("test".to_owned(), "podinfo".to_owned());
+    for _ in 0..100 {
+        if ctx
+            .runner
+            .verdicts(&key)
+            .get(&run)
+            .is_some_and(|v| v.phase.is_completed())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let message = "Metric \"success-rate\" assessed Failed due to failed (1) > failureLimit (0)";
+    let object = canary(spec, Some(status));
+    let task = tokio::spawn(reconcile(object.clone(), ctx.clone()));
+    api.expect(
+        "GET",
+        "/apis/apps/v1/namespaces/test/deployments/podinfo",
+        None,
+        |_| stable.clone(),
+    )
+    .await;
+    api.expect(
+        "GET",
+        "/apis/apps/v1/namespaces/test/deployments/podinfo-canary",
+        None,
+        |_| candidate.clone(),
+    )
+    .await;
+    api.expect(
+        "GET",
+        "/apis/networking.istio.io/v1/namespaces/test/virtualservices/podinfo",
+        None,
+        |_| weighted.clone(),
+    )
+    .await;
+    let patch = api
+        .expect(
+            "PATCH",
+            "/apis/networking.istio.io/v1/namespaces/test/virtualservices/podinfo",
+            FM,
+            |_| vs.clone(),
+        )
+        .await;
+    assert_eq!(
+        patch[0],
+        json!({"op": "test", "path": "/metadata/resourceVersion", "value": "1042"})
+    );
+    assert_eq!(
+        patch[3],
+        json!({"op": "add", "path": "/spec/http/1/route/1/weight", "value": 0})
+    );
+    assert_eq!(
+        patch[5],
+        json!({"op": "add", "path": "/spec/http/1/route/0/weight", "value": 100})
+    );
+    api.expect(
+        "POST",
+        "/apis/events.k8s.io/v1/namespaces/test/events",
+        None,
+        |b| check_event(b, "Warning", "AnalysisFailed", message),
+    )
+    .await;
+    api.expect(
+        "POST",
+        "/apis/events.k8s.io/v1/namespaces/test/events",
+        None,
+        |b| {
+            check_event(
+                b,
+                "Warning",
+                "RolloutAborted",
+                &format!("RolloutAborted: {message}"),
+            )
+        },
+    )
+    .await;
+    let status = api
+        .expect(
+            "PATCH",
+            "/apis/plover.dev/v1alpha1/namespaces/test/canaries/podinfo/status",
+            FM,
+            |b| merge_status(&object, b),
+        )
+        .await;
+    let status = &status[1]["value"];
+    assert_eq!(status["phase"], "Degraded");
+    assert_eq!(status["message"], format!("RolloutAborted: {message}"));
+    assert_eq!(status["desiredWeight"], 0);
+    assert_eq!(status["abort"], true);
+    assert_eq!(status["stepAnalysis"]["phase"], "Failed");
+    assert_eq!(status["stepAnalysis"]["failed"], 1);
+    assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
     api.expect_nothing_more().await;
 }

@@ -70,3 +70,53 @@ mod tests {
         assert!(spec["properties"]["trafficRouting"]["properties"]["gatewayAPI"].is_object());
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+    use crate::canary::{resolve, validate};
+
+    /// Every example in `manifests/examples/` is a valid Canary: it passes the generated CRD's
+    /// schema, `validate`, and its inline metrics resolve in the analysis engine.
+    #[test]
+    fn examples_are_valid_canaries() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/examples");
+        let schema = serde_json::to_value(&crd().spec.versions[0].schema).unwrap()
+            ["openAPIV3Schema"]
+            .clone();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let value: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+            let errors: Vec<String> = validator
+                .iter_errors(&value)
+                .map(|e| format!("{e} at {}", e.instance_path()))
+                .collect();
+            assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+            let canary: Canary = serde_json::from_value(value.clone()).unwrap();
+            assert_eq!(validate(&canary.spec), Ok(()), "{}", path.display());
+            let mut sources: Vec<_> = canary
+                .spec
+                .steps
+                .iter()
+                .filter_map(|s| s.analysis.clone())
+                .collect();
+            sources.extend(canary.spec.analysis.as_ref().map(|a| a.source()));
+            for source in sources.into_iter().filter(|s| s.templates.is_empty()) {
+                let inputs = resolve::Inputs {
+                    templates: vec![],
+                    canary: &value,
+                    stable_revision: "s",
+                    canary_revision: "c",
+                    secrets: Default::default(),
+                };
+                resolve::resolve(&source, inputs)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            }
+            seen += 1;
+        }
+        assert!(seen >= 4, "examples found: {seen}");
+    }
+}
