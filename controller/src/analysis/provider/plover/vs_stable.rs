@@ -16,6 +16,7 @@
 //!    its whole stretch is skipped and reported (counting seconds twice would not be valid).
 //! 4. If the exporter refuses the catch-up window (longer than it keeps), the configured
 //!    `window` is asked instead, and the seconds before it are reported as skipped.
+//! 5. When the canary's or stable's revision changes, a fresh test starts with that look.
 //!
 //! The measurement's phase is the judge's decision (Fail → Failed, Pass → Successful,
 //! Inconclusive → Inconclusive), its value a JSON record of the statistics, its message
@@ -60,6 +61,8 @@ pub struct JudgeState {
     skipped_ms: u64,
     /// Local time of the latest look, ms (for [`IDLE_EXPIRY_MS`]).
     pub(crate) last_look_local_ms: u64,
+    /// The canary and stable revisions the test is about (from the first look with both).
+    revisions: Option<(String, String)>,
 }
 
 impl JudgeState {
@@ -79,6 +82,7 @@ impl JudgeState {
             stable_requests: 0,
             skipped_ms: 0,
             last_look_local_ms: 0,
+            revisions: None,
         }
     }
 }
@@ -214,6 +218,26 @@ where
                 }
                 (Err(e), _, _) => notes.push(format!("asking again for {w}s failed ({e})")),
             }
+        }
+    }
+    // A test is about one canary revision against one stable revision: when either changes
+    // (a new canary, or a promotion), the evidence so far says nothing about the new pair, so a
+    // fresh test starts with this look. The cursor stays: no second is counted twice.
+    if let (Some(c), Some(st)) = (answer.role("canary"), answer.role("stable")) {
+        let now = (c.revision.clone(), st.revision.clone());
+        match &state.revisions {
+            Some(before) if *before != now => {
+                notes.push(format!(
+                    "the revisions changed from canary {:?} / stable {:?} to {:?} / {:?}: a fresh test started",
+                    before.0, before.1, now.0, now.1
+                ));
+                let cursor = state.cursor;
+                *state = JudgeState::new(spec);
+                state.cursor = cursor;
+                state.revisions = Some(now);
+            }
+            Some(_) => {}
+            None => state.revisions = Some(now),
         }
     }
     let consumed = match fit {
@@ -418,6 +442,7 @@ mod tests {
         asked: Vec<u64>,
         /// Per-second latency histograms of canary and stable, if latency is served.
         latency: Option<(Histogram, Histogram)>,
+        canary_revision: String,
     }
 
     impl Exporter {
@@ -430,6 +455,7 @@ mod tests {
                 refuse_over: None,
                 asked: Vec::new(),
                 latency: None,
+                canary_revision: "canary-rev".into(),
             }))
         }
 
@@ -451,7 +477,11 @@ mod tests {
                 base64::engine::general_purpose::STANDARD.encode(all.to_v2())
             };
             let revision = |role: &str, (n, x): (u64, u64), h: Option<&Histogram>| RevisionStats {
-                revision: format!("{role}-rev"),
+                revision: if role == "canary" {
+                    self.canary_revision.clone()
+                } else {
+                    format!("{role}-rev")
+                },
                 role: role.into(),
                 requests: n * w,
                 errors: x * w,
@@ -633,6 +663,24 @@ mod tests {
             message.contains("no data (Inconclusive by noData): no canary traffic"),
             "{message}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_new_canary_revision_starts_a_fresh_test() {
+        let s = spec(serde_json::json!({}));
+        let mut state = JudgeState::new(&s);
+        let bad = Exporter::new((100, 4), (900, 18));
+        let (phase, _, _) = record(&look_at(&mut state, &s, &bad, 0).await);
+        assert_eq!(phase, Phase::Failed);
+        // Same service, same metric, a new canary revision: the Fail does not carry over.
+        let good = Exporter::new((100, 2), (900, 18));
+        good.borrow_mut().clock_ms = bad.borrow().clock_ms + 10_000;
+        good.borrow_mut().canary_revision = "canary-rev2".into();
+        let (phase, v, message) = record(&look_at(&mut state, &s, &good, 0).await);
+        assert_ne!(phase, Phase::Failed, "{message}");
+        assert!(message.contains("the revisions changed from canary \"canary-rev\" / stable \"stable-rev\" to \"canary-rev2\" / \"stable-rev\": a fresh test started"), "{message}");
+        assert_eq!(v["canaryRequests"], 1000, "only the new look: {v}");
+        assert_eq!(v["looks"], 1);
     }
 
     /// 100 requests a second, 10–30 ms (stable) or `factor` × that (canary).
