@@ -27,18 +27,18 @@ pub enum Expect {
 /// How a release did end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub enum Result {
+pub enum Ending {
     Promoted,
     RolledBack,
     TimedOut,
 }
 
-impl Result {
+impl Ending {
     fn text(self) -> &'static str {
         match self {
-            Result::Promoted => "promoted",
-            Result::RolledBack => "rolled back",
-            Result::TimedOut => "timed out",
+            Ending::Promoted => "promoted",
+            Ending::RolledBack => "rolled back",
+            Ending::TimedOut => "timed out",
         }
     }
 }
@@ -51,7 +51,7 @@ pub struct Outcome {
     pub from: String,
     pub revision: String,
     pub expected: Expect,
-    pub result: Result,
+    pub result: Ending,
     /// From deploying the canary to the controller's final state.
     pub seconds: f64,
     /// Requests the canary's backend served, and how many of them failed.
@@ -66,7 +66,7 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn as_expected(&self) -> bool {
-        matches!((self.expected, self.result), (Expect::Promoted, Result::Promoted) | (Expect::RolledBack, Result::RolledBack))
+        matches!((self.expected, self.result), (Expect::Promoted, Ending::Promoted) | (Expect::RolledBack, Ending::RolledBack))
     }
 
     pub fn summary_line(&self) -> String {
@@ -100,7 +100,7 @@ async fn release(
     display: &mut Display,
     spec: &ReleaseSpec,
     revision: &str,
-) -> std::result::Result<Outcome, DemoError> {
+) -> Result<Outcome, DemoError> {
     let from = lock(&stack.workloads).stable().to_owned();
     let backend = Backend::start(revision, config.revisions[&spec.revision].clone()).await;
     let started = Instant::now();
@@ -124,18 +124,18 @@ async fn release(
         let status = &snapshot.status;
         let ours = status.revision.as_deref() == Some(revision);
         if ours && status.phase == Some(CanaryPhase::Healthy) && status.stable_revision.as_deref() == Some(revision) {
-            break Result::Promoted;
+            break Ending::Promoted;
         }
         if ours && status.phase == Some(CanaryPhase::Degraded) && status.aborted_at.is_some() {
-            break Result::RolledBack;
+            break Ending::RolledBack;
         }
         if started.elapsed() > config.release_timeout {
-            break Result::TimedOut;
+            break Ending::TimedOut;
         }
     };
     let seconds = started.elapsed().as_secs_f64();
     let message = snapshots.borrow().status.message.clone().unwrap_or_default();
-    if result == Result::RolledBack {
+    if result == Ending::RolledBack {
         // The canary's last request marks the moment all traffic was back on stable; wait
         // long enough for any straggler to show up before reading it.
         tokio::time::sleep(config.settle).await;
@@ -147,7 +147,7 @@ async fn release(
         (b.served(), b.served_by_status().iter().filter(|(code, _)| **code >= 500).map(|(_, n)| n).sum())
     });
     let canary_exposure_seconds = match (result, canary.and_then(Backend::first_served_at), canary.and_then(Backend::last_served_at)) {
-        (Result::RolledBack, Some(first), Some(last)) => Some(last.duration_since(first).as_secs_f64()),
+        (Ending::RolledBack, Some(first), Some(last)) => Some(last.duration_since(first).as_secs_f64()),
         _ => None,
     };
     Ok(Outcome {
@@ -166,7 +166,7 @@ async fn release(
 
 /// The releases to run: `demo.yaml`'s, one of them (`--scenario`), or for the benchmark each
 /// bad and healthy release `runs` times, alternated, with fresh revision names.
-fn plan(config: &DemoConfig, opts: &Options) -> std::result::Result<Vec<(ReleaseSpec, String)>, DemoError> {
+fn plan(config: &DemoConfig, opts: &Options) -> Result<Vec<(ReleaseSpec, String)>, DemoError> {
     let fixtures = opts.fixtures.join("demo.yaml");
     if let Some(runs) = opts.bench_runs {
         let find = |expect| {
@@ -203,7 +203,7 @@ fn plan(config: &DemoConfig, opts: &Options) -> std::result::Result<Vec<(Release
 /// Starts the stack and the controller and runs the releases, adding each outcome to
 /// `outcomes` as it ends (so a caller that stops the demo early still has them). With
 /// `keep_running` it then waits forever (the caller stops it on Ctrl-C).
-pub async fn run(opts: &Options, display: &mut Display, outcomes: &mut Vec<Outcome>) -> std::result::Result<(), DemoError> {
+pub async fn run(opts: &Options, display: &mut Display, outcomes: &mut Vec<Outcome>) -> Result<(), DemoError> {
     let config = DemoConfig::load(&opts.fixtures)?;
     let plan = plan(&config, opts)?;
     display.line("starting: demo app, exporter, Prometheus, Envoy with the Plover filter, controller, load …");
@@ -294,7 +294,7 @@ pub async fn run(opts: &Options, display: &mut Display, outcomes: &mut Vec<Outco
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
 impl<T> AbortOnDrop<T> {
-    async fn join(mut self) -> std::result::Result<T, tokio::task::JoinError> {
+    async fn join(mut self) -> Result<T, tokio::task::JoinError> {
         (&mut self.0).await
     }
 }
@@ -314,10 +314,10 @@ pub fn bench_figures(outcomes: &[Outcome]) -> String {
         .collect();
     exposures.sort_by(f64::total_cmp);
     let bad = outcomes.iter().filter(|o| o.expected == Expect::RolledBack).count();
-    let missed = outcomes.iter().filter(|o| o.expected == Expect::RolledBack && o.result != Result::RolledBack).count();
+    let missed = outcomes.iter().filter(|o| o.expected == Expect::RolledBack && o.result != Ending::RolledBack).count();
     let healthy = outcomes.iter().filter(|o| o.expected == Expect::Promoted).count();
-    let wrong = outcomes.iter().filter(|o| o.expected == Expect::Promoted && o.result == Result::RolledBack).count();
-    let stuck = outcomes.iter().filter(|o| o.expected == Expect::Promoted && o.result == Result::TimedOut).count();
+    let wrong = outcomes.iter().filter(|o| o.expected == Expect::Promoted && o.result == Ending::RolledBack).count();
+    let stuck = outcomes.iter().filter(|o| o.expected == Expect::Promoted && o.result == Ending::TimedOut).count();
     let median = match exposures.len() {
         0 => f64::NAN,
         n if n % 2 == 1 => exposures[n / 2],
