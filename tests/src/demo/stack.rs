@@ -172,7 +172,7 @@ impl Stack {
         format!("http://127.0.0.1:{}", self.exporter.port)
     }
 
-    /// Starts everything with `initial` as the revision of both workloads.
+    /// Starts everything, with `initialRevision` (demo.yaml) as the revision of both workloads.
     pub async fn start(config: &DemoConfig) -> Result<Stack, DemoError> {
         let dir = tempfile::Builder::new()
             .prefix("plover-demo-")
