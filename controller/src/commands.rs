@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Subcommand, ValueEnum};
-use kube::Client;
+use kube::{Client, ResourceExt};
 
 use crate::{
     analysis::provider::Settings,
@@ -13,6 +13,7 @@ use crate::{
     daemon,
     kubectl::{self, Request, View},
     local,
+    observe::{Exporter, TrafficSource},
 };
 
 #[derive(Subcommand)]
@@ -264,14 +265,21 @@ fn send(target: TargetArgs, request: Request) -> ExitCode {
     }
 }
 
-fn local_view(file: &std::path::Path) -> Result<View, local::LocalError> {
+/// A local Canary: spec file, its status file, and the exporter's per-revision stats.
+async fn local_view(file: &std::path::Path) -> Result<View, local::LocalError> {
     let mut canary = local::read_canary(file)?;
     canary.status = Some(local::read_status(&local::default_status_file(file))?);
+    let mut stats = None;
+    if let (Some(check), Ok(exporter)) = (&canary.spec.traffic_check, Exporter::new()) {
+        let namespace = canary.namespace().unwrap_or_else(|| "default".to_owned());
+        let service = check.service.clone().unwrap_or_else(|| canary.name_any());
+        stats = exporter.stats(check, &namespace, &service).await.ok();
+    }
     Ok(View {
         canary,
         stable: None,
         canary_workload: None,
-        stats: None,
+        stats,
     })
 }
 
@@ -291,6 +299,7 @@ fn get(args: GetArgs) -> ExitCode {
         loop {
             let text = match (&args.local, &client, &args.name) {
                 (Some(file), _, _) => local_view(file)
+                    .await
                     .map(|v| kubectl::render(&v))
                     .map_err(|e| e.to_string()),
                 (None, Some(client), Some(name)) => {

@@ -38,7 +38,7 @@ use crate::{
     analysis::template::{AnalysisSpec, Document, Secrets},
     canary::{
         decide, resolve, validate, Action as Step, AnalysisKind, Canary, CanarySpec, Decision,
-        Observation,
+        Observation, WorkloadState,
     },
     metrics::Metrics,
     observe::{
@@ -178,28 +178,50 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
         None => None,
     };
     let verdicts = ctx.runner.verdicts(&key);
+    // Envoy routing has no Deployments: the workloads are revision names, as in local mode, and
+    // promotion makes the canary's revision the stable one.
+    let envoy_stable = status
+        .stable_revision
+        .clone()
+        .unwrap_or_else(|| spec.workload.stable.clone());
+    let (stable_state, canary_state) = if spec.traffic_routing.envoy.is_some() {
+        (
+            WorkloadState::ready(&envoy_stable),
+            WorkloadState::ready(&spec.workload.canary),
+        )
+    } else {
+        (
+            workload_state(stable.as_ref()),
+            workload_state(candidate.as_ref()),
+        )
+    };
     let obs = Observation {
         name: &name,
         generation: canary.metadata.generation,
         spec,
         status: &status,
-        stable: workload_state(stable.as_ref()),
-        canary: workload_state(candidate.as_ref()),
+        stable: stable_state,
+        canary: canary_state,
         traffic,
         analyses: &verdicts,
         now: (ctx.now)(),
     };
-    let decision = decide(&obs);
+    let mut decision = decide(&obs);
 
-    execute(
-        &canary,
-        &ctx,
-        &key,
-        &decision,
-        stable.as_ref(),
-        candidate.as_ref(),
-    )
-    .await?;
+    let workloads = Workloads {
+        stable: stable.as_ref(),
+        canary: candidate.as_ref(),
+        envoy_stable: &envoy_stable,
+    };
+    execute(&canary, &ctx, &key, &decision, &workloads).await?;
+    if spec.traffic_routing.envoy.is_some() {
+        if let Some(revision) = decision.actions.iter().find_map(|a| match a {
+            Step::PromoteWorkload { revision } => Some(revision.clone()),
+            _ => None,
+        }) {
+            decision.status.stable_revision = Some(revision);
+        }
+    }
 
     if decision.status != status {
         let canaries: Api<Canary> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -233,22 +255,32 @@ pub fn error_policy(canary: Arc<Canary>, error: &ReconcileError, ctx: Arc<Contex
     Action::requeue(ERROR_REQUEUE)
 }
 
+/// What the actions act on.
+struct Workloads<'a> {
+    stable: Option<&'a Deployment>,
+    canary: Option<&'a Deployment>,
+    /// Envoy routing: the stable revision (cluster) name.
+    envoy_stable: &'a str,
+}
+
 async fn execute(
     canary: &Canary,
     ctx: &Context,
     key: &CanaryKey,
     decision: &Decision,
-    stable: Option<&Deployment>,
-    candidate: Option<&Deployment>,
+    workloads: &Workloads<'_>,
 ) -> Result<(), ReconcileError> {
     let namespace = &key.0;
+    let (stable, candidate) = (workloads.stable, workloads.canary);
     for action in &decision.actions {
         match action {
             Step::StopAnalysis { name } => ctx.runner.stop(key, name),
             Step::SetWeight {
                 canary: c,
                 stable: s,
-            } => route(ctx, namespace, &canary.spec, stable, candidate, *c, *s).await?,
+            } => route(ctx, namespace, &canary.spec, workloads, *c, *s).await?,
+            // Envoy routing: promotion is recorded in status (see reconcile), nothing to patch.
+            Step::PromoteWorkload { .. } if canary.spec.traffic_routing.envoy.is_some() => {}
             Step::PromoteWorkload { revision } => {
                 promote(ctx, namespace, stable, candidate, revision).await?
             }
@@ -336,11 +368,11 @@ async fn route(
     ctx: &Context,
     namespace: &str,
     spec: &CanarySpec,
-    stable: Option<&Deployment>,
-    candidate: Option<&Deployment>,
+    workloads: &Workloads<'_>,
     canary_weight: u32,
     stable_weight: u32,
 ) -> Result<(), ReconcileError> {
+    let (stable, candidate) = (workloads.stable, workloads.canary);
     let routing = &spec.traffic_routing;
     if let Some(cfg) = &routing.istio {
         if let Some(dr) = &cfg.destination_rule {
@@ -366,7 +398,7 @@ async fn route(
     } else if let Some(cfg) = &routing.envoy {
         envoy_file::set_weights(
             cfg,
-            &spec.workload.stable,
+            workloads.envoy_stable,
             &spec.workload.canary,
             canary_weight,
             stable_weight,

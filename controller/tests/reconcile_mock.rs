@@ -771,3 +771,107 @@ async fn a_failed_analysis_rolls_back_to_stable_with_an_argo_message_and_warning
     assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
     api.expect_nothing_more().await;
 }
+
+#[tokio::test]
+async fn istio_subset_mode_syncs_the_destination_rule_before_weighting() {
+    let (ctx, mut api) = context();
+    let spec = json!({
+        "workload": {"stable": "podinfo", "canary": "podinfo-canary"},
+        "trafficRouting": {"istio": {
+            "virtualService": {"name": "podinfo"},
+            "destinationRule": {"name": "podinfo", "stableSubsetName": "stable", "canarySubsetName": "canary"}}},
+        "steps": [{"setWeight": 10}, {"pause": {"duration": "1m"}}]
+    });
+    let stable = deployment("podinfo", "stable", "podinfo:6.0", true);
+    let candidate = deployment("podinfo-canary", "canary", "podinfo:6.1", true);
+    let dr = testdata("destinationrule.yaml");
+    let vs = testdata("virtualservice-subsets.yaml");
+    let object = canary(spec, None);
+
+    let task = tokio::spawn(reconcile(object.clone(), ctx.clone()));
+    api.expect(
+        "GET",
+        "/apis/apps/v1/namespaces/test/deployments/podinfo",
+        None,
+        |_| stable.clone(),
+    )
+    .await;
+    api.expect(
+        "GET",
+        "/apis/apps/v1/namespaces/test/deployments/podinfo-canary",
+        None,
+        |_| candidate.clone(),
+    )
+    .await;
+    api.expect(
+        "GET",
+        "/apis/networking.istio.io/v1/namespaces/test/destinationrules/podinfo",
+        None,
+        |_| dr.clone(),
+    )
+    .await;
+    let patch = api
+        .expect(
+            "PATCH",
+            "/apis/networking.istio.io/v1/namespaces/test/destinationrules/podinfo",
+            FM,
+            |_| dr.clone(),
+        )
+        .await;
+    assert_eq!(
+        patch,
+        json!([
+            {"op": "test", "path": "/metadata/resourceVersion", "value": "12"},
+            {"op": "test", "path": "/spec/subsets/0/name", "value": "stable"},
+            {"op": "add", "path": "/spec/subsets/0/labels/track", "value": "stable"},
+            {"op": "add", "path": "/spec/subsets/-", "value": {"name": "canary", "labels": {"app": "podinfo", "track": "canary"}}},
+        ])
+    );
+    api.expect(
+        "GET",
+        "/apis/networking.istio.io/v1/namespaces/test/virtualservices/podinfo",
+        None,
+        |_| vs.clone(),
+    )
+    .await;
+    let patch = api
+        .expect(
+            "PATCH",
+            "/apis/networking.istio.io/v1/namespaces/test/virtualservices/podinfo",
+            FM,
+            |_| vs.clone(),
+        )
+        .await;
+    assert_eq!(
+        patch,
+        json!([
+            {"op": "test", "path": "/metadata/resourceVersion", "value": "7"},
+            {"op": "test", "path": "/spec/http/0/route/1/destination", "value": {"host": "podinfo", "subset": "canary"}},
+            {"op": "add", "path": "/spec/http/0/route/1/weight", "value": 10},
+            {"op": "test", "path": "/spec/http/0/route/0/destination", "value": {"host": "podinfo", "subset": "stable"}},
+            {"op": "add", "path": "/spec/http/0/route/0/weight", "value": 90},
+        ])
+    );
+    api.expect(
+        "POST",
+        "/apis/events.k8s.io/v1/namespaces/test/events",
+        None,
+        |b| check_event(b, "Normal", "NewRevision", "started"),
+    )
+    .await;
+    let status = api
+        .expect(
+            "PATCH",
+            "/apis/plover.dev/v1alpha1/namespaces/test/canaries/podinfo/status",
+            FM,
+            |b| merge_status(&object, b),
+        )
+        .await;
+    assert_eq!(status[1]["value"]["phase"], "Paused");
+    assert_eq!(
+        task.await.unwrap().unwrap(),
+        Action::requeue(Duration::from_secs(60)),
+        "requeue when the pause ends"
+    );
+    api.expect_nothing_more().await;
+}
