@@ -28,7 +28,7 @@ use crate::{
         decide, resolve, Action, Canary, CanaryPhase, CanaryStatus, Observation, WorkloadState,
     },
     kubectl::Request,
-    observe::{traffic_from_stats, Exporter, TrafficSource},
+    observe::{traffic_of_revision, Exporter, TrafficSource},
     router::{envoy_file, RouterError},
     runner::{CanaryKey, Runner},
 };
@@ -184,7 +184,7 @@ pub async fn run(opts: Options, out: &mut (dyn Write + Send)) -> Result<Outcome,
                     .stats(check, &namespace, &service)
                     .await
                     .ok()
-                    .map(|s| traffic_from_stats(&s))
+                    .map(|s| traffic_of_revision(&s, &spec.workload.canary))
             }
             None => None,
         };

@@ -68,6 +68,7 @@ pub struct Metrics {
     desired_weight: Family<CanaryLabels, Gauge>,
     observed_weight: Family<CanaryLabels, Gauge<f64, AtomicU64>>,
     measurements: Family<MeasurementLabels, Gauge>,
+    split_mismatch: Family<CanaryLabels, Gauge>,
     reconciles: Counter,
     reconcile_errors: Family<ErrorLabels, Counter>,
 }
@@ -87,6 +88,7 @@ impl Metrics {
             desired_weight: Family::default(),
             observed_weight: Family::default(),
             measurements: Family::default(),
+            split_mismatch: Family::default(),
             reconciles: Counter::default(),
             reconcile_errors: Family::default(),
         };
@@ -109,6 +111,11 @@ impl Metrics {
             "canary_analysis_measurements",
             "Measurements of the current analysis runs by phase",
             m.measurements.clone(),
+        );
+        registry.register(
+            "canary_traffic_split_mismatch",
+            "1 while the observed split stays away from the desired weight (condition TrafficSplitMismatch)",
+            m.split_mismatch.clone(),
         );
         registry.register("reconciles", "Canary reconciles", m.reconciles.clone());
         registry.register(
@@ -139,6 +146,10 @@ impl Metrics {
                 })
                 .set(i64::from(current));
         }
+        let mismatch = status.is_condition_true(crate::canary::conditions::TRAFFIC_SPLIT_MISMATCH);
+        self.split_mismatch
+            .get_or_create(&labels)
+            .set(i64::from(mismatch));
         self.desired_weight
             .get_or_create(&labels)
             .set(i64::from(status.desired_weight));
@@ -270,6 +281,7 @@ mod tests {
             "plover_canary_analysis_measurements{namespace=\"test\",name=\"podinfo\",analysis=\"step\",phase=\"Successful\"} 3",
             "plover_reconcile_errors_total{error=\"kube\"} 1",
             "plover_reconciles_total 1",
+            "plover_canary_traffic_split_mismatch{namespace=\"test\",name=\"podinfo\"} 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

@@ -83,6 +83,31 @@ pub fn traffic_from_stats(stats: &StatsResponse) -> TrafficObservation {
     }
 }
 
+/// The share of the revision named `canary` (local mode, where revisions are cluster names),
+/// falling back to the `canary` role when no entry has that name. Names survive a promotion;
+/// a role tag may lag behind it.
+pub fn traffic_of_revision(stats: &StatsResponse, canary: &str) -> TrafficObservation {
+    if !stats.revisions.iter().any(|r| r.revision == canary) {
+        return traffic_from_stats(stats);
+    }
+    let requests: u64 = stats.revisions.iter().map(|r| r.requests).sum();
+    let of_canary: u64 = stats
+        .revisions
+        .iter()
+        .filter(|r| r.revision == canary)
+        .map(|r| r.requests)
+        .sum();
+    let canary_percent = if requests == 0 {
+        0.0
+    } else {
+        100.0 * of_canary as f64 / requests as f64
+    };
+    TrafficObservation {
+        canary_percent,
+        requests,
+    }
+}
+
 /// Where the observed split comes from.
 pub trait TrafficSource: Send + Sync {
     /// The exporter's answer for `service` in `namespace` over the check's window.
@@ -220,6 +245,34 @@ mod tests {
                 canary_percent: 25.0,
                 requests: 1000
             }
+        );
+        let by_name = StatsResponse {
+            revisions: vec![
+                RevisionStats {
+                    revision: "v1".into(),
+                    role: "stable".into(),
+                    requests: 600,
+                    ..Default::default()
+                },
+                RevisionStats {
+                    revision: "v2".into(),
+                    role: "stable".into(),
+                    requests: 400,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            traffic_of_revision(&by_name, "v2"),
+            TrafficObservation {
+                canary_percent: 40.0,
+                requests: 1000
+            }
+        );
+        assert_eq!(
+            traffic_of_revision(&stats, "v9"),
+            traffic_from_stats(&stats)
         );
         assert_eq!(
             traffic_from_stats(&StatsResponse::default()),

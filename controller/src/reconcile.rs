@@ -42,7 +42,8 @@ use crate::{
     },
     metrics::Metrics,
     observe::{
-        selector_labels, template_revision, traffic_from_stats, workload_state, TrafficSource,
+        selector_labels, template_revision, traffic_from_stats, traffic_of_revision,
+        workload_state, TrafficSource,
     },
     router::{envoy_file, gateway_api, istio, RouterError},
     runner::{CanaryKey, Runner},
@@ -168,6 +169,10 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
         Some(check) => {
             let service = check.service.clone().unwrap_or_else(|| name.clone());
             match ctx.traffic.stats(check, &namespace, &service).await {
+                // Envoy routing names revisions after clusters: match the canary by name.
+                Ok(stats) if spec.traffic_routing.envoy.is_some() => {
+                    Some(traffic_of_revision(&stats, &spec.workload.canary))
+                }
                 Ok(stats) => Some(traffic_from_stats(&stats)),
                 Err(e) => {
                     warn!(canary = %name, namespace = %namespace, error = %e, "Exporter did not answer.");
