@@ -1,0 +1,214 @@
+//! The Envoy file-RDS router against a real Envoy: the routes file it writes loads, a rename
+//! into the watched directory is picked up, and the split, a promotion (single cluster) and a
+//! rollback take effect. Envoy is `$PLOVER_ENVOY` or `envoy` on the PATH (`cargo xtask test`
+//! installs it); without one the test says so and passes.
+
+use std::{path::PathBuf, process::Stdio, time::Duration};
+
+use plover_controller::{canary::EnvoyRouting, router::envoy_file};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    process::{Child, Command},
+};
+
+fn envoy() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("PLOVER_ENVOY") {
+        return Some(PathBuf::from(path));
+    }
+    let found = std::process::Command::new("envoy")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    found
+        .ok()
+        .filter(|s| s.success())
+        .map(|_| PathBuf::from("envoy"))
+}
+
+async fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A backend that answers every request with its name.
+async fn backend(name: &'static str) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}",
+                    name.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+/// One HTTP/1.1 GET; the response body (`None` while nothing listens).
+async fn try_get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    Some(
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_owned())
+            .unwrap_or_default(),
+    )
+}
+
+async fn get(port: u16, path: &str) -> String {
+    try_get(port, path)
+        .await
+        .unwrap_or_else(|| panic!("nothing listens on {port}"))
+}
+
+async fn count(port: u16, n: usize) -> (usize, usize) {
+    let (mut v1, mut v2) = (0, 0);
+    for _ in 0..n {
+        match get(port, "/").await.as_str() {
+            "v1" => v1 += 1,
+            "v2" => v2 += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    (v1, v2)
+}
+
+/// Waits until Envoy has applied `updates` route configurations from the file.
+async fn wait_for_updates(admin: u16, updates: u64) {
+    for _ in 0..200 {
+        let stats = try_get(admin, "/stats?filter=rds.local_route.update_success")
+            .await
+            .unwrap_or_default();
+        let applied = stats
+            .lines()
+            .filter_map(|l| l.rsplit_once(": "))
+            .filter_map(|(_, v)| v.trim().parse::<u64>().ok())
+            .max();
+        if applied.is_some_and(|a| a >= updates) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("Envoy did not apply route update {updates}");
+}
+
+fn bootstrap(dir: &std::path::Path, admin: u16, listen: u16, v1: u16, v2: u16) -> String {
+    let cluster = |name: &str, port: u16| {
+        format!(
+            "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}\n"
+        )
+    };
+    format!(
+        r#"node: {{id: plover-test, cluster: plover-test}}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+static_resources:
+  listeners:
+  - name: main
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          rds:
+            route_config_name: local_route
+            config_source:
+              resource_api_version: V3
+              path_config_source:
+                path: {dir}/routes.yaml
+                watched_directory: {{path: {dir}}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+{c1}{c2}"#,
+        dir = dir.display(),
+        c1 = cluster("v1", v1),
+        c2 = cluster("v2", v2),
+    )
+}
+
+async fn start(envoy: &PathBuf, config: &std::path::Path) -> Child {
+    Command::new(envoy)
+        .arg("-c")
+        .arg(config)
+        .args([
+            "--use-dynamic-base-id",
+            "--log-level",
+            "warn",
+            "--concurrency",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn envoy_follows_the_routes_file_through_split_promotion_and_rollback() {
+    let Some(envoy) = envoy() else {
+        eprintln!("envoy not found (set PLOVER_ENVOY or put envoy on the PATH): skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rds = dir.path().join("rds");
+    std::fs::create_dir_all(&rds).unwrap();
+    let cfg = EnvoyRouting {
+        routes_file: rds.join("routes.yaml").display().to_string(),
+        route_config_name: "local_route".into(),
+        virtual_host: "local".into(),
+        domains: vec!["*".into()],
+        prefix: "/".into(),
+        runtime_key_prefix: None,
+    };
+    let (v1, v2) = (backend("v1").await, backend("v2").await);
+    let (admin, listen) = (free_port().await, free_port().await);
+    let config = dir.path().join("envoy.yaml");
+    std::fs::write(&config, bootstrap(&rds, admin, listen, v1, v2)).unwrap();
+
+    assert!(envoy_file::set_weights(&cfg, "v1", "v2", 25, 75).unwrap());
+    let _envoy = start(&envoy, &config).await;
+    wait_for_updates(admin, 1).await;
+    let (a, b) = count(listen, 200).await;
+    assert!((20..=80).contains(&b), "25% canary: v1 {a}, v2 {b}");
+
+    // Everything to the canary, by a rename into the watched directory.
+    assert!(envoy_file::set_weights(&cfg, "v1", "v2", 100, 0).unwrap());
+    wait_for_updates(admin, 2).await;
+    assert_eq!(count(listen, 50).await, (0, 50));
+
+    // Promotion: v2 is now stable, a single cluster.
+    assert!(envoy_file::set_weights(&cfg, "v2", "v2", 0, 100).unwrap());
+    wait_for_updates(admin, 3).await;
+    assert_eq!(count(listen, 20).await, (0, 20));
+
+    // A rollback of the next revision sends everything back to the stable one.
+    assert!(envoy_file::set_weights(&cfg, "v1", "v2", 0, 100).unwrap());
+    wait_for_updates(admin, 4).await;
+    assert_eq!(count(listen, 50).await, (50, 0));
+}
