@@ -133,6 +133,9 @@ impl Display {
         let phase = s.phase.map_or("—", |p| p.as_str());
         let observed = s.observed_weight.map_or_else(|| "—".into(), |w| format!("{w:.1}%"));
         let stats = f.snapshot.stats.as_ref();
+        // The exporter keeps every revision it has seen in its window; those without a request
+        // in the answer's window (earlier releases) are left out.
+        let revisions: Vec<&RevisionStats> = stats.map(|st| st.revisions.iter().filter(|r| r.requests > 0).collect()).unwrap_or_default();
         let load = &f.load;
         let counter = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         let now = Instant::now();
@@ -158,7 +161,7 @@ impl Display {
                 step(s, steps),
                 s.desired_weight
             );
-            for r in stats.map(|st| st.revisions.as_slice()).unwrap_or_default() {
+            for r in &revisions {
                 let _ = write!(
                     line,
                     " | {} {} {:.0}/s {} p99 {}",
@@ -198,10 +201,10 @@ impl Display {
                 stats.map(|st| format!(" over the last {}s", st.window_seconds)).unwrap_or_default()
             ),
         ];
-        match stats.filter(|st| !st.revisions.is_empty()) {
-            Some(st) => lines.extend(st.revisions.iter().map(|r| format!("revision   {}", revision_line(r)))),
-            None => lines.push("revision   (no traffic in the exporter's window yet)".into()),
+        if revisions.is_empty() {
+            lines.push("revision   (no traffic in the exporter's window yet)".into());
         }
+        lines.extend(revisions.iter().map(|r| format!("revision   {}", revision_line(r))));
         for (kind, run) in [("background", &s.background_analysis), ("step", &s.step_analysis)] {
             if let Some(run) = run {
                 lines.push(format!("analysis   {}", run_line(kind, run)));
