@@ -28,6 +28,9 @@ use crate::analysis::Phase;
 /// How often to look again while waiting on something that does not notify us (a rollout, the
 /// observed split, a running analysis whose runner is lost).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the observed share (and a mismatch message quoting it) may change the status: our
+/// own status write triggers a reconcile, which must find nothing new to write.
+pub const OBSERVED_REFRESH: Duration = Duration::from_secs(5);
 /// When a workload is missing: not a hot loop, but soon enough to notice it appear.
 pub const MISSING_WORKLOAD_RETRY: Duration = Duration::from_secs(30);
 
@@ -253,6 +256,14 @@ fn background_serial(run: &AnalysisRunStatus) -> u32 {
         .unwrap_or(0)
 }
 
+/// Whether the observed share may be recorded again (see [`OBSERVED_REFRESH`]).
+fn observation_due(status: &CanaryStatus, now: &Timestamp) -> bool {
+    status
+        .observed_at
+        .as_ref()
+        .is_none_or(|t| elapsed(t, now) >= OBSERVED_REFRESH)
+}
+
 fn elapsed(since: &Time, now: &Timestamp) -> Duration {
     let secs = now
         .as_millisecond()
@@ -323,7 +334,10 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
     };
     b.status.stable_revision = Some(stable_rev.clone());
     if let Some(traffic) = obs.traffic {
-        b.status.observed_weight = Some((traffic.canary_percent * 10.0).round() / 10.0);
+        if observation_due(&b.status, &obs.now) {
+            b.status.observed_weight = Some((traffic.canary_percent * 10.0).round() / 10.0);
+            b.status.observed_at = Some(b.now.clone());
+        }
     }
 
     if b.status.revision.as_deref() != Some(canary_rev.as_str()) {
@@ -776,10 +790,12 @@ fn set_weight_step(b: &mut Builder<'_, '_>, weight: u32) -> bool {
             true
         }
         Err(message) => {
-            if since_change >= mismatch_after {
-                let first = !b
-                    .status
-                    .is_condition_true(conditions::TRAFFIC_SPLIT_MISMATCH);
+            let first = !b
+                .status
+                .is_condition_true(conditions::TRAFFIC_SPLIT_MISMATCH);
+            // The message quotes live numbers: refresh it no faster than the observed share.
+            let refresh = first || b.status.observed_at.as_ref() == Some(&b.now);
+            if since_change >= mismatch_after && refresh {
                 let now = b.now.clone();
                 let generation = b.obs.generation;
                 b.status.set_condition(

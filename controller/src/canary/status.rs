@@ -140,6 +140,10 @@ pub struct CanaryStatus {
     /// Canary share of requests the exporter saw over the check window (%).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_weight: Option<f64>,
+    /// When `observedWeight` was last recorded. It is refreshed at most every few seconds so
+    /// that a live, ever-changing share does not rewrite the status on every reconcile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<Time>,
     /// When `desiredWeight` last changed: the start of the observed-split check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight_changed_at: Option<Time>,

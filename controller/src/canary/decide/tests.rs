@@ -801,3 +801,40 @@ fn an_edited_router_is_put_right_because_weights_are_always_stated() {
         assert_eq!(w.tick_at(t).weights(), Some((25, 75)));
     }
 }
+
+#[test]
+fn a_live_share_does_not_rewrite_the_status_on_every_reconcile() {
+    let mut w = World::new(with_check(vec![weight(20), weight(50)]));
+    w.traffic = Some(TrafficObservation {
+        canary_percent: 3.0,
+        requests: 1000,
+    });
+    w.tick();
+    let first = w.tick_at(200);
+    assert_eq!(first.status.observed_weight, Some(3.0));
+    assert!(first
+        .status
+        .condition(conditions::TRAFFIC_SPLIT_MISMATCH)
+        .is_some());
+    // The reconcile our own status write triggers, a moment later, with slightly other numbers.
+    w.traffic = Some(TrafficObservation {
+        canary_percent: 3.4,
+        requests: 1012,
+    });
+    let again = w.tick_at(201);
+    assert_eq!(
+        again.status, first.status,
+        "nothing new to write within the refresh interval"
+    );
+    let later = w.tick_at(206);
+    assert_eq!(later.status.observed_weight, Some(3.4));
+    let cond = later
+        .status
+        .condition(conditions::TRAFFIC_SPLIT_MISMATCH)
+        .unwrap();
+    assert!(
+        cond.message.contains("3.4% over 1012 requests"),
+        "{}",
+        cond.message
+    );
+}
