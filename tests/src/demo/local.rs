@@ -166,7 +166,10 @@ impl LocalController {
         let service = check.service.clone().unwrap_or_else(|| name.clone());
         // An exporter that does not answer is "no observation".
         self.stats = self.exporter.stats(&check, &namespace, &service).await.ok();
-        let traffic = self.canary.spec.traffic_check.as_ref().and(self.stats.as_ref()).map(observe::traffic_from_stats);
+        // By the canary's revision, as `plover local` does: at the start of a release the window
+        // still holds the previous revision's requests on the canary cluster.
+        let traffic =
+            self.canary.spec.traffic_check.as_ref().and(self.stats.as_ref()).map(|s| observe::traffic_of_revision(s, &canary));
         let status = self.canary.status.clone().unwrap_or_default();
         let verdicts = self.runner.verdicts(&self.key);
         let observation = Observation {
