@@ -209,12 +209,13 @@ pub async fn run(opts: Options, out: &mut (dyn Write + Send)) -> Result<Outcome,
                     stable: s,
                 } => {
                     if let Some(cfg) = &spec.traffic_routing.envoy {
-                        if envoy_file::set_weights(cfg, &stable_now, &spec.workload.canary, *c, *s)?
-                        {
-                            let weights = if stable_now == spec.workload.canary {
-                                format!("{stable_now}={}", c + s)
+                        if envoy_file::apply(cfg, &stable_now, &spec.workload.canary, *c, *s)? {
+                            let (stable_cluster, canary_cluster) =
+                                cfg.route_clusters(&stable_now, &spec.workload.canary);
+                            let weights = if stable_cluster == canary_cluster {
+                                format!("{stable_cluster}={}", c + s)
                             } else {
-                                format!("{stable_now}={s} {}={c}", spec.workload.canary)
+                                format!("{stable_cluster}={s} {canary_cluster}={c}")
                             };
                             let _ = writeln!(out, "ROUTE {}: {weights}", cfg.routes_file);
                         }
@@ -223,6 +224,13 @@ pub async fn run(opts: Options, out: &mut (dyn Write + Send)) -> Result<Outcome,
                 Action::PromoteWorkload { revision } => {
                     stable_now = revision.clone();
                     decision.status.stable_revision = Some(revision.clone());
+                    // Fixed clusters: the stable cluster now serves the promoted revision.
+                    if let Some(cfg) = &spec.traffic_routing.envoy {
+                        if envoy_file::sync_clusters(cfg, &stable_now, &spec.workload.canary)? {
+                            let _ =
+                                writeln!(out, "CLUSTERS stable cluster now serves {stable_now}");
+                        }
+                    }
                 }
                 Action::StartAnalysis {
                     name: run, source, ..

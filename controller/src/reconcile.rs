@@ -285,7 +285,11 @@ async fn execute(
                 stable: s,
             } => route(ctx, namespace, &canary.spec, workloads, *c, *s).await?,
             // Envoy routing: promotion is recorded in status (see reconcile), nothing to patch.
-            Step::PromoteWorkload { .. } if canary.spec.traffic_routing.envoy.is_some() => {}
+            Step::PromoteWorkload { revision } if canary.spec.traffic_routing.envoy.is_some() => {
+                if let Some(cfg) = &canary.spec.traffic_routing.envoy {
+                    envoy_file::sync_clusters(cfg, revision, &canary.spec.workload.canary)?;
+                }
+            }
             Step::PromoteWorkload { revision } => {
                 promote(ctx, namespace, stable, candidate, revision).await?
             }
@@ -401,7 +405,7 @@ async fn route(
         })
         .await
     } else if let Some(cfg) = &routing.envoy {
-        envoy_file::set_weights(
+        envoy_file::apply(
             cfg,
             workloads.envoy_stable,
             &spec.workload.canary,

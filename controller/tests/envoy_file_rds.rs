@@ -184,7 +184,7 @@ async fn envoy_follows_the_routes_file_through_split_promotion_and_rollback() {
         virtual_host: "local".into(),
         domains: vec!["*".into()],
         prefix: "/".into(),
-        runtime_key_prefix: None,
+        ..Default::default()
     };
     let (v1, v2) = (backend("v1").await, backend("v2").await);
     let (admin, listen) = (free_port().await, free_port().await);
@@ -211,4 +211,171 @@ async fn envoy_follows_the_routes_file_through_split_promotion_and_rollback() {
     assert!(envoy_file::set_weights(&cfg, "v1", "v2", 0, 100).unwrap());
     wait_for_updates(admin, 4).await;
     assert_eq!(count(listen, 50).await, (50, 0));
+}
+
+fn dynamic_bootstrap(dir: &std::path::Path, admin: u16, listen: u16) -> String {
+    format!(
+        r#"node: {{id: plover-test, cluster: plover-test}}
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
+dynamic_resources:
+  cds_config:
+    resource_api_version: V3
+    path_config_source:
+      path: {dir}/clusters.yaml
+      watched_directory: {{path: {dir}}}
+static_resources:
+  listeners:
+  - name: main
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          rds:
+            route_config_name: local_route
+            config_source:
+              resource_api_version: V3
+              path_config_source:
+                path: {dir}/routes.yaml
+                watched_directory: {{path: {dir}}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+"#,
+        dir = dir.display(),
+    )
+}
+
+/// Waits until every request is answered by `revision`.
+async fn until_all(port: u16, revision: &str) {
+    for _ in 0..100 {
+        let (v1, v2, v3) = count3(port, 10).await;
+        let all = match revision {
+            "v1" => v1 == 10,
+            "v2" => v2 == 10,
+            _ => v3 == 10,
+        };
+        if all {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("traffic never went all to {revision}");
+}
+
+async fn count3(port: u16, n: usize) -> (usize, usize, usize) {
+    let mut c = (0, 0, 0);
+    for _ in 0..n {
+        match get(port, "/").await.as_str() {
+            "v1" => c.0 += 1,
+            "v2" => c.1 += 1,
+            "v3" => c.2 += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    c
+}
+
+fn local_options(
+    canary_file: &std::path::Path,
+    template: &std::path::Path,
+) -> plover_controller::local::Options {
+    plover_controller::local::Options {
+        canary_file: canary_file.to_owned(),
+        template_files: vec![template.to_owned()],
+        status_file: None,
+        settings: plover_controller::analysis::provider::Settings::default(),
+        until_done: true,
+        poll: Duration::from_millis(100),
+    }
+}
+
+/// `plover local` end to end through a real Envoy with fixed `stable`/`canary` clusters fed by
+/// CDS and RDS files: v2 is split in, promoted (the stable cluster then serves v2), then v3
+/// fails its analysis and is rolled back (everything on stable, still v2).
+#[tokio::test]
+async fn local_mode_promotes_then_rolls_back_through_a_real_envoy() {
+    use plover_controller::local;
+
+    let Some(envoy) = envoy() else {
+        eprintln!("envoy not found (set PLOVER_ENVOY or put envoy on the PATH): skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let xds = dir.path().join("xds");
+    std::fs::create_dir_all(&xds).unwrap();
+    let (v1, v2, v3) = (
+        backend("v1").await,
+        backend("v2").await,
+        backend("v3").await,
+    );
+    let (admin, listen) = (free_port().await, free_port().await);
+    let spec = |canary: &str, steps: &str| {
+        format!(
+            "apiVersion: plover.dev/v1alpha1\nkind: Canary\nmetadata: {{name: app}}\nspec:\n  workload: {{stable: v1, canary: {canary}}}\n  trafficRouting:\n    envoy:\n      routesFile: {x}/routes.yaml\n      clustersFile: {x}/clusters.yaml\n      stableCluster: stable\n      canaryCluster: canary\n      backends: {{v1: '127.0.0.1:{v1}', v2: '127.0.0.1:{v2}', v3: '127.0.0.1:{v3}'}}\n  steps:\n{steps}",
+            x = xds.display()
+        )
+    };
+    let canary_file = dir.path().join("canary.yaml");
+    std::fs::write(
+        &canary_file,
+        spec("v2", "  - setWeight: 30\n  - pause: {duration: 3}\n"),
+    )
+    .unwrap();
+    let template = dir.path().join("fails.yaml");
+    std::fs::write(&template, "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: fails}\nspec:\n  metrics:\n  - name: always-fails\n    consecutiveErrorLimit: 0\n    provider: {web: {url: 'http://127.0.0.1:9/'}}\n").unwrap();
+
+    // Before the controller: everything on v1, as Envoy starts.
+    let routing = local::read_canary(&canary_file)
+        .unwrap()
+        .spec
+        .traffic_routing
+        .envoy
+        .unwrap();
+    envoy_file::apply(&routing, "v1", "v2", 0, 100).unwrap();
+    let config = dir.path().join("envoy.yaml");
+    std::fs::write(&config, dynamic_bootstrap(&xds, admin, listen)).unwrap();
+    let _envoy = start(&envoy, &config).await;
+    wait_for_updates(admin, 1).await;
+    until_all(listen, "v1").await;
+
+    // v2: 30% during the pause, then promoted.
+    let (file, t) = (canary_file.clone(), template.clone());
+    let run = tokio::spawn(async move {
+        let mut log = Vec::new();
+        let outcome = local::run(local_options(&file, &t), &mut log).await;
+        (outcome, String::from_utf8(log).unwrap())
+    });
+    wait_for_updates(admin, 2).await;
+    let (a, b, _) = count3(listen, 200).await;
+    assert!(
+        (25..=110).contains(&b),
+        "30% canary during the pause: v1 {a}, v2 {b}"
+    );
+    let (outcome, text) = run.await.unwrap();
+    assert_eq!(outcome.unwrap(), local::Outcome::Promoted, "{text}");
+    assert!(
+        text.contains("CLUSTERS stable cluster now serves v2"),
+        "{text}"
+    );
+    until_all(listen, "v2").await;
+
+    // v3 fails its analysis: everything back on stable, which serves v2.
+    std::fs::write(&canary_file, spec("v3", "  - setWeight: 40\n  - analysis: {templates: [{templateName: fails}]}\n  - setWeight: 80\n")).unwrap();
+    let mut log = Vec::new();
+    let outcome = local::run(local_options(&canary_file, &template), &mut log)
+        .await
+        .unwrap();
+    let text = String::from_utf8(log).unwrap();
+    assert_eq!(outcome, local::Outcome::Degraded, "{text}");
+    assert!(text.contains("RolloutAborted"), "{text}");
+    until_all(listen, "v2").await;
+    let clusters = std::fs::read_to_string(xds.join("clusters.yaml")).unwrap();
+    assert!(
+        clusters.contains(&format!("port_value: {v3}")),
+        "the canary cluster serves v3 (at weight 0): {clusters}"
+    );
 }

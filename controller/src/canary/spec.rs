@@ -1,6 +1,8 @@
 //! `spec` of the `Canary` resource. The CRD in `manifests/crd.yaml` is generated from these types
 //! ([`super::crd::crd_yaml`]); `validate` checks what the schema cannot express.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -161,6 +163,42 @@ pub struct EnvoyRouting {
     /// admin `/runtime_modify` in an emergency).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime_key_prefix: Option<String>,
+    /// Fixed cluster of the stable workload. With `canaryCluster`, `clustersFile` and
+    /// `backends`, the routes name two fixed clusters and the controller points them at the
+    /// revisions' backends through a CDS file: a promotion repoints the stable cluster at the
+    /// canary's backend, so a filter that tags requests by cluster keeps stable and canary right.
+    /// Unset: clusters are named after the revisions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_cluster: Option<String>,
+    /// Fixed cluster of the canary workload (see `stableCluster`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_cluster: Option<String>,
+    /// The CDS file Envoy watches (`dynamic_resources.cds_config`), written by rename like the routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clusters_file: Option<String>,
+    /// `host:port` of each revision's backend, by revision name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub backends: BTreeMap<String, String>,
+}
+
+impl EnvoyRouting {
+    /// The fixed stable and canary cluster names, when configured.
+    pub fn fixed_clusters(&self) -> Option<(&str, &str)> {
+        Some((
+            self.stable_cluster.as_deref()?,
+            self.canary_cluster.as_deref()?,
+        ))
+    }
+
+    /// The clusters the routes name for a stable and a canary revision.
+    pub fn route_clusters<'a>(
+        &'a self,
+        stable_revision: &'a str,
+        canary_revision: &'a str,
+    ) -> (&'a str, &'a str) {
+        self.fixed_clusters()
+            .unwrap_or((stable_revision, canary_revision))
+    }
 }
 
 fn default_route_config_name() -> String {

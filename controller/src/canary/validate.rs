@@ -89,7 +89,7 @@ pub fn validate(spec: &CanarySpec) -> Result<(), InvalidSpec> {
             "must differ from spec.workload.stable",
         );
     }
-    validate_routing(&mut e, &spec.traffic_routing);
+    validate_routing(&mut e, &spec.traffic_routing, &spec.workload);
     for (i, step) in spec.steps.iter().enumerate() {
         let field = format!("spec.steps[{i}]");
         let set = [
@@ -172,7 +172,7 @@ pub fn validate(spec: &CanarySpec) -> Result<(), InvalidSpec> {
     }
 }
 
-fn validate_routing(e: &mut Errors, routing: &TrafficRouting) {
+fn validate_routing(e: &mut Errors, routing: &TrafficRouting, workload: &WorkloadRef) {
     let configured: Vec<&str> = [
         routing.istio.as_ref().map(|_| "istio"),
         routing.gateway_api.as_ref().map(|_| "gatewayAPI"),
@@ -269,6 +269,50 @@ fn validate_routing(e: &mut Errors, routing: &TrafficRouting) {
         }
         if envoy.domains.is_empty() {
             e.push(format!("{f}.domains"), "must list at least one domain");
+        }
+        match (&envoy.stable_cluster, &envoy.canary_cluster) {
+            (None, None) => {
+                if envoy.clusters_file.is_some() || !envoy.backends.is_empty() {
+                    e.push(
+                        format!("{f}.clustersFile"),
+                        "needs stableCluster and canaryCluster",
+                    );
+                }
+            }
+            (Some(stable), Some(canary)) => {
+                if stable.is_empty() || stable == canary {
+                    e.push(
+                        format!("{f}.canaryCluster"),
+                        "must be set and differ from stableCluster",
+                    );
+                }
+                if envoy.clusters_file.as_deref().is_none_or(str::is_empty) {
+                    e.push(
+                        format!("{f}.clustersFile"),
+                        "must be set with fixed clusters",
+                    );
+                }
+                // The stable revision changes with promotions; only the canary's is known here.
+                if !envoy.backends.contains_key(&workload.canary) {
+                    e.push(
+                        format!("{f}.backends"),
+                        format!("has no backend for revision {:?}", workload.canary),
+                    );
+                }
+                for (revision, address) in &envoy.backends {
+                    if address
+                        .rsplit_once(':')
+                        .and_then(|(_, p)| p.parse::<u16>().ok())
+                        .is_none()
+                    {
+                        e.push(
+                            format!("{f}.backends.{revision}"),
+                            format!("{address:?} is not host:port"),
+                        );
+                    }
+                }
+            }
+            _ => e.push(f, "set both stableCluster and canaryCluster, or neither"),
         }
         if !envoy.prefix.starts_with('/') {
             e.push(
@@ -441,6 +485,38 @@ mod tests {
         assert_eq!(fields(&spec), vec!["spec.trafficRouting"]);
         spec.traffic_routing = TrafficRouting::default();
         assert_eq!(fields(&spec), vec!["spec.trafficRouting"]);
+    }
+
+    #[test]
+    fn fixed_envoy_clusters_need_a_cds_file_and_the_canary_backend() {
+        let mut spec = istio_spec();
+        spec.traffic_routing.istio = None;
+        spec.workload = WorkloadRef {
+            stable: "v1".into(),
+            canary: "v2".into(),
+        };
+        let mut envoy = EnvoyRouting {
+            routes_file: "/tmp/x/routes.yaml".into(),
+            route_config_name: "r".into(),
+            domains: vec!["*".into()],
+            prefix: "/".into(),
+            stable_cluster: Some("stable".into()),
+            ..Default::default()
+        };
+        spec.traffic_routing.envoy = Some(envoy.clone());
+        assert_eq!(fields(&spec), vec!["spec.trafficRouting.envoy"]);
+        envoy.canary_cluster = Some("canary".into());
+        envoy.backends.insert("v1".into(), "127.0.0.1:80".into());
+        envoy.backends.insert("v9".into(), "nowhere".into());
+        spec.traffic_routing.envoy = Some(envoy);
+        assert_eq!(
+            fields(&spec),
+            vec![
+                "spec.trafficRouting.envoy.clustersFile",
+                "spec.trafficRouting.envoy.backends",
+                "spec.trafficRouting.envoy.backends.v9"
+            ]
+        );
     }
 
     #[test]

@@ -55,6 +55,97 @@ pub fn route_configuration(
     }))
 }
 
+const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+
+/// The CDS document for fixed clusters: the stable cluster serves the stable revision's
+/// backend, the canary cluster the canary revision's. `None` without fixed clusters.
+pub fn clusters_document(
+    cfg: &EnvoyRouting,
+    stable_revision: &str,
+    canary_revision: &str,
+) -> Result<Option<Value>, String> {
+    let Some((stable_cluster, canary_cluster)) = cfg.fixed_clusters() else {
+        return Ok(None);
+    };
+    let mut resources = Vec::new();
+    for (cluster, revision) in [
+        (stable_cluster, stable_revision),
+        (canary_cluster, canary_revision),
+    ] {
+        let address = cfg.backends.get(revision).ok_or_else(|| {
+            format!("no backend for revision {revision:?} in spec.trafficRouting.envoy.backends")
+        })?;
+        let (host, port) = address
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+            .ok_or_else(|| {
+                format!("backend {address:?} of revision {revision:?} is not host:port")
+            })?;
+        // An IP needs no resolver; a name is resolved by Envoy.
+        let kind = if host.parse::<std::net::IpAddr>().is_ok() {
+            "STATIC"
+        } else {
+            "STRICT_DNS"
+        };
+        resources.push(json!({
+            "@type": CLUSTER,
+            "name": cluster,
+            "type": kind,
+            "connect_timeout": "1s",
+            "load_assignment": {
+                "cluster_name": cluster,
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}]
+            }
+        }));
+    }
+    Ok(Some(
+        json!({"version_info": format!("plover-{stable_revision}-{canary_revision}"), "resources": resources}),
+    ))
+}
+
+/// Writes the CDS file for fixed clusters (a no-op without them, or when unchanged); true if
+/// the file changed.
+pub fn sync_clusters(
+    cfg: &EnvoyRouting,
+    stable_revision: &str,
+    canary_revision: &str,
+) -> Result<bool, RouterError> {
+    let Some(path) = cfg.clusters_file.as_deref() else {
+        return Ok(false);
+    };
+    let render_err = |message: String| RouterError::Render {
+        path: path.to_owned(),
+        message,
+    };
+    let Some(doc) = clusters_document(cfg, stable_revision, canary_revision).map_err(render_err)?
+    else {
+        return Ok(false);
+    };
+    let text = if is_json(Path::new(path)) {
+        serde_json::to_string_pretty(&doc)
+            .map(|s| s + "\n")
+            .map_err(|e| render_err(e.to_string()))?
+    } else {
+        serde_yaml::to_string(&doc).map_err(|e| render_err(e.to_string()))?
+    };
+    write_atomically(Path::new(path), &text)
+}
+
+/// Points the clusters at the revisions (fixed clusters) and routes the weights; true if a file
+/// changed. Clusters first: a route must never name a cluster before it serves the right backend.
+pub fn apply(
+    cfg: &EnvoyRouting,
+    stable_revision: &str,
+    canary_revision: &str,
+    canary_weight: u32,
+    stable_weight: u32,
+) -> Result<bool, RouterError> {
+    let clusters = sync_clusters(cfg, stable_revision, canary_revision)?;
+    let (stable, canary) = cfg.route_clusters(stable_revision, canary_revision);
+    let routes = set_weights(cfg, stable, canary, canary_weight, stable_weight)?;
+    Ok(clusters || routes)
+}
+
 fn is_json(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "json")
 }
@@ -175,7 +266,7 @@ mod tests {
             virtual_host: "local".into(),
             domains: vec!["*".into()],
             prefix: "/".into(),
-            runtime_key_prefix: None,
+            ..Default::default()
         }
     }
 
@@ -215,6 +306,61 @@ mod tests {
             .filter(|e| e.file_name() != "routes.yaml")
             .collect();
         assert!(leftovers.is_empty(), "no temporary files left behind");
+    }
+
+    #[test]
+    fn fixed_clusters_follow_the_revisions_through_a_cds_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = cfg(&dir.path().join("routes.yaml"));
+        cfg.stable_cluster = Some("stable".into());
+        cfg.canary_cluster = Some("canary".into());
+        cfg.clusters_file = Some(dir.path().join("clusters.json").display().to_string());
+        cfg.backends = [("v1", "127.0.0.1:8081"), ("v2", "app-v2.local:80")]
+            .into_iter()
+            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+            .collect();
+        assert!(apply(&cfg, "v1", "v2", 20, 80).unwrap());
+        let cds: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("clusters.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(cds["resources"][0]["name"], "stable");
+        assert_eq!(cds["resources"][0]["type"], "STATIC");
+        assert_eq!(
+            cds["resources"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+                ["address"]["socket_address"]["port_value"],
+            8081
+        );
+        assert_eq!(cds["resources"][1]["name"], "canary");
+        assert_eq!(cds["resources"][1]["type"], "STRICT_DNS");
+        assert_eq!(
+            current_weights(&cfg, "stable", "canary")
+                .unwrap()
+                .map(|w| (w.stable, w.canary)),
+            Some((Some(80), Some(20)))
+        );
+        // Promotion: the stable cluster now serves v2; the routes keep the fixed names.
+        assert!(apply(&cfg, "v2", "v2", 0, 100).unwrap());
+        let cds: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("clusters.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            cds["resources"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+                ["address"]["socket_address"]["address"],
+            "app-v2.local"
+        );
+        assert_eq!(
+            current_weights(&cfg, "stable", "canary")
+                .unwrap()
+                .map(|w| (w.stable, w.canary)),
+            Some((Some(100), Some(0)))
+        );
+        assert!(!apply(&cfg, "v2", "v2", 0, 100).unwrap(), "nothing changed");
+        assert!(
+            apply(&cfg, "v2", "v3", 0, 100).is_err(),
+            "no backend for v3"
+        );
     }
 
     #[test]
