@@ -61,6 +61,21 @@ impl ApiServer {
         query: Option<&str>,
         reply: impl FnOnce(&Value) -> Value,
     ) -> Value {
+        let content_type = (method == "PATCH").then_some("application/json-patch+json");
+        self.expect_full(method, path, query, content_type, 200, reply)
+            .await
+    }
+
+    /// Like `expect`, with the content type to check and the status code to answer with.
+    async fn expect_full(
+        &mut self,
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        content_type: Option<&str>,
+        status: u16,
+        reply: impl FnOnce(&Value) -> Value,
+    ) -> Value {
         let (request, send) = tokio::time::timeout(Duration::from_secs(2), self.0.next_request())
             .await
             .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}"))
@@ -74,13 +89,13 @@ impl ApiServer {
                 "query of {method} {path}"
             );
         }
-        if method == "PATCH" {
-            let content_type = request
+        if let Some(expected) = content_type {
+            let actual = request
                 .headers()
                 .get("content-type")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
-            assert_eq!(content_type, "application/json-patch+json", "{path}");
+            assert_eq!(actual, expected, "{path}");
         }
         let bytes = request.into_body().collect_bytes().await.unwrap();
         let body: Value = if bytes.is_empty() {
@@ -91,7 +106,7 @@ impl ApiServer {
         let response = reply(&body);
         send.send_response(
             Response::builder()
-                .status(200)
+                .status(status)
                 .body(Body::from(serde_json::to_vec(&response).unwrap()))
                 .unwrap(),
         );
@@ -873,5 +888,133 @@ async fn istio_subset_mode_syncs_the_destination_rule_before_weighting() {
         Action::requeue(Duration::from_secs(60)),
         "requeue when the pause ends"
     );
+    api.expect_nothing_more().await;
+}
+
+fn not_found(kind: &str, name: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+           "message": format!("{kind} \"{name}\" not found")})
+}
+
+#[tokio::test]
+async fn leader_election_creates_the_lease_then_renews_it() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use plover_controller::lease::Elector;
+
+    let (ctx, mut api) = context();
+    let elector = Elector {
+        api: kube::Api::<Lease>::namespaced(ctx.client.clone(), "plover-system"),
+        name: "plover-controller".into(),
+        identity: "pod-a".into(),
+        duration: Duration::from_secs(15),
+    };
+    let path = "/apis/coordination.k8s.io/v1/namespaces/plover-system/leases/plover-controller";
+    let task = tokio::spawn(async move {
+        elector.acquire().await.unwrap();
+        elector
+    });
+    api.expect_full("GET", path, None, None, 404, |_| {
+        not_found("leases", "plover-controller")
+    })
+    .await;
+    let created = api
+        .expect(
+            "POST",
+            "/apis/coordination.k8s.io/v1/namespaces/plover-system/leases",
+            None,
+            |b| {
+                let mut lease = b.clone();
+                lease["metadata"]["resourceVersion"] = json!("1");
+                lease
+            },
+        )
+        .await;
+    assert_eq!(created["metadata"]["name"], "plover-controller");
+    assert_eq!(created["spec"]["holderIdentity"], "pod-a");
+    assert_eq!(created["spec"]["leaseDurationSeconds"], 15);
+    task.await.unwrap();
+    api.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn a_valid_lease_held_by_another_replica_is_followed_and_an_expired_one_taken() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use plover_controller::lease::Elector;
+
+    let (ctx, mut api) = context();
+    let elector = Elector {
+        api: kube::Api::<Lease>::namespaced(ctx.client.clone(), "plover-system"),
+        name: "plover-controller".into(),
+        identity: "pod-a".into(),
+        duration: Duration::from_secs(15),
+    };
+    let path = "/apis/coordination.k8s.io/v1/namespaces/plover-system/leases/plover-controller";
+    let task = tokio::spawn(async move { elector.acquire().await.unwrap() });
+    // Held by pod-b, renewed long ago: expired, so pod-a replaces it (conditionally).
+    let stale = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "plover-controller", "namespace": "plover-system", "resourceVersion": "7"},
+        "spec": {"holderIdentity": "pod-b", "leaseDurationSeconds": 15, "renewTime": "2020-01-01T00:00:00.000000Z", "leaseTransitions": 2}});
+    api.expect("GET", path, None, |_| stale.clone()).await;
+    let replaced = api.expect("PUT", path, None, |b| b.clone()).await;
+    assert_eq!(
+        replaced["metadata"]["resourceVersion"], "7",
+        "the replace only succeeds on what was read"
+    );
+    assert_eq!(replaced["spec"]["holderIdentity"], "pod-a");
+    assert_eq!(replaced["spec"]["leaseTransitions"], 3);
+    task.await.unwrap();
+    api.expect_nothing_more().await;
+}
+
+#[tokio::test]
+async fn promote_abort_and_retry_patch_the_status_the_controller_reads() {
+    use plover_controller::kubectl::{request, Request};
+
+    let (ctx, mut api) = context();
+    let object = canary(
+        json!({"workload": {"stable": "a", "canary": "b"}, "trafficRouting": {}}),
+        None,
+    );
+    let path = "/apis/plover.dev/v1alpha1/namespaces/test/canaries/podinfo";
+    for (req, patch, message) in [
+        (
+            Request::Promote,
+            json!({"status": {"promote": true}}),
+            "canary 'podinfo' promoted",
+        ),
+        (
+            Request::PromoteFull,
+            json!({"status": {"promoteFull": true}}),
+            "canary 'podinfo' fully promoted",
+        ),
+        (
+            Request::Abort,
+            json!({"status": {"abort": true}}),
+            "canary 'podinfo' aborted",
+        ),
+        (
+            Request::Retry,
+            json!({"status": {"abort": false}}),
+            "canary 'podinfo' retried",
+        ),
+    ] {
+        let client = ctx.client.clone();
+        let task =
+            tokio::spawn(async move { request(client, "test", "podinfo", req).await.unwrap() });
+        let o = serde_json::to_value(object.as_ref()).unwrap();
+        api.expect("GET", path, None, |_| o.clone()).await;
+        let body = api
+            .expect_full(
+                "PATCH",
+                &format!("{path}/status"),
+                Some("&fieldManager=plover-cli"),
+                Some("application/merge-patch+json"),
+                200,
+                |_| o.clone(),
+            )
+            .await;
+        assert_eq!(body, patch);
+        assert_eq!(task.await.unwrap(), message);
+    }
     api.expect_nothing_more().await;
 }
