@@ -88,7 +88,12 @@ pub fn run(command: &mut std::process::Command) -> Result<(), String> {
     }
 }
 
-/// The workspace root (xtask's parent directory).
+/// The workspace root (xtask's parent directory). `cargo run` sets CARGO_MANIFEST_DIR at run
+/// time too; preferring it keeps a binary built from another checkout sharing this target
+/// directory from working on that checkout's files.
 pub fn workspace_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir.parent().expect("xtask has a parent").to_path_buf()
 }
