@@ -51,6 +51,8 @@ use crate::{
 
 /// Field manager of every write (shows in `managedFields`).
 pub const FIELD_MANAGER: &str = "plover-controller";
+/// How often runs of deleted Canaries are looked for.
+const RUN_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Back-off after a failed reconcile (a conflict is usually gone by then).
 pub const ERROR_REQUEUE: Duration = Duration::from_secs(5);
 
@@ -584,6 +586,27 @@ pub async fn run(ctx: Arc<Context>, namespace: Option<String>) -> Result<(), kub
     canaries.list(&ListParams::default().limit(1)).await?;
     let controller = Controller::new(canaries, watcher::Config::default().any_semantic());
     let store = controller.store();
+    // Runs of deleted Canaries (an unbounded background analysis would run forever) are
+    // stopped by a sweep; reconcile is never called for a deleted object.
+    let (sweep_store, sweep_runner) = (store.clone(), ctx.runner.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(RUN_SWEEP_INTERVAL).await;
+            if sweep_store.is_empty() && !sweep_runner.canaries().is_empty() {
+                // The store may still be filling after a restart: keep the runs this time.
+                continue;
+            }
+            for key in sweep_runner.canaries() {
+                let present = sweep_store
+                    .get(&ObjectRef::<Canary>::new(&key.1).within(&key.0))
+                    .is_some();
+                if !present {
+                    info!(canary = %key.1, namespace = %key.0, "Canary gone: stopping its analysis runs.");
+                    sweep_runner.forget(&key);
+                }
+            }
+        }
+    });
     controller
         .watches(
             deployments,

@@ -165,6 +165,20 @@ impl Runner {
         }
     }
 
+    /// The Canaries this runner has runs for.
+    pub fn canaries(&self) -> Vec<CanaryKey> {
+        lock(&self.runs).keys().cloned().collect()
+    }
+
+    /// Stops and forgets every run of a Canary (it was deleted).
+    pub fn forget(&self, key: &CanaryKey) {
+        if let Some(runs) = lock(&self.runs).remove(key) {
+            for entry in runs.values() {
+                let _ = entry.stop.send(true);
+            }
+        }
+    }
+
     /// Forgets every run of a Canary that is not in `keep` (stopping those still running).
     pub fn retain(&self, key: &CanaryKey, keep: &[&str]) {
         let mut runs = lock(&self.runs);
@@ -300,5 +314,8 @@ mod tests {
         assert_eq!(runner.verdicts(&key)["broken"].phase, Phase::Error);
         runner.retain(&key, &["ok"]);
         assert_eq!(runner.verdicts(&key).keys().collect::<Vec<_>>(), vec!["ok"]);
+        assert_eq!(runner.canaries(), vec![key.clone()]);
+        runner.forget(&key);
+        assert!(runner.canaries().is_empty());
     }
 }
