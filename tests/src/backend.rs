@@ -25,7 +25,11 @@ pub struct Behaviour {
 
 impl Default for Behaviour {
     fn default() -> Self {
-        Behaviour { delay: Duration::ZERO, error_share: 0.0, error_status: 500 }
+        Behaviour {
+            delay: Duration::ZERO,
+            error_share: 0.0,
+            error_status: 500,
+        }
     }
 }
 
@@ -52,45 +56,75 @@ pub struct Backend {
 
 impl Backend {
     /// Starts a backend for `revision` on a free loopback port.
+    ///
+    /// The backend runs on a thread and runtime of its own, so that its timing is not delayed
+    /// by the tasks of the test (load clients) that started it.
     pub async fn start(revision: &str, behaviour: Behaviour) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking backend listener");
         let port = listener.local_addr().expect("backend address").port();
-        let state = Arc::new(Mutex::new(State { behaviour, ..State::default() }));
+        let state = Arc::new(Mutex::new(State {
+            behaviour,
+            ..State::default()
+        }));
         let (stop, stopped) = watch::channel(false);
         let revision_owned = revision.to_owned();
         let handler_state = state.clone();
-        tokio::spawn(serve(
-            listener,
-            move |_req| {
-                let state = handler_state.clone();
-                let revision = revision_owned.clone();
-                async move {
-                    let received = std::time::Instant::now();
-                    let (delay, status) = {
-                        let mut s = state.lock().expect("backend state");
-                        let n = s.served;
-                        s.served += 1;
-                        s.first_at.get_or_insert(received);
-                        s.last_at = Some(received);
-                        let share = s.behaviour.error_share;
-                        let fails = ((n + 1) as f64 * share).floor() > (n as f64 * share).floor();
-                        let status = if fails { s.behaviour.error_status } else { 200 };
-                        *s.by_status.entry(status).or_default() += 1;
-                        (s.behaviour.delay, status)
-                    };
-                    if !delay.is_zero() {
-                        // A thread sleep overshoots by tens of µs; tokio's timer rounds up to
-                        // the next millisecond, which would blur latency assertions.
-                        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(delay)).await;
-                    }
-                    let took = received.elapsed().as_micros() as u64;
-                    state.lock().expect("backend state").handling.record(took);
-                    respond(status, revision.clone(), &[("x-app-revision", &revision), ("content-type", "text/plain")])
+        let handler = move |_req| {
+            let state = handler_state.clone();
+            let revision = revision_owned.clone();
+            async move {
+                let received = std::time::Instant::now();
+                let (delay, status) = {
+                    let mut s = state.lock().expect("backend state");
+                    let n = s.served;
+                    s.served += 1;
+                    s.first_at.get_or_insert(received);
+                    s.last_at = Some(received);
+                    let share = s.behaviour.error_share;
+                    let fails = ((n + 1) as f64 * share).floor() > (n as f64 * share).floor();
+                    let status = if fails { s.behaviour.error_status } else { 200 };
+                    *s.by_status.entry(status).or_default() += 1;
+                    (s.behaviour.delay, status)
+                };
+                if !delay.is_zero() {
+                    // A thread sleep overshoots by tens of µs; tokio's timer rounds up to
+                    // the next millisecond, which would blur latency assertions.
+                    let _ = tokio::task::spawn_blocking(move || std::thread::sleep(delay)).await;
                 }
-            },
-            stopped,
-        ));
-        Backend { revision: revision.to_owned(), port, state, _stop: stop }
+                let took = received.elapsed().as_micros() as u64;
+                state.lock().expect("backend state").handling.record(took);
+                respond(
+                    status,
+                    revision.clone(),
+                    &[
+                        ("x-app-revision", &revision),
+                        ("content-type", "text/plain"),
+                    ],
+                )
+            }
+        };
+        std::thread::Builder::new()
+            .name(format!("backend-{revision}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("backend runtime");
+                runtime.block_on(async move {
+                    let listener = TcpListener::from_std(listener).expect("backend listener");
+                    serve(listener, handler, stopped).await;
+                });
+            })
+            .expect("start the backend thread");
+        Backend {
+            revision: revision.to_owned(),
+            port,
+            state,
+            _stop: stop,
+        }
     }
 
     pub fn set_behaviour(&self, behaviour: Behaviour) {

@@ -35,7 +35,11 @@ pub struct WasmFilter {
 impl WasmFilter {
     /// The Plover filter as built by `cargo xtask wasm`, with `configuration`.
     pub fn plover(configuration: String) -> WasmFilter {
-        WasmFilter { module: tools::filter_wasm(), configuration, root_id: "plover".into() }
+        WasmFilter {
+            module: tools::filter_wasm(),
+            configuration,
+            root_id: "plover".into(),
+        }
     }
 }
 
@@ -110,12 +114,19 @@ pub fn bootstrap(spec: &GatewaySpec, listener_port: u16, admin_port: u16) -> Val
         "name": "envoy.filters.http.router",
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}
     }));
-    let mut clusters: Vec<Value> = spec.upstreams.iter().map(|u| static_cluster(&u.cluster, u.port)).collect();
+    let mut clusters: Vec<Value> = spec
+        .upstreams
+        .iter()
+        .map(|u| static_cluster(&u.cluster, u.port))
+        .collect();
     if let Some((name, port)) = &spec.exporter {
         clusters.push(static_cluster(name, *port));
     }
-    let weighted: Vec<Value> =
-        spec.upstreams.iter().map(|u| json!({"name": u.cluster, "weight": u.weight})).collect();
+    let weighted: Vec<Value> = spec
+        .upstreams
+        .iter()
+        .map(|u| json!({"name": u.cluster, "weight": u.weight}))
+        .collect();
     json!({
         "node": {"id": "plover-test-gateway", "cluster": "plover-test"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
@@ -156,7 +167,13 @@ impl Envoy {
     /// Writes the bootstrap into `dir` and starts Envoy; returns once it is live and listening.
     pub fn start(spec: &GatewaySpec, dir: &Path) -> Envoy {
         let (listener_port, admin_port) = (free_port(), free_port());
-        Envoy::launch(bootstrap(spec, listener_port, admin_port), spec.concurrency, dir, listener_port, admin_port)
+        Envoy::launch(
+            bootstrap(spec, listener_port, admin_port),
+            spec.concurrency,
+            dir,
+            listener_port,
+            admin_port,
+        )
     }
 
     /// Starts a gateway whose routes and revision clusters come from watched files (local mode).
@@ -164,13 +181,28 @@ impl Envoy {
     /// `spec.watched_dir`.
     pub fn start_from_files(spec: &FileGatewaySpec, dir: &Path) -> Envoy {
         let (listener_port, admin_port) = (free_port(), free_port());
-        Envoy::launch(file_bootstrap(spec, listener_port, admin_port), spec.concurrency, dir, listener_port, admin_port)
+        Envoy::launch(
+            file_bootstrap(spec, listener_port, admin_port),
+            spec.concurrency,
+            dir,
+            listener_port,
+            admin_port,
+        )
     }
 
-    fn launch(config: Value, concurrency: u32, dir: &Path, listener_port: u16, admin_port: u16) -> Envoy {
+    fn launch(
+        config: Value,
+        concurrency: u32,
+        dir: &Path,
+        listener_port: u16,
+        admin_port: u16,
+    ) -> Envoy {
         let config_path = dir.join(format!("envoy-{listener_port}.json"));
-        std::fs::write(&config_path, serde_json::to_vec_pretty(&config).expect("serialize bootstrap"))
-            .expect("write the Envoy bootstrap");
+        std::fs::write(
+            &config_path,
+            serde_json::to_vec_pretty(&config).expect("serialize bootstrap"),
+        )
+        .expect("write the Envoy bootstrap");
         let mut command = Command::new(tools::envoy());
         command
             .arg("-c")
@@ -179,10 +211,16 @@ impl Envoy {
             .args(["--disable-hot-restart", "--log-level", "info"]);
         let log = dir.join(format!("envoy-{listener_port}.log"));
         let process = ChildGuard::spawn("envoy", command, &log);
-        let mut envoy = Envoy { listener_port, admin_port, process, config_path };
+        let mut envoy = Envoy {
+            listener_port,
+            admin_port,
+            process,
+            config_path,
+        };
         wait_until("Envoy to become live", Duration::from_secs(30), || {
             envoy.process.assert_running();
-            admin_get(admin_port, "/ready").is_some_and(|body| body.contains("LIVE")) && port_open(listener_port)
+            admin_get(admin_port, "/ready").is_some_and(|body| body.contains("LIVE"))
+                && port_open(listener_port)
         });
         envoy
     }
@@ -239,21 +277,26 @@ pub fn file_bootstrap(spec: &FileGatewaySpec, listener_port: u16, admin_port: u1
     // Same listener, filters and exporter cluster as the static gateway; only where the routes
     // and the revision clusters come from differs.
     let mut config = bootstrap(&static_spec, listener_port, admin_port);
-    let hcm = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    let hcm = &mut config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        ["typed_config"];
     let hcm = hcm.as_object_mut().expect("the HCM is an object");
     hcm.remove("route_config");
     hcm.insert(
         "rds".into(),
         json!({"route_config_name": spec.route_config_name, "config_source": path_source(&spec.routes_file, &spec.watched_dir)}),
     );
-    config["dynamic_resources"] = json!({"cds_config": path_source(&spec.clusters_file, &spec.watched_dir)});
+    config["dynamic_resources"] =
+        json!({"cds_config": path_source(&spec.clusters_file, &spec.watched_dir)});
     config
 }
 
 /// The CDS DiscoveryResponse for `clusters` (name → loopback port): what a file-fed gateway
 /// reads from its clusters file.
 pub fn clusters_document(clusters: &[(&str, u16)]) -> Value {
-    let version: Vec<String> = clusters.iter().map(|(name, port)| format!("{name}={port}")).collect();
+    let version: Vec<String> = clusters
+        .iter()
+        .map(|(name, port)| format!("{name}={port}"))
+        .collect();
     let resources: Vec<Value> = clusters
         .iter()
         .map(|(name, port)| {
@@ -267,11 +310,18 @@ pub fn clusters_document(clusters: &[(&str, u16)]) -> Value {
 
 /// A blocking GET against Envoy's admin interface.
 pub fn admin_get(port: u16, path: &str) -> Option<String> {
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500)).ok()?;
+    let mut stream = std::net::TcpStream::connect_timeout(
+        &([127, 0, 0, 1], port).into(),
+        Duration::from_millis(500),
+    )
+    .ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     // Envoy's admin answers HTTP/1.0 with 426 Upgrade Required.
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;

@@ -12,8 +12,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 use plover_wire::Histogram;
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub type Body = Full<Bytes>;
@@ -41,11 +41,16 @@ where
                 let handler = handler.clone();
                 async move {
                     let (parts, body) = req.into_parts();
-                    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                    let body = body
+                        .collect()
+                        .await
+                        .map(|c| c.to_bytes())
+                        .unwrap_or_default();
                     Ok::<_, Infallible>(handler(Request::from_parts(parts, body)).await)
                 }
             });
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = conn => {}
                 _ = conn_stop.changed() => {}
@@ -60,7 +65,9 @@ pub fn respond(status: u16, body: impl Into<Bytes>, headers: &[(&str, &str)]) ->
     for (name, value) in headers {
         builder = builder.header(*name, *value);
     }
-    builder.body(Full::new(body.into())).expect("valid test response")
+    builder
+        .body(Full::new(body.into()))
+        .expect("valid test response")
 }
 
 /// What a load run got back.
@@ -83,7 +90,8 @@ impl LoadReport {
     }
 }
 
-type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
+type Client =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body>;
 
 pub fn client() -> Client {
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -93,7 +101,9 @@ pub fn client() -> Client {
 
 /// One GET; returns status, the value of `tag_header` and the body. Transport errors → status 0.
 pub async fn get(client: &Client, url: &str, tag_header: &str) -> (u16, String, String) {
-    let req = Request::get(url).body(Body::default()).expect("valid request");
+    let req = Request::get(url)
+        .body(Body::default())
+        .expect("valid request");
     match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
         Ok(Ok(resp)) => {
             let status = resp.status().as_u16();
@@ -103,7 +113,12 @@ pub async fn get(client: &Client, url: &str, tag_header: &str) -> (u16, String, 
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default()
                 .to_owned();
-            let body = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
             (status, tag, String::from_utf8_lossy(&body).into_owned())
         }
         _ => (0, String::new(), String::new()),
@@ -117,7 +132,12 @@ pub async fn load(url: &str, total: u64, concurrency: u64, tag_header: &str) -> 
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut workers = Vec::new();
     for _ in 0..concurrency {
-        let (client, next, url, tag_header) = (client.clone(), next.clone(), url.to_owned(), tag_header.to_owned());
+        let (client, next, url, tag_header) = (
+            client.clone(),
+            next.clone(),
+            url.to_owned(),
+            tag_header.to_owned(),
+        );
         workers.push(tokio::spawn(async move {
             let mut report = LoadReport::default();
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < total {
@@ -125,7 +145,11 @@ pub async fn load(url: &str, total: u64, concurrency: u64, tag_header: &str) -> 
                 let (status, tag, body) = get(&client, &url, &tag_header).await;
                 if status != 0 {
                     let took = started.elapsed().as_micros() as u64;
-                    report.latency_by_revision.entry(body.clone()).or_default().record(took);
+                    report
+                        .latency_by_revision
+                        .entry(body.clone())
+                        .or_default()
+                        .record(took);
                 }
                 report.sent += 1;
                 *report.by_status.entry(status).or_default() += 1;
@@ -151,7 +175,11 @@ pub async fn load(url: &str, total: u64, concurrency: u64, tag_header: &str) -> 
             *total_report.by_tag.entry(k).or_default() += v;
         }
         for (k, v) in r.latency_by_revision {
-            total_report.latency_by_revision.entry(k).or_default().merge(&v);
+            total_report
+                .latency_by_revision
+                .entry(k)
+                .or_default()
+                .merge(&v);
         }
     }
     total_report

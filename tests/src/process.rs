@@ -22,7 +22,11 @@ impl ChildGuard {
             .stderr(Stdio::from(err))
             .spawn()
             .unwrap_or_else(|e| panic!("start {name}: {e}"));
-        ChildGuard { name: name.to_owned(), child, log: log.to_path_buf() }
+        ChildGuard {
+            name: name.to_owned(),
+            child,
+            log: log.to_path_buf(),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -32,7 +36,11 @@ impl ChildGuard {
     /// Panics with the child's log when it has exited.
     pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("{} exited ({status}); its log:\n{}", self.name, self.log_text());
+            panic!(
+                "{} exited ({status}); its log:\n{}",
+                self.name,
+                self.log_text()
+            );
         }
     }
 
@@ -68,5 +76,6 @@ pub fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool
 
 /// Whether something accepts TCP connections on 127.0.0.1:`port`.
 pub fn port_open(port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
+    std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
+        .is_ok()
 }

@@ -34,11 +34,19 @@ impl Received {
     }
 
     pub fn requests_of(&self, revision: &str) -> u64 {
-        self.requests.iter().filter(|((_, r), _)| r == revision).map(|(_, n)| n).sum()
+        self.requests
+            .iter()
+            .filter(|((_, r), _)| r == revision)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     fn apply(&mut self, batch: Batch) -> bool {
-        if !self.seen.insert((batch.gateway.clone(), batch.instance.clone(), batch.sequence)) {
+        if !self.seen.insert((
+            batch.gateway.clone(),
+            batch.instance.clone(),
+            batch.sequence,
+        )) {
             self.duplicates += 1;
             return false;
         }
@@ -46,9 +54,18 @@ impl Received {
         self.dropped_requests += batch.dropped_requests;
         self.instances.insert((batch.gateway, batch.instance));
         for (key, delta) in batch.series {
-            *self.requests.entry((key.role, key.revision.clone())).or_default() += delta.requests;
-            *self.by_class.entry((key.revision.clone(), key.status_class)).or_default() += delta.requests;
-            self.durations.entry(key.revision).or_default().merge(&delta.duration);
+            *self
+                .requests
+                .entry((key.role, key.revision.clone()))
+                .or_default() += delta.requests;
+            *self
+                .by_class
+                .entry((key.revision.clone(), key.status_class))
+                .or_default() += delta.requests;
+            self.durations
+                .entry(key.revision)
+                .or_default()
+                .merge(&delta.duration);
         }
         true
     }
@@ -66,7 +83,12 @@ impl Sink {
     pub async fn start(token: &str) -> Sink {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
         let port = listener.local_addr().expect("sink address").port();
-        let mut sink = Sink { port, token: token.to_owned(), received: Arc::default(), stop: None };
+        let mut sink = Sink {
+            port,
+            token: token.to_owned(),
+            received: Arc::default(),
+            stop: None,
+        };
         sink.listen(listener);
         sink
     }
@@ -79,7 +101,10 @@ impl Sink {
             listener,
             move |req| {
                 let received = received.clone();
-                let authorized = req.headers().get("authorization").and_then(|v| v.to_str().ok())
+                let authorized = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
                     == Some(expected_auth.as_str());
                 async move {
                     if !authorized {

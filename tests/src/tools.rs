@@ -24,16 +24,24 @@ pub fn envoy() -> PathBuf {
 
 /// The built filter: `$PLOVER_FILTER_WASM`, else the `cargo xtask wasm` output.
 pub fn filter_wasm() -> PathBuf {
-    let path = std::env::var_os("PLOVER_FILTER_WASM").map(PathBuf::from).unwrap_or_else(|| {
-        workspace_root().join("target/wasm32-unknown-unknown/wasm/plover_filter.wasm")
-    });
-    assert!(path.exists(), "{} is missing: run `cargo xtask wasm` (or `cargo xtask test`) first", path.display());
+    let path = std::env::var_os("PLOVER_FILTER_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            workspace_root().join("target/wasm32-unknown-unknown/wasm/plover_filter.wasm")
+        });
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo xtask wasm` (or `cargo xtask test`) first",
+        path.display()
+    );
     path
 }
 
 /// A program from the Debian packages (`prometheus`, `promtool`, `wrk`, …) on the PATH.
 pub fn debian_tool(name: &str) -> PathBuf {
-    which(name).unwrap_or_else(|| panic!("`{name}` not found on PATH: run `cargo xtask test`, which installs it with apt-get"))
+    which(name).unwrap_or_else(|| {
+        panic!("`{name}` not found on PATH: run `cargo xtask test`, which installs it with apt-get")
+    })
 }
 
 pub fn which(name: &str) -> Option<PathBuf> {
@@ -46,5 +54,8 @@ pub fn which(name: &str) -> Option<PathBuf> {
 
 /// The workspace root (the parent of this crate).
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }

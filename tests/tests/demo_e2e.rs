@@ -13,7 +13,10 @@ use serde_json::Value;
 
 /// The demo's temp dir, from the line it prints at start.
 fn state_dir(output: &str) -> PathBuf {
-    let line = output.lines().find_map(|l| l.trim().strip_prefix("state dir")).expect("the demo names its state dir");
+    let line = output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("state dir"))
+        .expect("the demo names its state dir");
     PathBuf::from(line.trim())
 }
 
@@ -32,13 +35,20 @@ fn processes_using(dir: &std::path::Path) -> Vec<String> {
 /// One demo at a time: two stacks under load on a 2-core machine would distort each other's
 /// latency, which the demo's analysis judges.
 fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(plover_e2e::exclusive())
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(plover_e2e::exclusive())
 }
 
 fn assert_cleaned_up(output: &str) {
     let dir = state_dir(output);
     assert!(!dir.exists(), "{} was not removed", dir.display());
-    assert_eq!(processes_using(&dir), Vec::<String>::new(), "processes left behind");
+    assert_eq!(
+        processes_using(&dir),
+        Vec::<String>::new(),
+        "processes left behind"
+    );
 }
 
 #[test]
@@ -54,28 +64,57 @@ fn the_demo_promotes_the_healthy_release_and_rolls_back_the_bad_one() {
         .expect("run plover-demo");
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "plover-demo exited with {}", output.status);
-    assert!(!stdout.contains("\x1b["), "headless output has no terminal control sequences");
+    assert!(
+        output.status.success(),
+        "plover-demo exited with {}",
+        output.status
+    );
+    assert!(
+        !stdout.contains("\x1b["),
+        "headless output has no terminal control sequences"
+    );
     assert_cleaned_up(&stdout);
 
-    let outcomes: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    let find = |name: &str| outcomes.iter().find(|o| o["release"] == name).unwrap_or_else(|| panic!("release {name} in {outcomes:?}"));
+    let outcomes: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let find = |name: &str| {
+        outcomes
+            .iter()
+            .find(|o| o["release"] == name)
+            .unwrap_or_else(|| panic!("release {name} in {outcomes:?}"))
+    };
 
     let healthy = find("healthy");
     assert_eq!(healthy["result"], "promoted", "{healthy}");
-    assert_eq!((healthy["from"].as_str(), healthy["revision"].as_str()), (Some("v1"), Some("v2")));
+    assert_eq!(
+        (healthy["from"].as_str(), healthy["revision"].as_str()),
+        (Some("v1"), Some("v2"))
+    );
     assert!(healthy["canaryRequests"].as_u64().unwrap() > 0, "{healthy}");
     assert_eq!(healthy["canaryErrors"], 0, "{healthy}");
 
     let bad = find("bad");
     assert_eq!(bad["result"], "rolledBack", "{bad}");
-    assert_eq!((bad["from"].as_str(), bad["revision"].as_str()), (Some("v2"), Some("v3")), "the bad release starts from the promoted v2");
-    assert!(bad["message"].as_str().unwrap().contains("Failed"), "rolled back by a failed analysis: {bad}");
-    let (requests, errors) = (bad["canaryRequests"].as_u64().unwrap(), bad["canaryErrors"].as_u64().unwrap());
+    assert_eq!(
+        (bad["from"].as_str(), bad["revision"].as_str()),
+        (Some("v2"), Some("v3")),
+        "the bad release starts from the promoted v2"
+    );
+    assert!(
+        bad["message"].as_str().unwrap().contains("Failed"),
+        "rolled back by a failed analysis: {bad}"
+    );
+    let (requests, errors) = (
+        bad["canaryRequests"].as_u64().unwrap(),
+        bad["canaryErrors"].as_u64().unwrap(),
+    );
     // The backend fails exactly every fifth request.
     assert_eq!(errors, requests / 5, "{bad}");
     let exposure = bad["canaryExposureSeconds"].as_f64().unwrap();
-    assert!(exposure <= 10.0, "the bad canary took traffic for {exposure}s");
+    assert!(
+        exposure <= 10.0,
+        "the bad canary took traffic for {exposure}s"
+    );
 }
 
 #[test]
@@ -90,20 +129,34 @@ fn ctrl_c_stops_everything_the_demo_started() {
     let mut seen = String::new();
     let deadline = Instant::now() + Duration::from_secs(180);
     while !seen.contains("keep running") {
-        assert!(Instant::now() < deadline, "the demo never reached --keep-running:\n{seen}");
+        assert!(
+            Instant::now() < deadline,
+            "the demo never reached --keep-running:\n{seen}"
+        );
         match lines.next() {
             Some(Ok(line)) => seen.push_str(&(line + "\n")),
             _ => panic!("the demo stopped early:\n{seen}"),
         }
     }
     let dir = state_dir(&seen);
-    assert!(!processes_using(&dir).is_empty(), "Envoy and Prometheus run from {}", dir.display());
-    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    assert!(
+        !processes_using(&dir).is_empty(),
+        "Envoy and Prometheus run from {}",
+        dir.display()
+    );
+    assert!(Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
     let status = child.wait().unwrap();
     for line in lines.map_while(Result::ok) {
         seen.push_str(&(line + "\n"));
     }
     println!("{seen}");
-    assert!(status.success(), "the releases ended as expected, so Ctrl-C after them exits 0: {status}");
+    assert!(
+        status.success(),
+        "the releases ended as expected, so Ctrl-C after them exits 0: {status}"
+    );
     assert_cleaned_up(&seen);
 }

@@ -25,7 +25,8 @@ fn filter_config() -> String {
 }
 
 async fn stats(port: u16, window: &str) -> StatsResponse {
-    let url = format!("http://127.0.0.1:{port}/v1/stats?namespace=demo&service=app&window={window}");
+    let url =
+        format!("http://127.0.0.1:{port}/v1/stats?namespace=demo&service=app&window={window}");
     let (status, _, body) = get(&client(), &url, "").await;
     assert_eq!(status, 200, "{url}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: {e}: {body}"))
@@ -34,13 +35,28 @@ async fn stats(port: u16, window: &str) -> StatsResponse {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_count_every_request_per_revision_and_match_the_backends_latency() {
     let _serial = exclusive().await;
-    let stable = Backend::start("v1", Behaviour { delay: Duration::from_millis(20), ..Behaviour::default() }).await;
-    let canary =
-        Backend::start("v2", Behaviour { delay: Duration::from_millis(50), error_share: 0.1, error_status: 500 }).await;
+    let stable = Backend::start(
+        "v1",
+        Behaviour {
+            delay: Duration::from_millis(20),
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let canary = Backend::start(
+        "v2",
+        Behaviour {
+            delay: Duration::from_millis(50),
+            error_share: 0.1,
+            error_status: 500,
+        },
+    )
+    .await;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let exporter_port = listener.local_addr().unwrap().port();
-    let config = plover_exporter::Config::parse_from(["plover-exporter", "--token", TOKEN]).unwrap();
+    let config =
+        plover_exporter::Config::parse_from(["plover-exporter", "--token", TOKEN]).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let exporter = tokio::spawn(plover_exporter::run(config, listener, async {
         let _ = stopped.await;
@@ -50,8 +66,16 @@ async fn stats_count_every_request_per_revision_and_match_the_backends_latency()
     let envoy = Envoy::start(
         &GatewaySpec {
             upstreams: vec![
-                Upstream { cluster: "stable".into(), port: stable.port, weight: 70 },
-                Upstream { cluster: "canary".into(), port: canary.port, weight: 30 },
+                Upstream {
+                    cluster: "stable".into(),
+                    port: stable.port,
+                    weight: 70,
+                },
+                Upstream {
+                    cluster: "canary".into(),
+                    port: canary.port,
+                    weight: 30,
+                },
             ],
             filter: Some(WasmFilter::plover(filter_config())),
             exporter: Some(("plover_exporter".into(), exporter_port)),
@@ -68,35 +92,63 @@ async fn stats_count_every_request_per_revision_and_match_the_backends_latency()
     // Every request is in the exporter within a few flushes.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut answer = stats(exporter_port, "5m").await;
-    while answer.revisions.iter().map(|r| r.requests).sum::<u64>() < served && tokio::time::Instant::now() < deadline {
+    while answer.revisions.iter().map(|r| r.requests).sum::<u64>() < served
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(200)).await;
         answer = stats(exporter_port, "5m").await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let answer = stats(exporter_port, "5m").await;
 
-    let v1 = answer.revisions.iter().find(|r| r.revision == "v1").expect("stable in /v1/stats");
-    let v2 = answer.revisions.iter().find(|r| r.revision == "v2").expect("canary in /v1/stats");
+    let v1 = answer
+        .revisions
+        .iter()
+        .find(|r| r.revision == "v1")
+        .expect("stable in /v1/stats");
+    let v2 = answer
+        .revisions
+        .iter()
+        .find(|r| r.revision == "v2")
+        .expect("canary in /v1/stats");
     assert_eq!(answer.revisions.len(), 2, "no unknown traffic: {answer:?}");
     assert_eq!((v1.role.as_str(), v2.role.as_str()), ("stable", "canary"));
     assert_eq!(v1.requests, stable.served());
     assert_eq!(v2.requests, canary.served());
     let canary_errors = canary.served_by_status()[&500];
     assert_eq!((v1.errors, v2.errors), (0, canary_errors));
-    assert_eq!(v2.success_ratio, Some(1.0 - canary_errors as f64 / canary.served() as f64));
+    assert_eq!(
+        v2.success_ratio,
+        Some(1.0 - canary_errors as f64 / canary.served() as f64)
+    );
     assert_eq!(v1.traffic_share, stable.served() as f64 / served as f64);
     assert_eq!(v2.latency_samples, canary.served());
 
     for (backend, entry, delay_ms) in [(&stable, v1, 20), (&canary, v2, 50)] {
         let client_seen = &report.latency_by_revision[&backend.revision];
-        for (q, value) in [(0.5, entry.latency_seconds.p50), (0.99, entry.latency_seconds.p99)] {
+        for (q, value) in [
+            (0.5, entry.latency_seconds.p50),
+            (0.99, entry.latency_seconds.p99),
+        ] {
             let measured = value.expect("quantile with samples") * 1e6;
-            assert_latency_close(&backend.revision, q, measured, &backend.handling(), client_seen, delay_ms);
+            assert_latency_close(
+                &backend.revision,
+                q,
+                measured,
+                &backend.handling(),
+                client_seen,
+                delay_ms,
+            );
         }
     }
 
     // The same counts reach Prometheus' exposition.
-    let (status, _, metrics) = get(&client(), &format!("http://127.0.0.1:{exporter_port}/metrics"), "").await;
+    let (status, _, metrics) = get(
+        &client(),
+        &format!("http://127.0.0.1:{exporter_port}/metrics"),
+        "",
+    )
+    .await;
     assert_eq!(status, 200);
     let total_in_metrics: f64 = metrics
         .lines()

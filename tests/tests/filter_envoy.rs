@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
+use plover_e2e::assert_latency_close;
 use plover_e2e::backend::{Backend, Behaviour};
 use plover_e2e::envoy::{Envoy, GatewaySpec, Upstream, WasmFilter};
 use plover_e2e::http::load;
 use plover_e2e::process::wait_until;
 use plover_e2e::sink::Sink;
-use plover_e2e::assert_latency_close;
 use plover_wire::{Role, StatusClass};
 
 const TOKEN: &str = "e2e-token";
@@ -30,8 +30,16 @@ fn plover_config(extra: &str) -> String {
 fn gateway(stable: &Backend, canary: &Backend, sink: &Sink, configuration: String) -> GatewaySpec {
     GatewaySpec {
         upstreams: vec![
-            Upstream { cluster: "stable".into(), port: stable.port, weight: 80 },
-            Upstream { cluster: "canary".into(), port: canary.port, weight: 20 },
+            Upstream {
+                cluster: "stable".into(),
+                port: stable.port,
+                weight: 80,
+            },
+            Upstream {
+                cluster: "canary".into(),
+                port: canary.port,
+                weight: 20,
+            },
         ],
         filter: Some(WasmFilter::plover(configuration)),
         exporter: Some(("plover_exporter".into(), sink.port)),
@@ -53,15 +61,29 @@ async fn wait_for_sink(sink: &Sink, expected: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_statuses_latency_and_tags_match_what_each_backend_served() {
     let _serial = plover_e2e::exclusive().await;
-    let stable = Backend::start("v1", Behaviour { delay: Duration::from_millis(20), ..Behaviour::default() }).await;
+    let stable = Backend::start(
+        "v1",
+        Behaviour {
+            delay: Duration::from_millis(20),
+            ..Behaviour::default()
+        },
+    )
+    .await;
     let canary = Backend::start(
         "v2",
-        Behaviour { delay: Duration::from_millis(50), error_share: 0.1, error_status: 503 },
+        Behaviour {
+            delay: Duration::from_millis(50),
+            error_share: 0.1,
+            error_status: 503,
+        },
     )
     .await;
     let sink = Sink::start(TOKEN).await;
     let dir = tempfile::tempdir().unwrap();
-    let envoy = Envoy::start(&gateway(&stable, &canary, &sink, plover_config("")), dir.path());
+    let envoy = Envoy::start(
+        &gateway(&stable, &canary, &sink, plover_config("")),
+        dir.path(),
+    );
 
     // Moderate load (8 requests in flight, ~300 rps): latency must reflect the backends, not
     // queueing on this 2-core machine.
@@ -72,20 +94,50 @@ async fn counts_statuses_latency_and_tags_match_what_each_backend_served() {
     wait_for_sink(&sink, served).await;
     let received = sink.received();
 
-    assert_eq!(received.requests.get(&(Role::Stable, "v1".into())), Some(&stable.served()), "{received:?}");
-    assert_eq!(received.requests.get(&(Role::Canary, "v2".into())), Some(&canary.served()), "{received:?}");
-    assert_eq!(received.total_requests(), served, "no unknown and no double counting");
+    assert_eq!(
+        received.requests.get(&(Role::Stable, "v1".into())),
+        Some(&stable.served()),
+        "{received:?}"
+    );
+    assert_eq!(
+        received.requests.get(&(Role::Canary, "v2".into())),
+        Some(&canary.served()),
+        "{received:?}"
+    );
+    assert_eq!(
+        received.total_requests(),
+        served,
+        "no unknown and no double counting"
+    );
     assert_eq!(received.rejected, 0);
     assert_eq!(received.dropped_requests, 0);
-    assert!(received.instances.len() >= 2, "both Envoy workers report: {:?}", received.instances);
+    assert!(
+        received.instances.len() >= 2,
+        "both Envoy workers report: {:?}",
+        received.instances
+    );
 
     let canary_errors = canary.served_by_status().get(&503).copied().unwrap_or(0);
     assert!(canary_errors > 0);
-    assert_eq!(received.by_class.get(&("v2".into(), StatusClass::ServerError)), Some(&canary_errors));
-    assert_eq!(received.by_class.get(&("v2".into(), StatusClass::Success)), Some(&(canary.served() - canary_errors)));
-    assert_eq!(received.by_class.get(&("v1".into(), StatusClass::Success)), Some(&stable.served()));
+    assert_eq!(
+        received
+            .by_class
+            .get(&("v2".into(), StatusClass::ServerError)),
+        Some(&canary_errors)
+    );
+    assert_eq!(
+        received.by_class.get(&("v2".into(), StatusClass::Success)),
+        Some(&(canary.served() - canary_errors))
+    );
+    assert_eq!(
+        received.by_class.get(&("v1".into(), StatusClass::Success)),
+        Some(&stable.served())
+    );
 
-    assert_eq!(report.mismatched_tags, 0, "a response tag named a revision that did not serve it");
+    assert_eq!(
+        report.mismatched_tags, 0,
+        "a response tag named a revision that did not serve it"
+    );
     assert_eq!(report.by_tag.get("stable/v1"), Some(&stable.served()));
     assert_eq!(report.by_tag.get("canary/v2"), Some(&canary.served()));
 
@@ -93,7 +145,14 @@ async fn counts_statuses_latency_and_tags_match_what_each_backend_served() {
         let revision = backend.revision.as_str();
         for q in [0.5, 0.99] {
             let measured = received.durations[revision].value_at_quantile(q).unwrap() as f64;
-            assert_latency_close(revision, q, measured, &backend.handling(), &report.latency_by_revision[revision], delay_ms);
+            assert_latency_close(
+                revision,
+                q,
+                measured,
+                &backend.handling(),
+                &report.latency_by_revision[revision],
+                delay_ms,
+            );
         }
     }
 }
@@ -105,7 +164,10 @@ async fn exporter_outage_of_ten_seconds_loses_no_count_and_fails_no_request() {
     let canary = Backend::start("v2", Behaviour::default()).await;
     let mut sink = Sink::start(TOKEN).await;
     let dir = tempfile::tempdir().unwrap();
-    let envoy = Envoy::start(&gateway(&stable, &canary, &sink, plover_config("")), dir.path());
+    let envoy = Envoy::start(
+        &gateway(&stable, &canary, &sink, plover_config("")),
+        dir.path(),
+    );
 
     let before = load(&envoy.url("/"), 500, 4, TAG).await;
     sink.down();
@@ -117,14 +179,25 @@ async fn exporter_outage_of_ten_seconds_loses_no_count_and_fails_no_request() {
     sink.up().await;
     let after = load(&envoy.url("/"), 500, 4, TAG).await;
 
-    for report in std::iter::once(&before).chain(&during).chain(std::iter::once(&after)) {
-        assert_eq!(report.by_status.get(&200), Some(&report.sent), "user traffic failed: {report:?}");
+    for report in std::iter::once(&before)
+        .chain(&during)
+        .chain(std::iter::once(&after))
+    {
+        assert_eq!(
+            report.by_status.get(&200),
+            Some(&report.sent),
+            "user traffic failed: {report:?}"
+        );
     }
     let served = stable.served() + canary.served();
     assert_eq!(served, 3_000);
     wait_for_sink(&sink, served).await;
     let received = sink.received();
-    assert_eq!(received.total_requests(), served, "counts lost or doubled across the outage: {received:?}");
+    assert_eq!(
+        received.total_requests(),
+        served,
+        "counts lost or doubled across the outage: {received:?}"
+    );
     assert_eq!(received.dropped_requests, 0);
     assert_eq!(received.requests_of("v1"), stable.served());
     assert_eq!(received.requests_of("v2"), canary.served());
@@ -142,10 +215,20 @@ async fn invalid_configuration_is_reported_and_traffic_still_flows() {
 
     let report = load(&envoy.url("/"), 300, 4, TAG).await;
     assert_eq!(report.by_status.get(&200), Some(&300), "{report:?}");
-    assert_eq!(report.by_tag.get(""), Some(&300), "an unconfigured filter must not tag");
-    wait_until("the filter to log its configuration error", Duration::from_secs(5), || {
-        envoy.log().contains("exporter.token")
-    });
+    assert_eq!(
+        report.by_tag.get(""),
+        Some(&300),
+        "an unconfigured filter must not tag"
+    );
+    wait_until(
+        "the filter to log its configuration error",
+        Duration::from_secs(5),
+        || envoy.log().contains("exporter.token"),
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(sink.received().batches, 0, "an unconfigured filter must not send batches");
+    assert_eq!(
+        sink.received().batches,
+        0,
+        "an unconfigured filter must not send batches"
+    );
 }

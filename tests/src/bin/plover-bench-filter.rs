@@ -25,11 +25,19 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { rounds: 5, seconds: 4, connections: 16 };
+    let mut args = Args {
+        rounds: 5,
+        seconds: 4,
+        connections: 16,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().unwrap_or_default();
-        let number = || value.parse::<u64>().unwrap_or_else(|_| panic!("{flag} takes a positive number, got {value:?}"));
+        let number = || {
+            value
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("{flag} takes a positive number, got {value:?}"))
+        };
         match flag.as_str() {
             "--rounds" => args.rounds = number() as usize,
             "--seconds" => args.seconds = number(),
@@ -70,7 +78,13 @@ fn wrk(url: &str, connections: u32, seconds: u64) -> WrkResult {
         command = Command::new(tools::debian_tool("wrk"));
     }
     let out = command
-        .args(["-t1", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", url])
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            url,
+        ])
         .output()
         .expect("run wrk");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -85,7 +99,11 @@ fn wrk(url: &str, connections: u32, seconds: u64) -> WrkResult {
             _ => {}
         }
     }
-    assert!(result.requests > 0, "wrk produced no requests:\n{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        result.requests > 0,
+        "wrk produced no requests:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     if text.contains("Non-2xx") || text.contains("Socket errors") {
         eprintln!("warning: wrk saw errors against {url}:\n{text}");
     }
@@ -98,12 +116,18 @@ fn cpu_seconds(pid: u32) -> f64 {
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     let after = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
     let clk_tck = Command::new("getconf")
         .arg("CLK_TCK")
         .output()
         .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
         .unwrap_or(100.0);
     ticks / clk_tck
 }
@@ -133,22 +157,41 @@ fn main() {
     let args = parse_args();
     // The backend and this process run on CPU 1, Envoy on CPU 0, so Envoy's CPU time is its own.
     if tools::which("taskset").is_some() {
-        let _ = Command::new("taskset").args(["-pc", "1", &std::process::id().to_string()]).output();
+        let _ = Command::new("taskset")
+            .args(["-pc", "1", &std::process::id().to_string()])
+            .output();
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let backend = runtime.block_on(Backend::start("v1", Behaviour::default()));
     let sink = runtime.block_on(Sink::start("bench-token"));
     let dir = tempfile::tempdir().expect("temp dir");
 
-    let upstreams = vec![Upstream { cluster: "stable".into(), port: backend.port, weight: 100 }];
-    let base = GatewaySpec { upstreams, concurrency: 1, ..GatewaySpec::default() };
-    let empty_module = std::env::var_os("PLOVER_EMPTY_FILTER_WASM").expect("PLOVER_EMPTY_FILTER_WASM (run through cargo xtask bench filter)");
+    let upstreams = vec![Upstream {
+        cluster: "stable".into(),
+        port: backend.port,
+        weight: 100,
+    }];
+    let base = GatewaySpec {
+        upstreams,
+        concurrency: 1,
+        ..GatewaySpec::default()
+    };
+    let empty_module = std::env::var_os("PLOVER_EMPTY_FILTER_WASM")
+        .expect("PLOVER_EMPTY_FILTER_WASM (run through cargo xtask bench filter)");
     let variants: Vec<(&str, GatewaySpec)> = vec![
         ("no filter", base.clone()),
         (
             "empty wasm",
             GatewaySpec {
-                filter: Some(WasmFilter { module: empty_module.into(), configuration: String::new(), root_id: "empty".into() }),
+                filter: Some(WasmFilter {
+                    module: empty_module.into(),
+                    configuration: String::new(),
+                    root_id: "empty".into(),
+                }),
                 ..base.clone()
             },
         ),
@@ -166,7 +209,9 @@ fn main() {
         .map(|(_, spec)| {
             let envoy = Envoy::start(spec, dir.path());
             if tools::which("taskset").is_some() {
-                let _ = Command::new("taskset").args(["-a", "-pc", "0", &envoy.process.pid().to_string()]).output();
+                let _ = Command::new("taskset")
+                    .args(["-a", "-pc", "0", &envoy.process.pid().to_string()])
+                    .output();
             }
             envoy
         })
@@ -201,7 +246,10 @@ fn main() {
     }
     eprintln!();
 
-    println!("{:<12} {:>14} {:>12} {:>12} {:>12}", "variant", "CPU µs/req", "req/s", "p50 µs", "p99 µs");
+    println!(
+        "{:<12} {:>14} {:>12} {:>12} {:>12}",
+        "variant", "CPU µs/req", "req/s", "p50 µs", "p99 µs"
+    );
     let mut medians = Vec::new();
     for (i, (name, _)) in variants.iter().enumerate() {
         let m = (
@@ -210,7 +258,10 @@ fn main() {
             median(&mut p50[i]),
             median(&mut p99[i]),
         );
-        println!("{:<12} {:>14.1} {:>12.0} {:>12.1} {:>12.1}", name, m.0, m.1, m.2, m.3);
+        println!(
+            "{:<12} {:>14.1} {:>12.0} {:>12.1} {:>12.1}",
+            name, m.0, m.1, m.2, m.3
+        );
         medians.push(m);
     }
     let (none, empty, plover) = (medians[0], medians[1], medians[2]);
@@ -220,11 +271,24 @@ fn main() {
     println!("added CPU per request: empty wasm {added_empty:.1} µs, plover {added_plover:.1} µs");
     println!(
         "ratio plover/empty added CPU: {:.2} (target ≤ 1.25)",
-        if added_empty > 0.0 { added_plover / added_empty } else { f64::NAN }
+        if added_empty > 0.0 {
+            added_plover / added_empty
+        } else {
+            f64::NAN
+        }
     );
-    println!("plover CPU per request vs no filter: {:.2}×", plover.0 / none.0);
-    println!("p99 added over no filter at moderate load: {:.1} µs (target ≤ 100)", plover.3 - none.3);
-    println!("p50 added over no filter at moderate load: {:.1} µs", plover.2 - none.2);
+    println!(
+        "plover CPU per request vs no filter: {:.2}×",
+        plover.0 / none.0
+    );
+    println!(
+        "p99 added over no filter at moderate load: {:.1} µs (target ≤ 100)",
+        plover.3 - none.3
+    );
+    println!(
+        "p50 added over no filter at moderate load: {:.1} µs",
+        plover.2 - none.2
+    );
     std::thread::sleep(Duration::from_secs(3)); // let the last flush arrive
     let received = sink.received();
     println!(

@@ -13,7 +13,8 @@ use std::process::ExitCode;
 use demo::progress::Display;
 use demo::Options;
 
-const USAGE: &str = "usage: plover-demo [--scenario NAME] [--keep-running] [--plain] [--report FILE]
+const USAGE: &str =
+    "usage: plover-demo [--scenario NAME] [--keep-running] [--plain] [--report FILE]
                    [--fixtures DIR] [--bench RUNS]
 
   --scenario NAME   run only this release of demo.yaml (healthy, bad)
@@ -38,7 +39,11 @@ fn parse(args: &[String]) -> Result<Options, String> {
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
         match arg.as_str() {
             "--scenario" => opts.scenario = Some(value("--scenario")?),
             "--keep-running" => opts.keep_running = true,
@@ -47,7 +52,10 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--fixtures" => opts.fixtures = PathBuf::from(value("--fixtures")?),
             "--bench" => {
                 let runs = value("--bench")?;
-                opts.bench_runs = Some(runs.parse().map_err(|_| format!("--bench {runs:?}: a number of runs"))?);
+                opts.bench_runs = Some(
+                    runs.parse()
+                        .map_err(|_| format!("--bench {runs:?}: a number of runs"))?,
+                );
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -77,7 +85,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("plover-demo: cannot start the runtime: {e}");

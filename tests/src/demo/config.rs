@@ -66,11 +66,17 @@ pub struct DemoConfig {
 }
 
 fn read(path: &Path) -> Result<String, DemoError> {
-    std::fs::read_to_string(path).map_err(|e| DemoError::Io { what: format!("read {}", path.display()), source: e })
+    std::fs::read_to_string(path).map_err(|e| DemoError::Io {
+        what: format!("read {}", path.display()),
+        source: e,
+    })
 }
 
 fn invalid(path: &Path, message: impl std::fmt::Display) -> DemoError {
-    DemoError::Config { path: path.to_owned(), message: message.to_string() }
+    DemoError::Config {
+        path: path.to_owned(),
+        message: message.to_string(),
+    }
 }
 
 fn parse_duration(path: &Path, field: &str, text: &str) -> Result<Duration, DemoError> {
@@ -80,15 +86,21 @@ fn parse_duration(path: &Path, field: &str, text: &str) -> Result<Duration, Demo
 impl DemoConfig {
     pub fn load(dir: &Path) -> Result<DemoConfig, DemoError> {
         let canary_path = dir.join("canary.yaml");
-        let canary: Canary = serde_yaml::from_str(&read(&canary_path)?).map_err(|e| invalid(&canary_path, e))?;
+        let canary: Canary =
+            serde_yaml::from_str(&read(&canary_path)?).map_err(|e| invalid(&canary_path, e))?;
         if canary.spec.traffic_routing.envoy.is_none() {
-            return Err(invalid(&canary_path, "spec.trafficRouting.envoy: local mode routes a real Envoy through its routes file"));
+            return Err(invalid(
+                &canary_path,
+                "spec.trafficRouting.envoy: local mode routes a real Envoy through its routes file",
+            ));
         }
         let templates_path = dir.join("templates.yaml");
-        let templates = template::load(&read(&templates_path)?).map_err(|e| invalid(&templates_path, e))?;
+        let templates =
+            template::load(&read(&templates_path)?).map_err(|e| invalid(&templates_path, e))?;
 
         let demo_path: PathBuf = dir.join("demo.yaml");
-        let file: DemoFile = serde_yaml::from_str(&read(&demo_path)?).map_err(|e| invalid(&demo_path, e))?;
+        let file: DemoFile =
+            serde_yaml::from_str(&read(&demo_path)?).map_err(|e| invalid(&demo_path, e))?;
         let mut revisions = BTreeMap::new();
         for (name, spec) in &file.revisions {
             let delay = match &spec.delay {
@@ -96,16 +108,26 @@ impl DemoConfig {
                 None => Duration::ZERO,
             };
             if !(0.0..=1.0).contains(&spec.error_share) {
-                return Err(invalid(&demo_path, format!("revisions.{name}.errorShare: between 0 and 1")));
+                return Err(invalid(
+                    &demo_path,
+                    format!("revisions.{name}.errorShare: between 0 and 1"),
+                ));
             }
-            let behaviour = Behaviour { delay, error_share: spec.error_share, error_status: spec.error_status.unwrap_or(500) };
+            let behaviour = Behaviour {
+                delay,
+                error_share: spec.error_share,
+                error_status: spec.error_status.unwrap_or(500),
+            };
             revisions.insert(name.clone(), behaviour);
         }
         let known = |field: String, revision: &str| {
             if revisions.contains_key(revision) {
                 Ok(())
             } else {
-                Err(invalid(&demo_path, format!("{field}: revision {revision:?} is not under `revisions`")))
+                Err(invalid(
+                    &demo_path,
+                    format!("{field}: revision {revision:?} is not under `revisions`"),
+                ))
             }
         };
         known("initialRevision".into(), &file.initial_revision)?;
@@ -113,7 +135,10 @@ impl DemoConfig {
             known(format!("releases[{i}].revision"), &r.revision)?;
         }
         if file.load.rps <= 0.0 || file.load.max_in_flight == 0 {
-            return Err(invalid(&demo_path, "load: rps and maxInFlight must be positive"));
+            return Err(invalid(
+                &demo_path,
+                "load: rps and maxInFlight must be positive",
+            ));
         }
         Ok(DemoConfig {
             canary,
@@ -129,12 +154,23 @@ impl DemoConfig {
 
     /// The Canary's namespace (the filter's rules and the exporter's queries use it).
     pub fn namespace(&self) -> String {
-        self.canary.metadata.namespace.clone().unwrap_or_else(|| "default".into())
+        self.canary
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into())
     }
 
     /// The service the filter tags requests with: the traffic check's, else the Canary's name.
     pub fn service(&self) -> String {
-        let named = self.canary.spec.traffic_check.as_ref().and_then(|c| c.service.clone());
-        named.or_else(|| self.canary.metadata.name.clone()).unwrap_or_else(|| "app".into())
+        let named = self
+            .canary
+            .spec
+            .traffic_check
+            .as_ref()
+            .and_then(|c| c.service.clone());
+        named
+            .or_else(|| self.canary.metadata.name.clone())
+            .unwrap_or_else(|| "app".into())
     }
 }

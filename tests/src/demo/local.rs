@@ -24,9 +24,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::jiff::Timestamp;
-use plover_controller::analysis::provider::{BoxFuture, Outcome, ProviderError, Providers, Settings, Source};
+use plover_controller::analysis::provider::{
+    BoxFuture, Outcome, ProviderError, Providers, Settings, Source,
+};
 use plover_controller::analysis::template::{self, MetricSpec};
-use plover_controller::canary::{decide, resolve, Action, Canary, CanaryStatus, EnvoyRouting, Observation, TrafficCheck, WorkloadState};
+use plover_controller::canary::{
+    decide, resolve, Action, Canary, CanaryStatus, EnvoyRouting, Observation, TrafficCheck,
+    WorkloadState,
+};
 use plover_controller::observe::{self, TrafficSource};
 use plover_controller::router::envoy_file;
 use plover_controller::runner::{CanaryKey, Runner};
@@ -79,17 +84,28 @@ struct Recording {
 }
 
 impl Source for Recording {
-    fn query<'a>(&'a self, metric: &'a MetricSpec) -> BoxFuture<'a, Result<Outcome, ProviderError>> {
+    fn query<'a>(
+        &'a self,
+        metric: &'a MetricSpec,
+    ) -> BoxFuture<'a, Result<Outcome, ProviderError>> {
         Box::pin(async move {
             let outcome = self.providers.query(metric).await;
             let text = match &outcome {
                 Ok(Outcome::Value { text, .. }) => text.clone(),
-                Ok(Outcome::Decided { phase, text, .. }) if text.is_empty() => format!("({phase:?})"),
+                Ok(Outcome::Decided { phase, text, .. }) if text.is_empty() => {
+                    format!("({phase:?})")
+                }
                 Ok(Outcome::Decided { text, .. }) => text.clone(),
                 Err(e) => format!("error: {e}"),
             };
             let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-            last.insert(metric.name.clone(), LastMeasurement { at: Instant::now(), text });
+            last.insert(
+                metric.name.clone(),
+                LastMeasurement {
+                    at: Instant::now(),
+                    text,
+                },
+            );
             outcome
         })
     }
@@ -123,13 +139,23 @@ impl LocalController {
         settings: Settings,
     ) -> Result<LocalController, DemoError> {
         let display_exporter = settings.exporter.clone().unwrap_or_default();
-        let routing = canary.spec.traffic_routing.envoy.clone().ok_or_else(|| DemoError::Controller("local mode needs spec.trafficRouting.envoy".into()))?;
-        let providers = Providers::new(settings).map_err(|e| DemoError::Controller(e.to_string()))?;
-        let recording = Arc::new(Recording { providers, last: Mutex::default() });
+        let routing = canary.spec.traffic_routing.envoy.clone().ok_or_else(|| {
+            DemoError::Controller("local mode needs spec.trafficRouting.envoy".into())
+        })?;
+        let providers =
+            Providers::new(settings).map_err(|e| DemoError::Controller(e.to_string()))?;
+        let recording = Arc::new(Recording {
+            providers,
+            last: Mutex::default(),
+        });
         let (runner, completed) = Runner::new(recording.clone(), Arc::new(SystemTime::now));
         let exporter = observe::Exporter::new().map_err(DemoError::Controller)?;
-        let object = serde_json::to_value(&canary).map_err(|e| DemoError::Controller(e.to_string()))?;
-        let key = (canary.metadata.namespace.clone().unwrap_or_default(), canary.metadata.name.clone().unwrap_or_default());
+        let object =
+            serde_json::to_value(&canary).map_err(|e| DemoError::Controller(e.to_string()))?;
+        let key = (
+            canary.metadata.namespace.clone().unwrap_or_default(),
+            canary.metadata.name.clone().unwrap_or_default(),
+        );
         Ok(LocalController {
             canary,
             object,
@@ -158,18 +184,28 @@ impl LocalController {
         let (namespace, name) = self.key.clone();
         // The display reads the same answer; without a traffic check it is fetched for the
         // display alone and the decision gets no observation, as in the cluster.
-        let check = self.canary.spec.traffic_check.clone().unwrap_or_else(|| TrafficCheck {
-            exporter: self.display_exporter.clone(),
-            window: Some(DISPLAY_WINDOW.into()),
-            ..TrafficCheck::default()
-        });
+        let check = self
+            .canary
+            .spec
+            .traffic_check
+            .clone()
+            .unwrap_or_else(|| TrafficCheck {
+                exporter: self.display_exporter.clone(),
+                window: Some(DISPLAY_WINDOW.into()),
+                ..TrafficCheck::default()
+            });
         let service = check.service.clone().unwrap_or_else(|| name.clone());
         // An exporter that does not answer is "no observation".
         self.stats = self.exporter.stats(&check, &namespace, &service).await.ok();
         // By the canary's revision, as `plover local` does: at the start of a release the window
         // still holds the previous revision's requests on the canary cluster.
-        let traffic =
-            self.canary.spec.traffic_check.as_ref().and(self.stats.as_ref()).map(|s| observe::traffic_of_revision(s, &canary));
+        let traffic = self
+            .canary
+            .spec
+            .traffic_check
+            .as_ref()
+            .and(self.stats.as_ref())
+            .map(|s| observe::traffic_of_revision(s, &canary));
         let status = self.canary.status.clone().unwrap_or_default();
         let verdicts = self.runner.verdicts(&self.key);
         let observation = Observation {
@@ -186,12 +222,23 @@ impl LocalController {
         let decision = decide(&observation);
         for action in decision.actions {
             match action {
-                Action::SetWeight { canary: canary_weight, stable: stable_weight } => {
+                Action::SetWeight {
+                    canary: canary_weight,
+                    stable: stable_weight,
+                } => {
                     let workload = &self.canary.spec.workload;
-                    envoy_file::set_weights(&self.routing, &workload.stable, &workload.canary, canary_weight, stable_weight)
-                        .map_err(|e| DemoError::Controller(e.to_string()))?;
+                    envoy_file::set_weights(
+                        &self.routing,
+                        &workload.stable,
+                        &workload.canary,
+                        canary_weight,
+                        stable_weight,
+                    )
+                    .map_err(|e| DemoError::Controller(e.to_string()))?;
                 }
-                Action::StartAnalysis { name: run, source, .. } => {
+                Action::StartAnalysis {
+                    name: run, source, ..
+                } => {
                     // Only the templates the source references, as the cluster controller
                     // fetches them: `resolve` merges every template it is given.
                     let referenced = self
@@ -216,15 +263,30 @@ impl LocalController {
                 Action::PromoteWorkload { revision } => {
                     lock(&self.workloads).promote(&revision)?;
                 }
-                Action::Event { warning, reason, message } => {
-                    self.events.push(Event { at: Instant::now(), warning, reason, message });
+                Action::Event {
+                    warning,
+                    reason,
+                    message,
+                } => {
+                    self.events.push(Event {
+                        at: Instant::now(),
+                        warning,
+                        reason,
+                        message,
+                    });
                     let excess = self.events.len().saturating_sub(EVENTS_KEPT);
                     self.events.drain(..excess);
                 }
             }
         }
-        let runs: Vec<&str> =
-            [&decision.status.step_analysis, &decision.status.background_analysis].into_iter().flatten().map(|r| r.name.as_str()).collect();
+        let runs: Vec<&str> = [
+            &decision.status.step_analysis,
+            &decision.status.background_analysis,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|r| r.name.as_str())
+        .collect();
         self.runner.retain(&self.key, &runs);
         self.canary.status = Some(decision.status);
         Ok(())
@@ -233,7 +295,12 @@ impl LocalController {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             status: self.canary.status.clone().unwrap_or_default(),
-            measurements: self.recording.last.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            measurements: self
+                .recording
+                .last
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             events: self.events.clone(),
             stats: self.stats.clone(),
         }
@@ -241,7 +308,11 @@ impl LocalController {
 
     /// Reconciles until `stop`, publishing a snapshot after each reconcile. Returns the error
     /// that stopped it.
-    pub async fn run(mut self, snapshots: watch::Sender<Snapshot>, mut stop: watch::Receiver<bool>) -> Result<(), DemoError> {
+    pub async fn run(
+        mut self,
+        snapshots: watch::Sender<Snapshot>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), DemoError> {
         loop {
             self.reconcile().await?;
             snapshots.send_replace(self.snapshot());

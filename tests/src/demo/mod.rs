@@ -41,7 +41,10 @@ pub enum DemoError {
     #[error("controller: {0}")]
     Controller(String),
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
 }
 
 /// What the command line asked for.

@@ -44,9 +44,16 @@ pub struct Display {
 fn terminal_width() -> usize {
     let size = std::fs::File::open("/dev/tty")
         .ok()
-        .and_then(|tty| std::process::Command::new("stty").arg("size").stdin(tty).output().ok())
+        .and_then(|tty| {
+            std::process::Command::new("stty")
+                .arg("size")
+                .stdin(tty)
+                .output()
+                .ok()
+        })
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    size.and_then(|s| s.split_whitespace().nth(1)?.parse().ok()).unwrap_or(100)
+    size.and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(100)
 }
 
 fn percent(ratio: Option<f64>) -> String {
@@ -74,7 +81,10 @@ fn run_line(kind: &str, run: &AnalysisRunStatus) -> String {
         run.failed,
         run.inconclusive,
         run.error,
-        run.message.as_deref().map(|m| format!("  {m}")).unwrap_or_default()
+        run.message
+            .as_deref()
+            .map(|m| format!("  {m}"))
+            .unwrap_or_default()
     )
 }
 
@@ -93,7 +103,13 @@ fn revision_line(r: &RevisionStats) -> String {
 impl Display {
     pub fn new(plain: bool) -> Display {
         let tty = !plain && std::io::stdout().is_terminal();
-        Display { tty, width: if tty { terminal_width() } else { usize::MAX }, drawn: 0, last_plain: None, events_until: None }
+        Display {
+            tty,
+            width: if tty { terminal_width() } else { usize::MAX },
+            drawn: 0,
+            last_plain: None,
+            events_until: None,
+        }
     }
 
     fn erase(&mut self, out: &mut impl Write) {
@@ -117,7 +133,14 @@ impl Display {
             .events
             .iter()
             .filter(|e| self.events_until.is_none_or(|t| e.at > t))
-            .map(|e| format!("  {} {}: {}", if e.warning { "⚠" } else { "•" }, e.reason, e.message))
+            .map(|e| {
+                format!(
+                    "  {} {}: {}",
+                    if e.warning { "⚠" } else { "•" },
+                    e.reason,
+                    e.message
+                )
+            })
             .collect();
         if let Some(last) = snapshot.events.last() {
             self.events_until = Some(last.at);
@@ -131,13 +154,18 @@ impl Display {
         self.events(f.snapshot);
         let s = &f.snapshot.status;
         let phase = s.phase.map_or("—", |p| p.as_str());
-        let observed = s.observed_weight.map_or_else(|| "—".into(), |w| format!("{w:.1}%"));
+        let observed = s
+            .observed_weight
+            .map_or_else(|| "—".into(), |w| format!("{w:.1}%"));
         let stats = f.snapshot.stats.as_ref();
         // The exporter keeps every revision it has seen in its window; those without a request
         // in the answer's window (earlier releases) are left out.
-        let revisions: Vec<&RevisionStats> = stats.map(|st| st.revisions.iter().filter(|r| r.requests > 0).collect()).unwrap_or_default();
+        let revisions: Vec<&RevisionStats> = stats
+            .map(|st| st.revisions.iter().filter(|r| r.requests > 0).collect())
+            .unwrap_or_default();
         let load = &f.load;
-        let counter = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let counter =
+            |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         let now = Instant::now();
         let measurements: Vec<String> = f
             .snapshot
@@ -148,7 +176,10 @@ impl Display {
             .collect();
 
         if !self.tty {
-            if self.last_plain.is_some_and(|t| now.duration_since(t) < PLAIN_EVERY) {
+            if self
+                .last_plain
+                .is_some_and(|t| now.duration_since(t) < PLAIN_EVERY)
+            {
                 return;
             }
             self.last_plain = Some(now);
@@ -174,7 +205,11 @@ impl Display {
             }
             for (kind, run) in [("bg", &s.background_analysis), ("step", &s.step_analysis)] {
                 if let Some(run) = run {
-                    let _ = write!(line, " | {kind} {:?} ✔{} ✖{} ?{} ⚠{}", run.phase, run.successful, run.failed, run.inconclusive, run.error);
+                    let _ = write!(
+                        line,
+                        " | {kind} {:?} ✔{} ✖{} ?{} ⚠{}",
+                        run.phase, run.successful, run.failed, run.inconclusive, run.error
+                    );
                 }
             }
             if !measurements.is_empty() {
@@ -193,19 +228,32 @@ impl Display {
                 f.elapsed.as_secs_f64(),
                 step(s, steps),
                 // The plain "step i/n" message repeats what the step column says.
-                s.message.as_deref().filter(|m| !m.starts_with("step ")).map(|m| format!("  ({m})")).unwrap_or_default()
+                s.message
+                    .as_deref()
+                    .filter(|m| !m.starts_with("step "))
+                    .map(|m| format!("  ({m})"))
+                    .unwrap_or_default()
             ),
             format!(
                 "weight     desired {}%   observed {observed}{}",
                 s.desired_weight,
-                stats.map(|st| format!(" over the last {}s", st.window_seconds)).unwrap_or_default()
+                stats
+                    .map(|st| format!(" over the last {}s", st.window_seconds))
+                    .unwrap_or_default()
             ),
         ];
         if revisions.is_empty() {
             lines.push("revision   (no traffic in the exporter's window yet)".into());
         }
-        lines.extend(revisions.iter().map(|r| format!("revision   {}", revision_line(r))));
-        for (kind, run) in [("background", &s.background_analysis), ("step", &s.step_analysis)] {
+        lines.extend(
+            revisions
+                .iter()
+                .map(|r| format!("revision   {}", revision_line(r))),
+        );
+        for (kind, run) in [
+            ("background", &s.background_analysis),
+            ("step", &s.step_analysis),
+        ] {
             if let Some(run) = run {
                 lines.push(format!("analysis   {}", run_line(kind, run)));
             }

@@ -31,25 +31,40 @@ impl Prometheus {
                scrape_interval: 1s\n  \
                static_configs: [{{targets: ['{target}']}}]\n"
         );
-        std::fs::write(&config, text).map_err(|e| DemoError::Io { what: format!("write {}", config.display()), source: e })?;
+        std::fs::write(&config, text).map_err(|e| DemoError::Io {
+            what: format!("write {}", config.display()),
+            source: e,
+        })?;
         let port = free_port();
         let mut command = Command::new(binary);
         command
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("prometheus-data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("prometheus-data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"));
         let mut process = ChildGuard::spawn("prometheus", command, &dir.join("prometheus.log"));
         let url = format!("http://127.0.0.1:{port}");
         let http = client();
         for _ in 0..300 {
             if let Ok(Some(status)) = process.try_wait() {
-                return Err(DemoError::Start { what: "prometheus", message: format!("exited ({status}): {}", process.log_text()) });
+                return Err(DemoError::Start {
+                    what: "prometheus",
+                    message: format!("exited ({status}): {}", process.log_text()),
+                });
             }
             if get(&http, &format!("{url}/-/ready"), "").await.0 == 200 {
-                return Ok(Prometheus { url, _process: process });
+                return Ok(Prometheus {
+                    url,
+                    _process: process,
+                });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Err(DemoError::Start { what: "prometheus", message: format!("not ready after 30s: {}", process.log_text()) })
+        Err(DemoError::Start {
+            what: "prometheus",
+            message: format!("not ready after 30s: {}", process.log_text()),
+        })
     }
 }

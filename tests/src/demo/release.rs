@@ -66,7 +66,10 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn as_expected(&self) -> bool {
-        matches!((self.expected, self.result), (Expect::Promoted, Ending::Promoted) | (Expect::RolledBack, Ending::RolledBack))
+        matches!(
+            (self.expected, self.result),
+            (Expect::Promoted, Ending::Promoted) | (Expect::RolledBack, Ending::RolledBack)
+        )
     }
 
     pub fn summary_line(&self) -> String {
@@ -86,7 +89,10 @@ impl Outcome {
             self.canary_errors,
         );
         if let Some(exposure) = self.canary_exposure_seconds {
-            let _ = std::fmt::Write::write_fmt(&mut line, format_args!("; {exposure:.1}s from its first request to all traffic on stable"));
+            let _ = std::fmt::Write::write_fmt(
+                &mut line,
+                format_args!("; {exposure:.1}s from its first request to all traffic on stable"),
+            );
         }
         line
     }
@@ -105,7 +111,10 @@ async fn release(
     let backend = Backend::start(revision, config.revisions[&spec.revision].clone()).await;
     let started = Instant::now();
     lock(&stack.workloads).release(backend)?;
-    display.line(&format!("▶ release {}: {from} → {revision} (expect {:?})", spec.name, spec.expect));
+    display.line(&format!(
+        "▶ release {}: {from} → {revision} (expect {:?})",
+        spec.name, spec.expect
+    ));
     let steps = config.canary.spec.steps.len();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let result = loop {
@@ -123,7 +132,10 @@ async fn release(
         display.frame(&frame, steps);
         let status = &snapshot.status;
         let ours = status.revision.as_deref() == Some(revision);
-        if ours && status.phase == Some(CanaryPhase::Healthy) && status.stable_revision.as_deref() == Some(revision) {
+        if ours
+            && status.phase == Some(CanaryPhase::Healthy)
+            && status.stable_revision.as_deref() == Some(revision)
+        {
             break Ending::Promoted;
         }
         if ours && status.phase == Some(CanaryPhase::Degraded) && status.aborted_at.is_some() {
@@ -134,7 +146,12 @@ async fn release(
         }
     };
     let seconds = started.elapsed().as_secs_f64();
-    let message = snapshots.borrow().status.message.clone().unwrap_or_default();
+    let message = snapshots
+        .borrow()
+        .status
+        .message
+        .clone()
+        .unwrap_or_default();
     if result == Ending::RolledBack {
         // The canary's last request marks the moment all traffic was back on stable; wait
         // long enough for any straggler to show up before reading it.
@@ -144,10 +161,23 @@ async fn release(
     let workloads = lock(&stack.workloads);
     let canary = workloads.backend(revision);
     let (canary_requests, canary_errors) = canary.map_or((0, 0), |b| {
-        (b.served(), b.served_by_status().iter().filter(|(code, _)| **code >= 500).map(|(_, n)| n).sum())
+        (
+            b.served(),
+            b.served_by_status()
+                .iter()
+                .filter(|(code, _)| **code >= 500)
+                .map(|(_, n)| n)
+                .sum(),
+        )
     });
-    let canary_exposure_seconds = match (result, canary.and_then(Backend::first_served_at), canary.and_then(Backend::last_served_at)) {
-        (Ending::RolledBack, Some(first), Some(last)) => Some(last.duration_since(first).as_secs_f64()),
+    let canary_exposure_seconds = match (
+        result,
+        canary.and_then(Backend::first_served_at),
+        canary.and_then(Backend::last_served_at),
+    ) {
+        (Ending::RolledBack, Some(first), Some(last)) => {
+            Some(last.duration_since(first).as_secs_f64())
+        }
         _ => None,
     };
     Ok(Outcome {
@@ -170,10 +200,15 @@ fn plan(config: &DemoConfig, opts: &Options) -> Result<Vec<(ReleaseSpec, String)
     let fixtures = opts.fixtures.join("demo.yaml");
     if let Some(runs) = opts.bench_runs {
         let find = |expect| {
-            config.releases.iter().find(|r| r.expect == expect).cloned().ok_or_else(|| DemoError::Config {
-                path: fixtures.clone(),
-                message: format!("the benchmark needs a release expected to end {expect:?}"),
-            })
+            config
+                .releases
+                .iter()
+                .find(|r| r.expect == expect)
+                .cloned()
+                .ok_or_else(|| DemoError::Config {
+                    path: fixtures.clone(),
+                    message: format!("the benchmark needs a release expected to end {expect:?}"),
+                })
         };
         let (bad, healthy) = (find(Expect::RolledBack)?, find(Expect::Promoted)?);
         let mut plan = Vec::new();
@@ -186,24 +221,39 @@ fn plan(config: &DemoConfig, opts: &Options) -> Result<Vec<(ReleaseSpec, String)
     let chosen: Vec<ReleaseSpec> = match &opts.scenario {
         None => config.releases.clone(),
         Some(name) => {
-            let found: Vec<_> = config.releases.iter().filter(|r| &r.name == name).cloned().collect();
+            let found: Vec<_> = config
+                .releases
+                .iter()
+                .filter(|r| &r.name == name)
+                .cloned()
+                .collect();
             if found.is_empty() {
                 let names: Vec<&str> = config.releases.iter().map(|r| r.name.as_str()).collect();
-                return Err(DemoError::Config { path: fixtures, message: format!("no release {name:?}; releases: {}", names.join(", ")) });
+                return Err(DemoError::Config {
+                    path: fixtures,
+                    message: format!("no release {name:?}; releases: {}", names.join(", ")),
+                });
             }
             found
         }
     };
-    Ok(chosen.into_iter().map(|r| {
-        let revision = r.revision.clone();
-        (r, revision)
-    }).collect())
+    Ok(chosen
+        .into_iter()
+        .map(|r| {
+            let revision = r.revision.clone();
+            (r, revision)
+        })
+        .collect())
 }
 
 /// Starts the stack and the controller and runs the releases, adding each outcome to
 /// `outcomes` as it ends (so a caller that stops the demo early still has them). With
 /// `keep_running` it then waits forever (the caller stops it on Ctrl-C).
-pub async fn run(opts: &Options, display: &mut Display, outcomes: &mut Vec<Outcome>) -> Result<(), DemoError> {
+pub async fn run(
+    opts: &Options,
+    display: &mut Display,
+    outcomes: &mut Vec<Outcome>,
+) -> Result<(), DemoError> {
     let config = DemoConfig::load(&opts.fixtures)?;
     let plan = plan(&config, opts)?;
     display.line("starting: demo app, exporter, Prometheus, Envoy with the Plover filter, controller, load …");
@@ -218,7 +268,10 @@ pub async fn run(opts: &Options, display: &mut Display, outcomes: &mut Vec<Outco
             config.namespace(),
             config.service()
         ),
-        format!("  Envoy admin      http://127.0.0.1:{}/", stack.envoy.admin_port),
+        format!(
+            "  Envoy admin      http://127.0.0.1:{}/",
+            stack.envoy.admin_port
+        ),
         format!("  state dir        {}", stack.dir.path().display()),
     ];
     for line in &urls {
@@ -235,7 +288,12 @@ pub async fn run(opts: &Options, display: &mut Display, outcomes: &mut Vec<Outco
         prometheus_default: Some(stack.prometheus.url.clone()),
         exporter: Some(stack.exporter_url()),
     };
-    let controller = LocalController::new(canary, config.templates.clone(), stack.workloads.clone(), settings)?;
+    let controller = LocalController::new(
+        canary,
+        config.templates.clone(),
+        stack.workloads.clone(),
+        settings,
+    )?;
     let (snapshot_tx, mut snapshots) = watch::channel(Snapshot::default());
     let (stop, stopped) = watch::channel(false);
     let controller = AbortOnDrop(tokio::spawn(controller.run(snapshot_tx, stopped)));
@@ -244,7 +302,10 @@ pub async fn run(opts: &Options, display: &mut Display, outcomes: &mut Vec<Outco
     let warm = Instant::now();
     loop {
         let snapshot = snapshots.borrow().clone();
-        let seen = snapshot.stats.as_ref().is_some_and(|s| s.revisions.iter().any(|r| r.requests > 0));
+        let seen = snapshot
+            .stats
+            .as_ref()
+            .is_some_and(|s| s.revisions.iter().any(|r| r.requests > 0));
         if snapshot.status.phase == Some(CanaryPhase::Healthy) && seen {
             break;
         }
@@ -260,7 +321,10 @@ pub async fn run(opts: &Options, display: &mut Display, outcomes: &mut Vec<Outco
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    display.line(&format!("steady: stable runs {} and takes all traffic", lock(&stack.workloads).stable()));
+    display.line(&format!(
+        "steady: stable runs {} and takes all traffic",
+        lock(&stack.workloads).stable()
+    ));
 
     for (spec, revision) in &plan {
         let outcome = release(&config, &stack, &mut snapshots, display, spec, revision).await?;
@@ -313,11 +377,26 @@ pub fn bench_figures(outcomes: &[Outcome]) -> String {
         .filter_map(|o| o.canary_exposure_seconds)
         .collect();
     exposures.sort_by(f64::total_cmp);
-    let bad = outcomes.iter().filter(|o| o.expected == Expect::RolledBack).count();
-    let missed = outcomes.iter().filter(|o| o.expected == Expect::RolledBack && o.result != Ending::RolledBack).count();
-    let healthy = outcomes.iter().filter(|o| o.expected == Expect::Promoted).count();
-    let wrong = outcomes.iter().filter(|o| o.expected == Expect::Promoted && o.result == Ending::RolledBack).count();
-    let stuck = outcomes.iter().filter(|o| o.expected == Expect::Promoted && o.result == Ending::TimedOut).count();
+    let bad = outcomes
+        .iter()
+        .filter(|o| o.expected == Expect::RolledBack)
+        .count();
+    let missed = outcomes
+        .iter()
+        .filter(|o| o.expected == Expect::RolledBack && o.result != Ending::RolledBack)
+        .count();
+    let healthy = outcomes
+        .iter()
+        .filter(|o| o.expected == Expect::Promoted)
+        .count();
+    let wrong = outcomes
+        .iter()
+        .filter(|o| o.expected == Expect::Promoted && o.result == Ending::RolledBack)
+        .count();
+    let stuck = outcomes
+        .iter()
+        .filter(|o| o.expected == Expect::Promoted && o.result == Ending::TimedOut)
+        .count();
     let median = match exposures.len() {
         0 => f64::NAN,
         n if n % 2 == 1 => exposures[n / 2],

@@ -54,11 +54,16 @@ impl Workloads {
     fn write_clusters(&mut self) -> Result<(), DemoError> {
         // Backends neither cluster serves any more are stopped.
         let (stable, canary) = (self.stable.clone(), self.canary.clone());
-        self.backends.retain(|revision, _| *revision == stable || *revision == canary);
+        self.backends
+            .retain(|revision, _| *revision == stable || *revision == canary);
         let port = |revision: &str| self.backends[revision].port;
-        let doc = clusters_document(&[(&self.stable_cluster, port(&stable)), (&self.canary_cluster, port(&canary))]);
+        let doc = clusters_document(&[
+            (&self.stable_cluster, port(&stable)),
+            (&self.canary_cluster, port(&canary)),
+        ]);
         let text = serde_json::to_string_pretty(&doc).expect("a JSON value serializes");
-        envoy_file::write_atomically(&self.clusters_file, &text).map_err(|e| DemoError::Controller(e.to_string()))?;
+        envoy_file::write_atomically(&self.clusters_file, &text)
+            .map_err(|e| DemoError::Controller(e.to_string()))?;
         Ok(())
     }
 
@@ -72,7 +77,9 @@ impl Workloads {
     /// Points the stable workload at the backend of `revision` (the controller's promotion).
     pub fn promote(&mut self, revision: &str) -> Result<(), DemoError> {
         if !self.backends.contains_key(revision) {
-            return Err(DemoError::Controller(format!("promote: no backend runs revision {revision}")));
+            return Err(DemoError::Controller(format!(
+                "promote: no backend runs revision {revision}"
+            )));
         }
         self.stable = revision.to_owned();
         self.write_clusters()
@@ -81,7 +88,9 @@ impl Workloads {
 
 /// Locks the shared workloads (a panic elsewhere leaves plain data behind; keep using it).
 pub fn lock(workloads: &Mutex<Workloads>) -> std::sync::MutexGuard<'_, Workloads> {
-    workloads.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    workloads
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What the load generator saw.
@@ -135,7 +144,10 @@ impl Load {
                 });
             }
         });
-        Load { counters, _stop: stop }
+        Load {
+            counters,
+            _stop: stop,
+        }
     }
 }
 
@@ -177,16 +189,36 @@ impl Stack {
         let dir = tempfile::Builder::new()
             .prefix("plover-demo-")
             .tempdir()
-            .map_err(|e| DemoError::Io { what: "create the temp dir".into(), source: e })?;
+            .map_err(|e| DemoError::Io {
+                what: "create the temp dir".into(),
+                source: e,
+            })?;
         let xds = dir.path().join("xds");
-        std::fs::create_dir(&xds).map_err(|e| DemoError::Io { what: format!("create {}", xds.display()), source: e })?;
+        std::fs::create_dir(&xds).map_err(|e| DemoError::Io {
+            what: format!("create {}", xds.display()),
+            source: e,
+        })?;
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .map_err(|e| DemoError::Io { what: "bind the exporter".into(), source: e })?;
-        let exporter_port = listener.local_addr().map_err(|e| DemoError::Io { what: "exporter address".into(), source: e })?.port();
-        let exporter_config = plover_exporter::Config::parse_from(["plover-exporter", "--token", TOKEN])
-            .map_err(|e| DemoError::Start { what: "exporter", message: e.to_string() })?;
+            .map_err(|e| DemoError::Io {
+                what: "bind the exporter".into(),
+                source: e,
+            })?;
+        let exporter_port = listener
+            .local_addr()
+            .map_err(|e| DemoError::Io {
+                what: "exporter address".into(),
+                source: e,
+            })?
+            .port();
+        let exporter_config =
+            plover_exporter::Config::parse_from(["plover-exporter", "--token", TOKEN]).map_err(
+                |e| DemoError::Start {
+                    what: "exporter",
+                    message: e.to_string(),
+                },
+            )?;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             if let Err(e) = plover_exporter::run(exporter_config, listener, async {
@@ -197,9 +229,14 @@ impl Stack {
                 eprintln!("plover-demo: exporter stopped: {e}");
             }
         });
-        let exporter = Exporter { port: exporter_port, stop: Some(stop), task };
+        let exporter = Exporter {
+            port: exporter_port,
+            stop: Some(stop),
+            task,
+        };
 
-        let prometheus = Prometheus::start(dir.path(), &format!("127.0.0.1:{exporter_port}")).await?;
+        let prometheus =
+            Prometheus::start(dir.path(), &format!("127.0.0.1:{exporter_port}")).await?;
 
         let initial = &config.initial_revision;
         let backend = Backend::start(initial, config.revisions[initial].clone()).await;
@@ -216,23 +253,32 @@ impl Stack {
 
         // The routes file is the controller's (its router writes it); the gateway needs one to
         // start with: everything on stable.
-        let mut routing = config.canary.spec.traffic_routing.envoy.clone().expect("checked when the config was loaded");
+        let mut routing = config
+            .canary
+            .spec
+            .traffic_routing
+            .envoy
+            .clone()
+            .expect("checked when the config was loaded");
         let routes_file = xds.join(&routing.routes_file);
         routing.routes_file = routes_file.display().to_string();
-        envoy_file::set_weights(&routing, &workload.stable, &workload.canary, 0, 100)
-            .map_err(|e| DemoError::Start { what: "routes file", message: e.to_string() })?;
+        envoy_file::set_weights(&routing, &workload.stable, &workload.canary, 0, 100).map_err(
+            |e| DemoError::Start {
+                what: "routes file",
+                message: e.to_string(),
+            },
+        )?;
 
         let (namespace, service) = (config.namespace(), config.service());
-        let rule = |cluster: &str, role: &str| {
-            serde_json::json!({"match": {"exact": cluster}, "namespace": namespace, "service": service, "role": role})
-        };
+        let rule = |cluster: &str, role: &str| serde_json::json!({"match": {"exact": cluster}, "namespace": namespace, "service": service, "role": role});
         let filter = serde_json::json!({
             "exporter": {"cluster": "plover_exporter", "token": TOKEN},
             "sources": ["cluster", "response_header"],
             "response_header": {"name": REVISION_HEADER},
             "rules": [rule(&workload.stable, "stable"), rule(&workload.canary, "canary")],
         });
-        let (watched_dir, routes, clusters_file) = (xds.clone(), routes_file.clone(), xds.join("clusters.json"));
+        let (watched_dir, routes, clusters_file) =
+            (xds.clone(), routes_file.clone(), xds.join("clusters.json"));
         let route_config_name = routing.route_config_name.clone();
         let dir_path = dir.path().to_path_buf();
         // The harness reports a missing Envoy or filter, and a gateway that does not come up, by
@@ -253,11 +299,25 @@ impl Stack {
             })
         })
         .await
-        .map_err(|e| DemoError::Start { what: "envoy", message: e.to_string() })?
-        .map_err(|panic| DemoError::Start { what: "envoy", message: panic_text(panic) })?;
+        .map_err(|e| DemoError::Start {
+            what: "envoy",
+            message: e.to_string(),
+        })?
+        .map_err(|panic| DemoError::Start {
+            what: "envoy",
+            message: panic_text(panic),
+        })?;
 
         let load = Load::start(envoy.url("/"), config.load.rps, config.load.max_in_flight);
-        Ok(Stack { workloads: Arc::new(Mutex::new(workloads)), envoy, prometheus, load, routes_file, exporter, dir })
+        Ok(Stack {
+            workloads: Arc::new(Mutex::new(workloads)),
+            envoy,
+            prometheus,
+            load,
+            routes_file,
+            exporter,
+            dir,
+        })
     }
 }
 
