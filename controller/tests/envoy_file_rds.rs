@@ -1,7 +1,7 @@
 //! The Envoy file-RDS router against a real Envoy: the routes file it writes loads, a rename
 //! into the watched directory is picked up, and the split, a promotion (single cluster) and a
 //! rollback take effect. Envoy is `$PLOVER_ENVOY` or `envoy` on the PATH (`cargo xtask test`
-//! installs it); without one the test says so and passes.
+//! installs it); without one the test fails.
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
