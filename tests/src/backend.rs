@@ -156,3 +156,32 @@ impl Backend {
         self.state.lock().expect("backend state").by_status.clone()
     }
 }
+
+/// Delay of the stable revision in the latency tests, ms.
+pub const STABLE_DELAY_MS: u64 = 20;
+/// Delay of the canary revision in the latency tests, ms.
+pub const CANARY_DELAY_MS: u64 = 50;
+
+/// The two revisions the latency tests compare: stable `v1` answering after
+/// [`STABLE_DELAY_MS`], canary `v2` after [`CANARY_DELAY_MS`] and failing exactly 10% of its
+/// requests with `canary_error_status`.
+pub async fn stable_and_slower_failing_canary(canary_error_status: u16) -> (Backend, Backend) {
+    let stable = Backend::start(
+        "v1",
+        Behaviour {
+            delay: Duration::from_millis(STABLE_DELAY_MS),
+            ..Behaviour::default()
+        },
+    )
+    .await;
+    let canary = Backend::start(
+        "v2",
+        Behaviour {
+            delay: Duration::from_millis(CANARY_DELAY_MS),
+            error_share: 0.1,
+            error_status: canary_error_status,
+        },
+    )
+    .await;
+    (stable, canary)
+}

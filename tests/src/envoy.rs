@@ -32,6 +32,22 @@ pub struct WasmFilter {
     pub root_id: String,
 }
 
+/// Plover filter configuration for the end-to-end tests: clusters `stable` and `canary` are
+/// revisions `v1` and `v2` of `demo/app`; the exporter is the cluster `plover_exporter`.
+/// `extra` is spliced in as further top-level fields (`, "k": v`).
+pub fn plover_test_config(token: &str, extra: &str) -> String {
+    format!(
+        r#"{{
+            "gateway_id": "e2e-gateway",
+            "exporter": {{"cluster": "plover_exporter", "token": "{token}"}},
+            "rules": [
+                {{"match": {{"exact": "stable"}}, "namespace": "demo", "service": "app", "role": "stable", "revision": "v1"}},
+                {{"match": {{"exact": "canary"}}, "namespace": "demo", "service": "app", "role": "canary", "revision": "v2"}}
+            ]{extra}
+        }}"#
+    )
+}
+
 impl WasmFilter {
     /// The Plover filter as built by `cargo xtask wasm`, with `configuration`.
     pub fn plover(configuration: String) -> WasmFilter {

@@ -4,25 +4,13 @@
 
 use std::time::Duration;
 
-use plover_e2e::backend::{Backend, Behaviour};
-use plover_e2e::envoy::{Envoy, GatewaySpec, Upstream, WasmFilter};
+use plover_e2e::backend::{stable_and_slower_failing_canary, CANARY_DELAY_MS, STABLE_DELAY_MS};
+use plover_e2e::envoy::{plover_test_config, Envoy, GatewaySpec, Upstream, WasmFilter};
 use plover_e2e::http::{client, get, load};
 use plover_e2e::{assert_latency_close, exclusive};
 use plover_wire::stats::StatsResponse;
 
 const TOKEN: &str = "chain-token";
-
-fn filter_config() -> String {
-    format!(
-        r#"{{
-            "exporter": {{"cluster": "plover_exporter", "token": "{TOKEN}"}},
-            "rules": [
-                {{"match": {{"exact": "stable"}}, "namespace": "demo", "service": "app", "role": "stable", "revision": "v1"}},
-                {{"match": {{"exact": "canary"}}, "namespace": "demo", "service": "app", "role": "canary", "revision": "v2"}}
-            ]
-        }}"#
-    )
-}
 
 async fn stats(port: u16, window: &str) -> StatsResponse {
     let url =
@@ -35,23 +23,7 @@ async fn stats(port: u16, window: &str) -> StatsResponse {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_count_every_request_per_revision_and_match_the_backends_latency() {
     let _serial = exclusive().await;
-    let stable = Backend::start(
-        "v1",
-        Behaviour {
-            delay: Duration::from_millis(20),
-            ..Behaviour::default()
-        },
-    )
-    .await;
-    let canary = Backend::start(
-        "v2",
-        Behaviour {
-            delay: Duration::from_millis(50),
-            error_share: 0.1,
-            error_status: 500,
-        },
-    )
-    .await;
+    let (stable, canary) = stable_and_slower_failing_canary(500).await;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let exporter_port = listener.local_addr().unwrap().port();
@@ -77,7 +49,7 @@ async fn stats_count_every_request_per_revision_and_match_the_backends_latency()
                     weight: 30,
                 },
             ],
-            filter: Some(WasmFilter::plover(filter_config())),
+            filter: Some(WasmFilter::plover(plover_test_config(TOKEN, ""))),
             exporter: Some(("plover_exporter".into(), exporter_port)),
             ..GatewaySpec::default()
         },
@@ -124,7 +96,10 @@ async fn stats_count_every_request_per_revision_and_match_the_backends_latency()
     assert_eq!(v1.traffic_share, stable.served() as f64 / served as f64);
     assert_eq!(v2.latency_samples, canary.served());
 
-    for (backend, entry, delay_ms) in [(&stable, v1, 20), (&canary, v2, 50)] {
+    for (backend, entry, delay_ms) in [
+        (&stable, v1, STABLE_DELAY_MS),
+        (&canary, v2, CANARY_DELAY_MS),
+    ] {
         let client_seen = &report.latency_by_revision[&backend.revision];
         for (q, value) in [
             (0.5, entry.latency_seconds.p50),

@@ -4,8 +4,10 @@
 use std::time::Duration;
 
 use plover_e2e::assert_latency_close;
-use plover_e2e::backend::{Backend, Behaviour};
-use plover_e2e::envoy::{Envoy, GatewaySpec, Upstream, WasmFilter};
+use plover_e2e::backend::{
+    stable_and_slower_failing_canary, Backend, Behaviour, CANARY_DELAY_MS, STABLE_DELAY_MS,
+};
+use plover_e2e::envoy::{plover_test_config, Envoy, GatewaySpec, Upstream, WasmFilter};
 use plover_e2e::http::load;
 use plover_e2e::process::wait_until;
 use plover_e2e::sink::Sink;
@@ -15,16 +17,7 @@ const TOKEN: &str = "e2e-token";
 const TAG: &str = "x-plover-revision";
 
 fn plover_config(extra: &str) -> String {
-    format!(
-        r#"{{
-            "gateway_id": "e2e-gateway",
-            "exporter": {{"cluster": "plover_exporter", "token": "{TOKEN}"}},
-            "rules": [
-                {{"match": {{"exact": "stable"}}, "namespace": "demo", "service": "app", "role": "stable", "revision": "v1"}},
-                {{"match": {{"exact": "canary"}}, "namespace": "demo", "service": "app", "role": "canary", "revision": "v2"}}
-            ]{extra}
-        }}"#
-    )
+    plover_test_config(TOKEN, extra)
 }
 
 fn gateway(stable: &Backend, canary: &Backend, sink: &Sink, configuration: String) -> GatewaySpec {
@@ -61,23 +54,7 @@ async fn wait_for_sink(sink: &Sink, expected: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_statuses_latency_and_tags_match_what_each_backend_served() {
     let _serial = plover_e2e::exclusive().await;
-    let stable = Backend::start(
-        "v1",
-        Behaviour {
-            delay: Duration::from_millis(20),
-            ..Behaviour::default()
-        },
-    )
-    .await;
-    let canary = Backend::start(
-        "v2",
-        Behaviour {
-            delay: Duration::from_millis(50),
-            error_share: 0.1,
-            error_status: 503,
-        },
-    )
-    .await;
+    let (stable, canary) = stable_and_slower_failing_canary(503).await;
     let sink = Sink::start(TOKEN).await;
     let dir = tempfile::tempdir().unwrap();
     let envoy = Envoy::start(
@@ -141,7 +118,7 @@ async fn counts_statuses_latency_and_tags_match_what_each_backend_served() {
     assert_eq!(report.by_tag.get("stable/v1"), Some(&stable.served()));
     assert_eq!(report.by_tag.get("canary/v2"), Some(&canary.served()));
 
-    for (backend, delay_ms) in [(&stable, 20), (&canary, 50)] {
+    for (backend, delay_ms) in [(&stable, STABLE_DELAY_MS), (&canary, CANARY_DELAY_MS)] {
         let revision = backend.revision.as_str();
         for q in [0.5, 0.99] {
             let measured = received.durations[revision].value_at_quantile(q).unwrap() as f64;
