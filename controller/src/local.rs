@@ -263,14 +263,7 @@ pub async fn run(opts: Options, out: &mut (dyn Write + Send)) -> Result<Outcome,
                 }
             }
         }
-        let keep: Vec<&str> = [
-            &decision.status.step_analysis,
-            &decision.status.background_analysis,
-        ]
-        .into_iter()
-        .flatten()
-        .map(|r| r.name.as_str())
-        .collect();
+        let keep = decision.status.analysis_runs_in_use();
         runner.retain(&key, &keep);
         // A request that arrived while we decided must not be lost by our write.
         let latest = read_status(&status_file)?;

@@ -342,14 +342,7 @@ async fn execute(
             }
         }
     }
-    let keep: Vec<&str> = [
-        &decision.status.step_analysis,
-        &decision.status.background_analysis,
-    ]
-    .into_iter()
-    .flatten()
-    .map(|r| r.name.as_str())
-    .collect();
+    let keep = decision.status.analysis_runs_in_use();
     ctx.runner.retain(key, &keep);
     Ok(())
 }

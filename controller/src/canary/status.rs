@@ -202,6 +202,16 @@ pub mod reasons {
 }
 
 impl CanaryStatus {
+    /// Names of the analysis runs this status still refers to (the step's and the background
+    /// one): every other run of the Canary may be stopped.
+    pub fn analysis_runs_in_use(&self) -> Vec<&str> {
+        [&self.step_analysis, &self.background_analysis]
+            .into_iter()
+            .flatten()
+            .map(|r| r.name.as_str())
+            .collect()
+    }
+
     pub fn condition(&self, type_: &str) -> Option<&Condition> {
         self.conditions.iter().find(|c| c.type_ == type_)
     }

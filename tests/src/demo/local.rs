@@ -279,14 +279,7 @@ impl LocalController {
                 }
             }
         }
-        let runs: Vec<&str> = [
-            &decision.status.step_analysis,
-            &decision.status.background_analysis,
-        ]
-        .into_iter()
-        .flatten()
-        .map(|r| r.name.as_str())
-        .collect();
+        let runs = decision.status.analysis_runs_in_use();
         self.runner.retain(&self.key, &runs);
         self.canary.status = Some(decision.status);
         Ok(())
