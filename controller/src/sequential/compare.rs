@@ -31,12 +31,15 @@ pub struct ErrorRatioJudge {
 
 impl ErrorRatioJudge {
     pub fn new(config: OddsTestConfig) -> ErrorRatioJudge {
-        ErrorRatioJudge { test: OddsTest::new(config) }
+        ErrorRatioJudge {
+            test: OddsTest::new(config),
+        }
     }
 
     pub fn observe(&mut self, interval: &Interval) -> Evidence {
         let (c, s) = (&interval.canary, &interval.stable);
-        self.test.observe(c.requests, c.errors, s.requests, s.errors);
+        self.test
+            .observe(c.requests, c.errors, s.requests, s.errors);
         self.test.evidence()
     }
 }
@@ -56,7 +59,12 @@ pub struct LatencyQuantileJudge {
 
 impl LatencyQuantileJudge {
     pub fn new(quantile: f64, config: OddsTestConfig) -> LatencyQuantileJudge {
-        LatencyQuantileJudge { quantile, test: OddsTest::new(config), stable_so_far: Histogram::new(), threshold_micros: None }
+        LatencyQuantileJudge {
+            quantile,
+            test: OddsTest::new(config),
+            stable_so_far: Histogram::new(),
+            threshold_micros: None,
+        }
     }
 
     pub fn observe(&mut self, interval: &Interval) -> Evidence {
@@ -64,7 +72,8 @@ impl LatencyQuantileJudge {
         if let Some(threshold) = self.threshold_micros {
             let slower = |h: &Histogram| h.count() - h.count_at_or_below(threshold);
             let (c, s) = (&interval.canary.latency, &interval.stable.latency);
-            self.test.observe(c.count(), slower(c), s.count(), slower(s));
+            self.test
+                .observe(c.count(), slower(c), s.count(), slower(s));
         }
         self.stable_so_far.merge(&interval.stable.latency);
         self.test.evidence()
@@ -84,26 +93,43 @@ pub const DISTRIBUTION_QUANTILES: [f64; 4] = [0.5, 0.75, 0.9, 0.99];
 
 impl LatencyDistributionJudge {
     pub fn new(config: OddsTestConfig) -> LatencyDistributionJudge {
-        let share = OddsTestConfig { alpha: config.alpha / DISTRIBUTION_QUANTILES.len() as f64, ..config };
+        let share = OddsTestConfig {
+            alpha: config.alpha / DISTRIBUTION_QUANTILES.len() as f64,
+            ..config
+        };
         LatencyDistributionJudge {
-            judges: DISTRIBUTION_QUANTILES.iter().map(|&q| LatencyQuantileJudge::new(q, share)).collect(),
+            judges: DISTRIBUTION_QUANTILES
+                .iter()
+                .map(|&q| LatencyQuantileJudge::new(q, share))
+                .collect(),
         }
     }
 
     /// The evidence of the most damning threshold (the first failing one, else the least
     /// convincing pass).
     pub fn observe(&mut self, interval: &Interval) -> Evidence {
-        let all: Vec<Evidence> = self.judges.iter_mut().map(|j| j.observe(interval)).collect();
+        let all: Vec<Evidence> = self
+            .judges
+            .iter_mut()
+            .map(|j| j.observe(interval))
+            .collect();
         if let Some(failed) = all.iter().find(|e| e.decision == Decision::Fail) {
             return *failed;
         }
         let weakest = all
             .iter()
-            .min_by(|a, b| (a.pass_log_evidence - a.log_boundary).total_cmp(&(b.pass_log_evidence - b.log_boundary)))
+            .min_by(|a, b| {
+                (a.pass_log_evidence - a.log_boundary)
+                    .total_cmp(&(b.pass_log_evidence - b.log_boundary))
+            })
             .copied()
             .expect("at least one quantile");
         Evidence {
-            decision: if all.iter().all(|e| e.decision == Decision::Pass) { Decision::Pass } else { Decision::Inconclusive },
+            decision: if all.iter().all(|e| e.decision == Decision::Pass) {
+                Decision::Pass
+            } else {
+                Decision::Inconclusive
+            },
             ..weakest
         }
     }
@@ -112,7 +138,13 @@ impl LatencyDistributionJudge {
 /// A sentence a person understands, e.g. for `plover get` and `plover analyze`.
 pub fn explain(what: &str, evidence: &Evidence, alpha: f64) -> String {
     let t = evidence.totals;
-    let rate = |events: u64, trials: u64| if trials == 0 { 0.0 } else { 100.0 * events as f64 / trials as f64 };
+    let rate = |events: u64, trials: u64| {
+        if trials == 0 {
+            0.0
+        } else {
+            100.0 * events as f64 / trials as f64
+        }
+    };
     let verdict = match evidence.decision {
         Decision::Fail => "canary is worse than stable",
         Decision::Pass => "canary is shown not worse than stable",
@@ -162,15 +194,25 @@ impl Judge {
     }
 
     pub fn latency_quantile(quantile: f64, config: OddsTestConfig) -> Judge {
-        Judge::of(JudgeKind::LatencyQuantile(LatencyQuantileJudge::new(quantile, config)))
+        Judge::of(JudgeKind::LatencyQuantile(LatencyQuantileJudge::new(
+            quantile, config,
+        )))
     }
 
     pub fn latency_distribution(config: OddsTestConfig) -> Judge {
-        Judge::of(JudgeKind::LatencyDistribution(LatencyDistributionJudge::new(config)))
+        Judge::of(JudgeKind::LatencyDistribution(
+            LatencyDistributionJudge::new(config),
+        ))
     }
 
     fn of(kind: JudgeKind) -> Judge {
-        Judge { kind, failed: false, passed: false, looks: 0, decided_at: None }
+        Judge {
+            kind,
+            failed: false,
+            passed: false,
+            looks: 0,
+            decided_at: None,
+        }
     }
 
     /// Looks observed so far (including empty ones).
@@ -209,7 +251,10 @@ impl Judge {
         if decision != before {
             self.decided_at = Some(self.looks);
         }
-        Evidence { decision, ..evidence }
+        Evidence {
+            decision,
+            ..evidence
+        }
     }
 
     fn decision(&self) -> Decision {
@@ -227,12 +272,24 @@ impl Judge {
 mod tests {
     use super::*;
 
-    const CONFIG: OddsTestConfig = OddsTestConfig { alpha: 0.05, tolerance: 1.0, min_effect: 2.0 };
+    const CONFIG: OddsTestConfig = OddsTestConfig {
+        alpha: 0.05,
+        tolerance: 1.0,
+        min_effect: 2.0,
+    };
 
     fn interval(canary: (u64, u64), stable: (u64, u64)) -> Interval {
         Interval {
-            canary: Sample { requests: canary.0, errors: canary.1, ..Default::default() },
-            stable: Sample { requests: stable.0, errors: stable.1, ..Default::default() },
+            canary: Sample {
+                requests: canary.0,
+                errors: canary.1,
+                ..Default::default()
+            },
+            stable: Sample {
+                requests: stable.0,
+                errors: stable.1,
+                ..Default::default()
+            },
         }
     }
 
@@ -268,6 +325,9 @@ mod tests {
         assert_eq!(e.decision, Decision::Fail);
         assert!(e.totals.odds_ratio() > 2.0);
         let text = explain("error ratio", &e, 0.05);
-        assert!(text.starts_with("error ratio: canary is worse than stable (canary "), "{text}");
+        assert!(
+            text.starts_with("error ratio: canary is worse than stable (canary "),
+            "{text}"
+        );
     }
 }

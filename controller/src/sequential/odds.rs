@@ -39,16 +39,28 @@ impl Mixture {
     /// Alternatives above ψ₀ (`upward`) or below it.
     fn new(null_psi: f64, upward: bool, span: f64) -> Mixture {
         let null_log_psi = null_psi.ln();
-        let alternatives_log_psi: Vec<f64> =
-            grid(span).map(|g| if upward { null_log_psi + g } else { null_log_psi - g }).collect();
+        let alternatives_log_psi: Vec<f64> = grid(span)
+            .map(|g| {
+                if upward {
+                    null_log_psi + g
+                } else {
+                    null_log_psi - g
+                }
+            })
+            .collect();
         let log_lr = vec![0.0; alternatives_log_psi.len()];
-        Mixture { null_log_psi, alternatives_log_psi, log_lr }
+        Mixture {
+            null_log_psi,
+            alternatives_log_psi,
+            log_lr,
+        }
     }
 
     fn update(&mut self, table: &ConditionalTable, canary_events: u64) {
         let log_z_null = table.log_normaliser(self.null_log_psi);
         for (lr, &alt) in self.log_lr.iter_mut().zip(&self.alternatives_log_psi) {
-            *lr += canary_events as f64 * (alt - self.null_log_psi) - (table.log_normaliser(alt) - log_z_null);
+            *lr += canary_events as f64 * (alt - self.null_log_psi)
+                - (table.log_normaliser(alt) - log_z_null);
         }
     }
 
@@ -90,7 +102,12 @@ impl ConditionalTable {
 
     /// log Σ_k base_k ψ^k (up to a constant shared by every ψ).
     fn log_normaliser(&self, log_psi: f64) -> f64 {
-        log_sum_exp(self.log_base.iter().enumerate().map(|(i, b)| b + (self.k_low + i as u64) as f64 * log_psi))
+        log_sum_exp(
+            self.log_base
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b + (self.k_low + i as u64) as f64 * log_psi),
+        )
     }
 }
 
@@ -130,10 +147,16 @@ impl OddsTestConfig {
             return Err(format!("alpha must be in (0, 0.5), got {}", self.alpha));
         }
         if !(self.tolerance >= 1.0 && self.tolerance.is_finite()) {
-            return Err(format!("tolerance must be a ratio ≥ 1, got {}", self.tolerance));
+            return Err(format!(
+                "tolerance must be a ratio ≥ 1, got {}",
+                self.tolerance
+            ));
         }
         if !(self.min_effect > self.tolerance && self.min_effect.is_finite()) {
-            return Err(format!("min_effect ({}) must exceed tolerance ({})", self.min_effect, self.tolerance));
+            return Err(format!(
+                "min_effect ({}) must exceed tolerance ({})",
+                self.min_effect, self.tolerance
+            ));
         }
         Ok(())
     }
@@ -161,7 +184,9 @@ impl Totals {
     /// Point estimate of the odds ratio (with a ½ continuity correction so that zero counts
     /// still give a finite figure).
     pub fn odds_ratio(&self) -> f64 {
-        let odds = |events: u64, trials: u64| (events as f64 + 0.5) / (trials.saturating_sub(events) as f64 + 0.5);
+        let odds = |events: u64, trials: u64| {
+            (events as f64 + 0.5) / (trials.saturating_sub(events) as f64 + 0.5)
+        };
         odds(self.canary_events, self.canary_trials) / odds(self.stable_events, self.stable_trials)
     }
 }
@@ -184,20 +209,32 @@ impl OddsTest {
         OddsTest {
             config,
             fail: Mixture::new(config.tolerance, true, config.min_effect / config.tolerance),
-            pass: Mixture::new(config.min_effect, false, config.min_effect / config.tolerance),
+            pass: Mixture::new(
+                config.min_effect,
+                false,
+                config.min_effect / config.tolerance,
+            ),
             totals: Totals::default(),
         }
     }
 
     /// Adds one interval's counts. Events may not exceed trials (clamped if they do).
-    pub fn observe(&mut self, canary_trials: u64, canary_events: u64, stable_trials: u64, stable_events: u64) {
+    pub fn observe(
+        &mut self,
+        canary_trials: u64,
+        canary_events: u64,
+        stable_trials: u64,
+        stable_events: u64,
+    ) {
         let canary_events = canary_events.min(canary_trials);
         let stable_events = stable_events.min(stable_trials);
         self.totals.canary_trials += canary_trials;
         self.totals.canary_events += canary_events;
         self.totals.stable_trials += stable_trials;
         self.totals.stable_events += stable_events;
-        if let Some(table) = ConditionalTable::new(canary_trials, stable_trials, canary_events + stable_events) {
+        if let Some(table) =
+            ConditionalTable::new(canary_trials, stable_trials, canary_events + stable_events)
+        {
             self.fail.update(&table, canary_events);
             self.pass.update(&table, canary_events);
         }
@@ -215,7 +252,13 @@ impl OddsTest {
         } else {
             Decision::Inconclusive
         };
-        Evidence { decision, fail_log_evidence, pass_log_evidence, log_boundary, totals: self.totals }
+        Evidence {
+            decision,
+            fail_log_evidence,
+            pass_log_evidence,
+            log_boundary,
+            totals: self.totals,
+        }
     }
 }
 
@@ -223,14 +266,22 @@ impl OddsTest {
 mod tests {
     use super::*;
 
-    const CONFIG: OddsTestConfig = OddsTestConfig { alpha: 0.05, tolerance: 1.0, min_effect: 2.0 };
+    const CONFIG: OddsTestConfig = OddsTestConfig {
+        alpha: 0.05,
+        tolerance: 1.0,
+        min_effect: 2.0,
+    };
 
     #[test]
     fn conditional_likelihood_matches_fishers_exact_probabilities() {
         // n_c = 3, n_s = 4, x = 3: under ψ = 1 the support 0..=3 has weights C(3,k)·C(4,3−k)
         // = 4, 18, 12, 1 (hypergeometric).
         let table = ConditionalTable::new(3, 4, 3).unwrap();
-        let weights: Vec<f64> = table.log_base.iter().map(|b| (b + 4f64.ln()).exp()).collect();
+        let weights: Vec<f64> = table
+            .log_base
+            .iter()
+            .map(|b| (b + 4f64.ln()).exp())
+            .collect();
         for (w, expected) in weights.iter().zip([4.0, 18.0, 12.0, 1.0]) {
             assert!((w - expected).abs() < 1e-9, "{weights:?}");
         }
@@ -242,7 +293,11 @@ mod tests {
         // x = 12 > n_s = 5: k runs from 7 to 10 (C(10,k)·C(5,12−k)), no underflow.
         let table = ConditionalTable::new(10, 5, 12).unwrap();
         assert_eq!((table.k_low, table.log_base.len()), (7, 4));
-        let weights: Vec<f64> = table.log_base.iter().map(|b| (b + 120f64.ln()).exp()).collect();
+        let weights: Vec<f64> = table
+            .log_base
+            .iter()
+            .map(|b| (b + 120f64.ln()).exp())
+            .collect();
         for (w, expected) in weights.iter().zip([120.0, 225.0, 100.0, 10.0]) {
             assert!((w - expected).abs() < 1e-6, "{weights:?}");
         }
@@ -278,8 +333,23 @@ mod tests {
     #[test]
     fn config_is_validated() {
         assert!(CONFIG.validate().is_ok());
-        assert!(OddsTestConfig { alpha: 0.0, ..CONFIG }.validate().is_err());
-        assert!(OddsTestConfig { tolerance: 0.5, ..CONFIG }.validate().is_err());
-        assert!(OddsTestConfig { min_effect: 1.0, ..CONFIG }.validate().is_err());
+        assert!(OddsTestConfig {
+            alpha: 0.0,
+            ..CONFIG
+        }
+        .validate()
+        .is_err());
+        assert!(OddsTestConfig {
+            tolerance: 0.5,
+            ..CONFIG
+        }
+        .validate()
+        .is_err());
+        assert!(OddsTestConfig {
+            min_effect: 1.0,
+            ..CONFIG
+        }
+        .validate()
+        .is_err());
     }
 }

@@ -4,7 +4,9 @@
 
 use plover_wire::Histogram;
 
-use super::compare::{ErrorRatioJudge, Interval, LatencyDistributionJudge, LatencyQuantileJudge, Sample};
+use super::compare::{
+    ErrorRatioJudge, Interval, LatencyDistributionJudge, LatencyQuantileJudge, Sample,
+};
 use super::odds::{Decision, OddsTestConfig};
 
 /// SplitMix64: small, fast and fully deterministic for a seed.
@@ -66,11 +68,18 @@ pub struct Revision {
 }
 
 impl Revision {
-    pub const HEALTHY: Revision = Revision { error_rate: 0.01, median_latency_micros: 20_000.0, latency_sigma: 0.5 };
+    pub const HEALTHY: Revision = Revision {
+        error_rate: 0.01,
+        median_latency_micros: 20_000.0,
+        latency_sigma: 0.5,
+    };
 
     /// The same revision with every latency multiplied by `factor` (so its p99 moves by it).
     pub fn slower(self, factor: f64) -> Revision {
-        Revision { median_latency_micros: self.median_latency_micros * factor, ..self }
+        Revision {
+            median_latency_micros: self.median_latency_micros * factor,
+            ..self
+        }
     }
 
     fn sample(&self, rng: &mut Rng, requests: u64, with_latency: bool) -> Sample {
@@ -78,11 +87,16 @@ impl Revision {
         let mut latency = Histogram::new();
         if with_latency {
             for _ in 0..requests {
-                let v = self.median_latency_micros * (self.latency_sigma * rng.standard_normal()).exp();
+                let v =
+                    self.median_latency_micros * (self.latency_sigma * rng.standard_normal()).exp();
                 latency.record(v as u64);
             }
         }
-        Sample { requests, errors, latency }
+        Sample {
+            requests,
+            errors,
+            latency,
+        }
     }
 }
 
@@ -114,7 +128,9 @@ impl Scenario {
         let canary_requests = rng.binomial(self.total_rps, self.canary_weight);
         Interval {
             canary: self.canary.sample(rng, canary_requests, with_latency),
-            stable: self.stable.sample(rng, self.total_rps - canary_requests, with_latency),
+            stable: self
+                .stable
+                .sample(rng, self.total_rps - canary_requests, with_latency),
         }
     }
 }
@@ -130,7 +146,10 @@ pub enum Method {
 
 impl Method {
     fn needs_latency(&self) -> bool {
-        matches!(self, Method::PloverLatencyQuantile(..) | Method::PloverLatencyDistribution(..))
+        matches!(
+            self,
+            Method::PloverLatencyQuantile(..) | Method::PloverLatencyDistribution(..)
+        )
     }
 }
 
@@ -154,11 +173,35 @@ pub struct ThresholdTemplate {
 pub const SEED_TEMPLATES: [ThresholdTemplate; 3] = [
     // seed000: successCondition result[0] > 0.95, interval 20s, initialDelay 30s, irate over
     // [40s] (the last two scrapes: ~15 s of traffic), failureLimit 0.
-    ThresholdTemplate { name: "seed000 istio-success-rate", initial_delay: 30, interval: 20, rate_window: 15, min_success: 0.95, failure_limit: 0, count: None },
+    ThresholdTemplate {
+        name: "seed000 istio-success-rate",
+        initial_delay: 30,
+        interval: 20,
+        rate_window: 15,
+        min_success: 0.95,
+        failure_limit: 0,
+        count: None,
+    },
     // seed003: error rate ≤ 0.05 over [5m], interval 60s, failureLimit 3.
-    ThresholdTemplate { name: "seed003 apdex error-rate", initial_delay: 0, interval: 60, rate_window: 300, min_success: 0.95, failure_limit: 3, count: None },
+    ThresholdTemplate {
+        name: "seed003 apdex error-rate",
+        initial_delay: 0,
+        interval: 60,
+        rate_window: 300,
+        min_success: 0.95,
+        failure_limit: 3,
+        count: None,
+    },
     // seed004: canary success ≥ 0.95 over [1m], interval 30s, count 3, failureLimit 2.
-    ThresholdTemplate { name: "seed004 canary-success-rate", initial_delay: 0, interval: 30, rate_window: 60, min_success: 0.95, failure_limit: 2, count: Some(3) },
+    ThresholdTemplate {
+        name: "seed004 canary-success-rate",
+        initial_delay: 0,
+        interval: 30,
+        rate_window: 60,
+        min_success: 0.95,
+        failure_limit: 2,
+        count: Some(3),
+    },
 ];
 
 /// A threshold template tightened until it can see a 1% → 2% regression at all.
@@ -197,8 +240,14 @@ pub fn run_release(scenario: &Scenario, method: &Method, seed: u64) -> Ending {
                     continue;
                 }
                 let window = &history[history.len().saturating_sub(t.rate_window as usize)..];
-                let (requests, errs) = window.iter().fold((0, 0), |(r, e), &(rr, ee)| (r + rr, e + ee));
-                let success = if requests == 0 { f64::NAN } else { 1.0 - errs as f64 / requests as f64 };
+                let (requests, errs) = window
+                    .iter()
+                    .fold((0, 0), |(r, e), &(rr, ee)| (r + rr, e + ee));
+                let success = if requests == 0 {
+                    f64::NAN
+                } else {
+                    1.0 - errs as f64 / requests as f64
+                };
                 measurements += 1;
                 if success.is_nan() || success < t.min_success {
                     failed_measurements += 1;
@@ -215,7 +264,9 @@ pub fn run_release(scenario: &Scenario, method: &Method, seed: u64) -> Ending {
         };
         match decision {
             Decision::Fail => return Ending::Failed { at_second: second },
-            Decision::Pass if matches!(method, Method::Threshold(_)) => return Ending::Passed { at_second: second },
+            Decision::Pass if matches!(method, Method::Threshold(_)) => {
+                return Ending::Passed { at_second: second }
+            }
             // A sequential pass is recorded but watching goes on: the rollout may keep
             // looking, and a later failure would still count as a false failure.
             _ => {}
@@ -235,8 +286,12 @@ impl ErrorJudgeState {
     fn new(method: &Method) -> ErrorJudgeState {
         match *method {
             Method::PloverErrors(c) => ErrorJudgeState::Errors(ErrorRatioJudge::new(c)),
-            Method::PloverLatencyQuantile(q, c) => ErrorJudgeState::Quantile(LatencyQuantileJudge::new(q, c)),
-            Method::PloverLatencyDistribution(c) => ErrorJudgeState::Distribution(LatencyDistributionJudge::new(c)),
+            Method::PloverLatencyQuantile(q, c) => {
+                ErrorJudgeState::Quantile(LatencyQuantileJudge::new(q, c))
+            }
+            Method::PloverLatencyDistribution(c) => {
+                ErrorJudgeState::Distribution(LatencyDistributionJudge::new(c))
+            }
             Method::Threshold(_) => ErrorJudgeState::None,
         }
     }
@@ -279,7 +334,10 @@ impl Summary {
 
 /// Runs `runs` releases with seeds `seed, seed+1, …`.
 pub fn simulate(scenario: &Scenario, method: &Method, runs: u64, seed: u64) -> Summary {
-    let mut summary = Summary { runs, ..Summary::default() };
+    let mut summary = Summary {
+        runs,
+        ..Summary::default()
+    };
     for i in 0..runs {
         match run_release(scenario, method, seed.wrapping_add(i)) {
             Ending::Failed { at_second } => {
@@ -298,7 +356,11 @@ mod tests {
     use super::*;
 
     const ALPHA: f64 = 0.05;
-    const ERRORS: OddsTestConfig = OddsTestConfig { alpha: ALPHA, tolerance: 1.0, min_effect: 2.0 };
+    const ERRORS: OddsTestConfig = OddsTestConfig {
+        alpha: ALPHA,
+        tolerance: 1.0,
+        min_effect: 2.0,
+    };
 
     #[test]
     fn samplers_have_the_right_means() {
@@ -314,49 +376,111 @@ mod tests {
 
     #[test]
     fn healthy_canaries_are_wrongly_failed_at_most_alpha_of_the_time_on_errors() {
-        let summary = simulate(&Scenario::healthy(), &Method::PloverErrors(ERRORS), 1_000, 1);
-        assert!(summary.failure_share() <= ALPHA, "false failures: {summary:?}");
+        let summary = simulate(
+            &Scenario::healthy(),
+            &Method::PloverErrors(ERRORS),
+            1_000,
+            1,
+        );
+        assert!(
+            summary.failure_share() <= ALPHA,
+            "false failures: {summary:?}"
+        );
     }
 
     #[test]
     fn healthy_canaries_are_wrongly_failed_at_most_alpha_of_the_time_on_latency() {
         // Latency simulations record every request into histograms; 1,000 releases watched for
         // two minutes keep this test quick in debug builds (the bench watches ten).
-        let scenario = Scenario { horizon_seconds: 120, ..Scenario::healthy() };
-        let summary = simulate(&scenario, &Method::PloverLatencyDistribution(ERRORS), 1_000, 2);
-        assert!(summary.failure_share() <= ALPHA, "false failures: {summary:?}");
+        let scenario = Scenario {
+            horizon_seconds: 120,
+            ..Scenario::healthy()
+        };
+        let summary = simulate(
+            &scenario,
+            &Method::PloverLatencyDistribution(ERRORS),
+            1_000,
+            2,
+        );
+        assert!(
+            summary.failure_share() <= ALPHA,
+            "false failures: {summary:?}"
+        );
     }
 
     #[test]
     fn a_doubled_error_ratio_is_detected() {
-        let scenario = Scenario { canary: Revision { error_rate: 0.02, ..Revision::HEALTHY }, ..Scenario::healthy() };
+        let scenario = Scenario {
+            canary: Revision {
+                error_rate: 0.02,
+                ..Revision::HEALTHY
+            },
+            ..Scenario::healthy()
+        };
         let summary = simulate(&scenario, &Method::PloverErrors(ERRORS), 200, 3);
         assert!(summary.failure_share() >= 0.8, "{summary:?}");
     }
 
     #[test]
     fn a_slower_canary_is_detected() {
-        let scenario = Scenario { canary: Revision::HEALTHY.slower(1.2), horizon_seconds: 300, ..Scenario::healthy() };
-        let summary = simulate(&scenario, &Method::PloverLatencyQuantile(0.99, ERRORS), 50, 4);
+        let scenario = Scenario {
+            canary: Revision::HEALTHY.slower(1.2),
+            horizon_seconds: 300,
+            ..Scenario::healthy()
+        };
+        let summary = simulate(
+            &scenario,
+            &Method::PloverLatencyQuantile(0.99, ERRORS),
+            50,
+            4,
+        );
         assert!(summary.failure_share() >= 0.8, "{summary:?}");
     }
 
     #[test]
     fn simulations_are_deterministic_for_a_seed() {
-        let scenario = Scenario { horizon_seconds: 60, ..Scenario::healthy() };
+        let scenario = Scenario {
+            horizon_seconds: 60,
+            ..Scenario::healthy()
+        };
         let method = Method::PloverErrors(ERRORS);
-        assert_eq!(run_release(&scenario, &method, 9), run_release(&scenario, &method, 9));
-        assert_eq!(simulate(&scenario, &method, 20, 5), simulate(&scenario, &method, 20, 5));
+        assert_eq!(
+            run_release(&scenario, &method, 9),
+            run_release(&scenario, &method, 9)
+        );
+        assert_eq!(
+            simulate(&scenario, &method, 20, 5),
+            simulate(&scenario, &method, 20, 5)
+        );
     }
 
     #[test]
     fn threshold_templates_follow_argo_limits() {
         // A canary failing every request fails seed004 at its third measurement
         // (failureLimit 2), at 90 s; seed000 at its first (30 s).
-        let broken = Scenario { canary: Revision { error_rate: 1.0, ..Revision::HEALTHY }, ..Scenario::healthy() };
-        assert_eq!(run_release(&broken, &Method::Threshold(SEED_TEMPLATES[2]), 1), Ending::Failed { at_second: 90 });
-        assert_eq!(run_release(&broken, &Method::Threshold(SEED_TEMPLATES[0]), 1), Ending::Failed { at_second: 30 });
+        let broken = Scenario {
+            canary: Revision {
+                error_rate: 1.0,
+                ..Revision::HEALTHY
+            },
+            ..Scenario::healthy()
+        };
+        assert_eq!(
+            run_release(&broken, &Method::Threshold(SEED_TEMPLATES[2]), 1),
+            Ending::Failed { at_second: 90 }
+        );
+        assert_eq!(
+            run_release(&broken, &Method::Threshold(SEED_TEMPLATES[0]), 1),
+            Ending::Failed { at_second: 30 }
+        );
         // A healthy one passes seed004 after its three measurements.
-        assert_eq!(run_release(&Scenario::healthy(), &Method::Threshold(SEED_TEMPLATES[2]), 1), Ending::Passed { at_second: 90 });
+        assert_eq!(
+            run_release(
+                &Scenario::healthy(),
+                &Method::Threshold(SEED_TEMPLATES[2]),
+                1
+            ),
+            Ending::Passed { at_second: 90 }
+        );
     }
 }
