@@ -275,6 +275,18 @@ impl Histogram {
 
     /// Decodes one V2 histogram at the start of `bytes`; returns it and the bytes consumed.
     pub fn decode_v2_prefix(bytes: &[u8]) -> Result<(Histogram, usize), WireError> {
+        let mut histogram = Histogram::new();
+        let (total, used) = Self::decode_v2_prefix_into(bytes, &mut histogram.bins)?;
+        histogram.total = total;
+        Ok((histogram, used))
+    }
+
+    /// Decodes one V2 histogram at the start of `bytes`, appending its occupied `(index,
+    /// count)` pairs (ascending, counts > 0) to `bins`; returns the total count and the bytes
+    /// consumed. The exporter decodes every series of a batch into one shared vector this way
+    /// instead of allocating a histogram per series. On error, `bins` may hold a partial
+    /// histogram after its previous length: callers discard it with the batch.
+    pub fn decode_v2_prefix_into(bytes: &[u8], bins: &mut Vec<(u16, u64)>) -> Result<(u64, usize), WireError> {
         if bytes.len() < V2_HEADER_LEN {
             return Err(WireError::Histogram("truncated header"));
         }
@@ -311,9 +323,9 @@ impl Histogram {
             .filter(|&e| e <= bytes.len())
             .ok_or(WireError::Histogram("payload length exceeds the input"))?;
         let mut payload = &bytes[V2_HEADER_LEN..end];
-        let mut histogram = Histogram::new();
         // Each occupied bin costs at least one byte of payload; most cost two.
-        histogram.bins.reserve(payload_len / 2);
+        bins.reserve(payload_len / 2);
+        let mut total = 0u64;
         let mut index: usize = 0;
         while !payload.is_empty() {
             let value = read_zigzag(&mut payload)?;
@@ -328,16 +340,20 @@ impl Histogram {
                     return Err(WireError::Histogram("count beyond the histogram layout"));
                 }
                 if value > 0 {
-                    histogram.bins.push((index as u16, value as u64));
-                    histogram.total = histogram
-                        .total
-                        .checked_add(value as u64)
-                        .ok_or(WireError::Histogram("total count overflows"))?;
+                    bins.push((index as u16, value as u64));
+                    total = total.checked_add(value as u64).ok_or(WireError::Histogram("total count overflows"))?;
                 }
                 index += 1;
             }
         }
-        Ok((histogram, end))
+        Ok((total, end))
+    }
+
+    /// A histogram from pairs already known to be valid: ascending distinct indices within
+    /// the layout, counts > 0, summing to `total` (what [`Histogram::decode_v2_prefix_into`]
+    /// produced).
+    pub(crate) fn from_valid_bins(bins: &[(u16, u64)], total: u64) -> Histogram {
+        Histogram { bins: bins.to_vec(), total }
     }
 }
 
