@@ -15,6 +15,7 @@
 
 pub mod crd;
 pub mod decide;
+pub mod measurement;
 pub mod resolve;
 pub mod spec;
 pub mod status;

@@ -15,7 +15,10 @@ use plover_wire::stats::{RevisionStats, StatsResponse};
 use serde_json::json;
 
 use crate::{
-    canary::{AnalysisPhase, AnalysisRunStatus, Canary, CanaryPhase},
+    canary::{
+        measurement::measurement_sentence, AnalysisPhase, AnalysisRunStatus, Canary, CanaryPhase,
+        MetricStatus,
+    },
     observe::{workload_state, Exporter, TrafficSource},
 };
 
@@ -185,6 +188,22 @@ fn stats_info(stats: Option<&RevisionStats>) -> String {
     out
 }
 
+/// A metric of an analysis run and its latest measurement in words (the evidence against
+/// stable for Plover's comparative metrics).
+fn metric_row(metric: &MetricStatus) -> Row {
+    Row {
+        prefix: String::new(),
+        name: metric.name.clone(),
+        kind: "Metric",
+        status: format!("{} {:?}", run_icon(metric.phase), metric.phase),
+        info: metric
+            .latest
+            .as_ref()
+            .map(measurement_sentence)
+            .unwrap_or_else(|| "not measured yet".to_owned()),
+    }
+}
+
 struct Row {
     prefix: String,
     name: String,
@@ -294,7 +313,8 @@ pub fn render(view: &View) -> String {
             status: String::new(),
             info: role.to_owned(),
         });
-        let mut children: Vec<Row> = Vec::new();
+        // Each child with its own children (an analysis run's metrics).
+        let mut children: Vec<(Row, Vec<Row>)> = Vec::new();
         // Local mode has no Deployments: the workload is the revision (an Envoy cluster).
         let local = spec.traffic_routing.envoy.is_some();
         let (d_status, ready) = if local {
@@ -308,40 +328,53 @@ pub fn render(view: &View) -> String {
             .filter(|s| !s.is_empty())
             .collect::<Vec<_>>()
             .join(" ");
-        children.push(Row {
-            prefix: String::new(),
-            name: if local {
-                rev.clone()
-            } else {
-                workload.to_owned()
+        children.push((
+            Row {
+                prefix: "⧉ ".into(),
+                name: if local {
+                    rev.clone()
+                } else {
+                    workload.to_owned()
+                },
+                kind: if local { "Revision" } else { "Deployment" },
+                status: d_status,
+                info,
             },
-            kind: if local { "Revision" } else { "Deployment" },
-            status: d_status,
-            info,
-        });
+            Vec::new(),
+        ));
         if role == "canary" {
             for run in [&status.step_analysis, &status.background_analysis]
                 .into_iter()
                 .flatten()
             {
-                children.push(Row {
-                    prefix: String::new(),
-                    name: run.name.clone(),
-                    kind: "AnalysisRun",
-                    status: format!("{} {:?}", run_icon(run.phase), run.phase),
-                    info: run_info(run),
-                });
+                let metrics = run.metrics.iter().map(metric_row).collect();
+                children.push((
+                    Row {
+                        prefix: "α ".into(),
+                        name: run.name.clone(),
+                        kind: "AnalysisRun",
+                        status: format!("{} {:?}", run_icon(run.phase), run.phase),
+                        info: run_info(run),
+                    },
+                    metrics,
+                ));
             }
         }
         let n = children.len();
-        for (j, mut child) in children.into_iter().enumerate() {
-            let icon = if child.kind != "AnalysisRun" {
-                "⧉ "
+        for (j, (mut child, grandchildren)) in children.into_iter().enumerate() {
+            let (branch, child_indent) = if j + 1 == n {
+                ("└──", "   ")
             } else {
-                "α "
+                ("├──", "│  ")
             };
-            child.prefix = format!("{indent}{}{icon}", if j + 1 == n { "└──" } else { "├──" });
+            child.prefix = format!("{indent}{branch}{}", child.prefix);
             rows.push(child);
+            let m = grandchildren.len();
+            for (k, mut grandchild) in grandchildren.into_iter().enumerate() {
+                let branch = if k + 1 == m { "└──" } else { "├──" };
+                grandchild.prefix = format!("{indent}{child_indent}{branch}");
+                rows.push(grandchild);
+            }
         }
     }
     let width = rows
@@ -461,6 +494,104 @@ NAME                                KIND         STATUS          INFO
    └──⧉ podinfo                     Deployment   ✔ Healthy       ready:2/2 weight:80% requests:800 success:100.00% p99:38.0ms
 ";
         assert_eq!(text, expected, "\n{text}");
+    }
+
+    /// `plover get` with the latest measurement of each metric: the evidence against stable in
+    /// words for the comparative metrics, the value for a threshold metric. Golden text in
+    /// `testdata/get-canary-evidence.txt` (regenerate with `PLOVER_BLESS=1`).
+    #[test]
+    fn renders_each_metric_with_its_latest_measurement_and_evidence() {
+        use crate::canary::{
+            Comparison, EvidenceDecision, EvidenceStatus, MeasurementStatus, MetricStatus,
+        };
+        let mut v = view();
+        let status = v.canary.status.as_mut().unwrap();
+        let evidence = EvidenceStatus {
+            comparison: Comparison::ErrorRatio,
+            decision: EvidenceDecision::Fail,
+            fail_log_evidence: Some(3.4404),
+            pass_log_evidence: Some(-2.49),
+            log_boundary: Some(2.9957),
+            alpha: 0.05,
+            canary_requests: 1000,
+            canary_events: 41,
+            stable_requests: 9800,
+            stable_events: 98,
+            odds_ratio: Some(4.21),
+            looks: 7,
+            ..Default::default()
+        };
+        let metric = |name: &str, phase, latest| MetricStatus {
+            name: name.into(),
+            phase,
+            latest,
+        };
+        status.step_analysis = Some(AnalysisRunStatus {
+            name: "podinfo-9f8e7d6c5b-0-step1".into(),
+            phase: AnalysisPhase::Failed,
+            failed: 1,
+            inconclusive: 6,
+            metrics: vec![
+                metric(
+                    "errors-vs-stable",
+                    AnalysisPhase::Failed,
+                    Some(MeasurementStatus {
+                        phase: AnalysisPhase::Failed,
+                        evidence: Some(evidence.clone()),
+                        ..Default::default()
+                    }),
+                ),
+                metric(
+                    "p99-vs-stable",
+                    AnalysisPhase::Running,
+                    Some(MeasurementStatus {
+                        phase: AnalysisPhase::Inconclusive,
+                        evidence: Some(EvidenceStatus {
+                            comparison: Comparison::Latency,
+                            decision: EvidenceDecision::Inconclusive,
+                            quantile: Some("p99".into()),
+                            threshold_seconds: Some(0.0412),
+                            fail_log_evidence: Some(-0.5),
+                            pass_log_evidence: Some(1.2),
+                            canary_events: 12,
+                            stable_events: 97,
+                            ..evidence
+                        }),
+                        ..Default::default()
+                    }),
+                ),
+            ],
+            ..Default::default()
+        });
+        status.background_analysis = Some(AnalysisRunStatus {
+            name: "podinfo-9f8e7d6c5b-0-background".into(),
+            phase: AnalysisPhase::Running,
+            successful: 4,
+            metrics: vec![
+                metric(
+                    "success-rate",
+                    AnalysisPhase::Running,
+                    Some(MeasurementStatus {
+                        phase: AnalysisPhase::Successful,
+                        value: Some("0.983".into()),
+                        ..Default::default()
+                    }),
+                ),
+                metric("p99-latency", AnalysisPhase::Pending, None),
+            ],
+            ..Default::default()
+        });
+        let text = render(&v);
+        let golden = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testdata/get-canary-evidence.txt"
+        );
+        if std::env::var_os("PLOVER_BLESS").is_some() {
+            std::fs::write(golden, &text).unwrap();
+        }
+        let expected = std::fs::read_to_string(golden).unwrap_or_default();
+        assert_eq!(text, expected, "\n{text}");
+        assert!(text.contains("evidence for worse 31.2 ≥ boundary 20 (α 0.05) → Failed"));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::{
         template::Analysis,
         Phase,
     },
-    canary::Verdict,
+    canary::{measurement, Verdict},
 };
 
 /// Identifies a Canary: namespace and name (local mode: empty namespace).
@@ -39,6 +39,8 @@ struct Entry {
     stop: watch::Sender<bool>,
     /// A verdict decided before the run could start (e.g. templates that do not resolve).
     fixed: Option<Verdict>,
+    /// What the run measures, to describe its measurements (`None` with `fixed`).
+    analysis: Option<Arc<Analysis>>,
 }
 
 /// Runs analyses for many Canaries.
@@ -50,14 +52,17 @@ pub struct Runner {
     completed: mpsc::UnboundedSender<CanaryKey>,
 }
 
-/// Reads a run's current verdict.
-fn verdict_of(run: &Run) -> Verdict {
+/// Reads a run's current verdict: phase, counts, and each metric's latest measurement.
+fn verdict_of(run: &Run, analysis: Option<&Analysis>) -> Verdict {
     let mut v = Verdict::of(run.phase(), run.message());
     for r in run.results() {
         v.successful += r.successful;
         v.failed += r.failed;
         v.inconclusive += r.inconclusive;
         v.error += r.error;
+    }
+    if let Some(analysis) = analysis {
+        v.metrics = measurement::metric_statuses(run.results(), analysis);
     }
     v
 }
@@ -94,7 +99,9 @@ impl Runner {
                     .map(|(name, e)| {
                         (
                             name.clone(),
-                            e.fixed.clone().unwrap_or_else(|| verdict_of(&lock(&e.run))),
+                            e.fixed.clone().unwrap_or_else(|| {
+                                verdict_of(&lock(&e.run), e.analysis.as_deref())
+                            }),
                         )
                     })
                     .collect()
@@ -115,6 +122,7 @@ impl Runner {
             run,
             stop,
             fixed: Some(Verdict::of(Phase::Error, message)),
+            analysis: None,
         };
         lock(&self.runs)
             .entry(key.clone())
@@ -137,12 +145,14 @@ impl Runner {
             (self.clock)(),
         )));
         let (stop, stopped) = watch::channel(false);
+        let analysis = Arc::new(analysis);
         of_canary.insert(
             name.to_owned(),
             Entry {
                 run: run.clone(),
                 stop,
                 fixed: None,
+                analysis: Some(analysis.clone()),
             },
         );
         drop(runs);
@@ -197,7 +207,7 @@ impl Runner {
 
 struct Task {
     run: Arc<Mutex<Run>>,
-    analysis: Analysis,
+    analysis: Arc<Analysis>,
     source: Arc<dyn Source>,
     clock: Clock,
     stopped: watch::Receiver<bool>,

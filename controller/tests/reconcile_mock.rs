@@ -783,6 +783,43 @@ async fn a_failed_analysis_rolls_back_to_stable_with_an_argo_message_and_warning
     assert_eq!(status["abort"], true);
     assert_eq!(status["stepAnalysis"]["phase"], "Failed");
     assert_eq!(status["stepAnalysis"]["failed"], 1);
+    // The metric and its latest measurement, for `plover get`.
+    let metric = &status["stepAnalysis"]["metrics"][0];
+    assert_eq!(metric["name"], "success-rate");
+    assert_eq!(metric["phase"], "Failed");
+    assert_eq!(metric["latest"]["phase"], "Failed");
+    assert_eq!(metric["latest"]["value"], "0.5");
+    assert!(metric["latest"]["measuredAt"].is_string(), "{metric}");
+    assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    api.expect_nothing_more().await;
+
+    // The status as written, read back: the next reconcile finds nothing new to write.
+    let object = canary(
+        serde_json::to_value(&object.spec).unwrap(),
+        Some(status.clone()),
+    );
+    let task = tokio::spawn(reconcile(object.clone(), ctx.clone()));
+    api.expect(
+        "GET",
+        "/apis/apps/v1/namespaces/test/deployments/podinfo",
+        None,
+        |_| stable.clone(),
+    )
+    .await;
+    api.expect(
+        "GET",
+        "/apis/apps/v1/namespaces/test/deployments/podinfo-canary",
+        None,
+        |_| candidate.clone(),
+    )
+    .await;
+    api.expect(
+        "GET",
+        "/apis/networking.istio.io/v1/namespaces/test/virtualservices/podinfo",
+        None,
+        |_| vs.clone(),
+    )
+    .await;
     assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
     api.expect_nothing_more().await;
 }

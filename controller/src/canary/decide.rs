@@ -19,7 +19,8 @@ use super::{
         DEFAULT_TRAFFIC_TOLERANCE, DEFAULT_TRAFFIC_WINDOW,
     },
     status::{
-        conditions, reasons, AnalysisRunStatus, CanaryPhase, CanaryStatus, PauseReason, PauseState,
+        conditions, reasons, AnalysisRunStatus, CanaryPhase, CanaryStatus, MetricStatus,
+        PauseReason, PauseState,
     },
     validate::{duration_or, pause_duration, validate},
 };
@@ -73,6 +74,8 @@ pub struct Verdict {
     pub failed: u32,
     pub inconclusive: u32,
     pub error: u32,
+    /// Each metric with its latest measurement (see `canary::measurement`).
+    pub metrics: Vec<MetricStatus>,
 }
 
 impl Verdict {
@@ -84,6 +87,7 @@ impl Verdict {
             failed: 0,
             inconclusive: 0,
             error: 0,
+            metrics: Vec::new(),
         }
     }
 }
@@ -620,6 +624,7 @@ fn track_run(
             run.failed = v.failed;
             run.inconclusive = v.inconclusive;
             run.error = v.error;
+            run.metrics = v.metrics.clone();
             if !v.phase.is_completed() {
                 b.requeue(POLL_INTERVAL);
             }

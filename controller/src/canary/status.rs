@@ -112,6 +112,107 @@ pub struct AnalysisRunStatus {
     pub inconclusive: u32,
     #[serde(default)]
     pub error: u32,
+    /// Each metric of the run with its latest measurement (only the latest: the status stays
+    /// small however long the run measures). It changes only when a measurement is taken.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricStatus>,
+}
+
+/// One metric of an analysis run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricStatus {
+    /// The metric's name in the template.
+    pub name: String,
+    /// The metric's phase (Argo's metric result phase): final once a limit decided it.
+    pub phase: AnalysisPhase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest: Option<MeasurementStatus>,
+}
+
+/// The latest measurement of a metric.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeasurementStatus {
+    /// The measurement's own phase (a metric stays Running through Inconclusive looks).
+    pub phase: AnalysisPhase,
+    /// The value as measured (`0.983`, `[0.98,1]`), for metrics judged by a condition;
+    /// shortened when long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The provider's or the judge's sentence (why no data, an error, or the test's
+    /// explanation); shortened when long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the measurement finished, in whole seconds (what the API server keeps, so a
+    /// status read back compares equal and is not written again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_at: Option<Time>,
+    /// Canary against stable (`errorRatioVsStable`, `latencyVsStable`,
+    /// `latencyDistributionVsStable`): the sequential test's statistics at this look.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<EvidenceStatus>,
+}
+
+/// What a canary-versus-stable test compares.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Comparison {
+    /// The odds of an error (5xx or no upstream response).
+    #[default]
+    ErrorRatio,
+    /// The odds of a request slower than stable's quantile.
+    Latency,
+    /// The same at stable's p50, p75, p90 and p99 at once (the least favourable is shown).
+    LatencyDistribution,
+}
+
+/// The sequential test's decision so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum EvidenceDecision {
+    /// The canary is shown worse than `tolerance` allows.
+    Fail,
+    /// The canary is shown not worse by `minEffect` or more.
+    Pass,
+    /// Neither yet.
+    #[default]
+    Inconclusive,
+}
+
+/// The statistics of one look of a canary-versus-stable test (the measurement's value record,
+/// see `controller/ANALYSIS.md`). Counts are cumulative over the run's looks.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EvidenceStatus {
+    pub comparison: Comparison,
+    pub decision: EvidenceDecision,
+    /// `Latency`: stable's quantile the requests are compared with (`p99`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantile: Option<String>,
+    /// `Latency`: that quantile's value at the latest look, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold_seconds: Option<f64>,
+    /// Natural log of the evidence that the canary is worse than allowed (fails at the boundary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_log_evidence: Option<f64>,
+    /// Natural log of the evidence that the canary is not worse (passes at the boundary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_log_evidence: Option<f64>,
+    /// ln(1/α): either statistic decides when it reaches this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_boundary: Option<f64>,
+    /// The false-decision rate the boundary stands for (α/4 per quantile for the distribution).
+    pub alpha: f64,
+    /// Canary requests compared, and those with the event (an error, or slower than the threshold).
+    pub canary_requests: u64,
+    pub canary_events: u64,
+    pub stable_requests: u64,
+    pub stable_events: u64,
+    /// Estimated odds ratio of the event, canary over stable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub odds_ratio: Option<f64>,
+    /// Looks so far in this run.
+    #[serde(default)]
+    pub looks: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -278,6 +278,50 @@ fn inline_analysis_blocks_its_step_until_successful() {
 }
 
 #[test]
+fn the_latest_measurements_are_recorded_and_rewritten_only_when_they_change() {
+    use crate::canary::status::{MeasurementStatus, MetricStatus};
+    let mut w = World::new(spec(vec![weight(20), analysis("vs-stable"), weight(60)]));
+    w.tick();
+    let run = "podinfo-v2-0-step1".to_owned();
+    let measured = |phase: AnalysisPhase, message: &str| MetricStatus {
+        name: "errors-vs-stable".into(),
+        phase: AnalysisPhase::Running,
+        latest: Some(MeasurementStatus {
+            phase,
+            message: Some(message.into()),
+            ..Default::default()
+        }),
+    };
+    w.analyses.insert(
+        run.clone(),
+        Verdict {
+            inconclusive: 1,
+            metrics: vec![measured(AnalysisPhase::Inconclusive, "look 1")],
+            ..Verdict::of(Phase::Running, "")
+        },
+    );
+    let first = w.tick_at(10).status;
+    let recorded = |s: &CanaryStatus| s.step_analysis.as_ref().map(|r| r.metrics.clone());
+    assert_eq!(
+        recorded(&first),
+        Some(vec![measured(AnalysisPhase::Inconclusive, "look 1")])
+    );
+    // Later reconciles with no new measurement decide the same status: nothing to write.
+    for t in [11, 15, 40] {
+        assert_eq!(w.tick_at(t).status, first, "at {t}s");
+    }
+    // A new measurement changes it.
+    w.analyses.get_mut(&run).unwrap().metrics =
+        vec![measured(AnalysisPhase::Inconclusive, "look 2")];
+    let second = w.tick_at(41).status;
+    assert_ne!(second, first);
+    assert_eq!(
+        recorded(&second),
+        Some(vec![measured(AnalysisPhase::Inconclusive, "look 2")])
+    );
+}
+
+#[test]
 fn failed_inline_analysis_rolls_back_at_once() {
     let mut w = World::new(spec(vec![weight(20), analysis("success-rate"), weight(60)]));
     w.tick();

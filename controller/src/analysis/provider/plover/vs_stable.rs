@@ -312,11 +312,38 @@ fn subject(state: &JudgeState, spec: &PloverSpec) -> (String, f64) {
     }
 }
 
-fn round(x: f64) -> serde_json::Value {
-    if x.is_finite() {
-        serde_json::json!((x * 10_000.0).round() / 10_000.0)
-    } else {
-        serde_json::Value::Null
+/// Rounded to 4 decimals; `None` when not finite (JSON has no NaN or infinity).
+fn round(x: f64) -> Option<f64> {
+    x.is_finite().then(|| (x * 10_000.0).round() / 10_000.0)
+}
+
+/// The measurement's value: the statistics of one look, as JSON. The Canary's status reads it
+/// back (`canary::measurement`), so this one type defines the keys for both.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EvidenceRecord {
+    /// `Fail`, `Pass` or `Inconclusive`.
+    pub decision: String,
+    pub fail_log_evidence: Option<f64>,
+    pub pass_log_evidence: Option<f64>,
+    pub log_boundary: Option<f64>,
+    pub alpha: f64,
+    pub canary_requests: u64,
+    pub canary_events: u64,
+    pub stable_requests: u64,
+    pub stable_events: u64,
+    pub odds_ratio: Option<f64>,
+    pub looks: u64,
+    pub skipped_seconds: Option<f64>,
+    pub as_of_unix_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold_seconds: Option<f64>,
+}
+
+impl EvidenceRecord {
+    /// Reads a measurement's value text; `None` if it is not such a record.
+    pub fn parse(text: &str) -> Option<EvidenceRecord> {
+        serde_json::from_str(text).ok()
     }
 }
 
@@ -335,25 +362,27 @@ fn report(
         Decision::Pass => "Pass",
         Decision::Inconclusive => "Inconclusive",
     };
-    let mut record = serde_json::json!({
-        "decision": decision,
-        "failLogEvidence": round(e.fail_log_evidence),
-        "passLogEvidence": round(e.pass_log_evidence),
-        "logBoundary": round(e.log_boundary),
-        "alpha": alpha,
-        "canaryRequests": t.canary_trials,
-        "canaryEvents": t.canary_events,
-        "stableRequests": t.stable_trials,
-        "stableEvents": t.stable_events,
-        "oddsRatio": round(t.odds_ratio()),
-        "looks": state.judge.looks(),
-        "skippedSeconds": round(state.skipped_ms as f64 / 1000.0),
-        "asOfUnixMs": answer.as_of_unix_ms,
-    });
-    if let Some(threshold) = state.judge.threshold_micros() {
-        record["thresholdSeconds"] = round(threshold as f64 / 1e6);
-    }
-    let text = record.to_string();
+    let record = EvidenceRecord {
+        decision: decision.to_owned(),
+        fail_log_evidence: round(e.fail_log_evidence),
+        pass_log_evidence: round(e.pass_log_evidence),
+        log_boundary: round(e.log_boundary),
+        alpha,
+        canary_requests: t.canary_trials,
+        canary_events: t.canary_events,
+        stable_requests: t.stable_trials,
+        stable_events: t.stable_events,
+        odds_ratio: round(t.odds_ratio()),
+        looks: state.judge.looks(),
+        skipped_seconds: round(state.skipped_ms as f64 / 1000.0),
+        as_of_unix_ms: answer.as_of_unix_ms,
+        threshold_seconds: state
+            .judge
+            .threshold_micros()
+            .and_then(|t| round(t as f64 / 1e6)),
+    };
+    // Serializing plain numbers and strings cannot fail.
+    let text = serde_json::to_string(&record).unwrap_or_default();
     if first {
         notes.insert(
             0,
