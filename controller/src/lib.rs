@@ -35,6 +35,7 @@ pub mod lease;
 pub mod local;
 pub mod metrics;
 pub mod observe;
+pub mod rbac;
 pub mod reconcile;
 pub mod router;
 pub mod runner;

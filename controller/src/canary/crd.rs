@@ -1,5 +1,5 @@
 //! The `Canary` CustomResourceDefinition, generated from the Rust types: the one source of
-//! truth for `manifests/crd.yaml` (a test keeps the file equal to this output).
+//! truth for `manifests/base/crd.yaml` (a test keeps the file equal to this output).
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -7,7 +7,7 @@ use kube::CustomResourceExt;
 use super::spec::Canary;
 
 /// Where the generated CRD is kept, relative to the workspace root.
-pub const CRD_PATH: &str = "manifests/crd.yaml";
+pub const CRD_PATH: &str = "manifests/base/crd.yaml";
 
 /// The CRD object.
 pub fn crd() -> CustomResourceDefinition {
@@ -27,10 +27,10 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
 mod tests {
     use super::*;
 
-    /// `manifests/crd.yaml` must be exactly what the code generates.
+    /// `manifests/base/crd.yaml` must be exactly what the code generates.
     #[test]
     fn manifest_equals_the_generated_crd() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/crd.yaml");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/base/crd.yaml");
         let on_disk = std::fs::read_to_string(path).unwrap_or_default();
         let generated = crd_yaml().unwrap();
         assert!(
@@ -75,21 +75,41 @@ mod tests {
 mod example_tests {
     use super::*;
     use crate::canary::{resolve, validate};
+    use serde::Deserialize;
 
-    /// Every example in `manifests/examples/` is a valid Canary: it passes the generated CRD's
-    /// schema, `validate`, and its inline metrics resolve in the analysis engine.
+    /// Every Canary in `manifests/examples/` (each example is a directory of multi-document
+    /// YAML files; the other kinds are checked by `tests/tests/manifests.rs`) is valid: it
+    /// passes the generated CRD's schema, `validate`, and its inline metrics resolve in the
+    /// analysis engine.
     #[test]
     fn examples_are_valid_canaries() {
+        fn yaml_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    yaml_files(&path, out);
+                } else if path.extension().is_some_and(|e| e == "yaml") {
+                    out.push(path);
+                }
+            }
+        }
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/examples");
         let schema = serde_json::to_value(&crd().spec.versions[0].schema).unwrap()
             ["openAPIV3Schema"]
             .clone();
         let validator = jsonschema::validator_for(&schema).unwrap();
+        let mut files = Vec::new();
+        yaml_files(std::path::Path::new(dir), &mut files);
         let mut seen = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            let text = std::fs::read_to_string(&path).unwrap();
-            let value: serde_json::Value = serde_yaml::from_str(&text).unwrap();
+        let documents = files.iter().flat_map(|path| {
+            let text = std::fs::read_to_string(path).unwrap();
+            serde_yaml::Deserializer::from_str(&text)
+                .map(|d| serde_json::Value::deserialize(d).unwrap())
+                .filter(|v| v["kind"] == "Canary")
+                .map(|v| (path.clone(), v))
+                .collect::<Vec<_>>()
+        });
+        for (path, value) in documents {
             let errors: Vec<String> = validator
                 .iter_errors(&value)
                 .map(|e| format!("{e} at {}", e.instance_path()))

@@ -1,4 +1,4 @@
-//! `spec` of the `Canary` resource. The CRD in `manifests/crd.yaml` is generated from these types
+//! `spec` of the `Canary` resource. The CRD in `manifests/base/crd.yaml` is generated from these types
 //! ([`super::crd::crd_yaml`]); `validate` checks what the schema cannot express.
 
 use std::collections::BTreeMap;
