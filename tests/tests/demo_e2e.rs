@@ -101,8 +101,30 @@ fn the_demo_promotes_the_healthy_release_and_rolls_back_the_bad_one() {
         "the bad release starts from the promoted v2"
     );
     assert!(
-        bad["message"].as_str().unwrap().contains("Failed"),
-        "rolled back by a failed analysis: {bad}"
+        bad["message"]
+            .as_str()
+            .unwrap()
+            .contains("Metric \"errors-vs-stable\" assessed Failed"),
+        "rolled back by the error ratio judged against stable: {bad}"
+    );
+    // The evidence, in words, with the sample sizes of both revisions.
+    let evidence: Vec<&str> = bad["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        evidence.iter().any(|e| e
+            .starts_with("errors-vs-stable (Failed): error ratio vs stable: canary ")
+            && e.contains(" vs stable ")
+            && e.contains("evidence for worse")
+            && e.ends_with("→ Failed")),
+        "{evidence:?}"
+    );
+    assert!(
+        stdout.contains("errors-vs-stable (Failed): error ratio vs stable"),
+        "the demo prints the evidence"
     );
     let (requests, errors) = (
         bad["canaryRequests"].as_u64().unwrap(),

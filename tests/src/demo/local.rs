@@ -15,19 +15,13 @@
 //! would be wrong. Here promotion repoints the `stable` cluster at the canary's backend (CDS),
 //! so roles stay right. `local::run` also offers no hook for such workloads and keeps the
 //! measurements to itself.
-//!
-//! It also records each metric's latest measured value as the providers return it, so the
-//! progress display can show measurements the runner itself only counts.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::jiff::Timestamp;
-use plover_controller::analysis::provider::{
-    BoxFuture, Outcome, ProviderError, Providers, Settings, Source,
-};
-use plover_controller::analysis::template::{self, MetricSpec};
+use plover_controller::analysis::provider::{Providers, Settings};
+use plover_controller::analysis::template;
 use plover_controller::canary::{
     decide, resolve, Action, Canary, CanaryStatus, EnvoyRouting, Observation, TrafficCheck,
     WorkloadState,
@@ -58,57 +52,14 @@ pub struct Event {
     pub message: String,
 }
 
-/// The latest value a metric's provider returned.
-#[derive(Clone, Debug)]
-pub struct LastMeasurement {
-    pub at: Instant,
-    /// The value as the measurement records it (`0.983`), or the provider's error.
-    pub text: String,
-}
-
 /// What the controller knows right now, for the display and the releases.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
+    /// With each analysis metric's latest measurement (`metrics` of the runs).
     pub status: CanaryStatus,
-    /// Latest measurement by metric name.
-    pub measurements: BTreeMap<String, LastMeasurement>,
     pub events: Vec<Event>,
     /// The exporter's answer the traffic check read (window of the check).
     pub stats: Option<StatsResponse>,
-}
-
-/// The real providers, remembering each metric's latest value.
-struct Recording {
-    providers: Providers,
-    last: Mutex<BTreeMap<String, LastMeasurement>>,
-}
-
-impl Source for Recording {
-    fn query<'a>(
-        &'a self,
-        metric: &'a MetricSpec,
-    ) -> BoxFuture<'a, Result<Outcome, ProviderError>> {
-        Box::pin(async move {
-            let outcome = self.providers.query(metric).await;
-            let text = match &outcome {
-                Ok(Outcome::Value { text, .. }) => text.clone(),
-                Ok(Outcome::Decided { phase, text, .. }) if text.is_empty() => {
-                    format!("({phase:?})")
-                }
-                Ok(Outcome::Decided { text, .. }) => text.clone(),
-                Err(e) => format!("error: {e}"),
-            };
-            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-            last.insert(
-                metric.name.clone(),
-                LastMeasurement {
-                    at: Instant::now(),
-                    text,
-                },
-            );
-            outcome
-        })
-    }
 }
 
 /// The controller for one Canary in local mode.
@@ -121,7 +72,6 @@ pub struct LocalController {
     workloads: Arc<Mutex<Workloads>>,
     runner: Runner,
     completed: mpsc::UnboundedReceiver<CanaryKey>,
-    recording: Arc<Recording>,
     exporter: observe::Exporter,
     /// The exporter's base URL, for the display's figures.
     display_exporter: String,
@@ -144,11 +94,7 @@ impl LocalController {
         })?;
         let providers =
             Providers::new(settings).map_err(|e| DemoError::Controller(e.to_string()))?;
-        let recording = Arc::new(Recording {
-            providers,
-            last: Mutex::default(),
-        });
-        let (runner, completed) = Runner::new(recording.clone(), Arc::new(SystemTime::now));
+        let (runner, completed) = Runner::new(Arc::new(providers), Arc::new(SystemTime::now));
         let exporter = observe::Exporter::new().map_err(DemoError::Controller)?;
         let object =
             serde_json::to_value(&canary).map_err(|e| DemoError::Controller(e.to_string()))?;
@@ -164,7 +110,6 @@ impl LocalController {
             workloads,
             runner,
             completed,
-            recording,
             exporter,
             display_exporter,
             key,
@@ -288,12 +233,6 @@ impl LocalController {
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             status: self.canary.status.clone().unwrap_or_default(),
-            measurements: self
-                .recording
-                .last
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
             events: self.events.clone(),
             stats: self.stats.clone(),
         }

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
+use plover_controller::canary::measurement::measurement_sentence;
 use plover_controller::canary::{AnalysisRunStatus, CanaryStatus};
 use plover_wire::stats::RevisionStats;
 
@@ -15,8 +16,6 @@ use super::stack::LoadCounters;
 
 /// How often plain output prints a status line.
 const PLAIN_EVERY: Duration = Duration::from_secs(2);
-/// Measurements older than this are not shown (they belong to a finished run).
-const FRESH: Duration = Duration::from_secs(5);
 
 /// One frame's inputs.
 pub struct Frame<'a> {
@@ -38,6 +37,9 @@ pub struct Display {
     last_plain: Option<Instant>,
     /// Events already printed (by time).
     events_until: Option<Instant>,
+    /// Plain output: the metric lines last printed, so a metric whose latest measurement has
+    /// not changed is not printed again.
+    metrics_printed: Vec<String>,
 }
 
 /// Columns of the controlling terminal (`stty size`), 100 when it cannot tell.
@@ -88,6 +90,25 @@ fn run_line(kind: &str, run: &AnalysisRunStatus) -> String {
     )
 }
 
+/// Each metric of the step's and the background run with its latest measurement in words
+/// (for the comparative metrics, the evidence against stable).
+pub fn metric_lines(status: &CanaryStatus) -> Vec<String> {
+    [&status.step_analysis, &status.background_analysis]
+        .into_iter()
+        .flatten()
+        .flat_map(|run| &run.metrics)
+        .filter_map(|m| {
+            let latest = m.latest.as_ref()?;
+            Some(format!(
+                "{} ({:?}): {}",
+                m.name,
+                m.phase,
+                measurement_sentence(latest)
+            ))
+        })
+        .collect()
+}
+
 fn revision_line(r: &RevisionStats) -> String {
     format!(
         "{:<10} {:<7} {:>7.1} req/s  success {:>8}  p99 {:>9}  ({} requests)",
@@ -109,6 +130,7 @@ impl Display {
             drawn: 0,
             last_plain: None,
             events_until: None,
+            metrics_printed: Vec::new(),
         }
     }
 
@@ -167,13 +189,7 @@ impl Display {
         let counter =
             |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
         let now = Instant::now();
-        let measurements: Vec<String> = f
-            .snapshot
-            .measurements
-            .iter()
-            .filter(|(_, m)| now.duration_since(m.at) < FRESH)
-            .map(|(name, m)| format!("{name} = {}", m.text))
-            .collect();
+        let measurements = metric_lines(s);
 
         if !self.tty {
             if self
@@ -212,10 +228,13 @@ impl Display {
                     );
                 }
             }
-            if !measurements.is_empty() {
-                let _ = write!(line, " | {}", measurements.join(", "));
-            }
             self.line(&line);
+            for m in &measurements {
+                if !self.metrics_printed.contains(m) {
+                    self.line(&format!("          {m}"));
+                }
+            }
+            self.metrics_printed = measurements;
             return;
         }
 

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::config::{DemoConfig, ReleaseSpec};
 use super::local::{point_at_exporter, LocalController, Snapshot};
-use super::progress::{Display, Frame};
+use super::progress::{metric_lines, Display, Frame};
 use super::stack::{lock, Stack};
 use super::{DemoError, Options};
 use crate::backend::Backend;
@@ -62,6 +62,10 @@ pub struct Outcome {
     pub canary_exposure_seconds: Option<f64>,
     /// The controller's last message.
     pub message: String,
+    /// Each analysis metric's latest measurement when the release ended, in words: the
+    /// evidence against stable that rolled a bad canary back, or let a healthy one through.
+    #[serde(default)]
+    pub evidence: Vec<String>,
 }
 
 impl Outcome {
@@ -93,6 +97,10 @@ impl Outcome {
                 &mut line,
                 format_args!("; {exposure:.1}s from its first request to all traffic on stable"),
             );
+        }
+        for evidence in &self.evidence {
+            line.push_str("\n    ");
+            line.push_str(evidence);
         }
         line
     }
@@ -146,12 +154,13 @@ async fn release(
         }
     };
     let seconds = started.elapsed().as_secs_f64();
-    let message = snapshots
-        .borrow()
-        .status
-        .message
-        .clone()
-        .unwrap_or_default();
+    let (message, evidence) = {
+        let last = snapshots.borrow();
+        (
+            last.status.message.clone().unwrap_or_default(),
+            metric_lines(&last.status),
+        )
+    };
     if result == Ending::RolledBack {
         // The canary's last request marks the moment all traffic was back on stable; wait
         // long enough for any straggler to show up before reading it.
@@ -191,6 +200,7 @@ async fn release(
         canary_errors,
         canary_exposure_seconds,
         message,
+        evidence,
     })
 }
 
