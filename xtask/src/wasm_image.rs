@@ -29,7 +29,11 @@ pub fn run(args: &[&str]) -> Result<(), String> {
     let (mut wasm, mut out, mut tag) = (None, None, env!("CARGO_PKG_VERSION").to_owned());
     let mut it = args.iter();
     while let Some(arg) = it.next() {
-        let mut value = || it.next().map(|v| (*v).to_owned()).ok_or_else(|| format!("{arg} needs a value\n{USAGE}"));
+        let mut value = || {
+            it.next()
+                .map(|v| (*v).to_owned())
+                .ok_or_else(|| format!("{arg} needs a value\n{USAGE}"))
+        };
         match *arg {
             "--wasm" => wasm = Some(PathBuf::from(value()?)),
             "--out" => out = Some(PathBuf::from(value()?)),
@@ -47,14 +51,38 @@ pub fn run(args: &[&str]) -> Result<(), String> {
     println!("xtask: OCI image layout {} (tag {tag})", out.display());
     println!("  manifest  sha256:{}", image.manifest_digest);
     println!("  config    sha256:{}", image.config_digest);
-    println!("  layer     sha256:{} ({LAYER_MEDIA_TYPE}, {WASM_FILE_NAME})", image.layer_digest);
-    println!("  module    sha256:{} ({} bytes, {})", image.wasm_sha256, module.len(), wasm.display());
+    println!(
+        "  layer     sha256:{} ({LAYER_MEDIA_TYPE}, {WASM_FILE_NAME})",
+        image.layer_digest
+    );
+    println!(
+        "  module    sha256:{} ({} bytes, {})",
+        image.wasm_sha256,
+        module.len(),
+        wasm.display()
+    );
     println!("push it (any one of):");
-    println!("  skopeo copy oci:{}:{tag} docker://REGISTRY/plover/plover-filter:{tag}", out.display());
-    println!("  oras cp --from-oci-layout {}:{tag} REGISTRY/plover/plover-filter:{tag}", out.display());
-    println!("  crane push {} REGISTRY/plover/plover-filter:{tag}", out.display());
-    println!("then WasmPlugin url: oci://REGISTRY/plover/plover-filter:{tag} (or @sha256:{})", image.manifest_digest);
-    println!("plain https instead: serve {} and use sha256: {}", wasm.display(), image.wasm_sha256);
+    println!(
+        "  skopeo copy oci:{}:{tag} docker://REGISTRY/plover/plover-filter:{tag}",
+        out.display()
+    );
+    println!(
+        "  oras cp --from-oci-layout {}:{tag} REGISTRY/plover/plover-filter:{tag}",
+        out.display()
+    );
+    println!(
+        "  crane push {} REGISTRY/plover/plover-filter:{tag}",
+        out.display()
+    );
+    println!(
+        "then WasmPlugin url: oci://REGISTRY/plover/plover-filter:{tag} (or @sha256:{})",
+        image.manifest_digest
+    );
+    println!(
+        "plain https instead: serve {} and use sha256: {}",
+        wasm.display(),
+        image.wasm_sha256
+    );
     Ok(())
 }
 
@@ -119,13 +147,20 @@ pub fn write_layout(dir: &Path, module: &[u8], tag: &str) -> Result<Image, Strin
     }
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs).map_err(|e| format!("creating {}: {e}", blobs.display()))?;
-    let write = |path: PathBuf, bytes: &[u8]| fs::write(&path, bytes).map_err(|e| format!("writing {}: {e}", path.display()));
+    let write = |path: PathBuf, bytes: &[u8]| {
+        fs::write(&path, bytes).map_err(|e| format!("writing {}: {e}", path.display()))
+    };
     write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     write(dir.join("index.json"), index.as_bytes())?;
     write(blobs.join(&manifest_digest), manifest.as_bytes())?;
     write(blobs.join(&config_digest), config.as_bytes())?;
     write(blobs.join(&layer_digest), &layer)?;
-    Ok(Image { manifest_digest, config_digest, layer_digest, wasm_sha256: hex(&sha256(module)) })
+    Ok(Image {
+        manifest_digest,
+        config_digest,
+        layer_digest,
+        wasm_sha256: hex(&sha256(module)),
+    })
 }
 
 /// A POSIX ustar archive with one regular file (mode 0644, owner 0:0, mtime 0).
@@ -187,7 +222,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &byte in data {
         crc ^= u32::from(byte);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -196,17 +235,21 @@ fn crc32(data: &[u8]) -> u32 {
 /// SHA-256 (FIPS 180-4).
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     const K: [u32; 64] = [
-        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98,
-        0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
-        0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8,
-        0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
-        0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819,
-        0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
-        0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+        0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+        0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+        0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+        0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+        0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+        0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+        0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
         0xc67178f2,
     ];
-    let mut h: [u32; 8] =
-        [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
+    let mut h: [u32; 8] = [
+        0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
+        0x5be0cd19,
+    ];
     let mut message = data.to_vec();
     message.push(0x80);
     while message.len() % 64 != 56 {
@@ -221,13 +264,20 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
         for i in 16..64 {
             let s0 = w[i - 15].rotate_right(7) ^ w[i - 15].rotate_right(18) ^ (w[i - 15] >> 3);
             let s1 = w[i - 2].rotate_right(17) ^ w[i - 2].rotate_right(19) ^ (w[i - 2] >> 10);
-            w[i] = w[i - 16].wrapping_add(s0).wrapping_add(w[i - 7]).wrapping_add(s1);
+            w[i] = w[i - 16]
+                .wrapping_add(s0)
+                .wrapping_add(w[i - 7])
+                .wrapping_add(s1);
         }
         let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut hh] = h;
         for i in 0..64 {
             let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
             let ch = (e & f) ^ (!e & g);
-            let t1 = hh.wrapping_add(s1).wrapping_add(ch).wrapping_add(K[i]).wrapping_add(w[i]);
+            let t1 = hh
+                .wrapping_add(s1)
+                .wrapping_add(ch)
+                .wrapping_add(K[i])
+                .wrapping_add(w[i]);
             let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
             let maj = (a & b) ^ (a & c) ^ (b & c);
             let t2 = s0.wrapping_add(maj);
@@ -261,10 +311,19 @@ mod tests {
 
     #[test]
     fn sha256_matches_the_fips_vectors() {
-        assert_eq!(hex(&sha256(b"")), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
-        assert_eq!(hex(&sha256(b"abc")), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            hex(&sha256(b"")),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            hex(&sha256(b"abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         let long = b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
-        assert_eq!(hex(&sha256(long)), "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+        assert_eq!(
+            hex(&sha256(long)),
+            "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
+        );
     }
 
     #[test]
@@ -278,32 +337,87 @@ mod tests {
     #[test]
     fn the_layout_holds_the_module_under_correct_digests() {
         use std::process::Command;
-        let dir = std::env::temp_dir().join(format!("plover-wasm-image-test-{}", std::process::id()));
-        let module: Vec<u8> = b"\0asm\x01\0\0\0".iter().copied().chain((0..200_000u32).map(|i| (i % 251) as u8)).collect();
+        let dir =
+            std::env::temp_dir().join(format!("plover-wasm-image-test-{}", std::process::id()));
+        let module: Vec<u8> = b"\0asm\x01\0\0\0"
+            .iter()
+            .copied()
+            .chain((0..200_000u32).map(|i| (i % 251) as u8))
+            .collect();
         let image = write_layout(&dir, &module, "0.1.0").unwrap();
         let read = |p: &str| fs::read_to_string(dir.join(p)).unwrap();
         assert_eq!(read("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#);
         let index = read("index.json");
         let manifest = read(&format!("blobs/sha256/{}", image.manifest_digest));
-        assert!(index.contains(&format!(r#""digest":"sha256:{}","size":{}"#, image.manifest_digest, manifest.len())), "{index}");
+        assert!(
+            index.contains(&format!(
+                r#""digest":"sha256:{}","size":{}"#,
+                image.manifest_digest,
+                manifest.len()
+            )),
+            "{index}"
+        );
         assert!(index.contains(r#""org.opencontainers.image.ref.name":"0.1.0""#));
         let layer = fs::read(dir.join(format!("blobs/sha256/{}", image.layer_digest))).unwrap();
         let config = read(&format!("blobs/sha256/{}", image.config_digest));
-        assert!(manifest.contains(&format!(r#""mediaType":"{LAYER_MEDIA_TYPE}","digest":"sha256:{}","size":{}"#, image.layer_digest, layer.len())));
-        assert!(manifest.contains(&format!(r#""mediaType":"{CONFIG_MEDIA_TYPE}","digest":"sha256:{}","size":{}"#, image.config_digest, config.len())));
-        let sums = Command::new("sha256sum").current_dir(dir.join("blobs/sha256")).args([&image.manifest_digest, &image.config_digest, &image.layer_digest]).output().unwrap();
+        assert!(manifest.contains(&format!(
+            r#""mediaType":"{LAYER_MEDIA_TYPE}","digest":"sha256:{}","size":{}"#,
+            image.layer_digest,
+            layer.len()
+        )));
+        assert!(manifest.contains(&format!(
+            r#""mediaType":"{CONFIG_MEDIA_TYPE}","digest":"sha256:{}","size":{}"#,
+            image.config_digest,
+            config.len()
+        )));
+        let sums = Command::new("sha256sum")
+            .current_dir(dir.join("blobs/sha256"))
+            .args([
+                &image.manifest_digest,
+                &image.config_digest,
+                &image.layer_digest,
+            ])
+            .output()
+            .unwrap();
         for line in String::from_utf8(sums.stdout).unwrap().lines() {
             let (sum, name) = line.split_once("  ").unwrap();
             assert_eq!(sum, name, "blob {name} is not named by its sha256");
         }
-        let extracted = Command::new("tar").args(["-xzOf"]).arg(dir.join(format!("blobs/sha256/{}", image.layer_digest))).arg(WASM_FILE_NAME).output().unwrap();
-        assert!(extracted.status.success(), "{}", String::from_utf8_lossy(&extracted.stderr));
-        assert!(extracted.stdout == module, "plugin.wasm differs from the module");
-        let diff_id = hex(&sha256(&Command::new("gzip").arg("-dc").arg(dir.join(format!("blobs/sha256/{}", image.layer_digest))).output().unwrap().stdout));
-        assert!(config.contains(&format!("sha256:{diff_id}")), "rootfs.diff_ids must be the uncompressed layer's digest");
+        let extracted = Command::new("tar")
+            .args(["-xzOf"])
+            .arg(dir.join(format!("blobs/sha256/{}", image.layer_digest)))
+            .arg(WASM_FILE_NAME)
+            .output()
+            .unwrap();
+        assert!(
+            extracted.status.success(),
+            "{}",
+            String::from_utf8_lossy(&extracted.stderr)
+        );
+        assert!(
+            extracted.stdout == module,
+            "plugin.wasm differs from the module"
+        );
+        let diff_id = hex(&sha256(
+            &Command::new("gzip")
+                .arg("-dc")
+                .arg(dir.join(format!("blobs/sha256/{}", image.layer_digest)))
+                .output()
+                .unwrap()
+                .stdout,
+        ));
+        assert!(
+            config.contains(&format!("sha256:{diff_id}")),
+            "rootfs.diff_ids must be the uncompressed layer's digest"
+        );
         assert_eq!(image.wasm_sha256, hex(&sha256(&module)));
         // Reproducible: the same module gives the same manifest digest.
-        assert_eq!(write_layout(&dir, &module, "0.1.0").unwrap().manifest_digest, image.manifest_digest);
+        assert_eq!(
+            write_layout(&dir, &module, "0.1.0")
+                .unwrap()
+                .manifest_digest,
+            image.manifest_digest
+        );
         assert!(write_layout(&dir, b"not wasm", "x").is_err());
         fs::remove_dir_all(&dir).unwrap();
     }
