@@ -530,6 +530,101 @@ fn every_kustomization_renders_to_valid_unique_objects() {
     );
 }
 
+/// Every manifest file is installed by some kustomization (`examples/local` is for `plover
+/// local`, with no cluster), so nothing validated above is dead.
+#[test]
+fn every_manifest_file_is_used_by_a_kustomization() {
+    let used: BTreeSet<String> = renderings()
+        .iter()
+        .flat_map(|r| r.objects.iter())
+        .filter_map(|o| o.source.split(" (as rendered").next().map(str::to_owned))
+        .collect();
+    let mut paths = Vec::new();
+    files(&manifests_dir(), "yaml", &mut paths);
+    let unused: Vec<String> = paths
+        .iter()
+        .filter(|p| !p.ends_with("kustomization.yaml"))
+        .map(|p| relative(p))
+        .filter(|p| !p.starts_with("manifests/examples/local/") && !used.contains(p))
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "files no kustomization renders: {unused:?}"
+    );
+}
+
+/// ServiceMonitors select a Service of the same rendering by its labels and scrape a port it
+/// names; that port reaches a container port serving /metrics.
+#[test]
+fn servicemonitors_scrape_named_ports_of_existing_services() {
+    let mut seen = 0;
+    for rendering in install_renderings() {
+        for monitor in rendering
+            .objects
+            .iter()
+            .filter(|o| o.kind() == "ServiceMonitor")
+        {
+            let selector = monitor.value["spec"]["selector"]["matchLabels"]
+                .as_object()
+                .unwrap();
+            let namespaces = &monitor.value["spec"]["namespaceSelector"]["matchNames"];
+            let services: Vec<&Object> = rendering
+                .objects
+                .iter()
+                .filter(|o| o.kind() == "Service")
+                .filter(|o| {
+                    namespaces
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|n| n == o.namespace())
+                })
+                .filter(|o| {
+                    selector
+                        .iter()
+                        .all(|(k, v)| o.value["metadata"]["labels"][k] == *v)
+                })
+                .collect();
+            assert_eq!(
+                services.len(),
+                1,
+                "{}: selects {} Services",
+                monitor.describe(),
+                services.len()
+            );
+            for endpoint in monitor.value["spec"]["endpoints"].as_array().unwrap() {
+                let port = &endpoint["port"];
+                assert!(
+                    services[0].value["spec"]["ports"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|p| p["name"] == *port),
+                    "{}: Service {} has no port named {port}",
+                    monitor.describe(),
+                    services[0].name()
+                );
+                assert_eq!(endpoint["path"], "/metrics", "{}", monitor.describe());
+            }
+            // With ServiceMonitors, the pods are not also annotated for scraping.
+            for deployment in rendering
+                .objects
+                .iter()
+                .filter(|o| o.kind() == "Deployment")
+            {
+                let annotations = &deployment.value["spec"]["template"]["metadata"]["annotations"];
+                assert!(
+                    annotations["prometheus.io/scrape"].is_null(),
+                    "{}: scraped twice",
+                    deployment.describe()
+                );
+            }
+            seen += 1;
+        }
+    }
+    assert!(seen >= 4, "ServiceMonitors checked: {seen}");
+}
+
 /// A hand-broken copy of an object must fail, naming the file, the object and the field: the
 /// validation really runs and its messages are usable.
 #[test]
