@@ -18,6 +18,7 @@ use std::{
 
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
+use plover_wire::stats::StatsResponse;
 
 use crate::{
     analysis::{
@@ -144,31 +145,102 @@ fn env_secrets(documents: &[Document]) -> Secrets {
     secrets
 }
 
-/// Runs the local controller; returns only with `until_done` (or on an error).
-pub async fn run(opts: Options, out: &mut (dyn Write + Send)) -> Result<Outcome, LocalError> {
-    let status_file = opts
-        .status_file
-        .clone()
-        .unwrap_or_else(|| default_status_file(&opts.canary_file));
-    let templates = load_templates(&opts.template_files)?;
-    let secrets = env_secrets(&templates);
-    let providers =
-        Providers::new(opts.settings.clone()).map_err(|e| LocalError::Spec(e.to_string()))?;
-    let clock: Arc<dyn Fn() -> std::time::SystemTime + Send + Sync> =
-        Arc::new(std::time::SystemTime::now);
-    let (runner, mut completed) = Runner::new(Arc::new(providers), clock);
-    let exporter = Exporter::new().map_err(LocalError::Spec)?;
-    let mut canary = read_canary(&opts.canary_file)?;
-    let mut last_line = String::new();
-    loop {
+/// One event the decision emitted (Kubernetes would record it on the Canary).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// What one reconcile saw and did, for a caller that shows it (the local demo).
+#[derive(Clone, Debug)]
+pub struct Pass {
+    /// The status after this pass, as written to the status file (with each analysis metric's
+    /// latest measurement).
+    pub status: CanaryStatus,
+    /// The phase the status file held before this pass.
+    pub previous_phase: Option<CanaryPhase>,
+    /// Events emitted by this pass.
+    pub events: Vec<Event>,
+    /// The exporter's answer the traffic check read (`None` without a check, or no answer).
+    pub stats: Option<StatsResponse>,
+    /// When the decision wants to look again.
+    pub requeue_after: Option<Duration>,
+}
+
+impl Pass {
+    /// How a `--until-done` run ends after this pass, if it does.
+    pub fn outcome(&self) -> Option<Outcome> {
+        match self.status.phase {
+            Some(CanaryPhase::Degraded) => Some(Outcome::Degraded),
+            Some(CanaryPhase::Healthy) if self.previous_phase == Some(CanaryPhase::Promoting) => {
+                Some(Outcome::Promoted)
+            }
+            Some(CanaryPhase::Healthy) if self.previous_phase.is_none() => Some(Outcome::Healthy),
+            _ => None,
+        }
+    }
+}
+
+/// The controller in local mode: the spec file, the status file, the Envoy file router and the
+/// analysis runner. [`run`] (`plover local`) drives it; so does the local demo, through
+/// [`LocalController::run_observed`].
+pub struct LocalController {
+    canary_file: PathBuf,
+    status_file: PathBuf,
+    poll: Duration,
+    templates: Vec<Document>,
+    secrets: Secrets,
+    runner: Runner,
+    completed: tokio::sync::mpsc::UnboundedReceiver<CanaryKey>,
+    exporter: Exporter,
+    /// The last spec read that parsed (a half-written edit keeps it).
+    canary: Canary,
+    last_line: String,
+}
+
+impl LocalController {
+    pub fn new(opts: &Options) -> Result<LocalController, LocalError> {
+        let status_file = opts
+            .status_file
+            .clone()
+            .unwrap_or_else(|| default_status_file(&opts.canary_file));
+        let templates = load_templates(&opts.template_files)?;
+        let secrets = env_secrets(&templates);
+        let providers =
+            Providers::new(opts.settings.clone()).map_err(|e| LocalError::Spec(e.to_string()))?;
+        let clock: Arc<dyn Fn() -> std::time::SystemTime + Send + Sync> =
+            Arc::new(std::time::SystemTime::now);
+        let (runner, completed) = Runner::new(Arc::new(providers), clock);
+        let exporter = Exporter::new().map_err(LocalError::Spec)?;
+        let canary = read_canary(&opts.canary_file)?;
+        Ok(LocalController {
+            canary_file: opts.canary_file.clone(),
+            status_file,
+            poll: opts.poll,
+            templates,
+            secrets,
+            runner,
+            completed,
+            exporter,
+            canary,
+            last_line: String::new(),
+        })
+    }
+
+    /// One reconcile: read the spec and the status, observe, decide, act, write the status.
+    /// Routes, clusters, analysis starts, events and status changes are printed to `out`.
+    pub async fn reconcile(&mut self, out: &mut (dyn Write + Send)) -> Result<Pass, LocalError> {
         // Keep the last good spec if an edit is half-written.
-        match read_canary(&opts.canary_file) {
-            Ok(c) => canary = c,
+        match read_canary(&self.canary_file) {
+            Ok(c) => self.canary = c,
             Err(e) => {
                 let _ = writeln!(out, "WARN {e}");
             }
         }
-        let status = read_status(&status_file)?;
+        let canary = &self.canary;
+        let status = read_status(&self.status_file)?;
         let name = canary.name_any();
         let namespace = canary.namespace().unwrap_or_else(|| "default".to_owned());
         let key: CanaryKey = (namespace.clone(), name.clone());
@@ -177,18 +249,20 @@ pub async fn run(opts: Options, out: &mut (dyn Write + Send)) -> Result<Outcome,
             .stable_revision
             .clone()
             .unwrap_or_else(|| spec.workload.stable.clone());
-        let traffic = match &spec.traffic_check {
+        let stats = match &spec.traffic_check {
             Some(check) => {
                 let service = check.service.clone().unwrap_or_else(|| name.clone());
-                exporter
-                    .stats(check, &namespace, &service)
-                    .await
-                    .ok()
-                    .map(|s| traffic_of_revision(&s, &spec.workload.canary))
+                // An exporter that does not answer is "no observation".
+                self.exporter.stats(check, &namespace, &service).await.ok()
             }
             None => None,
         };
-        let verdicts = runner.verdicts(&key);
+        // By the canary's revision: at the start of a release the window still holds the
+        // previous revision's requests on a fixed canary cluster.
+        let traffic = stats
+            .as_ref()
+            .map(|s| traffic_of_revision(s, &spec.workload.canary));
+        let verdicts = self.runner.verdicts(&key);
         let obs = Observation {
             name: &name,
             generation: canary.metadata.generation,
@@ -202,6 +276,7 @@ pub async fn run(opts: Options, out: &mut (dyn Write + Send)) -> Result<Outcome,
         };
         let mut decision = decide(&obs);
         let mut stable_now = stable_revision.clone();
+        let mut events = Vec::new();
         for action in &decision.actions {
             match action {
                 Action::SetWeight {
@@ -235,21 +310,21 @@ pub async fn run(opts: Options, out: &mut (dyn Write + Send)) -> Result<Outcome,
                 Action::StartAnalysis {
                     name: run, source, ..
                 } => {
-                    let object = serde_json::to_value(&canary).unwrap_or_default();
+                    let object = serde_json::to_value(canary).unwrap_or_default();
                     let inputs = resolve::Inputs {
-                        templates: templates.clone(),
+                        templates: resolve::referenced(source, &self.templates),
                         canary: &object,
                         stable_revision: &stable_revision,
                         canary_revision: &spec.workload.canary,
-                        secrets: secrets.clone(),
+                        secrets: self.secrets.clone(),
                     };
                     match resolve::resolve(source, inputs) {
-                        Ok(analysis) => runner.start(&key, run, analysis),
-                        Err(e) => runner.fail(&key, run, e.to_string()),
+                        Ok(analysis) => self.runner.start(&key, run, analysis),
+                        Err(e) => self.runner.fail(&key, run, e.to_string()),
                     }
                     let _ = writeln!(out, "ANALYSIS started {run}");
                 }
-                Action::StopAnalysis { name: run } => runner.stop(&key, run),
+                Action::StopAnalysis { name: run } => self.runner.stop(&key, run),
                 Action::Event {
                     warning,
                     reason,
@@ -260,13 +335,18 @@ pub async fn run(opts: Options, out: &mut (dyn Write + Send)) -> Result<Outcome,
                         "EVENT {} {reason}: {message}",
                         if *warning { "Warning" } else { "Normal" }
                     );
+                    events.push(Event {
+                        warning: *warning,
+                        reason,
+                        message: message.clone(),
+                    });
                 }
             }
         }
         let keep = decision.status.analysis_runs_in_use();
-        runner.retain(&key, &keep);
+        self.runner.retain(&key, &keep);
         // A request that arrived while we decided must not be lost by our write.
-        let latest = read_status(&status_file)?;
+        let latest = read_status(&self.status_file)?;
         if latest.promote && !status.promote {
             decision.status.promote = true;
         }
@@ -277,7 +357,7 @@ pub async fn run(opts: Options, out: &mut (dyn Write + Send)) -> Result<Outcome,
             decision.status.abort = latest.abort;
         }
         if decision.status != status {
-            write_status(&status_file, &decision.status)?;
+            write_status(&self.status_file, &decision.status)?;
         }
         let s = &decision.status;
         let line = format!(
@@ -290,29 +370,55 @@ pub async fn run(opts: Options, out: &mut (dyn Write + Send)) -> Result<Outcome,
                 .map_or_else(|| "-".to_owned(), |w| w.to_string()),
             s.message.clone().unwrap_or_default()
         );
-        if line != last_line {
+        if line != self.last_line {
             let _ = writeln!(out, "{}", line.trim_end());
-            last_line = line;
+            self.last_line = line;
         }
         let _ = out.flush();
-        if opts.until_done {
-            match s.phase {
-                Some(CanaryPhase::Degraded) => return Ok(Outcome::Degraded),
-                Some(CanaryPhase::Healthy) if status.phase == Some(CanaryPhase::Promoting) => {
-                    return Ok(Outcome::Promoted)
-                }
-                Some(CanaryPhase::Healthy) if status.phase.is_none() => {
-                    return Ok(Outcome::Healthy)
-                }
-                _ => {}
-            }
-        }
-        let sleep = decision.requeue_after.unwrap_or(opts.poll).min(opts.poll);
+        Ok(Pass {
+            status: decision.status,
+            previous_phase: status.phase,
+            events,
+            stats,
+            requeue_after: decision.requeue_after,
+        })
+    }
+
+    /// Waits until the pass wants to look again (at most `poll`), or a run completes.
+    pub async fn wait(&mut self, pass: &Pass) {
+        let sleep = pass.requeue_after.unwrap_or(self.poll).min(self.poll);
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
-            _ = completed.recv() => {}
+            _ = self.completed.recv() => {}
         }
     }
+
+    /// The loop: reconcile, hand the pass to `observe`, wait; with `until_done`, return the
+    /// outcome once the canary is promoted, rolled back or has nothing to roll out.
+    pub async fn run_observed(
+        mut self,
+        until_done: bool,
+        out: &mut (dyn Write + Send),
+        mut observe: impl FnMut(&Pass) + Send,
+    ) -> Result<Outcome, LocalError> {
+        loop {
+            let pass = self.reconcile(out).await?;
+            observe(&pass);
+            if until_done {
+                if let Some(outcome) = pass.outcome() {
+                    return Ok(outcome);
+                }
+            }
+            self.wait(&pass).await;
+        }
+    }
+}
+
+/// Runs the local controller (`plover local`); returns only with `until_done` (or on an error).
+pub async fn run(opts: Options, out: &mut (dyn Write + Send)) -> Result<Outcome, LocalError> {
+    LocalController::new(&opts)?
+        .run_observed(opts.until_done, out, |_| {})
+        .await
 }
 
 /// Per-revision weights the routes file holds, for `plover get --local`.

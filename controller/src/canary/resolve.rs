@@ -53,6 +53,39 @@ pub struct Inputs<'a> {
     pub secrets: Secrets,
 }
 
+/// The templates a source references, and those they reference in turn, picked from
+/// `available`: what the cluster controller fetches by name, for callers that hold every
+/// template at once (local mode). [`resolve`] merges every template it is given, so handing it
+/// unreferenced ones would add their metrics. A missing one is left out; [`resolve`] names it.
+pub fn referenced(source: &AnalysisSource, available: &[Document]) -> Vec<Document> {
+    let mut wanted: Vec<(&str, bool)> = source
+        .templates
+        .iter()
+        .map(|t| (t.template_name.as_str(), t.cluster_scope))
+        .collect();
+    let mut picked: Vec<Document> = Vec::new();
+    while let Some((name, cluster)) = wanted.pop() {
+        let kind = if cluster {
+            "ClusterAnalysisTemplate"
+        } else {
+            "AnalysisTemplate"
+        };
+        if picked.iter().any(|d| d.name == name && d.kind == kind) {
+            continue;
+        }
+        if let Some(doc) = available.iter().find(|d| d.name == name && d.kind == kind) {
+            wanted.extend(
+                doc.spec
+                    .templates
+                    .iter()
+                    .map(|t| (t.template_name.as_str(), t.cluster_scope)),
+            );
+            picked.push(doc.clone());
+        }
+    }
+    picked
+}
+
 /// Resolves the analysis a step or the background runs.
 pub fn resolve(
     source: &AnalysisSource,
@@ -191,6 +224,35 @@ spec:
         address: http://prometheus:9090
         query: sum(rate(x{svc=\"{{args.service}}\",hash=\"{{args.hash}}\"}[1m]))
 ";
+
+    #[test]
+    fn only_referenced_templates_and_those_they_reference_are_picked() {
+        let docs = template::load(&format!(
+            "{TEMPLATE}---\napiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {{name: composed}}\nspec:\n  templates:\n  - templateName: success-rate\n---\napiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {{name: unrelated}}\nspec:\n  metrics:\n  - name: other\n    provider: {{web: {{url: 'http://x/'}}}}\n"
+        ))
+        .unwrap();
+        let source = |name: &str| AnalysisSource {
+            templates: vec![AnalysisTemplateRef {
+                template_name: name.into(),
+                cluster_scope: false,
+            }],
+            ..Default::default()
+        };
+        let names = |picked: Vec<Document>| {
+            let mut n: Vec<String> = picked.into_iter().map(|d| d.name).collect();
+            n.sort();
+            n
+        };
+        assert_eq!(
+            names(referenced(&source("success-rate"), &docs)),
+            ["success-rate"]
+        );
+        assert_eq!(
+            names(referenced(&source("composed"), &docs)),
+            ["composed", "success-rate"]
+        );
+        assert!(referenced(&source("missing"), &docs).is_empty());
+    }
 
     #[test]
     fn field_paths() {

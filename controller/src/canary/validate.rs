@@ -83,7 +83,12 @@ pub fn validate(spec: &CanarySpec) -> Result<(), InvalidSpec> {
     let mut e = Errors(Vec::new());
     e.name("spec.workload.stable", &spec.workload.stable);
     e.name("spec.workload.canary", &spec.workload.canary);
-    if !spec.workload.stable.is_empty() && spec.workload.stable == spec.workload.canary {
+    // With Envoy routing (local mode) the workloads are revisions, and the same revision on both
+    // means there is nothing to roll out; elsewhere they are two Deployments.
+    if !spec.workload.stable.is_empty()
+        && spec.workload.stable == spec.workload.canary
+        && spec.traffic_routing.envoy.is_none()
+    {
         e.push(
             "spec.workload.canary",
             "must differ from spec.workload.stable",
@@ -485,6 +490,24 @@ mod tests {
         assert_eq!(fields(&spec), vec!["spec.trafficRouting"]);
         spec.traffic_routing = TrafficRouting::default();
         assert_eq!(fields(&spec), vec!["spec.trafficRouting"]);
+    }
+
+    #[test]
+    fn the_same_revision_on_both_workloads_is_nothing_to_roll_out_only_in_local_mode() {
+        let mut spec = istio_spec();
+        spec.workload.canary = spec.workload.stable.clone();
+        assert_eq!(fields(&spec), vec!["spec.workload.canary"]);
+        spec.traffic_routing = TrafficRouting {
+            envoy: Some(EnvoyRouting {
+                routes_file: "/tmp/rds/routes.yaml".into(),
+                prefix: "/".into(),
+                route_config_name: "r".into(),
+                domains: vec!["*".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(fields(&spec), Vec::<String>::new());
     }
 
     #[test]

@@ -56,7 +56,6 @@ struct DemoFile {
 #[derive(Clone, Debug)]
 pub struct DemoConfig {
     pub canary: Canary,
-    pub templates: Vec<template::Document>,
     pub initial_revision: String,
     pub revisions: BTreeMap<String, Behaviour>,
     pub load: LoadSpec,
@@ -95,8 +94,9 @@ impl DemoConfig {
             ));
         }
         let templates_path = dir.join("templates.yaml");
-        let templates =
-            template::load(&read(&templates_path)?).map_err(|e| invalid(&templates_path, e))?;
+        // The controller reads the templates itself; a mistake in them is reported here, before
+        // anything starts.
+        template::load(&read(&templates_path)?).map_err(|e| invalid(&templates_path, e))?;
 
         let demo_path: PathBuf = dir.join("demo.yaml");
         let file: DemoFile =
@@ -142,7 +142,6 @@ impl DemoConfig {
         }
         Ok(DemoConfig {
             canary,
-            templates,
             initial_revision: file.initial_revision,
             revisions,
             load: file.load,

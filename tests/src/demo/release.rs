@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 
 use plover_controller::analysis::provider::Settings;
 use plover_controller::canary::CanaryPhase;
+use plover_controller::local;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::config::{DemoConfig, ReleaseSpec};
-use super::local::{point_at_exporter, LocalController, Snapshot};
+use super::local::{run as run_controller, Snapshot, RECONCILE_EVERY};
 use super::progress::{metric_lines, Display, Frame};
 use super::stack::{lock, Stack};
 use super::{DemoError, Options};
@@ -115,10 +116,15 @@ async fn release(
     spec: &ReleaseSpec,
     revision: &str,
 ) -> Result<Outcome, DemoError> {
-    let from = lock(&stack.workloads).stable().to_owned();
+    let from = snapshots
+        .borrow()
+        .status
+        .stable_revision
+        .clone()
+        .unwrap_or_else(|| config.initial_revision.clone());
     let backend = Backend::start(revision, config.revisions[&spec.revision].clone()).await;
     let started = Instant::now();
-    lock(&stack.workloads).release(backend)?;
+    lock(&stack.workloads).release(backend, &from)?;
     display.line(&format!(
         "▶ release {}: {from} → {revision} (expect {:?})",
         spec.name, spec.expect
@@ -288,25 +294,21 @@ pub async fn run(
         display.line(line);
     }
 
-    let mut canary = config.canary.clone();
-    if let Some(envoy) = canary.spec.traffic_routing.envoy.as_mut() {
-        envoy.routes_file = stack.routes_file.display().to_string();
-    }
-    point_at_exporter(&mut canary.spec.traffic_check, &stack.exporter_url());
-    let settings = Settings {
-        prometheus_override: None,
-        prometheus_default: Some(stack.prometheus.url.clone()),
-        exporter: Some(stack.exporter_url()),
+    // `plover local`'s loop, on the spec file the stack wrote.
+    let options = local::Options {
+        canary_file: lock(&stack.workloads).canary_file().to_owned(),
+        template_files: vec![opts.fixtures.join("templates.yaml")],
+        status_file: None,
+        settings: Settings {
+            prometheus_override: None,
+            prometheus_default: Some(stack.prometheus.url.clone()),
+            exporter: Some(stack.exporter_url()),
+        },
+        until_done: false,
+        poll: RECONCILE_EVERY,
     };
-    let controller = LocalController::new(
-        canary,
-        config.templates.clone(),
-        stack.workloads.clone(),
-        settings,
-    )?;
     let (snapshot_tx, mut snapshots) = watch::channel(Snapshot::default());
-    let (stop, stopped) = watch::channel(false);
-    let controller = AbortOnDrop(tokio::spawn(controller.run(snapshot_tx, stopped)));
+    let controller = AbortOnDrop(tokio::spawn(run_controller(options, snapshot_tx)));
 
     // Steady state first: everything on stable, and the exporter seeing the traffic.
     let warm = Instant::now();
@@ -333,7 +335,12 @@ pub async fn run(
     }
     display.line(&format!(
         "steady: stable runs {} and takes all traffic",
-        lock(&stack.workloads).stable()
+        snapshots
+            .borrow()
+            .status
+            .stable_revision
+            .as_deref()
+            .unwrap_or(&config.initial_revision)
     ));
 
     for (spec, revision) in &plan {
@@ -358,7 +365,9 @@ pub async fn run(
         }
         std::future::pending::<()>().await;
     }
-    let _ = stop.send(true);
+    // Stopped between two reconciles or inside one: its files are written by rename, so the
+    // gateway never sees half of one.
+    controller.0.abort();
     let _ = controller.join().await;
     Ok(())
 }

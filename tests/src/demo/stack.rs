@@ -1,26 +1,29 @@
 //! The processes and servers of the demo: the app's revisions, the exporter, Prometheus,
 //! Envoy fed from watched files, and the load generator.
 //!
-//! The gateway has two revision clusters, `stable` and `canary` (the Canary's workloads). A
-//! release points `canary` at the new revision's backend; a promotion points `stable` at it.
-//! Both happen by rewriting the CDS file (renamed into the watched directory, as the controller's
-//! router does for routes), so Envoy picks them up without a restart.
+//! The gateway has two fixed clusters, `stable` and `canary` (the spec's `stableCluster` and
+//! `canaryCluster`), which the filter tags by role. A release starts the new revision's backend
+//! and names it in the spec file; the controller (local mode) then points the `canary` cluster
+//! at it, and on promotion the `stable` cluster, by rewriting the CDS file (renamed into the
+//! watched directory, as it does the routes), so Envoy picks them up without a restart.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use plover_controller::canary::Canary;
 use plover_controller::router::envoy_file;
 use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::config::DemoConfig;
+use super::local::point_at_exporter;
 use super::prometheus::Prometheus;
 use super::DemoError;
 use crate::backend::Backend;
-use crate::envoy::{clusters_document, Envoy, FileGatewaySpec, WasmFilter};
+use crate::envoy::{Envoy, FileGatewaySpec, WasmFilter};
 use crate::http::{client, get};
 
 /// Bearer token between the filter and the exporter (both are ours, on loopback).
@@ -28,61 +31,48 @@ const TOKEN: &str = "plover-demo";
 /// Header the demo app names its revision in.
 const REVISION_HEADER: &str = "x-app-revision";
 
-/// Which revision each workload (Envoy cluster) serves, and the backends behind them.
+/// The Canary spec the controller reads (the demo's side of it: which revision is the canary,
+/// and the backend of each revision) and the backends the demo runs.
 pub struct Workloads {
-    stable_cluster: String,
-    canary_cluster: String,
-    clusters_file: PathBuf,
-    stable: String,
-    canary: String,
+    /// The spec file `plover local` reads on every reconcile.
+    canary_file: PathBuf,
+    canary: Canary,
     backends: BTreeMap<String, Backend>,
 }
 
 impl Workloads {
-    pub fn stable(&self) -> &str {
-        &self.stable
-    }
-
-    pub fn canary(&self) -> &str {
-        &self.canary
+    pub fn canary_file(&self) -> &Path {
+        &self.canary_file
     }
 
     pub fn backend(&self, revision: &str) -> Option<&Backend> {
         self.backends.get(revision)
     }
 
-    fn write_clusters(&mut self) -> Result<(), DemoError> {
-        // Backends neither cluster serves any more are stopped.
-        let (stable, canary) = (self.stable.clone(), self.canary.clone());
-        self.backends
-            .retain(|revision, _| *revision == stable || *revision == canary);
-        let port = |revision: &str| self.backends[revision].port;
-        let doc = clusters_document(&[
-            (&self.stable_cluster, port(&stable)),
-            (&self.canary_cluster, port(&canary)),
-        ]);
-        let text = serde_json::to_string_pretty(&doc).expect("a JSON value serializes");
-        envoy_file::write_atomically(&self.clusters_file, &text)
+    /// Writes the spec by rename, so the controller never reads half of it.
+    fn write_spec(&self) -> Result<(), DemoError> {
+        let text = serde_yaml::to_string(&self.canary)
+            .map_err(|e| DemoError::Controller(format!("canary spec: {e}")))?;
+        envoy_file::write_atomically(&self.canary_file, &text)
             .map_err(|e| DemoError::Controller(e.to_string()))?;
         Ok(())
     }
 
-    /// Deploys `backend` as the canary workload (a new release).
-    pub fn release(&mut self, backend: Backend) -> Result<(), DemoError> {
-        self.canary = backend.revision.clone();
-        self.backends.insert(backend.revision.clone(), backend);
-        self.write_clusters()
-    }
-
-    /// Points the stable workload at the backend of `revision` (the controller's promotion).
-    pub fn promote(&mut self, revision: &str) -> Result<(), DemoError> {
-        if !self.backends.contains_key(revision) {
-            return Err(DemoError::Controller(format!(
-                "promote: no backend runs revision {revision}"
-            )));
+    /// Deploys `backend` as the canary (a new release): the spec names its revision and
+    /// backend. Backends that serve neither `stable` nor the new canary are stopped.
+    pub fn release(&mut self, backend: Backend, stable: &str) -> Result<(), DemoError> {
+        let revision = backend.revision.clone();
+        let address = format!("127.0.0.1:{}", backend.port);
+        self.backends.insert(revision.clone(), backend);
+        self.backends
+            .retain(|r, _| r.as_str() == stable || *r == revision);
+        self.canary.spec.workload.canary = revision.clone();
+        if let Some(envoy) = self.canary.spec.traffic_routing.envoy.as_mut() {
+            envoy.backends.insert(revision, address);
+            let backends = &self.backends;
+            envoy.backends.retain(|r, _| backends.contains_key(r));
         }
-        self.stable = revision.to_owned();
-        self.write_clusters()
+        self.write_spec()
     }
 }
 
@@ -173,7 +163,6 @@ pub struct Stack {
     pub envoy: Envoy,
     pub prometheus: Prometheus,
     pub load: Load,
-    pub routes_file: PathBuf,
     exporter: Exporter,
     // Dropped last: the processes above still write into it while they stop.
     pub dir: tempfile::TempDir,
@@ -238,36 +227,51 @@ impl Stack {
         let prometheus =
             Prometheus::start(dir.path(), &format!("127.0.0.1:{exporter_port}")).await?;
 
+        // The spec the controller runs: both workloads on the initial revision (nothing to roll
+        // out), its files in the watched dir, its traffic check on this exporter.
         let initial = &config.initial_revision;
         let backend = Backend::start(initial, config.revisions[initial].clone()).await;
-        let workload = &config.canary.spec.workload;
-        let mut workloads = Workloads {
-            stable_cluster: workload.stable.clone(),
-            canary_cluster: workload.canary.clone(),
-            clusters_file: xds.join("clusters.json"),
-            stable: initial.clone(),
-            canary: initial.clone(),
-            backends: BTreeMap::from([(initial.clone(), backend)]),
-        };
-        workloads.write_clusters()?;
-
-        // The routes file is the controller's (its router writes it); the gateway needs one to
-        // start with: everything on stable.
-        let mut routing = config
-            .canary
+        let mut canary = config.canary.clone();
+        canary.spec.workload.stable = initial.clone();
+        canary.spec.workload.canary = initial.clone();
+        point_at_exporter(
+            &mut canary.spec.traffic_check,
+            &format!("http://127.0.0.1:{exporter_port}"),
+        );
+        let routing = canary
             .spec
             .traffic_routing
             .envoy
-            .clone()
+            .as_mut()
             .expect("checked when the config was loaded");
+        // The spec's file names, in the watched dir.
         let routes_file = xds.join(&routing.routes_file);
+        let clusters_file = xds.join(routing.clusters_file.as_deref().unwrap_or("clusters.json"));
         routing.routes_file = routes_file.display().to_string();
-        envoy_file::set_weights(&routing, &workload.stable, &workload.canary, 0, 100).map_err(
-            |e| DemoError::Start {
-                what: "routes file",
-                message: e.to_string(),
-            },
-        )?;
+        routing.clusters_file = Some(clusters_file.display().to_string());
+        routing
+            .backends
+            .insert(initial.clone(), format!("127.0.0.1:{}", backend.port));
+        let routing = routing.clone();
+        let (stable_cluster, canary_cluster) = routing
+            .fixed_clusters()
+            .map(|(s, c)| (s.to_owned(), c.to_owned()))
+            .ok_or_else(|| DemoError::Start {
+                what: "canary spec",
+                message: "spec.trafficRouting.envoy: the demo needs stableCluster and canaryCluster (the filter tags requests by cluster)".into(),
+            })?;
+        // The gateway needs routes and clusters to start with (everything on stable); from then
+        // on they are the controller's.
+        envoy_file::apply(&routing, initial, initial, 0, 100).map_err(|e| DemoError::Start {
+            what: "routes and clusters files",
+            message: e.to_string(),
+        })?;
+        let workloads = Workloads {
+            canary_file: dir.path().join("canary.yaml"),
+            canary,
+            backends: BTreeMap::from([(initial.clone(), backend)]),
+        };
+        workloads.write_spec()?;
 
         let (namespace, service) = (config.namespace(), config.service());
         let rule = |cluster: &str, role: &str| serde_json::json!({"match": {"exact": cluster}, "namespace": namespace, "service": service, "role": role});
@@ -275,10 +279,9 @@ impl Stack {
             "exporter": {"cluster": "plover_exporter", "token": TOKEN},
             "sources": ["cluster", "response_header"],
             "response_header": {"name": REVISION_HEADER},
-            "rules": [rule(&workload.stable, "stable"), rule(&workload.canary, "canary")],
+            "rules": [rule(&stable_cluster, "stable"), rule(&canary_cluster, "canary")],
         });
-        let (watched_dir, routes, clusters_file) =
-            (xds.clone(), routes_file.clone(), xds.join("clusters.json"));
+        let (watched_dir, routes) = (xds.clone(), routes_file.clone());
         let route_config_name = routing.route_config_name.clone();
         let dir_path = dir.path().to_path_buf();
         // The harness reports a missing Envoy or filter, and a gateway that does not come up, by
@@ -314,7 +317,6 @@ impl Stack {
             envoy,
             prometheus,
             load,
-            routes_file,
             exporter,
             dir,
         })
