@@ -21,7 +21,7 @@
 
 use hashbrown::HashMap;
 use plover_wire::histogram::{highest_value_at, index_of, lowest_value_at, COUNTS_LEN};
-use plover_wire::{Batch, Histogram, Role, SeriesDelta, SeriesKey, StatusClass, UpstreamFailure};
+use plover_wire::{BatchView, Role, SeriesRef, StatusClass, UpstreamFailure};
 
 use crate::window::{Accumulator, Summary, Window};
 
@@ -168,13 +168,20 @@ impl Durations {
         Durations { buckets: vec![0; buckets.bounds.len() + 1].into(), count: 0, sum_seconds: 0.0 }
     }
 
-    fn record(&mut self, histogram: &Histogram, buckets: &DurationBuckets) {
-        for &(index, count) in histogram.bins() {
-            let b = &mut self.buckets[usize::from(buckets.bucket_of[usize::from(index)])];
-            *b = b.saturating_add(count);
-            self.sum_seconds += buckets.midpoint[usize::from(index)] * count as f64;
+    /// Adds a histogram's `(index, count)` pairs.
+    fn record(&mut self, bins: &[(u16, u64)], buckets: &DurationBuckets) {
+        for &(index, count) in bins {
+            let (Some(&bucket), Some(&midpoint)) =
+                (buckets.bucket_of.get(usize::from(index)), buckets.midpoint.get(usize::from(index)))
+            else {
+                continue; // impossible: indices were validated when the batch was decoded
+            };
+            if let Some(b) = self.buckets.get_mut(usize::from(bucket)) {
+                *b = b.saturating_add(count);
+            }
+            self.sum_seconds += midpoint * count as f64;
+            self.count = self.count.saturating_add(count);
         }
-        self.count = self.count.saturating_add(histogram.count());
     }
 }
 
@@ -239,27 +246,42 @@ impl Store {
 
     /// Applies a decoded batch exactly once. The batch was fully validated by decoding (and the
     /// check below) before anything is changed, so a bad batch never leaves partial data.
-    pub fn apply(&mut self, batch: Batch, now_ms: u64) -> Result<Applied, StoreError> {
+    ///
+    /// The batch is a view borrowing the request body: labels are copied only when a series,
+    /// route, revision, service or sender is new.
+    pub fn apply(&mut self, batch: &BatchView<'_>, now_ms: u64) -> Result<Applied, StoreError> {
         if batch.sequence == 0 {
             return Err(StoreError::ZeroSequence);
         }
-        let record = self.senders.entry(batch.gateway).or_default().entry(batch.instance).or_default();
+        let record = self.senders.entry_ref(batch.gateway).or_default().entry_ref(batch.instance).or_default();
         record.last_seen_ms = now_ms;
         if !record.mark(batch.sequence) {
             return Ok(Applied::Duplicate);
         }
         self.counters.dropped_requests = self.counters.dropped_requests.saturating_add(batch.dropped_requests);
         let second = self.slot_second(batch.end_unix_ms, now_ms);
+        let Store { config, namespaces, series: held, counters, .. } = self;
         let mut series = 0;
         let mut series_rejected = 0;
-        for (key, delta) in batch.series {
-            if self.apply_series(key, delta, second, now_ms) {
+        for delta in batch.series() {
+            let key = delta.key;
+            let service = match namespaces.get_mut(key.namespace).and_then(|services| services.get_mut(key.service)) {
+                Some(service) => service,
+                // At the limit every series of an unknown service would be new: refuse it
+                // without creating the service.
+                None if *held >= config.max_series => {
+                    series_rejected += 1;
+                    continue;
+                }
+                None => namespaces.entry_ref(key.namespace).or_default().entry_ref(key.service).or_default(),
+            };
+            if service.apply_series(delta, second, now_ms, config, held) {
                 series += 1;
             } else {
                 series_rejected += 1;
             }
         }
-        self.counters.series_rejected += series_rejected as u64;
+        counters.series_rejected += series_rejected as u64;
         Ok(Applied::Merged { series, series_rejected })
     }
 
@@ -272,57 +294,7 @@ impl Store {
         second.clamp(now_s.saturating_sub(self.config.window_seconds), now_s)
     }
 
-    /// Merges one series; false when the cardinality guard refused it.
-    fn apply_series(&mut self, key: SeriesKey, delta: SeriesDelta, second: u64, now_ms: u64) -> bool {
-        let SeriesKey { namespace, service, route, revision, role, status_class, code, grpc_status, upstream_failure } =
-            key;
-        let outcome = Outcome { status_class, code, grpc_status, upstream_failure };
-        if self.series >= self.config.max_series
-            && !self.contains(&namespace, &service, &revision, role, &route, &outcome)
-        {
-            return false;
-        }
-        let roles = self
-            .namespaces
-            .entry(namespace)
-            .or_default()
-            .entry(service)
-            .or_default()
-            .revisions
-            .entry(revision)
-            .or_default();
-        let rev = roles[role as usize].get_or_insert_with(Default::default);
-        rev.window.record(second, status_class, delta.requests, &delta.duration);
-        let route = rev.routes.entry(route).or_default();
-        let totals = route.outcomes.entry(outcome).or_insert_with(|| {
-            self.series += 1;
-            Totals::default()
-        });
-        totals.requests = totals.requests.saturating_add(delta.requests);
-        totals.last_seen_ms = now_ms;
-        route.request_bytes = route.request_bytes.saturating_add(delta.request_bytes);
-        route.response_bytes = route.response_bytes.saturating_add(delta.response_bytes);
-        if !delta.duration.is_empty() {
-            let durations = route.durations.get_or_insert_with(|| Box::new(Durations::new(&self.config.buckets)));
-            durations.record(&delta.duration, &self.config.buckets);
-        }
-        true
-    }
-
-    fn contains(
-        &self,
-        namespace: &str,
-        service: &str,
-        revision: &str,
-        role: Role,
-        route: &str,
-        outcome: &Outcome,
-    ) -> bool {
-        self.revision(namespace, service, revision, role)
-            .and_then(|rev| rev.routes.get(route))
-            .is_some_and(|r| r.outcomes.contains_key(outcome))
-    }
-
+    #[cfg(test)]
     fn revision(&self, namespace: &str, service: &str, revision: &str, role: Role) -> Option<&Revision> {
         self.namespaces.get(namespace)?.get(service)?.revisions.get(revision)?[role as usize].as_deref()
     }
@@ -401,6 +373,53 @@ impl Store {
 }
 
 impl Service {
+    /// Merges one series of this service; false when the cardinality guard refused it.
+    /// `held` is the store's series count.
+    fn apply_series(
+        &mut self,
+        delta: SeriesRef<'_, '_>,
+        second: u64,
+        now_ms: u64,
+        config: &StoreConfig,
+        held: &mut usize,
+    ) -> bool {
+        let key = delta.key;
+        let outcome = Outcome {
+            status_class: key.status_class,
+            code: key.code,
+            grpc_status: key.grpc_status,
+            upstream_failure: key.upstream_failure,
+        };
+        if *held >= config.max_series && !self.contains(key.revision, key.role, key.route, &outcome) {
+            return false;
+        }
+        let roles = self.revisions.entry_ref(key.revision).or_default();
+        let rev = roles[key.role as usize].get_or_insert_with(Default::default);
+        rev.window.record(second, key.status_class, delta.requests, delta.duration);
+        let route = rev.routes.entry_ref(key.route).or_default();
+        let totals = route.outcomes.entry(outcome).or_insert_with(|| {
+            *held += 1;
+            Totals::default()
+        });
+        totals.requests = totals.requests.saturating_add(delta.requests);
+        totals.last_seen_ms = now_ms;
+        route.request_bytes = route.request_bytes.saturating_add(delta.request_bytes);
+        route.response_bytes = route.response_bytes.saturating_add(delta.response_bytes);
+        if !delta.duration.is_empty() {
+            let durations = route.durations.get_or_insert_with(|| Box::new(Durations::new(&config.buckets)));
+            durations.record(delta.duration, &config.buckets);
+        }
+        true
+    }
+
+    fn contains(&self, revision: &str, role: Role, route: &str, outcome: &Outcome) -> bool {
+        self.revisions
+            .get(revision)
+            .and_then(|roles| roles[role as usize].as_deref())
+            .and_then(|rev| rev.routes.get(route))
+            .is_some_and(|r| r.outcomes.contains_key(outcome))
+    }
+
     /// Every (revision, role) of the service, sorted by role then revision.
     pub fn revisions(&self) -> impl Iterator<Item = (&str, Role, &Revision)> {
         let mut all: Vec<_> = self
@@ -438,6 +457,7 @@ pub struct RevisionWindows<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use plover_wire::{Batch, Histogram, SeriesDelta, SeriesKey};
 
     const T0: u64 = 1_700_000_000_000;
 
@@ -489,6 +509,11 @@ mod tests {
         }
     }
 
+    /// Applies an owned batch, as the HTTP path applies a decoded view.
+    fn apply(store: &mut Store, batch: Batch, now_ms: u64) -> Result<Applied, StoreError> {
+        store.apply(&batch.view(), now_ms)
+    }
+
     fn totals(store: &Store, revision: &str, role: Role, code: u16) -> Option<Totals> {
         let rev = store.revision("demo", "app", revision, role)?;
         let k = key(revision, role, code);
@@ -516,17 +541,18 @@ mod tests {
         let now = T0 + 20_000;
         // 1, 3, 2 (out of order), then retransmits of each, then 5 before 4.
         for seq in [1, 3, 2, 3, 1, 2, 5, 4, 5] {
-            store.apply(b(seq), now).unwrap();
+            apply(&mut store, b(seq), now).unwrap();
         }
         assert_eq!(totals(&store, "v1", Role::Stable, 200).unwrap().requests, 15);
-        assert_eq!(store.apply(b(4), now), Ok(Applied::Duplicate));
-        assert!(matches!(store.apply(b(6), now), Ok(Applied::Merged { series: 1, series_rejected: 0 })));
+        assert_eq!(apply(&mut store, b(4), now), Ok(Applied::Duplicate));
+        assert!(matches!(apply(&mut store, b(6), now), Ok(Applied::Merged { series: 1, series_rejected: 0 })));
         // Same sequence from another VM is another batch.
-        store.apply(batch("vm-2", 1, T0 + 1000, vec![(key("v1", Role::Stable, 200), delta(&[1000]))]), now).unwrap();
+        apply(&mut store, batch("vm-2", 1, T0 + 1000, vec![(key("v1", Role::Stable, 200), delta(&[1000]))]), now)
+            .unwrap();
         assert_eq!(totals(&store, "v1", Role::Stable, 200).unwrap().requests, 19);
         // The window saw each batch once too.
         assert_eq!(window(&store, now, 600)[0].1.requests(), 19);
-        assert_eq!(store.apply(b(0), now), Err(StoreError::ZeroSequence));
+        assert_eq!(apply(&mut store, b(0), now), Err(StoreError::ZeroSequence));
     }
 
     #[test]
@@ -566,7 +592,7 @@ mod tests {
         let at_end = batch("c", 1, as_of, vec![(key("v1", Role::Stable, 200), delta(&[10, 10, 10, 10]))]);
         let in_progress = batch("d", 1, as_of + 1, vec![(key("v1", Role::Stable, 200), delta(&[10; 8]))]);
         for b in [inside, outside, at_end, in_progress] {
-            store.apply(b, now).unwrap();
+            apply(&mut store, b, now).unwrap();
         }
         assert_eq!(window(&store, now, 30)[0].1.requests(), 1 + 4);
         assert_eq!(window(&store, now, 31)[0].1.requests(), 1 + 2 + 4);
@@ -585,8 +611,7 @@ mod tests {
         for (i, chunk) in values.chunks(100).enumerate() {
             let code = if i % 2 == 0 { 200 } else { 503 };
             let end = T0 + 1000 + (i as u64 % 5) * 1000;
-            store
-                .apply(batch("vm", i as u64 + 1, end, vec![(key("v1", Role::Stable, code), delta(chunk))]), now)
+            apply(&mut store, batch("vm", i as u64 + 1, end, vec![(key("v1", Role::Stable, code), delta(chunk))]), now)
                 .unwrap();
         }
         let s = &window(&store, now, 60)[0].1;
@@ -607,8 +632,11 @@ mod tests {
         let b = |seq, codes: &[u16]| {
             batch("vm", seq, T0 + 5000, codes.iter().map(|&c| (key("v1", Role::Stable, c), delta(&[100]))).collect())
         };
-        assert_eq!(store.apply(b(1, &[200, 404]), now), Ok(Applied::Merged { series: 2, series_rejected: 0 }));
-        assert_eq!(store.apply(b(2, &[200, 404, 500]), now), Ok(Applied::Merged { series: 2, series_rejected: 1 }));
+        assert_eq!(apply(&mut store, b(1, &[200, 404]), now), Ok(Applied::Merged { series: 2, series_rejected: 0 }));
+        assert_eq!(
+            apply(&mut store, b(2, &[200, 404, 500]), now),
+            Ok(Applied::Merged { series: 2, series_rejected: 1 })
+        );
         assert_eq!(store.series(), 2);
         assert_eq!(store.counters().series_rejected, 1);
         assert_eq!(totals(&store, "v1", Role::Stable, 200).unwrap().requests, 2);
@@ -620,10 +648,13 @@ mod tests {
     #[test]
     fn idle_series_and_dead_instances_expire_after_the_ttl() {
         let mut store = Store::new(StoreConfig { series_ttl_ms: 600_000, ..config() });
-        store.apply(batch("old", 1, T0, vec![(key("v1", Role::Stable, 200), delta(&[100]))]), T0).unwrap();
-        store
-            .apply(batch("new", 1, T0 + 300_000, vec![(key("v2", Role::Canary, 200), delta(&[100]))]), T0 + 300_000)
-            .unwrap();
+        apply(&mut store, batch("old", 1, T0, vec![(key("v1", Role::Stable, 200), delta(&[100]))]), T0).unwrap();
+        apply(
+            &mut store,
+            batch("new", 1, T0 + 300_000, vec![(key("v2", Role::Canary, 200), delta(&[100]))]),
+            T0 + 300_000,
+        )
+        .unwrap();
         store.tick(T0 + 600_000);
         assert_eq!(store.series(), 2);
         store.tick(T0 + 600_001);
@@ -640,7 +671,8 @@ mod tests {
     #[test]
     fn window_seconds_older_than_the_retention_are_dropped() {
         let mut store = Store::new(StoreConfig { window_seconds: 60, series_ttl_ms: 3_600_000, ..config() });
-        store.apply(batch("vm", 1, T0 + 1000, vec![(key("v1", Role::Stable, 200), delta(&[100]))]), T0 + 2000).unwrap();
+        apply(&mut store, batch("vm", 1, T0 + 1000, vec![(key("v1", Role::Stable, 200), delta(&[100]))]), T0 + 2000)
+            .unwrap();
         store.tick(T0 + 30_000);
         assert_eq!(window(&store, T0 + 30_000, 60)[0].1.requests(), 1);
         store.tick(T0 + 61_999);
@@ -665,7 +697,7 @@ mod tests {
                     (key(rev, Role::Stable, 200), d)
                 })
                 .collect();
-            store.apply(batch("vm", second + 1, end, series), end).unwrap();
+            apply(&mut store, batch("vm", second + 1, end, series), end).unwrap();
             store.tick(end + 1000);
         }
         assert!(store.counters().window_merges > 0);
@@ -685,7 +717,7 @@ mod tests {
             h.record(v);
         }
         let mut d = Durations::new(&buckets);
-        d.record(&h, &buckets);
+        d.record(h.bins(), &buckets);
         let mut cumulative = 0;
         for (i, &bound) in buckets.bounds().iter().enumerate() {
             cumulative += d.buckets[i];

@@ -7,9 +7,9 @@
 //! A second of a busy revision touches a few hundred of the 3,328 histogram indices, and ten
 //! minutes are 600 seconds, so the per-second histograms dominate. They live in two forms:
 //!
-//! * **open**: the newest seconds, which batches are still arriving for, are a sorted
-//!   `Vec<(index, count)>` (counts for known indices are added in place, new indices are
-//!   merged in bulk);
+//! * **open**: the newest seconds, which batches are still arriving for, are dense arrays of
+//!   counts, one per power of two touched (a latency distribution spans a few), so adding a
+//!   batch's histogram is one addition per bin;
 //! * **sealed**: once a second is complete ([`Window::seal_before`]) it is packed into a bit
 //!   stream of Elias-gamma codes: the gap to the previous occupied index, then the count.
 //!   Real latency data has small gaps and small counts, so a bin costs about 4 bits instead of
@@ -49,6 +49,9 @@ pub struct Window {
     slots: VecDeque<Slot>,
     /// Heap bytes held by slot payloads (open and sealed), for the budget and for measurement.
     payload_bytes: usize,
+    /// Zeroed chunks of sealed seconds, for the next open ones: in steady state a second
+    /// allocates nothing, and no batch pays for allocating a new second's histogram.
+    spare: Vec<Chunk>,
 }
 
 #[derive(Debug)]
@@ -66,54 +69,79 @@ enum SlotData {
     Sealed(Box<[u8]>),
 }
 
+/// Histogram indices per chunk of an open slot: one power-of-two range of the HDR layout
+/// (the layout's first range has two chunks).
+const CHUNK: usize = 128;
+/// Chunks covering the layout.
+const CHUNKS: usize = COUNTS_LEN.div_ceil(CHUNK);
+
+/// Counts of one chunk of histogram indices.
+type Chunk = Box<[u64; CHUNK]>;
+
+/// A second batches are still arriving for.
+///
+/// Its histogram is dense, in chunks of one power of two allocated when first touched: a busy
+/// second receives a hundred small histograms (one per gateway), and adding one is then an
+/// indexed addition per bin, with no search and no reallocation. A latency distribution
+/// spans a few powers of two, so a realistic second holds a few 1 KiB chunks; a second with
+/// every index occupied holds 26 KiB, half what its sparse pairs would take.
 #[derive(Debug, Default, Clone)]
 struct OpenSlot {
     counts: ClassCounts,
-    /// Occupied histogram indices, ascending, counts > 0.
-    bins: Vec<(u16, u64)>,
-    /// Pairs for indices not yet in `bins`, in any order. A busy second receives a hundred
-    /// small histograms: counts for known indices are added in place, new indices wait here
-    /// and are merged in bulk ([`OpenSlot::normalize`]), instead of shifting a sorted vector on
-    /// every insert.
-    pending: Vec<(u16, u64)>,
+    chunks: [Option<Chunk>; CHUNKS],
+    /// Chunks allocated, for the payload size.
+    allocated: usize,
 }
 
 impl OpenSlot {
-    fn record(&mut self, bins: &[(u16, u64)]) {
-        for &(index, count) in bins {
-            match self.bins.binary_search_by_key(&index, |&(i, _)| i) {
-                Ok(pos) => self.bins[pos].1 = self.bins[pos].1.saturating_add(count),
-                Err(_) => self.pending.push((index, count)),
-            }
-        }
-        if self.pending.len() > 32 + self.bins.len() / 4 {
-            self.normalize();
+    /// Adds `(index, count)` pairs, taking new chunks from `spare` while it has some.
+    fn record(&mut self, pairs: &[(u16, u64)], spare: &mut Vec<Chunk>) {
+        for &(index, count) in pairs {
+            self.add(index, count, spare);
         }
     }
 
-    /// Merges `pending` into `bins`.
-    fn normalize(&mut self) {
-        if self.pending.is_empty() {
+    fn add(&mut self, index: u16, count: u64, spare: &mut Vec<Chunk>) {
+        let i = usize::from(index);
+        // Indices were validated when the batch was decoded: the `else` is never taken.
+        let Some(chunk) = self.chunks.get_mut(i / CHUNK) else { return };
+        if count == 0 {
             return;
         }
-        self.pending.sort_unstable_by_key(|&(i, _)| i);
-        let mut merged = Vec::with_capacity(self.bins.len() + self.pending.len());
-        let (mut a, mut b) = (self.bins.iter().copied().peekable(), self.pending.iter().copied().peekable());
-        loop {
-            let next = match (a.peek(), b.peek()) {
-                (Some(&x), Some(&y)) if x.0 <= y.0 => a.next(),
-                (_, Some(_)) => b.next(),
-                (Some(_), None) => a.next(),
-                (None, None) => break,
-            };
-            let Some((index, count)) = next else { break };
-            match merged.last_mut() {
-                Some((last, c)) if *last == index => *c = u64::saturating_add(*c, count),
-                _ => merged.push((index, count)),
+        let chunk = chunk.get_or_insert_with(|| {
+            self.allocated += 1;
+            spare.pop().unwrap_or_else(|| Box::new([0; CHUNK]))
+        });
+        let c = &mut chunk[i % CHUNK];
+        *c = c.saturating_add(count);
+    }
+
+    /// Empties the histogram, keeping its chunks, zeroed, in `spare` (up to one slot's worth).
+    fn recycle(&mut self, spare: &mut Vec<Chunk>) {
+        for mut chunk in self.chunks.iter_mut().filter_map(Option::take) {
+            if spare.len() < CHUNKS {
+                chunk.fill(0);
+                spare.push(chunk);
             }
         }
-        self.bins = merged;
-        self.pending = Vec::new();
+        self.allocated = 0;
+    }
+
+    /// Occupied `(index, count)` pairs, ascending.
+    fn pairs(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        self.chunks.iter().enumerate().filter_map(|(n, chunk)| Some((n, chunk.as_deref()?))).flat_map(|(n, chunk)| {
+            chunk.iter().enumerate().filter(|(_, &c)| c > 0).map(move |(i, &c)| ((n * CHUNK + i) as u16, c))
+        })
+    }
+
+    fn add_counts(&mut self, counts: &ClassCounts) {
+        for (c, o) in self.counts.iter_mut().zip(counts) {
+            *c = c.saturating_add(*o);
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.allocated * CHUNK * std::mem::size_of::<u64>()
     }
 }
 
@@ -124,10 +152,7 @@ impl Slot {
 
     fn payload_bytes(&self) -> usize {
         match &self.data {
-            SlotData::Open(open) => {
-                std::mem::size_of::<OpenSlot>()
-                    + (open.bins.capacity() + open.pending.capacity()) * std::mem::size_of::<(u16, u64)>()
-            }
+            SlotData::Open(open) => std::mem::size_of::<OpenSlot>() + open.heap_bytes(),
             SlotData::Sealed(bytes) => bytes.len(),
         }
     }
@@ -149,9 +174,10 @@ impl Window {
         Self::default()
     }
 
-    /// Adds `requests` of `class`, whose durations are `histogram`, to the second `second`.
-    pub fn record(&mut self, second: u64, class: StatusClass, requests: u64, histogram: &Histogram) {
-        if requests == 0 && histogram.is_empty() {
+    /// Adds `requests` of `class`, whose durations are the histogram pairs `bins` (ascending
+    /// `(index, count)`), to the second `second`.
+    pub fn record(&mut self, second: u64, class: StatusClass, requests: u64, bins: &[(u16, u64)]) {
+        if requests == 0 && bins.is_empty() {
             return;
         }
         let at = self.slot_for(second);
@@ -160,7 +186,7 @@ impl Window {
         let open = slot.open();
         let c = &mut open.counts[class_index(class)];
         *c = c.saturating_add(requests);
-        open.record(histogram.bins());
+        open.record(bins, &mut self.spare);
         let after = slot.payload_bytes();
         self.payload_bytes = self.payload_bytes + after - before;
     }
@@ -188,8 +214,9 @@ impl Window {
         for slot in self.slots.iter_mut().filter(|s| s.end() < second) {
             let before = slot.payload_bytes();
             if let SlotData::Open(open) = &mut slot.data {
-                open.normalize();
-                slot.data = SlotData::Sealed(pack(open));
+                let packed = pack(open);
+                open.recycle(&mut self.spare);
+                slot.data = SlotData::Sealed(packed);
                 self.payload_bytes = self.payload_bytes + slot.payload_bytes() - before;
             }
         }
@@ -231,11 +258,7 @@ impl Window {
             let older = &mut self.slots[i];
             let before = older.payload_bytes() + newer.payload_bytes();
             let mut merged = unpack_slot(&older.data);
-            let other = unpack_slot(&newer.data);
-            for (c, o) in merged.counts.iter_mut().zip(other.counts) {
-                *c = c.saturating_add(o);
-            }
-            merge_bins(&mut merged.bins, &other.bins);
+            add_slot(&mut merged, &newer.data);
             older.width = u32::try_from(newer.end() - older.start + 1).unwrap_or(u32::MAX);
             older.data = SlotData::Sealed(pack(&merged));
             self.payload_bytes = self.payload_bytes + older.payload_bytes() - before;
@@ -250,7 +273,10 @@ impl Window {
 
     /// Heap bytes this window holds (block headers and payloads).
     pub fn heap_bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<Slot>() + self.payload_bytes
+        self.slots.capacity() * std::mem::size_of::<Slot>()
+            + self.payload_bytes
+            + self.spare.capacity() * std::mem::size_of::<Chunk>()
+            + self.spare.len() * std::mem::size_of::<[u64; CHUNK]>()
     }
 
     /// Walks the blocks from newest to oldest into `acc` and reports the accumulated state for
@@ -292,16 +318,6 @@ pub fn first_second(newest: u64, seconds: u64) -> u64 {
     (newest + 1).saturating_sub(seconds)
 }
 
-/// Adds sorted `(index, count)` pairs into a sorted vector in place.
-fn merge_bins(into: &mut Vec<(u16, u64)>, add: &[(u16, u64)]) {
-    for &(index, count) in add {
-        match into.binary_search_by_key(&index, |&(i, _)| i) {
-            Ok(pos) => into[pos].1 = into[pos].1.saturating_add(count),
-            Err(pos) => into.insert(pos, (index, count)),
-        }
-    }
-}
-
 /// Dense accumulator for the blocks of a window: what queries and the exposition read.
 #[derive(Debug, Clone)]
 pub struct Accumulator {
@@ -341,7 +357,7 @@ impl Accumulator {
         match &slot.data {
             SlotData::Open(open) => {
                 self.add_counts(&open.counts);
-                for &(index, count) in open.bins.iter().chain(&open.pending) {
+                for (index, count) in open.pairs() {
                     self.add_bin(index, count);
                 }
             }
@@ -448,9 +464,9 @@ fn pack(open: &OpenSlot) -> Box<[u8]> {
     for &c in open.counts.iter().filter(|&&c| c > 0) {
         w.gamma(c);
     }
-    w.gamma(open.bins.len() as u64 + 1);
+    w.gamma(open.pairs().count() as u64 + 1);
     let mut previous: i64 = -1;
-    for &(index, count) in &open.bins {
+    for (index, count) in open.pairs() {
         w.gamma((i64::from(index) - previous) as u64);
         w.gamma(count);
         previous = i64::from(index);
@@ -460,21 +476,35 @@ fn pack(open: &OpenSlot) -> Box<[u8]> {
 
 fn unpack_slot(data: &SlotData) -> OpenSlot {
     match data {
-        SlotData::Open(open) => {
-            let mut open = (**open).clone();
-            open.normalize();
-            open
-        }
+        SlotData::Open(open) => (**open).clone(),
         SlotData::Sealed(bytes) => unpack(bytes),
     }
 }
 
 fn unpack(bytes: &[u8]) -> OpenSlot {
     let mut open = OpenSlot::default();
-    let mut bins = Vec::new();
-    decode(bytes, &mut open.counts, |index, count| bins.push((index, count)));
-    open.bins = bins;
+    let mut counts = [0; CLASSES];
+    // Late data for a sealed second is rare: its chunks are simply allocated.
+    decode(bytes, &mut counts, |index, count| open.add(index, count, &mut Vec::new()));
+    open.counts = counts;
     open
+}
+
+/// Adds the data of a slot into `into`.
+fn add_slot(into: &mut OpenSlot, data: &SlotData) {
+    match data {
+        SlotData::Open(open) => {
+            into.add_counts(&open.counts);
+            for (index, count) in open.pairs() {
+                into.add(index, count, &mut Vec::new());
+            }
+        }
+        SlotData::Sealed(bytes) => {
+            let mut counts = [0; CLASSES];
+            decode(bytes, &mut counts, |index, count| into.add(index, count, &mut Vec::new()));
+            into.add_counts(&counts);
+        }
+    }
 }
 
 /// Decodes a packed slot, calling `bin` for every occupied index in ascending order.
@@ -627,35 +657,44 @@ mod tests {
     #[test]
     fn packing_round_trips_including_extreme_counts() {
         let mut open = OpenSlot { counts: [0, 5, 0, 1, u64::MAX, 7], ..Default::default() };
-        open.bins = vec![(0, 1), (1, 2), (9, 15), (10, 16), (200, 1 << 40), (3327, u64::MAX)];
+        let pairs = [(0, 1), (1, 2), (9, 15), (10, 16), (200, 1 << 40), (3327, u64::MAX)];
+        open.record(&pairs, &mut Vec::new());
         let packed = pack(&open);
         let back = unpack(&packed);
         assert_eq!(back.counts, open.counts);
-        assert_eq!(back.bins, open.bins);
+        assert_eq!(back.pairs().collect::<Vec<_>>(), pairs);
         let empty = unpack(&pack(&OpenSlot::default()));
-        assert_eq!(empty.bins, vec![]);
+        assert_eq!(empty.pairs().count(), 0);
     }
 
     #[test]
-    fn open_slots_merge_pending_pairs_exactly() {
+    fn open_slots_add_histograms_exactly_and_recycle_their_chunks() {
         let mut open = OpenSlot::default();
+        let mut spare = Vec::new();
         let mut expected = Histogram::new();
         for i in 0..500u64 {
-            let h = histogram(&[100 + i * 37 % 5000, 100 + i * 13 % 700, 42]);
-            open.record(h.bins());
+            // Starts in the middle of the layout, then reaches both below and above.
+            let h = histogram(&[5000 + i * 37 % 5000, 100 + i * 13 % 700, 42, 1 + i * 7_000_000]);
+            open.record(h.bins(), &mut spare);
             expected.merge(&h);
         }
-        open.normalize();
-        assert_eq!(open.bins, expected.bins());
-        assert!(open.pending.is_empty());
+        assert_eq!(open.pairs().collect::<Vec<_>>(), expected.bins());
+        assert_eq!(open.allocated, open.chunks.iter().filter(|c| c.is_some()).count());
+        // Recycled chunks come back zeroed.
+        let allocated = open.allocated;
+        open.recycle(&mut spare);
+        assert_eq!((open.pairs().count(), spare.len()), (0, allocated));
+        let mut next = OpenSlot::default();
+        next.record(histogram(&[42]).bins(), &mut spare);
+        assert_eq!(next.pairs().collect::<Vec<_>>(), histogram(&[42]).bins());
+        assert_eq!(spare.len(), allocated - 1);
     }
 
     #[test]
     fn packed_realistic_bins_cost_about_half_a_byte() {
         let mut open = OpenSlot::default();
-        for i in 0..400u16 {
-            open.bins.push((1000 + i * 2, 1 + u64::from(i % 3)));
-        }
+        let pairs: Vec<(u16, u64)> = (0..400u16).map(|i| (1000 + i * 2, 1 + u64::from(i % 3))).collect();
+        open.record(&pairs, &mut Vec::new());
         let packed = pack(&open);
         assert!(packed.len() < 400, "{} bytes", packed.len());
     }
@@ -663,9 +702,9 @@ mod tests {
     #[test]
     fn windows_include_the_boundary_second_and_exclude_the_one_before() {
         let mut w = Window::new();
-        w.record(100, StatusClass::Success, 1, &histogram(&[1000]));
-        w.record(101, StatusClass::Success, 2, &histogram(&[2000, 2000]));
-        w.record(130, StatusClass::ServerError, 4, &histogram(&[3000; 4]));
+        w.record(100, StatusClass::Success, 1, histogram(&[1000]).bins());
+        w.record(101, StatusClass::Success, 2, histogram(&[2000, 2000]).bins());
+        w.record(130, StatusClass::ServerError, 4, histogram(&[3000; 4]).bins());
         w.seal_before(131);
         // newest = 130, 30 s window covers 101..=130
         let s = summary(&w, 130, 30);
@@ -687,7 +726,7 @@ mod tests {
                 s,
                 StatusClass::of_code(if s % 5 == 0 { 500 } else { 200 }),
                 values.len() as u64,
-                &histogram(&values),
+                histogram(&values).bins(),
             );
             if s % 3 == 0 {
                 w.seal_before(s);
@@ -705,11 +744,11 @@ mod tests {
     #[test]
     fn late_data_reopens_a_sealed_second() {
         let mut w = Window::new();
-        w.record(10, StatusClass::Success, 1, &histogram(&[500]));
-        w.record(11, StatusClass::Success, 1, &histogram(&[500]));
+        w.record(10, StatusClass::Success, 1, histogram(&[500]).bins());
+        w.record(11, StatusClass::Success, 1, histogram(&[500]).bins());
         w.seal_before(12);
-        w.record(10, StatusClass::Success, 2, &histogram(&[700, 900]));
-        w.record(5, StatusClass::Success, 1, &histogram(&[100]));
+        w.record(10, StatusClass::Success, 2, histogram(&[700, 900]).bins());
+        w.record(5, StatusClass::Success, 1, histogram(&[100]).bins());
         let s = summary(&w, 11, 7);
         assert_eq!(s.requests(), 5);
         assert_eq!(s.histogram, histogram(&[100, 500, 500, 700, 900]));
@@ -723,7 +762,7 @@ mod tests {
         let dense = Histogram::from_bins((0..COUNTS_LEN as u16).map(|i| (i, 1 + u64::from(i % 13)))).unwrap();
         let n = dense.count();
         for s in 0..600u64 {
-            w.record(s, StatusClass::Success, n, &dense);
+            w.record(s, StatusClass::Success, n, dense.bins());
             w.seal_before(s);
             w.enforce_budget(128 * 1024, s);
         }

@@ -13,7 +13,7 @@ pub mod labels;
 pub mod stats;
 pub mod varint;
 
-pub use batch::{Batch, BatchView, Role, SeriesDelta, SeriesKey, SeriesKeyRef, SeriesRef, StatusClass, UpstreamFailure};
+pub use batch::{Batch, BatchView, DecodeBuffers, Role, SeriesDelta, SeriesKey, SeriesKeyRef, SeriesRef, StatusClass, UpstreamFailure};
 pub use config::FilterConfig;
 pub use histogram::Histogram;
 

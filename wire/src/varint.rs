@@ -20,7 +20,15 @@ pub fn write_u64(out: &mut Vec<u8>, mut value: u64) {
 }
 
 /// Reads one LEB128 value and advances `input`. Overlong or overflowing encodings are errors.
+#[inline(always)]
 pub fn read_u64(input: &mut &[u8]) -> Result<u64, WireError> {
+    // Most fields (label indices, codes, small counts) fit in one byte.
+    if let Some((&byte, rest)) = input.split_first() {
+        if byte & 0x80 == 0 {
+            *input = rest;
+            return Ok(u64::from(byte));
+        }
+    }
     let mut value = 0u64;
     for i in 0..10 {
         let (&byte, rest) = input.split_first().ok_or(WireError::Truncated)?;
@@ -52,8 +60,17 @@ pub fn write_zigzag(out: &mut Vec<u8>, value: i64) {
 }
 
 /// Reads one HdrHistogram ZigZag value and advances `input`.
+#[inline(always)]
 pub fn read_zigzag(input: &mut &[u8]) -> Result<i64, WireError> {
     let mut v = 0u64;
+    // Most histogram counts and short zero runs fit in one byte.
+    if let Some((&byte, rest)) = input.split_first() {
+        if byte & 0x80 == 0 {
+            *input = rest;
+            v = u64::from(byte);
+            return Ok(((v >> 1) as i64) ^ -((v & 1) as i64));
+        }
+    }
     for i in 0..9 {
         let (&byte, rest) = input.split_first().ok_or(WireError::Histogram("truncated count"))?;
         *input = rest;
