@@ -4,10 +4,10 @@
 //! Envoy's callbacks to [`Stream`] and [`Flusher`].
 //!
 //! Host calls per request (see `stream.rs`, whose tests count them): `xds.cluster_name` and
-//! the request tag; `content-type`, the app's revision header when it can still matter, and the
-//! response tag; then in `on_log` `response.code`, `response.flags`, `request.duration`,
-//! `request.total_size`, `response.total_size`, `xds.route_name`, plus `response.grpc_status`
-//! for gRPC responses. Ten for a tagged plain-HTTP request.
+//! the request tag; the app's revision header when it can still matter, and the response tag;
+//! then in `on_log` one evaluation of [`COMPLETION_EXPRESSION`]. Four for a tagged request.
+//! Where Envoy lacks CEL (`expr_create` fails) `on_log` reads six or seven properties and
+//! `content-type` instead: ten for a tagged plain-HTTP request.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -20,7 +20,8 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Stat
 use crate::aggregate::Aggregate;
 use crate::flush::{ExporterHost, Flusher};
 use crate::identity::{gateway_id, SetError, SharedData};
-use crate::stream::{property, string_property, Plugin, Stream, StreamHost};
+use crate::record::COMPLETION_EXPRESSION;
+use crate::stream::{property, string_property, ExpressionToken, Plugin, Stream, StreamHost};
 
 proxy_wasm::main! {{
     // Also installs the SDK's panic hook, which logs a panic at critical before the VM dies.
@@ -34,6 +35,12 @@ struct Envoy;
 impl StreamHost for Envoy {
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
         hostcalls::get_property(path.to_vec()).ok().flatten()
+    }
+
+    fn evaluate(&self, expression: ExpressionToken) -> Option<Vec<u8>> {
+        hostcalls::call_foreign_function("expr_evaluate", Some(&expression.to_le_bytes()))
+            .ok()
+            .flatten()
     }
 
     fn response_header(&self, name: &str) -> Option<String> {
@@ -88,6 +95,21 @@ impl ExporterHost for Envoy {
     }
 }
 
+/// Compiles [`COMPLETION_EXPRESSION`] in Envoy (per root context, so once per VM and
+/// configuration); `None` where Envoy was built without the CEL parser.
+fn compile_completion_expression() -> Option<ExpressionToken> {
+    let token = hostcalls::call_foreign_function("expr_create", Some(COMPLETION_EXPRESSION.as_bytes()))
+        .ok()
+        .flatten()?;
+    <[u8; 4]>::try_from(token.as_slice())
+        .ok()
+        .map(u32::from_le_bytes)
+}
+
+fn delete_expression(token: ExpressionToken) {
+    let _ = hostcalls::call_foreign_function("expr_delete", Some(&token.to_le_bytes()));
+}
+
 /// Wall-clock time from the host: wasm32-unknown-unknown has no clock of its own.
 fn now_ns() -> u64 {
     hostcalls::get_current_time()
@@ -109,6 +131,8 @@ struct Root {
     /// Owned here, not by the plugin, so counts survive a reconfiguration.
     aggregate: Rc<RefCell<Aggregate>>,
     flusher: Option<Flusher>,
+    /// The compiled completion expression of the current configuration.
+    completion_expression: Option<ExpressionToken>,
 }
 
 impl Root {
@@ -119,6 +143,7 @@ impl Root {
             plugin: None,
             aggregate: Rc::new(RefCell::new(Aggregate::new(start_ns / 1_000_000))),
             flusher: None,
+            completion_expression: None,
         }
     }
 }
@@ -160,6 +185,14 @@ impl RootContext for Root {
                 return true;
             }
         };
+        if let Some(old) = self.completion_expression.take() {
+            delete_expression(old);
+        }
+        self.completion_expression = compile_completion_expression();
+        if self.completion_expression.is_none() {
+            log::warn!("Envoy could not compile Plover's CEL expression (no CEL support?); each request's values are read one property at a time, which costs more CPU.");
+        }
+        let plugin = plugin.with_completion_expression(self.completion_expression);
         let config = &plugin.config;
         let node_id = if config.gateway_id.is_empty() {
             string_property(&Envoy, property::NODE_ID)

@@ -31,10 +31,16 @@ pub mod property {
 
 const CONTENT_TYPE: &str = "content-type";
 
+/// Envoy's handle for a compiled CEL expression (`expr_create`).
+pub type ExpressionToken = u32;
+
 /// What a stream needs from the proxy.
 pub trait StreamHost {
     /// A property's raw bytes; `None` when absent or unreadable.
     fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+    /// The serialized value of a compiled expression for this stream; `None` when evaluation
+    /// failed.
+    fn evaluate(&self, expression: ExpressionToken) -> Option<Vec<u8>>;
     fn response_header(&self, name: &str) -> Option<String>;
     fn set_request_header(&self, name: &str, value: &str);
     fn set_response_header(&self, name: &str, value: &str);
@@ -63,6 +69,9 @@ pub struct Plugin {
     resolver: RefCell<RevisionResolver>,
     aggregate: Rc<RefCell<Aggregate>>,
     tag_requests: bool,
+    /// [`crate::record::COMPLETION_EXPRESSION`] compiled by this Envoy, if it could: then
+    /// `on_log` makes one host call instead of six or seven.
+    completion_expression: Option<ExpressionToken>,
 }
 
 impl Plugin {
@@ -80,7 +89,44 @@ impl Plugin {
             config,
             aggregate,
             tag_requests,
+            completion_expression: None,
         })
+    }
+
+    /// Uses Envoy's compiled [`crate::record::COMPLETION_EXPRESSION`] to read finished requests.
+    pub fn with_completion_expression(mut self, token: Option<ExpressionToken>) -> Plugin {
+        self.completion_expression = token;
+        self
+    }
+
+    /// The finished request: one evaluation where the expression is available and its result
+    /// decodes, else one read per property.
+    fn completion(&self, host: &impl StreamHost, grpc: bool) -> Completion {
+        if let Some(completion) = self
+            .completion_expression
+            .and_then(|token| host.evaluate(token))
+            .and_then(|bytes| Completion::from_evaluated(&bytes))
+        {
+            return completion;
+        }
+        let grpc = grpc
+            || (self.completion_expression.is_some()
+                && host
+                    .response_header(CONTENT_TYPE)
+                    .is_some_and(|ct| is_grpc(&ct)));
+        Completion {
+            code: int_property(host, property::RESPONSE_CODE).unwrap_or(0),
+            flags: int_property(host, property::RESPONSE_FLAGS).map_or(0, |f| f as u64),
+            duration_ns: int_property(host, property::REQUEST_DURATION).unwrap_or(0),
+            request_bytes: int_property(host, property::REQUEST_TOTAL_SIZE).unwrap_or(0),
+            response_bytes: int_property(host, property::RESPONSE_TOTAL_SIZE).unwrap_or(0),
+            grpc_status: if grpc {
+                int_property(host, property::RESPONSE_GRPC_STATUS)
+            } else {
+                None
+            },
+            route: string_property(host, property::ROUTE_NAME).unwrap_or_default(),
+        }
     }
 
     fn resolve_cluster(&self, host: &impl StreamHost) -> Option<Rc<ClusterResolution>> {
@@ -142,9 +188,12 @@ impl Stream {
         else {
             return;
         };
-        self.grpc = host
-            .response_header(CONTENT_TYPE)
-            .is_some_and(|ct| is_grpc(&ct));
+        // With the completion expression, `on_log` reads the content type along with the rest.
+        if plugin.completion_expression.is_none() {
+            self.grpc = host
+                .response_header(CONTENT_TYPE)
+                .is_some_and(|ct| is_grpc(&ct));
+        }
         let Ok(mut resolver) = plugin.resolver.try_borrow_mut() else {
             return;
         };
@@ -183,20 +232,8 @@ impl Stream {
                 resolver.resolve(&cluster, None)
             }
         };
-        let completion = Completion {
-            code: int_property(host, property::RESPONSE_CODE).unwrap_or(0),
-            flags: int_property(host, property::RESPONSE_FLAGS).map_or(0, |f| f as u64),
-            duration_ns: int_property(host, property::REQUEST_DURATION).unwrap_or(0),
-            request_bytes: int_property(host, property::REQUEST_TOTAL_SIZE).unwrap_or(0),
-            response_bytes: int_property(host, property::RESPONSE_TOTAL_SIZE).unwrap_or(0),
-            grpc_status: if self.grpc {
-                int_property(host, property::RESPONSE_GRPC_STATUS)
-            } else {
-                None
-            },
-        };
-        let route = string_property(host, property::ROUTE_NAME).unwrap_or_default();
-        let key = completion.series_key(&resolution, &route);
+        let completion = plugin.completion(host, self.grpc);
+        let key = completion.series_key(&resolution);
         if let Ok(mut aggregate) = plugin.aggregate.try_borrow_mut() {
             aggregate.record(
                 key,
@@ -260,10 +297,40 @@ pub(crate) mod tests {
         }
     }
 
+    /// The token the mock Envoy gave [`crate::record::COMPLETION_EXPRESSION`].
+    const COMPLETION_TOKEN: ExpressionToken = 7;
+
     impl StreamHost for MockHost {
         fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
             self.call();
             self.properties.get(&path.join(".")).cloned()
+        }
+        /// Evaluates the completion expression over the scripted properties the way Envoy
+        /// does: guarded values default, any other missing value fails the evaluation.
+        fn evaluate(&self, expression: ExpressionToken) -> Option<Vec<u8>> {
+            self.call();
+            if expression != COMPLETION_TOKEN {
+                return None;
+            }
+            let get = |path: &[&str]| self.properties.get(&path.join(".")).cloned();
+            let int_or = |path: &[&str], default: i64| {
+                get(path).unwrap_or_else(|| default.to_le_bytes().to_vec())
+            };
+            let content_type = self
+                .response_headers
+                .get(CONTENT_TYPE)
+                .cloned()
+                .unwrap_or_default();
+            Some(crate::record::tests::serialize_list(&[
+                int_or(property::RESPONSE_CODE, 0),
+                get(property::RESPONSE_FLAGS)?,
+                get(property::REQUEST_DURATION)?,
+                get(property::REQUEST_TOTAL_SIZE)?,
+                get(property::RESPONSE_TOTAL_SIZE)?,
+                get(property::ROUTE_NAME)?,
+                content_type.into_bytes(),
+                int_or(property::RESPONSE_GRPC_STATUS, -1),
+            ]))
         }
         fn response_header(&self, name: &str) -> Option<String> {
             self.call();
@@ -291,7 +358,17 @@ pub(crate) mod tests {
         ]
     }"#;
 
+    /// A plugin on an Envoy that compiled the completion expression (Envoy 1.40).
     fn plugin(json: &str) -> (Rc<Plugin>, Rc<RefCell<Aggregate>>) {
+        let aggregate = Rc::new(RefCell::new(Aggregate::new(0)));
+        let plugin = Plugin::configure(json.as_bytes(), Rc::clone(&aggregate))
+            .unwrap()
+            .with_completion_expression(Some(COMPLETION_TOKEN));
+        (Rc::new(plugin), aggregate)
+    }
+
+    /// A plugin on an Envoy without CEL: every value is a property read.
+    fn plugin_reading_properties(json: &str) -> (Rc<Plugin>, Rc<RefCell<Aggregate>>) {
         let aggregate = Rc::new(RefCell::new(Aggregate::new(0)));
         let plugin = Plugin::configure(json.as_bytes(), Rc::clone(&aggregate)).unwrap();
         (Rc::new(plugin), aggregate)
@@ -325,8 +402,8 @@ pub(crate) mod tests {
             *host.response_tags.borrow(),
             header("x-plover-revision", "canary/v2")
         );
-        // cluster + request tag; content-type + response tag; 6 properties in on_log.
-        assert_eq!(host.calls.get(), 10);
+        // cluster + request tag; response tag; one evaluation in on_log.
+        assert_eq!(host.calls.get(), 4);
 
         let batch = flush(&aggregate);
         assert_eq!(batch.series.len(), 1);
@@ -357,6 +434,57 @@ pub(crate) mod tests {
             "{:?}",
             delta.duration.max()
         );
+    }
+
+    /// Without CEL in Envoy every value is its own read, and the batch is the same.
+    #[test]
+    fn reading_properties_one_by_one_counts_the_same() {
+        let hosts = || {
+            [
+                MockHost::request("canary", 200),
+                MockHost::request("stable", 503)
+                    .with_int(property::RESPONSE_FLAGS, bit::UPSTREAM_REQUEST_TIMEOUT as i64),
+                MockHost::request("canary", 200)
+                    .with_header(CONTENT_TYPE, "application/grpc")
+                    .with_int(property::RESPONSE_GRPC_STATUS, 14),
+            ]
+        };
+        let (evaluating, evaluated) = plugin(CONFIG);
+        let (reading, read) = plugin_reading_properties(CONFIG);
+        for host in hosts() {
+            run(&evaluating, &host);
+        }
+        let calls: Vec<usize> = hosts()
+            .iter()
+            .map(|host| {
+                run(&reading, host);
+                host.calls.get()
+            })
+            .collect();
+        // cluster + request tag; content-type + response tag; six properties (seven for gRPC).
+        assert_eq!(calls, [10, 10, 11]);
+        assert_eq!(flush(&evaluated), flush(&read));
+    }
+
+    #[test]
+    fn a_failed_evaluation_falls_back_to_reading_properties() {
+        let (plugin, aggregate) = plugin(CONFIG);
+        // Envoy fails the evaluation when an unguarded value is missing (here the route);
+        // the stream then reads each property, content type included.
+        let mut host = MockHost::request("canary", 200)
+            .with_header(CONTENT_TYPE, "application/grpc")
+            .with_int(property::RESPONSE_GRPC_STATUS, 4);
+        host.properties.remove(&property::ROUTE_NAME.join("."));
+        run(&plugin, &host);
+        // 3 as usual, the failed evaluation, content-type, six properties and the gRPC status.
+        assert_eq!(host.calls.get(), 12);
+        let batch = flush(&aggregate);
+        let (key, delta) = &batch.series[0];
+        assert_eq!(
+            (key.role, key.code, key.grpc_status, key.route.as_str()),
+            (Role::Canary, 200, Some(4), "")
+        );
+        assert_eq!(delta.requests, 1);
     }
 
     #[test]
@@ -413,7 +541,7 @@ pub(crate) mod tests {
         let host = MockHost::request("stable", 200);
         run(&plugin, &host);
         assert!(host.request_tags.borrow().is_empty() && host.response_tags.borrow().is_empty());
-        assert_eq!(host.calls.get(), 8);
+        assert_eq!(host.calls.get(), 2, "the cluster and one evaluation");
         assert_eq!(flush(&aggregate).requests(), 1);
     }
 
@@ -456,7 +584,7 @@ pub(crate) mod tests {
         let (plugin, _) = plugin(&json);
         let host = MockHost::request("canary", 200).with_header("x-app-revision", "v1");
         run(&plugin, &host);
-        assert_eq!(host.calls.get(), 10, "the revision header is not read");
+        assert_eq!(host.calls.get(), 4, "the revision header is not read");
         assert_eq!(
             *host.response_tags.borrow(),
             header("x-plover-revision", "canary/v2")
@@ -465,7 +593,7 @@ pub(crate) mod tests {
 
     #[test]
     fn grpc_status_is_read_only_for_grpc_responses() {
-        let (plugin, aggregate) = plugin(CONFIG);
+        let (plugin, aggregate) = plugin_reading_properties(CONFIG);
         let plain = MockHost::request("canary", 200);
         run(&plugin, &plain);
         let grpc = MockHost::request("canary", 200)
@@ -520,7 +648,7 @@ pub(crate) mod tests {
 
     #[test]
     fn failed_property_reads_give_defaults_and_the_request_still_counts() {
-        let (plugin, aggregate) = plugin(CONFIG);
+        let (plugin, aggregate) = plugin_reading_properties(CONFIG);
         let host = MockHost::default()
             .with_int(property::RESPONSE_CODE, 200)
             .with_str(property::REQUEST_DURATION, "garbage");
