@@ -1,12 +1,15 @@
 //! `/metrics`: renders the store at scrape time through a prometheus-client [`Collector`].
 //!
 //! The store already holds pre-aggregated data (cumulative counters, HDR histograms, windows),
-//! so nothing is mirrored into prometheus-client metric objects: the collector walks the store
-//! and writes each family with the `MetricEncoder` directly. Every metric and label is listed
-//! in `exporter/METRICS.md`.
+//! so nothing is mirrored into prometheus-client metric objects: the collector copies what it
+//! shows out of the store (a [`Snapshot`]) and writes each family with the `MetricEncoder`
+//! directly. Writing the text for 100k series takes hundreds of milliseconds; the store's lock
+//! is held only while copying (the counters under one lock, then each service's window answers
+//! under its own), so ingest is not stalled for the whole scrape. Every metric and label is
+//! listed in `exporter/METRICS.md`.
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use plover_wire::labels;
 use plover_wire::Role;
@@ -15,7 +18,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabel, EncodeLabelSet
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
-use crate::store::{Durations, Outcome, Route, Store};
+use crate::store::{Durations, Outcome, Store, StoreCounters};
 use crate::window::{Accumulator, Summary};
 
 /// Quantiles exposed by `plover_request_duration_window_seconds`, with their label values.
@@ -51,16 +54,123 @@ pub fn window_label(seconds: u64) -> String {
     }
 }
 
-impl Collector for StoreCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let now_ms = (self.clock)();
+impl StoreCollector {
+    fn lock(&self) -> MutexGuard<'_, Store> {
         // A panic elsewhere while holding the lock leaves data that is still consistent
         // (every update is a few saturating additions), so keep serving it.
-        let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
-        encode_series(&store, &mut encoder)?;
-        encode_windows(&store, &mut encoder, now_ms, &self.windows, &self.window_labels)?;
-        encode_health(&store, &mut encoder)
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Copies what a scrape shows out of the store. Window answers end at the same second
+    /// for every service, but each service's are computed under its own short lock.
+    fn snapshot(&self, now_ms: u64) -> Snapshot {
+        let (mut snapshot, services) = {
+            let store = self.lock();
+            let mut routes = Vec::with_capacity(store.series() / 2);
+            let mut services = Vec::new();
+            for (namespace, service, data) in store.services() {
+                let (namespace, service): (Arc<str>, Arc<str>) = (namespace.into(), service.into());
+                for (revision, role, rev) in data.revisions() {
+                    let revision: Arc<str> = revision.into();
+                    for (route, r) in &rev.routes {
+                        routes.push(RouteRow {
+                            namespace: namespace.clone(),
+                            service: service.clone(),
+                            revision: revision.clone(),
+                            role,
+                            route: route.as_str().into(),
+                            outcomes: r.outcomes.iter().map(|(o, t)| (*o, t.requests)).collect(),
+                            request_bytes: r.request_bytes,
+                            response_bytes: r.response_bytes,
+                            durations: r.durations.as_deref().cloned(),
+                        });
+                    }
+                }
+                services.push((namespace, service));
+            }
+            let health = Health {
+                series: store.series(),
+                senders: store.senders(),
+                window_bytes: store.window_heap_bytes(),
+                counters: store.counters(),
+            };
+            let bounds = store.config().buckets.bounds().to_vec();
+            (Snapshot { routes, services: Vec::new(), bounds, health }, services)
+        };
+        if self.windows.is_empty() {
+            return snapshot;
+        }
+        let newest = (now_ms / 1000).saturating_sub(1);
+        let mut acc = Accumulator::default();
+        for (namespace, service) in services {
+            let store = self.lock();
+            // Gone since the first copy (expired): nothing to show.
+            let Some(data) = store.service(&namespace, &service) else { continue };
+            let revisions: Vec<_> = data
+                .windows(newest, &self.windows, &mut acc)
+                .into_iter()
+                .map(|r| (Arc::<str>::from(r.revision), r.role, r.summaries))
+                .collect();
+            drop(store);
+            let totals: Vec<u64> = (0..self.windows.len())
+                .map(|w| revisions.iter().map(|r| r.2[w].requests()).fold(0, u64::saturating_add))
+                .collect();
+            snapshot.services.push(ServiceWindows { namespace, service, revisions, totals });
+        }
+        snapshot
+    }
+}
+
+impl Collector for StoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let snapshot = self.snapshot((self.clock)());
+        encode_series(&snapshot, &mut encoder)?;
+        encode_windows(&snapshot, &mut encoder, &self.windows, &self.window_labels)?;
+        encode_health(&snapshot.health, &mut encoder)
+    }
+}
+
+/// What one scrape shows, copied out of the store (see the module docs).
+struct Snapshot {
+    /// Every route of every revision, in the store's order.
+    routes: Vec<RouteRow>,
+    /// Window answers per service.
+    services: Vec<ServiceWindows>,
+    /// Bounds of the duration buckets.
+    bounds: Vec<f64>,
+    health: Health,
+}
+
+/// One route of one revision: its series (outcomes) and route-level counters.
+struct RouteRow {
+    namespace: Arc<str>,
+    service: Arc<str>,
+    revision: Arc<str>,
+    role: Role,
+    route: Box<str>,
+    /// Each outcome with its request count.
+    outcomes: Vec<(Outcome, u64)>,
+    request_bytes: u64,
+    response_bytes: u64,
+    durations: Option<Durations>,
+}
+
+/// One service's answers for every gauge window.
+struct ServiceWindows {
+    namespace: Arc<str>,
+    service: Arc<str>,
+    /// (revision, role, one summary per window).
+    revisions: Vec<(Arc<str>, Role, Vec<Summary>)>,
+    /// The service's requests per window.
+    totals: Vec<u64>,
+}
+
+/// The exporter's own figures from the store.
+struct Health {
+    series: usize,
+    senders: usize,
+    window_bytes: usize,
+    counters: StoreCounters,
 }
 
 /// Labels of one series (`plover_requests_total` and the byte counters).
@@ -124,14 +234,20 @@ impl EncodeLabelSet for WindowLabels<'_> {
     }
 }
 
-/// Calls `f` for every series with its path labels.
-fn for_each_route<'s>(store: &'s Store, mut f: impl FnMut(PathLabels<'s>, &'s Route) -> fmt::Result) -> fmt::Result {
-    for (namespace, service, data) in store.services() {
-        for (revision, role, rev) in data.revisions() {
-            for (route, r) in &rev.routes {
-                f(PathLabels { namespace, service, route, revision, role }, r)?;
-            }
-        }
+/// Calls `f` for every route with its path labels.
+fn for_each_route<'s>(
+    snapshot: &'s Snapshot,
+    mut f: impl FnMut(PathLabels<'s>, &'s RouteRow) -> fmt::Result,
+) -> fmt::Result {
+    for r in &snapshot.routes {
+        let path = PathLabels {
+            namespace: &r.namespace,
+            service: &r.service,
+            route: &r.route,
+            revision: &r.revision,
+            role: r.role,
+        };
+        f(path, r)?;
     }
     Ok(())
 }
@@ -139,24 +255,24 @@ fn for_each_route<'s>(store: &'s Store, mut f: impl FnMut(PathLabels<'s>, &'s Ro
 /// A counter family: name, help, and the field it shows.
 type CounterFamily<T> = (&'static str, &'static str, fn(&T) -> u64);
 
-fn encode_series(store: &Store, encoder: &mut DescriptorEncoder) -> fmt::Result {
+fn encode_series(snapshot: &Snapshot, encoder: &mut DescriptorEncoder) -> fmt::Result {
     let mut family =
         encoder.encode_descriptor("plover_requests", "Requests completed, by series.", None, MetricType::Counter)?;
-    for_each_route(store, |path, route| {
-        for (outcome, totals) in &route.outcomes {
+    for_each_route(snapshot, |path, route| {
+        for (outcome, requests) in &route.outcomes {
             let labels = SeriesLabels { path, outcome };
-            family.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(&totals.requests, None)?;
+            family.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(requests, None)?;
         }
         Ok(())
     })?;
 
-    let bytes: [CounterFamily<Route>; 2] = [
+    let bytes: [CounterFamily<RouteRow>; 2] = [
         ("plover_request_bytes", "Request body bytes received from clients, by route.", |r| r.request_bytes),
         ("plover_response_bytes", "Response body bytes sent to clients, by route.", |r| r.response_bytes),
     ];
     for (name, help, value) in bytes {
         let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-        for_each_route(store, |path, route| {
+        for_each_route(snapshot, |path, route| {
             family.encode_family(&path)?.encode_counter::<NoLabelSet, _, u64>(&value(route), None)
         })?;
     }
@@ -167,10 +283,10 @@ fn encode_series(store: &Store, encoder: &mut DescriptorEncoder) -> fmt::Result 
         Some(&Unit::Seconds),
         MetricType::Histogram,
     )?;
-    let bounds = store.config().buckets.bounds();
+    let bounds = &snapshot.bounds;
     let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(bounds.len() + 1);
-    for_each_route(store, |path, route| {
-        let Some(d): Option<&Durations> = route.durations.as_deref() else { return Ok(()) };
+    for_each_route(snapshot, |path, route| {
+        let Some(d): Option<&Durations> = route.durations.as_ref() else { return Ok(()) };
         buckets.clear();
         buckets.extend(bounds.iter().copied().chain([f64::INFINITY]).zip(d.buckets.iter().copied()));
         family.encode_family(&path)?.encode_histogram::<NoLabelSet>(d.sum_seconds, d.count, &buckets, None)
@@ -178,29 +294,14 @@ fn encode_series(store: &Store, encoder: &mut DescriptorEncoder) -> fmt::Result 
 }
 
 fn encode_windows(
-    store: &Store,
+    snapshot: &Snapshot,
     encoder: &mut DescriptorEncoder,
-    now_ms: u64,
     windows: &[u64],
     window_labels: &[String],
 ) -> fmt::Result {
     if windows.is_empty() {
         return Ok(());
     }
-    // Compute every (revision, window) answer once, then write the four families from them.
-    let newest = (now_ms / 1000).saturating_sub(1);
-    let mut acc = Accumulator::default();
-    let services: Vec<_> = store
-        .services()
-        .map(|(namespace, service, data)| {
-            let revisions = data.windows(newest, windows, &mut acc);
-            let totals: Vec<u64> = (0..windows.len())
-                .map(|w| revisions.iter().map(|r| r.summaries[w].requests()).fold(0, u64::saturating_add))
-                .collect();
-            (namespace, service, revisions, totals)
-        })
-        .collect();
-
     type Gauge = fn(&Summary, u64, u64) -> Option<f64>;
     let gauges: [(&str, &str, Gauge); 3] = [
         ("plover_request_rate", "Requests per second over the window.", |s, seconds, _| {
@@ -222,15 +323,15 @@ fn encode_windows(
     ];
     for (name, help, value) in gauges {
         let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-        for (namespace, service, revisions, totals) in &services {
-            for r in revisions {
-                for (w, summary) in r.summaries.iter().enumerate() {
-                    let Some(v) = value(summary, windows[w], totals[w]) else { continue };
+        for s in &snapshot.services {
+            for (revision, role, summaries) in &s.revisions {
+                for (w, summary) in summaries.iter().enumerate() {
+                    let Some(v) = value(summary, windows[w], s.totals[w]) else { continue };
                     let labels = WindowLabels {
-                        namespace,
-                        service,
-                        revision: r.revision,
-                        role: r.role,
+                        namespace: &s.namespace,
+                        service: &s.service,
+                        revision,
+                        role: *role,
                         window: &window_labels[w],
                         quantile: None,
                     };
@@ -246,16 +347,16 @@ fn encode_windows(
         Some(&Unit::Seconds),
         MetricType::Gauge,
     )?;
-    for (namespace, service, revisions, _) in &services {
-        for r in revisions {
-            for (w, summary) in r.summaries.iter().enumerate() {
+    for s in &snapshot.services {
+        for (revision, role, summaries) in &s.revisions {
+            for (w, summary) in summaries.iter().enumerate() {
                 for (q, label) in QUANTILES {
                     let Some(micros) = summary.histogram.value_at_quantile(q) else { continue };
                     let labels = WindowLabels {
-                        namespace,
-                        service,
-                        revision: r.revision,
-                        role: r.role,
+                        namespace: &s.namespace,
+                        service: &s.service,
+                        revision,
+                        role: *role,
                         window: &window_labels[w],
                         quantile: Some(label),
                     };
@@ -267,8 +368,8 @@ fn encode_windows(
     Ok(())
 }
 
-fn encode_health(store: &Store, encoder: &mut DescriptorEncoder) -> fmt::Result {
-    let counters = store.counters();
+fn encode_health(health: &Health, encoder: &mut DescriptorEncoder) -> fmt::Result {
+    let counters = health.counters;
     let gauge = |encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64| -> fmt::Result {
         encoder.encode_descriptor(name, help, None, MetricType::Gauge)?.encode_gauge(&value)
     };
@@ -277,18 +378,18 @@ fn encode_health(store: &Store, encoder: &mut DescriptorEncoder) -> fmt::Result 
             .encode_descriptor(name, help, None, MetricType::Counter)?
             .encode_counter::<NoLabelSet, _, u64>(&value, None)
     };
-    gauge(encoder, "plover_exporter_active_series", "Series currently held.", store.series() as i64)?;
+    gauge(encoder, "plover_exporter_active_series", "Series currently held.", health.series as i64)?;
     gauge(
         encoder,
         "plover_exporter_active_senders",
         "Filter VMs whose sequence records are held.",
-        store.senders() as i64,
+        health.senders as i64,
     )?;
     gauge(
         encoder,
         "plover_exporter_window_bytes",
         "Heap bytes held by the per-revision windows.",
-        store.window_heap_bytes() as i64,
+        health.window_bytes as i64,
     )?;
     counter(
         encoder,

@@ -320,6 +320,8 @@ fn apply_only(args: &Args) {
 
 struct RenderFigures {
     median: Duration,
+    /// Longest an ingest waited for the store lock while /metrics rendered.
+    lock_wait_max: Duration,
     bytes_per_series: f64,
 }
 
@@ -394,6 +396,22 @@ fn render(args: &Args) -> RenderFigures {
     let mut times = Vec::new();
     let mut size = 0;
     let mut lines = 0;
+    // Stands in for ingest during the scrapes: takes the store lock every 100 µs and records
+    // how long it waited for it.
+    let rendering = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let probe = {
+        let (store, rendering) = (store.clone(), rendering.clone());
+        std::thread::spawn(move || {
+            let mut waits = Vec::new();
+            while rendering.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                drop(store.lock().unwrap());
+                waits.push(started.elapsed());
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            waits
+        })
+    };
     for _ in 0..5 {
         let started = Instant::now();
         let mut out = String::with_capacity(size.max(1 << 20));
@@ -402,13 +420,34 @@ fn render(args: &Args) -> RenderFigures {
         size = out.len();
         lines = out.lines().count();
     }
+    rendering.store(false, Ordering::Relaxed);
+    let mut waits = probe.join().expect("lock probe");
+    waits.sort_unstable();
+    if let Some(path) = std::env::var_os("PLOVER_BENCH_METRICS_OUT") {
+        // The last rendering, to compare exposition output across changes (sort it first:
+        // series order follows hash maps and differs from run to run).
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        std::fs::write(path, out).expect("writing PLOVER_BENCH_METRICS_OUT");
+    }
     times.sort_unstable();
     println!("  render: median {:?}, max {:?}; {:.1} MB, {lines} lines", times[2], times[4], size as f64 / 1e6);
+    println!(
+        "  store lock wait of a concurrent ingest during the renders: p50 {:?}, p99 {:?}, max {:?} ({} probes)",
+        percentile(&waits, 0.5),
+        percentile(&waits, 0.99),
+        waits.last().copied().unwrap_or_default(),
+        waits.len()
+    );
     println!(
         "  memory: {} per series (incl. 5 min of window history; malloc overhead included)",
         kib(bytes / total as f64)
     );
-    RenderFigures { median: times[2], bytes_per_series: bytes / total as f64 }
+    RenderFigures {
+        median: times[2],
+        lock_wait_max: waits.last().copied().unwrap_or_default(),
+        bytes_per_series: bytes / total as f64,
+    }
 }
 
 /// Worst case for memory: every second of every window is dense (all 3,328 indices occupied,
@@ -500,6 +539,7 @@ fn main() {
         check(ingest.batches_per_second >= 20_000.0)
     );
     println!("  ingest p99 latency: {:?}", ingest.p99);
+    println!("  longest store-lock wait of an ingest during a /metrics render: {:?}", render.lock_wait_max);
     println!(
         "  /metrics render at {} series: {:?} [< 500 ms] {}",
         args.series,
