@@ -643,6 +643,14 @@ mod tests {
         assert!(totals(&store, "v1", Role::Stable, 500).is_none());
         // Refused data is not in the window either: stats and counters agree.
         assert_eq!(window(&store, now, 60)[0].1.requests(), 4);
+        // A series of a service never seen is refused without leaving an empty service behind.
+        let mut other = key("v1", Role::Stable, 200);
+        other.service = "other".into();
+        let refused =
+            batch("vm", 3, T0 + 5000, vec![(key("v1", Role::Stable, 200), delta(&[1])), (other, delta(&[1]))]);
+        assert_eq!(apply(&mut store, refused, now), Ok(Applied::Merged { series: 1, series_rejected: 1 }));
+        assert!(store.service("demo", "other").is_none());
+        assert_eq!(store.counters().series_rejected, 2);
     }
 
     #[test]
