@@ -16,6 +16,7 @@ use clap::Parser;
 use plover_exporter::ingest::Ingest;
 use plover_exporter::store::{Applied, Store};
 use plover_exporter::Config;
+use plover_wire::batch::{CONTENT_TYPE, INGEST_PATH};
 use plover_wire::histogram::COUNTS_LEN;
 use plover_wire::{Batch, BatchView, Histogram, Role, SeriesDelta, SeriesKey, StatusClass, UpstreamFailure};
 
@@ -82,7 +83,7 @@ struct Args {
     /// Revisions in the worst-case memory test (one series each, every second dense).
     #[arg(long, default_value_t = 20)]
     worst_revisions: usize,
-    /// Run only one part: ingest, render or worst.
+    /// Run only one part: ingest, http, render or worst.
     #[arg(long)]
     only: Option<String>,
 }
@@ -160,6 +161,108 @@ struct IngestFigures {
     bytes_per_series: f64,
 }
 
+/// One flush of gateway `gateway`: ~10 rps per stable and ~2 rps per canary series, 1% 503s.
+fn gateway_batch(rng: &mut Rng, args: &Args, gateway: usize, sequence: u64, end: u64) -> Batch {
+    let mut series = Vec::with_capacity(args.services * 4);
+    for service in 0..args.services {
+        let median = 2_000.0 + 1_500.0 * service as f64;
+        for revision in 0..2 {
+            let requests = if revision == 0 { 8 + rng.next() % 5 } else { 1 + rng.next() % 3 };
+            series.push((key(service, revision, 0, 200), delta(rng, requests, median)));
+            if rng.next().is_multiple_of(10) {
+                series.push((key(service, revision, 0, 503), delta(rng, 1, median * 3.0)));
+            }
+        }
+    }
+    series.sort_by(|a, b| a.0.cmp(&b.0));
+    Batch {
+        gateway: format!("gw-{gateway:03}"),
+        instance: format!("gw-{gateway:03}-vm0"),
+        sequence,
+        start_unix_ms: end - 1000,
+        end_unix_ms: end,
+        dropped_requests: 0,
+        series,
+    }
+}
+
+/// The same traffic over HTTP: `plover_exporter::run` on a single-threaded runtime (one core),
+/// fed by `connections` keep-alive clients on other threads, each posting its gateways'
+/// pre-encoded batches one after another. Returns batches/s over the whole run.
+fn http_ingest(args: &Args, seconds: u64, connections: usize) -> f64 {
+    use std::io::{Read, Write};
+    println!(
+        "== HTTP ingest: the same traffic, {seconds} s simulated, POST {INGEST_PATH} over {connections} keep-alive connections, server on one thread"
+    );
+    let mut rng = Rng(0x5eed);
+    let now = plover_exporter::http::unix_now_ms();
+    // Gateway g's batches go over connection g % connections, in sequence order.
+    let mut per_connection: Vec<Vec<Vec<u8>>> = vec![Vec::new(); connections];
+    for second in 0..seconds {
+        for gateway in 0..args.gateways {
+            let end = now - (seconds - second) * 1000 + gateway as u64;
+            per_connection[gateway % connections]
+                .push(gateway_batch(&mut rng, args, gateway, second + 1, end).encode());
+        }
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("loopback listener");
+    let address = listener.local_addr().expect("listener address");
+    listener.set_nonblocking(true).expect("non-blocking listener");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            plover_exporter::run(config(), listener, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("server");
+        });
+    });
+    let started = Instant::now();
+    let clients: Vec<_> = per_connection
+        .into_iter()
+        .map(|bodies| {
+            std::thread::spawn(move || {
+                let mut stream = std::net::TcpStream::connect(address).expect("connect");
+                stream.set_nodelay(true).expect("nodelay");
+                let mut response = vec![0u8; 4096];
+                for body in &bodies {
+                    let head = format!(
+                        "POST {INGEST_PATH} HTTP/1.1\r\nhost: bench\r\ncontent-type: {CONTENT_TYPE}\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    stream.write_all(head.as_bytes()).expect("request head");
+                    stream.write_all(body).expect("request body");
+                    // The answer is small ("200 OK", "applied"): read until its body is in.
+                    let mut read = 0;
+                    loop {
+                        let n = stream.read(&mut response[read..]).expect("response");
+                        assert!(n > 0, "server closed the connection");
+                        read += n;
+                        let text = String::from_utf8_lossy(&response[..read]);
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+                            if text[end + 4..].ends_with('\n') {
+                                break;
+                            }
+                        }
+                    }
+                }
+                bodies.len()
+            })
+        })
+        .collect();
+    let batches: usize = clients.into_iter().map(|c| c.join().expect("client")).sum();
+    let took = started.elapsed();
+    let _ = stop.send(());
+    server.join().expect("server thread");
+    let rate = batches as f64 / took.as_secs_f64();
+    println!("  {batches} batches in {took:?}: {rate:.0} batches/s end to end (HTTP parsing, auth, body, decode, merge, response)");
+    rate
+}
+
 /// 100 gateways × 50 services × 2 revisions, one batch per gateway per second: each encoded
 /// batch goes through [`Ingest::apply_body`], what `POST /v1/batches` runs once it has read
 /// the body (strict decode, store lock, merge), on this thread, timed batch by batch;
@@ -182,29 +285,8 @@ fn ingest(args: &Args) -> IngestFigures {
     let mut series_deltas = 0usize;
     for second in 0..args.seconds {
         for gateway in 0..args.gateways {
-            // Each gateway sends ~10 rps per stable and ~2 rps per canary series, 1% 503s.
-            let mut series = Vec::with_capacity(args.services * 4);
-            for service in 0..args.services {
-                let median = 2_000.0 + 1_500.0 * service as f64;
-                for revision in 0..2 {
-                    let requests = if revision == 0 { 8 + rng.next() % 5 } else { 1 + rng.next() % 3 };
-                    series.push((key(service, revision, 0, 200), delta(&mut rng, requests, median)));
-                    if rng.next().is_multiple_of(10) {
-                        series.push((key(service, revision, 0, 503), delta(&mut rng, 1, median * 3.0)));
-                    }
-                }
-            }
-            series.sort_by(|a, b| a.0.cmp(&b.0));
             let end = T0 + (second + 1) * 1000 + gateway as u64;
-            let batch = Batch {
-                gateway: format!("gw-{gateway:03}"),
-                instance: format!("gw-{gateway:03}-vm0"),
-                sequence: second + 1,
-                start_unix_ms: end - 1000,
-                end_unix_ms: end,
-                dropped_requests: 0,
-                series,
-            };
+            let batch = gateway_batch(&mut rng, args, gateway, second + 1, end);
             series_deltas += batch.series.len();
             let encoded = batch.encode();
             drop(batch);
@@ -524,10 +606,15 @@ fn main() {
             worst_case(&args);
             return;
         }
-        Some(other) => panic!("--only takes ingest, render or worst, not {other}"),
+        Some("http") => {
+            http_ingest(&args, 30, 4);
+            return;
+        }
+        Some(other) => panic!("--only takes ingest, http, render or worst, not {other}"),
         None => {}
     }
     let ingest = ingest(&args);
+    let http = http_ingest(&args, 30, 4);
     let render = render(&args);
     let worst = worst_case(&args);
     let target = 256.0 * 1024.0;
@@ -538,6 +625,7 @@ fn main() {
         ingest.batches_per_second,
         check(ingest.batches_per_second >= 20_000.0)
     );
+    println!("  ingest over HTTP, end to end (server on one thread, clients on others): {http:.0} batches/s");
     println!("  ingest p99 latency: {:?}", ingest.p99);
     println!("  longest store-lock wait of an ingest during a /metrics render: {:?}", render.lock_wait_max);
     println!(
