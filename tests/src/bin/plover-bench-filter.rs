@@ -1,14 +1,21 @@
 //! `cargo xtask bench filter`: what the Plover filter costs inside a real Envoy.
 //!
-//! Three Envoys (one worker each, pinned to CPU 0 when `taskset` exists) proxy to the same
-//! loopback backend: without a Wasm filter, with an empty proxy-wasm filter (the floor every
-//! Wasm filter pays), and with Plover's filter sending batches to a sink. They are measured in
+//! Envoys (one worker each, pinned to CPU 0 when `taskset` exists) proxy to the same loopback
+//! backend: without a Wasm filter, with an empty proxy-wasm filter (the floor every Wasm filter
+//! pays), with Plover's filter sending batches to a sink, with the empty filter making one host
+//! call per request (`one read`: the floor for any filter that reads the cluster name), and
+//! with any other builds given as `--variant NAME=PATH.wasm`. They are measured in
 //! alternation, round after round, so drifts of this noisy machine hit all three alike:
 //! - CPU time Envoy spent per request (from /proc/<pid>/stat) under closed-loop load with
 //!   `wrk -c 16`, and the throughput;
 //! - p50/p99 latency at moderate load (`wrk -c 1`, one request at a time).
 //!
 //! Medians across rounds are printed with the ratios the targets are stated in.
+//!
+//! `--instructions N` measures instead the instructions Envoy executes per request, with Envoy
+//! under `valgrind --tool=callgrind` (whose counts, unlike CPU time, do not depend on what else
+//! the machine is doing): each variant in turn is warmed up, its counters zeroed, sent N
+//! requests with h2load, and its count read back, twice.
 
 use std::process::Command;
 use std::time::Duration;
@@ -22,6 +29,11 @@ struct Args {
     rounds: usize,
     seconds: u64,
     connections: u32,
+    /// Other builds of the Plover filter measured beside the current one (`--variant NAME=PATH`),
+    /// e.g. to compare a change against the last commit's build in the same run.
+    variants: Vec<(String, std::path::PathBuf)>,
+    /// Requests per measurement in instruction-count mode.
+    instructions: Option<u64>,
 }
 
 fn parse_args() -> Args {
@@ -29,6 +41,8 @@ fn parse_args() -> Args {
         rounds: 5,
         seconds: 4,
         connections: 16,
+        variants: Vec::new(),
+        instructions: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -42,7 +56,16 @@ fn parse_args() -> Args {
             "--rounds" => args.rounds = number() as usize,
             "--seconds" => args.seconds = number(),
             "--connections" => args.connections = number() as u32,
-            other => panic!("unknown flag {other}; flags: --rounds N --seconds N --connections N"),
+            "--instructions" => args.instructions = Some(number().max(1)),
+            "--variant" => match value.split_once('=') {
+                Some((name, path)) if !name.is_empty() && !path.is_empty() => {
+                    args.variants.push((name.to_owned(), path.into()))
+                }
+                _ => panic!("--variant takes NAME=PATH.wasm, got {value:?}"),
+            },
+            other => panic!(
+                "unknown flag {other}; flags: --rounds N --seconds N --connections N --variant NAME=PATH.wasm --instructions REQUESTS"
+            ),
         }
     }
     args
@@ -182,13 +205,13 @@ fn main() {
     };
     let empty_module = std::env::var_os("PLOVER_EMPTY_FILTER_WASM")
         .expect("PLOVER_EMPTY_FILTER_WASM (run through cargo xtask bench filter)");
-    let variants: Vec<(&str, GatewaySpec)> = vec![
-        ("no filter", base.clone()),
+    let mut variants: Vec<(String, GatewaySpec)> = vec![
+        ("no filter".into(), base.clone()),
         (
-            "empty wasm",
+            "empty wasm".into(),
             GatewaySpec {
                 filter: Some(WasmFilter {
-                    module: empty_module.into(),
+                    module: empty_module.clone().into(),
                     configuration: String::new(),
                     root_id: "empty".into(),
                 }),
@@ -196,7 +219,7 @@ fn main() {
             },
         ),
         (
-            "plover",
+            "plover".into(),
             GatewaySpec {
                 filter: Some(WasmFilter::plover(plover_config())),
                 exporter: Some(("plover_exporter".into(), sink.port)),
@@ -204,6 +227,35 @@ fn main() {
             },
         ),
     ];
+    // The empty filter making one host call per request (reading the cluster name): the floor
+    // for any filter that tells revisions apart by cluster.
+    variants.push((
+        "one read".into(),
+        GatewaySpec {
+            filter: Some(WasmFilter {
+                module: empty_module.clone().into(),
+                configuration: "read-cluster-name".into(),
+                root_id: "empty".into(),
+            }),
+            ..base.clone()
+        },
+    ));
+    for (name, module) in &args.variants {
+        let mut filter = WasmFilter::plover(plover_config());
+        filter.module = module.clone();
+        variants.push((
+            name.clone(),
+            GatewaySpec {
+                filter: Some(filter),
+                exporter: Some(("plover_exporter".into(), sink.port)),
+                ..base.clone()
+            },
+        ));
+    }
+    if let Some(requests) = args.instructions {
+        instructions(&variants, requests, dir.path());
+        return;
+    }
     let envoys: Vec<Envoy> = variants
         .iter()
         .map(|(_, spec)| {
@@ -269,6 +321,13 @@ fn main() {
     let added_plover = plover.0 - none.0;
     println!();
     println!("added CPU per request: empty wasm {added_empty:.1} µs, plover {added_plover:.1} µs");
+    for (i, (name, _)) in variants.iter().enumerate().skip(3) {
+        println!(
+            "added CPU per request: {name} {:.1} µs (ratio to empty {:.2})",
+            medians[i].0 - none.0,
+            (medians[i].0 - none.0) / added_empty
+        );
+    }
     println!(
         "ratio plover/empty added CPU: {:.2} (target ≤ 1.25)",
         if added_empty > 0.0 {
@@ -298,4 +357,97 @@ fn main() {
         received.instances.len(),
         backend.served()
     );
+}
+
+/// Sends `requests` requests over two keep-alive HTTP/1.1 connections; panics unless all succeed.
+fn h2load(url: &str, requests: u64) {
+    let out = Command::new(tools::debian_tool("h2load"))
+        .args(["--h1", "-c", "2", "-n", &requests.to_string(), url])
+        .output()
+        .expect("run h2load");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let succeeded = format!("{requests} succeeded");
+    assert!(
+        text.contains(&succeeded) && text.contains(&format!("{requests} 2xx")),
+        "h2load did not get {requests} successful responses from {url}:\n{text}"
+    );
+}
+
+/// Instructions Envoy executed per request for each variant, under callgrind.
+fn instructions(variants: &[(String, GatewaySpec)], requests: u64, dir: &std::path::Path) {
+    let control = tools::debian_tool("callgrind_control");
+    println!(
+        "bench filter --instructions: Envoy --concurrency 1 under callgrind; instructions per request over {requests} requests, measured twice"
+    );
+    let mut per_request = Vec::new();
+    for (name, spec) in variants {
+        let out_file = dir.join(format!("callgrind-{}.out", name.replace(' ', "-")));
+        let out_arg = format!("--callgrind-out-file={}", out_file.display());
+        let launcher = [
+            "valgrind",
+            "--tool=callgrind",
+            "--smc-check=all-non-file", // V8 writes the machine code it runs
+            &out_arg,
+        ];
+        let envoy = Envoy::start_under(&launcher, spec, dir);
+        let pid = envoy.process.pid().to_string();
+        h2load(&envoy.url("/"), 500); // warm-up: V8 tiers up, connection pools fill
+        let mut counts = Vec::new();
+        for _ in 0..2 {
+            let zeroed = Command::new(&control).args(["-z", &pid]).output().expect("callgrind_control -z");
+            assert!(zeroed.status.success(), "callgrind_control -z failed");
+            h2load(&envoy.url("/"), requests);
+            let dumped = Command::new(&control).args(["-d", &pid]).output().expect("callgrind_control -d");
+            assert!(dumped.status.success(), "callgrind_control -d failed");
+            counts.push(latest_dump_total(&out_file) as f64 / requests as f64);
+        }
+        println!("{name:<12} {:>12.0} {:>12.0}", counts[0], counts[1]);
+        per_request.push(median(&mut counts));
+        drop(envoy);
+    }
+    let (none, empty, plover) = (per_request[0], per_request[1], per_request[2]);
+    println!();
+    println!("instructions per request: no filter {none:.0}, empty wasm {empty:.0}, plover {plover:.0}");
+    for (i, (name, _)) in variants.iter().enumerate().skip(1) {
+        println!(
+            "added by {name}: {:.0} instructions per request ({:.2}× the empty filter's)",
+            per_request[i] - none,
+            (per_request[i] - none) / (empty - none)
+        );
+    }
+    println!(
+        "ratio plover/empty added instructions: {:.2} (target ≤ 1.25 for added CPU)",
+        (plover - none) / (empty - none)
+    );
+}
+
+/// The `summary:` total of the newest dump callgrind wrote beside `out_file` (`<out_file>.<n>`).
+fn latest_dump_total(out_file: &std::path::Path) -> u64 {
+    let name = out_file.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+    let dir = out_file.parent().expect("dump directory");
+    // callgrind_control returns once the dump is requested; wait for the file to be complete.
+    for _ in 0..600 {
+        let newest = std::fs::read_dir(dir)
+            .expect("read dump directory")
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let file = e.file_name().into_string().ok()?;
+                let n: u32 = file.strip_prefix(&format!("{name}."))?.parse().ok()?;
+                Some((n, e.path()))
+            })
+            .max();
+        if let Some((_, path)) = newest {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if let Some(total) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("summary:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            {
+                let _ = std::fs::remove_file(&path);
+                return total;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("callgrind wrote no dump next to {}", out_file.display());
 }
