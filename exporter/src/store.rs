@@ -263,22 +263,34 @@ impl Store {
         let Store { config, namespaces, series: held, counters, .. } = self;
         let mut series = 0;
         let mut series_rejected = 0;
-        for delta in batch.series() {
-            let key = delta.key;
-            let service = match namespaces.get_mut(key.namespace).and_then(|services| services.get_mut(key.service)) {
-                Some(service) => service,
-                // At the limit every series of an unknown service would be new: refuse it
+        // A decoded batch is sorted by namespace then service, and equal labels share one
+        // string-table entry: a run of one service's series is recognised by comparing label
+        // addresses, and the service is looked up once per run instead of once per series.
+        let same_label = |a: &str, b: &str| std::ptr::eq(a, b);
+        let mut all = batch.series();
+        let mut next = all.next();
+        while let Some(first) = next.take() {
+            let (namespace, name) = (first.key.namespace, first.key.service);
+            let mut service = match namespaces.get_mut(namespace).and_then(|services| services.get_mut(name)) {
+                Some(service) => Some(service),
+                // At the limit every series of an unknown service would be new: refuse them
                 // without creating the service.
-                None if *held >= config.max_series => {
-                    series_rejected += 1;
-                    continue;
-                }
-                None => namespaces.entry_ref(key.namespace).or_default().entry_ref(key.service).or_default(),
+                None if *held >= config.max_series => None,
+                None => Some(namespaces.entry_ref(namespace).or_default().entry_ref(name).or_default()),
             };
-            if service.apply_series(delta, second, now_ms, config, held) {
-                series += 1;
-            } else {
-                series_rejected += 1;
+            let mut delta = first;
+            loop {
+                match service.as_deref_mut().map(|s| s.apply_series(delta, second, now_ms, config, held)) {
+                    Some(true) => series += 1,
+                    _ => series_rejected += 1,
+                }
+                match all.next() {
+                    Some(d) if same_label(d.key.namespace, namespace) && same_label(d.key.service, name) => delta = d,
+                    other => {
+                        next = other;
+                        break;
+                    }
+                }
             }
         }
         counters.series_rejected += series_rejected as u64;
@@ -651,6 +663,51 @@ mod tests {
         assert_eq!(apply(&mut store, refused, now), Ok(Applied::Merged { series: 1, series_rejected: 1 }));
         assert!(store.service("demo", "other").is_none());
         assert_eq!(store.counters().series_rejected, 2);
+    }
+
+    #[test]
+    fn decoded_batches_merge_per_service_runs_exactly() {
+        // Decoded batches share label strings between series, which apply uses to look each
+        // service up once per run: the result must equal applying owned series one by one.
+        let series = |seq| {
+            let mut all = Vec::new();
+            for service in ["a", "b", "c"] {
+                for (revision, role) in [("v1", Role::Stable), ("v2", Role::Canary)] {
+                    for code in [200, 503] {
+                        let mut k = key(revision, role, code);
+                        k.service = service.into();
+                        all.push((k, delta(&[100 * seq, 7])));
+                    }
+                }
+            }
+            batch("vm", seq, T0 + 5000, all)
+        };
+        let now = T0 + 10_000;
+        let (mut decoded, mut owned) = (Store::new(config()), Store::new(config()));
+        for seq in 1..=3 {
+            let encoded = series(seq).encode();
+            let view = BatchView::decode(&encoded).unwrap();
+            assert_eq!(decoded.apply(&view, now), Ok(Applied::Merged { series: 12, series_rejected: 0 }));
+            apply(&mut owned, series(seq), now).unwrap();
+        }
+        assert_eq!(decoded.series(), 12);
+        let newest = now / 1000 - 1;
+        let mut acc = Accumulator::default();
+        for name in ["a", "b", "c"] {
+            let (d, o) = (decoded.service("demo", name).unwrap(), owned.service("demo", name).unwrap());
+            let summaries = |s: &Service, acc: &mut Accumulator| {
+                s.windows(newest, &[60], acc).into_iter().map(|r| (r.role, r.summaries)).collect::<Vec<_>>()
+            };
+            assert_eq!(summaries(d, &mut acc), summaries(o, &mut acc));
+            assert_eq!(summaries(d, &mut acc)[0].1[0].requests(), 3 * 4);
+        }
+        // The guard stops in the middle of a run of a new service, and refuses a whole run of
+        // an unknown service once the limit is reached.
+        let mut guarded = Store::new(StoreConfig { max_series: 6, ..config() });
+        let encoded = series(1).encode();
+        let view = BatchView::decode(&encoded).unwrap();
+        assert_eq!(guarded.apply(&view, now), Ok(Applied::Merged { series: 6, series_rejected: 6 }));
+        assert!(guarded.service("demo", "c").is_none());
     }
 
     #[test]
