@@ -72,6 +72,17 @@ pub struct Flusher {
     target: Target,
     outbox: Outbox,
     complaints: LogLimiter,
+    /// Set once Envoy shuts the VM down: no tick will come, so answers drive the last sends.
+    shutting_down: bool,
+}
+
+/// Whether the VM may be deleted now (Envoy waits for `proxy_done` otherwise).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Not shutting down, or a last call is still out.
+    Pending,
+    /// Shutting down and nothing more will be sent.
+    Finished,
 }
 
 impl Flusher {
@@ -84,6 +95,29 @@ impl Flusher {
             target: Target::new(config),
             outbox: Outbox::new(&config.buffer),
             complaints: LogLimiter::new(COMPLAINT_INTERVAL_MS),
+            shutting_down: false,
+        }
+    }
+
+    /// Envoy is shutting the VM down (its plugin was removed or replaced): the open interval is
+    /// queued and sent now rather than lost with the VM, and each answer sends the next queued
+    /// batch until none is left or the exporter stops accepting.
+    pub fn on_done(
+        &mut self,
+        now_ms: u64,
+        aggregate: &mut Aggregate,
+        host: &impl ExporterHost,
+    ) -> Shutdown {
+        self.shutting_down = true;
+        self.on_tick(now_ms, aggregate, host);
+        self.shutdown_state()
+    }
+
+    fn shutdown_state(&self) -> Shutdown {
+        if self.shutting_down && !self.outbox.in_flight() {
+            Shutdown::Finished
+        } else {
+            Shutdown::Pending
         }
     }
 
@@ -140,7 +174,7 @@ impl Flusher {
         token: u32,
         status: Option<u16>,
         host: &impl ExporterHost,
-    ) {
+    ) -> Shutdown {
         match self.outbox.answer(token, status) {
             Answer::Delivered { sequence } => {
                 log::debug!("Exporter stored batch {sequence}.");
@@ -169,6 +203,8 @@ impl Flusher {
             }
             Answer::Stale => {}
         }
+        // A failed last send is not retried while shutting down: there is no next tick.
+        self.shutdown_state()
     }
 
     /// Sends the front batch unless a call is already in flight.
@@ -465,6 +501,59 @@ mod tests {
         // Batch 3 evicted batch 1; batch 4 (no traffic, only batch 1's loss) evicted batch 2,
         // whose loss batch 5 reports. Every request is either delivered or reported dropped.
         assert_eq!(seen, [(3, 3, 0), (4, 0, 1), (5, 0, 2)]);
+    }
+
+    #[test]
+    fn shutting_down_sends_the_open_interval_and_the_backlog_then_finishes() {
+        let (mut flusher, mut aggregate, host) = setup("{}");
+        // One batch waits from an outage; the open interval has three more requests.
+        traffic(&mut aggregate, 2);
+        flusher.on_tick(1_000, &mut aggregate, &host);
+        flusher.on_response(1_001, host.last().0, Some(503), &host);
+        traffic(&mut aggregate, 3);
+        assert_eq!(
+            flusher.on_done(1_500, &mut aggregate, &host),
+            Shutdown::Pending
+        );
+        let mut delivered = Vec::new();
+        loop {
+            let (token, batch) = host.last();
+            delivered.push((batch.sequence, batch.requests()));
+            if flusher.on_response(1_501, token, Some(200), &host) == Shutdown::Finished {
+                break;
+            }
+        }
+        assert_eq!(delivered, [(1, 2), (2, 3)]);
+        assert_eq!(flusher.queued(), 0);
+    }
+
+    #[test]
+    fn shutting_down_gives_up_when_the_exporter_fails_or_there_is_nothing_to_send() {
+        let (mut flusher, mut aggregate, host) = setup("{}");
+        assert_eq!(
+            flusher.on_done(1_000, &mut aggregate, &host),
+            Shutdown::Finished
+        );
+        assert_eq!(host.calls(), 0);
+
+        let (mut flusher, mut aggregate, host) = setup("{}");
+        traffic(&mut aggregate, 1);
+        assert_eq!(
+            flusher.on_done(1_000, &mut aggregate, &host),
+            Shutdown::Pending
+        );
+        assert_eq!(
+            flusher.on_response(1_001, host.last().0, None, &host),
+            Shutdown::Finished
+        );
+        // Outside a shutdown an answer never finishes anything.
+        let (mut flusher, mut aggregate, host) = setup("{}");
+        traffic(&mut aggregate, 1);
+        flusher.on_tick(1_000, &mut aggregate, &host);
+        assert_eq!(
+            flusher.on_response(1_001, host.last().0, Some(200), &host),
+            Shutdown::Pending
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
 
 use crate::aggregate::Aggregate;
-use crate::flush::{ExporterHost, Flusher};
+use crate::flush::{ExporterHost, Flusher, Shutdown};
 use crate::identity::{gateway_id, SetError, SharedData};
 use crate::record::COMPLETION_EXPRESSION;
 use crate::stream::{property, string_property, ExpressionToken, Plugin, Stream, StreamHost};
@@ -98,9 +98,10 @@ impl ExporterHost for Envoy {
 /// Compiles [`COMPLETION_EXPRESSION`] in Envoy (per root context, so once per VM and
 /// configuration); `None` where Envoy was built without the CEL parser.
 fn compile_completion_expression() -> Option<ExpressionToken> {
-    let token = hostcalls::call_foreign_function("expr_create", Some(COMPLETION_EXPRESSION.as_bytes()))
-        .ok()
-        .flatten()?;
+    let token =
+        hostcalls::call_foreign_function("expr_create", Some(COMPLETION_EXPRESSION.as_bytes()))
+            .ok()
+            .flatten()?;
     <[u8; 4]>::try_from(token.as_slice())
         .ok()
         .map(u32::from_le_bytes)
@@ -160,9 +161,23 @@ impl Context for Root {
             .ok()
             .flatten()
             .and_then(|s| s.parse().ok());
-        if let Some(flusher) = self.flusher.as_mut() {
-            flusher.on_response(now_ms(), token, status, &Envoy);
+        let Some(flusher) = self.flusher.as_mut() else {
+            return;
+        };
+        if flusher.on_response(now_ms(), token, status, &Envoy) == Shutdown::Finished {
+            // The last batch of a VM being shut down is answered: Envoy may delete it.
+            let _ = hostcalls::done();
         }
+    }
+
+    /// Envoy is shutting the VM down: send what was counted since the last tick before going.
+    fn on_done(&mut self) -> bool {
+        let (Some(flusher), Ok(mut aggregate)) =
+            (self.flusher.as_mut(), self.aggregate.try_borrow_mut())
+        else {
+            return true;
+        };
+        flusher.on_done(now_ms(), &mut aggregate, &Envoy) == Shutdown::Finished
     }
 }
 

@@ -317,7 +317,9 @@ pub(crate) mod tests {
     fn evaluated(content_type: &str, grpc_status: i64) -> Vec<u8> {
         serialize_list(&[
             503i64.to_le_bytes().to_vec(),
-            (bit::UPSTREAM_REQUEST_TIMEOUT as i64).to_le_bytes().to_vec(),
+            (bit::UPSTREAM_REQUEST_TIMEOUT as i64)
+                .to_le_bytes()
+                .to_vec(),
             2_500_000i64.to_le_bytes().to_vec(),
             100i64.to_le_bytes().to_vec(),
             1_000i64.to_le_bytes().to_vec(),
@@ -394,7 +396,10 @@ pub(crate) mod tests {
         short[5] = vec![0xff];
         assert_eq!(Completion::from_evaluated(&serialize_list(&short)), None);
         // Protobuf ListValue, as older Envoys serialize lists.
-        assert_eq!(Completion::from_evaluated(&[0x0a, 0x09, 0x11, 0, 0, 0, 0, 0, 0, 0x69, 0x40]), None);
+        assert_eq!(
+            Completion::from_evaluated(&[0x0a, 0x09, 0x11, 0, 0, 0, 0, 0, 0, 0x69, 0x40]),
+            None
+        );
     }
 
     #[test]

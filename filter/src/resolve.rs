@@ -198,7 +198,12 @@ impl RevisionResolver {
             .cloned();
         self.cached_header_resolution(service, revision, move |service, revision| match &rule {
             Some(rule) => Resolution::from_rule(rule),
-            None => Resolution::new(&service.namespace, &service.service, Role::Unknown, revision),
+            None => Resolution::new(
+                &service.namespace,
+                &service.service,
+                Role::Unknown,
+                revision,
+            ),
         })
     }
 
@@ -210,7 +215,12 @@ impl RevisionResolver {
         revision: &str,
         compute: impl FnOnce(&Resolution, &str) -> Resolution,
     ) -> Rc<Resolution> {
-        let key = (base.namespace.clone(), base.service.clone(), base.role, revision.to_owned());
+        let key = (
+            base.namespace.clone(),
+            base.service.clone(),
+            base.role,
+            revision.to_owned(),
+        );
         if let Some(hit) = self.by_header.get(&key) {
             return Rc::clone(hit);
         }
@@ -350,12 +360,21 @@ mod tests {
         let mut r = RevisionResolver::new(&config);
         let canary = r.resolve_cluster("canary");
         assert!(r.wants_response_header(&canary));
-        assert_eq!(parts(&r.resolve(&canary, Some("v3"))), ("demo", "app", Role::Canary, "v3", "canary/v3"));
+        assert_eq!(
+            parts(&r.resolve(&canary, Some("v3"))),
+            ("demo", "app", Role::Canary, "v3", "canary/v3")
+        );
         // After promotion the stable cluster serves v3: same revision, role stable.
         let stable = r.resolve_cluster("stable");
-        assert_eq!(parts(&r.resolve(&stable, Some("v3"))), ("demo", "app", Role::Stable, "v3", "stable/v3"));
+        assert_eq!(
+            parts(&r.resolve(&stable, Some("v3"))),
+            ("demo", "app", Role::Stable, "v3", "stable/v3")
+        );
         // No header: the role is still known, the revision is not.
-        assert_eq!(parts(&r.resolve(&canary, None)), ("demo", "app", Role::Canary, "", ""));
+        assert_eq!(
+            parts(&r.resolve(&canary, None)),
+            ("demo", "app", Role::Canary, "", "")
+        );
     }
 
     #[test]

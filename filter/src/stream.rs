@@ -442,8 +442,10 @@ pub(crate) mod tests {
         let hosts = || {
             [
                 MockHost::request("canary", 200),
-                MockHost::request("stable", 503)
-                    .with_int(property::RESPONSE_FLAGS, bit::UPSTREAM_REQUEST_TIMEOUT as i64),
+                MockHost::request("stable", 503).with_int(
+                    property::RESPONSE_FLAGS,
+                    bit::UPSTREAM_REQUEST_TIMEOUT as i64,
+                ),
                 MockHost::request("canary", 200)
                     .with_header(CONTENT_TYPE, "application/grpc")
                     .with_int(property::RESPONSE_GRPC_STATUS, 14),

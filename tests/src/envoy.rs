@@ -104,26 +104,65 @@ fn static_cluster(name: &str, port: u16) -> Value {
     })
 }
 
+/// The `envoy.filters.http.wasm` typed config that loads `filter`.
+fn wasm_filter_config(filter: &WasmFilter) -> Value {
+    json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {
+            "name": filter.root_id,
+            "root_id": filter.root_id,
+            "failure_policy": "FAIL_OPEN",
+            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": filter.configuration},
+            "vm_config": {
+                "vm_id": filter.root_id,
+                "runtime": "envoy.wasm.runtime.v8",
+                "code": {"local": {"filename": filter.module}}
+            }
+        }
+    })
+}
+
+/// Where a gateway started by [`Envoy::start_with_filter_file`] reads its Wasm filter from
+/// (extension config discovery from a watched file): writing a new filter replaces the plugin,
+/// as Istio does when a `WasmPlugin` changes.
+pub struct FilterFile {
+    file: PathBuf,
+    watched_dir: PathBuf,
+}
+
+/// Name of the file-discovered filter.
+const DISCOVERED_FILTER: &str = "plover";
+
+impl FilterFile {
+    /// Writes `filter` as version `version` and moves it into place (Envoy reloads on a move).
+    pub fn write(&self, filter: &WasmFilter, version: u32) {
+        let mut typed_config = wasm_filter_config(filter);
+        typed_config["config"]["name"] = json!(format!("{}-{version}", filter.root_id));
+        let document = json!({
+            "version_info": version.to_string(),
+            "resources": [{
+                "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+                "name": DISCOVERED_FILTER,
+                "typed_config": typed_config
+            }]
+        });
+        let staging = self.watched_dir.join(format!(".filter-{version}.json"));
+        std::fs::write(
+            &staging,
+            serde_json::to_vec_pretty(&document).expect("serialize ECDS"),
+        )
+        .expect("write the filter file");
+        std::fs::rename(&staging, &self.file).expect("move the filter file into place");
+    }
+}
+
 /// The Envoy bootstrap (as JSON) for `spec` on the given ports.
 pub fn bootstrap(spec: &GatewaySpec, listener_port: u16, admin_port: u16) -> Value {
     let mut http_filters = Vec::new();
     if let Some(filter) = &spec.filter {
         http_filters.push(json!({
             "name": "envoy.filters.http.wasm",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                "config": {
-                    "name": filter.root_id,
-                    "root_id": filter.root_id,
-                    "failure_policy": "FAIL_OPEN",
-                    "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": filter.configuration},
-                    "vm_config": {
-                        "vm_id": filter.root_id,
-                        "runtime": "envoy.wasm.runtime.v8",
-                        "code": {"local": {"filename": filter.module}}
-                    }
-                }
-            }
+            "typed_config": wasm_filter_config(filter)
         }));
     }
     http_filters.push(json!({
@@ -183,6 +222,38 @@ impl Envoy {
     /// Writes the bootstrap into `dir` and starts Envoy; returns once it is live and listening.
     pub fn start(spec: &GatewaySpec, dir: &Path) -> Envoy {
         Envoy::start_under(&[], spec, dir)
+    }
+
+    /// Starts a gateway like [`Envoy::start`] whose Wasm filter (`spec.filter`, required) is
+    /// read from a watched file instead of the bootstrap; the returned [`FilterFile`] replaces it.
+    pub fn start_with_filter_file(spec: &GatewaySpec, dir: &Path) -> (Envoy, FilterFile) {
+        let filter = spec.filter.as_ref().expect("a filter to discover");
+        let watched_dir = dir.join("filter");
+        std::fs::create_dir_all(&watched_dir).expect("create the filter directory");
+        let filter_file = FilterFile {
+            file: watched_dir.join("filter.json"),
+            watched_dir: watched_dir.clone(),
+        };
+        filter_file.write(filter, 1);
+        let (listener_port, admin_port) = (free_port(), free_port());
+        let mut config = bootstrap(spec, listener_port, admin_port);
+        config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["http_filters"][0] = json!({
+            "name": DISCOVERED_FILTER,
+            "config_discovery": {
+                "config_source": path_source(&filter_file.file, &watched_dir),
+                "type_urls": ["type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"]
+            }
+        });
+        let envoy = Envoy::launch(
+            &[],
+            config,
+            spec.concurrency,
+            dir,
+            listener_port,
+            admin_port,
+        );
+        (envoy, filter_file)
     }
 
     /// Starts Envoy as the last argument of `launcher` (e.g. `valgrind --tool=callgrind`),

@@ -209,3 +209,50 @@ async fn invalid_configuration_is_reported_and_traffic_still_flows() {
         "an unconfigured filter must not send batches"
     );
 }
+
+/// Replacing the plugin (a new configuration, as when an Istio `WasmPlugin` changes) shuts the
+/// old plugin's root contexts down; each sends what it counted since its last flush before it
+/// goes, so no count is lost with it. (When the Envoy process itself exits, Envoy runs no
+/// callouts: the last interval of each worker, up to `flush_interval_ms`, is lost then.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replacing_the_plugin_sends_the_old_plugins_last_interval() {
+    let _serial = plover_e2e::exclusive().await;
+    let stable = Backend::start("v1", Behaviour::default()).await;
+    let canary = Backend::start("v2", Behaviour::default()).await;
+    let sink = Sink::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A flush interval far longer than the test: only the shutdown can deliver the counts.
+    let slow_flush = |gateway: &str| {
+        plover_test_config(TOKEN, r#", "flush_interval_ms": 60000"#).replace("e2e-gateway", gateway)
+    };
+    let spec = gateway(&stable, &canary, &sink, slow_flush("e2e-gateway"));
+    let (envoy, filter_file) = Envoy::start_with_filter_file(&spec, dir.path());
+    let report = load(&envoy.url("/"), 300, 4, TAG).await;
+    assert_eq!(report.by_status.get(&200), Some(&300), "{report:?}");
+    assert_eq!(
+        report.by_tag.get(""),
+        None,
+        "the discovered filter tags every response: {report:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        sink.received().total_requests(),
+        0,
+        "no flush before the replacement"
+    );
+
+    filter_file.write(&WasmFilter::plover(slow_flush("e2e-gateway-2")), 2);
+    wait_until(
+        "the old plugin's counts to arrive",
+        Duration::from_secs(30),
+        || sink.received().total_requests() >= 300,
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = sink.received();
+    assert_eq!(received.total_requests(), 300, "{received:?}");
+    assert_eq!(received.requests_of("v1"), stable.served());
+    assert_eq!(received.requests_of("v2"), canary.served());
+    // Traffic goes on through the new plugin.
+    let after = load(&envoy.url("/"), 100, 4, TAG).await;
+    assert_eq!(after.by_status.get(&200), Some(&100), "{after:?}");
+}

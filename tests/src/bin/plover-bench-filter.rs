@@ -394,10 +394,16 @@ fn instructions(variants: &[(String, GatewaySpec)], requests: u64, dir: &std::pa
         h2load(&envoy.url("/"), 500); // warm-up: V8 tiers up, connection pools fill
         let mut counts = Vec::new();
         for _ in 0..2 {
-            let zeroed = Command::new(&control).args(["-z", &pid]).output().expect("callgrind_control -z");
+            let zeroed = Command::new(&control)
+                .args(["-z", &pid])
+                .output()
+                .expect("callgrind_control -z");
             assert!(zeroed.status.success(), "callgrind_control -z failed");
             h2load(&envoy.url("/"), requests);
-            let dumped = Command::new(&control).args(["-d", &pid]).output().expect("callgrind_control -d");
+            let dumped = Command::new(&control)
+                .args(["-d", &pid])
+                .output()
+                .expect("callgrind_control -d");
             assert!(dumped.status.success(), "callgrind_control -d failed");
             counts.push(latest_dump_total(&out_file) as f64 / requests as f64);
         }
@@ -407,7 +413,9 @@ fn instructions(variants: &[(String, GatewaySpec)], requests: u64, dir: &std::pa
     }
     let (none, empty, plover) = (per_request[0], per_request[1], per_request[2]);
     println!();
-    println!("instructions per request: no filter {none:.0}, empty wasm {empty:.0}, plover {plover:.0}");
+    println!(
+        "instructions per request: no filter {none:.0}, empty wasm {empty:.0}, plover {plover:.0}"
+    );
     for (i, (name, _)) in variants.iter().enumerate().skip(1) {
         println!(
             "added by {name}: {:.0} instructions per request ({:.2}× the empty filter's)",
@@ -423,7 +431,11 @@ fn instructions(variants: &[(String, GatewaySpec)], requests: u64, dir: &std::pa
 
 /// The `summary:` total of the newest dump callgrind wrote beside `out_file` (`<out_file>.<n>`).
 fn latest_dump_total(out_file: &std::path::Path) -> u64 {
-    let name = out_file.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+    let name = out_file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_owned();
     let dir = out_file.parent().expect("dump directory");
     // callgrind_control returns once the dump is requested; wait for the file to be complete.
     for _ in 0..600 {
