@@ -114,6 +114,27 @@ impl ApiServer {
     }
 
     /// No further request arrives.
+    /// The reads every reconcile of the `podinfo` Canary starts with: the stable and canary
+    /// Deployments, then the route object at `route_path`.
+    async fn expect_observation(
+        &mut self,
+        stable: &Value,
+        canary: &Value,
+        route_path: &str,
+        route: &Value,
+    ) {
+        for (path, object) in [
+            ("/apis/apps/v1/namespaces/test/deployments/podinfo", stable),
+            (
+                "/apis/apps/v1/namespaces/test/deployments/podinfo-canary",
+                canary,
+            ),
+            (route_path, route),
+        ] {
+            self.expect("GET", path, None, |_| object.clone()).await;
+        }
+    }
+
     async fn expect_nothing_more(&mut self) {
         let next = tokio::time::timeout(Duration::from_millis(300), self.0.next_request()).await;
         if let Ok(Some((request, _))) = next {
@@ -249,25 +270,11 @@ async fn istio_rollout_sets_the_weight_pauses_then_writes_nothing_more() {
     let object = canary(spec.clone(), None);
 
     let task = tokio::spawn(reconcile(object.clone(), ctx.clone()));
-    api.expect(
-        "GET",
-        "/apis/apps/v1/namespaces/test/deployments/podinfo",
-        None,
-        |_| stable.clone(),
-    )
-    .await;
-    api.expect(
-        "GET",
-        "/apis/apps/v1/namespaces/test/deployments/podinfo-canary",
-        None,
-        |_| candidate.clone(),
-    )
-    .await;
-    api.expect(
-        "GET",
+    api.expect_observation(
+        &stable,
+        &candidate,
         "/apis/networking.istio.io/v1/namespaces/test/virtualservices/podinfo",
-        None,
-        |_| vs.clone(),
+        &vs,
     )
     .await;
     let mut weighted = vs.clone();
@@ -348,25 +355,11 @@ async fn istio_rollout_sets_the_weight_pauses_then_writes_nothing_more() {
     // The reconcile our own status write triggers: reads, finds everything in place, writes nothing.
     let object = canary(spec, Some(status_patch[1]["value"].clone()));
     let task = tokio::spawn(reconcile(object, ctx.clone()));
-    api.expect(
-        "GET",
-        "/apis/apps/v1/namespaces/test/deployments/podinfo",
-        None,
-        |_| stable.clone(),
-    )
-    .await;
-    api.expect(
-        "GET",
-        "/apis/apps/v1/namespaces/test/deployments/podinfo-canary",
-        None,
-        |_| candidate.clone(),
-    )
-    .await;
-    api.expect(
-        "GET",
+    api.expect_observation(
+        &stable,
+        &candidate,
         "/apis/networking.istio.io/v1/namespaces/test/virtualservices/podinfo",
-        None,
-        |_| weighted.clone(),
+        &weighted,
     )
     .await;
     assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
@@ -389,25 +382,11 @@ async fn gateway_api_rollout_is_promoted_then_routes_everything_to_stable() {
 
     // 1. New revision: 50/50, all steps done, so the canary's template goes to stable.
     let task = tokio::spawn(reconcile(object.clone(), ctx.clone()));
-    api.expect(
-        "GET",
-        "/apis/apps/v1/namespaces/test/deployments/podinfo",
-        None,
-        |_| stable.clone(),
-    )
-    .await;
-    api.expect(
-        "GET",
-        "/apis/apps/v1/namespaces/test/deployments/podinfo-canary",
-        None,
-        |_| candidate.clone(),
-    )
-    .await;
-    api.expect(
-        "GET",
+    api.expect_observation(
+        &stable,
+        &candidate,
         "/apis/gateway.networking.k8s.io/v1/namespaces/test/httproutes/podinfo",
-        None,
-        |_| route.clone(),
+        &route,
     )
     .await;
     let mut split = route.clone();
@@ -500,25 +479,11 @@ async fn gateway_api_rollout_is_promoted_then_routes_everything_to_stable() {
     stable_now["status"]["observedGeneration"] = json!(3);
     assert_eq!(revision(&stable_now), canary_rev);
     let task = tokio::spawn(reconcile(object.clone(), ctx.clone()));
-    api.expect(
-        "GET",
-        "/apis/apps/v1/namespaces/test/deployments/podinfo",
-        None,
-        |_| stable_now.clone(),
-    )
-    .await;
-    api.expect(
-        "GET",
-        "/apis/apps/v1/namespaces/test/deployments/podinfo-canary",
-        None,
-        |_| candidate.clone(),
-    )
-    .await;
-    api.expect(
-        "GET",
+    api.expect_observation(
+        &stable_now,
+        &candidate,
         "/apis/gateway.networking.k8s.io/v1/namespaces/test/httproutes/podinfo",
-        None,
-        |_| split.clone(),
+        &split,
     )
     .await;
     let patch = api
@@ -625,25 +590,11 @@ async fn a_failed_analysis_rolls_back_to_stable_with_an_argo_message_and_warning
     let object = canary(spec.clone(), None);
 
     let task = tokio::spawn(reconcile(object.clone(), ctx.clone()));
-    api.expect(
-        "GET",
-        "/apis/apps/v1/namespaces/test/deployments/podinfo",
-        None,
-        |_| stable.clone(),
-    )
-    .await;
-    api.expect(
-        "GET",
-        "/apis/apps/v1/namespaces/test/deployments/podinfo-canary",
-        None,
-        |_| candidate.clone(),
-    )
-    .await;
-    api.expect(
-        "GET",
+    api.expect_observation(
+        &stable,
+        &candidate,
         "/apis/networking.istio.io/v1/namespaces/test/virtualservices/podinfo",
-        None,
-        |_| vs.clone(),
+        &vs,
     )
     .await;
     let mut weighted = vs.clone();
@@ -706,25 +657,11 @@ async fn a_failed_analysis_rolls_back_to_stable_with_an_argo_message_and_warning
     let message = "Metric \"success-rate\" assessed Failed due to failed (1) > failureLimit (0)";
     let object = canary(spec, Some(status));
     let task = tokio::spawn(reconcile(object.clone(), ctx.clone()));
-    api.expect(
-        "GET",
-        "/apis/apps/v1/namespaces/test/deployments/podinfo",
-        None,
-        |_| stable.clone(),
-    )
-    .await;
-    api.expect(
-        "GET",
-        "/apis/apps/v1/namespaces/test/deployments/podinfo-canary",
-        None,
-        |_| candidate.clone(),
-    )
-    .await;
-    api.expect(
-        "GET",
+    api.expect_observation(
+        &stable,
+        &candidate,
         "/apis/networking.istio.io/v1/namespaces/test/virtualservices/podinfo",
-        None,
-        |_| weighted.clone(),
+        &weighted,
     )
     .await;
     let patch = api
@@ -799,25 +736,11 @@ async fn a_failed_analysis_rolls_back_to_stable_with_an_argo_message_and_warning
         Some(status.clone()),
     );
     let task = tokio::spawn(reconcile(object.clone(), ctx.clone()));
-    api.expect(
-        "GET",
-        "/apis/apps/v1/namespaces/test/deployments/podinfo",
-        None,
-        |_| stable.clone(),
-    )
-    .await;
-    api.expect(
-        "GET",
-        "/apis/apps/v1/namespaces/test/deployments/podinfo-canary",
-        None,
-        |_| candidate.clone(),
-    )
-    .await;
-    api.expect(
-        "GET",
+    api.expect_observation(
+        &stable,
+        &candidate,
         "/apis/networking.istio.io/v1/namespaces/test/virtualservices/podinfo",
-        None,
-        |_| vs.clone(),
+        &vs,
     )
     .await;
     assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
@@ -841,25 +764,11 @@ async fn istio_subset_mode_syncs_the_destination_rule_before_weighting() {
     let object = canary(spec, None);
 
     let task = tokio::spawn(reconcile(object.clone(), ctx.clone()));
-    api.expect(
-        "GET",
-        "/apis/apps/v1/namespaces/test/deployments/podinfo",
-        None,
-        |_| stable.clone(),
-    )
-    .await;
-    api.expect(
-        "GET",
-        "/apis/apps/v1/namespaces/test/deployments/podinfo-canary",
-        None,
-        |_| candidate.clone(),
-    )
-    .await;
-    api.expect(
-        "GET",
+    api.expect_observation(
+        &stable,
+        &candidate,
         "/apis/networking.istio.io/v1/namespaces/test/destinationrules/podinfo",
-        None,
-        |_| dr.clone(),
+        &dr,
     )
     .await;
     let patch = api

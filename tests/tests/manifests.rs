@@ -1533,6 +1533,15 @@ fn every_request_the_mock_api_server_records_is_declared() {
     )
     .unwrap();
     let path_var = regex::Regex::new(r#"let path = "(/[^"]*)";"#).unwrap();
+    let observation = regex::Regex::new(r#"expect_observation\([^"]*"(/[^"]*)""#).unwrap();
+    const OBSERVED_DEPLOYMENTS: [&str; 2] = [
+        "/apis/apps/v1/namespaces/test/deployments/podinfo",
+        "/apis/apps/v1/namespaces/test/deployments/podinfo-canary",
+    ];
+    assert!(
+        text.contains(OBSERVED_DEPLOYMENTS[0]) && text.contains(OBSERVED_DEPLOYMENTS[1]),
+        "expect_observation no longer reads the Deployments this test assumes"
+    );
     let mut found = 0;
     let mut errors = Vec::new();
     for chunk in text.split("#[tokio::test]").skip(1) {
@@ -1544,8 +1553,9 @@ fn every_request_the_mock_api_server_records_is_declared() {
             .to_owned();
         let cli = chunk.contains("kubectl::");
         let base = path_var.captures(chunk).map(|c| c[1].to_owned());
+        let mut requests: Vec<(String, String)> = Vec::new();
         for c in request.captures_iter(chunk) {
-            let method = &c[1];
+            let method = c[1].to_owned();
             let uri = if let Some(p) = c.get(2) {
                 p.as_str().to_owned()
             } else {
@@ -1554,6 +1564,17 @@ fn every_request_the_mock_api_server_records_is_declared() {
                     .unwrap_or_else(|| panic!("{test_name}: `path` used but not defined"));
                 format!("{base}{}", c.get(3).map_or("", |m| m.as_str()))
             };
+            requests.push((method, uri));
+        }
+        // `ApiServer::expect_observation(stable, canary, route_path, route)`: GETs of both
+        // Deployments, then of the route.
+        for c in observation.captures_iter(chunk) {
+            for uri in [OBSERVED_DEPLOYMENTS[0], OBSERVED_DEPLOYMENTS[1], &c[1]] {
+                requests.push(("GET".to_owned(), uri.to_owned()));
+            }
+        }
+        for (method, uri) in &requests {
+            let method = method.as_str();
             let (group, resource, named) =
                 parse_api_path(&uri).unwrap_or_else(|| panic!("{test_name}: cannot read {uri}"));
             let verb = match (method, named) {
