@@ -1576,7 +1576,7 @@ fn every_request_the_mock_api_server_records_is_declared() {
         for (method, uri) in &requests {
             let method = method.as_str();
             let (group, resource, named) =
-                parse_api_path(&uri).unwrap_or_else(|| panic!("{test_name}: cannot read {uri}"));
+                parse_api_path(uri).unwrap_or_else(|| panic!("{test_name}: cannot read {uri}"));
             let verb = match (method, named) {
                 ("GET", true) => "get",
                 ("GET", false) => "list",
@@ -1610,9 +1610,9 @@ fn every_request_the_mock_api_server_records_is_declared() {
 /// resource[/sub], whether a name is given).
 fn parse_api_path(uri: &str) -> Option<(String, String, bool)> {
     let parts: Vec<&str> = uri.trim_start_matches('/').split('/').collect();
-    let (group, rest) = match parts.first()? {
-        &"api" => ("", &parts[2..]),
-        &"apis" => (parts[1], &parts[3..]),
+    let (group, rest) = match *parts.first()? {
+        "api" => ("", parts.get(2..)?),
+        "apis" => (*parts.get(1)?, parts.get(3..)?),
         _ => return None,
     };
     let rest = if rest.first() == Some(&"namespaces") && rest.len() >= 3 {
@@ -1839,10 +1839,8 @@ fn selectors(expr: &str) -> Vec<(String, Vec<String>)> {
                 depth_grouping += 1;
             }
         }
-        if c == ')' {
-            if paren_stack.pop() == Some(true) {
-                depth_grouping -= 1;
-            }
+        if c == ')' && paren_stack.pop() == Some(true) {
+            depth_grouping -= 1;
         }
         if c == '[' {
             i = (i..chars.len())
