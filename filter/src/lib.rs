@@ -9,8 +9,10 @@
 //! ```text
 //!  request headers ─ resolve::RevisionResolver (xds.cluster_name → rules) ─ tag upstream request
 //!  response headers ─ app revision header? ─ final Resolution ─ tag downstream response
-//!  on_log ─ record::Completion (code, flags, duration, sizes) ─ aggregate::Aggregate
+//!  on_log ─ one CEL evaluation → record::Completion (code, flags, duration, sizes, route)
+//!          ─ aggregate::Aggregate
 //!  on_tick ─ Aggregate::take_batch ─ outbox::Outbox (bounded, sequenced) ─ one callout ─ exporter
+//!  on_done (plugin removed or replaced) ─ the open interval and the backlog go out first
 //! ```
 //!
 //! Layout: everything but `host` is plain Rust, tested natively with `cargo test`:
