@@ -327,7 +327,10 @@ pub struct PloverSpec {
     /// `30s`, `5m`, `1h`; default `30s`.
     #[serde(default = "default_window")]
     pub window: String,
-    /// `canary` (default), `stable`, or a revision name.
+    /// `canary` (default), `stable`, or a revision name. For the `…VsStable` metrics, the canary
+    /// side: `canary` takes the busiest revision with role canary in each answer; a revision name
+    /// (e.g. `{{args.canary-revision}}`) takes exactly that revision, so traffic a previous
+    /// canary left in the window is never judged as this one's.
     #[serde(default = "default_revision")]
     pub revision: String,
     pub metric: PloverQuantity,
@@ -408,9 +411,9 @@ impl PloverSpec {
             }
             return Ok(());
         }
-        if self.revision != "canary" {
+        if self.revision == "stable" || self.revision.is_empty() {
             return Err(format!(
-                "{}: {} compares role canary with role stable; leave revision unset (or canary), not {:?}",
+                "{}: {} compares a canary revision with role stable; give canary (the busiest revision with role canary, the default) or the canary's revision name, not {:?}",
                 field("revision"),
                 self.metric.as_str(),
                 self.revision

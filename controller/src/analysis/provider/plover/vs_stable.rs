@@ -152,11 +152,20 @@ fn sample(r: Option<&RevisionStats>, latency: bool, role: &str) -> Result<Sample
     })
 }
 
-/// Canary (role `canary`) and stable (role `stable`) of one answer.
+/// The canary side of an answer: the revision `spec.revision` names, or with `canary` the
+/// busiest revision with role canary.
+fn canary_of<'a>(spec: &PloverSpec, answer: &'a StatsResponse) -> Option<&'a RevisionStats> {
+    match spec.revision.as_str() {
+        "canary" => answer.role("canary"),
+        named => answer.revisions.iter().find(|r| r.revision == named),
+    }
+}
+
+/// Canary (see [`canary_of`]) and stable (role `stable`) of one answer.
 fn interval(spec: &PloverSpec, answer: &StatsResponse) -> Result<Interval, ProviderError> {
     let latency = spec.metric != PloverQuantity::ErrorRatioVsStable;
     Ok(Interval {
-        canary: sample(answer.role("canary"), latency, "canary")?,
+        canary: sample(canary_of(spec, answer), latency, "canary")?,
         stable: sample(answer.role("stable"), latency, "stable")?,
     })
 }
@@ -223,7 +232,7 @@ where
     // A test is about one canary revision against one stable revision: when either changes
     // (a new canary, or a promotion), the evidence so far says nothing about the new pair, so a
     // fresh test starts with this look. The cursor stays: no second is counted twice.
-    if let (Some(c), Some(st)) = (answer.role("canary"), answer.role("stable")) {
+    if let (Some(c), Some(st)) = (canary_of(spec, &answer), answer.role("stable")) {
         let now = (c.revision.clone(), st.revision.clone());
         match &state.revisions {
             Some(before) if *before != now => {
@@ -692,6 +701,49 @@ mod tests {
             message.contains("no data (Inconclusive by noData): no canary traffic"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn a_named_canary_revision_ignores_a_busier_previous_canary() {
+        // The window still holds a previous canary (role canary, more requests, no errors);
+        // the release being judged is `canary-rev` with 50% errors.
+        let exporter = Exporter::new((10, 5), (100, 1));
+        let previous = |answer: &mut StatsResponse| {
+            answer.revisions.push(RevisionStats {
+                revision: "previous-rev".into(),
+                role: "canary".into(),
+                requests: 10_000,
+                ..Default::default()
+            })
+        };
+        let named = spec(serde_json::json!({"revision": "canary-rev"}));
+        let busiest = spec(serde_json::json!({}));
+        let answer = |e: &Rc<RefCell<Exporter>>| {
+            let mut a = e.borrow_mut().answer(10).unwrap();
+            previous(&mut a);
+            a
+        };
+        let a = answer(&exporter);
+        assert_eq!(
+            canary_of(&named, &a).map(|r| r.revision.as_str()),
+            Some("canary-rev")
+        );
+        assert_eq!(
+            canary_of(&busiest, &a).map(|r| r.revision.as_str()),
+            Some("previous-rev")
+        );
+        assert_eq!(interval(&named, &a).unwrap().canary.errors, 50);
+        assert_eq!(interval(&busiest, &a).unwrap().canary.errors, 0);
+        // A named revision absent from the window is no canary data, not another revision's.
+        let absent = spec(serde_json::json!({"revision": "not-deployed"}));
+        assert_eq!(interval(&absent, &a).unwrap().canary.requests, 0);
+        // The stable side cannot be named.
+        let mut v = serde_json::json!({"namespace": "ns", "service": "svc", "metric": "errorRatioVsStable", "revision": "stable"});
+        let err = serde_json::from_value::<PloverSpec>(v.take())
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.contains("provider.plover.revision"), "{err}");
     }
 
     #[tokio::test]
