@@ -116,17 +116,39 @@ async fn wait_for_updates(admin: u16, updates: u64) {
     panic!("Envoy did not apply route update {updates}");
 }
 
-fn bootstrap(dir: &std::path::Path, admin: u16, listen: u16, v1: u16, v2: u16) -> String {
+/// Where the bootstrap's clusters come from.
+enum Clusters {
+    /// `v1` and `v2`, static, on these loopback ports.
+    Static { v1: u16, v2: u16 },
+    /// `clusters.yaml` in the watched directory (file-based CDS).
+    FromFile,
+}
+
+/// A gateway whose routes come from `routes.yaml` in the watched directory `dir`.
+fn bootstrap(dir: &std::path::Path, admin: u16, listen: u16, clusters: Clusters) -> String {
+    let dir = dir.display();
     let cluster = |name: &str, port: u16| {
         format!(
             "  - name: {name}\n    type: STATIC\n    connect_timeout: 1s\n    load_assignment:\n      cluster_name: {name}\n      endpoints:\n      - lb_endpoints:\n        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}\n"
         )
     };
+    let (dynamic_resources, static_clusters) = match clusters {
+        Clusters::Static { v1, v2 } => (
+            String::new(),
+            format!("  clusters:\n{}{}", cluster("v1", v1), cluster("v2", v2)),
+        ),
+        Clusters::FromFile => (
+            format!(
+                "dynamic_resources:\n  cds_config:\n    resource_api_version: V3\n    path_config_source:\n      path: {dir}/clusters.yaml\n      watched_directory: {{path: {dir}}}\n"
+            ),
+            String::new(),
+        ),
+    };
     format!(
         r#"node: {{id: plover-test, cluster: plover-test}}
 admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-static_resources:
+{dynamic_resources}static_resources:
   listeners:
   - name: main
     address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
@@ -146,11 +168,7 @@ static_resources:
           http_filters:
           - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-  clusters:
-{c1}{c2}"#,
-        dir = dir.display(),
-        c1 = cluster("v1", v1),
-        c2 = cluster("v2", v2),
+{static_clusters}"#
     )
 }
 
@@ -189,7 +207,11 @@ async fn envoy_follows_the_routes_file_through_split_promotion_and_rollback() {
     let (v1, v2) = (backend("v1").await, backend("v2").await);
     let (admin, listen) = (free_port().await, free_port().await);
     let config = dir.path().join("envoy.yaml");
-    std::fs::write(&config, bootstrap(&rds, admin, listen, v1, v2)).unwrap();
+    std::fs::write(
+        &config,
+        bootstrap(&rds, admin, listen, Clusters::Static { v1, v2 }),
+    )
+    .unwrap();
 
     assert!(envoy_file::set_weights(&cfg, "v1", "v2", 25, 75).unwrap());
     let _envoy = start(&envoy, &config).await;
@@ -211,42 +233,6 @@ async fn envoy_follows_the_routes_file_through_split_promotion_and_rollback() {
     assert!(envoy_file::set_weights(&cfg, "v1", "v2", 0, 100).unwrap());
     wait_for_updates(admin, 4).await;
     assert_eq!(count(listen, 50).await, (50, 0));
-}
-
-fn dynamic_bootstrap(dir: &std::path::Path, admin: u16, listen: u16) -> String {
-    format!(
-        r#"node: {{id: plover-test, cluster: plover-test}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}
-dynamic_resources:
-  cds_config:
-    resource_api_version: V3
-    path_config_source:
-      path: {dir}/clusters.yaml
-      watched_directory: {{path: {dir}}}
-static_resources:
-  listeners:
-  - name: main
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: ingress
-          rds:
-            route_config_name: local_route
-            config_source:
-              resource_api_version: V3
-              path_config_source:
-                path: {dir}/routes.yaml
-                watched_directory: {{path: {dir}}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
-"#,
-        dir = dir.display(),
-    )
 }
 
 /// Waits until every request is answered by `revision`.
@@ -334,7 +320,7 @@ async fn local_mode_promotes_then_rolls_back_through_a_real_envoy() {
         .unwrap();
     envoy_file::apply(&routing, "v1", "v2", 0, 100).unwrap();
     let config = dir.path().join("envoy.yaml");
-    std::fs::write(&config, dynamic_bootstrap(&xds, admin, listen)).unwrap();
+    std::fs::write(&config, bootstrap(&xds, admin, listen, Clusters::FromFile)).unwrap();
     let _envoy = start(&envoy, &config).await;
     wait_for_updates(admin, 1).await;
     until_all(listen, "v1").await;
