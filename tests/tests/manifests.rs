@@ -736,6 +736,32 @@ struct PloverCli {
     command: plover_controller::commands::CanaryCommand,
 }
 
+/// The container's liveness and readiness probes name the port the server listens on
+/// (`listen_port`), and their paths answer 200 from the real server at `addr`.
+async fn assert_probes_answer(
+    deployment: &Object,
+    container: &Value,
+    listen_port: u16,
+    addr: std::net::SocketAddr,
+) {
+    for probe in ["livenessProbe", "readinessProbe"] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(
+            container_port(container, &get["port"]),
+            listen_port,
+            "{}: {probe} port",
+            deployment.describe()
+        );
+        let path = get["path"].as_str().unwrap();
+        assert_eq!(
+            http_get(addr, path).await,
+            200,
+            "{}: {probe} GET {path}",
+            deployment.describe()
+        );
+    }
+}
+
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -876,22 +902,7 @@ async fn the_controller_deployment_matches_what_the_plover_binary_reads_and_serv
             std::sync::Arc::new(plover_controller::metrics::Metrics::new()),
             std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
         ));
-        for probe in ["livenessProbe", "readinessProbe"] {
-            let get = &c[probe]["httpGet"];
-            assert_eq!(
-                container_port(c, &get["port"]),
-                listen.port(),
-                "{}: {probe} port",
-                deployment.describe()
-            );
-            let path = get["path"].as_str().unwrap();
-            assert_eq!(
-                http_get(addr, path).await,
-                200,
-                "{}: {probe} GET {path}",
-                deployment.describe()
-            );
-        }
+        assert_probes_answer(deployment, c, listen.port(), addr).await;
         // Prometheus annotations (when present) point at the same port.
         if let Some(port) = deployment.value["spec"]["template"]["metadata"]["annotations"]
             ["prometheus.io/port"]
@@ -1006,22 +1017,7 @@ async fn the_exporter_deployment_service_secret_and_wasmplugins_agree() {
         let server = tokio::spawn(plover_exporter::run(config, listener, async {
             let _ = stopped.await;
         }));
-        for probe in ["livenessProbe", "readinessProbe"] {
-            let get = &c[probe]["httpGet"];
-            assert_eq!(
-                container_port(c, &get["port"]),
-                listen_port,
-                "{}: {probe} port",
-                deployment.describe()
-            );
-            let path = get["path"].as_str().unwrap();
-            assert_eq!(
-                http_get(addr, path).await,
-                200,
-                "{}: {probe} GET {path}",
-                deployment.describe()
-            );
-        }
+        assert_probes_answer(deployment, c, listen_port, addr).await;
         let annotations = &deployment.value["spec"]["template"]["metadata"]["annotations"];
         if let Some(port) = annotations["prometheus.io/port"].as_str() {
             assert_eq!(port.parse::<u16>().unwrap(), listen_port);
