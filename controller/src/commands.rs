@@ -150,6 +150,18 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
     }
 }
 
+/// Provider settings of the controller and local mode: the exporter flag, and Argo's
+/// `ARGO_ROLLOUTS_PROMETHEUS_ADDRESS` for Prometheus metrics without an address.
+fn settings(exporter: Option<String>) -> Settings {
+    Settings {
+        exporter,
+        prometheus_default: std::env::var("ARGO_ROLLOUTS_PROMETHEUS_ADDRESS")
+            .ok()
+            .filter(|s| !s.is_empty()),
+        ..Default::default()
+    }
+}
+
 fn fail(what: &str, e: impl std::fmt::Display) -> ExitCode {
     eprintln!("plover {what}: {e}");
     ExitCode::FAILURE
@@ -179,13 +191,7 @@ pub fn run(command: CanaryCommand) -> ExitCode {
                 lease_namespace: args.lease_namespace,
                 identity,
                 lease_duration: Duration::from_secs(args.lease_duration_seconds.max(3)),
-                settings: Settings {
-                    exporter: args.exporter,
-                    prometheus_default: std::env::var("ARGO_ROLLOUTS_PROMETHEUS_ADDRESS")
-                        .ok()
-                        .filter(|s| !s.is_empty()),
-                    ..Default::default()
-                },
+                settings: settings(args.exporter),
             };
             let Some(rt) = runtime() else {
                 return ExitCode::FAILURE;
@@ -200,13 +206,7 @@ pub fn run(command: CanaryCommand) -> ExitCode {
                 canary_file: args.file,
                 template_files: args.templates,
                 status_file: args.status_file,
-                settings: Settings {
-                    exporter: args.exporter,
-                    prometheus_default: std::env::var("ARGO_ROLLOUTS_PROMETHEUS_ADDRESS")
-                        .ok()
-                        .filter(|s| !s.is_empty()),
-                    ..Default::default()
-                },
+                settings: settings(args.exporter),
                 until_done: args.until_done,
                 poll: Duration::from_millis(args.poll_ms.max(10)),
             };

@@ -1308,13 +1308,7 @@ fn every_example_is_self_contained_and_its_canaries_resolve() {
                 );
             }
             // Every analysis resolves with the example's own templates.
-            let mut sources: Vec<_> = canary
-                .spec
-                .steps
-                .iter()
-                .filter_map(|s| s.analysis.clone())
-                .collect();
-            sources.extend(canary.spec.analysis.as_ref().map(|a| a.source()));
+            let sources = canary.spec.analysis_sources();
             assert!(!sources.is_empty(), "{at}: no analysis");
             for source in sources {
                 // As reconcile fetches them: the referenced templates and those they reference.

@@ -117,13 +117,7 @@ mod example_tests {
             assert!(errors.is_empty(), "{}: {errors:?}", path.display());
             let canary: Canary = serde_json::from_value(value.clone()).unwrap();
             assert_eq!(validate(&canary.spec), Ok(()), "{}", path.display());
-            let mut sources: Vec<_> = canary
-                .spec
-                .steps
-                .iter()
-                .filter_map(|s| s.analysis.clone())
-                .collect();
-            sources.extend(canary.spec.analysis.as_ref().map(|a| a.source()));
+            let sources = canary.spec.analysis_sources();
             for source in sources.into_iter().filter(|s| s.templates.is_empty()) {
                 let inputs = resolve::Inputs {
                     templates: vec![],

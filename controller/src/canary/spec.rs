@@ -274,6 +274,17 @@ pub struct BackgroundAnalysis {
     pub dry_run: Vec<DryRunRule>,
 }
 
+impl CanarySpec {
+    /// Every analysis the spec can start: each step's inline analysis, then the background one.
+    pub fn analysis_sources(&self) -> Vec<AnalysisSource> {
+        self.steps
+            .iter()
+            .filter_map(|s| s.analysis.clone())
+            .chain(self.analysis.as_ref().map(BackgroundAnalysis::source))
+            .collect()
+    }
+}
+
 impl BackgroundAnalysis {
     /// The sources without the start condition.
     pub fn source(&self) -> AnalysisSource {
