@@ -5,8 +5,8 @@
 //! the controller really expose.
 //!
 //! Schemas (strict: an unknown field is an error) are test data made from registry packages
-//! by `tests/testdata/schemas/extract.sh` and `controller/testdata/schemas/extract.sh`; the
-//! Canary's comes from the generated `manifests/base/crd.yaml`. Argo's AnalysisTemplate has no
+//! by `tests/testdata/schemas/extract.sh` (which also writes the router tests' schemas in
+//! `controller/testdata/schemas/`); the Canary's comes from the generated `manifests/base/crd.yaml`. Argo's AnalysisTemplate has no
 //! schema in any registry package, so templates are checked by Plover's own template parser
 //! and by resolving them for the example Canaries.
 //!

@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
-# Regenerates the JSON schemas tests/tests/manifests.rs validates every object in manifests/
-# against (the Istio VirtualService/DestinationRule and Gateway API HTTPRoute schemas are the
-# router tests' own, controller/testdata/schemas/, made by the extract.sh there). Every schema
-# comes from a registry package, named with its version below:
+# Regenerates every JSON schema the tests validate Kubernetes objects against: those
+# tests/tests/manifests.rs checks every object in manifests/ with (written here), and the Istio
+# VirtualService/DestinationRule and Gateway API HTTPRoute schemas the router tests use, which
+# manifests.rs uses too (written to controller/testdata/schemas/). Every schema comes from a
+# registry package, named with its version below:
 #   Kubernetes built-in kinds (<kind>.<group>.<version>.json, group "core" for the core API):
 #     crates.io k8s-openapi 0.28.0 (features latest = Kubernetes 1.36, schemars): the
 #     `schemars::JsonSchema` implementation of each API type, as `schemars::schema_for!` 1.x
 #     writes it (the type's schema with its referenced types under `$defs`), except that
 #     apiextensions.v1.JSON (CRD default/example/enum values) is left untyped: k8s-openapi
 #     types it as an object where the API server takes any JSON value;
-#   wasmplugin.extensions.istio.io.v1alpha1.json, gateway.networking.istio.io.v1.json
+#   wasmplugin.extensions.istio.io.v1alpha1.json, gateway.networking.istio.io.v1.json, and
+#   virtualservice/destinationrule.networking.istio.io.v1.json (controller/testdata/schemas/)
 #     crates.io istio-api-rs 0.12.0 (feature v1_27: kopium-generated from the Istio 1.27 CRDs);
-#   gateway.gateway.networking.k8s.io.v1.json
+#   gateway.gateway.networking.k8s.io.v1.json, and httproute.gateway.networking.k8s.io.v1.json
+#   (controller/testdata/schemas/)
 #     crates.io gateway-api 0.22.0 (Gateway API v1.5.1, standard channel);
 #   servicemonitor.monitoring.coreos.com.v1.json
 #     PyPI cloudcoil-models-prometheus-operator 0.80.1.0 (pydantic models generated from the
 #     prometheus-operator v0.80.1 CRDs; `model_json_schema`). No crates.io package ships this
 #     schema: kube-custom-resources-rs / kcr_monitoring_coreos_com build with schema = "disabled".
-# As in controller/testdata/schemas/extract.sh, `additionalProperties: false` is added to every
+# `additionalProperties: false` is added to every
 # object schema that lists its properties (unless it preserves unknown fields), so an unknown or
 # misspelt field fails as under `kubectl apply --validate=strict`; CRD schemas get `apiVersion`,
 # `kind` and `metadata` at the root as the API server implies them.
@@ -27,6 +30,7 @@
 # several minutes of CPU)
 set -euo pipefail
 out="$(cd "$(dirname "$0")" && pwd)"
+router_out="$(cd "$out/../../../controller/testdata/schemas" && pwd)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
@@ -44,9 +48,13 @@ fn strict(v: &mut serde_json::Value) {
         _ => {}
     }
 }
-fn write(file: &str, comment: String, schema: serde_json::Value) {
+/// Output directories, by command-line argument: this one, then the router tests directory.
+const HERE: usize = 1;
+#[allow(dead_code)] // the Kubernetes kinds all go to HERE
+const ROUTER: usize = 2;
+fn write(out: usize, file: &str, comment: String, schema: serde_json::Value) {
     let doc = serde_json::json!({"$comment": comment, "schema": schema});
-    std::fs::write(std::path::Path::new(std::env::args().nth(1).unwrap().as_str()).join(file),
+    std::fs::write(std::path::Path::new(std::env::args().nth(out).unwrap().as_str()).join(file),
         serde_json::to_string_pretty(&doc).unwrap() + "\n").unwrap();
 }'
 
@@ -79,7 +87,7 @@ fn emit<T: Resource + schemars::JsonSchema>() {
     strict(&mut schema);
     let group = if T::GROUP.is_empty() { "core" } else { T::GROUP };
     let file = format!("{}.{group}.{}.json", T::KIND.to_lowercase(), T::VERSION);
-    write(&file, format!("{} {} schema from crates.io k8s-openapi 0.28.0 (feature latest, schemars); regenerate with tests/testdata/schemas/extract.sh", T::KIND, T::API_VERSION), schema);
+    write(HERE, &file, format!("{} {} schema from crates.io k8s-openapi 0.28.0 (feature latest, schemars); regenerate with tests/testdata/schemas/extract.sh", T::KIND, T::API_VERSION), schema);
 }
 fn main() {
     emit::<Namespace>(); emit::<ServiceAccount>(); emit::<Secret>(); emit::<ConfigMap>(); emit::<Service>();
@@ -95,7 +103,7 @@ crd_main() { # $1 dir, $2 use-lines, $3 body
 use kube::CustomResourceExt;
 $2
 $STRICT_RS
-fn emit(file: &str, crd: serde_json::Value, source: &str) {
+fn emit(out: usize, file: &str, crd: serde_json::Value, source: &str) {
     let mut schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
     strict(&mut schema);
     if let Some(props) = schema.get_mut("properties").and_then(|p| p.as_object_mut()) {
@@ -104,7 +112,7 @@ fn emit(file: &str, crd: serde_json::Value, source: &str) {
         props.insert("metadata".into(), serde_json::json!({"type": "object"}));
     }
     let version = crd["spec"]["versions"][0]["name"].as_str().unwrap_or_default().to_owned();
-    write(file, format!("{} {}/{} openAPIV3Schema from {source}; regenerate with tests/testdata/schemas/extract.sh",
+    write(out, file, format!("{} {}/{} openAPIV3Schema from {source}; regenerate with tests/testdata/schemas/extract.sh",
         crd["spec"]["names"]["kind"].as_str().unwrap_or_default(), crd["spec"]["group"].as_str().unwrap_or_default(), version), schema);
 }
 fn main() {
@@ -125,9 +133,12 @@ k8s-openapi = { version = "0.26", features = ["v1_31"] }
 serde_json = "1"
 [workspace]
 TOML
-crd_main "$work/istio" "use istio_api_rs::{extensions::v1alpha1::wasm_plugin::WasmPlugin, networking::v1::gateway::Gateway};" '
-    emit("gateway.networking.istio.io.v1.json", serde_json::to_value(Gateway::crd()).unwrap(), "crates.io istio-api-rs 0.12.0 (feature v1_27, Istio 1.27 CRDs)");
-    emit("wasmplugin.extensions.istio.io.v1alpha1.json", serde_json::to_value(WasmPlugin::crd()).unwrap(), "crates.io istio-api-rs 0.12.0 (feature v1_27, Istio 1.27 CRDs)");'
+crd_main "$work/istio" "use istio_api_rs::{extensions::v1alpha1::wasm_plugin::WasmPlugin, networking::v1::{gateway::Gateway, virtual_service::VirtualService, destination_rule::DestinationRule}};" '
+    let source = "crates.io istio-api-rs 0.12.0 (feature v1_27, Istio 1.27 CRDs)";
+    emit(HERE, "gateway.networking.istio.io.v1.json", serde_json::to_value(Gateway::crd()).unwrap(), source);
+    emit(HERE, "wasmplugin.extensions.istio.io.v1alpha1.json", serde_json::to_value(WasmPlugin::crd()).unwrap(), source);
+    emit(ROUTER, "virtualservice.networking.istio.io.v1.json", serde_json::to_value(VirtualService::crd()).unwrap(), source);
+    emit(ROUTER, "destinationrule.networking.istio.io.v1.json", serde_json::to_value(DestinationRule::crd()).unwrap(), source);'
 mkdir -p "$work/gateway"
 cat > "$work/gateway/Cargo.toml" <<'TOML'
 [package]
@@ -141,11 +152,13 @@ k8s-openapi = { version = "0.28", features = ["latest"] }
 serde_json = "1"
 [workspace]
 TOML
-crd_main "$work/gateway" "use gateway_api::gateways::Gateway;" '
-    emit("gateway.gateway.networking.k8s.io.v1.json", serde_json::to_value(Gateway::crd()).unwrap(), "crates.io gateway-api 0.22.0 (Gateway API v1.5.1, standard channel)");'
+crd_main "$work/gateway" "use gateway_api::{gateways::Gateway, httproutes::HttpRoute};" '
+    let source = "crates.io gateway-api 0.22.0 (Gateway API v1.5.1, standard channel)";
+    emit(HERE, "gateway.gateway.networking.k8s.io.v1.json", serde_json::to_value(Gateway::crd()).unwrap(), source);
+    emit(ROUTER, "httproute.gateway.networking.k8s.io.v1.json", serde_json::to_value(HttpRoute::crd()).unwrap(), source);'
 
 for crate in k8s istio gateway; do
-  (cd "$work/$crate" && CARGO_TARGET_DIR="${SCHEMA_EXTRACT_TARGET:-$work/target}" cargo run -q -- "$out")
+  (cd "$work/$crate" && CARGO_TARGET_DIR="${SCHEMA_EXTRACT_TARGET:-$work/target}" cargo run -q -- "$out" "$router_out")
 done
 
 # --- ServiceMonitor: PyPI pydantic models ----------------------------------------------------
@@ -173,4 +186,4 @@ doc = {"$comment": "ServiceMonitor monitoring.coreos.com/v1 schema from PyPI clo
        "schema": schema}
 pathlib.Path(sys.argv[1], "servicemonitor.monitoring.coreos.com.v1.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
 PY
-ls -l "$out"/*.json
+ls -l "$out"/*.json "$router_out"/*.json
