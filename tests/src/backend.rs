@@ -8,10 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use plover_wire::Histogram;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::http::{respond, serve};
+use crate::http::{respond, serve_thread_per_connection};
 
 /// How the backend behaves; can be changed while it runs.
 #[derive(Clone, Debug, PartialEq)]
@@ -57,13 +56,10 @@ pub struct Backend {
 impl Backend {
     /// Starts a backend for `revision` on a free loopback port.
     ///
-    /// The backend runs on a thread and runtime of its own, so that its timing is not delayed
-    /// by the tasks of the test (load clients) that started it.
+    /// Each connection is served on a thread and runtime of its own, so that the backend's
+    /// timing is not delayed by the test's tasks (load clients) or by its other connections.
     pub async fn start(revision: &str, behaviour: Behaviour) -> Backend {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind backend");
-        listener
-            .set_nonblocking(true)
-            .expect("non-blocking backend listener");
         let port = listener.local_addr().expect("backend address").port();
         let state = Arc::new(Mutex::new(State {
             behaviour,
@@ -90,9 +86,8 @@ impl Backend {
                     (s.behaviour.delay, status)
                 };
                 if !delay.is_zero() {
-                    // A thread sleep overshoots by tens of µs; tokio's timer rounds up to
-                    // the next millisecond, which would blur latency assertions.
-                    let _ = tokio::task::spawn_blocking(move || std::thread::sleep(delay)).await;
+                    // Blocking is fine: this connection has its thread to itself.
+                    wait_precisely_until(received + delay);
                 }
                 let took = received.elapsed().as_micros() as u64;
                 state.lock().expect("backend state").handling.record(took);
@@ -106,19 +101,7 @@ impl Backend {
                 )
             }
         };
-        std::thread::Builder::new()
-            .name(format!("backend-{revision}"))
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("backend runtime");
-                runtime.block_on(async move {
-                    let listener = TcpListener::from_std(listener).expect("backend listener");
-                    serve(listener, handler, stopped).await;
-                });
-            })
-            .expect("start the backend thread");
+        serve_thread_per_connection(listener, handler, stopped, &format!("backend-{revision}"));
         Backend {
             revision: revision.to_owned(),
             port,
@@ -154,6 +137,20 @@ impl Backend {
     /// Requests served so far, by status code.
     pub fn served_by_status(&self) -> BTreeMap<u16, u64> {
         self.state.lock().expect("backend state").by_status.clone()
+    }
+}
+
+/// Blocks until `deadline`: a thread sleep for all but the last stretch, then a spin. Tokio's
+/// timer rounds up to the next millisecond and a thread sleep alone overshoots by 100–200 µs
+/// here; either would make the backend slower than configured and blur latency assertions.
+fn wait_precisely_until(deadline: std::time::Instant) {
+    const SPIN: Duration = Duration::from_micros(300);
+    let now = std::time::Instant::now();
+    if let Some(sleep) = deadline.checked_duration_since(now + SPIN) {
+        std::thread::sleep(sleep);
+    }
+    while std::time::Instant::now() < deadline {
+        std::hint::spin_loop();
     }
 }
 

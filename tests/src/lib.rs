@@ -9,6 +9,7 @@
 pub mod backend;
 pub mod envoy;
 pub mod http;
+pub mod latency;
 pub mod process;
 pub mod sink;
 pub mod tools;
@@ -31,16 +32,19 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
-/// Checks a latency quantile measured at the gateway (`measured`, µs) against ground truth:
-/// it must lie between what the backend itself took and what the client saw (the gateway sees
-/// a request after the client sent it and answers before the client receives the answer, and
-/// the backend's work lies inside that span), allowing the histograms' 1% resolution. That
-/// holds on any machine unless the filter measures wrongly.
+/// Checks a latency quantile measured at the gateway (`measured`, µs) against ground truth.
 ///
-/// The gateway's overhead over the backend (the issue's "within 1% + 1 ms of the configured
-/// delay") is printed, not asserted: on this 2-core VM it measured 0.77–1.28 ms at p50 and
-/// 1.3–3.4 ms at p99 with client, Envoy and backends sharing the cores, so a bound there would
-/// test the machine, not the filter.
+/// - Always: it lies between what the backend itself took and what the client saw (the gateway
+///   sees a request after the client sent it and answers before the client receives the answer,
+///   and the backend's work lies inside that span), allowing the histograms' 1% resolution.
+///   That holds on any machine unless the filter measures wrongly.
+/// - At the median: it is within 1% + 1 ms of the backend's configured delay (the issue's
+///   bound). Backends keep their delay to within 0.1–0.2 ms (see [`backend`]); the rest of the
+///   allowance is the proxying itself, which measured 0.5–0.8 ms at p50 here.
+/// - At p99 the configured-delay bound is printed, not asserted: with [`latency`]'s wake-up
+///   request held, the gateway's own overhead over the backend still measured 1.0–1.9 ms at
+///   p99 on this 2-core VM (Envoy, backends, client and sink sharing the cores), so a bound
+///   there would test the machine, not the filter.
 pub fn assert_latency_close(
     revision: &str,
     q: f64,
@@ -52,17 +56,21 @@ pub fn assert_latency_close(
     let at = |h: &plover_wire::Histogram| h.value_at_quantile(q).expect("latency samples") as f64;
     let (applied, ceiling) = (at(backend), at(client));
     let configured = (delay_ms * 1000) as f64;
+    let allowed = configured * 0.01 + 1000.0;
     let context = format!(
-        "{revision} p{}: gateway measured {measured} µs, backend itself {applied} µs, client {ceiling} µs, \
-         configured {configured} µs; gateway over backend {:.0} µs (1% + 1 ms would be {:.0} µs)",
+        "{revision} p{}: gateway measured {measured} µs, backend itself {applied} µs, client {ceiling} µs; \
+         gateway over configured {configured} µs: {:.0} µs (1% + 1 ms: {allowed:.0} µs), over backend {:.0} µs",
         q * 100.0,
+        measured - configured,
         measured - applied,
-        applied * 0.01 + 1000.0
     );
+    println!("{context}");
     assert!(applied >= configured, "{context}");
     assert!(
         measured >= applied * 0.99 && measured <= ceiling * 1.01,
         "{context}"
     );
-    println!("{context}");
+    if q <= 0.5 {
+        assert!((measured - configured).abs() <= allowed, "{context}");
+    }
 }

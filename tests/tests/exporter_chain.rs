@@ -23,6 +23,8 @@ async fn stats(port: u16, window: &str) -> StatsResponse {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_count_every_request_per_revision_and_match_the_backends_latency() {
     let _serial = exclusive().await;
+    let awake = plover_e2e::latency::keep_cpus_awake();
+    println!("{}", awake.state);
     let (stable, canary) = stable_and_slower_failing_canary(500).await;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

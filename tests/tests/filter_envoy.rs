@@ -54,6 +54,8 @@ async fn wait_for_sink(sink: &Sink, expected: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_statuses_latency_and_tags_match_what_each_backend_served() {
     let _serial = plover_e2e::exclusive().await;
+    let awake = plover_e2e::latency::keep_cpus_awake();
+    println!("{}", awake.state);
     let (stable, canary) = stable_and_slower_failing_canary(503).await;
     let sink = Sink::start(TOKEN).await;
     let dir = tempfile::tempdir().unwrap();
