@@ -8,9 +8,16 @@
 //! alternation, round after round, so drifts of this noisy machine hit all three alike:
 //! - CPU time Envoy spent per request (from /proc/<pid>/stat) under closed-loop load with
 //!   `wrk -c 16`, and the throughput;
-//! - p50/p99 latency at moderate load (`wrk -c 1`, one request at a time).
+//! - p50/p99 latency at moderate load: one client sends one request at a time, to each Envoy in
+//!   turn on its own keep-alive connection, so every variant's samples are taken interleaved
+//!   under the same conditions (wrk against one Envoy after the other let a noisy second
+//!   land on one variant only).
 //!
-//! Medians across rounds are printed with the ratios the targets are stated in.
+//! While it runs, a 0 µs CPU wake-up latency is requested ([`plover_e2e::latency`]): halted
+//! vCPUs of this VM take milliseconds to wake, which would swamp a 100 µs p99 target.
+//!
+//! Medians across rounds (CPU) and quantiles of all samples (latency) are printed with the
+//! ratios the targets are stated in.
 //!
 //! `--instructions N` measures instead the instructions Envoy executes per request, with Envoy
 //! under `valgrind --tool=callgrind` (whose counts, unlike CPU time, do not depend on what else
@@ -32,6 +39,9 @@ struct Args {
     /// Other builds of the Plover filter measured beside the current one (`--variant NAME=PATH`),
     /// e.g. to compare a change against the last commit's build in the same run.
     variants: Vec<(String, std::path::PathBuf)>,
+    /// The current build with its configuration changed (`--plover-config NAME=JSON`, the JSON
+    /// object merged into the bench's configuration), e.g. to price response tagging.
+    configured_variants: Vec<(String, serde_json::Value)>,
     /// Requests per measurement in instruction-count mode.
     instructions: Option<u64>,
 }
@@ -42,6 +52,7 @@ fn parse_args() -> Args {
         seconds: 4,
         connections: 16,
         variants: Vec::new(),
+        configured_variants: Vec::new(),
         instructions: None,
     };
     let mut it = std::env::args().skip(1);
@@ -63,8 +74,17 @@ fn parse_args() -> Args {
                 }
                 _ => panic!("--variant takes NAME=PATH.wasm, got {value:?}"),
             },
+            "--plover-config" => match value
+                .split_once('=')
+                .map(|(name, json)| (name, serde_json::from_str::<serde_json::Value>(json)))
+            {
+                Some((name, Ok(changes))) if !name.is_empty() && changes.is_object() => {
+                    args.configured_variants.push((name.to_owned(), changes))
+                }
+                _ => panic!("--plover-config takes NAME={{JSON object}}, got {value:?}"),
+            },
             other => panic!(
-                "unknown flag {other}; flags: --rounds N --seconds N --connections N --variant NAME=PATH.wasm --instructions REQUESTS"
+                "unknown flag {other}; flags: --rounds N --seconds N --connections N --variant NAME=PATH.wasm --plover-config NAME=JSON --instructions REQUESTS"
             ),
         }
     }
@@ -165,19 +185,113 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
+/// Quantile `q` of `samples_us` (nearest rank; sorts the samples).
+fn quantile(samples_us: &mut [f64], q: f64) -> f64 {
+    if samples_us.is_empty() {
+        return f64::NAN;
+    }
+    samples_us.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((q * samples_us.len() as f64).ceil() as usize).clamp(1, samples_us.len());
+    samples_us[rank - 1]
+}
+
+/// For `duration`, sends one GET at a time to each of the Envoys listening on `ports` in turn,
+/// each on its own keep-alive connection, and returns the latencies (µs) of each. One request
+/// in flight at a time: moderate load, and samples of all variants interleaved in time.
+fn interleaved_latencies(ports: &[u16], duration: Duration) -> Vec<Vec<f64>> {
+    let mut connections: Vec<KeepAlive> = ports.iter().map(|&port| KeepAlive::open(port)).collect();
+    let mut latencies = vec![Vec::new(); ports.len()];
+    let deadline = std::time::Instant::now() + duration;
+    let mut cycle = 0;
+    while std::time::Instant::now() < deadline {
+        for k in 0..ports.len() {
+            let i = (cycle + k) % ports.len();
+            let started = std::time::Instant::now();
+            connections[i].get();
+            latencies[i].push(started.elapsed().as_nanos() as f64 / 1_000.0);
+        }
+        cycle += 1;
+    }
+    latencies
+}
+
+/// A keep-alive HTTP/1.1 connection sending `GET /` and reading each answer whole (the
+/// backend's answers carry a content-length).
+struct KeepAlive {
+    port: u16,
+    stream: std::net::TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl KeepAlive {
+    fn open(port: u16) -> KeepAlive {
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("connect to Envoy on port {port}: {e}"));
+        stream.set_nodelay(true).expect("TCP_NODELAY");
+        KeepAlive {
+            port,
+            stream,
+            buffer: Vec::with_capacity(4096),
+        }
+    }
+
+    fn get(&mut self) {
+        use std::io::{Read, Write};
+        let port = self.port;
+        self.stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: bench\r\n\r\n")
+            .unwrap_or_else(|e| panic!("send to Envoy on port {port}: {e}"));
+        self.buffer.clear();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = self
+                .stream
+                .read(&mut chunk)
+                .unwrap_or_else(|e| panic!("read from Envoy on port {port}: {e}"));
+            assert!(n > 0, "Envoy on port {port} closed the connection");
+            self.buffer.extend_from_slice(&chunk[..n]);
+            let Some(head_end) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&self.buffer[..head_end]).to_ascii_lowercase();
+            assert!(
+                head.starts_with("http/1.1 200"),
+                "Envoy on port {port} answered {head:?}"
+            );
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no content-length from Envoy on port {port}: {head:?}"));
+            if self.buffer.len() >= head_end + 4 + length {
+                return;
+            }
+        }
+    }
+}
+
 fn plover_config() -> String {
-    serde_json::json!({
+    plover_config_with(&serde_json::json!({}))
+}
+
+/// The bench's configuration with the top-level fields of `changes` replaced.
+fn plover_config_with(changes: &serde_json::Value) -> String {
+    let mut config = serde_json::json!({
         "gateway_id": "bench",
         "exporter": {"cluster": "plover_exporter", "token": "bench-token"},
         "rules": [
             {"match": {"exact": "stable"}, "namespace": "bench", "service": "app", "role": "stable", "revision": "v1"}
         ]
-    })
-    .to_string()
+    });
+    if let (Some(config), Some(changes)) = (config.as_object_mut(), changes.as_object()) {
+        config.extend(changes.clone());
+    }
+    config.to_string()
 }
 
 fn main() {
     let args = parse_args();
+    let awake = plover_e2e::latency::keep_cpus_awake();
     // The backend and this process run on CPU 1, Envoy on CPU 0, so Envoy's CPU time is its own.
     if tools::which("taskset").is_some() {
         let _ = Command::new("taskset")
@@ -252,6 +366,16 @@ fn main() {
             },
         ));
     }
+    for (name, changes) in &args.configured_variants {
+        variants.push((
+            name.clone(),
+            GatewaySpec {
+                filter: Some(WasmFilter::plover(plover_config_with(changes))),
+                exporter: Some(("plover_exporter".into(), sink.port)),
+                ..base.clone()
+            },
+        ));
+    }
     if let Some(requests) = args.instructions {
         instructions(&variants, requests, dir.path());
         return;
@@ -270,16 +394,18 @@ fn main() {
         .collect();
 
     println!(
-        "bench filter: {} rounds; CPU phase wrk -c{} for {}s, latency phase wrk -c1 for {}s; Envoy --concurrency 1",
+        "bench filter: {} rounds; CPU phase wrk -c{} for {}s per variant, latency phase one request at a time to each Envoy in turn for {}s; Envoy --concurrency 1",
         args.rounds, args.connections, args.seconds, args.seconds
     );
+    println!("{}", awake.state);
     for envoy in &envoys {
         wrk(&envoy.url("/"), 4, 1); // warm-up: VM start, connection pools
     }
     let mut cpu_per_request = vec![Vec::new(); envoys.len()];
     let mut throughput = vec![Vec::new(); envoys.len()];
-    let mut p50 = vec![Vec::new(); envoys.len()];
-    let mut p99 = vec![Vec::new(); envoys.len()];
+    let mut latencies = vec![Vec::new(); envoys.len()];
+    let mut p99_added_by_round = Vec::new();
+    let ports: Vec<u16> = envoys.iter().map(|e| e.listener_port).collect();
     for round in 0..args.rounds {
         // Rotate the order so no variant always runs first.
         for k in 0..envoys.len() {
@@ -290,9 +416,13 @@ fn main() {
             let after = cpu_seconds(envoy.process.pid());
             cpu_per_request[i].push((after - before) * 1e6 / loaded.requests as f64);
             throughput[i].push(loaded.rps);
-            let moderate = wrk(&envoy.url("/"), 1, args.seconds);
-            p50[i].push(moderate.p50_us);
-            p99[i].push(moderate.p99_us);
+        }
+        let mut round_latencies = interleaved_latencies(&ports, Duration::from_secs(args.seconds));
+        p99_added_by_round.push(
+            quantile(&mut round_latencies[2], 0.99) - quantile(&mut round_latencies[0], 0.99),
+        );
+        for (all, round) in latencies.iter_mut().zip(round_latencies) {
+            all.extend(round);
         }
         eprint!(".");
     }
@@ -300,15 +430,15 @@ fn main() {
 
     println!(
         "{:<12} {:>14} {:>12} {:>12} {:>12}",
-        "variant", "CPU µs/req", "req/s", "p50 µs", "p99 µs"
+        "variant", "CPU µs/req", "req/s (wrk)", "p50 µs", "p99 µs"
     );
     let mut medians = Vec::new();
     for (i, (name, _)) in variants.iter().enumerate() {
         let m = (
             median(&mut cpu_per_request[i]),
             median(&mut throughput[i]),
-            median(&mut p50[i]),
-            median(&mut p99[i]),
+            quantile(&mut latencies[i], 0.5),
+            quantile(&mut latencies[i], 0.99),
         );
         println!(
             "{:<12} {:>14.1} {:>12.0} {:>12.1} {:>12.1}",
@@ -341,8 +471,18 @@ fn main() {
         plover.0 / none.0
     );
     println!(
-        "p99 added over no filter at moderate load: {:.1} µs (target ≤ 100)",
-        plover.3 - none.3
+        "p99 added over no filter at moderate load: {:.1} µs over {} samples each (target ≤ 100); by round: {}",
+        plover.3 - none.3,
+        latencies[0].len().min(latencies[2].len()),
+        p99_added_by_round
+            .iter()
+            .map(|d| format!("{d:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "p99 added by the empty wasm filter (the floor any Wasm filter pays): {:.1} µs",
+        empty.3 - none.3
     );
     println!(
         "p50 added over no filter at moderate load: {:.1} µs",
