@@ -39,8 +39,8 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
 ///   and the backend's work lies inside that span), allowing the histograms' 1% resolution.
 ///   That holds on any machine unless the filter measures wrongly.
 /// - At the median: it is within 1% + 1 ms of the backend's configured delay (the issue's
-///   bound). Backends keep their delay to within 0.1–0.2 ms (see [`backend`]); the rest of the
-///   allowance is the proxying itself, which measured 0.5–0.8 ms at p50 here.
+///   bound). Backends keep their delay to within 0.1 ms at p50 (0.2–0.9 ms at p99 here, see
+///   [`backend`]); the rest of the allowance is the proxying itself, 0.5–0.8 ms at p50 here.
 /// - At p99 the configured-delay bound is printed, not asserted: with [`latency`]'s wake-up
 ///   request held, the gateway's own overhead over the backend still measured 1.0–1.9 ms at
 ///   p99 on this 2-core VM (Envoy, backends, client and sink sharing the cores), so a bound
