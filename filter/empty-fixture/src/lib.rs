@@ -5,6 +5,10 @@
 //! With the plugin configuration `read-cluster-name` each stream instead makes exactly one host
 //! call, reading `xds.cluster_name` in its request headers: the least any filter that tells
 //! revisions apart by cluster must do, so the bench can show what one host call costs.
+//!
+//! With `evaluate:<CEL expression>` the expression is compiled once (Envoy's `expr_create`)
+//! and evaluated in each stream's `on_log`, the way Plover's filter reads a finished request:
+//! the bench prices an evaluation and each value in it (`--fixture NAME=evaluate:[…]`).
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -12,11 +16,13 @@ use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Warn);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(EmptyRoot { read_cluster_name: false }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(EmptyRoot { read_cluster_name: false, expression: None }) });
 }}
 
 struct EmptyRoot {
     read_cluster_name: bool,
+    /// Token of the compiled `evaluate:` expression.
+    expression: Option<u32>,
 }
 
 impl Context for EmptyRoot {}
@@ -28,6 +34,17 @@ impl RootContext for EmptyRoot {
             .flatten()
             .unwrap_or_default();
         self.read_cluster_name = configuration == b"read-cluster-name";
+        self.expression = None;
+        if let Some(expression) = configuration.strip_prefix(b"evaluate:") {
+            self.expression = hostcalls::call_foreign_function("expr_create", Some(expression))
+                .ok()
+                .flatten()
+                .and_then(|token| <[u8; 4]>::try_from(token.as_slice()).ok())
+                .map(u32::from_le_bytes);
+            // An expression Envoy cannot compile fails the configuration: a bench variant
+            // must not silently measure nothing.
+            return self.expression.is_some();
+        }
         true
     }
 
@@ -36,6 +53,9 @@ impl RootContext for EmptyRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        if let Some(token) = self.expression {
+            return Some(Box::new(EvaluatingStream { token }));
+        }
         if self.read_cluster_name {
             Some(Box::new(OneReadStream))
         } else {
@@ -59,5 +79,19 @@ impl HttpContext for OneReadStream {
         let cluster = hostcalls::get_property(vec!["xds", "cluster_name"]);
         std::hint::black_box(cluster.ok());
         Action::Continue
+    }
+}
+
+struct EvaluatingStream {
+    token: u32,
+}
+
+impl Context for EvaluatingStream {}
+
+impl HttpContext for EvaluatingStream {
+    fn on_log(&mut self) {
+        let value =
+            hostcalls::call_foreign_function("expr_evaluate", Some(&self.token.to_le_bytes()));
+        std::hint::black_box(value.ok());
     }
 }

@@ -42,6 +42,9 @@ struct Args {
     /// The current build with its configuration changed (`--plover-config NAME=JSON`, the JSON
     /// object merged into the bench's configuration), e.g. to price response tagging.
     configured_variants: Vec<(String, serde_json::Value)>,
+    /// The empty fixture with another configuration (`--fixture NAME=CONFIG`), e.g.
+    /// `evaluate:[response.code]` to price one CEL evaluation.
+    fixture_variants: Vec<(String, String)>,
     /// Requests per measurement in instruction-count mode.
     instructions: Option<u64>,
 }
@@ -53,6 +56,7 @@ fn parse_args() -> Args {
         connections: 16,
         variants: Vec::new(),
         configured_variants: Vec::new(),
+        fixture_variants: Vec::new(),
         instructions: None,
     };
     let mut it = std::env::args().skip(1);
@@ -74,6 +78,12 @@ fn parse_args() -> Args {
                 }
                 _ => panic!("--variant takes NAME=PATH.wasm, got {value:?}"),
             },
+            "--fixture" => match value.split_once('=') {
+                Some((name, configuration)) if !name.is_empty() => args
+                    .fixture_variants
+                    .push((name.to_owned(), configuration.to_owned())),
+                _ => panic!("--fixture takes NAME=CONFIGURATION, got {value:?}"),
+            },
             "--plover-config" => match value
                 .split_once('=')
                 .map(|(name, json)| (name, serde_json::from_str::<serde_json::Value>(json)))
@@ -84,7 +94,7 @@ fn parse_args() -> Args {
                 _ => panic!("--plover-config takes NAME={{JSON object}}, got {value:?}"),
             },
             other => panic!(
-                "unknown flag {other}; flags: --rounds N --seconds N --connections N --variant NAME=PATH.wasm --plover-config NAME=JSON --instructions REQUESTS"
+                "unknown flag {other}; flags: --rounds N --seconds N --connections N --variant NAME=PATH.wasm --plover-config NAME=JSON --fixture NAME=CONFIG --instructions REQUESTS"
             ),
         }
     }
@@ -319,19 +329,18 @@ fn main() {
     };
     let empty_module = std::env::var_os("PLOVER_EMPTY_FILTER_WASM")
         .expect("PLOVER_EMPTY_FILTER_WASM (run through cargo xtask bench filter)");
+    // The empty filter with a configuration (see filter/empty-fixture).
+    let fixture = |configuration: String| GatewaySpec {
+        filter: Some(WasmFilter {
+            module: empty_module.clone().into(),
+            configuration,
+            root_id: "empty".into(),
+        }),
+        ..base.clone()
+    };
     let mut variants: Vec<(String, GatewaySpec)> = vec![
         ("no filter".into(), base.clone()),
-        (
-            "empty wasm".into(),
-            GatewaySpec {
-                filter: Some(WasmFilter {
-                    module: empty_module.clone().into(),
-                    configuration: String::new(),
-                    root_id: "empty".into(),
-                }),
-                ..base.clone()
-            },
-        ),
+        ("empty wasm".into(), fixture(String::new())),
         (
             "plover".into(),
             GatewaySpec {
@@ -342,18 +351,12 @@ fn main() {
         ),
     ];
     // The empty filter making one host call per request (reading the cluster name): the floor
-    // for any filter that tells revisions apart by cluster.
-    variants.push((
-        "one read".into(),
-        GatewaySpec {
-            filter: Some(WasmFilter {
-                module: empty_module.clone().into(),
-                configuration: "read-cluster-name".into(),
-                root_id: "empty".into(),
-            }),
-            ..base.clone()
-        },
-    ));
+    // for any filter that tells revisions apart by cluster; then any other fixture variants.
+    let fixture_variants = std::iter::once(("one read".to_owned(), "read-cluster-name".to_owned()))
+        .chain(args.fixture_variants.iter().cloned());
+    for (name, configuration) in fixture_variants {
+        variants.push((name, fixture(configuration)));
+    }
     for (name, module) in &args.variants {
         let mut filter = WasmFilter::plover(plover_config());
         filter.module = module.clone();
