@@ -485,17 +485,7 @@ mod tests {
     }
 
     fn key(revision: &str, role: Role, code: u16) -> SeriesKey {
-        SeriesKey {
-            namespace: "demo".into(),
-            service: "app".into(),
-            route: "r".into(),
-            revision: revision.into(),
-            role,
-            status_class: StatusClass::of_code(code),
-            code,
-            grpc_status: None,
-            upstream_failure: UpstreamFailure::None,
-        }
+        SeriesKey::answered("demo", "app", "r", revision, role, code)
     }
 
     fn delta(durations_us: &[u64]) -> SeriesDelta {

@@ -87,24 +87,15 @@ impl Aggregate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plover_wire::{Role, StatusClass, UpstreamFailure};
+    use plover_wire::Role;
 
     fn key(revision: &str, code: u16) -> SeriesKey {
-        SeriesKey {
-            namespace: "demo".into(),
-            service: "app".into(),
-            route: "r".into(),
-            revision: revision.into(),
-            role: if revision == "v2" {
-                Role::Canary
-            } else {
-                Role::Stable
-            },
-            status_class: StatusClass::of_code(code),
-            code,
-            grpc_status: None,
-            upstream_failure: UpstreamFailure::None,
-        }
+        let role = if revision == "v2" {
+            Role::Canary
+        } else {
+            Role::Stable
+        };
+        SeriesKey::answered("demo", "app", "r", revision, role, code)
     }
 
     #[test]

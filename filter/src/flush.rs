@@ -264,7 +264,7 @@ impl fmt::Display for Status {
 mod tests {
     use super::*;
     use crate::identity::SetError;
-    use plover_wire::{Batch, Role, SeriesKey, StatusClass, UpstreamFailure};
+    use plover_wire::{Batch, Role, SeriesKey};
     use std::cell::{Cell, RefCell};
 
     /// One callout: token, decoded body, headers.
@@ -327,17 +327,7 @@ mod tests {
     }
 
     fn key() -> SeriesKey {
-        SeriesKey {
-            namespace: "demo".into(),
-            service: "app".into(),
-            route: "r".into(),
-            revision: "v2".into(),
-            role: Role::Canary,
-            status_class: StatusClass::Success,
-            code: 200,
-            grpc_status: None,
-            upstream_failure: UpstreamFailure::None,
-        }
+        SeriesKey::answered("demo", "app", "r", "v2", Role::Canary, 200)
     }
 
     fn setup(buffer: &str) -> (Flusher, Aggregate, MockExporter) {

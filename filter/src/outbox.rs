@@ -237,7 +237,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plover_wire::{Role, SeriesDelta, SeriesKey, StatusClass, UpstreamFailure};
+    use plover_wire::{Role, SeriesDelta, SeriesKey};
 
     fn limits(max_batches: usize, max_bytes: usize) -> BufferLimits {
         BufferLimits {
@@ -253,17 +253,7 @@ mod tests {
             ..Default::default()
         };
         delta.duration.record_n(1_000, requests);
-        let key = SeriesKey {
-            namespace: "demo".into(),
-            service: "app".into(),
-            route: String::new(),
-            revision: "v1".into(),
-            role: Role::Stable,
-            status_class: StatusClass::Success,
-            code: 200,
-            grpc_status: None,
-            upstream_failure: UpstreamFailure::None,
-        };
+        let key = SeriesKey::answered("demo", "app", "", "v1", Role::Stable, 200);
         Batch {
             gateway: "gw".into(),
             instance: "i".into(),

@@ -1876,7 +1876,7 @@ fn exposition_series(text: &str) -> BTreeMap<String, BTreeSet<String>> {
 /// /metrics after it merged a batch with stable and canary traffic (so the windowed gauges
 /// exist), and the controller's registry after it observed a Canary's status and an error.
 async fn exposed_metrics() -> BTreeMap<String, BTreeSet<String>> {
-    use plover_wire::{Batch, Role, SeriesDelta, SeriesKey, StatusClass, UpstreamFailure};
+    use plover_wire::{Batch, Role, SeriesDelta, SeriesKey};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let config = plover_exporter::Config::parse_from(["plover-exporter", "--token", "t"]).unwrap();
@@ -1894,17 +1894,7 @@ async fn exposed_metrics() -> BTreeMap<String, BTreeSet<String>> {
         ("v2", Role::Canary, 200),
         ("v2", Role::Canary, 503),
     ] {
-        let key = SeriesKey {
-            namespace: "demo".into(),
-            service: "app".into(),
-            route: "r".into(),
-            revision: revision.into(),
-            role,
-            status_class: StatusClass::of_code(code),
-            code,
-            grpc_status: None,
-            upstream_failure: UpstreamFailure::None,
-        };
+        let key = SeriesKey::answered("demo", "app", "r", revision, role, code);
         let mut delta = SeriesDelta {
             requests: 10,
             request_bytes: 100,

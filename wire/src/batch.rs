@@ -337,6 +337,29 @@ impl Batch {
 }
 
 impl SeriesKey {
+    /// A series of requests the upstream answered with HTTP `code`: the status class follows
+    /// from the code, with no gRPC status and no upstream failure.
+    pub fn answered(
+        namespace: &str,
+        service: &str,
+        route: &str,
+        revision: &str,
+        role: Role,
+        code: u16,
+    ) -> SeriesKey {
+        SeriesKey {
+            namespace: namespace.to_owned(),
+            service: service.to_owned(),
+            route: route.to_owned(),
+            revision: revision.to_owned(),
+            role,
+            status_class: StatusClass::of_code(code),
+            code,
+            grpc_status: None,
+            upstream_failure: UpstreamFailure::None,
+        }
+    }
+
     /// The key with its labels borrowed.
     pub fn as_ref(&self) -> SeriesKeyRef<'_> {
         SeriesKeyRef {
@@ -714,17 +737,7 @@ mod tests {
     use super::*;
 
     fn key(revision: &str, role: Role, code: u16) -> SeriesKey {
-        SeriesKey {
-            namespace: "demo".into(),
-            service: "app".into(),
-            route: "app_route".into(),
-            revision: revision.into(),
-            role,
-            status_class: StatusClass::of_code(code),
-            code,
-            grpc_status: None,
-            upstream_failure: UpstreamFailure::None,
-        }
+        SeriesKey::answered("demo", "app", "app_route", revision, role, code)
     }
 
     fn delta(durations: &[u64], request_bytes: u64) -> SeriesDelta {

@@ -18,7 +18,7 @@ use plover_exporter::store::{Applied, Store};
 use plover_exporter::Config;
 use plover_wire::batch::{CONTENT_TYPE, INGEST_PATH};
 use plover_wire::histogram::COUNTS_LEN;
-use plover_wire::{Batch, BatchView, Histogram, Role, SeriesDelta, SeriesKey, StatusClass, UpstreamFailure};
+use plover_wire::{Batch, BatchView, Histogram, Role, SeriesDelta, SeriesKey};
 
 /// Counts live heap bytes and allocations.
 struct Counting;
@@ -124,17 +124,14 @@ fn config() -> Config {
 }
 
 fn key(service: usize, revision: usize, route: usize, code: u16) -> SeriesKey {
-    SeriesKey {
-        namespace: "bench".into(),
-        service: format!("svc-{service:02}"),
-        route: format!("route-{route}"),
-        revision: format!("v{}", revision + 1),
-        role: if revision == 0 { Role::Stable } else { Role::Canary },
-        status_class: StatusClass::of_code(code),
+    SeriesKey::answered(
+        "bench",
+        &format!("svc-{service:02}"),
+        &format!("route-{route}"),
+        &format!("v{}", revision + 1),
+        if revision == 0 { Role::Stable } else { Role::Canary },
         code,
-        grpc_status: None,
-        upstream_failure: UpstreamFailure::None,
-    }
+    )
 }
 
 /// Requests of one series in one second: latencies from a log-normal around `median_us`.

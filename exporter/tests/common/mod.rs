@@ -11,7 +11,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use plover_exporter::Config;
 use plover_wire::batch::{CONTENT_TYPE, INGEST_PATH};
-use plover_wire::{Batch, Role, SeriesDelta, SeriesKey, StatusClass, UpstreamFailure};
+use plover_wire::{Batch, Role, SeriesDelta, SeriesKey};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -128,17 +128,7 @@ pub fn now_ms() -> u64 {
 
 /// One series of service `app` in namespace `demo`.
 pub fn series(revision: &str, role: Role, code: u16, requests: u64, micros: u64) -> (SeriesKey, SeriesDelta) {
-    let key = SeriesKey {
-        namespace: "demo".into(),
-        service: "app".into(),
-        route: "app-route".into(),
-        revision: revision.into(),
-        role,
-        status_class: StatusClass::of_code(code),
-        code,
-        grpc_status: None,
-        upstream_failure: UpstreamFailure::None,
-    };
+    let key = SeriesKey::answered("demo", "app", "app-route", revision, role, code);
     let mut delta =
         SeriesDelta { requests, request_bytes: requests * 100, response_bytes: requests * 1000, ..Default::default() };
     delta.duration.record_n(micros, requests);
