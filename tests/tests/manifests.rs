@@ -1199,33 +1199,20 @@ fn every_example_is_self_contained_and_its_canaries_resolve() {
                 find(&example.objects, "Namespace", "", ns).is_some(),
                 "{at}: its namespace is not in the example"
             );
+            // The example's object of `kind` named `name` in the Canary's namespace; it must exist.
+            let required = |kind: &str, name: &str| {
+                find(&example.objects, kind, ns, name)
+                    .unwrap_or_else(|| panic!("{at}: no {kind} {name} in the example"))
+            };
             let canary: Canary = serde_json::from_value(object.value.clone())
                 .unwrap_or_else(|e| panic!("{at}: {e}"));
             assert_eq!(validate(&canary.spec), Ok(()), "{at}");
-            let stable = find(
-                &example.objects,
-                "Deployment",
-                ns,
-                &canary.spec.workload.stable,
-            )
-            .unwrap_or_else(|| panic!("{at}: no stable Deployment"));
-            let candidate = find(
-                &example.objects,
-                "Deployment",
-                ns,
-                &canary.spec.workload.canary,
-            )
-            .unwrap_or_else(|| panic!("{at}: no canary Deployment"));
+            let stable = required("Deployment", &canary.spec.workload.stable);
+            let candidate = required("Deployment", &canary.spec.workload.canary);
             let routing = &canary.spec.traffic_routing;
             let mut services = Vec::new();
             if let Some(istio) = &routing.istio {
-                let vs = find(
-                    &example.objects,
-                    "VirtualService",
-                    ns,
-                    &istio.virtual_service.name,
-                )
-                .unwrap_or_else(|| panic!("{at}: no VirtualService"));
+                let vs = required("VirtualService", &istio.virtual_service.name);
                 let routes = vs.value["spec"]["http"].as_array().unwrap();
                 for route in &istio.virtual_service.routes {
                     assert!(
@@ -1235,8 +1222,7 @@ fn every_example_is_self_contained_and_its_canaries_resolve() {
                 }
                 if let Some(dr_ref) = &istio.destination_rule {
                     modes.insert("istio subsets");
-                    let dr = find(&example.objects, "DestinationRule", ns, &dr_ref.name)
-                        .unwrap_or_else(|| panic!("{at}: no DestinationRule"));
+                    let dr = required("DestinationRule", &dr_ref.name);
                     for (subset, deployment) in [
                         (&dr_ref.stable_subset_name, stable),
                         (&dr_ref.canary_subset_name, candidate),
@@ -1265,17 +1251,13 @@ fn every_example_is_self_contained_and_its_canaries_resolve() {
                 }
                 if let Some(gateways) = vs.value["spec"]["gateways"].as_array() {
                     for g in gateways {
-                        assert!(
-                            find(&example.objects, "Gateway", ns, g.as_str().unwrap()).is_some(),
-                            "{at}: no Gateway {g}"
-                        );
+                        required("Gateway", g.as_str().unwrap());
                     }
                 }
             }
             if let Some(gw) = &routing.gateway_api {
                 modes.insert("gateway api");
-                let route = find(&example.objects, "HTTPRoute", ns, &gw.http_route)
-                    .unwrap_or_else(|| panic!("{at}: no HTTPRoute"));
+                let route = required("HTTPRoute", &gw.http_route);
                 let rules = route.value["spec"]["rules"].as_array().unwrap();
                 for rule in &gw.rules {
                     assert!(
@@ -1284,22 +1266,12 @@ fn every_example_is_self_contained_and_its_canaries_resolve() {
                     );
                 }
                 for parent in route.value["spec"]["parentRefs"].as_array().unwrap() {
-                    assert!(
-                        find(
-                            &example.objects,
-                            "Gateway",
-                            ns,
-                            parent["name"].as_str().unwrap()
-                        )
-                        .is_some(),
-                        "{at}: no Gateway {parent}"
-                    );
+                    required("Gateway", parent["name"].as_str().unwrap());
                 }
                 services.extend([gw.stable_service.clone(), gw.canary_service.clone()]);
             }
             for (service, deployment) in services.iter().zip([stable, candidate]) {
-                let s = find(&example.objects, "Service", ns, service)
-                    .unwrap_or_else(|| panic!("{at}: no Service {service}"));
+                let s = required("Service", service);
                 assert_eq!(
                     s.value["spec"]["selector"],
                     deployment.value["spec"]["selector"]["matchLabels"],
