@@ -58,19 +58,17 @@ fn write(out: usize, file: &str, comment: String, schema: serde_json::Value) {
         serde_json::to_string_pretty(&doc).unwrap() + "\n").unwrap();
 }'
 
+# A scratch crate $work/$1 (package extract-$1) depending on serde_json and on the
+# dependency lines $2.
+scratch_crate() {
+  mkdir -p "$work/$1/src"
+  printf '[package]\nname = "extract-%s"\nversion = "0.0.0"\nedition = "2021"\n[dependencies]\n%s\nserde_json = "1"\n[workspace]\n' \
+    "$1" "$2" > "$work/$1/Cargo.toml"
+}
+
 # --- Kubernetes built-in kinds: k8s-openapi + schemars --------------------------------------
-mkdir -p "$work/k8s/src"
-cat > "$work/k8s/Cargo.toml" <<'TOML'
-[package]
-name = "extract-k8s"
-version = "0.0.0"
-edition = "2021"
-[dependencies]
-k8s-openapi = { version = "=0.28.0", features = ["latest", "schemars"] }
-schemars = "1"
-serde_json = "1"
-[workspace]
-TOML
+scratch_crate k8s 'k8s-openapi = { version = "=0.28.0", features = ["latest", "schemars"] }
+schemars = "1"'
 cat > "$work/k8s/src/main.rs" <<RS
 use k8s_openapi::{Resource, api::{apps::v1::Deployment, core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding}},
@@ -98,7 +96,6 @@ RS
 
 # --- CRDs from kopium-generated crates: the CRD's openAPIV3Schema -----------------------------
 crd_main() { # $1 dir, $2 use-lines, $3 body
-  mkdir -p "$1/src"
   cat > "$1/src/main.rs" <<RS
 use kube::CustomResourceExt;
 $2
@@ -120,38 +117,18 @@ $3
 }
 RS
 }
-mkdir -p "$work/istio"
-cat > "$work/istio/Cargo.toml" <<'TOML'
-[package]
-name = "extract-istio"
-version = "0.0.0"
-edition = "2021"
-[dependencies]
-istio-api-rs = { version = "=0.12.0", features = ["v1_27"] }
+scratch_crate istio 'istio-api-rs = { version = "=0.12.0", features = ["v1_27"] }
 kube = { version = "2", default-features = false, features = ["derive"] }
-k8s-openapi = { version = "0.26", features = ["v1_31"] }
-serde_json = "1"
-[workspace]
-TOML
+k8s-openapi = { version = "0.26", features = ["v1_31"] }'
 crd_main "$work/istio" "use istio_api_rs::{extensions::v1alpha1::wasm_plugin::WasmPlugin, networking::v1::{gateway::Gateway, virtual_service::VirtualService, destination_rule::DestinationRule}};" '
     let source = "crates.io istio-api-rs 0.12.0 (feature v1_27, Istio 1.27 CRDs)";
     emit(HERE, "gateway.networking.istio.io.v1.json", serde_json::to_value(Gateway::crd()).unwrap(), source);
     emit(HERE, "wasmplugin.extensions.istio.io.v1alpha1.json", serde_json::to_value(WasmPlugin::crd()).unwrap(), source);
     emit(ROUTER, "virtualservice.networking.istio.io.v1.json", serde_json::to_value(VirtualService::crd()).unwrap(), source);
     emit(ROUTER, "destinationrule.networking.istio.io.v1.json", serde_json::to_value(DestinationRule::crd()).unwrap(), source);'
-mkdir -p "$work/gateway"
-cat > "$work/gateway/Cargo.toml" <<'TOML'
-[package]
-name = "extract-gateway"
-version = "0.0.0"
-edition = "2021"
-[dependencies]
-gateway-api = "=0.22.0"
+scratch_crate gateway 'gateway-api = "=0.22.0"
 kube = { version = "4.2", default-features = false, features = ["derive"] }
-k8s-openapi = { version = "0.28", features = ["latest"] }
-serde_json = "1"
-[workspace]
-TOML
+k8s-openapi = { version = "0.28", features = ["latest"] }'
 crd_main "$work/gateway" "use gateway_api::{gateways::Gateway, httproutes::HttpRoute};" '
     let source = "crates.io gateway-api 0.22.0 (Gateway API v1.5.1, standard channel)";
     emit(HERE, "gateway.gateway.networking.k8s.io.v1.json", serde_json::to_value(Gateway::crd()).unwrap(), source);
