@@ -1283,39 +1283,9 @@ fn every_example_is_self_contained_and_its_canaries_resolve() {
             let sources = canary.spec.analysis_sources();
             assert!(!sources.is_empty(), "{at}: no analysis");
             for source in sources {
-                // As reconcile fetches them: the referenced templates and those they reference.
-                let mut wanted: Vec<(String, bool)> = source
-                    .templates
-                    .iter()
-                    .map(|t| (t.template_name.clone(), t.cluster_scope))
-                    .collect();
-                let mut fetched: Vec<template::Document> = Vec::new();
-                while let Some((wanted_name, cluster)) = wanted.pop() {
-                    let kind = if cluster {
-                        "ClusterAnalysisTemplate"
-                    } else {
-                        "AnalysisTemplate"
-                    };
-                    if fetched
-                        .iter()
-                        .any(|d| d.name == wanted_name && d.kind == kind)
-                    {
-                        continue;
-                    }
-                    let doc = templates
-                        .iter()
-                        .find(|d| d.name == wanted_name && d.kind == kind)
-                        .unwrap_or_else(|| {
-                            panic!("{at}: {kind} {wanted_name} is not in the example")
-                        });
-                    wanted.extend(
-                        doc.spec
-                            .templates
-                            .iter()
-                            .map(|t| (t.template_name.clone(), t.cluster_scope)),
-                    );
-                    fetched.push(doc.clone());
-                }
+                // As reconcile fetches them: the referenced templates and those they reference
+                // (a missing one makes resolve fail, naming it).
+                let fetched = resolve::referenced(&source, &templates);
                 let inputs = resolve::Inputs {
                     templates: fetched,
                     canary: &object.value,
