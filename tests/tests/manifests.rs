@@ -762,18 +762,11 @@ async fn assert_probes_answer(
     }
 }
 
+/// The status code of `GET path`; 0 when the answer has none.
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n").as_bytes(),
-        )
+    let request = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
+    exchange(addr, request.as_bytes())
         .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
@@ -1863,32 +1856,18 @@ async fn exposed_metrics() -> BTreeMap<String, BTreeSet<String>> {
         plover_wire::batch::CONTENT_TYPE,
         body.len()
     );
-    {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        stream.write_all(client_request.as_bytes()).await.unwrap();
-        stream.write_all(&body).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        assert!(
-            response.starts_with("HTTP/1.1 200"),
-            "batch refused: {response}"
-        );
-    }
+    let response = exchange(addr, &[client_request.as_bytes(), &body].concat()).await;
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "batch refused: {response}"
+    );
     // A batch with a wrong token, so the rejection counter has a series.
-    {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let wrong = client_request.replace("Bearer t", "Bearer wrong");
-        stream.write_all(wrong.as_bytes()).await.unwrap();
-        stream.write_all(&body).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        assert!(
-            response.starts_with("HTTP/1.1 401"),
-            "wrong token accepted: {response}"
-        );
-    }
+    let wrong = client_request.replace("Bearer t", "Bearer wrong");
+    let response = exchange(addr, &[wrong.as_bytes(), &body].concat()).await;
+    assert!(
+        response.starts_with("HTTP/1.1 401"),
+        "wrong token accepted: {response}"
+    );
     let mut exposed = BTreeMap::new();
     for _ in 0..50 {
         let text = metrics_text(addr).await;
@@ -1923,19 +1902,28 @@ async fn exposed_metrics() -> BTreeMap<String, BTreeSet<String>> {
     exposed
 }
 
+/// The body of the exporter's `/metrics`.
 async fn metrics_text(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
+    let response = exchange(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n",
+    )
+    .await;
     response
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default()
+}
+
+/// Sends `request` (head and body, `connection: close`) on a new connection to `addr` and
+/// returns the whole answer.
+async fn exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
 }
 
 #[tokio::test]
