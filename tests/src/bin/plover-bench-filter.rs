@@ -106,21 +106,6 @@ fn parse_args() -> Args {
 struct WrkResult {
     requests: u64,
     rps: f64,
-    p50_us: f64,
-    p99_us: f64,
-}
-
-fn parse_duration_us(text: &str) -> Option<f64> {
-    let (number, factor) = if let Some(n) = text.strip_suffix("us") {
-        (n, 1.0)
-    } else if let Some(n) = text.strip_suffix("ms") {
-        (n, 1_000.0)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1_000_000.0)
-    } else {
-        return None;
-    };
-    number.parse::<f64>().ok().map(|n| n * factor)
 }
 
 fn wrk(url: &str, connections: u32, seconds: u64) -> WrkResult {
@@ -135,7 +120,6 @@ fn wrk(url: &str, connections: u32, seconds: u64) -> WrkResult {
             "-t1",
             &format!("-c{connections}"),
             &format!("-d{seconds}s"),
-            "--latency",
             url,
         ])
         .output()
@@ -145,8 +129,6 @@ fn wrk(url: &str, connections: u32, seconds: u64) -> WrkResult {
     for line in text.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
-            ["50%", v] => result.p50_us = parse_duration_us(v).unwrap_or(f64::NAN),
-            ["99%", v] => result.p99_us = parse_duration_us(v).unwrap_or(f64::NAN),
             [n, "requests", "in", ..] => result.requests = n.parse().unwrap_or(0),
             ["Requests/sec:", v] => result.rps = v.parse().unwrap_or(0.0),
             _ => {}
@@ -330,6 +312,12 @@ fn main() {
     let empty_module = std::env::var_os("PLOVER_EMPTY_FILTER_WASM")
         .expect("PLOVER_EMPTY_FILTER_WASM (run through cargo xtask bench filter)");
     // The empty filter with a configuration (see filter/empty-fixture).
+    // A Plover filter sending its batches to the sink.
+    let with_plover = |filter: WasmFilter| GatewaySpec {
+        filter: Some(filter),
+        exporter: Some(("plover_exporter".into(), sink.port)),
+        ..base.clone()
+    };
     let fixture = |configuration: String| GatewaySpec {
         filter: Some(WasmFilter {
             module: empty_module.clone().into(),
@@ -343,11 +331,7 @@ fn main() {
         ("empty wasm".into(), fixture(String::new())),
         (
             "plover".into(),
-            GatewaySpec {
-                filter: Some(WasmFilter::plover(plover_config())),
-                exporter: Some(("plover_exporter".into(), sink.port)),
-                ..base.clone()
-            },
+            with_plover(WasmFilter::plover(plover_config())),
         ),
     ];
     // The empty filter making one host call per request (reading the cluster name): the floor
@@ -360,23 +344,12 @@ fn main() {
     for (name, module) in &args.variants {
         let mut filter = WasmFilter::plover(plover_config());
         filter.module = module.clone();
-        variants.push((
-            name.clone(),
-            GatewaySpec {
-                filter: Some(filter),
-                exporter: Some(("plover_exporter".into(), sink.port)),
-                ..base.clone()
-            },
-        ));
+        variants.push((name.clone(), with_plover(filter)));
     }
     for (name, changes) in &args.configured_variants {
         variants.push((
             name.clone(),
-            GatewaySpec {
-                filter: Some(WasmFilter::plover(plover_config_with(changes))),
-                exporter: Some(("plover_exporter".into(), sink.port)),
-                ..base.clone()
-            },
+            with_plover(WasmFilter::plover(plover_config_with(changes))),
         ));
     }
     if let Some(requests) = args.instructions {
