@@ -1,6 +1,11 @@
-//! The `plover` command line's subcommands (the binary in `main.rs` only parses and dispatches).
+//! The `plover` and `kubectl plover` command lines' subcommands (the binaries in `main.rs` and
+//! `bin/kubectl-plover.rs` only parse and dispatch): [`analyze`] runs an AnalysisTemplate outside
+//! any cluster, [`commands`] parses the canary subcommands, [`kubectl`] reads and asks things of
+//! a Canary on the API server (get, promote, abort, retry).
 
 pub mod analyze;
+pub mod commands;
+pub mod kubectl;
 
 use std::time::SystemTime;
 

@@ -1,36 +1,24 @@
-//! Plover's controller crate: the analysis engine and the `plover` command line.
-//!
-//! ```text
-//!  AnalysisTemplate YAML ─▶ analysis::template (parse, args, {{args.x}}) ─▶ resolved metrics
-//!                                                                              │
-//!   cli::analyze (I/O: clock, signals, output) ◀── analysis::run (pure state machine: what to
-//!        │                                             measure when; metric and run phases)
-//!        ▼                                                      ▲
-//!  analysis::provider::{prometheus, web, plover} ── Value ─▶ analysis::judge (conditions via
-//!                                                              analysis::expr) ─▶ measurement
-//! ```
-//!
-//! Everything under [`analysis`] except [`analysis::provider`] is pure: no clock, no network.
-//! The semantics follow Argo Rollouts; every deliberate difference is listed in `ANALYSIS.md`.
-//!
-//! The canary controller around it:
+//! Plover's controller crate: the `Canary` CRD, its pure decision core, the routers, reconcile
+//! against the API server, local mode, and the `plover` / `kubectl plover` command lines.
 //!
 //! ```text
 //!  canary (CRD types, validation, pure decide) ◀── reconcile (kube: observe, execute, status)
-//!     │  Decision { SetWeight, StartAnalysis, StopAnalysis,     │        ▲ daemon (Lease, /metrics)
-//!     │            PromoteWorkload, Event }                     │        │
+//!     │  Decision { SetWeight, StartAnalysis, StopAnalysis,     │        ▲ controller (Lease,
+//!     │            PromoteWorkload, Event }                     │        │   /metrics, /healthz)
 //!     ▼                                                         ▼        │
 //!  router::{istio, gateway_api} (pure JSON patches), router::envoy_file (RDS file by rename)
-//!  runner (drives analysis::run with providers) · observe (revisions, exporter share)
-//!  local (no API server: spec file, Envoy, status file) · kubectl + commands (get/promote/abort/retry)
+//!  runner (drives plover_analysis::run with providers) · observe (revisions, exporter share)
+//!  local (no API server: spec file, Envoy, status file)
+//!  cli::{analyze, commands, kubectl} (plover analyze; crd/controller/local/get/promote/abort/retry)
 //! ```
+//!
+//! The analysis engine (Argo Rollouts templates, expressions, providers) is the
+//! `plover-analysis` crate and the sequential judges are `plover-sequential`; neither knows
+//! about Kubernetes. `CANARY.md` describes the Canary resource and the decision core.
 
-pub mod analysis;
 pub mod canary;
 pub mod cli;
-pub mod commands;
-pub mod daemon;
-pub mod kubectl;
+pub mod controller;
 pub mod lease;
 pub mod local;
 pub mod metrics;
@@ -39,4 +27,3 @@ pub mod rbac;
 pub mod reconcile;
 pub mod router;
 pub mod runner;
-pub mod sequential;

@@ -20,15 +20,16 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use plover_wire::stats::StatsResponse;
 
+use plover_analysis::{
+    provider::{Providers, Settings},
+    template::{self, secret_env_var, Document, Secrets},
+};
+
 use crate::{
-    analysis::{
-        provider::{Providers, Settings},
-        template::{self, secret_env_var, Document, Secrets},
-    },
     canary::{
         decide, resolve, Action, Canary, CanaryPhase, CanaryStatus, Observation, WorkloadState,
     },
-    kubectl::Request,
+    cli::kubectl::Request,
     observe::{traffic_of_revision, Exporter, TrafficSource},
     router::{envoy_file, RouterError},
     runner::{CanaryKey, Runner},

@@ -4,10 +4,8 @@ use std::{collections::BTreeMap, path::PathBuf, process::ExitCode, time::Duratio
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use plover_controller::{
-    analysis::{duration, run::Termination},
-    cli::analyze::{self, Output},
-};
+use plover_analysis::{duration, run::Termination};
+use plover_controller::cli::analyze::{self, Output};
 
 #[derive(Parser)]
 #[command(
@@ -33,12 +31,12 @@ enum Command {
         after_help = "Secrets for valueFrom.secretKeyRef: --secret NAME/KEY=VALUE, or the environment variable \
 PLOVER_SECRET_<NAME>_<KEY> (upper case, other characters as _), e.g. PLOVER_SECRET_WORKSPACE_URL_SECRETURL.\n\
 Prometheus metrics without an address use ARGO_ROLLOUTS_PROMETHEUS_ADDRESS, as in Argo.\n\
-See controller/ANALYSIS.md for the semantics and every difference from Argo Rollouts."
+See analysis/ANALYSIS.md for the semantics and every difference from Argo Rollouts."
     )]
     Analyze(AnalyzeCmd),
     /// Canary commands: crd, controller, local, get, promote, abort, retry.
     #[command(flatten)]
-    Canary(plover_controller::commands::CanaryCommand),
+    Canary(plover_controller::cli::commands::CanaryCommand),
 }
 
 #[derive(clap::Args)]
@@ -164,7 +162,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Canary(cmd) => plover_controller::commands::run(cmd),
+        Command::Canary(cmd) => plover_controller::cli::commands::run(cmd),
         Command::Analyze(cmd) => {
             let opts = match options(cmd) {
                 Ok(o) => o,

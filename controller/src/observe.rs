@@ -6,8 +6,9 @@ use std::{collections::BTreeMap, time::Duration};
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::PodTemplateSpec};
 use plover_wire::stats::{StatsResponse, STATS_PATH};
 
+use plover_analysis::provider::BoxFuture;
+
 use crate::{
-    analysis::provider::BoxFuture,
     canary::{TrafficCheck, TrafficObservation, WorkloadState, DEFAULT_TRAFFIC_WINDOW},
 };
 

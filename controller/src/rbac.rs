@@ -1,11 +1,12 @@
 //! The Kubernetes API calls Plover makes, as RBAC rules: the one list the manifests' RBAC must
-//! equal (`tests/tests/manifests.rs` compares the ClusterRole and Role in `manifests/` with
+//! equal (`tests/tests/manifests/rbac.rs` compares the ClusterRole and Role in `manifests/` with
 //! [`CONTROLLER`], rule for rule, verb for verb) and the README's RBAC table repeats.
 //!
 //! Each entry names where the call is made. When code starts making a new call, add it here;
-//! the manifests test then fails until the ClusterRole/Role grants it. The calls recorded by
-//! the mock API server in `controller/tests/reconcile_mock.rs` are checked against these
-//! tables too (controller scenarios against [`CONTROLLER`], `kubectl` requests against [`CLI`]).
+//! the manifests test then fails until the ClusterRole/Role grants it. Every request the mock
+//! API server in `controller/tests/reconcile_mock.rs` receives is checked against these tables
+//! with [`check`] (controller scenarios against [`CONTROLLER`], `kubectl` requests against
+//! [`CLI`]).
 
 /// Where a rule is granted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,7 +109,7 @@ pub const CONTROLLER: &[Rule] = &[
         resource: "leases",
         verbs: &["get", "create", "update"],
         scope: Scope::OwnNamespace,
-        why: "lease::Elector (daemon::run): leader election on the plover-controller Lease \
+        why: "lease::Elector (controller::run): leader election on the plover-controller Lease \
               (get; create when missing; update = replace to acquire or renew)",
     },
 ];
@@ -152,6 +153,59 @@ pub fn triples(rules: &[Rule], scope: Option<Scope>) -> Vec<(String, String, Str
     out.sort();
     out.dedup();
     out
+}
+
+/// The (group, resource, verb) an API request needs: `GET` of a name is `get`, of a collection
+/// `list` (or `watch` with `watch=true`/`1` in the query); `POST` is `create`, `PUT` `update`,
+/// `PATCH` `patch`, `DELETE` `delete`. Paths are `/api/v1/…` or `/apis/GROUP/VERSION/…`,
+/// namespaced or not, with an optional subresource (`canaries/status`).
+pub fn required(method: &str, path: &str, query: &str) -> Result<(String, String, String), String> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => return Err(format!("{path}: not a Kubernetes API path")),
+    };
+    let rest = match rest {
+        ["namespaces", _namespace, rest @ ..] if !rest.is_empty() => rest,
+        rest => rest,
+    };
+    let (resource, named) = match rest {
+        [resource] => ((*resource).to_owned(), false),
+        [resource, _name] => ((*resource).to_owned(), true),
+        [resource, _name, sub] => (format!("{resource}/{sub}"), true),
+        _ => return Err(format!("{path}: no resource")),
+    };
+    let watch = query
+        .split('&')
+        .any(|kv| kv == "watch=true" || kv == "watch=1");
+    let verb = match (method, named) {
+        ("GET", true) => "get",
+        ("GET", false) if watch => "watch",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => return Err(format!("{method} {path}: no RBAC verb for this method")),
+    };
+    Ok((group.to_owned(), resource, verb.to_owned()))
+}
+
+/// Whether `rules` grant the request; the error names the request and the missing rule.
+pub fn check(rules: &[Rule], method: &str, path: &str, query: &str) -> Result<(), String> {
+    let (group, resource, verb) = required(method, path, query)?;
+    let granted = rules.iter().any(|r| {
+        r.group == group && r.resource == resource && r.verbs.contains(&verb.as_str())
+    });
+    if granted {
+        Ok(())
+    } else {
+        Err(format!(
+            "{method} {path}: needs {verb} on {group}/{resource}, which the table does not declare"
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -225,5 +279,42 @@ mod tests {
         }
         let leases = triples(CONTROLLER, Some(Scope::OwnNamespace));
         assert!(leases.iter().all(|(_, r, _)| r == "leases"), "{leases:?}");
+    }
+
+    #[test]
+    fn requests_map_to_the_rule_they_need() {
+        let need = |m, p, q| required(m, p, q).unwrap();
+        let t = |g: &str, r: &str, v: &str| (g.to_owned(), r.to_owned(), v.to_owned());
+        assert_eq!(
+            need("GET", "/apis/apps/v1/namespaces/test/deployments/podinfo", ""),
+            t("apps", "deployments", "get")
+        );
+        assert_eq!(
+            need("GET", "/apis/plover.dev/v1alpha1/canaries", "limit=1"),
+            t("plover.dev", "canaries", "list")
+        );
+        assert_eq!(
+            need("GET", "/apis/plover.dev/v1alpha1/canaries", "watch=true&timeoutSeconds=290"),
+            t("plover.dev", "canaries", "watch")
+        );
+        assert_eq!(
+            need("PATCH", "/apis/plover.dev/v1alpha1/namespaces/test/canaries/podinfo/status", ""),
+            t("plover.dev", "canaries/status", "patch")
+        );
+        assert_eq!(
+            need("POST", "/apis/events.k8s.io/v1/namespaces/test/events", ""),
+            t("events.k8s.io", "events", "create")
+        );
+        assert_eq!(
+            need("GET", "/api/v1/namespaces/test/secrets/token", ""),
+            t("", "secrets", "get")
+        );
+        assert_eq!(
+            need("PUT", "/apis/coordination.k8s.io/v1/namespaces/plover-system/leases/plover-controller", ""),
+            t("coordination.k8s.io", "leases", "update")
+        );
+        assert!(required("GET", "/healthz", "").is_err());
+        assert!(check(CLI, "PATCH", "/apis/apps/v1/namespaces/test/deployments/podinfo", "").is_err());
+        assert!(check(CONTROLLER, "PATCH", "/apis/apps/v1/namespaces/test/deployments/podinfo", "").is_ok());
     }
 }

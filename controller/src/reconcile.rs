@@ -34,8 +34,9 @@ use kube::{
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
+use plover_analysis::template::{AnalysisSpec, Document, Secrets};
+
 use crate::{
-    analysis::template::{AnalysisSpec, Document, Secrets},
     canary::{
         decide, resolve, validate, Action as Step, AnalysisKind, Canary, CanarySpec, Decision,
         Observation, WorkloadState,

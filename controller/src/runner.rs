@@ -15,15 +15,14 @@ use std::{
 
 use tokio::sync::{mpsc, watch};
 
-use crate::{
-    analysis::{
-        provider::{self, Source},
-        run::{Run, RunOptions},
-        template::Analysis,
-        Phase,
-    },
-    canary::{measurement, Verdict},
+use plover_analysis::{
+    provider::{self, Source},
+    run::{Run, RunOptions},
+    template::Analysis,
+    Phase,
 };
+
+use crate::canary::{measurement, Verdict};
 
 /// Identifies a Canary: namespace and name (local mode: empty namespace).
 pub type CanaryKey = (String, String);
@@ -259,7 +258,7 @@ impl Task {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::{
+    use plover_analysis::{
         provider::{BoxFuture, Outcome, ProviderError},
         template::{self, ArgInputs, MetricSpec},
         Value,

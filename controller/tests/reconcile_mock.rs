@@ -14,12 +14,15 @@ use kube::{
     },
     Client,
 };
+use plover_analysis::{
+    provider::{BoxFuture, Outcome, ProviderError, Source},
+    template::MetricSpec,
+};
 use plover_controller::{
-    analysis::provider::{BoxFuture, Outcome, ProviderError, Source},
-    analysis::template::MetricSpec,
     canary::{Canary, TrafficCheck},
     metrics::Metrics,
     observe::{template_revision, TrafficSource},
+    rbac::{self, Rule},
     reconcile::{reconcile, Context},
     runner::Runner,
 };
@@ -49,8 +52,14 @@ impl TrafficSource for NoExporter {
     }
 }
 
-/// The mock API server: answers requests one by one as the test expects them.
-struct ApiServer(Handle<Request<Body>, Response<Body>>);
+/// The mock API server: answers requests one by one as the test expects them. Every request
+/// it receives must also be granted by `rules`, the RBAC table of whoever makes it
+/// (`rbac::CONTROLLER`, or `rbac::CLI` for the kubectl commands): the manifests test holds the
+/// installed RBAC to exactly those tables.
+struct ApiServer {
+    handle: Handle<Request<Body>, Response<Body>>,
+    rules: &'static [Rule],
+}
 
 impl ApiServer {
     /// Expects the next request; returns its JSON body (Null if empty) after answering `reply`.
@@ -76,10 +85,19 @@ impl ApiServer {
         status: u16,
         reply: impl FnOnce(&Value) -> Value,
     ) -> Value {
-        let (request, send) = tokio::time::timeout(Duration::from_secs(2), self.0.next_request())
-            .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}"))
-            .unwrap_or_else(|| panic!("client gone before {method} {path}"));
+        let (request, send) =
+            tokio::time::timeout(Duration::from_secs(2), self.handle.next_request())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {method} {path}"))
+                .unwrap_or_else(|| panic!("client gone before {method} {path}"));
+        if let Err(e) = rbac::check(
+            self.rules,
+            request.method().as_str(),
+            request.uri().path(),
+            request.uri().query().unwrap_or_default(),
+        ) {
+            panic!("RBAC: {e}");
+        }
         assert_eq!(request.method().as_str(), method, "{}", request.uri());
         assert_eq!(request.uri().path(), path);
         if let Some(q) = query {
@@ -136,7 +154,8 @@ impl ApiServer {
     }
 
     async fn expect_nothing_more(&mut self) {
-        let next = tokio::time::timeout(Duration::from_millis(300), self.0.next_request()).await;
+        let next =
+            tokio::time::timeout(Duration::from_millis(300), self.handle.next_request()).await;
         if let Ok(Some((request, _))) = next {
             panic!("unexpected request {} {}", request.method(), request.uri());
         }
@@ -149,7 +168,7 @@ impl Source for Half {
     fn query<'a>(&'a self, _: &'a MetricSpec) -> BoxFuture<'a, Result<Outcome, ProviderError>> {
         Box::pin(async {
             Ok(Outcome::Value {
-                value: plover_controller::analysis::Value::Float(0.5),
+                value: plover_analysis::Value::Float(0.5),
                 text: "0.5".into(),
             })
         })
@@ -179,7 +198,13 @@ fn context_with(source: Arc<dyn Source>) -> (Arc<Context>, ApiServer) {
         metrics: Arc::new(Metrics::new()),
         now: Arc::new(|| Timestamp::from_second(T0).unwrap()),
     };
-    (Arc::new(ctx), ApiServer(handle))
+    (
+        Arc::new(ctx),
+        ApiServer {
+            handle,
+            rules: rbac::CONTROLLER,
+        },
+    )
 }
 
 fn deployment(name: &str, track: &str, image: &str, rolled_out: bool) -> Value {
@@ -914,9 +939,10 @@ async fn a_valid_lease_held_by_another_replica_is_followed_and_an_expired_one_ta
 
 #[tokio::test]
 async fn promote_abort_and_retry_patch_the_status_the_controller_reads() {
-    use plover_controller::kubectl::{request, Request};
+    use plover_controller::cli::kubectl::{request, Request};
 
     let (ctx, mut api) = context();
+    api.rules = rbac::CLI;
     let object = canary(
         json!({"workload": {"stable": "a", "canary": "b"}, "trafficRouting": {}}),
         None,

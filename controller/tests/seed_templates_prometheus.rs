@@ -1,4 +1,4 @@
-//! Every seed template in `shared/fixtures/seed-templates/`, unchanged, run by `plover analyze`
+//! Every seed template in `tests/fixtures/seed-templates/`, unchanged, run by `plover analyze`
 //! against a real Prometheus (the Debian package) whose TSDB is backfilled with
 //! `promtool tsdb create-blocks-from openmetrics`: once with a healthy canary (⇒ Successful,
 //! exit 0) and once with a failing one (⇒ Failed, exit 1).
@@ -10,69 +10,20 @@
 
 use std::{
     fmt::Write as _,
-    net::TcpListener,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant, SystemTime},
+    process::Command,
+    time::SystemTime,
 };
 
-const PROMETHEUS: &str = "prometheus";
-const PROMTOOL: &str = "promtool";
+use plover_testkit::tools::debian_tool;
+
 const TIME_SCALE: &str = "0.05";
 
-/// A scratch directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let dir = std::env::temp_dir().join(format!("plover-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A running Prometheus, killed (and reaped) on every exit path.
+/// A Prometheus serving a backfilled TSDB, with its scratch directory.
 struct Prometheus {
-    child: Child,
-    url: String,
-    _dir: Scratch,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn require_binary(name: &str) {
-    let found = Command::new(name)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    assert!(
-        found.is_ok_and(|s| s.success()),
-        "`{name}` is required by this test (Debian package `prometheus`: apt-get install prometheus)"
-    );
+    // Declared first, so it stops before its directory is removed.
+    server: plover_testkit::prometheus::Prometheus,
+    _dir: tempfile::TempDir,
 }
 
 /// One counter series: labels and requests per second.
@@ -118,12 +69,13 @@ fn openmetrics(counters: &[Series], gauges: &[(&str, &str, f64)]) -> String {
     out
 }
 
-fn start_prometheus(tag: &str, data: &str) -> Prometheus {
-    let dir = Scratch::new(tag);
-    let input = dir.0.join("series.om");
-    let tsdb = dir.0.join("tsdb");
+/// Backfills a TSDB from `data` (OpenMetrics) with promtool and serves it.
+fn start_prometheus(data: &str) -> Prometheus {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("series.om");
+    let tsdb = dir.path().join("tsdb");
     std::fs::write(&input, data).unwrap();
-    let out = Command::new(PROMTOOL)
+    let out = Command::new(debian_tool("promtool"))
         .args(["tsdb", "create-blocks-from", "openmetrics"])
         .arg(&input)
         .arg(&tsdb)
@@ -134,46 +86,14 @@ fn start_prometheus(tag: &str, data: &str) -> Prometheus {
         "promtool failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let config = dir.0.join("prometheus.yml");
-    std::fs::write(&config, "global:\n  evaluation_interval: 1m\n").unwrap();
-    let port = free_port();
-    let log = std::fs::File::create(dir.0.join("prometheus.log")).unwrap();
-    let child = Command::new(PROMETHEUS)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", tsdb.display()))
-        .arg("--storage.tsdb.retention.time=100y")
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("prometheus starts");
-    let prometheus = Prometheus {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-        _dir: dir,
-    };
-    wait_ready(&prometheus);
-    prometheus
-}
-
-/// Polls `/-/ready` with a raw HTTP/1.0 request until Prometheus answers 200.
-fn wait_ready(p: &Prometheus) {
-    use std::io::{Read, Write};
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let addr = p.url.trim_start_matches("http://").to_owned();
-    while Instant::now() < deadline {
-        if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
-            let _ = s.write_all(b"GET /-/ready HTTP/1.0\r\n\r\n");
-            let mut answer = String::new();
-            let _ = s.read_to_string(&mut answer);
-            if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let log = std::fs::read_to_string(p._dir.0.join("prometheus.log")).unwrap_or_default();
-    panic!("Prometheus at {} did not become ready:\n{log}", p.url);
+    let server = plover_testkit::prometheus::Prometheus::start(
+        dir.path(),
+        "global:\n  evaluation_interval: 1m\n",
+        &tsdb,
+        &["--storage.tsdb.retention.time=100y"],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    Prometheus { server, _dir: dir }
 }
 
 /// The series for one scenario. `ok` is the canary's (or the service's) success share.
@@ -237,7 +157,7 @@ fn scenario(ok: f64, cpu: f64) -> String {
 
 fn seed(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/seed-templates")
+        .join("../tests/fixtures/seed-templates")
         .join(name)
 }
 
@@ -302,10 +222,10 @@ fn analyze(case: &Case, prometheus: &Prometheus) -> Outcome {
     // Templates that carry a cluster address are pointed at the test's Prometheus with
     // --prometheus; seed002's address comes from its secret, as in a cluster.
     if !case.extra.iter().any(|a| a.contains("{prometheus}")) {
-        cmd.args(["--prometheus", &prometheus.url]);
+        cmd.args(["--prometheus", &prometheus.server.url]);
     }
     for a in case.extra {
-        cmd.arg(a.replace("{prometheus}", &prometheus.url));
+        cmd.arg(a.replace("{prometheus}", &prometheus.server.url));
     }
     cmd.args(["--time-scale", TIME_SCALE, "--output", "json"]);
     cmd.env_remove("ARGO_ROLLOUTS_PROMETHEUS_ADDRESS");
@@ -371,10 +291,8 @@ fn check(case: &Case, healthy: bool, o: &Outcome) {
 
 #[test]
 fn seed_templates_against_a_real_prometheus() {
-    require_binary(PROMETHEUS);
-    require_binary(PROMTOOL);
-    let healthy = start_prometheus("healthy", &scenario(0.99, 0.002));
-    let failing = start_prometheus("failing", &scenario(0.8, 0.5));
+    let healthy = start_prometheus(&scenario(0.99, 0.002));
+    let failing = start_prometheus(&scenario(0.8, 0.5));
 
     // Run every case in parallel: each mostly sleeps between measurements.
     let results: Vec<(usize, bool, Outcome)> = std::thread::scope(|s| {
@@ -441,7 +359,7 @@ fn seed_templates_against_a_real_prometheus() {
         "the secret address is redacted: {}",
         o.stderr
     );
-    assert!(!o.stderr.contains(&healthy.url), "{}", o.stderr);
+    assert!(!o.stderr.contains(&healthy.server.url), "{}", o.stderr);
     // seed003: failureLimit 3 ⇒ the 4th failure fails the metric (Argo's `>`).
     let o = find("seed003-apdex-analysis.yaml", false);
     assert_eq!(o.doc["metrics"][0]["failed"], 4, "{}", o.doc);

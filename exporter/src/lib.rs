@@ -21,6 +21,11 @@
 //! [`ingest`], [`store`] and [`window`] (pure, no I/O), [`exposition`] and [`metrics`]
 //! (`/metrics`), [`stats`] (`/v1/stats`). The binary is a thin `main.rs` around [`run`].
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod config;
 pub mod exposition;
 pub mod http;

@@ -1,6 +1,11 @@
 //! `plover-exporter`: parses the configuration, sets up logging, binds, and serves until
 //! SIGINT or SIGTERM.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 use anyhow::Context;
 use clap::Parser;
 use plover_exporter::config::{Args, Config, LogFormat};
@@ -47,11 +52,18 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(e) => {
+                // Still stoppable by Ctrl-C; Kubernetes would fall back to SIGKILL.
+                tracing::warn!("cannot install a SIGTERM handler: {e}");
+                let _ = interrupt.await;
+            }
         }
     }
     #[cfg(not(unix))]

@@ -260,7 +260,8 @@ impl Window {
                 }
             }
             let Some((i, _)) = best else { break };
-            let newer = self.slots.remove(i + 1).expect("pair exists");
+            // `i + 1` exists: `i` came from the pairs loop above.
+            let Some(newer) = self.slots.remove(i + 1) else { break };
             let older = &mut self.slots[i];
             let before = older.payload_bytes() + newer.payload_bytes();
             let mut merged = unpack_slot(&older.data);

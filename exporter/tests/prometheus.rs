@@ -1,92 +1,24 @@
 //! A real Prometheus scrapes the exporter, and an Argo-AnalysisTemplate-style success-ratio
 //! query over what it stored returns exactly the ratio of the traffic sent.
 //!
-//! Needs the `prometheus` binary (Debian package `prometheus`; `PROMETHEUS` may name another
-//! path). Without it this test fails rather than skips: it is the proof that the exposition is
-//! something Prometheus really ingests.
+//! Needs the `prometheus` binary (Debian package `prometheus`, on the PATH). Without it this
+//! test fails rather than skips: it is the proof that the exposition is something Prometheus
+//! really ingests.
 
 mod common;
 
-use std::net::TcpListener as StdListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{batch, send, series, try_send, Exporter};
+use common::{batch, send, series, Exporter};
 use http_body_util::Full;
 use hyper::Request;
+use plover_testkit::prometheus::{scrape_config, Prometheus};
 use plover_wire::Role;
-
-/// Kills Prometheus however the test ends, and shows its log if the test failed.
-struct PrometheusGuard {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for PrometheusGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            eprintln!("--- prometheus log (last lines) ---");
-            tail.iter().rev().for_each(|l| eprintln!("{l}"));
-        }
-    }
-}
-
-fn prometheus_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("PROMETHEUS") {
-        return PathBuf::from(path);
-    }
-    let default = Path::new("/usr/bin/prometheus");
-    if default.exists() {
-        return default.to_path_buf();
-    }
-    std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join("prometheus")).find(|p| p.exists()))
-        .expect("the `prometheus` binary is required for this test: `apt-get install prometheus` (or set PROMETHEUS)")
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn start_prometheus(dir: &Path, target: std::net::SocketAddr, port: u16) -> PrometheusGuard {
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: plover\n    static_configs:\n      - targets: ['{target}']\n"
-        ),
-    )
-    .unwrap();
-    let log = dir.join("prometheus.log");
-    let log_file = std::fs::File::create(&log).unwrap();
-    let child = Command::new(prometheus_binary())
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--log.level=info")
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .expect("starting prometheus");
-    PrometheusGuard { child, log }
-}
 
 async fn get(port: u16, path: &str) -> common::Reply {
     let request = Request::get(path).header("host", "prometheus").body(Full::new(Bytes::new())).unwrap();
     send(format!("127.0.0.1:{port}").parse().unwrap(), request).await
-}
-
-/// Whether Prometheus answers `/-/ready` with 200 (it refuses connections while starting).
-async fn is_ready(port: u16) -> bool {
-    let request = Request::get("/-/ready").header("host", "prometheus").body(Full::new(Bytes::new())).unwrap();
-    try_send(format!("127.0.0.1:{port}").parse().unwrap(), request).await.is_ok_and(|r| r.status == 200)
 }
 
 /// Runs an instant query; the single sample's value, if there is one.
@@ -119,8 +51,17 @@ async fn wait_for(port: u16, promql: &str, timeout: Duration, done: impl Fn(f64)
 async fn prometheus_computes_the_exact_canary_success_ratio() {
     let exporter = Exporter::start(&[]).await;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _prometheus = start_prometheus(dir.path(), exporter.addr, port);
+    // Starting blocks until Prometheus is ready; the exporter keeps serving on the other worker.
+    let prometheus = tokio::task::block_in_place(|| {
+        Prometheus::start(
+            dir.path(),
+            &scrape_config("plover", &[exporter.addr.to_string()]),
+            &dir.path().join("data"),
+            &[],
+        )
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let port = prometheus.port;
 
     // Known traffic: canary 950 × 2xx + 50 × 5xx, stable 1000 × 2xx, from two gateways' VMs
     // over a few batches (one retransmitted, which must not count twice).
@@ -149,12 +90,7 @@ async fn prometheus_computes_the_exact_canary_success_ratio() {
     }
     assert_eq!(exporter.post_batch(batches[2].encode()).await.body, "duplicate\n");
 
-    // Wait until Prometheus is up and has scraped the exporter.
-    let started = Instant::now();
-    while !is_ready(port).await {
-        assert!(started.elapsed() < Duration::from_secs(60), "prometheus did not become ready");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    // Wait until Prometheus has scraped the exporter.
     wait_for(port, r#"up{job="plover"}"#, Duration::from_secs(60), |v| v == 1.0).await;
 
     // What an Argo Rollouts AnalysisTemplate (Prometheus provider) would ask.

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use plover_e2e::backend::{stable_and_slower_failing_canary, CANARY_DELAY_MS, STABLE_DELAY_MS};
-use plover_e2e::envoy::{plover_test_config, Envoy, GatewaySpec, Upstream, WasmFilter};
-use plover_e2e::http::{client, get, load};
-use plover_e2e::{assert_latency_close, exclusive};
+use plover_testkit::backend::{stable_and_slower_failing_canary, CANARY_DELAY_MS, STABLE_DELAY_MS};
+use plover_testkit::envoy::{plover_test_config, Envoy, GatewaySpec, Upstream, WasmFilter};
+use plover_testkit::http::{client, get, load};
+use plover_testkit::{assert_latency_close, exclusive};
 use plover_wire::stats::StatsResponse;
 
 const TOKEN: &str = "chain-token";
@@ -23,7 +23,7 @@ async fn stats(port: u16, window: &str) -> StatsResponse {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_count_every_request_per_revision_and_match_the_backends_latency() {
     let _serial = exclusive().await;
-    let awake = plover_e2e::latency::keep_cpus_awake();
+    let awake = plover_testkit::latency::keep_cpus_awake();
     println!("{}", awake.state);
     let (stable, canary) = stable_and_slower_failing_canary(500).await;
 

@@ -3,14 +3,14 @@
 
 use std::time::Duration;
 
-use plover_e2e::assert_latency_close;
-use plover_e2e::backend::{
+use plover_testkit::assert_latency_close;
+use plover_testkit::backend::{
     stable_and_slower_failing_canary, Backend, Behaviour, CANARY_DELAY_MS, STABLE_DELAY_MS,
 };
-use plover_e2e::envoy::{plover_test_config, Envoy, GatewaySpec, Upstream, WasmFilter};
-use plover_e2e::http::load;
-use plover_e2e::process::wait_until;
-use plover_e2e::sink::Sink;
+use plover_testkit::envoy::{plover_test_config, Envoy, GatewaySpec, Upstream, WasmFilter};
+use plover_testkit::http::load;
+use plover_testkit::process::wait_until;
+use plover_testkit::sink::Sink;
 use plover_wire::{Role, StatusClass};
 
 const TOKEN: &str = "e2e-token";
@@ -53,8 +53,8 @@ async fn wait_for_sink(sink: &Sink, expected: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_statuses_latency_and_tags_match_what_each_backend_served() {
-    let _serial = plover_e2e::exclusive().await;
-    let awake = plover_e2e::latency::keep_cpus_awake();
+    let _serial = plover_testkit::exclusive().await;
+    let awake = plover_testkit::latency::keep_cpus_awake();
     println!("{}", awake.state);
     let (stable, canary) = stable_and_slower_failing_canary(503).await;
     let sink = Sink::start(TOKEN).await;
@@ -138,7 +138,7 @@ async fn counts_statuses_latency_and_tags_match_what_each_backend_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exporter_outage_of_ten_seconds_loses_no_count_and_fails_no_request() {
-    let _serial = plover_e2e::exclusive().await;
+    let _serial = plover_testkit::exclusive().await;
     let stable = Backend::start("v1", Behaviour::default()).await;
     let canary = Backend::start("v2", Behaviour::default()).await;
     let mut sink = Sink::start(TOKEN).await;
@@ -184,7 +184,7 @@ async fn exporter_outage_of_ten_seconds_loses_no_count_and_fails_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_configuration_is_reported_and_traffic_still_flows() {
-    let _serial = plover_e2e::exclusive().await;
+    let _serial = plover_testkit::exclusive().await;
     let stable = Backend::start("v1", Behaviour::default()).await;
     let canary = Backend::start("v2", Behaviour::default()).await;
     let sink = Sink::start(TOKEN).await;
@@ -218,7 +218,7 @@ async fn invalid_configuration_is_reported_and_traffic_still_flows() {
 /// callouts: the last interval of each worker, up to `flush_interval_ms`, is lost then.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replacing_the_plugin_sends_the_old_plugins_last_interval() {
-    let _serial = plover_e2e::exclusive().await;
+    let _serial = plover_testkit::exclusive().await;
     let stable = Backend::start("v1", Behaviour::default()).await;
     let canary = Backend::start("v2", Behaviour::default()).await;
     let sink = Sink::start(TOKEN).await;

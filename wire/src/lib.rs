@@ -6,6 +6,11 @@
 //! filter is configured by [`config::FilterConfig`] (JSON). The controller reads the
 //! exporter's windowed answers as [`stats::StatsResponse`], under the [`labels`] names.
 
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod batch;
 pub mod config;
 pub mod histogram;

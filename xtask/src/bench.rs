@@ -30,6 +30,6 @@ pub fn exporter(extra: &[&str]) -> Result<(), String> {
 /// `bench judge`: seeded simulations, Plover's sequential judges beside the seed templates.
 pub fn judge(extra: &[&str]) -> Result<(), String> {
     run(Command::new(cargo_bin())
-        .args(["run", "--release", "--quiet", "--package", "plover-controller", "--bin", "plover-bench-judge", "--"])
+        .args(["run", "--release", "--quiet", "--package", "plover-sequential", "--bin", "plover-bench-judge", "--"])
         .args(extra))
 }

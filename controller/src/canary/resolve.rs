@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::spec::AnalysisSource;
-use crate::analysis::template::{self, AnalysisSpec, ArgInputs, Document, Secrets, TemplateError};
+use plover_analysis::template::{self, AnalysisSpec, ArgInputs, Document, Secrets, TemplateError};
 
 /// Reads `metadata.name`, `spec.workload.canary` or `metadata.labels['app']` from a JSON object.
 pub fn field_path(object: &Value, path: &str) -> Option<String> {

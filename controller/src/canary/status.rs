@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::analysis::Phase;
+use plover_analysis::Phase;
 
 /// Phase of a canary, in Argo Rollouts' words.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -179,7 +179,7 @@ pub enum EvidenceDecision {
 }
 
 /// The statistics of one look of a canary-versus-stable test (the measurement's value record,
-/// see `controller/ANALYSIS.md`). Counts are cumulative over the run's looks.
+/// see `analysis/ANALYSIS.md`). Counts are cumulative over the run's looks.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EvidenceStatus {

@@ -6,7 +6,7 @@ use std::{fmt, time::Duration};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::spec::*;
-use crate::analysis::duration;
+use plover_analysis::duration;
 
 /// One problem in the spec.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -15,7 +15,7 @@ use std::{
 use serde_json::json;
 
 use super::rfc3339;
-use crate::analysis::{
+use plover_analysis::{
     expr,
     phase::Phase,
     provider::{self, Providers, Settings},
@@ -313,7 +313,7 @@ async fn run_inner(
         .collect();
     let options = RunOptions {
         error_retry_interval: scale(
-            crate::analysis::run::DEFAULT_ERROR_RETRY_INTERVAL,
+            plover_analysis::run::DEFAULT_ERROR_RETRY_INTERVAL,
             opts.time_scale,
         ),
         termination: opts.termination,

@@ -4,11 +4,11 @@
 //! Run: `cargo xtask bench exporter` or
 //! `cargo run --release -p plover-exporter --bin plover-exporter-bench -- [--seconds N] [--series N]`.
 //!
-//! Memory is measured with a counting global allocator: live heap bytes requested, before and
+//! Memory is measured with a counting global allocator (`stats_alloc`): live heap bytes requested, before and
 //! after building the state (malloc's own per-allocation overhead is estimated separately).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::alloc::System;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,50 +19,21 @@ use plover_exporter::Config;
 use plover_wire::batch::{CONTENT_TYPE, INGEST_PATH};
 use plover_wire::histogram::COUNTS_LEN;
 use plover_wire::{Batch, BatchView, Histogram, Role, SeriesDelta, SeriesKey};
+use stats_alloc::{StatsAlloc, INSTRUMENTED_SYSTEM};
 
-/// Counts live heap bytes and allocations.
-struct Counting;
-
-static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
-static LIVE_ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the counters are only
-// bookkeeping.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(layout.size(), Ordering::Relaxed);
-            LIVE_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
-        LIVE_ALLOCATIONS.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(new_size, Ordering::Relaxed);
-            LIVE_BYTES.fetch_sub(layout.size(), Ordering::Relaxed);
-        }
-        p
-    }
-}
-
+/// Counts every allocation (the wrapper forwards each call to the system allocator unchanged).
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 /// glibc's per-chunk overhead, for the "with malloc overhead" estimate.
 const MALLOC_OVERHEAD: usize = 16;
 
 /// Heap in use: (requested bytes, allocations).
 fn heap() -> (usize, usize) {
-    (LIVE_BYTES.load(Ordering::Relaxed), LIVE_ALLOCATIONS.load(Ordering::Relaxed))
+    let stats = ALLOCATOR.stats();
+    let bytes = stats.bytes_allocated as isize - stats.bytes_deallocated as isize + stats.bytes_reallocated;
+    let allocations = stats.allocations.saturating_sub(stats.deallocations);
+    (bytes.max(0) as usize, allocations)
 }
 
 #[derive(Parser, Debug)]

@@ -13,7 +13,7 @@
 //!   under the same conditions (wrk against one Envoy after the other let a noisy second
 //!   land on one variant only).
 //!
-//! While it runs, a 0 µs CPU wake-up latency is requested ([`plover_e2e::latency`]): halted
+//! While it runs, a 0 µs CPU wake-up latency is requested ([`plover_testkit::latency`]): halted
 //! vCPUs of this VM take milliseconds to wake, which would swamp a 100 µs p99 target.
 //!
 //! Medians across rounds (CPU) and quantiles of all samples (latency) are printed with the
@@ -27,10 +27,10 @@
 use std::process::Command;
 use std::time::Duration;
 
-use plover_e2e::backend::{Backend, Behaviour};
-use plover_e2e::envoy::{Envoy, GatewaySpec, Upstream, WasmFilter};
-use plover_e2e::sink::Sink;
-use plover_e2e::tools;
+use plover_testkit::backend::{Backend, Behaviour};
+use plover_testkit::envoy::{Envoy, GatewaySpec, Upstream, WasmFilter};
+use plover_testkit::sink::Sink;
+use plover_testkit::tools;
 
 struct Args {
     rounds: usize,
@@ -283,7 +283,7 @@ fn plover_config_with(changes: &serde_json::Value) -> String {
 
 fn main() {
     let args = parse_args();
-    let awake = plover_e2e::latency::keep_cpus_awake();
+    let awake = plover_testkit::latency::keep_cpus_awake();
     // The backend and this process run on CPU 1, Envoy on CPU 0, so Envoy's CPU time is its own.
     if tools::which("taskset").is_some() {
         let _ = Command::new("taskset")
