@@ -106,7 +106,6 @@ async fn web_post_json_body_and_failures() {
     );
 }
 
-
 #[tokio::test]
 async fn plover_provider_reads_v1_stats() {
     let (url, seen) = serve(Arc::new(|req: &Seen| {
@@ -174,11 +173,7 @@ async fn looks(
     p: &Providers,
     m: &MetricSpec,
     limit: usize,
-) -> (
-    Vec<Phase>,
-    plover_analysis::run::Measurement,
-    u64,
-) {
+) -> (Vec<Phase>, plover_analysis::run::Measurement, u64) {
     let mut phases = Vec::new();
     let mut first_as_of = 0;
     loop {
@@ -303,4 +298,3 @@ fn plover_vs_stable_fields_are_validated() {
     assert!(err("metric: errorRatioVsStable", "    successCondition: result > 1\n")
         .contains("successCondition: provider.plover metric errorRatioVsStable decides each measurement itself"));
 }
-

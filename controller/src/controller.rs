@@ -59,7 +59,9 @@ pub struct Options {
 }
 
 pub async fn run(opts: Options) -> Result<(), ControllerError> {
-    let client = Client::try_default().await.map_err(ControllerError::Client)?;
+    let client = Client::try_default()
+        .await
+        .map_err(ControllerError::Client)?;
     let metrics = Arc::new(Metrics::new());
     let healthy = Arc::new(AtomicBool::new(true));
     let listener = tokio::net::TcpListener::bind(opts.metrics_addr)

@@ -8,9 +8,7 @@ use plover_wire::stats::{StatsResponse, STATS_PATH};
 
 use plover_analysis::provider::BoxFuture;
 
-use crate::{
-    canary::{TrafficCheck, TrafficObservation, WorkloadState, DEFAULT_TRAFFIC_WINDOW},
-};
+use crate::canary::{TrafficCheck, TrafficObservation, WorkloadState, DEFAULT_TRAFFIC_WINDOW};
 
 /// Revision of a pod template: a hash of what promotion copies (`template.spec` and the
 /// template's annotations). Labels are left out on purpose: the stable and canary Deployments

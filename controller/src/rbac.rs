@@ -196,9 +196,9 @@ pub fn required(method: &str, path: &str, query: &str) -> Result<(String, String
 /// Whether `rules` grant the request; the error names the request and the missing rule.
 pub fn check(rules: &[Rule], method: &str, path: &str, query: &str) -> Result<(), String> {
     let (group, resource, verb) = required(method, path, query)?;
-    let granted = rules.iter().any(|r| {
-        r.group == group && r.resource == resource && r.verbs.contains(&verb.as_str())
-    });
+    let granted = rules
+        .iter()
+        .any(|r| r.group == group && r.resource == resource && r.verbs.contains(&verb.as_str()));
     if granted {
         Ok(())
     } else {
@@ -286,7 +286,11 @@ mod tests {
         let need = |m, p, q| required(m, p, q).unwrap();
         let t = |g: &str, r: &str, v: &str| (g.to_owned(), r.to_owned(), v.to_owned());
         assert_eq!(
-            need("GET", "/apis/apps/v1/namespaces/test/deployments/podinfo", ""),
+            need(
+                "GET",
+                "/apis/apps/v1/namespaces/test/deployments/podinfo",
+                ""
+            ),
             t("apps", "deployments", "get")
         );
         assert_eq!(
@@ -294,11 +298,19 @@ mod tests {
             t("plover.dev", "canaries", "list")
         );
         assert_eq!(
-            need("GET", "/apis/plover.dev/v1alpha1/canaries", "watch=true&timeoutSeconds=290"),
+            need(
+                "GET",
+                "/apis/plover.dev/v1alpha1/canaries",
+                "watch=true&timeoutSeconds=290"
+            ),
             t("plover.dev", "canaries", "watch")
         );
         assert_eq!(
-            need("PATCH", "/apis/plover.dev/v1alpha1/namespaces/test/canaries/podinfo/status", ""),
+            need(
+                "PATCH",
+                "/apis/plover.dev/v1alpha1/namespaces/test/canaries/podinfo/status",
+                ""
+            ),
             t("plover.dev", "canaries/status", "patch")
         );
         assert_eq!(
@@ -310,11 +322,27 @@ mod tests {
             t("", "secrets", "get")
         );
         assert_eq!(
-            need("PUT", "/apis/coordination.k8s.io/v1/namespaces/plover-system/leases/plover-controller", ""),
+            need(
+                "PUT",
+                "/apis/coordination.k8s.io/v1/namespaces/plover-system/leases/plover-controller",
+                ""
+            ),
             t("coordination.k8s.io", "leases", "update")
         );
         assert!(required("GET", "/healthz", "").is_err());
-        assert!(check(CLI, "PATCH", "/apis/apps/v1/namespaces/test/deployments/podinfo", "").is_err());
-        assert!(check(CONTROLLER, "PATCH", "/apis/apps/v1/namespaces/test/deployments/podinfo", "").is_ok());
+        assert!(check(
+            CLI,
+            "PATCH",
+            "/apis/apps/v1/namespaces/test/deployments/podinfo",
+            ""
+        )
+        .is_err());
+        assert!(check(
+            CONTROLLER,
+            "PATCH",
+            "/apis/apps/v1/namespaces/test/deployments/podinfo",
+            ""
+        )
+        .is_ok());
     }
 }

@@ -20,11 +20,11 @@ use tokio::task::JoinHandle;
 
 use crate::config::DemoConfig;
 use crate::local::point_at_exporter;
-use plover_testkit::prometheus::Prometheus;
 use crate::DemoError;
 use plover_testkit::backend::Backend;
 use plover_testkit::envoy::{Envoy, FileGatewaySpec, WasmFilter};
 use plover_testkit::http::{client, get};
+use plover_testkit::prometheus::Prometheus;
 
 /// Bearer token between the filter and the exporter (both are ours, on loopback).
 const TOKEN: &str = "plover-demo";

@@ -139,7 +139,10 @@ pub enum ConfigError {
     #[error("the ingest token is empty")]
     EmptyToken,
     #[error("cannot read --token-file {path}: {source}")]
-    TokenFile { path: PathBuf, source: std::io::Error },
+    TokenFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("--{flag}: {reason}")]
     Invalid { flag: &'static str, reason: String },
 }
@@ -161,7 +164,8 @@ impl Config {
         let auth = match (args.insecure_no_auth, args.token_file, args.token) {
             (_, Some(_), Some(_)) => return Err(ConfigError::TwoTokens),
             (_, Some(path), None) => {
-                let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::TokenFile { path, source })?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|source| ConfigError::TokenFile { path, source })?;
                 Auth::Bearer(non_empty(text)?)
             }
             (_, None, Some(token)) => Auth::Bearer(non_empty(token)?),
@@ -169,7 +173,10 @@ impl Config {
             (false, None, None) => return Err(ConfigError::NoToken),
         };
         if args.max_batch_bytes == 0 || args.max_batch_bytes > MAX_BATCH_BYTES {
-            return Err(invalid("max-batch-bytes", format!("must be between 1 and {MAX_BATCH_BYTES}")));
+            return Err(invalid(
+                "max-batch-bytes",
+                format!("must be between 1 and {MAX_BATCH_BYTES}"),
+            ));
         }
         if args.max_window_mib == 0 {
             return Err(invalid("max-window-mib", "must be at least 1".into()));
@@ -185,26 +192,46 @@ impl Config {
                 format!("must be at least --window ({window}s), or windows would lose data early"),
             ));
         }
-        let mut windows = args.windows.split(',').map(|w| seconds("windows", w)).collect::<Result<Vec<_>, _>>()?;
+        let mut windows = args
+            .windows
+            .split(',')
+            .map(|w| seconds("windows", w))
+            .collect::<Result<Vec<_>, _>>()?;
         windows.sort_unstable();
         windows.dedup();
         if let Some(&longest) = windows.last() {
             if longest > window {
-                return Err(invalid("windows", format!("{longest}s is longer than --window ({window}s)")));
+                return Err(invalid(
+                    "windows",
+                    format!("{longest}s is longer than --window ({window}s)"),
+                ));
             }
         }
         let bounds = args
             .duration_buckets
             .split(',')
-            .map(|b| b.trim().parse::<f64>().map_err(|_| invalid("duration-buckets", format!("`{b}` is not a number"))))
+            .map(|b| {
+                b.trim()
+                    .parse::<f64>()
+                    .map_err(|_| invalid("duration-buckets", format!("`{b}` is not a number")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         if bounds.is_empty() || bounds.len() > DurationBuckets::MAX_BOUNDS {
-            return Err(invalid("duration-buckets", format!("give 1 to {} bounds", DurationBuckets::MAX_BOUNDS)));
+            return Err(invalid(
+                "duration-buckets",
+                format!("give 1 to {} bounds", DurationBuckets::MAX_BOUNDS),
+            ));
         }
-        if bounds.iter().any(|b| !b.is_finite() || *b <= 0.0) || bounds.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(invalid("duration-buckets", "bounds must be positive, finite and strictly ascending".into()));
+        if bounds.iter().any(|b| !b.is_finite() || *b <= 0.0)
+            || bounds.windows(2).any(|w| w[0] >= w[1])
+        {
+            return Err(invalid(
+                "duration-buckets",
+                "bounds must be positive, finite and strictly ascending".into(),
+            ));
         }
-        let shutdown_timeout = Duration::from_secs(seconds("shutdown-timeout", &args.shutdown_timeout)?);
+        let shutdown_timeout =
+            Duration::from_secs(seconds("shutdown-timeout", &args.shutdown_timeout)?);
         Ok(Config {
             listen: args.listen,
             auth,
@@ -233,7 +260,12 @@ fn non_empty(token: String) -> Result<String, ConfigError> {
 }
 
 fn seconds(flag: &'static str, text: &str) -> Result<u64, ConfigError> {
-    parse_window_seconds(text).ok_or_else(|| invalid(flag, format!("`{text}` is not a duration like 30s, 5m or 1h")))
+    parse_window_seconds(text).ok_or_else(|| {
+        invalid(
+            flag,
+            format!("`{text}` is not a duration like 30s, 5m or 1h"),
+        )
+    })
 }
 
 fn invalid(flag: &'static str, reason: String) -> ConfigError {
@@ -267,12 +299,18 @@ mod tests {
         let c = parse(&["--token-file", path.to_str().unwrap()]).unwrap();
         assert!(matches!(&c.auth, Auth::Bearer(t) if t == "s3cret"));
         assert!(!format!("{c:?}").contains("s3cret"));
-        assert!(matches!(parse(&["--token-file", "/nonexistent/x"]), Err(ConfigError::TokenFile { .. })));
+        assert!(matches!(
+            parse(&["--token-file", "/nonexistent/x"]),
+            Err(ConfigError::TokenFile { .. })
+        ));
         assert!(matches!(
             parse(&["--token-file", path.to_str().unwrap(), "--token", "x"]),
             Err(ConfigError::TwoTokens)
         ));
-        assert!(matches!(parse(&["--token", "  "]), Err(ConfigError::EmptyToken)));
+        assert!(matches!(
+            parse(&["--token", "  "]),
+            Err(ConfigError::EmptyToken)
+        ));
     }
 
     #[test]

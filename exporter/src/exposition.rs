@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use plover_wire::labels;
 use plover_wire::Role;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabel, EncodeLabelSet, LabelSetEncoder, NoLabelSet};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabel, EncodeLabelSet, LabelSetEncoder, NoLabelSet,
+};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
@@ -22,7 +24,13 @@ use crate::store::{Durations, Outcome, Store, StoreCounters};
 use crate::window::{Accumulator, Summary};
 
 /// Quantiles exposed by `plover_request_duration_window_seconds`, with their label values.
-pub const QUANTILES: [(f64, &str); 5] = [(0.5, "0.5"), (0.9, "0.9"), (0.95, "0.95"), (0.99, "0.99"), (0.999, "0.999")];
+pub const QUANTILES: [(f64, &str); 5] = [
+    (0.5, "0.5"),
+    (0.9, "0.9"),
+    (0.95, "0.95"),
+    (0.99, "0.99"),
+    (0.999, "0.999"),
+];
 
 /// Renders the store on each scrape.
 #[derive(Debug)]
@@ -39,7 +47,12 @@ impl StoreCollector {
     /// `clock` returns the current Unix time in milliseconds.
     pub fn new(store: Arc<Mutex<Store>>, windows: Vec<u64>, clock: fn() -> u64) -> Self {
         let window_labels = windows.iter().map(|&w| window_label(w)).collect();
-        StoreCollector { store, windows, window_labels, clock }
+        StoreCollector {
+            store,
+            windows,
+            window_labels,
+            clock,
+        }
     }
 }
 
@@ -95,7 +108,15 @@ impl StoreCollector {
                 counters: store.counters(),
             };
             let bounds = store.config().buckets.bounds().to_vec();
-            (Snapshot { routes, services: Vec::new(), bounds, health }, services)
+            (
+                Snapshot {
+                    routes,
+                    services: Vec::new(),
+                    bounds,
+                    health,
+                },
+                services,
+            )
         };
         if self.windows.is_empty() {
             return snapshot;
@@ -105,7 +126,9 @@ impl StoreCollector {
         for (namespace, service) in services {
             let store = self.lock();
             // Gone since the first copy (expired): nothing to show.
-            let Some(data) = store.service(&namespace, &service) else { continue };
+            let Some(data) = store.service(&namespace, &service) else {
+                continue;
+            };
             let revisions: Vec<_> = data
                 .windows(newest, &self.windows, &mut acc)
                 .into_iter()
@@ -113,9 +136,19 @@ impl StoreCollector {
                 .collect();
             drop(store);
             let totals: Vec<u64> = (0..self.windows.len())
-                .map(|w| revisions.iter().map(|r| r.2[w].requests()).fold(0, u64::saturating_add))
+                .map(|w| {
+                    revisions
+                        .iter()
+                        .map(|r| r.2[w].requests())
+                        .fold(0, u64::saturating_add)
+                })
                 .collect();
-            snapshot.services.push(ServiceWindows { namespace, service, revisions, totals });
+            snapshot.services.push(ServiceWindows {
+                namespace,
+                service,
+                revisions,
+                totals,
+            });
         }
         snapshot
     }
@@ -256,24 +289,40 @@ fn for_each_route<'s>(
 type CounterFamily<T> = (&'static str, &'static str, fn(&T) -> u64);
 
 fn encode_series(snapshot: &Snapshot, encoder: &mut DescriptorEncoder) -> fmt::Result {
-    let mut family =
-        encoder.encode_descriptor("plover_requests", "Requests completed, by series.", None, MetricType::Counter)?;
+    let mut family = encoder.encode_descriptor(
+        "plover_requests",
+        "Requests completed, by series.",
+        None,
+        MetricType::Counter,
+    )?;
     for_each_route(snapshot, |path, route| {
         for (outcome, requests) in &route.outcomes {
             let labels = SeriesLabels { path, outcome };
-            family.encode_family(&labels)?.encode_counter::<NoLabelSet, _, u64>(requests, None)?;
+            family
+                .encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(requests, None)?;
         }
         Ok(())
     })?;
 
     let bytes: [CounterFamily<RouteRow>; 2] = [
-        ("plover_request_bytes", "Request body bytes received from clients, by route.", |r| r.request_bytes),
-        ("plover_response_bytes", "Response body bytes sent to clients, by route.", |r| r.response_bytes),
+        (
+            "plover_request_bytes",
+            "Request body bytes received from clients, by route.",
+            |r| r.request_bytes,
+        ),
+        (
+            "plover_response_bytes",
+            "Response body bytes sent to clients, by route.",
+            |r| r.response_bytes,
+        ),
     ];
     for (name, help, value) in bytes {
         let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
         for_each_route(snapshot, |path, route| {
-            family.encode_family(&path)?.encode_counter::<NoLabelSet, _, u64>(&value(route), None)
+            family
+                .encode_family(&path)?
+                .encode_counter::<NoLabelSet, _, u64>(&value(route), None)
         })?;
     }
 
@@ -286,10 +335,23 @@ fn encode_series(snapshot: &Snapshot, encoder: &mut DescriptorEncoder) -> fmt::R
     let bounds = &snapshot.bounds;
     let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(bounds.len() + 1);
     for_each_route(snapshot, |path, route| {
-        let Some(d): Option<&Durations> = route.durations.as_ref() else { return Ok(()) };
+        let Some(d): Option<&Durations> = route.durations.as_ref() else {
+            return Ok(());
+        };
         buckets.clear();
-        buckets.extend(bounds.iter().copied().chain([f64::INFINITY]).zip(d.buckets.iter().copied()));
-        family.encode_family(&path)?.encode_histogram::<NoLabelSet>(d.sum_seconds, d.count, &buckets, None)
+        buckets.extend(
+            bounds
+                .iter()
+                .copied()
+                .chain([f64::INFINITY])
+                .zip(d.buckets.iter().copied()),
+        );
+        family.encode_family(&path)?.encode_histogram::<NoLabelSet>(
+            d.sum_seconds,
+            d.count,
+            &buckets,
+            None,
+        )
     })
 }
 
@@ -326,7 +388,9 @@ fn encode_windows(
         for s in &snapshot.services {
             for (revision, role, summaries) in &s.revisions {
                 for (w, summary) in summaries.iter().enumerate() {
-                    let Some(v) = value(summary, windows[w], s.totals[w]) else { continue };
+                    let Some(v) = value(summary, windows[w], s.totals[w]) else {
+                        continue;
+                    };
                     let labels = WindowLabels {
                         namespace: &s.namespace,
                         service: &s.service,
@@ -351,7 +415,9 @@ fn encode_windows(
         for (revision, role, summaries) in &s.revisions {
             for (w, summary) in summaries.iter().enumerate() {
                 for (q, label) in QUANTILES {
-                    let Some(micros) = summary.histogram.value_at_quantile(q) else { continue };
+                    let Some(micros) = summary.histogram.value_at_quantile(q) else {
+                        continue;
+                    };
                     let labels = WindowLabels {
                         namespace: &s.namespace,
                         service: &s.service,
@@ -360,7 +426,9 @@ fn encode_windows(
                         window: &window_labels[w],
                         quantile: Some(label),
                     };
-                    family.encode_family(&labels)?.encode_gauge(&(micros as f64 / 1e6))?;
+                    family
+                        .encode_family(&labels)?
+                        .encode_gauge(&(micros as f64 / 1e6))?;
                 }
             }
         }
@@ -370,15 +438,24 @@ fn encode_windows(
 
 fn encode_health(health: &Health, encoder: &mut DescriptorEncoder) -> fmt::Result {
     let counters = health.counters;
-    let gauge = |encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64| -> fmt::Result {
-        encoder.encode_descriptor(name, help, None, MetricType::Gauge)?.encode_gauge(&value)
-    };
-    let counter = |encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64| -> fmt::Result {
-        encoder
-            .encode_descriptor(name, help, None, MetricType::Counter)?
-            .encode_counter::<NoLabelSet, _, u64>(&value, None)
-    };
-    gauge(encoder, "plover_exporter_active_series", "Series currently held.", health.series as i64)?;
+    let gauge =
+        |encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64| -> fmt::Result {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Gauge)?
+                .encode_gauge(&value)
+        };
+    let counter =
+        |encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64| -> fmt::Result {
+            encoder
+                .encode_descriptor(name, help, None, MetricType::Counter)?
+                .encode_counter::<NoLabelSet, _, u64>(&value, None)
+        };
+    gauge(
+        encoder,
+        "plover_exporter_active_series",
+        "Series currently held.",
+        health.series as i64,
+    )?;
     gauge(
         encoder,
         "plover_exporter_active_senders",

@@ -61,16 +61,28 @@ struct App {
 
 /// Current Unix time in milliseconds.
 pub fn unix_now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Serves on `listener` until `shutdown` completes, then stops accepting, lets in-flight
 /// requests (an ingest in particular) finish for up to `config.shutdown_timeout`, and returns.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     let store = Arc::new(Mutex::new(Store::new(config.store.clone())));
-    let (registry, ingest_metrics) = metrics::registry(store.clone(), config.windows.clone(), unix_now_ms);
+    let (registry, ingest_metrics) =
+        metrics::registry(store.clone(), config.windows.clone(), unix_now_ms);
     let app = Arc::new(App {
-        ingest: Ingest::new(config.auth.clone(), config.max_batch_bytes, store.clone(), unix_now_ms),
+        ingest: Ingest::new(
+            config.auth.clone(),
+            config.max_batch_bytes,
+            store.clone(),
+            unix_now_ms,
+        ),
         store: store.clone(),
         ingest_metrics,
         registry,
@@ -82,7 +94,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let housekeeping = tokio::spawn(housekeeping(store));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
 
     tokio::pin!(shutdown);
     loop {
@@ -114,7 +127,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     app.ready.store(false, Ordering::SeqCst);
     drop(listener);
     info!("Shutting down: finishing in-flight requests.");
-    if tokio::time::timeout(config.shutdown_timeout, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(config.shutdown_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
         warn!(timeout = ?config.shutdown_timeout, "Shutdown timed out; closing the remaining connections.");
     }
     housekeeping.abort();
@@ -128,7 +144,10 @@ async fn housekeeping(store: Arc<Mutex<Store>>) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        store.lock().unwrap_or_else(|e| e.into_inner()).tick(unix_now_ms());
+        store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tick(unix_now_ms());
     }
 }
 
@@ -140,7 +159,9 @@ impl App {
             (&Method::GET, METRICS_PATH) => self.metrics().await,
             (&Method::GET, STATS_PATH) => self.stats(request.uri().query()),
             (&Method::GET, HEALTHZ_PATH) => text(StatusCode::OK, "ok\n"),
-            (&Method::GET, READYZ_PATH) if self.ready.load(Ordering::SeqCst) => text(StatusCode::OK, "ready\n"),
+            (&Method::GET, READYZ_PATH) if self.ready.load(Ordering::SeqCst) => {
+                text(StatusCode::OK, "ready\n")
+            }
             (&Method::GET, READYZ_PATH) => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
             (_, INGEST_PATH) => not_allowed("POST"),
             (_, METRICS_PATH | STATS_PATH | HEALTHZ_PATH | READYZ_PATH) => not_allowed("GET"),
@@ -153,10 +174,16 @@ impl App {
         let result = self.ingest.handle(request).await;
         self.ingest_metrics.observe(started.elapsed().as_secs_f64());
         match result {
-            Ok(Applied::Merged { series, series_rejected }) => {
+            Ok(Applied::Merged {
+                series,
+                series_rejected,
+            }) => {
                 self.ingest_metrics.accepted();
                 if series_rejected > 0 {
-                    warn!(series, series_rejected, "Series refused: --max-series reached.");
+                    warn!(
+                        series,
+                        series_rejected, "Series refused: --max-series reached."
+                    );
                 }
                 text(StatusCode::OK, "applied\n")
             }
@@ -167,12 +194,16 @@ impl App {
             Err(error) => {
                 self.ingest_metrics.rejected(error.reason());
                 match &error {
-                    IngestError::Unauthorized | IngestError::Body(_) => debug!(%error, "Batch refused."),
+                    IngestError::Unauthorized | IngestError::Body(_) => {
+                        debug!(%error, "Batch refused.")
+                    }
                     _ => warn!(%error, "Batch refused."),
                 }
                 let mut response = text(error.status(), &format!("{error}\n"));
                 if matches!(error, IngestError::Unauthorized) {
-                    response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                    response
+                        .headers_mut()
+                        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 }
                 response
             }
@@ -189,10 +220,15 @@ impl App {
         match rendered {
             Ok(Ok(body)) => {
                 let mut response = Response::new(Full::new(Bytes::from(body)));
-                response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
                 response
             }
-            _ => text(StatusCode::INTERNAL_SERVER_ERROR, "rendering metrics failed\n"),
+            _ => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "rendering metrics failed\n",
+            ),
         }
     }
 
@@ -208,10 +244,15 @@ impl App {
         match serde_json::to_vec(&answer) {
             Ok(json) => {
                 let mut response = Response::new(Full::new(Bytes::from(json)));
-                response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 response
             }
-            Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "encoding the answer failed\n"),
+            Err(_) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding the answer failed\n",
+            ),
         }
     }
 }
@@ -219,12 +260,17 @@ impl App {
 fn text(status: StatusCode, body: &str) -> Response<Body> {
     let mut response = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
 fn not_allowed(allow: &'static str) -> Response<Body> {
     let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-    response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
     response
 }

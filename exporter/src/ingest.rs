@@ -75,7 +75,9 @@ impl IngestError {
         match self {
             IngestError::Unauthorized => "unauthorized",
             IngestError::UnsupportedMediaType => "unsupported_media_type",
-            IngestError::TooLarge { .. } | IngestError::Decode(WireError::TooLarge { .. }) => "too_large",
+            IngestError::TooLarge { .. } | IngestError::Decode(WireError::TooLarge { .. }) => {
+                "too_large"
+            }
             IngestError::Decode(_) | IngestError::Invalid(_) => "malformed",
             IngestError::Body(_) => "body",
         }
@@ -92,8 +94,18 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    pub fn new(auth: Auth, max_batch_bytes: usize, store: Arc<Mutex<Store>>, clock: fn() -> u64) -> Self {
-        Ingest { auth, max_batch_bytes, store, clock }
+    pub fn new(
+        auth: Auth,
+        max_batch_bytes: usize,
+        store: Arc<Mutex<Store>>,
+        clock: fn() -> u64,
+    ) -> Self {
+        Ingest {
+            auth,
+            max_batch_bytes,
+            store,
+            clock,
+        }
     }
 
     /// Handles one batch request end to end.
@@ -104,9 +116,14 @@ impl Ingest {
     {
         self.authorize(request.headers())?;
         check_content_type(request.headers())?;
-        let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let declared = request
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.max_batch_bytes as u64) {
-            return Err(IngestError::TooLarge { limit: self.max_batch_bytes });
+            return Err(IngestError::TooLarge {
+                limit: self.max_batch_bytes,
+            });
         }
         let body = self.read_body(request.into_body()).await?;
         self.apply_body(&body)
@@ -127,7 +144,11 @@ impl Ingest {
         })
     }
 
-    fn decode_and_apply(&self, body: &[u8], buffers: &mut DecodeBuffers) -> Result<Applied, IngestError> {
+    fn decode_and_apply(
+        &self,
+        body: &[u8],
+        buffers: &mut DecodeBuffers,
+    ) -> Result<Applied, IngestError> {
         let batch = BatchView::decode_with(body, buffers)?;
         let now_ms = (self.clock)();
         let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
@@ -136,7 +157,9 @@ impl Ingest {
 
     /// Checks `authorization: Bearer <token>` in constant time (for equal lengths).
     pub fn authorize(&self, headers: &HeaderMap) -> Result<(), IngestError> {
-        let Auth::Bearer(expected) = &self.auth else { return Ok(()) };
+        let Auth::Bearer(expected) = &self.auth else {
+            return Ok(());
+        };
         let given = headers
             .get(AUTHORIZATION)
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
@@ -158,7 +181,9 @@ impl Ingest {
             Err(_) => Err(IngestError::Body("timed out".into())),
             Ok(Ok(collected)) => Ok(collected.to_bytes()),
             Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-                Err(IngestError::TooLarge { limit: self.max_batch_bytes })
+                Err(IngestError::TooLarge {
+                    limit: self.max_batch_bytes,
+                })
             }
             Ok(Err(e)) => Err(IngestError::Body(e.to_string())),
         }
@@ -167,7 +192,10 @@ impl Ingest {
 
 /// Accepts the batch media type, with or without parameters.
 fn check_content_type(headers: &HeaderMap) -> Result<(), IngestError> {
-    let value = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let value = headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let media_type = value.split(';').next().unwrap_or("").trim();
     if media_type.eq_ignore_ascii_case(BATCH_CONTENT_TYPE) {
         Ok(())

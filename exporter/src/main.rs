@@ -30,7 +30,9 @@ async fn main() -> anyhow::Result<()> {
     if matches!(config.auth, plover_exporter::config::Auth::Disabled) {
         tracing::warn!("Ingest is not authenticated (--insecure-no-auth).");
     }
-    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
     plover_exporter::run(config, listener, shutdown_signal()).await?;
     Ok(())
 }
@@ -42,8 +44,14 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
     let layer = tracing_subscriber::fmt::layer().with_target(false);
     match format {
-        LogFormat::Text => tracing_subscriber::registry().with(filter).with(layer).init(),
-        LogFormat::Json => tracing_subscriber::registry().with(filter).with(layer.json()).init(),
+        LogFormat::Text => tracing_subscriber::registry()
+            .with(filter)
+            .with(layer)
+            .init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(filter)
+            .with(layer.json())
+            .init(),
     }
 }
 

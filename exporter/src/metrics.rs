@@ -37,7 +37,11 @@ impl IngestMetrics {
             // 50 µs … ~1.6 s: decoding and merging a batch normally takes well under a millisecond.
             duration: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
         };
-        registry.register("plover_exporter_batches_accepted", "Batches merged", metrics.accepted.clone());
+        registry.register(
+            "plover_exporter_batches_accepted",
+            "Batches merged",
+            metrics.accepted.clone(),
+        );
         registry.register(
             "plover_exporter_batches_duplicate",
             "Batches acknowledged but ignored because they were already applied (retransmits)",
@@ -75,7 +79,11 @@ impl IngestMetrics {
 }
 
 /// Builds the registry: ingest metrics plus the store collector.
-pub fn registry(store: Arc<Mutex<Store>>, windows: Vec<u64>, clock: fn() -> u64) -> (Registry, IngestMetrics) {
+pub fn registry(
+    store: Arc<Mutex<Store>>,
+    windows: Vec<u64>,
+    clock: fn() -> u64,
+) -> (Registry, IngestMetrics) {
     let mut registry = Registry::default();
     let ingest = IngestMetrics::register(&mut registry);
     registry.register_collector(Box::new(StoreCollector::new(store, windows, clock)));

@@ -46,8 +46,12 @@ impl StatsQuery {
                 return Err(StatsError::Repeated(key.into_owned()));
             }
         }
-        let namespace = namespace.filter(|s| !s.is_empty()).ok_or(StatsError::Missing("namespace"))?;
-        let service = service.filter(|s| !s.is_empty()).ok_or(StatsError::Missing("service"))?;
+        let namespace = namespace
+            .filter(|s| !s.is_empty())
+            .ok_or(StatsError::Missing("namespace"))?;
+        let service = service
+            .filter(|s| !s.is_empty())
+            .ok_or(StatsError::Missing("service"))?;
         let window = window.ok_or(StatsError::Missing("window"))?;
         let window_seconds = parse_window_seconds(&window).ok_or_else(|| StatsError::Invalid {
             param: "window",
@@ -59,7 +63,11 @@ impl StatsQuery {
                 reason: format!("{window_seconds}s is longer than the {retained}s this exporter keeps (--window)"),
             });
         }
-        Ok(StatsQuery { namespace, service, window_seconds })
+        Ok(StatsQuery {
+            namespace,
+            service,
+            window_seconds,
+        })
     }
 }
 
@@ -73,14 +81,21 @@ pub fn answer(store: &Store, query: &StatsQuery, now_ms: u64) -> StatsResponse {
         as_of_unix_ms: (newest + 1) * 1000,
         revisions: Vec::new(),
     };
-    let Some(service) = store.service(&query.namespace, &query.service) else { return response };
+    let Some(service) = store.service(&query.namespace, &query.service) else {
+        return response;
+    };
     let mut acc = Accumulator::default();
     let revisions = service.windows(newest, &[query.window_seconds], &mut acc);
-    let total = revisions.iter().map(|r| r.summaries[0].requests()).fold(0, u64::saturating_add);
+    let total = revisions
+        .iter()
+        .map(|r| r.summaries[0].requests())
+        .fold(0, u64::saturating_add);
     for r in revisions {
         let summary = &r.summaries[0];
         response.window_seconds = response.window_seconds.max(summary.covered_seconds);
-        response.revisions.push(revision_stats(r.revision, r.role.as_str(), summary, total));
+        response
+            .revisions
+            .push(revision_stats(r.revision, r.role.as_str(), summary, total));
     }
     response
 }
@@ -96,7 +111,11 @@ fn revision_stats(revision: &str, role: &str, s: &Summary, service_total: u64) -
         errors,
         success_ratio: (requests > 0).then(|| 1.0 - errors as f64 / requests as f64),
         request_rate: requests as f64 / seconds,
-        traffic_share: if service_total > 0 { requests as f64 / service_total as f64 } else { 0.0 },
+        traffic_share: if service_total > 0 {
+            requests as f64 / service_total as f64
+        } else {
+            0.0
+        },
         by_status_class: StatusClass::ALL
             .iter()
             .zip(s.counts)
@@ -128,18 +147,43 @@ mod tests {
     #[test]
     fn queries_name_the_bad_parameter() {
         let ok = StatsQuery::parse(Some("namespace=demo&service=app&window=30s"), 600).unwrap();
-        assert_eq!(ok, StatsQuery { namespace: "demo".into(), service: "app".into(), window_seconds: 30 });
-        assert_eq!(StatsQuery::parse(Some("service=app&window=30s"), 600), Err(StatsError::Missing("namespace")));
-        assert_eq!(StatsQuery::parse(None, 600), Err(StatsError::Missing("namespace")));
-        assert_eq!(StatsQuery::parse(Some("namespace=demo&window=1m"), 600), Err(StatsError::Missing("service")));
-        assert_eq!(StatsQuery::parse(Some("namespace=demo&service=app"), 600), Err(StatsError::Missing("window")));
+        assert_eq!(
+            ok,
+            StatsQuery {
+                namespace: "demo".into(),
+                service: "app".into(),
+                window_seconds: 30
+            }
+        );
+        assert_eq!(
+            StatsQuery::parse(Some("service=app&window=30s"), 600),
+            Err(StatsError::Missing("namespace"))
+        );
+        assert_eq!(
+            StatsQuery::parse(None, 600),
+            Err(StatsError::Missing("namespace"))
+        );
+        assert_eq!(
+            StatsQuery::parse(Some("namespace=demo&window=1m"), 600),
+            Err(StatsError::Missing("service"))
+        );
+        assert_eq!(
+            StatsQuery::parse(Some("namespace=demo&service=app"), 600),
+            Err(StatsError::Missing("window"))
+        );
         assert!(matches!(
             StatsQuery::parse(Some("namespace=demo&service=app&window=abc"), 600),
-            Err(StatsError::Invalid { param: "window", .. })
+            Err(StatsError::Invalid {
+                param: "window",
+                ..
+            })
         ));
         assert!(matches!(
             StatsQuery::parse(Some("namespace=demo&service=app&window=11m"), 600),
-            Err(StatsError::Invalid { param: "window", .. })
+            Err(StatsError::Invalid {
+                param: "window",
+                ..
+            })
         ));
         assert_eq!(
             StatsQuery::parse(Some("namespace=a&namespace=b&service=app&window=1m"), 600),
@@ -149,7 +193,11 @@ mod tests {
             StatsQuery::parse(Some("namespace=a&service=app&window=1m&x=1"), 600),
             Err(StatsError::Unknown("x".into()))
         );
-        let encoded = StatsQuery::parse(Some("namespace=my%20ns&service=a%2Bb&window=10m"), 600).unwrap();
-        assert_eq!((encoded.namespace.as_str(), encoded.service.as_str()), ("my ns", "a+b"));
+        let encoded =
+            StatsQuery::parse(Some("namespace=my%20ns&service=a%2Bb&window=10m"), 600).unwrap();
+        assert_eq!(
+            (encoded.namespace.as_str(), encoded.service.as_str()),
+            ("my ns", "a+b")
+        );
     }
 }

@@ -37,7 +37,10 @@ pub enum StoreError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     /// Merged; `series_rejected` series were refused by the cardinality guard.
-    Merged { series: usize, series_rejected: usize },
+    Merged {
+        series: usize,
+        series_rejected: usize,
+    },
     /// Already applied (a retransmit): acknowledged and ignored.
     Duplicate,
 }
@@ -150,12 +153,21 @@ impl DurationBuckets {
 
     /// `bounds` in seconds, ascending, positive and finite (checked by the config).
     pub fn new(bounds: Vec<f64>) -> Self {
-        let limits: Vec<u16> = bounds.iter().map(|&b| index_of((b * 1e6).round() as u64)).collect();
-        let bucket_of =
-            (0..COUNTS_LEN as u16).map(|i| limits.iter().position(|&l| i <= l).unwrap_or(limits.len()) as u8).collect();
-        let midpoint =
-            (0..COUNTS_LEN as u16).map(|i| (lowest_value_at(i) + highest_value_at(i)) as f64 / 2.0 / 1e6).collect();
-        DurationBuckets { bounds, bucket_of, midpoint }
+        let limits: Vec<u16> = bounds
+            .iter()
+            .map(|&b| index_of((b * 1e6).round() as u64))
+            .collect();
+        let bucket_of = (0..COUNTS_LEN as u16)
+            .map(|i| limits.iter().position(|&l| i <= l).unwrap_or(limits.len()) as u8)
+            .collect();
+        let midpoint = (0..COUNTS_LEN as u16)
+            .map(|i| (lowest_value_at(i) + highest_value_at(i)) as f64 / 2.0 / 1e6)
+            .collect();
+        DurationBuckets {
+            bounds,
+            bucket_of,
+            midpoint,
+        }
     }
 
     pub fn bounds(&self) -> &[f64] {
@@ -165,15 +177,20 @@ impl DurationBuckets {
 
 impl Durations {
     fn new(buckets: &DurationBuckets) -> Self {
-        Durations { buckets: vec![0; buckets.bounds.len() + 1].into(), count: 0, sum_seconds: 0.0 }
+        Durations {
+            buckets: vec![0; buckets.bounds.len() + 1].into(),
+            count: 0,
+            sum_seconds: 0.0,
+        }
     }
 
     /// Adds a histogram's `(index, count)` pairs.
     fn record(&mut self, bins: &[(u16, u64)], buckets: &DurationBuckets) {
         for &(index, count) in bins {
-            let (Some(&bucket), Some(&midpoint)) =
-                (buckets.bucket_of.get(usize::from(index)), buckets.midpoint.get(usize::from(index)))
-            else {
+            let (Some(&bucket), Some(&midpoint)) = (
+                buckets.bucket_of.get(usize::from(index)),
+                buckets.midpoint.get(usize::from(index)),
+            ) else {
                 continue; // impossible: indices were validated when the batch was decoded
             };
             if let Some(b) = self.buckets.get_mut(usize::from(bucket)) {
@@ -201,8 +218,15 @@ impl SequenceRecord {
     fn mark(&mut self, sequence: u64) -> bool {
         if sequence > self.highest {
             let shift = sequence - self.highest;
-            let moved = self.below.checked_shl(shift as u32).filter(|_| shift < 128).unwrap_or(0);
-            let old_highest = 1u128.checked_shl((shift - 1) as u32).filter(|_| shift <= 128).unwrap_or(0);
+            let moved = self
+                .below
+                .checked_shl(shift as u32)
+                .filter(|_| shift < 128)
+                .unwrap_or(0);
+            let old_highest = 1u128
+                .checked_shl((shift - 1) as u32)
+                .filter(|_| shift <= 128)
+                .unwrap_or(0);
             self.below = moved | if self.highest > 0 { old_highest } else { 0 };
             self.highest = sequence;
             return true;
@@ -253,14 +277,28 @@ impl Store {
         if batch.sequence == 0 {
             return Err(StoreError::ZeroSequence);
         }
-        let record = self.senders.entry_ref(batch.gateway).or_default().entry_ref(batch.instance).or_default();
+        let record = self
+            .senders
+            .entry_ref(batch.gateway)
+            .or_default()
+            .entry_ref(batch.instance)
+            .or_default();
         record.last_seen_ms = now_ms;
         if !record.mark(batch.sequence) {
             return Ok(Applied::Duplicate);
         }
-        self.counters.dropped_requests = self.counters.dropped_requests.saturating_add(batch.dropped_requests);
+        self.counters.dropped_requests = self
+            .counters
+            .dropped_requests
+            .saturating_add(batch.dropped_requests);
         let second = self.slot_second(batch.end_unix_ms, now_ms);
-        let Store { config, namespaces, series: held, counters, .. } = self;
+        let Store {
+            config,
+            namespaces,
+            series: held,
+            counters,
+            ..
+        } = self;
         let mut series = 0;
         let mut series_rejected = 0;
         // A decoded batch is sorted by namespace then service, and equal labels share one
@@ -271,21 +309,38 @@ impl Store {
         let mut next = all.next();
         while let Some(first) = next.take() {
             let (namespace, name) = (first.key.namespace, first.key.service);
-            let mut service = match namespaces.get_mut(namespace).and_then(|services| services.get_mut(name)) {
+            let mut service = match namespaces
+                .get_mut(namespace)
+                .and_then(|services| services.get_mut(name))
+            {
                 Some(service) => Some(service),
                 // At the limit every series of an unknown service would be new: refuse them
                 // without creating the service.
                 None if *held >= config.max_series => None,
-                None => Some(namespaces.entry_ref(namespace).or_default().entry_ref(name).or_default()),
+                None => Some(
+                    namespaces
+                        .entry_ref(namespace)
+                        .or_default()
+                        .entry_ref(name)
+                        .or_default(),
+                ),
             };
             let mut delta = first;
             loop {
-                match service.as_deref_mut().map(|s| s.apply_series(delta, second, now_ms, config, held)) {
+                match service
+                    .as_deref_mut()
+                    .map(|s| s.apply_series(delta, second, now_ms, config, held))
+                {
                     Some(true) => series += 1,
                     _ => series_rejected += 1,
                 }
                 match all.next() {
-                    Some(d) if same_label(d.key.namespace, namespace) && same_label(d.key.service, name) => delta = d,
+                    Some(d)
+                        if same_label(d.key.namespace, namespace)
+                            && same_label(d.key.service, name) =>
+                    {
+                        delta = d
+                    }
                     other => {
                         next = other;
                         break;
@@ -294,7 +349,10 @@ impl Store {
             }
         }
         counters.series_rejected += series_rejected as u64;
-        Ok(Applied::Merged { series, series_rejected })
+        Ok(Applied::Merged {
+            series,
+            series_rejected,
+        })
     }
 
     /// The second a batch ending at `end_ms` belongs to: the one containing its last
@@ -307,8 +365,19 @@ impl Store {
     }
 
     #[cfg(test)]
-    fn revision(&self, namespace: &str, service: &str, revision: &str, role: Role) -> Option<&Revision> {
-        self.namespaces.get(namespace)?.get(service)?.revisions.get(revision)?[role as usize].as_deref()
+    fn revision(
+        &self,
+        namespace: &str,
+        service: &str,
+        revision: &str,
+        role: Role,
+    ) -> Option<&Revision> {
+        self.namespaces
+            .get(namespace)?
+            .get(service)?
+            .revisions
+            .get(revision)?[role as usize]
+            .as_deref()
     }
 
     /// Housekeeping, once a second: packs complete seconds, drops seconds older than the window,
@@ -326,7 +395,10 @@ impl Store {
             .flat_map(|service| service.revisions.values())
             .map(|roles| roles.iter().filter(|r| r.is_some()).count())
             .sum();
-        let budget = self.config.window_budget_bytes.min(self.config.max_window_bytes / revisions.max(1));
+        let budget = self
+            .config
+            .window_budget_bytes
+            .min(self.config.max_window_bytes / revisions.max(1));
         for services in self.namespaces.values_mut() {
             for service in services.values_mut() {
                 for roles in service.revisions.values_mut() {
@@ -347,7 +419,9 @@ impl Store {
                         }
                     }
                 }
-                service.revisions.retain(|_, roles| roles.iter().any(Option::is_some));
+                service
+                    .revisions
+                    .retain(|_, roles| roles.iter().any(Option::is_some));
             }
             services.retain(|_, s| !s.revisions.is_empty());
         }
@@ -363,9 +437,11 @@ impl Store {
 
     /// Every service, as (namespace, service, data).
     pub fn services(&self) -> impl Iterator<Item = (&str, &str, &Service)> {
-        self.namespaces
-            .iter()
-            .flat_map(|(ns, services)| services.iter().map(move |(name, s)| (ns.as_str(), name.as_str(), s)))
+        self.namespaces.iter().flat_map(|(ns, services)| {
+            services
+                .iter()
+                .map(move |(name, s)| (ns.as_str(), name.as_str(), s))
+        })
     }
 
     /// One service, if anything was seen for it.
@@ -380,7 +456,10 @@ impl Store {
 
     /// Heap bytes held by all windows (an estimate that leaves out map overheads).
     pub fn window_heap_bytes(&self) -> usize {
-        self.services().flat_map(|(_, _, s)| s.revisions()).map(|(_, _, r)| r.window.heap_bytes()).sum()
+        self.services()
+            .flat_map(|(_, _, s)| s.revisions())
+            .map(|(_, _, r)| r.window.heap_bytes())
+            .sum()
     }
 }
 
@@ -402,12 +481,14 @@ impl Service {
             grpc_status: key.grpc_status,
             upstream_failure: key.upstream_failure,
         };
-        if *held >= config.max_series && !self.contains(key.revision, key.role, key.route, &outcome) {
+        if *held >= config.max_series && !self.contains(key.revision, key.role, key.route, &outcome)
+        {
             return false;
         }
         let roles = self.revisions.entry_ref(key.revision).or_default();
         let rev = roles[key.role as usize].get_or_insert_with(Default::default);
-        rev.window.record(second, key.status_class, delta.requests, delta.duration);
+        rev.window
+            .record(second, key.status_class, delta.requests, delta.duration);
         let route = rev.routes.entry_ref(key.route).or_default();
         let totals = route.outcomes.entry(outcome).or_insert_with(|| {
             *held += 1;
@@ -418,7 +499,9 @@ impl Service {
         route.request_bytes = route.request_bytes.saturating_add(delta.request_bytes);
         route.response_bytes = route.response_bytes.saturating_add(delta.response_bytes);
         if !delta.duration.is_empty() {
-            let durations = route.durations.get_or_insert_with(|| Box::new(Durations::new(&config.buckets)));
+            let durations = route
+                .durations
+                .get_or_insert_with(|| Box::new(Durations::new(&config.buckets)));
             durations.record(delta.duration, &config.buckets);
         }
         true
@@ -438,7 +521,10 @@ impl Service {
             .revisions
             .iter()
             .flat_map(|(name, roles)| {
-                Role::ALL.into_iter().zip(roles).filter_map(move |(role, r)| Some((name.as_str(), role, r.as_deref()?)))
+                Role::ALL
+                    .into_iter()
+                    .zip(roles)
+                    .filter_map(move |(role, r)| Some((name.as_str(), role, r.as_deref()?)))
             })
             .collect();
         all.sort_by(|a, b| (a.1, a.0).cmp(&(b.1, b.0)));
@@ -447,12 +533,23 @@ impl Service {
 
     /// Windowed answers for every revision: `windows` are lengths in seconds (ascending),
     /// all ending at second `newest`.
-    pub fn windows(&self, newest: u64, windows: &[u64], acc: &mut Accumulator) -> Vec<RevisionWindows<'_>> {
+    pub fn windows(
+        &self,
+        newest: u64,
+        windows: &[u64],
+        acc: &mut Accumulator,
+    ) -> Vec<RevisionWindows<'_>> {
         self.revisions()
             .map(|(revision, role, rev)| {
                 let mut summaries = vec![Summary::default(); windows.len()];
-                rev.window.fold_windows(newest, windows, acc, |i, a| summaries[i] = a.summary(newest, windows[i]));
-                RevisionWindows { revision, role, summaries }
+                rev.window.fold_windows(newest, windows, acc, |i, a| {
+                    summaries[i] = a.summary(newest, windows[i])
+                });
+                RevisionWindows {
+                    revision,
+                    role,
+                    summaries,
+                }
             })
             .collect()
     }
@@ -499,7 +596,12 @@ mod tests {
         d
     }
 
-    fn batch(instance: &str, sequence: u64, end_ms: u64, series: Vec<(SeriesKey, SeriesDelta)>) -> Batch {
+    fn batch(
+        instance: &str,
+        sequence: u64,
+        end_ms: u64,
+        series: Vec<(SeriesKey, SeriesDelta)>,
+    ) -> Batch {
         Batch {
             gateway: "gw".into(),
             instance: instance.into(),
@@ -519,8 +621,12 @@ mod tests {
     fn totals(store: &Store, revision: &str, role: Role, code: u16) -> Option<Totals> {
         let rev = store.revision("demo", "app", revision, role)?;
         let k = key(revision, role, code);
-        let o =
-            Outcome { status_class: k.status_class, code, grpc_status: None, upstream_failure: UpstreamFailure::None };
+        let o = Outcome {
+            status_class: k.status_class,
+            code,
+            grpc_status: None,
+            upstream_failure: UpstreamFailure::None,
+        };
         rev.routes.get("r")?.outcomes.get(&o).copied()
     }
 
@@ -539,19 +645,47 @@ mod tests {
     #[test]
     fn duplicates_and_out_of_order_batches_are_applied_exactly_once() {
         let mut store = Store::new(config());
-        let b = |seq: u64| batch("vm-1", seq, T0 + seq * 1000, vec![(key("v1", Role::Stable, 200), delta(&[1000; 3]))]);
+        let b = |seq: u64| {
+            batch(
+                "vm-1",
+                seq,
+                T0 + seq * 1000,
+                vec![(key("v1", Role::Stable, 200), delta(&[1000; 3]))],
+            )
+        };
         let now = T0 + 20_000;
         // 1, 3, 2 (out of order), then retransmits of each, then 5 before 4.
         for seq in [1, 3, 2, 3, 1, 2, 5, 4, 5] {
             apply(&mut store, b(seq), now).unwrap();
         }
-        assert_eq!(totals(&store, "v1", Role::Stable, 200).unwrap().requests, 15);
+        assert_eq!(
+            totals(&store, "v1", Role::Stable, 200).unwrap().requests,
+            15
+        );
         assert_eq!(apply(&mut store, b(4), now), Ok(Applied::Duplicate));
-        assert!(matches!(apply(&mut store, b(6), now), Ok(Applied::Merged { series: 1, series_rejected: 0 })));
+        assert!(matches!(
+            apply(&mut store, b(6), now),
+            Ok(Applied::Merged {
+                series: 1,
+                series_rejected: 0
+            })
+        ));
         // Same sequence from another VM is another batch.
-        apply(&mut store, batch("vm-2", 1, T0 + 1000, vec![(key("v1", Role::Stable, 200), delta(&[1000]))]), now)
-            .unwrap();
-        assert_eq!(totals(&store, "v1", Role::Stable, 200).unwrap().requests, 19);
+        apply(
+            &mut store,
+            batch(
+                "vm-2",
+                1,
+                T0 + 1000,
+                vec![(key("v1", Role::Stable, 200), delta(&[1000]))],
+            ),
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            totals(&store, "v1", Role::Stable, 200).unwrap().requests,
+            19
+        );
         // The window saw each batch once too.
         assert_eq!(window(&store, now, 600)[0].1.requests(), 19);
         assert_eq!(apply(&mut store, b(0), now), Err(StoreError::ZeroSequence));
@@ -563,9 +697,15 @@ mod tests {
         assert!(r.mark(1000));
         assert!(r.mark(1000 - 128));
         assert!(!r.mark(1000 - 128));
-        assert!(!r.mark(1000 - 129), "too old to tell: treated as already applied");
+        assert!(
+            !r.mark(1000 - 129),
+            "too old to tell: treated as already applied"
+        );
         assert!(r.mark(1128));
-        assert!(!r.mark(1000), "the old highest is remembered after a shift of exactly 128");
+        assert!(
+            !r.mark(1000),
+            "the old highest is remembered after a shift of exactly 128"
+        );
         assert!(r.mark(5000));
         assert!(r.mark(4999));
         assert!(!r.mark(5000));
@@ -577,8 +717,16 @@ mod tests {
         let now = T0 + 500_500;
         assert_eq!(store.slot_second(T0 + 1000, now), T0 / 1000);
         assert_eq!(store.slot_second(T0 + 1001, now), T0 / 1000 + 1);
-        assert_eq!(store.slot_second(now + 60_000, now), now / 1000, "clock ahead → now");
-        assert_eq!(store.slot_second(T0 - 3_600_000, now), now / 1000 - 600, "too old → oldest second");
+        assert_eq!(
+            store.slot_second(now + 60_000, now),
+            now / 1000,
+            "clock ahead → now"
+        );
+        assert_eq!(
+            store.slot_second(T0 - 3_600_000, now),
+            now / 1000 - 600,
+            "too old → oldest second"
+        );
     }
 
     #[test]
@@ -589,17 +737,40 @@ mod tests {
         // A 30 s window covers seconds newest-29 ..= newest, i.e. batches ending in
         // (as_of - 30 s, as_of] where as_of = (newest + 1) * 1000.
         let as_of = (newest + 1) * 1000;
-        let inside = batch("a", 1, as_of - 30_000 + 1, vec![(key("v1", Role::Stable, 200), delta(&[10]))]);
-        let outside = batch("b", 1, as_of - 30_000, vec![(key("v1", Role::Stable, 200), delta(&[10, 10]))]);
-        let at_end = batch("c", 1, as_of, vec![(key("v1", Role::Stable, 200), delta(&[10, 10, 10, 10]))]);
-        let in_progress = batch("d", 1, as_of + 1, vec![(key("v1", Role::Stable, 200), delta(&[10; 8]))]);
+        let inside = batch(
+            "a",
+            1,
+            as_of - 30_000 + 1,
+            vec![(key("v1", Role::Stable, 200), delta(&[10]))],
+        );
+        let outside = batch(
+            "b",
+            1,
+            as_of - 30_000,
+            vec![(key("v1", Role::Stable, 200), delta(&[10, 10]))],
+        );
+        let at_end = batch(
+            "c",
+            1,
+            as_of,
+            vec![(key("v1", Role::Stable, 200), delta(&[10, 10, 10, 10]))],
+        );
+        let in_progress = batch(
+            "d",
+            1,
+            as_of + 1,
+            vec![(key("v1", Role::Stable, 200), delta(&[10; 8]))],
+        );
         for b in [inside, outside, at_end, in_progress] {
             apply(&mut store, b, now).unwrap();
         }
         assert_eq!(window(&store, now, 30)[0].1.requests(), 1 + 4);
         assert_eq!(window(&store, now, 31)[0].1.requests(), 1 + 2 + 4);
         // The cumulative counter has everything, including the second still in progress.
-        assert_eq!(totals(&store, "v1", Role::Stable, 200).unwrap().requests, 15);
+        assert_eq!(
+            totals(&store, "v1", Role::Stable, 200).unwrap().requests,
+            15
+        );
         // A second later, the in-progress second is complete and the oldest one left.
         assert_eq!(window(&store, now + 1000, 30)[0].1.requests(), 4 + 8);
     }
@@ -613,31 +784,67 @@ mod tests {
         for (i, chunk) in values.chunks(100).enumerate() {
             let code = if i % 2 == 0 { 200 } else { 503 };
             let end = T0 + 1000 + (i as u64 % 5) * 1000;
-            apply(&mut store, batch("vm", i as u64 + 1, end, vec![(key("v1", Role::Stable, code), delta(chunk))]), now)
-                .unwrap();
+            apply(
+                &mut store,
+                batch(
+                    "vm",
+                    i as u64 + 1,
+                    end,
+                    vec![(key("v1", Role::Stable, code), delta(chunk))],
+                ),
+                now,
+            )
+            .unwrap();
         }
         let s = &window(&store, now, 60)[0].1;
         assert_eq!(s.requests(), 1000);
         assert_eq!(s.errors(), 500);
-        for (q, exact) in
-            [(0.5, 500_000.0), (0.9, 900_000.0), (0.99, 990_000.0), (0.999, 999_000.0), (1.0, 1_000_000.0)]
-        {
+        for (q, exact) in [
+            (0.5, 500_000.0),
+            (0.9, 900_000.0),
+            (0.99, 990_000.0),
+            (0.999, 999_000.0),
+            (1.0, 1_000_000.0),
+        ] {
             let got = s.histogram.value_at_quantile(q).unwrap() as f64;
-            assert!((got - exact).abs() / exact <= 0.01, "q={q}: {got} vs {exact}");
+            assert!(
+                (got - exact).abs() / exact <= 0.01,
+                "q={q}: {got} vs {exact}"
+            );
         }
     }
 
     #[test]
     fn the_cardinality_guard_refuses_new_series_but_keeps_existing_ones() {
-        let mut store = Store::new(StoreConfig { max_series: 2, ..config() });
+        let mut store = Store::new(StoreConfig {
+            max_series: 2,
+            ..config()
+        });
         let now = T0 + 10_000;
         let b = |seq, codes: &[u16]| {
-            batch("vm", seq, T0 + 5000, codes.iter().map(|&c| (key("v1", Role::Stable, c), delta(&[100]))).collect())
+            batch(
+                "vm",
+                seq,
+                T0 + 5000,
+                codes
+                    .iter()
+                    .map(|&c| (key("v1", Role::Stable, c), delta(&[100])))
+                    .collect(),
+            )
         };
-        assert_eq!(apply(&mut store, b(1, &[200, 404]), now), Ok(Applied::Merged { series: 2, series_rejected: 0 }));
+        assert_eq!(
+            apply(&mut store, b(1, &[200, 404]), now),
+            Ok(Applied::Merged {
+                series: 2,
+                series_rejected: 0
+            })
+        );
         assert_eq!(
             apply(&mut store, b(2, &[200, 404, 500]), now),
-            Ok(Applied::Merged { series: 2, series_rejected: 1 })
+            Ok(Applied::Merged {
+                series: 2,
+                series_rejected: 1
+            })
         );
         assert_eq!(store.series(), 2);
         assert_eq!(store.counters().series_rejected, 1);
@@ -648,9 +855,22 @@ mod tests {
         // A series of a service never seen is refused without leaving an empty service behind.
         let mut other = key("v1", Role::Stable, 200);
         other.service = "other".into();
-        let refused =
-            batch("vm", 3, T0 + 5000, vec![(key("v1", Role::Stable, 200), delta(&[1])), (other, delta(&[1]))]);
-        assert_eq!(apply(&mut store, refused, now), Ok(Applied::Merged { series: 1, series_rejected: 1 }));
+        let refused = batch(
+            "vm",
+            3,
+            T0 + 5000,
+            vec![
+                (key("v1", Role::Stable, 200), delta(&[1])),
+                (other, delta(&[1])),
+            ],
+        );
+        assert_eq!(
+            apply(&mut store, refused, now),
+            Ok(Applied::Merged {
+                series: 1,
+                series_rejected: 1
+            })
+        );
         assert!(store.service("demo", "other").is_none());
         assert_eq!(store.counters().series_rejected, 2);
     }
@@ -677,36 +897,75 @@ mod tests {
         for seq in 1..=3 {
             let encoded = series(seq).encode();
             let view = BatchView::decode(&encoded).unwrap();
-            assert_eq!(decoded.apply(&view, now), Ok(Applied::Merged { series: 12, series_rejected: 0 }));
+            assert_eq!(
+                decoded.apply(&view, now),
+                Ok(Applied::Merged {
+                    series: 12,
+                    series_rejected: 0
+                })
+            );
             apply(&mut owned, series(seq), now).unwrap();
         }
         assert_eq!(decoded.series(), 12);
         let newest = now / 1000 - 1;
         let mut acc = Accumulator::default();
         for name in ["a", "b", "c"] {
-            let (d, o) = (decoded.service("demo", name).unwrap(), owned.service("demo", name).unwrap());
+            let (d, o) = (
+                decoded.service("demo", name).unwrap(),
+                owned.service("demo", name).unwrap(),
+            );
             let summaries = |s: &Service, acc: &mut Accumulator| {
-                s.windows(newest, &[60], acc).into_iter().map(|r| (r.role, r.summaries)).collect::<Vec<_>>()
+                s.windows(newest, &[60], acc)
+                    .into_iter()
+                    .map(|r| (r.role, r.summaries))
+                    .collect::<Vec<_>>()
             };
             assert_eq!(summaries(d, &mut acc), summaries(o, &mut acc));
             assert_eq!(summaries(d, &mut acc)[0].1[0].requests(), 3 * 4);
         }
         // The guard stops in the middle of a run of a new service, and refuses a whole run of
         // an unknown service once the limit is reached.
-        let mut guarded = Store::new(StoreConfig { max_series: 6, ..config() });
+        let mut guarded = Store::new(StoreConfig {
+            max_series: 6,
+            ..config()
+        });
         let encoded = series(1).encode();
         let view = BatchView::decode(&encoded).unwrap();
-        assert_eq!(guarded.apply(&view, now), Ok(Applied::Merged { series: 6, series_rejected: 6 }));
+        assert_eq!(
+            guarded.apply(&view, now),
+            Ok(Applied::Merged {
+                series: 6,
+                series_rejected: 6
+            })
+        );
         assert!(guarded.service("demo", "c").is_none());
     }
 
     #[test]
     fn idle_series_and_dead_instances_expire_after_the_ttl() {
-        let mut store = Store::new(StoreConfig { series_ttl_ms: 600_000, ..config() });
-        apply(&mut store, batch("old", 1, T0, vec![(key("v1", Role::Stable, 200), delta(&[100]))]), T0).unwrap();
+        let mut store = Store::new(StoreConfig {
+            series_ttl_ms: 600_000,
+            ..config()
+        });
         apply(
             &mut store,
-            batch("new", 1, T0 + 300_000, vec![(key("v2", Role::Canary, 200), delta(&[100]))]),
+            batch(
+                "old",
+                1,
+                T0,
+                vec![(key("v1", Role::Stable, 200), delta(&[100]))],
+            ),
+            T0,
+        )
+        .unwrap();
+        apply(
+            &mut store,
+            batch(
+                "new",
+                1,
+                T0 + 300_000,
+                vec![(key("v2", Role::Canary, 200), delta(&[100]))],
+            ),
             T0 + 300_000,
         )
         .unwrap();
@@ -725,30 +984,58 @@ mod tests {
 
     #[test]
     fn window_seconds_older_than_the_retention_are_dropped() {
-        let mut store = Store::new(StoreConfig { window_seconds: 60, series_ttl_ms: 3_600_000, ..config() });
-        apply(&mut store, batch("vm", 1, T0 + 1000, vec![(key("v1", Role::Stable, 200), delta(&[100]))]), T0 + 2000)
-            .unwrap();
+        let mut store = Store::new(StoreConfig {
+            window_seconds: 60,
+            series_ttl_ms: 3_600_000,
+            ..config()
+        });
+        apply(
+            &mut store,
+            batch(
+                "vm",
+                1,
+                T0 + 1000,
+                vec![(key("v1", Role::Stable, 200), delta(&[100]))],
+            ),
+            T0 + 2000,
+        )
+        .unwrap();
         store.tick(T0 + 30_000);
         assert_eq!(window(&store, T0 + 30_000, 60)[0].1.requests(), 1);
         store.tick(T0 + 61_999);
-        assert_eq!(window(&store, T0 + 61_999, 60)[0].1.requests(), 0, "outside the window");
+        assert_eq!(
+            window(&store, T0 + 61_999, 60)[0].1.requests(),
+            0,
+            "outside the window"
+        );
         store.tick(T0 + 62_000);
         let rev = store.revision("demo", "app", "v1", Role::Stable).unwrap();
         assert!(rev.window.is_empty());
-        assert_eq!(totals(&store, "v1", Role::Stable, 200).unwrap().requests, 1, "counters stay");
+        assert_eq!(
+            totals(&store, "v1", Role::Stable, 200).unwrap().requests,
+            1,
+            "counters stay"
+        );
     }
 
     #[test]
     fn all_windows_together_stay_within_the_global_cap() {
         let cap = 400 * 1024;
-        let mut store = Store::new(StoreConfig { max_window_bytes: cap, ..config() });
+        let mut store = Store::new(StoreConfig {
+            max_window_bytes: cap,
+            ..config()
+        });
         let dense = Histogram::from_bins((0..COUNTS_LEN as u16).map(|i| (i, 3))).unwrap();
         for second in 0..120u64 {
             let end = T0 + (second + 1) * 1000;
             let series = ["a", "b", "c", "d"]
                 .iter()
                 .map(|rev| {
-                    let d = SeriesDelta { requests: dense.count(), duration: dense.clone(), ..Default::default() };
+                    let d = SeriesDelta {
+                        requests: dense.count(),
+                        duration: dense.clone(),
+                        ..Default::default()
+                    };
                     (key(rev, Role::Stable, 200), d)
                 })
                 .collect();
@@ -768,7 +1055,9 @@ mod tests {
     fn duration_buckets_match_count_at_or_below() {
         let buckets = DurationBuckets::new(vec![0.001, 0.01, 0.1, 1.0]);
         let mut h = Histogram::new();
-        for v in [5, 999, 1000, 1001, 9_999, 10_000, 50_000, 100_000, 2_000_000] {
+        for v in [
+            5, 999, 1000, 1001, 9_999, 10_000, 50_000, 100_000, 2_000_000,
+        ] {
             h.record(v);
         }
         let mut d = Durations::new(&buckets);
@@ -776,10 +1065,15 @@ mod tests {
         let mut cumulative = 0;
         for (i, &bound) in buckets.bounds().iter().enumerate() {
             cumulative += d.buckets[i];
-            assert_eq!(cumulative, h.count_at_or_below((bound * 1e6) as u64), "le={bound}");
+            assert_eq!(
+                cumulative,
+                h.count_at_or_below((bound * 1e6) as u64),
+                "le={bound}"
+            );
         }
         assert_eq!(d.buckets.iter().sum::<u64>(), 9);
-        let exact_sum = (5 + 999 + 1000 + 1001 + 9_999 + 10_000 + 50_000 + 100_000 + 2_000_000) as f64 / 1e6;
+        let exact_sum =
+            (5 + 999 + 1000 + 1001 + 9_999 + 10_000 + 50_000 + 100_000 + 2_000_000) as f64 / 1e6;
         assert!((d.sum_seconds - exact_sum).abs() / exact_sum < 0.004);
     }
 }

@@ -110,7 +110,9 @@ impl OpenSlot {
     fn add(&mut self, index: u16, count: u64, spare: &mut Vec<Chunk>) {
         let i = usize::from(index);
         // Indices were validated when the batch was decoded: the `else` is never taken.
-        let Some(chunk) = self.chunks.get_mut(i / CHUNK) else { return };
+        let Some(chunk) = self.chunks.get_mut(i / CHUNK) else {
+            return;
+        };
         if count == 0 {
             return;
         }
@@ -135,9 +137,17 @@ impl OpenSlot {
 
     /// Occupied `(index, count)` pairs, ascending.
     fn pairs(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
-        self.chunks.iter().enumerate().filter_map(|(n, chunk)| Some((n, chunk.as_deref()?))).flat_map(|(n, chunk)| {
-            chunk.iter().enumerate().filter(|(_, &c)| c > 0).map(move |(i, &c)| ((n * CHUNK + i) as u16, c))
-        })
+        self.chunks
+            .iter()
+            .enumerate()
+            .filter_map(|(n, chunk)| Some((n, chunk.as_deref()?)))
+            .flat_map(|(n, chunk)| {
+                chunk
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &c)| c > 0)
+                    .map(move |(i, &c)| ((n * CHUNK + i) as u16, c))
+            })
     }
 
     fn add_counts(&mut self, counts: &ClassCounts) {
@@ -209,7 +219,11 @@ impl Window {
         if pos < self.slots.len() && self.slots[pos].start <= second {
             return pos;
         }
-        let slot = Slot { start: second, width: 1, data: SlotData::Open(Box::default()) };
+        let slot = Slot {
+            start: second,
+            width: 1,
+            data: SlotData::Open(Box::default()),
+        };
         self.payload_bytes += slot.payload_bytes();
         self.slots.insert(pos, slot);
         pos
@@ -249,7 +263,8 @@ impl Window {
             let mut best: Option<(usize, f64)> = None;
             for i in 0..self.slots.len().saturating_sub(1) {
                 let (a, b) = (&self.slots[i], &self.slots[i + 1]);
-                if !matches!(a.data, SlotData::Sealed(_)) || !matches!(b.data, SlotData::Sealed(_)) {
+                if !matches!(a.data, SlotData::Sealed(_)) || !matches!(b.data, SlotData::Sealed(_))
+                {
                     continue;
                 }
                 let width = (b.end() - a.start + 1) as f64;
@@ -261,7 +276,9 @@ impl Window {
             }
             let Some((i, _)) = best else { break };
             // `i + 1` exists: `i` came from the pairs loop above.
-            let Some(newer) = self.slots.remove(i + 1) else { break };
+            let Some(newer) = self.slots.remove(i + 1) else {
+                break;
+            };
             let older = &mut self.slots[i];
             let before = older.payload_bytes() + newer.payload_bytes();
             let mut merged = unpack_slot(&older.data);
@@ -370,7 +387,9 @@ impl Accumulator {
             }
             SlotData::Sealed(bytes) => {
                 let mut counts = [0; CLASSES];
-                decode(bytes, &mut counts, |index, count| self.add_bin(index, count));
+                decode(bytes, &mut counts, |index, count| {
+                    self.add_bin(index, count)
+                });
                 self.add_counts(&counts);
             }
         }
@@ -418,15 +437,23 @@ impl Accumulator {
 
     /// The accumulated durations as a histogram.
     pub fn histogram(&self) -> Histogram {
-        let pairs = (self.lo..self.hi).filter(|&i| self.bins[i] > 0).map(|i| (i as u16, self.bins[i]));
+        let pairs = (self.lo..self.hi)
+            .filter(|&i| self.bins[i] > 0)
+            .map(|i| (i as u16, self.bins[i]));
         // Indices are below COUNTS_LEN by construction, so this cannot fail.
         Histogram::from_bins(pairs).unwrap_or_default()
     }
 
     /// The answer for a window of `seconds` ending at `newest`.
     pub fn summary(&self, newest: u64, seconds: u64) -> Summary {
-        let covered = self.oldest.map_or(seconds, |o| (newest + 1).saturating_sub(o).max(seconds));
-        Summary { counts: self.counts, covered_seconds: covered, histogram: self.histogram() }
+        let covered = self
+            .oldest
+            .map_or(seconds, |o| (newest + 1).saturating_sub(o).max(seconds));
+        Summary {
+            counts: self.counts,
+            covered_seconds: covered,
+            histogram: self.histogram(),
+        }
     }
 }
 
@@ -466,7 +493,11 @@ impl Summary {
 
 fn pack(open: &OpenSlot) -> Box<[u8]> {
     let mut w = BitWriter::default();
-    let mask = open.counts.iter().enumerate().fold(0u32, |m, (i, &c)| if c > 0 { m | 1 << i } else { m });
+    let mask = open
+        .counts
+        .iter()
+        .enumerate()
+        .fold(0u32, |m, (i, &c)| if c > 0 { m | 1 << i } else { m });
     w.bits(mask, CLASSES as u32);
     for &c in open.counts.iter().filter(|&&c| c > 0) {
         w.gamma(c);
@@ -492,7 +523,9 @@ fn unpack(bytes: &[u8]) -> OpenSlot {
     let mut open = OpenSlot::default();
     let mut counts = [0; CLASSES];
     // Late data for a sealed second is rare: its chunks are simply allocated.
-    decode(bytes, &mut counts, |index, count| open.add(index, count, &mut Vec::new()));
+    decode(bytes, &mut counts, |index, count| {
+        open.add(index, count, &mut Vec::new())
+    });
     open.counts = counts;
     open
 }
@@ -508,7 +541,9 @@ fn add_slot(into: &mut OpenSlot, data: &SlotData) {
         }
         SlotData::Sealed(bytes) => {
             let mut counts = [0; CLASSES];
-            decode(bytes, &mut counts, |index, count| into.add(index, count, &mut Vec::new()));
+            decode(bytes, &mut counts, |index, count| {
+                into.add(index, count, &mut Vec::new())
+            });
             into.add_counts(&counts);
         }
     }
@@ -517,7 +552,9 @@ fn add_slot(into: &mut OpenSlot, data: &SlotData) {
 /// Decodes a packed slot, calling `bin` for every occupied index in ascending order.
 fn decode(bytes: &[u8], counts: &mut ClassCounts, mut bin: impl FnMut(u16, u64)) {
     let mut r = BitReader::new(bytes);
-    let Some(mask) = r.bits(CLASSES as u32) else { return };
+    let Some(mask) = r.bits(CLASSES as u32) else {
+        return;
+    };
     for (i, c) in counts.iter_mut().enumerate() {
         if mask & (1 << i) != 0 {
             *c = r.gamma().unwrap_or(0);
@@ -526,7 +563,9 @@ fn decode(bytes: &[u8], counts: &mut ClassCounts, mut bin: impl FnMut(u16, u64))
     let n = r.gamma().unwrap_or(1) - 1;
     let mut index: i64 = -1;
     for _ in 0..n {
-        let (Some(gap), Some(count)) = (r.gamma(), r.gamma()) else { return };
+        let (Some(gap), Some(count)) = (r.gamma(), r.gamma()) else {
+            return;
+        };
         index += gap as i64;
         bin(index as u16, count);
     }
@@ -588,12 +627,18 @@ struct BitReader<'a> {
 
 impl<'a> BitReader<'a> {
     fn new(bytes: &'a [u8]) -> Self {
-        BitReader { bytes, buf: 0, avail: 0 }
+        BitReader {
+            bytes,
+            buf: 0,
+            avail: 0,
+        }
     }
 
     fn refill(&mut self) {
         while self.avail <= 56 {
-            let Some((&b, rest)) = self.bytes.split_first() else { return };
+            let Some((&b, rest)) = self.bytes.split_first() else {
+                return;
+            };
             self.buf |= u64::from(b) << (56 - self.avail);
             self.avail += 8;
             self.bytes = rest;
@@ -657,14 +702,26 @@ mod tests {
     fn summary(w: &Window, newest: u64, seconds: u64) -> Summary {
         let mut acc = Accumulator::default();
         let mut out = Summary::default();
-        w.fold_windows(newest, &[seconds], &mut acc, |_, a| out = a.summary(newest, seconds));
+        w.fold_windows(newest, &[seconds], &mut acc, |_, a| {
+            out = a.summary(newest, seconds)
+        });
         out
     }
 
     #[test]
     fn packing_round_trips_including_extreme_counts() {
-        let mut open = OpenSlot { counts: [0, 5, 0, 1, u64::MAX, 7], ..Default::default() };
-        let pairs = [(0, 1), (1, 2), (9, 15), (10, 16), (200, 1 << 40), (3327, u64::MAX)];
+        let mut open = OpenSlot {
+            counts: [0, 5, 0, 1, u64::MAX, 7],
+            ..Default::default()
+        };
+        let pairs = [
+            (0, 1),
+            (1, 2),
+            (9, 15),
+            (10, 16),
+            (200, 1 << 40),
+            (3327, u64::MAX),
+        ];
         open.record(&pairs, &mut Vec::new());
         let packed = pack(&open);
         let back = unpack(&packed);
@@ -681,16 +738,27 @@ mod tests {
         let mut expected = Histogram::new();
         for i in 0..500u64 {
             // Starts in the middle of the layout, then reaches both below and above.
-            let h = histogram(&[5000 + i * 37 % 5000, 100 + i * 13 % 700, 42, 1 + i * 7_000_000]);
+            let h = histogram(&[
+                5000 + i * 37 % 5000,
+                100 + i * 13 % 700,
+                42,
+                1 + i * 7_000_000,
+            ]);
             open.record(h.bins(), &mut spare);
             expected.merge(&h);
         }
         assert_eq!(open.pairs().collect::<Vec<_>>(), expected.bins());
-        assert_eq!(open.allocated, open.chunks.iter().filter(|c| c.is_some()).count());
+        assert_eq!(
+            open.allocated,
+            open.chunks.iter().filter(|c| c.is_some()).count()
+        );
         // Recycled chunks come back zeroed.
         let allocated = open.allocated;
         open.recycle(&mut spare);
-        assert_eq!((open.pairs().count(), spare.len()), (0, allocated.min(SPARE_CHUNKS)));
+        assert_eq!(
+            (open.pairs().count(), spare.len()),
+            (0, allocated.min(SPARE_CHUNKS))
+        );
         let mut next = OpenSlot::default();
         next.record(histogram(&[42]).bins(), &mut spare);
         assert_eq!(next.pairs().collect::<Vec<_>>(), histogram(&[42]).bins());
@@ -707,7 +775,9 @@ mod tests {
     #[test]
     fn packed_realistic_bins_cost_about_half_a_byte() {
         let mut open = OpenSlot::default();
-        let pairs: Vec<(u16, u64)> = (0..400u16).map(|i| (1000 + i * 2, 1 + u64::from(i % 3))).collect();
+        let pairs: Vec<(u16, u64)> = (0..400u16)
+            .map(|i| (1000 + i * 2, 1 + u64::from(i % 3)))
+            .collect();
         open.record(&pairs, &mut Vec::new());
         let packed = pack(&open);
         assert!(packed.len() < 400, "{} bytes", packed.len());
@@ -717,8 +787,18 @@ mod tests {
     fn windows_include_the_boundary_second_and_exclude_the_one_before() {
         let mut w = Window::new();
         w.record(100, StatusClass::Success, 1, histogram(&[1000]).bins());
-        w.record(101, StatusClass::Success, 2, histogram(&[2000, 2000]).bins());
-        w.record(130, StatusClass::ServerError, 4, histogram(&[3000; 4]).bins());
+        w.record(
+            101,
+            StatusClass::Success,
+            2,
+            histogram(&[2000, 2000]).bins(),
+        );
+        w.record(
+            130,
+            StatusClass::ServerError,
+            4,
+            histogram(&[3000; 4]).bins(),
+        );
         w.seal_before(131);
         // newest = 130, 30 s window covers 101..=130
         let s = summary(&w, 130, 30);
@@ -749,7 +829,9 @@ mod tests {
         let windows = [30, 60, 300, 600];
         let mut acc = Accumulator::default();
         let mut together = vec![Summary::default(); 4];
-        w.fold_windows(599, &windows, &mut acc, |i, a| together[i] = a.summary(599, windows[i]));
+        w.fold_windows(599, &windows, &mut acc, |i, a| {
+            together[i] = a.summary(599, windows[i])
+        });
         for (i, &secs) in windows.iter().enumerate() {
             assert_eq!(together[i], summary(&w, 599, secs), "window {secs}");
         }
@@ -773,7 +855,9 @@ mod tests {
     #[test]
     fn the_budget_coarsens_old_seconds_but_keeps_totals_exact() {
         let mut w = Window::new();
-        let dense = Histogram::from_bins((0..COUNTS_LEN as u16).map(|i| (i, 1 + u64::from(i % 13)))).unwrap();
+        let dense =
+            Histogram::from_bins((0..COUNTS_LEN as u16).map(|i| (i, 1 + u64::from(i % 13))))
+                .unwrap();
         let n = dense.count();
         for s in 0..600u64 {
             w.record(s, StatusClass::Success, n, dense.bins());

@@ -34,7 +34,10 @@ async fn batches_are_merged_and_visible_in_stats_and_metrics() {
         "vm-1",
         1,
         3000,
-        vec![series("v1", Role::Stable, 200, 90, 20_000), series("v1", Role::Stable, 503, 10, 50_000)],
+        vec![
+            series("v1", Role::Stable, 200, 90, 20_000),
+            series("v1", Role::Stable, 503, 10, 50_000),
+        ],
     );
     let reply = exporter.post_batch(b.encode()).await;
     assert_eq!((reply.status, reply.body.as_str()), (200, "applied\n"));
@@ -56,23 +59,47 @@ async fn batches_are_merged_and_visible_in_stats_and_metrics() {
 
     let lines = exporter.metric_lines("plover_requests_total").await;
     assert_eq!(lines.len(), 2);
-    assert!(lines.iter().any(|l| l.contains(r#"code="503""#) && l.ends_with(" 10")), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(r#"code="503""#) && l.ends_with(" 10")),
+        "{lines:?}"
+    );
     let ratio = exporter.metric_lines("plover_success_ratio{").await;
-    assert!(ratio.iter().any(|l| l.contains(r#"window="30s""#) && l.ends_with(" 0.9")), "{ratio:?}");
+    assert!(
+        ratio
+            .iter()
+            .any(|l| l.contains(r#"window="30s""#) && l.ends_with(" 0.9")),
+        "{ratio:?}"
+    );
     exporter.stop().await;
 }
 
 #[tokio::test]
 async fn missing_or_wrong_tokens_get_401_and_change_nothing() {
     let exporter = Exporter::start(&[]).await;
-    let body = batch("vm-1", 1, 3000, vec![series("v1", Role::Stable, 200, 5, 1000)]).encode();
+    let body = batch(
+        "vm-1",
+        1,
+        3000,
+        vec![series("v1", Role::Stable, 200, 5, 1000)],
+    )
+    .encode();
     for token in [None, Some("wrong"), Some(""), Some("test-token-longer")] {
         let reply = exporter.post(body.clone(), token, CONTENT_TYPE).await;
         assert_eq!(reply.status, 401, "token {token:?}");
     }
-    assert_eq!(exporter.stats(STATS).await["revisions"], serde_json::json!([]));
-    let rejected = exporter.metric_lines("plover_exporter_batches_rejected_total").await;
-    assert_eq!(rejected, vec![r#"plover_exporter_batches_rejected_total{reason="unauthorized"} 4"#]);
+    assert_eq!(
+        exporter.stats(STATS).await["revisions"],
+        serde_json::json!([])
+    );
+    let rejected = exporter
+        .metric_lines("plover_exporter_batches_rejected_total")
+        .await;
+    assert_eq!(
+        rejected,
+        vec![r#"plover_exporter_batches_rejected_total{reason="unauthorized"} 4"#]
+    );
     exporter.stop().await;
 }
 
@@ -83,7 +110,10 @@ async fn bad_requests_leave_all_other_data_intact() {
         "vm-1",
         1,
         3000,
-        vec![series("v1", Role::Stable, 200, 50, 2000), series("v2", Role::Canary, 500, 5, 9000)],
+        vec![
+            series("v1", Role::Stable, 200, 50, 2000),
+            series("v2", Role::Canary, 500, 5, 9000),
+        ],
     );
     assert_eq!(exporter.post_batch(good.encode()).await.status, 200);
     let stats_before = stable_stats(&exporter).await;
@@ -95,29 +125,97 @@ async fn bad_requests_leave_all_other_data_intact() {
         "vm-1",
         2,
         3000,
-        vec![series("v1", Role::Stable, 200, 7, 2000), series("v2", Role::Canary, 200, 3, 2000)],
+        vec![
+            series("v1", Role::Stable, 200, 7, 2000),
+            series("v2", Role::Canary, 200, 3, 2000),
+        ],
     );
     bad_tail.series[1].1.requests += 1; // histogram count no longer matches
-    let truncated = batch("vm-1", 3, 3000, vec![series("v1", Role::Stable, 200, 7, 2000)]).encode();
-    let mut oversized = batch("vm-1", 4, 3000, vec![series("v1", Role::Stable, 200, 7, 2000)]);
+    let truncated = batch(
+        "vm-1",
+        3,
+        3000,
+        vec![series("v1", Role::Stable, 200, 7, 2000)],
+    )
+    .encode();
+    let mut oversized = batch(
+        "vm-1",
+        4,
+        3000,
+        vec![series("v1", Role::Stable, 200, 7, 2000)],
+    );
     for i in 0..8 {
         let mut extra = oversized.series[0].clone();
         extra.0.route = format!("{i}{}", "r".repeat(500)); // distinct long strings: ~4 KiB
         oversized.series.push(extra);
     }
-    let zero_sequence = batch("vm-1", 0, 3000, vec![series("v1", Role::Stable, 200, 7, 2000)]);
+    let zero_sequence = batch(
+        "vm-1",
+        0,
+        3000,
+        vec![series("v1", Role::Stable, 200, 7, 2000)],
+    );
 
     // (case, body, token, content type, expected status, expected in the reason)
     type Case<'a> = (&'a str, Vec<u8>, Option<&'a str>, &'a str, u16, &'a str);
     let cases: Vec<Case> = vec![
-        ("garbage", b"not a batch at all".to_vec(), Some(TOKEN), CONTENT_TYPE, 400, "bad magic"),
-        ("broken last series", bad_tail.encode(), Some(TOKEN), CONTENT_TYPE, 400, "histogram count"),
-        ("truncated", truncated[..truncated.len() - 3].to_vec(), Some(TOKEN), CONTENT_TYPE, 400, "invalid batch"),
-        ("zero sequence", zero_sequence.encode(), Some(TOKEN), CONTENT_TYPE, 400, "sequence"),
-        ("too large", oversized.encode(), Some(TOKEN), CONTENT_TYPE, 413, "exceeds 4096"),
-        ("wrong content type", good.encode(), Some(TOKEN), "application/json", 415, "content-type"),
+        (
+            "garbage",
+            b"not a batch at all".to_vec(),
+            Some(TOKEN),
+            CONTENT_TYPE,
+            400,
+            "bad magic",
+        ),
+        (
+            "broken last series",
+            bad_tail.encode(),
+            Some(TOKEN),
+            CONTENT_TYPE,
+            400,
+            "histogram count",
+        ),
+        (
+            "truncated",
+            truncated[..truncated.len() - 3].to_vec(),
+            Some(TOKEN),
+            CONTENT_TYPE,
+            400,
+            "invalid batch",
+        ),
+        (
+            "zero sequence",
+            zero_sequence.encode(),
+            Some(TOKEN),
+            CONTENT_TYPE,
+            400,
+            "sequence",
+        ),
+        (
+            "too large",
+            oversized.encode(),
+            Some(TOKEN),
+            CONTENT_TYPE,
+            413,
+            "exceeds 4096",
+        ),
+        (
+            "wrong content type",
+            good.encode(),
+            Some(TOKEN),
+            "application/json",
+            415,
+            "content-type",
+        ),
         ("no token", good.encode(), None, CONTENT_TYPE, 401, "token"),
-        ("empty body", Vec::new(), Some(TOKEN), CONTENT_TYPE, 400, "invalid batch"),
+        (
+            "empty body",
+            Vec::new(),
+            Some(TOKEN),
+            CONTENT_TYPE,
+            400,
+            "invalid batch",
+        ),
     ];
     for (name, body, token, content_type, status, reason) in cases {
         let reply = exporter.post(body, token, content_type).await;
@@ -127,18 +225,29 @@ async fn bad_requests_leave_all_other_data_intact() {
 
     assert_eq!(stable_stats(&exporter).await, stats_before);
     assert_eq!(data_lines(&exporter).await, metrics_before);
-    let rejected = exporter.metric_lines("plover_exporter_batches_rejected_total").await;
+    let rejected = exporter
+        .metric_lines("plover_exporter_batches_rejected_total")
+        .await;
     assert!(
-        rejected.contains(&r#"plover_exporter_batches_rejected_total{reason="malformed"} 5"#.to_owned()),
+        rejected.contains(
+            &r#"plover_exporter_batches_rejected_total{reason="malformed"} 5"#.to_owned()
+        ),
         "{rejected:?}"
     );
     assert!(
-        rejected.contains(&r#"plover_exporter_batches_rejected_total{reason="too_large"} 1"#.to_owned()),
+        rejected.contains(
+            &r#"plover_exporter_batches_rejected_total{reason="too_large"} 1"#.to_owned()
+        ),
         "{rejected:?}"
     );
 
     // The sender is still welcome afterwards: a valid batch from the same VM applies.
-    let next = batch("vm-1", 5, 3000, vec![series("v1", Role::Stable, 200, 1, 2000)]);
+    let next = batch(
+        "vm-1",
+        5,
+        3000,
+        vec![series("v1", Role::Stable, 200, 1, 2000)],
+    );
     assert_eq!(exporter.post_batch(next.encode()).await.status, 200);
     assert_eq!(exporter.stats(STATS).await["revisions"][0]["requests"], 51);
     exporter.stop().await;
@@ -153,7 +262,10 @@ async fn a_chunked_body_over_the_limit_gets_413() {
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     for _ in 0..3 {
-        stream.write_all(format!("200\r\n{}\r\n", "x".repeat(0x200)).as_bytes()).await.unwrap();
+        stream
+            .write_all(format!("200\r\n{}\r\n", "x".repeat(0x200)).as_bytes())
+            .await
+            .unwrap();
     }
     stream.write_all(b"0\r\n\r\n").await.unwrap();
     let mut response = vec![0; 1024];
@@ -166,8 +278,18 @@ async fn a_chunked_body_over_the_limit_gets_413() {
 #[tokio::test]
 async fn retransmits_are_acknowledged_and_counted_once() {
     let exporter = Exporter::start(&[]).await;
-    let first = batch("vm-1", 1, 3000, vec![series("v1", Role::Stable, 200, 10, 1000)]);
-    let second = batch("vm-1", 2, 2500, vec![series("v1", Role::Stable, 200, 20, 1000)]);
+    let first = batch(
+        "vm-1",
+        1,
+        3000,
+        vec![series("v1", Role::Stable, 200, 10, 1000)],
+    );
+    let second = batch(
+        "vm-1",
+        2,
+        2500,
+        vec![series("v1", Role::Stable, 200, 20, 1000)],
+    );
     // Out of order, and each one retransmitted.
     for b in [&second, &first, &second, &first] {
         assert_eq!(exporter.post_batch(b.encode()).await.status, 200);
@@ -176,11 +298,15 @@ async fn retransmits_are_acknowledged_and_counted_once() {
     let total = exporter.metric_lines("plover_requests_total").await;
     assert!(total[0].ends_with(" 30"), "{total:?}");
     assert_eq!(
-        exporter.metric_lines("plover_exporter_batches_duplicate_total").await,
+        exporter
+            .metric_lines("plover_exporter_batches_duplicate_total")
+            .await,
         vec!["plover_exporter_batches_duplicate_total 2"]
     );
     assert_eq!(
-        exporter.metric_lines("plover_exporter_batches_accepted_total").await,
+        exporter
+            .metric_lines("plover_exporter_batches_accepted_total")
+            .await,
         vec!["plover_exporter_batches_accepted_total 2"]
     );
     exporter.stop().await;
@@ -195,14 +321,24 @@ async fn stats_parameters_are_validated() {
         ("namespace=demo&service=app", 400, "window"),
         ("namespace=demo&service=app&window=soon", 400, "window"),
         ("namespace=demo&service=app&window=3m", 400, "window"),
-        ("namespace=demo&service=app&window=30s&extra=1", 400, "extra"),
-        ("namespace=demo&service=app&window=2m", 200, "\"window_seconds\":120"),
+        (
+            "namespace=demo&service=app&window=30s&extra=1",
+            400,
+            "extra",
+        ),
+        (
+            "namespace=demo&service=app&window=2m",
+            200,
+            "\"window_seconds\":120",
+        ),
     ] {
         let reply = exporter.get(&format!("/v1/stats?{query}")).await;
         assert_eq!(reply.status, status, "{query}: {}", reply.body);
         assert!(reply.body.contains(mention), "{query}: {}", reply.body);
     }
-    let unknown = exporter.stats("namespace=demo&service=nothing&window=1m").await;
+    let unknown = exporter
+        .stats("namespace=demo&service=nothing&window=1m")
+        .await;
     assert_eq!(unknown["revisions"], serde_json::json!([]));
     exporter.stop().await;
 }
@@ -214,13 +350,20 @@ async fn traffic_share_and_roles_per_revision() {
         "vm-1",
         1,
         3000,
-        vec![series("v1", Role::Stable, 200, 300, 1000), series("v2", Role::Canary, 200, 100, 1000)],
+        vec![
+            series("v1", Role::Stable, 200, 300, 1000),
+            series("v2", Role::Canary, 200, 100, 1000),
+        ],
     );
     assert_eq!(exporter.post_batch(b.encode()).await.status, 200);
     let stats = exporter.stats(STATS).await;
     let revisions = stats["revisions"].as_array().unwrap();
     assert_eq!(revisions.len(), 2);
-    let share = |role: &str| revisions.iter().find(|r| r["role"] == role).unwrap()["traffic_share"].as_f64().unwrap();
+    let share = |role: &str| {
+        revisions.iter().find(|r| r["role"] == role).unwrap()["traffic_share"]
+            .as_f64()
+            .unwrap()
+    };
     assert_eq!((share("stable"), share("canary")), (0.75, 0.25));
     exporter.stop().await;
 }
@@ -233,7 +376,13 @@ async fn health_readiness_metrics_format_and_unknown_paths() {
     assert_eq!(exporter.get("/nope").await.status, 404);
     assert_eq!(exporter.get("/v1/batches").await.status, 405);
     let metrics = exporter.get("/metrics").await;
-    assert!(metrics.content_type.starts_with("application/openmetrics-text"), "{}", metrics.content_type);
+    assert!(
+        metrics
+            .content_type
+            .starts_with("application/openmetrics-text"),
+        "{}",
+        metrics.content_type
+    );
     assert!(metrics.body.ends_with("# EOF\n"));
     for family in [
         "plover_requests",
@@ -241,7 +390,10 @@ async fn health_readiness_metrics_format_and_unknown_paths() {
         "plover_exporter_ingest_duration_seconds",
         "plover_exporter_active_series",
     ] {
-        assert!(metrics.body.contains(&format!("# TYPE {family} ")), "{family} missing");
+        assert!(
+            metrics.body.contains(&format!("# TYPE {family} ")),
+            "{family} missing"
+        );
     }
     exporter.stop().await;
 }
@@ -249,7 +401,13 @@ async fn health_readiness_metrics_format_and_unknown_paths() {
 #[tokio::test]
 async fn shutdown_finishes_an_in_flight_ingest() {
     let mut exporter = Exporter::start(&[]).await;
-    let body = batch("vm-1", 1, 3000, vec![series("v1", Role::Stable, 200, 10, 1000)]).encode();
+    let body = batch(
+        "vm-1",
+        1,
+        3000,
+        vec![series("v1", Role::Stable, 200, 10, 1000)],
+    )
+    .encode();
     let mut stream = TcpStream::connect(exporter.addr).await.unwrap();
     let head = format!(
         "POST /v1/batches HTTP/1.1\r\nhost: t\r\nauthorization: Bearer {TOKEN}\r\ncontent-type: {CONTENT_TYPE}\r\ncontent-length: {}\r\n\r\n",
@@ -262,7 +420,10 @@ async fn shutdown_finishes_an_in_flight_ingest() {
     exporter.begin_shutdown();
     tokio::time::sleep(Duration::from_millis(200)).await;
     // New connections are no longer accepted…
-    assert!(TcpStream::connect(exporter.addr).await.is_err(), "listener should be closed");
+    assert!(
+        TcpStream::connect(exporter.addr).await.is_err(),
+        "listener should be closed"
+    );
     // …but the request in flight completes and is applied.
     stream.write_all(&body[10..]).await.unwrap();
     let mut response = String::new();

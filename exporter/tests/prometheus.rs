@@ -17,7 +17,10 @@ use plover_testkit::prometheus::{scrape_config, Prometheus};
 use plover_wire::Role;
 
 async fn get(port: u16, path: &str) -> common::Reply {
-    let request = Request::get(path).header("host", "prometheus").body(Full::new(Bytes::new())).unwrap();
+    let request = Request::get(path)
+        .header("host", "prometheus")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     send(format!("127.0.0.1:{port}").parse().unwrap(), request).await
 }
 
@@ -70,28 +73,43 @@ async fn prometheus_computes_the_exact_canary_success_ratio() {
             "vm-a",
             1,
             2000,
-            vec![series("v2", Role::Canary, 200, 500, 20_000), series("v1", Role::Stable, 200, 600, 15_000)],
+            vec![
+                series("v2", Role::Canary, 200, 500, 20_000),
+                series("v1", Role::Stable, 200, 600, 15_000),
+            ],
         ),
         batch(
             "vm-b",
             1,
             2000,
-            vec![series("v2", Role::Canary, 200, 450, 20_000), series("v2", Role::Canary, 500, 30, 100_000)],
+            vec![
+                series("v2", Role::Canary, 200, 450, 20_000),
+                series("v2", Role::Canary, 500, 30, 100_000),
+            ],
         ),
         batch(
             "vm-a",
             2,
             1500,
-            vec![series("v2", Role::Canary, 503, 20, 100_000), series("v1", Role::Stable, 200, 400, 15_000)],
+            vec![
+                series("v2", Role::Canary, 503, 20, 100_000),
+                series("v1", Role::Stable, 200, 400, 15_000),
+            ],
         ),
     ];
     for b in &batches {
         assert_eq!(exporter.post_batch(b.encode()).await.status, 200);
     }
-    assert_eq!(exporter.post_batch(batches[2].encode()).await.body, "duplicate\n");
+    assert_eq!(
+        exporter.post_batch(batches[2].encode()).await.body,
+        "duplicate\n"
+    );
 
     // Wait until Prometheus has scraped the exporter.
-    wait_for(port, r#"up{job="plover"}"#, Duration::from_secs(60), |v| v == 1.0).await;
+    wait_for(port, r#"up{job="plover"}"#, Duration::from_secs(60), |v| {
+        v == 1.0
+    })
+    .await;
 
     // What an Argo Rollouts AnalysisTemplate (Prometheus provider) would ask.
     let success_ratio = r#"sum(plover_requests_total{service="app",role="canary",status_class!~"5xx|no_response"}) / sum(plover_requests_total{service="app",role="canary"})"#;
@@ -99,7 +117,10 @@ async fn prometheus_computes_the_exact_canary_success_ratio() {
     assert_eq!(ratio, 0.95, "{success_ratio}");
     let stable = r#"sum(plover_requests_total{service="app",role="stable",status_class!~"5xx|no_response"}) / sum(plover_requests_total{service="app",role="stable"})"#;
     assert_eq!(query(port, stable).await, Some(1.0));
-    assert_eq!(query(port, r#"sum(plover_requests_total{service="app"})"#).await, Some(2000.0));
+    assert_eq!(
+        query(port, r#"sum(plover_requests_total{service="app"})"#).await,
+        Some(2000.0)
+    );
 
     // The exporter's own precise window gauges, as stored by Prometheus.
     let windowed = wait_for(
@@ -110,7 +131,11 @@ async fn prometheus_computes_the_exact_canary_success_ratio() {
     )
     .await;
     assert_eq!(windowed, 0.95);
-    let share = query(port, r#"plover_traffic_share{service="app",role="canary",window="1m"}"#).await;
+    let share = query(
+        port,
+        r#"plover_traffic_share{service="app",role="canary",window="1m"}"#,
+    )
+    .await;
     assert_eq!(share, Some(0.5));
     let p99 = query(
         port,

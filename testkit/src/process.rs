@@ -19,8 +19,8 @@ impl ChildGuard {
 
     /// Spawns `command` with stdout and stderr written to `log`.
     pub fn try_spawn(name: &str, mut command: Command, log: &Path) -> Result<ChildGuard, String> {
-        let file = std::fs::File::create(log)
-            .map_err(|e| format!("create {}: {e}", log.display()))?;
+        let file =
+            std::fs::File::create(log).map_err(|e| format!("create {}: {e}", log.display()))?;
         let err = file
             .try_clone()
             .map_err(|e| format!("clone the log handle of {name}: {e}"))?;

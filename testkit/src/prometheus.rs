@@ -38,7 +38,12 @@ impl Prometheus {
     /// Writes `config` to `dir/prometheus.yml`, starts Prometheus with its TSDB in `data` and
     /// `extra` flags, and waits (blocking) until it is ready. The error says what went wrong,
     /// with Prometheus's log when it started.
-    pub fn start(dir: &Path, config: &str, data: &Path, extra: &[&str]) -> Result<Prometheus, String> {
+    pub fn start(
+        dir: &Path,
+        config: &str,
+        data: &Path,
+        extra: &[&str],
+    ) -> Result<Prometheus, String> {
         let binary = tools::which("prometheus").ok_or_else(|| {
             "`prometheus` not found on PATH: run `cargo xtask test` or `cargo xtask demo` \
              (installs Debian's `prometheus` with apt-get)"

@@ -108,7 +108,6 @@ pub const REVIEWS_STATS: &str = r#"{
   ]
 }"#;
 
-
 /// An exporter on the real clock: per second, the canary serves `canary` (requests, errors)
 /// and stable `stable`; `/v1/stats` answers the asked whole seconds ending at the last complete
 /// second, as the exporter does (`as_of_unix_ms`, `window_seconds`).

@@ -71,7 +71,9 @@ impl core::str::FromStr for Role {
         Role::ALL
             .into_iter()
             .find(|r| r.as_str() == s)
-            .ok_or(WireError::Malformed("role must be one of stable, canary, unknown"))
+            .ok_or(WireError::Malformed(
+                "role must be one of stable, canary, unknown",
+            ))
     }
 }
 
@@ -235,7 +237,10 @@ pub struct Batch {
 impl Batch {
     /// Total requests carried by the batch.
     pub fn requests(&self) -> u64 {
-        self.series.iter().map(|(_, d)| d.requests).fold(0, u64::saturating_add)
+        self.series
+            .iter()
+            .map(|(_, d)| d.requests)
+            .fold(0, u64::saturating_add)
     }
 
     /// Encodes the batch, series in ascending key order (what `decode` requires). Series
@@ -266,7 +271,14 @@ impl Batch {
             write_u64(&mut out, s.len() as u64);
             out.extend_from_slice(s.as_bytes());
         }
-        for v in [gateway, instance, self.sequence, self.start_unix_ms, self.end_unix_ms, self.dropped_requests] {
+        for v in [
+            gateway,
+            instance,
+            self.sequence,
+            self.start_unix_ms,
+            self.end_unix_ms,
+            self.dropped_requests,
+        ] {
             write_u64(&mut out, v);
         }
         write_u64(&mut out, self.series.len() as u64);
@@ -298,7 +310,12 @@ impl Batch {
     pub fn view(&self) -> BatchView<'_> {
         let mut strings: Vec<&str> = Vec::with_capacity(2 + 4 * self.series.len());
         strings.extend([self.gateway.as_str(), self.instance.as_str()]);
-        let mut bins = Vec::with_capacity(self.series.iter().map(|(_, d)| d.duration.bins().len()).sum());
+        let mut bins = Vec::with_capacity(
+            self.series
+                .iter()
+                .map(|(_, d)| d.duration.bins().len())
+                .sum(),
+        );
         let series = self
             .series
             .iter()
@@ -306,7 +323,12 @@ impl Batch {
                 let first = bins.len();
                 bins.extend_from_slice(delta.duration.bins());
                 let labels = [0, 1, 2, 3].map(|i| (strings.len() + i) as u32);
-                strings.extend([key.namespace.as_str(), &key.service, &key.route, &key.revision]);
+                strings.extend([
+                    key.namespace.as_str(),
+                    &key.service,
+                    &key.route,
+                    &key.revision,
+                ]);
                 SeriesHead {
                     labels,
                     role: key.role,
@@ -488,7 +510,10 @@ impl<'a> BatchView<'a> {
     }
 
     /// [`BatchView::decode`] into `buffers`, reusing their storage.
-    pub fn decode_with(bytes: &'a [u8], buffers: &'a mut DecodeBuffers) -> Result<BatchView<'a>, WireError> {
+    pub fn decode_with(
+        bytes: &'a [u8],
+        buffers: &'a mut DecodeBuffers,
+    ) -> Result<BatchView<'a>, WireError> {
         let header = decode_into(bytes, buffers)?;
         Ok(header.with(Cow::Borrowed(&buffers.series), Cow::Borrowed(&buffers.bins)))
     }
@@ -507,7 +532,12 @@ impl<'a> BatchView<'a> {
         self.series.iter().map(|head| {
             // Indices and ranges were checked while decoding (or built from an owned batch),
             // so the fallbacks are never taken.
-            let label = |i: usize| self.strings.get(head.labels[i] as usize).copied().unwrap_or("");
+            let label = |i: usize| {
+                self.strings
+                    .get(head.labels[i] as usize)
+                    .copied()
+                    .unwrap_or("")
+            };
             SeriesRef {
                 key: SeriesKeyRef {
                     namespace: label(0),
@@ -567,15 +597,35 @@ struct Header<'a> {
 
 impl<'a> Header<'a> {
     fn with(self, series: Cow<'a, [SeriesHead]>, bins: Cow<'a, [(u16, u64)]>) -> BatchView<'a> {
-        let Header { gateway, instance, sequence, start_unix_ms, end_unix_ms, dropped_requests, strings } = self;
-        BatchView { gateway, instance, sequence, start_unix_ms, end_unix_ms, dropped_requests, strings, series, bins }
+        let Header {
+            gateway,
+            instance,
+            sequence,
+            start_unix_ms,
+            end_unix_ms,
+            dropped_requests,
+            strings,
+        } = self;
+        BatchView {
+            gateway,
+            instance,
+            sequence,
+            start_unix_ms,
+            end_unix_ms,
+            dropped_requests,
+            strings,
+            series,
+            bins,
+        }
     }
 }
 
 /// The one strict decoder: validates the whole batch, filling `buffers` with its series.
 fn decode_into<'a>(bytes: &'a [u8], buffers: &mut DecodeBuffers) -> Result<Header<'a>, WireError> {
     if bytes.len() > MAX_BATCH_BYTES {
-        return Err(WireError::TooLarge { limit: MAX_BATCH_BYTES });
+        return Err(WireError::TooLarge {
+            limit: MAX_BATCH_BYTES,
+        });
     }
     let mut input = bytes;
     let magic = take(&mut input, 4)?;
@@ -586,12 +636,21 @@ fn decode_into<'a>(bytes: &'a [u8], buffers: &mut DecodeBuffers) -> Result<Heade
     if version != VERSION {
         return Err(WireError::UnsupportedVersion(version));
     }
-    let string_count = bounded(read_u64(&mut input)?, (4 * MAX_SERIES + 2) as u64, "string count")?;
+    let string_count = bounded(
+        read_u64(&mut input)?,
+        (4 * MAX_SERIES + 2) as u64,
+        "string count",
+    )?;
     let mut strings: Vec<&'a str> = Vec::with_capacity(string_count.min(1024));
     for _ in 0..string_count {
-        let len = bounded(read_u64(&mut input)?, MAX_STRING_BYTES as u64, "string length")?;
+        let len = bounded(
+            read_u64(&mut input)?,
+            MAX_STRING_BYTES as u64,
+            "string length",
+        )?;
         let raw = take(&mut input, len)?;
-        let s = core::str::from_utf8(raw).map_err(|_| WireError::Malformed("string is not UTF-8"))?;
+        let s =
+            core::str::from_utf8(raw).map_err(|_| WireError::Malformed("string is not UTF-8"))?;
         strings.push(s);
     }
     let index = |input: &mut &'a [u8]| -> Result<u32, WireError> {
@@ -605,7 +664,9 @@ fn decode_into<'a>(bytes: &'a [u8], buffers: &mut DecodeBuffers) -> Result<Heade
     let gateway = strings[index(&mut input)? as usize];
     let instance = strings[index(&mut input)? as usize];
     if gateway.is_empty() || instance.is_empty() {
-        return Err(WireError::Malformed("gateway and instance must not be empty"));
+        return Err(WireError::Malformed(
+            "gateway and instance must not be empty",
+        ));
     }
     let sequence = read_u64(&mut input)?;
     let start_unix_ms = read_u64(&mut input)?;
@@ -620,10 +681,16 @@ fn decode_into<'a>(bytes: &'a [u8], buffers: &mut DecodeBuffers) -> Result<Heade
     bins.clear();
     series.reserve(series_count.min(4096));
     for _ in 0..series_count {
-        let labels = [index(&mut input)?, index(&mut input)?, index(&mut input)?, index(&mut input)?];
+        let labels = [
+            index(&mut input)?,
+            index(&mut input)?,
+            index(&mut input)?,
+            index(&mut input)?,
+        ];
         let codes = take(&mut input, 2)?;
         let role = Role::from_code(codes[0]).ok_or(WireError::Malformed("unknown role"))?;
-        let status_class = StatusClass::from_code(codes[1]).ok_or(WireError::Malformed("unknown status class"))?;
+        let status_class =
+            StatusClass::from_code(codes[1]).ok_or(WireError::Malformed("unknown status class"))?;
         let code = bounded(read_u64(&mut input)?, 999, "status code")? as u16;
         let grpc_status = match bounded(read_u64(&mut input)?, 17, "grpc status")? {
             0 => None,
@@ -638,7 +705,9 @@ fn decode_into<'a>(bytes: &'a [u8], buffers: &mut DecodeBuffers) -> Result<Heade
         let (duration_count, used) = Histogram::decode_v2_prefix_into(input, bins)?;
         input = &input[used..];
         if duration_count != requests {
-            return Err(WireError::Malformed("histogram count differs from the request count"));
+            return Err(WireError::Malformed(
+                "histogram count differs from the request count",
+            ));
         }
         let head = SeriesHead {
             labels,
@@ -654,15 +723,28 @@ fn decode_into<'a>(bytes: &'a [u8], buffers: &mut DecodeBuffers) -> Result<Heade
             bins: (first, bins.len()),
         };
         // Ascending order makes duplicates adjacent: one comparison per series finds them.
-        if series.last().is_some_and(|previous| compare_keys(&strings, previous, &head).is_ge()) {
-            return Err(WireError::Malformed("series out of ascending key order, or the same series appears twice"));
+        if series
+            .last()
+            .is_some_and(|previous| compare_keys(&strings, previous, &head).is_ge())
+        {
+            return Err(WireError::Malformed(
+                "series out of ascending key order, or the same series appears twice",
+            ));
         }
         series.push(head);
     }
     if !input.is_empty() {
         return Err(WireError::Malformed("trailing bytes after the last series"));
     }
-    Ok(Header { gateway, instance, sequence, start_unix_ms, end_unix_ms, dropped_requests, strings })
+    Ok(Header {
+        gateway,
+        instance,
+        sequence,
+        start_unix_ms,
+        end_unix_ms,
+        dropped_requests,
+        strings,
+    })
 }
 
 /// [`SeriesKey`] order of two decoded series. Labels from the same string-table entry are
@@ -677,13 +759,20 @@ fn compare_keys(strings: &[&str], a: &SeriesHead, b: &SeriesHead) -> core::cmp::
             }
         }
     }
-    (a.role, a.status_class, a.code, a.grpc_status, a.upstream_failure).cmp(&(
-        b.role,
-        b.status_class,
-        b.code,
-        b.grpc_status,
-        b.upstream_failure,
-    ))
+    (
+        a.role,
+        a.status_class,
+        a.code,
+        a.grpc_status,
+        a.upstream_failure,
+    )
+        .cmp(&(
+            b.role,
+            b.status_class,
+            b.code,
+            b.grpc_status,
+            b.upstream_failure,
+        ))
 }
 
 #[derive(Default)]
@@ -741,7 +830,12 @@ mod tests {
     }
 
     fn delta(durations: &[u64], request_bytes: u64) -> SeriesDelta {
-        let mut d = SeriesDelta { requests: durations.len() as u64, request_bytes, response_bytes: 7, ..Default::default() };
+        let mut d = SeriesDelta {
+            requests: durations.len() as u64,
+            request_bytes,
+            response_bytes: 7,
+            ..Default::default()
+        };
         durations.iter().for_each(|&v| d.duration.record(v));
         d
     }
@@ -761,7 +855,10 @@ mod tests {
             end_unix_ms: 1_700_000_001_000,
             dropped_requests: 3,
             series: vec![
-                (key("v1", Role::Stable, 200), delta(&[1000, 1010, 25_000], 300)),
+                (
+                    key("v1", Role::Stable, 200),
+                    delta(&[1000, 1010, 25_000], 300),
+                ),
                 (key("v2", Role::Canary, 500), delta(&[90_000], 0)),
                 (grpc, delta(&[5], 12)),
                 (reset, delta(&[3_000_000], 0)),
@@ -774,7 +871,11 @@ mod tests {
 
     /// A batch with more series and other labels than [`sample`].
     fn sample_other() -> Batch {
-        let mut batch = Batch { gateway: "gw-2".into(), sequence: 7, ..sample() };
+        let mut batch = Batch {
+            gateway: "gw-2".into(),
+            sequence: 7,
+            ..sample()
+        };
         for (i, code) in [200u16, 201, 404, 500, 503].into_iter().enumerate() {
             let mut k = key(&format!("rev-{i}"), Role::Canary, code);
             k.namespace = "other".into();
@@ -791,7 +892,11 @@ mod tests {
         assert_eq!(batch.requests(), 6);
         let mut shuffled = sample();
         shuffled.series.reverse();
-        assert_eq!(Batch::decode(&shuffled.encode()).unwrap(), batch, "encode sorts the series");
+        assert_eq!(
+            Batch::decode(&shuffled.encode()).unwrap(),
+            batch,
+            "encode sorts the series"
+        );
     }
 
     #[test]
@@ -802,7 +907,10 @@ mod tests {
             std::fs::write(path, &encoded).unwrap();
         }
         let golden = std::fs::read(path).expect("golden file (PLOVER_UPDATE_GOLDEN=1 writes it)");
-        assert_eq!(encoded, golden, "the v1 encoding changed: bump VERSION instead");
+        assert_eq!(
+            encoded, golden,
+            "the v1 encoding changed: bump VERSION instead"
+        );
         assert_eq!(Batch::decode(&golden).unwrap(), sample());
     }
 
@@ -835,7 +943,9 @@ mod tests {
     fn rejects_inconsistent_batches() {
         let mut dup = sample();
         dup.series.push(dup.series[0].clone());
-        assert!(matches!(Batch::decode(&dup.encode()), Err(WireError::Malformed(m)) if m.contains("twice")));
+        assert!(
+            matches!(Batch::decode(&dup.encode()), Err(WireError::Malformed(m)) if m.contains("twice"))
+        );
 
         let mut lying = sample();
         lying.series[0].1.requests += 1;
@@ -847,9 +957,15 @@ mod tests {
 
         let mut version = sample().encode();
         version[4] = 9;
-        assert_eq!(Batch::decode(&version), Err(WireError::UnsupportedVersion(9)));
+        assert_eq!(
+            Batch::decode(&version),
+            Err(WireError::UnsupportedVersion(9))
+        );
 
-        assert!(matches!(Batch::decode(&vec![0u8; MAX_BATCH_BYTES + 1]), Err(WireError::TooLarge { .. })));
+        assert!(matches!(
+            Batch::decode(&vec![0u8; MAX_BATCH_BYTES + 1]),
+            Err(WireError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -861,40 +977,79 @@ mod tests {
         assert_eq!(view.len(), batch.series.len());
         let range = encoded.as_ptr_range();
         for (s, (key, delta)) in view.series().zip(&batch.series) {
-            assert!(range.contains(&s.key.service.as_ptr()), "labels are not copied");
+            assert!(
+                range.contains(&s.key.service.as_ptr()),
+                "labels are not copied"
+            );
             assert_eq!(s.key.to_owned_key(), *key);
             assert_eq!(s.duration, delta.duration.bins());
-            assert_eq!((s.requests, s.duration_count), (delta.requests, delta.duration.count()));
+            assert_eq!(
+                (s.requests, s.duration_count),
+                (delta.requests, delta.duration.count())
+            );
         }
         // A view of an owned batch carries the same data, and so does one decoded into
         // reused buffers.
         assert_eq!(batch.view().to_batch(), batch);
         let mut buffers = DecodeBuffers::default();
         let other = sample_other().encode();
-        assert_eq!(BatchView::decode_with(&other, &mut buffers).unwrap().to_batch(), sample_other());
-        assert_eq!(BatchView::decode_with(&encoded, &mut buffers).unwrap().to_batch(), batch);
+        assert_eq!(
+            BatchView::decode_with(&other, &mut buffers)
+                .unwrap()
+                .to_batch(),
+            sample_other()
+        );
+        assert_eq!(
+            BatchView::decode_with(&encoded, &mut buffers)
+                .unwrap()
+                .to_batch(),
+            batch
+        );
         assert!(BatchView::decode_with(&encoded[..encoded.len() - 1], &mut buffers).is_err());
-        assert_eq!(BatchView::decode_with(&encoded, &mut buffers).unwrap().to_batch(), batch);
+        assert_eq!(
+            BatchView::decode_with(&encoded, &mut buffers)
+                .unwrap()
+                .to_batch(),
+            batch
+        );
     }
 
     #[test]
     fn the_order_check_compares_label_bytes_not_table_entries() {
         // Two table entries with equal text must count as the same label: the encoder never
         // writes that, but a decoder must not let it smuggle a duplicate series past the check.
-        let batch = Batch { series: vec![sample().series[0].clone()], ..sample() };
+        let batch = Batch {
+            series: vec![sample().series[0].clone()],
+            ..sample()
+        };
         let one = batch.encode();
         let (key, delta) = &batch.series[0];
         let mut out = Vec::new();
         out.extend_from_slice(&MAGIC);
         out.push(VERSION);
-        let table = [batch.gateway.as_str(), &batch.instance, &key.namespace, &key.service, &key.route, &key.revision];
+        let table = [
+            batch.gateway.as_str(),
+            &batch.instance,
+            &key.namespace,
+            &key.service,
+            &key.route,
+            &key.revision,
+        ];
         // The key's labels twice: entries 2..=5, then 6..=9.
         write_u64(&mut out, 10);
         for s in table.iter().chain(&table[2..]) {
             write_u64(&mut out, s.len() as u64);
             out.extend_from_slice(s.as_bytes());
         }
-        for v in [0, 1, batch.sequence, batch.start_unix_ms, batch.end_unix_ms, batch.dropped_requests, 2] {
+        for v in [
+            0,
+            1,
+            batch.sequence,
+            batch.start_unix_ms,
+            batch.end_unix_ms,
+            batch.dropped_requests,
+            2,
+        ] {
             write_u64(&mut out, v);
         }
         for labels in [[2u64, 3, 4, 5], [6, 7, 8, 9]] {
@@ -909,7 +1064,9 @@ mod tests {
             delta.duration.encode_v2(&mut out);
         }
         assert!(Batch::decode(&one).is_ok());
-        assert!(matches!(BatchView::decode(&out), Err(WireError::Malformed(m)) if m.contains("twice")));
+        assert!(
+            matches!(BatchView::decode(&out), Err(WireError::Malformed(m)) if m.contains("twice"))
+        );
     }
 
     #[test]

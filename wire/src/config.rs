@@ -76,7 +76,12 @@ pub fn parse_istio_cluster(cluster: &str) -> Option<IstioCluster<'_>> {
     let port = parts.next()?.parse().ok()?;
     let subset = parts.next()?;
     let host = parts.next()?;
-    (!host.is_empty()).then_some(IstioCluster { direction, port, subset, host })
+    (!host.is_empty()).then_some(IstioCluster {
+        direction,
+        port,
+        subset,
+        host,
+    })
 }
 
 /// Maps one upstream cluster to a revision of a service.
@@ -131,7 +136,10 @@ pub struct Tagging {
 
 impl Default for Tagging {
     fn default() -> Self {
-        Tagging { request_header: "x-plover-revision".into(), response_header: "x-plover-revision".into() }
+        Tagging {
+            request_header: "x-plover-revision".into(),
+            response_header: "x-plover-revision".into(),
+        }
     }
 }
 
@@ -172,7 +180,10 @@ pub struct BufferLimits {
 
 impl Default for BufferLimits {
     fn default() -> Self {
-        BufferLimits { max_batches: 120, max_bytes: 8 * 1024 * 1024 }
+        BufferLimits {
+            max_batches: 120,
+            max_bytes: 8 * 1024 * 1024,
+        }
     }
 }
 
@@ -218,10 +229,16 @@ impl FilterConfig {
     /// Checks every field; the first problem found is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field: &str, expected: &str| {
-            Err(ConfigError::Invalid { field: field.to_owned(), expected: expected.to_owned() })
+            Err(ConfigError::Invalid {
+                field: field.to_owned(),
+                expected: expected.to_owned(),
+            })
         };
         if self.exporter.cluster.is_empty() {
-            return invalid("exporter.cluster", "the name of the exporter's Envoy cluster");
+            return invalid(
+                "exporter.cluster",
+                "the name of the exporter's Envoy cluster",
+            );
         }
         if !self.exporter.path.starts_with('/') {
             return invalid("exporter.path", "a path starting with '/'");
@@ -242,7 +259,10 @@ impl FilterConfig {
             return invalid("buffer.max_bytes", "at least 65536 bytes");
         }
         if self.sources.is_empty() {
-            return invalid("sources", "at least one of \"cluster\", \"response_header\"");
+            return invalid(
+                "sources",
+                "at least one of \"cluster\", \"response_header\"",
+            );
         }
         for (i, s) in self.sources.iter().enumerate() {
             if self.sources[..i].contains(s) {
@@ -254,22 +274,33 @@ impl FilterConfig {
                 Some(h) if is_header_name(&h.name) => {}
                 Some(_) => return invalid("response_header.name", "a lower-case HTTP header name"),
                 None => {
-                    return invalid("response_header", "{\"name\": …} because sources lists \"response_header\"")
+                    return invalid(
+                        "response_header",
+                        "{\"name\": …} because sources lists \"response_header\"",
+                    )
                 }
             }
         }
         if self.sources.contains(&RevisionSource::Cluster) && self.rules.is_empty() {
-            return invalid("rules", "at least one rule because sources lists \"cluster\"");
+            return invalid(
+                "rules",
+                "at least one rule because sources lists \"cluster\"",
+            );
         }
         for (i, rule) in self.rules.iter().enumerate() {
             let field = |name: &str| format!("rules[{i}].{name}");
             let matcher_ok = match &rule.cluster {
                 ClusterMatch::Exact(n) => !n.is_empty(),
-                ClusterMatch::IstioSubset { host, subset } => !host.is_empty() && !subset.is_empty(),
+                ClusterMatch::IstioSubset { host, subset } => {
+                    !host.is_empty() && !subset.is_empty()
+                }
                 ClusterMatch::IstioHost(h) => !h.is_empty(),
             };
             if !matcher_ok {
-                return invalid(&field("match"), "a non-empty exact, istio_subset or istio_host value");
+                return invalid(
+                    &field("match"),
+                    "a non-empty exact, istio_subset or istio_host value",
+                );
             }
             for (name, value) in [("namespace", &rule.namespace), ("service", &rule.service)] {
                 if value.is_empty() || value.len() > MAX_STRING_BYTES {
@@ -285,7 +316,10 @@ impl FilterConfig {
                     "a revision id (it may be left out only when sources lists \"response_header\")",
                 );
             }
-            if self.rules[..i].iter().any(|earlier| earlier.cluster == rule.cluster) {
+            if self.rules[..i]
+                .iter()
+                .any(|earlier| earlier.cluster == rule.cluster)
+            {
                 return invalid(&field("match"), "a cluster matched by no earlier rule");
             }
         }
@@ -294,7 +328,10 @@ impl FilterConfig {
             ("tagging.response_header", &self.tagging.response_header),
         ] {
             if !value.is_empty() && !is_header_name(value) {
-                return invalid(field, "a lower-case HTTP header name, or \"\" to turn tagging off");
+                return invalid(
+                    field,
+                    "a lower-case HTTP header name, or \"\" to turn tagging off",
+                );
             }
         }
         Ok(())
@@ -303,7 +340,9 @@ impl FilterConfig {
 
 fn is_header_name(name: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
@@ -338,12 +377,21 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        assert_eq!(error_field(&MINIMAL.replace("\"secret\"", "\"\"")), "exporter.token");
         assert_eq!(
-            error_field(&MINIMAL.replace("\"cluster\": \"plover_exporter\"", "\"cluster\": \"e\", \"timeout_ms\": 0")),
+            error_field(&MINIMAL.replace("\"secret\"", "\"\"")),
+            "exporter.token"
+        );
+        assert_eq!(
+            error_field(&MINIMAL.replace(
+                "\"cluster\": \"plover_exporter\"",
+                "\"cluster\": \"e\", \"timeout_ms\": 0"
+            )),
             "exporter.timeout_ms"
         );
-        assert_eq!(error_field(&MINIMAL.replace("\"revision\": \"v2\"", "\"revision\": \"\"")), "rules[1].revision");
+        assert_eq!(
+            error_field(&MINIMAL.replace("\"revision\": \"v2\"", "\"revision\": \"\"")),
+            "rules[1].revision"
+        );
         let header_source = MINIMAL.replacen('{', "{\"sources\": [\"response_header\"],", 1);
         assert_eq!(error_field(&header_source), "response_header");
         let no_revision = MINIMAL.replace(", \"revision\": \"v1\"", "");
@@ -352,7 +400,9 @@ mod tests {
 
     #[test]
     fn unknown_fields_and_bad_json_are_reported() {
-        let err = FilterConfig::from_json(br#"{"exporter": {"cluster": "x", "token": "t", "tokn": 1}}"#).unwrap_err();
+        let err =
+            FilterConfig::from_json(br#"{"exporter": {"cluster": "x", "token": "t", "tokn": 1}}"#)
+                .unwrap_err();
         assert!(err.to_string().contains("tokn"), "{err}");
         assert!(FilterConfig::from_json(b"not json").is_err());
         assert!(FilterConfig::from_json(b"").is_err());
@@ -360,7 +410,10 @@ mod tests {
 
     #[test]
     fn istio_cluster_names_are_matched() {
-        let subset = ClusterMatch::IstioSubset { host: "app.demo.svc.cluster.local".into(), subset: "canary".into() };
+        let subset = ClusterMatch::IstioSubset {
+            host: "app.demo.svc.cluster.local".into(),
+            subset: "canary".into(),
+        };
         assert!(subset.matches("outbound|80|canary|app.demo.svc.cluster.local"));
         assert!(subset.matches("outbound|8080|canary|app.demo.svc.cluster.local"));
         assert!(!subset.matches("outbound|80|stable|app.demo.svc.cluster.local"));

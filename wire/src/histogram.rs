@@ -200,7 +200,9 @@ impl Histogram {
 
     /// Highest equivalent value of the highest occupied bin.
     pub fn max(&self) -> Option<u64> {
-        self.bins.last().map(|&(i, _)| highest_value_at(i).min(HIGHEST_TRACKABLE_MICROS))
+        self.bins
+            .last()
+            .map(|&(i, _)| highest_value_at(i).min(HIGHEST_TRACKABLE_MICROS))
     }
 
     /// Lowest equivalent value of the lowest occupied bin.
@@ -227,7 +229,11 @@ impl Histogram {
     /// Number of recordings at or below `value_micros` (bin-granular, for exposition buckets).
     pub fn count_at_or_below(&self, value_micros: u64) -> u64 {
         let limit = index_of(value_micros);
-        self.bins.iter().take_while(|&&(i, _)| i <= limit).map(|&(_, c)| c).sum()
+        self.bins
+            .iter()
+            .take_while(|&&(i, _)| i <= limit)
+            .map(|&(_, c)| c)
+            .sum()
     }
 
     /// Encodes in the uncompressed HdrHistogram V2 format.
@@ -268,7 +274,9 @@ impl Histogram {
     pub fn decode_v2(bytes: &[u8]) -> Result<Histogram, WireError> {
         let (histogram, used) = Self::decode_v2_prefix(bytes)?;
         if used != bytes.len() {
-            return Err(WireError::Histogram("trailing bytes after the histogram payload"));
+            return Err(WireError::Histogram(
+                "trailing bytes after the histogram payload",
+            ));
         }
         Ok(histogram)
     }
@@ -286,11 +294,16 @@ impl Histogram {
     /// consumed. The exporter decodes every series of a batch into one shared vector this way
     /// instead of allocating a histogram per series. On error, `bins` may hold a partial
     /// histogram after its previous length: callers discard it with the batch.
-    pub fn decode_v2_prefix_into(bytes: &[u8], bins: &mut Vec<(u16, u64)>) -> Result<(u64, usize), WireError> {
+    pub fn decode_v2_prefix_into(
+        bytes: &[u8],
+        bins: &mut Vec<(u16, u64)>,
+    ) -> Result<(u64, usize), WireError> {
         if bytes.len() < V2_HEADER_LEN {
             return Err(WireError::Histogram("truncated header"));
         }
-        let u32_at = |at: usize| u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+        let u32_at = |at: usize| {
+            u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
         let u64_at = |at: usize| {
             let mut b = [0u8; 8];
             b.copy_from_slice(&bytes[at..at + 8]);
@@ -299,7 +312,9 @@ impl Histogram {
         match u32_at(0) {
             V2_COOKIE => {}
             V2_COMPRESSED_COOKIE => {
-                return Err(WireError::Histogram("compressed (deflate) V2 is not accepted; send plain V2"))
+                return Err(WireError::Histogram(
+                    "compressed (deflate) V2 is not accepted; send plain V2",
+                ))
             }
             _ => return Err(WireError::Histogram("not an HdrHistogram V2 cookie")),
         }
@@ -341,7 +356,9 @@ impl Histogram {
                 }
                 if value > 0 {
                     bins.push((index as u16, value as u64));
-                    total = total.checked_add(value as u64).ok_or(WireError::Histogram("total count overflows"))?;
+                    total = total
+                        .checked_add(value as u64)
+                        .ok_or(WireError::Histogram("total count overflows"))?;
                 }
                 index += 1;
             }
@@ -353,7 +370,10 @@ impl Histogram {
     /// the layout, counts > 0, summing to `total` (what [`Histogram::decode_v2_prefix_into`]
     /// produced).
     pub(crate) fn from_valid_bins(bins: &[(u16, u64)], total: u64) -> Histogram {
-        Histogram { bins: bins.to_vec(), total }
+        Histogram {
+            bins: bins.to_vec(),
+            total,
+        }
     }
 }
 
@@ -370,9 +390,31 @@ mod tests {
     fn layout_matches_the_reference_implementation() {
         let r = reference();
         assert_eq!(r.distinct_values(), COUNTS_LEN);
-        for v in [1u64, 2, 127, 128, 255, 256, 257, 511, 512, 1000, 12_345, 999_999, 3_599_999_999] {
-            assert_eq!(r.lowest_equivalent(v), lowest_value_at(index_of(v)), "lowest for {v}");
-            assert_eq!(r.highest_equivalent(v), highest_value_at(index_of(v)), "highest for {v}");
+        for v in [
+            1u64,
+            2,
+            127,
+            128,
+            255,
+            256,
+            257,
+            511,
+            512,
+            1000,
+            12_345,
+            999_999,
+            3_599_999_999,
+        ] {
+            assert_eq!(
+                r.lowest_equivalent(v),
+                lowest_value_at(index_of(v)),
+                "lowest for {v}"
+            );
+            assert_eq!(
+                r.highest_equivalent(v),
+                highest_value_at(index_of(v)),
+                "highest for {v}"
+            );
         }
     }
 
@@ -382,7 +424,10 @@ mod tests {
         while v < HIGHEST_TRACKABLE_MICROS {
             let high = highest_value_at(index_of(v));
             assert!(high >= v);
-            assert!((high - v) as f64 <= v as f64 * 0.01 + 1.0, "value {v} reported as {high}");
+            assert!(
+                (high - v) as f64 <= v as f64 * 0.01 + 1.0,
+                "value {v} reported as {high}"
+            );
             v = v * 11 / 10 + 1;
         }
     }
@@ -397,7 +442,11 @@ mod tests {
             r.record(v).unwrap();
         }
         for q in [0.0, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0] {
-            assert_eq!(ours.value_at_quantile(q), Some(r.value_at_quantile(q)), "q={q}");
+            assert_eq!(
+                ours.value_at_quantile(q),
+                Some(r.value_at_quantile(q)),
+                "q={q}"
+            );
         }
         assert_eq!(ours.count(), 10_000);
     }
@@ -412,10 +461,15 @@ mod tests {
         let mut reader = hdrhistogram::serialization::Deserializer::new();
         let theirs: hdrhistogram::Histogram<u64> = reader.deserialize(&mut &bytes[..]).unwrap();
         assert_eq!(theirs.len(), ours.count());
-        assert_eq!(theirs.value_at_quantile(0.5), ours.value_at_quantile(0.5).unwrap());
+        assert_eq!(
+            theirs.value_at_quantile(0.5),
+            ours.value_at_quantile(0.5).unwrap()
+        );
 
         let mut encoded = Vec::new();
-        hdrhistogram::serialization::V2Serializer::new().serialize(&theirs, &mut encoded).unwrap();
+        hdrhistogram::serialization::V2Serializer::new()
+            .serialize(&theirs, &mut encoded)
+            .unwrap();
         assert_eq!(Histogram::decode_v2(&encoded).unwrap(), ours);
     }
 
@@ -447,7 +501,10 @@ mod tests {
         h.record(1234);
         let good = h.to_v2();
         for cut in 0..good.len() {
-            assert!(Histogram::decode_v2(&good[..cut]).is_err(), "truncated at {cut}");
+            assert!(
+                Histogram::decode_v2(&good[..cut]).is_err(),
+                "truncated at {cut}"
+            );
         }
         let mut other_layout = good.clone();
         other_layout[15] = 3;

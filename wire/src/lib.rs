@@ -18,7 +18,10 @@ pub mod labels;
 pub mod stats;
 pub mod varint;
 
-pub use batch::{Batch, BatchView, DecodeBuffers, Role, SeriesDelta, SeriesKey, SeriesKeyRef, SeriesRef, StatusClass, UpstreamFailure};
+pub use batch::{
+    Batch, BatchView, DecodeBuffers, Role, SeriesDelta, SeriesKey, SeriesKeyRef, SeriesRef,
+    StatusClass, UpstreamFailure,
+};
 pub use config::FilterConfig;
 pub use histogram::Histogram;
 

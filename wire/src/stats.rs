@@ -60,7 +60,10 @@ impl StatsResponse {
     /// The entry for a role (`stable`/`canary`); when several revisions share the role (a
     /// revision changed inside the window), the one that served the most requests.
     pub fn role(&self, role: &str) -> Option<&RevisionStats> {
-        self.revisions.iter().filter(|r| r.role == role).max_by_key(|r| r.requests)
+        self.revisions
+            .iter()
+            .filter(|r| r.role == role)
+            .max_by_key(|r| r.requests)
     }
 }
 

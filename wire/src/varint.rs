@@ -72,7 +72,9 @@ pub fn read_zigzag(input: &mut &[u8]) -> Result<i64, WireError> {
         }
     }
     for i in 0..9 {
-        let (&byte, rest) = input.split_first().ok_or(WireError::Histogram("truncated count"))?;
+        let (&byte, rest) = input
+            .split_first()
+            .ok_or(WireError::Histogram("truncated count"))?;
         *input = rest;
         if i == 8 {
             v |= u64::from(byte) << 56;
@@ -105,7 +107,10 @@ mod tests {
     fn leb128_rejects_overflow_and_truncation() {
         assert!(read_u64(&mut &[0x80u8][..]).is_err());
         assert!(read_u64(&mut &[0xffu8; 10][..]).is_err());
-        assert!(read_u64(&mut &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02][..]).is_err());
+        assert!(
+            read_u64(&mut &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02][..])
+                .is_err()
+        );
     }
 
     #[test]

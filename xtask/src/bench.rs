@@ -13,7 +13,16 @@ pub fn filter(extra: &[&str]) -> Result<(), String> {
     let empty = wasm::build_package("plover-empty-filter", "plover_empty_filter")?;
     let envoy = install::envoy_binary()?;
     run(Command::new(cargo_bin())
-        .args(["run", "--release", "--quiet", "--package", "plover-e2e", "--bin", "plover-bench-filter", "--"])
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "--package",
+            "plover-e2e",
+            "--bin",
+            "plover-bench-filter",
+            "--",
+        ])
         .args(extra)
         .env("PLOVER_FILTER_WASM", &plover)
         .env("PLOVER_EMPTY_FILTER_WASM", &empty)
@@ -23,13 +32,31 @@ pub fn filter(extra: &[&str]) -> Result<(), String> {
 /// `bench exporter`: in-process ingest and exposition figures.
 pub fn exporter(extra: &[&str]) -> Result<(), String> {
     run(Command::new(cargo_bin())
-        .args(["run", "--release", "--quiet", "--package", "plover-exporter", "--bin", "plover-exporter-bench", "--"])
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "--package",
+            "plover-exporter",
+            "--bin",
+            "plover-exporter-bench",
+            "--",
+        ])
         .args(extra))
 }
 
 /// `bench judge`: seeded simulations, Plover's sequential judges beside the seed templates.
 pub fn judge(extra: &[&str]) -> Result<(), String> {
     run(Command::new(cargo_bin())
-        .args(["run", "--release", "--quiet", "--package", "plover-sequential", "--bin", "plover-bench-judge", "--"])
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "--package",
+            "plover-sequential",
+            "--bin",
+            "plover-bench-judge",
+            "--",
+        ])
         .args(extra))
 }

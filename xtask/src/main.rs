@@ -64,10 +64,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// Installs the tools, builds the filter and runs `cargo test --workspace` (extra arguments
-/// are passed to cargo test, e.g. `cargo xtask test -p plover-e2e`).
+/// Installs the tools, checks formatting and the workspace lints, builds the filter and runs
+/// `cargo test --workspace` (extra arguments are passed to cargo test, e.g.
+/// `cargo xtask test -p plover-e2e`, and skip the style checks).
 fn test(extra: &[&str]) -> Result<(), String> {
     install::test_tools()?;
+    if extra.is_empty() {
+        lint()?;
+    }
     let wasm = wasm::build()?;
     let envoy = install::envoy_binary()?;
     let mut cargo = std::process::Command::new(cargo_bin());
@@ -75,8 +79,32 @@ fn test(extra: &[&str]) -> Result<(), String> {
     if extra.is_empty() {
         cargo.arg("--workspace");
     }
-    cargo.args(extra).env("PLOVER_FILTER_WASM", &wasm).env("PLOVER_ENVOY", &envoy);
+    cargo
+        .args(extra)
+        .env("PLOVER_FILTER_WASM", &wasm)
+        .env("PLOVER_ENVOY", &envoy);
     run(&mut cargo)
+}
+
+/// `cargo fmt --check` (one `rustfmt.toml` for the workspace) and clippy on the crates that sit
+/// in the data path, whose `lib.rs`/`main.rs` deny `unwrap`, `expect` and `panic` outside tests.
+fn lint() -> Result<(), String> {
+    install::rust_components(&["rustfmt", "clippy"])?;
+    run(std::process::Command::new(cargo_bin()).args(["fmt", "--all", "--check"]))
+        .map_err(|e| format!("{e}: run `cargo fmt --all`"))?;
+    run(std::process::Command::new(cargo_bin()).args([
+        "clippy",
+        "--quiet",
+        "--package",
+        "plover-wire",
+        "--package",
+        "plover-filter",
+        "--package",
+        "plover-exporter",
+        "--lib",
+        "--bin",
+        "plover-exporter",
+    ]))
 }
 
 /// The cargo that invoked us.
@@ -86,7 +114,9 @@ pub fn cargo_bin() -> String {
 
 /// Runs a command, inheriting stdio; an unsuccessful exit is an error naming the command.
 pub fn run(command: &mut std::process::Command) -> Result<(), String> {
-    let status = command.status().map_err(|e| format!("cannot start {command:?}: {e}"))?;
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot start {command:?}: {e}"))?;
     if status.success() {
         Ok(())
     } else {
@@ -101,5 +131,8 @@ pub fn workspace_root() -> std::path::PathBuf {
     let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    manifest_dir.parent().expect("xtask has a parent").to_path_buf()
+    manifest_dir
+        .parent()
+        .expect("xtask has a parent")
+        .to_path_buf()
 }

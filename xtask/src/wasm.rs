@@ -19,10 +19,19 @@ pub fn build() -> Result<PathBuf, String> {
 pub fn build_package(package: &str, artifact: &str) -> Result<PathBuf, String> {
     let root = workspace_root();
     if rustup_has_target() || rustup_add_target() {
-        run(Command::new(cargo_bin())
-            .current_dir(&root)
-            .args(["build", "--package", package, "--target", TARGET, "--profile", "wasm"]))?;
-        Ok(root.join("target").join(TARGET).join(format!("wasm/{artifact}.wasm")))
+        run(Command::new(cargo_bin()).current_dir(&root).args([
+            "build",
+            "--package",
+            package,
+            "--target",
+            TARGET,
+            "--profile",
+            "wasm",
+        ]))?;
+        Ok(root
+            .join("target")
+            .join(TARGET)
+            .join(format!("wasm/{artifact}.wasm")))
     } else {
         debian_build(package, artifact)
     }
@@ -32,7 +41,11 @@ fn rustup_has_target() -> bool {
     Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == TARGET))
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == TARGET)
+        })
         .unwrap_or(false)
 }
 
@@ -45,9 +58,19 @@ fn rustup_add_target() -> bool {
 /// from source (`-Zbuild-std`), linked by lld's `wasm-ld`.
 fn debian_build(package: &str, artifact: &str) -> Result<PathBuf, String> {
     println!("xtask: rustup target unavailable; building with Debian's rustc-web and -Zbuild-std");
-    if !PathBuf::from("/usr/bin/wasm-ld").exists() || !PathBuf::from("/usr/share/cargo-web").exists() {
+    if !PathBuf::from("/usr/bin/wasm-ld").exists()
+        || !PathBuf::from("/usr/share/cargo-web").exists()
+    {
         crate::install::apt_get(&["update", "-qq"])?;
-        crate::install::apt_get(&["install", "-y", "-qq", "rustc-web", "cargo-web", "rust-web-src", "lld"])?;
+        crate::install::apt_get(&[
+            "install",
+            "-y",
+            "-qq",
+            "rustc-web",
+            "cargo-web",
+            "rust-web-src",
+            "lld",
+        ])?;
     }
     let root = workspace_root();
     let target_dir = root.join("target/debian-wasm");
@@ -57,20 +80,35 @@ fn debian_build(package: &str, artifact: &str) -> Result<PathBuf, String> {
         .env("RUSTC_BOOTSTRAP", "1")
         .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", "wasm-ld")
         .env("CARGO_TARGET_DIR", &target_dir)
-        .args(["build", "--package", package, "--target", TARGET, "--profile", "wasm"])
+        .args([
+            "build",
+            "--package",
+            package,
+            "--target",
+            TARGET,
+            "--profile",
+            "wasm",
+        ])
         .args(["-Zbuild-std=std,panic_abort"]))?;
-    Ok(target_dir.join(TARGET).join(format!("wasm/{artifact}.wasm")))
+    Ok(target_dir
+        .join(TARGET)
+        .join(format!("wasm/{artifact}.wasm")))
 }
 
 fn check_budget(module: &PathBuf) -> Result<(), String> {
-    let size = std::fs::metadata(module).map_err(|e| format!("{}: {e}", module.display()))?.len();
+    let size = std::fs::metadata(module)
+        .map_err(|e| format!("{}: {e}", module.display()))?
+        .len();
     let budget_file = workspace_root().join("filter/wasm-size-budget");
     let budget: u64 = std::fs::read_to_string(&budget_file)
         .map_err(|e| format!("{}: {e}", budget_file.display()))?
         .trim()
         .parse()
         .map_err(|e| format!("{}: not a byte count: {e}", budget_file.display()))?;
-    println!("xtask: {} is {size} bytes (budget {budget})", module.display());
+    println!(
+        "xtask: {} is {size} bytes (budget {budget})",
+        module.display()
+    );
     if size > budget {
         return Err(format!(
             "plover_filter.wasm grew to {size} bytes, past its budget of {budget} (filter/wasm-size-budget); \

@@ -19,7 +19,7 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     let body = serde_yaml::to_string(&crd())?;
     Ok(format!(
         "# Generated from controller/src/canary/spec.rs — do not edit.\n\
-         # Regenerate: cargo run -q -p plover-controller --bin plover-crdgen > {CRD_PATH}\n{body}"
+         # Regenerate: cargo run -q -p plover-controller --bin plover -- crd > {CRD_PATH}\n{body}"
     ))
 }
 
@@ -35,7 +35,7 @@ mod tests {
         let generated = crd_yaml().unwrap();
         assert!(
             on_disk == generated,
-            "{CRD_PATH} is stale; regenerate it with: cargo run -q -p plover-controller --bin plover-crdgen > {CRD_PATH}"
+            "{CRD_PATH} is stale; regenerate it with: cargo run -q -p plover-controller --bin plover -- crd > {CRD_PATH}"
         );
     }
 

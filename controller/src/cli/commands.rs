@@ -12,8 +12,7 @@ use plover_analysis::provider::Settings;
 use crate::{
     canary::crd,
     cli::kubectl::{self, Request, View},
-    controller,
-    local,
+    controller, local,
     observe::{Exporter, TrafficSource},
 };
 

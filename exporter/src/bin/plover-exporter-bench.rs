@@ -31,7 +31,8 @@ const MALLOC_OVERHEAD: usize = 16;
 /// Heap in use: (requested bytes, allocations).
 fn heap() -> (usize, usize) {
     let stats = ALLOCATOR.stats();
-    let bytes = stats.bytes_allocated as isize - stats.bytes_deallocated as isize + stats.bytes_reallocated;
+    let bytes =
+        stats.bytes_allocated as isize - stats.bytes_deallocated as isize + stats.bytes_reallocated;
     let allocations = stats.allocations.saturating_sub(stats.deallocations);
     (bytes.max(0) as usize, allocations)
 }
@@ -100,15 +101,23 @@ fn key(service: usize, revision: usize, route: usize, code: u16) -> SeriesKey {
         &format!("svc-{service:02}"),
         &format!("route-{route}"),
         &format!("v{}", revision + 1),
-        if revision == 0 { Role::Stable } else { Role::Canary },
+        if revision == 0 {
+            Role::Stable
+        } else {
+            Role::Canary
+        },
         code,
     )
 }
 
 /// Requests of one series in one second: latencies from a log-normal around `median_us`.
 fn delta(rng: &mut Rng, requests: u64, median_us: f64) -> SeriesDelta {
-    let mut d =
-        SeriesDelta { requests, request_bytes: requests * 350, response_bytes: requests * 2200, ..Default::default() };
+    let mut d = SeriesDelta {
+        requests,
+        request_bytes: requests * 350,
+        response_bytes: requests * 2200,
+        ..Default::default()
+    };
     for _ in 0..requests {
         d.duration.record(rng.log_normal(median_us, 0.5) as u64);
     }
@@ -135,7 +144,11 @@ fn gateway_batch(rng: &mut Rng, args: &Args, gateway: usize, sequence: u64, end:
     for service in 0..args.services {
         let median = 2_000.0 + 1_500.0 * service as f64;
         for revision in 0..2 {
-            let requests = if revision == 0 { 8 + rng.next() % 5 } else { 1 + rng.next() % 3 };
+            let requests = if revision == 0 {
+                8 + rng.next() % 5
+            } else {
+                1 + rng.next() % 3
+            };
             series.push((key(service, revision, 0, 200), delta(rng, requests, median)));
             if rng.next().is_multiple_of(10) {
                 series.push((key(service, revision, 0, 503), delta(rng, 1, median * 3.0)));
@@ -175,10 +188,15 @@ fn http_ingest(args: &Args, seconds: u64, connections: usize) -> f64 {
     }
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("loopback listener");
     let address = listener.local_addr().expect("listener address");
-    listener.set_nonblocking(true).expect("non-blocking listener");
+    listener
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
             plover_exporter::run(config(), listener, async move {
@@ -244,7 +262,12 @@ fn ingest(args: &Args) -> IngestFigures {
     let (heap_before, allocs_before) = heap();
     let config = config();
     let store = Arc::new(Mutex::new(Store::new(config.store.clone())));
-    let ingest = Ingest::new(config.auth.clone(), config.max_batch_bytes, store.clone(), sim_now);
+    let ingest = Ingest::new(
+        config.auth.clone(),
+        config.max_batch_bytes,
+        store.clone(),
+        sim_now,
+    );
     let mut latencies = Vec::with_capacity(args.gateways * args.seconds as usize);
     let mut busy = Duration::ZERO;
     let mut tick_time = Duration::ZERO;
@@ -264,7 +287,13 @@ fn ingest(args: &Args) -> IngestFigures {
             let started = Instant::now();
             let applied = ingest.apply_body(&encoded);
             let took = started.elapsed();
-            assert!(matches!(applied, Ok(Applied::Merged { series_rejected: 0, .. })));
+            assert!(matches!(
+                applied,
+                Ok(Applied::Merged {
+                    series_rejected: 0,
+                    ..
+                })
+            ));
             busy += took;
             latencies.push(took);
             if second + 1 == args.seconds {
@@ -281,7 +310,9 @@ fn ingest(args: &Args) -> IngestFigures {
     let started = Instant::now();
     for _ in 0..rounds {
         for encoded in &last_second {
-            std::hint::black_box(BatchView::decode(std::hint::black_box(encoded)).expect("valid batch"));
+            std::hint::black_box(
+                BatchView::decode(std::hint::black_box(encoded)).expect("valid batch"),
+            );
         }
     }
     let decode_time = started.elapsed() / (rounds * last_second.len().max(1)) as u32;
@@ -295,7 +326,11 @@ fn ingest(args: &Args) -> IngestFigures {
     let overhead = (allocs_after - allocs_before) as f64 * MALLOC_OVERHEAD as f64;
     let series = store.series();
     let revisions = args.services * 2;
-    println!("  batches: {batches}, mean size {} B, {} series held", batch_bytes / batches.max(1), series);
+    println!(
+        "  batches: {batches}, mean size {} B, {} series held",
+        batch_bytes / batches.max(1),
+        series
+    );
     println!(
         "  time split: {:?} per batch, of which decode {:?} (measured apart) and lock + apply the rest",
         busy / batches as u32,
@@ -365,7 +400,10 @@ fn apply_only(args: &Args) {
         store.apply(&b.view(), end + 40).unwrap();
     }
     let took = started.elapsed();
-    println!("apply only: {n} batches in {took:?}: {:.0} batches/s", n as f64 / took.as_secs_f64());
+    println!(
+        "apply only: {n} batches in {took:?}: {:.0} batches/s",
+        n as f64 / took.as_secs_f64()
+    );
 }
 
 struct RenderFigures {
@@ -397,7 +435,10 @@ fn render(args: &Args) -> RenderFigures {
         let mut s = store.lock().unwrap();
         let mut sequence = 0;
         let mut pending = Vec::new();
-        let flush = |s: &mut Store, pending: &mut Vec<(SeriesKey, SeriesDelta)>, sequence: &mut u64, end: u64| {
+        let flush = |s: &mut Store,
+                     pending: &mut Vec<(SeriesKey, SeriesDelta)>,
+                     sequence: &mut u64,
+                     end: u64| {
             *sequence += 1;
             let mut series = std::mem::take(pending);
             series.sort_by(|a, b| a.0.cmp(&b.0));
@@ -416,7 +457,10 @@ fn render(args: &Args) -> RenderFigures {
             for revision in 0..2 {
                 for route in 0..routes {
                     for code in CODES {
-                        pending.push((key(service, revision, route, code), delta(&mut rng, 3, 20_000.0)));
+                        pending.push((
+                            key(service, revision, route, code),
+                            delta(&mut rng, 3, 20_000.0),
+                        ));
                         if pending.len() == 1000 {
                             flush(&mut s, &mut pending, &mut sequence, now - 1000);
                         }
@@ -435,15 +479,22 @@ fn render(args: &Args) -> RenderFigures {
                     ));
                 }
             }
-            flush(&mut s, &mut pending, &mut sequence, now - (300 - second) * 1000);
+            flush(
+                &mut s,
+                &mut pending,
+                &mut sequence,
+                now - (300 - second) * 1000,
+            );
             s.tick(now - (299 - second) * 1000);
         }
         assert_eq!(s.series(), total);
     }
     let (heap_after, allocs_after) = heap();
-    let bytes = (heap_after - heap_before) as f64 + (allocs_after - allocs_before) as f64 * MALLOC_OVERHEAD as f64;
+    let bytes = (heap_after - heap_before) as f64
+        + (allocs_after - allocs_before) as f64 * MALLOC_OVERHEAD as f64;
 
-    let (registry, _) = plover_exporter::metrics::registry(store.clone(), config.windows.clone(), sim_now);
+    let (registry, _) =
+        plover_exporter::metrics::registry(store.clone(), config.windows.clone(), sim_now);
     let mut times = Vec::new();
     let mut size = 0;
     let mut lines = 0;
@@ -482,7 +533,12 @@ fn render(args: &Args) -> RenderFigures {
         std::fs::write(path, out).expect("writing PLOVER_BENCH_METRICS_OUT");
     }
     times.sort_unstable();
-    println!("  render: median {:?}, max {:?}; {:.1} MB, {lines} lines", times[2], times[4], size as f64 / 1e6);
+    println!(
+        "  render: median {:?}, max {:?}; {:.1} MB, {lines} lines",
+        times[2],
+        times[4],
+        size as f64 / 1e6
+    );
     println!(
         "  store lock wait of a concurrent ingest during the renders: p50 {:?}, p99 {:?}, max {:?} ({} probes)",
         percentile(&waits, 0.5),
@@ -496,7 +552,10 @@ fn render(args: &Args) -> RenderFigures {
     );
     RenderFigures {
         median: times[2],
-        lock_wait: (percentile(&waits, 0.99), waits.last().copied().unwrap_or_default()),
+        lock_wait: (
+            percentile(&waits, 0.99),
+            waits.last().copied().unwrap_or_default(),
+        ),
         bytes_per_series: bytes / total as f64,
     }
 }
@@ -515,8 +574,10 @@ fn worst_case(args: &Args) -> f64 {
         let end = T0 + (second + 1) * 1000;
         let series = (0..args.worst_revisions)
             .map(|service| {
-                let histogram =
-                    Histogram::from_bins((0..COUNTS_LEN as u16).map(|i| (i, 1 + rng.next() % 1000))).unwrap();
+                let histogram = Histogram::from_bins(
+                    (0..COUNTS_LEN as u16).map(|i| (i, 1 + rng.next() % 1000)),
+                )
+                .unwrap();
                 let d = SeriesDelta {
                     requests: histogram.count(),
                     request_bytes: 0,
@@ -546,7 +607,11 @@ fn worst_case(args: &Args) -> f64 {
     let mut acc = plover_exporter::window::Accumulator::default();
     let newest = (T0 + 601_000) / 1000 - 1;
     let windows = service.windows(newest, &[30, 60, 300, 600], &mut acc);
-    let covered: Vec<u64> = windows[0].summaries.iter().map(|s| s.covered_seconds).collect();
+    let covered: Vec<u64> = windows[0]
+        .summaries
+        .iter()
+        .map(|s| s.covered_seconds)
+        .collect();
     println!(
         "  memory: {} per series ({} with malloc overhead); {} budget merges; windows 30s/1m/5m/10m cover {covered:?} s",
         kib(bytes / store.series() as f64),
@@ -611,6 +676,12 @@ fn main() {
         kib(ingest.bytes_per_series),
         kib(render.bytes_per_series),
         kib(worst),
-        check(ingest.bytes_per_series.max(render.bytes_per_series).max(worst) <= target)
+        check(
+            ingest
+                .bytes_per_series
+                .max(render.bytes_per_series)
+                .max(worst)
+                <= target
+        )
     );
 }

@@ -41,7 +41,11 @@ impl Exporter {
             .await
             .unwrap();
         });
-        Exporter { addr, shutdown: Some(tx), task: Some(task) }
+        Exporter {
+            addr,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
     }
 
     /// Begins shutdown without waiting for it.
@@ -55,16 +59,29 @@ impl Exporter {
     pub async fn stop(mut self) {
         self.begin_shutdown();
         let task = self.task.take().unwrap();
-        tokio::time::timeout(Duration::from_secs(10), task).await.expect("shutdown in time").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("shutdown in time")
+            .unwrap();
     }
 
     pub async fn join(&mut self) {
         let task = self.task.take().unwrap();
-        tokio::time::timeout(Duration::from_secs(10), task).await.expect("shutdown in time").unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("shutdown in time")
+            .unwrap();
     }
 
     pub async fn get(&self, path: &str) -> Reply {
-        send(self.addr, Request::get(path).header("host", "test").body(Full::new(Bytes::new())).unwrap()).await
+        send(
+            self.addr,
+            Request::get(path)
+                .header("host", "test")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
     }
 
     /// POSTs an encoded batch with the test token.
@@ -73,11 +90,17 @@ impl Exporter {
     }
 
     pub async fn post(&self, body: Vec<u8>, token: Option<&str>, content_type: &str) -> Reply {
-        let mut request = Request::post(INGEST_PATH).header("host", "test").header("content-type", content_type);
+        let mut request = Request::post(INGEST_PATH)
+            .header("host", "test")
+            .header("content-type", content_type);
         if let Some(token) = token {
             request = request.header("authorization", format!("Bearer {token}"));
         }
-        send(self.addr, request.body(Full::new(Bytes::from(body))).unwrap()).await
+        send(
+            self.addr,
+            request.body(Full::new(Bytes::from(body))).unwrap(),
+        )
+        .await
     }
 
     /// `/v1/stats` as JSON.
@@ -91,7 +114,12 @@ impl Exporter {
     pub async fn metric_lines(&self, prefix: &str) -> Vec<String> {
         let reply = self.get("/metrics").await;
         assert_eq!(reply.status, 200);
-        let mut lines: Vec<String> = reply.body.lines().filter(|l| l.starts_with(prefix)).map(str::to_owned).collect();
+        let mut lines: Vec<String> = reply
+            .body
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+            .collect();
         lines.sort();
         lines
     }
@@ -106,37 +134,69 @@ pub struct Reply {
 }
 
 pub async fn send(addr: SocketAddr, request: Request<Full<Bytes>>) -> Reply {
-    try_send(addr, request).await.unwrap_or_else(|e| panic!("request to {addr} failed: {e}"))
+    try_send(addr, request)
+        .await
+        .unwrap_or_else(|e| panic!("request to {addr} failed: {e}"))
 }
 
 /// Like [`send`], but a connection or protocol failure is an error instead of a panic.
-pub async fn try_send(addr: SocketAddr, request: Request<Full<Bytes>>) -> Result<Reply, Box<dyn std::error::Error>> {
+pub async fn try_send(
+    addr: SocketAddr,
+    request: Request<Full<Bytes>>,
+) -> Result<Reply, Box<dyn std::error::Error>> {
     let stream = TcpStream::connect(addr).await?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     let response = sender.send_request(request).await?;
     let status = response.status().as_u16();
-    let content_type =
-        response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let body = response.into_body().collect().await?.to_bytes();
-    Ok(Reply { status, content_type, body: String::from_utf8_lossy(&body).into_owned() })
+    Ok(Reply {
+        status,
+        content_type,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// One series of service `app` in namespace `demo`.
-pub fn series(revision: &str, role: Role, code: u16, requests: u64, micros: u64) -> (SeriesKey, SeriesDelta) {
+pub fn series(
+    revision: &str,
+    role: Role,
+    code: u16,
+    requests: u64,
+    micros: u64,
+) -> (SeriesKey, SeriesDelta) {
     let key = SeriesKey::answered("demo", "app", "app-route", revision, role, code);
-    let mut delta =
-        SeriesDelta { requests, request_bytes: requests * 100, response_bytes: requests * 1000, ..Default::default() };
+    let mut delta = SeriesDelta {
+        requests,
+        request_bytes: requests * 100,
+        response_bytes: requests * 1000,
+        ..Default::default()
+    };
     delta.duration.record_n(micros, requests);
     (key, delta)
 }
 
 /// A batch from gateway `gw-1`, ending `ago_ms` before now.
-pub fn batch(instance: &str, sequence: u64, ago_ms: u64, mut series: Vec<(SeriesKey, SeriesDelta)>) -> Batch {
+pub fn batch(
+    instance: &str,
+    sequence: u64,
+    ago_ms: u64,
+    mut series: Vec<(SeriesKey, SeriesDelta)>,
+) -> Batch {
     series.sort_by(|a, b| a.0.cmp(&b.0));
     let end = now_ms() - ago_ms;
     Batch {

@@ -25,7 +25,6 @@ use plover_testkit::tools::{debian_tool, which, workspace_root};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-
 mod dashboard;
 mod deployments;
 mod examples;
