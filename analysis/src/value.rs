@@ -65,12 +65,6 @@ impl Value {
             ),
         }
     }
-
-    /// The measurement's `value` string. Floats are written as Go's `strconv.FormatFloat(f, 'f', -1)`
-    /// (`0.98`, `NaN`, `+Inf`) and lists without spaces (`[0.98,1]`), as Argo stores them.
-    pub fn to_measurement_string(&self) -> String {
-        self.to_string()
-    }
 }
 
 /// Formats a float as Go's `strconv.FormatFloat(f, 'f', -1, 64)`: shortest form, no exponent,

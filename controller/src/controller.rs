@@ -2,11 +2,7 @@
 //! become leader on a Lease, then runs the Canary controller until a signal or until it
 //! loses the lease (then it exits, to come back as a follower).
 
-use std::{
-    net::SocketAddr,
-    sync::{atomic::AtomicBool, Arc},
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use k8s_openapi::{api::coordination::v1::Lease, jiff::Timestamp};
 use kube::{
@@ -63,7 +59,6 @@ pub async fn run(opts: Options) -> Result<(), ControllerError> {
         .await
         .map_err(ControllerError::Client)?;
     let metrics = Arc::new(Metrics::new());
-    let healthy = Arc::new(AtomicBool::new(true));
     let listener = tokio::net::TcpListener::bind(opts.metrics_addr)
         .await
         .map_err(|source| ControllerError::Listen {
@@ -71,7 +66,7 @@ pub async fn run(opts: Options) -> Result<(), ControllerError> {
             source,
         })?;
     info!(addr = %opts.metrics_addr, "Serving /metrics and /healthz.");
-    tokio::spawn(metrics::serve(listener, metrics.clone(), healthy.clone()));
+    tokio::spawn(metrics::serve(listener, metrics.clone()));
 
     let elector = Elector {
         api: Api::<Lease>::namespaced(client.clone(), &opts.lease_namespace),

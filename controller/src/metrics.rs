@@ -6,10 +6,7 @@
 
 use std::{
     convert::Infallible,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex,
-    },
+    sync::{atomic::AtomicU64, Arc, Mutex},
 };
 
 use bytes::Bytes;
@@ -199,19 +196,19 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` (200 while `healthy`, else 503) until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, healthy: Arc<AtomicBool>) {
+/// Serves `/metrics` and `/healthz` until the task is dropped. `/healthz` answers 200 while the
+/// process serves: a controller that cannot work (no CRD, a lost Lease) exits instead, so
+/// there is no unhealthy state to report.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let metrics = metrics.clone();
-        let healthy = healthy.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request: Request<Incoming>| {
                 let metrics = metrics.clone();
-                let healthy = healthy.clone();
-                async move { Ok::<_, Infallible>(respond(request.uri().path(), &metrics, &healthy)) }
+                async move { Ok::<_, Infallible>(respond(request.uri().path(), &metrics)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -220,21 +217,14 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, healthy: Arc<At
     }
 }
 
-fn respond(path: &str, metrics: &Metrics, healthy: &AtomicBool) -> Response<Full<Bytes>> {
+fn respond(path: &str, metrics: &Metrics) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match path {
         "/metrics" => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             metrics.encode(),
         ),
-        "/healthz" if healthy.load(Ordering::Relaxed) => {
-            (StatusCode::OK, "text/plain", "ok\n".to_owned())
-        }
-        "/healthz" => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "not ready\n".to_owned(),
-        ),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
@@ -285,17 +275,7 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
-        assert_eq!(
-            respond("/healthz", &m, &AtomicBool::new(true)).status(),
-            StatusCode::OK
-        );
-        assert_eq!(
-            respond("/healthz", &m, &AtomicBool::new(false)).status(),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        assert_eq!(
-            respond("/nope", &m, &AtomicBool::new(true)).status(),
-            StatusCode::NOT_FOUND
-        );
+        assert_eq!(respond("/healthz", &m).status(), StatusCode::OK);
+        assert_eq!(respond("/nope", &m).status(), StatusCode::NOT_FOUND);
     }
 }

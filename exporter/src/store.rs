@@ -1076,4 +1076,45 @@ mod tests {
             (5 + 999 + 1000 + 1001 + 9_999 + 10_000 + 50_000 + 100_000 + 2_000_000) as f64 / 1e6;
         assert!((d.sum_seconds - exact_sum).abs() / exact_sum < 0.004);
     }
+
+    /// `/v1/stats` is a contract with the controller and with users' own clients: its JSON for
+    /// fixed traffic is pinned in `testdata/stats-v1.json` (`PLOVER_UPDATE_GOLDEN=1` rewrites
+    /// it; a change there is a change of the API).
+    #[test]
+    fn stats_json_matches_the_golden_file() {
+        let mut store = Store::new(config());
+        let now = T0 + 100_000;
+        let end = now - 2_000;
+        let traffic = batch(
+            "vm-a",
+            1,
+            end,
+            vec![
+                (
+                    key("v1", Role::Stable, 200),
+                    delta(&[900, 1_100, 2_500, 40_000]),
+                ),
+                (key("v2", Role::Canary, 200), delta(&[1_000, 3_000])),
+                (key("v2", Role::Canary, 503), delta(&[150_000])),
+            ],
+        );
+        apply(&mut store, traffic, now).unwrap();
+        let query = crate::stats::StatsQuery {
+            namespace: "demo".into(),
+            service: "app".into(),
+            window_seconds: 30,
+        };
+        let answer = crate::stats::answer(&store, &query, now);
+        let json = serde_json::to_string_pretty(&answer).unwrap() + "\n";
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/stats-v1.json");
+        if std::env::var_os("PLOVER_UPDATE_GOLDEN").is_some() {
+            std::fs::write(path, &json).unwrap();
+        }
+        let golden =
+            std::fs::read_to_string(path).expect("golden file (PLOVER_UPDATE_GOLDEN=1 writes it)");
+        assert_eq!(json, golden, "the /v1/stats JSON changed");
+        // What clients read back is what was served.
+        let parsed: plover_wire::stats::StatsResponse = serde_json::from_str(&golden).unwrap();
+        assert_eq!(parsed, answer);
+    }
 }

@@ -4,7 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::batch::{Role, INGEST_PATH, MAX_STRING_BYTES};
+use crate::batch::{INGEST_PATH, MAX_STRING_BYTES};
+use crate::series::Role;
 use crate::ConfigError;
 
 /// Where the filter learns which revision served a request, tried in the configured order.
@@ -424,5 +425,47 @@ mod tests {
         let parsed = parse_istio_cluster("outbound|80||app.demo.svc.cluster.local").unwrap();
         assert_eq!(parsed.service_and_namespace(), Some(("app", "demo")));
         assert_eq!(parse_istio_cluster("outbound|x||a"), None);
+    }
+
+    /// The plugin configuration is what users write in `WasmPlugin.spec.pluginConfig`: each
+    /// `testdata/filter-config/NAME.json` parses, and its configuration with every default
+    /// filled in is pinned in `NAME.resolved.json` (`PLOVER_UPDATE_GOLDEN=1` rewrites those).
+    /// A changed field name or default shows here as a diff.
+    #[test]
+    fn configurations_match_their_golden_files() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/filter-config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if !name.ends_with(".json") || name.ends_with(".resolved.json") {
+                continue;
+            }
+            let config = FilterConfig::from_json(&std::fs::read(&path).unwrap())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let resolved = serde_json::to_string_pretty(&config).unwrap() + "\n";
+            let golden_path = path.with_extension("resolved.json");
+            if std::env::var_os("PLOVER_UPDATE_GOLDEN").is_some() {
+                std::fs::write(&golden_path, &resolved).unwrap();
+            }
+            let golden = std::fs::read_to_string(&golden_path).unwrap_or_else(|_| {
+                panic!(
+                    "{} (PLOVER_UPDATE_GOLDEN=1 writes it)",
+                    golden_path.display()
+                )
+            });
+            assert_eq!(
+                resolved, golden,
+                "{name}: the resolved configuration changed"
+            );
+            // The resolved form is itself a valid configuration meaning the same.
+            assert_eq!(
+                FilterConfig::from_json(golden.as_bytes()).unwrap(),
+                config,
+                "{name}"
+            );
+            seen += 1;
+        }
+        assert!(seen >= 2, "only {seen} configurations in {dir}");
     }
 }

@@ -1,7 +1,8 @@
 //! Plover's cross-process contracts, shared by the filter (built for wasm32), the exporter and
 //! the controller. Nothing here does I/O.
 //!
-//! Data flow: the filter records [`batch::SeriesDelta`]s with [`histogram::Histogram`]s, and
+//! Data flow: the filter labels each request with the [`series`] vocabulary and records
+//! [`SeriesDelta`]s with [`histogram::Histogram`]s, and
 //! every flush encodes a [`batch::Batch`] that the exporter decodes strictly and merges. The
 //! filter is configured by [`config::FilterConfig`] (JSON). The controller reads the
 //! exporter's windowed answers as [`stats::StatsResponse`], under the [`labels`] names.
@@ -15,15 +16,14 @@ pub mod batch;
 pub mod config;
 pub mod histogram;
 pub mod labels;
+pub mod series;
 pub mod stats;
 pub mod varint;
 
-pub use batch::{
-    Batch, BatchView, DecodeBuffers, Role, SeriesDelta, SeriesKey, SeriesKeyRef, SeriesRef,
-    StatusClass, UpstreamFailure,
-};
+pub use batch::{Batch, BatchView, DecodeBuffers, SeriesRef};
 pub use config::FilterConfig;
 pub use histogram::Histogram;
+pub use series::{Role, SeriesDelta, SeriesKey, SeriesKeyRef, StatusClass, UpstreamFailure};
 
 /// Why a batch or histogram could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

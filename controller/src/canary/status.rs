@@ -282,22 +282,17 @@ pub mod conditions {
     pub const PROGRESSING: &str = "Progressing";
     /// The observed canary share stays away from the desired weight.
     pub const TRAFFIC_SPLIT_MISMATCH: &str = "TrafficSplitMismatch";
-    /// The stable workload runs the latest revision and takes all traffic.
-    pub const HEALTHY: &str = "Healthy";
 }
 
 pub mod reasons {
     pub const INVALID_SPEC: &str = "InvalidSpec";
-    pub const VALID: &str = "Valid";
     pub const NEW_REVISION: &str = "NewRevision";
-    pub const STEP: &str = "Step";
     pub const PAUSED: &str = "Paused";
     pub const PROMOTING: &str = "Promoting";
     pub const PROMOTED: &str = "Promoted";
     pub const ABORTED: &str = "RolloutAborted";
     pub const ANALYSIS_FAILED: &str = "AnalysisFailed";
     pub const ANALYSIS_INCONCLUSIVE: &str = "AnalysisInconclusive";
-    pub const SPLIT_MATCHES: &str = "SplitMatches";
     pub const SPLIT_MISMATCH: &str = "SplitMismatch";
     pub const WORKLOAD_NOT_FOUND: &str = "WorkloadNotFound";
 }

@@ -208,7 +208,6 @@ async fn the_controller_deployment_matches_what_the_plover_binary_reads_and_serv
         let server = tokio::spawn(plover_controller::metrics::serve(
             listener,
             std::sync::Arc::new(plover_controller::metrics::Metrics::new()),
-            std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
         ));
         assert_probes_answer(deployment, c, listen.port(), addr).await;
         // Prometheus annotations (when present) point at the same port.
