@@ -43,7 +43,7 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
 ///   sees a request after the client sent it and answers before the client receives the answer,
 ///   and the backend's work lies inside that span), allowing the histograms' 1% resolution.
 ///   That holds on any machine unless the filter measures wrongly.
-/// - At the median: it is within 1% + 1 ms of the backend's configured delay (the issue's
+/// - At the median: it is within 1% + 1 ms of the backend's configured delay (Plover's target
 ///   bound). Backends keep their delay to within 0.1 ms at p50 (0.2–0.9 ms at p99 here, see
 ///   [`backend`]); the rest of the allowance is the proxying itself, 0.5–0.8 ms at p50 here.
 /// - At p99 the configured-delay bound is printed, not asserted: with [`latency`]'s wake-up

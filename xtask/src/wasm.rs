@@ -15,19 +15,26 @@ pub fn build() -> Result<PathBuf, String> {
     Ok(output)
 }
 
+/// `cargo build` of one package for wasm32 with the size-tuned `wasm` profile.
+fn build_args(package: &str) -> [&str; 7] {
+    [
+        "build",
+        "--package",
+        package,
+        "--target",
+        TARGET,
+        "--profile",
+        "wasm",
+    ]
+}
+
 /// Builds one cdylib package for wasm32; returns the path of `<artifact>.wasm`.
 pub fn build_package(package: &str, artifact: &str) -> Result<PathBuf, String> {
     let root = workspace_root();
     if rustup_has_target() || rustup_add_target() {
-        run(Command::new(cargo_bin()).current_dir(&root).args([
-            "build",
-            "--package",
-            package,
-            "--target",
-            TARGET,
-            "--profile",
-            "wasm",
-        ]))?;
+        run(Command::new(cargo_bin())
+            .current_dir(&root)
+            .args(build_args(package)))?;
         Ok(root
             .join("target")
             .join(TARGET)
@@ -80,15 +87,7 @@ fn debian_build(package: &str, artifact: &str) -> Result<PathBuf, String> {
         .env("RUSTC_BOOTSTRAP", "1")
         .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", "wasm-ld")
         .env("CARGO_TARGET_DIR", &target_dir)
-        .args([
-            "build",
-            "--package",
-            package,
-            "--target",
-            TARGET,
-            "--profile",
-            "wasm",
-        ])
+        .args(build_args(package))
         .args(["-Zbuild-std=std,panic_abort"]))?;
     Ok(target_dir
         .join(TARGET)

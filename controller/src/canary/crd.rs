@@ -78,7 +78,7 @@ mod example_tests {
     use serde::Deserialize;
 
     /// Every Canary in `manifests/examples/` (each example is a directory of multi-document
-    /// YAML files; the other kinds are checked by `tests/tests/manifests.rs`) is valid: it
+    /// YAML files; the other kinds are checked by `tests/tests/manifests/`) is valid: it
     /// passes the generated CRD's schema, `validate`, and its inline metrics resolve in the
     /// analysis engine.
     #[test]

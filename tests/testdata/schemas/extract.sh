@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates every JSON schema the tests validate Kubernetes objects against: those
-# tests/tests/manifests.rs checks every object in manifests/ with (written here), and the Istio
+# tests/tests/manifests/ checks every object in manifests/ with (written here), and the Istio
 # VirtualService/DestinationRule and Gateway API HTTPRoute schemas the router tests use, which
-# manifests.rs uses too (written to controller/testdata/schemas/). Every schema comes from a
+# the manifests tests use too (written to controller/testdata/schemas/). Every schema comes from a
 # registry package, named with its version below:
 #   Kubernetes built-in kinds (<kind>.<group>.<version>.json, group "core" for the core API):
 #     crates.io k8s-openapi 0.28.0 (features latest = Kubernetes 1.36, schemars): the

@@ -381,7 +381,7 @@ async fn the_dashboard_queries_parse_and_use_only_exposed_metrics_and_labels() {
         }
     }
     assert_no_errors(&file, errors);
-    // The panels: rate, success ratio, p50/p99, observed vs desired weight, phase.
+    // The panels the dashboard must have: rate, success ratio, p50/p99, observed vs desired weight, phase.
     for needed in [
         "plover_requests_total",
         "plover_success_ratio",
