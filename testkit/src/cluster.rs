@@ -23,6 +23,21 @@ pub const CONTROLLER_SERVICE_ACCOUNT: &str = "plover-controller";
 /// The fake node pods are scheduled on.
 pub const NODE: &str = "kwok-node-0";
 
+/// The README's install replaces these placeholders with `sed`; [`Cluster::kustomize`] does
+/// the same with test values.
+pub const PLACEHOLDERS: [(&str, &str); 4] = [
+    ("PLOVER_INGEST_TOKEN", "0123456789abcdef0123456789abcdef"),
+    ("registry.example.com/plover", "registry.test/plover"),
+    (
+        "PLOVER_WASM_URL",
+        "https://artifacts.test/plover_filter.wasm",
+    ),
+    (
+        "PLOVER_WASM_SHA256",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    ),
+];
+
 /// How long the control plane may take to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -121,9 +136,14 @@ impl Cluster {
         self.kubectl_as(&self.admin_kubeconfig, args, None)
     }
 
+    /// The kubectl built with the control plane (the server's own version).
+    pub fn kubectl_path(&self) -> PathBuf {
+        self.bin.join("kubectl")
+    }
+
     /// `kubectl` with `kubeconfig`, `stdin` piped in when given.
     pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut command = Command::new(self.bin.join("kubectl"));
+        let mut command = Command::new(self.kubectl_path());
         command
             .arg("--kubeconfig")
             .arg(kubeconfig)
@@ -155,6 +175,41 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `kubectl kustomize DIR` with the README's placeholders replaced ([`PLACEHOLDERS`]).
+    pub fn kustomize(&self, dir: &Path) -> String {
+        let mut yaml = self.kubectl_ok(&["kustomize", &dir.display().to_string()]);
+        for (placeholder, value) in PLACEHOLDERS {
+            yaml = yaml.replace(placeholder, value);
+        }
+        yaml
+    }
+
+    /// What the README's install expects a cluster to have: Istio's namespace, the namespace
+    /// of the Gateway the Gateway API overlay's WasmPlugin attaches to (the example's), and
+    /// the upstream CRDs, established.
+    pub fn install_prerequisites(&self) {
+        for namespace in ["istio-system", "rollouts-demo"] {
+            if let Err(e) = self.apply(&format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {namespace}}}\n"
+            )) {
+                panic!("namespace {namespace}: {e}");
+            }
+        }
+        let crds = upstream_crds();
+        assert!(crds.len() >= 9, "upstream CRDs: {crds:?}");
+        for crd in &crds {
+            self.kubectl_ok(&["apply", "--server-side", "-f", &crd.display().to_string()]);
+        }
+        self.wait_established(&["crd", "--all"]);
+    }
+
+    /// Waits until the CRDs `what` names are served.
+    pub fn wait_established(&self, what: &[&str]) {
+        let mut args = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+        args.extend_from_slice(what);
+        self.kubectl_ok(&args);
     }
 
     /// `kubectl apply --server-side` of `yaml` as `admin`; the API server's answer.

@@ -12,22 +12,8 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use plover_testkit::cluster::{upstream_crds, Cluster, NODE};
+use plover_testkit::cluster::{Cluster, NODE};
 use plover_testkit::tools::workspace_root;
-
-/// The README's install substitutes these placeholders with `sed`; so does the test.
-const SUBSTITUTIONS: [(&str, &str); 4] = [
-    ("PLOVER_INGEST_TOKEN", "0123456789abcdef0123456789abcdef"),
-    ("registry.example.com/plover", "registry.test/plover"),
-    (
-        "PLOVER_WASM_URL",
-        "https://artifacts.test/plover_filter.wasm",
-    ),
-    (
-        "PLOVER_WASM_SHA256",
-        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
-    ),
-];
 
 /// The kustomizations the README documents, as (name, kustomization text or directory).
 fn renderings(scratch: &Path) -> Vec<(String, PathBuf)> {
@@ -89,52 +75,22 @@ fn relative(from: &Path, to: &Path) -> String {
     parts.join("/")
 }
 
-/// `kubectl kustomize DIR` with the README's placeholders replaced.
-fn render(cluster: &Cluster, dir: &Path) -> String {
-    let mut yaml = cluster.kubectl_ok(&["kustomize", &dir.display().to_string()]);
-    for (placeholder, value) in SUBSTITUTIONS {
-        yaml = yaml.replace(placeholder, value);
-    }
-    yaml
-}
-
-fn wait_established(cluster: &Cluster, what: &[&str]) {
-    let mut args = vec!["wait", "--for=condition=Established", "--timeout=60s"];
-    args.extend_from_slice(what);
-    cluster.kubectl_ok(&args);
-}
-
 #[test]
 fn every_documented_rendering_applies_to_a_real_api_server() {
-    let mut cluster = Cluster::start();
+    let cluster = Cluster::start();
     let scratch = tempfile::tempdir().unwrap();
 
-    // What the README's install expects to find: Istio's namespace, the namespace of the
-    // Gateway the Gateway API overlay's WasmPlugin attaches to (the example's), and the
-    // upstream CRDs.
-    for namespace in ["istio-system", "rollouts-demo"] {
-        cluster
-            .apply(&format!(
-                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {namespace}}}\n"
-            ))
-            .unwrap();
-    }
-    let crds = upstream_crds();
-    assert!(crds.len() >= 9, "upstream CRDs: {crds:?}");
-    for crd in &crds {
-        cluster.kubectl_ok(&["apply", "--server-side", "-f", &crd.display().to_string()]);
-    }
-    wait_established(&cluster, &["crd", "--all"]);
+    cluster.install_prerequisites();
 
     let mut applied = Vec::new();
     for (name, dir) in renderings(scratch.path()) {
-        let yaml = render(&cluster, &dir);
+        let yaml = cluster.kustomize(&dir);
         let objects = yaml.matches("\nkind: ").count() + usize::from(yaml.starts_with("kind: "));
         if let Err(message) = cluster.apply(&yaml) {
             panic!("{name}: the API server refused it:\n{message}");
         }
         if name == "base" {
-            wait_established(&cluster, &["crd/canaries.plover.dev"]);
+            cluster.wait_established(&["crd/canaries.plover.dev"]);
         }
         applied.push(format!("{name}: {objects} objects"));
     }
