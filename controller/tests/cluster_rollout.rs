@@ -2,14 +2,15 @@
 //! etcd, kube-controller-manager, kube-scheduler and KWOK; `plover_testkit::cluster`),
 //! authenticated as its ServiceAccount with exactly the manifests' RBAC.
 //!
-//! The Istio subset-mode example is installed as the README says; its Canary's analysis is a
-//! `web` metric on a loopback endpoint the test controls. A new canary image is rolled out:
-//! the controller sees the new revision, waits for the canary Deployment to be available,
-//! writes each weight into the real VirtualService (validated by Istio's CRD schema), runs the
-//! analysis step, promotes by copying the pod template and waiting for the stable rollout, and
-//! records Events. A user's field and an out-of-band edit made during the rollout survive.
-//! Then a failing canary is rolled back. The controller may never be refused (no 403), and
-//! `kubectl plover get` shows what happened.
+//! Each example (Istio subsets, Istio hosts, Gateway API) is installed as the README says; its
+//! Canary's analysis is a `web` metric on a loopback endpoint the test controls. A new canary
+//! image is rolled out: the controller sees the new revision, waits for the canary Deployment
+//! to be available, writes each weight into the real VirtualService or HTTPRoute (validated by
+//! the upstream CRD schema), runs the analysis step, pauses until `kubectl plover promote`,
+//! promotes by copying the pod template and waiting for the stable rollout, and records
+//! Events. A user's field and an out-of-band edit made during the rollout survive. A failing
+//! canary is rolled back; `kubectl plover retry`, `abort` and `promote --full` are exercised.
+//! The controller may never be refused (no 403).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -23,33 +24,120 @@ use plover_testkit::process::ChildGuard;
 use plover_testkit::scripted::{serve, Seen};
 use plover_testkit::tools::workspace_root;
 
-const NS: &str = "mock-server";
-
-/// The test's Canary: 20% → analysis on the web endpoint → 60% → a short pause → promotion.
-fn canary() -> &'static str {
-    r#"apiVersion: plover.dev/v1alpha1
-kind: Canary
-metadata: {name: mock-server, namespace: mock-server}
-spec:
-  workload: {stable: mock-server, canary: mock-server-canary}
-  trafficRouting:
-    istio:
-      virtualService: {name: mock-server, routes: [primary]}
-      destinationRule: {name: mock-server, stableSubsetName: stable, canarySubsetName: canary}
-  steps:
-  - setWeight: 20
-  - analysis:
-      templates: [{templateName: web-health}]
-  - setWeight: 60
-  - pause: {duration: 2s}
-"#
+/// One of `manifests/examples/`, and what the test needs to know to watch it.
+struct Example {
+    dir: &'static str,
+    namespace: &'static str,
+    /// The Canary's name, also the stable Deployment's.
+    name: &'static str,
+    container: &'static str,
+    /// New images for the releases (healthy, failing, retried).
+    images: [&'static str; 3],
+    /// The route object and where its two weights are (stable first).
+    route: &'static str,
+    weights: &'static str,
+    /// JSON patches of a field a user keeps on the route, and of an out-of-band edit made
+    /// during the rollout, with a JSONPath to read each back and its value.
+    user_field: (&'static str, &'static str, &'static str),
+    out_of_band: (&'static str, &'static str, &'static str),
 }
 
-fn analysis_template(url: &str) -> String {
+const EXAMPLES: [Example; 3] = [
+    Example {
+        dir: "istio-subsets",
+        namespace: "mock-server",
+        name: "mock-server",
+        container: "mock-server",
+        images: [
+            "ghcr.io/ssup2/mock-go-server:1.0.1",
+            "ghcr.io/ssup2/mock-go-server:1.0.2",
+            "ghcr.io/ssup2/mock-go-server:1.0.3",
+        ],
+        route: "virtualservice/mock-server",
+        weights: "{.spec.http[0].route[*].weight}",
+        user_field: (
+            r#"[{"op": "add", "path": "/spec/http/0/timeout", "value": "7s"}]"#,
+            "{.spec.http[0].timeout}",
+            "7s",
+        ),
+        out_of_band: (
+            r#"[{"op": "add", "path": "/spec/http/0/retries", "value": {"attempts": 3}}]"#,
+            "{.spec.http[0].retries.attempts}",
+            "3",
+        ),
+    },
+    Example {
+        dir: "istio-hosts",
+        namespace: "podinfo",
+        name: "podinfo",
+        container: "podinfo",
+        images: [
+            "ghcr.io/stefanprodan/podinfo:6.9.3",
+            "ghcr.io/stefanprodan/podinfo:6.9.4",
+            "ghcr.io/stefanprodan/podinfo:6.9.5",
+        ],
+        route: "virtualservice/podinfo",
+        weights: "{.spec.http[0].route[*].weight}",
+        user_field: (
+            r#"[{"op": "add", "path": "/spec/http/0/timeout", "value": "7s"}]"#,
+            "{.spec.http[0].timeout}",
+            "7s",
+        ),
+        out_of_band: (
+            r#"[{"op": "add", "path": "/spec/http/0/retries", "value": {"attempts": 3}}]"#,
+            "{.spec.http[0].retries.attempts}",
+            "3",
+        ),
+    },
+    Example {
+        dir: "gateway-api",
+        namespace: "rollouts-demo",
+        name: "rollouts-demo",
+        container: "rollouts-demo",
+        images: [
+            "argoproj/rollouts-demo:green",
+            "argoproj/rollouts-demo:red",
+            "argoproj/rollouts-demo:yellow",
+        ],
+        route: "httproute/rollouts-demo",
+        weights: "{.spec.rules[0].backendRefs[*].weight}",
+        user_field: (
+            r#"[{"op": "add", "path": "/spec/rules/0/timeouts", "value": {"request": "7s"}}]"#,
+            "{.spec.rules[0].timeouts.request}",
+            "7s",
+        ),
+        out_of_band: (
+            r#"[{"op": "add", "path": "/spec/rules/0/filters", "value": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"add": [{"name": "x-edited", "value": "by-hand"}]}}]}]"#,
+            "{.spec.rules[0].filters[0].requestHeaderModifier.add[0].value}",
+            "by-hand",
+        ),
+    },
+];
+
+/// The test's Canary for `example`: the example's own workload and routing, with steps
+/// 20% → an analysis of the web endpoint → 60% → a pause until `kubectl plover promote`.
+fn canary(example_canary: &str) -> String {
+    let mut canary: serde_json::Value = serde_yaml::from_str(example_canary).unwrap();
+    let spec = canary["spec"].as_object_mut().unwrap();
+    spec.remove("analysis");
+    spec.remove("trafficCheck");
+    spec.insert(
+        "steps".into(),
+        serde_json::json!([
+            {"setWeight": 20},
+            {"analysis": {"templates": [{"templateName": "web-health"}]}},
+            {"setWeight": 60},
+            {"pause": {}}
+        ]),
+    );
+    serde_json::to_string(&canary).unwrap()
+}
+
+fn analysis_template(namespace: &str, url: &str) -> String {
     format!(
         r#"apiVersion: argoproj.io/v1alpha1
 kind: AnalysisTemplate
-metadata: {{name: web-health, namespace: mock-server}}
+metadata: {{name: web-health, namespace: {namespace}}}
 spec:
   metrics:
   - name: health
@@ -81,9 +169,10 @@ fn start_controller(cluster: &Cluster, identity: &str) -> ChildGuard {
     )
 }
 
-/// Polls `check` every 200 ms until it returns something; panics with `what`, the last
-/// observation and the controller's log after `timeout`.
+/// Polls `check` every 200 ms until it returns something; panics after `timeout` with
+/// `what`, the last observation, the namespace's objects and the controller's log.
 fn eventually<T>(
+    (cluster, namespace): (&Cluster, &str),
     what: &str,
     timeout: Duration,
     controller: &mut ChildGuard,
@@ -99,76 +188,293 @@ fn eventually<T>(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    let objects = cluster.kubectl(&[
+        "get",
+        "nodes,deployments,replicasets,pods",
+        "-n",
+        namespace,
+        "-o",
+        "wide",
+    ]);
+    let canary = cluster.kubectl(&["get", "canaries", "-n", namespace, "-o", "yaml"]);
+    let log = controller.log_text();
+    let log_tail: Vec<&str> = log.lines().rev().take(60).collect();
     panic!(
-        "timed out after {timeout:?} waiting for {what}; last seen: {last}\n--- controller log ---\n{}",
-        controller.log_text()
+        "timed out after {timeout:?} waiting for {what} in {namespace}; last seen: {last}\n\
+         --- objects ---\n{}\n--- canary ---\n{}\n--- controller log (last lines) ---\n{}",
+        String::from_utf8_lossy(&objects.stdout),
+        String::from_utf8_lossy(&canary.stdout),
+        log_tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     );
 }
 
-fn jsonpath(cluster: &Cluster, kind_name: &str, path: &str) -> String {
+fn jsonpath(cluster: &Cluster, namespace: &str, kind_name: &str, path: &str) -> String {
     cluster.kubectl_ok(&[
         "get",
         kind_name,
         "-n",
-        NS,
+        namespace,
         "-o",
         &format!("jsonpath={path}"),
     ])
 }
 
-fn weights(cluster: &Cluster) -> String {
-    jsonpath(
-        cluster,
-        "virtualservice/mock-server",
-        "{.spec.http[0].route[*].weight}",
-    )
-}
-
-fn phase(cluster: &Cluster) -> String {
-    jsonpath(cluster, "canary/mock-server", "{.status.phase}")
-}
-
-/// Every version of the VirtualService's route weights the API server sent a watch, one line
-/// each.
-fn watch_weights(cluster: &Cluster, out: &Path) -> Child {
+/// Every version of the route object the API server sent a watch (resourceVersion and the
+/// weights), one line each: a count of the writes.
+fn watch_weights(cluster: &Cluster, example: &Example, out: &Path) -> Child {
     let file = std::fs::File::create(out).unwrap();
     Command::new(cluster.kubectl_path())
         .arg("--kubeconfig")
         .arg(&cluster.admin_kubeconfig)
         .args([
             "get",
-            "virtualservice",
-            "mock-server",
+            example.route,
             "-n",
-            NS,
+            example.namespace,
             "--watch",
             "-o",
-            r#"jsonpath={.metadata.resourceVersion} {.spec.http[0].route[*].weight}{"\n"}"#,
         ])
+        .arg(format!(
+            r#"jsonpath={{.metadata.resourceVersion}} {}{{"\n"}}"#,
+            example.weights
+        ))
         .stdout(Stdio::from(file))
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
 }
 
-/// Sets the canary Deployment's image: a new revision.
-fn release(cluster: &Cluster, image: &str) {
-    cluster.kubectl_ok(&[
-        "set",
-        "image",
-        "-n",
-        NS,
-        "deployment/mock-server-canary",
-        &format!("mock-server={image}"),
-    ]);
+/// `kubectl plover ARGS` as the admin; its output, which must be a success.
+fn kubectl_plover(cluster: &Cluster, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-plover"))
+        .args(args)
+        .env("KUBECONFIG", &cluster.admin_kubeconfig)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "kubectl plover {}: {text}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
 }
 
-fn events(cluster: &Cluster) -> String {
+/// What one example's rollouts took.
+struct Timeline {
+    example: &'static str,
+    first_weight: Duration,
+    paused: Duration,
+    promoted: Duration,
+    rolled_back: Duration,
+    route_versions: usize,
+}
+
+/// Installs `example` (with the test's Canary) and runs its releases: healthy and promoted
+/// with `kubectl plover promote`; failing and rolled back; retried, aborted, retried again
+/// and promoted with `promote --full`.
+fn roll_out(
+    cluster: &Cluster,
+    controller: &mut ChildGuard,
+    example: &Example,
+    url: &str,
+    healthy: &AtomicBool,
+) -> Timeline {
+    let (ns, name) = (example.namespace, example.name);
+    let canary_deployment = format!("deployment/{name}-canary");
+    let get = |kind_name: &str, path: &str| jsonpath(cluster, ns, kind_name, path);
+    let phase = || get(&format!("canary/{name}"), "{.status.phase}");
+    let weights = || get(example.route, example.weights);
+    let stable_image = || {
+        get(
+            &format!("deployment/{name}"),
+            "{.spec.template.spec.containers[0].image}",
+        )
+    };
+    let release = |image: &str| {
+        cluster.kubectl_ok(&[
+            "set",
+            "image",
+            "-n",
+            ns,
+            &canary_deployment,
+            &format!("{}={image}", example.container),
+        ]);
+    };
+    let state = |want_phase: &str, want_weights: &str| {
+        let (p, w) = (phase(), weights());
+        (p == want_phase && w == want_weights)
+            .then_some(())
+            .ok_or(format!("phase {p}, weights {w}"))
+    };
+    let minute = Duration::from_secs(60);
+
+    // The example, with the test's Canary and template instead of its Prometheus ones.
+    healthy.store(true, Ordering::SeqCst);
+    let rendered = cluster.kustomize(
+        &workspace_root()
+            .join("manifests/examples")
+            .join(example.dir),
+    );
+    let documents: Vec<&str> = rendered.split("\n---\n").collect();
+    let example_canary = documents
+        .iter()
+        .find(|doc| doc.contains("\nkind: Canary"))
+        .expect("the example has a Canary");
+    let kept: Vec<&str> = documents
+        .iter()
+        .filter(|doc| !doc.contains("\nkind: Canary") && !doc.contains("\nkind: AnalysisTemplate"))
+        .copied()
+        .collect();
+    cluster.apply(&kept.join("\n---\n")).unwrap();
+    cluster.apply(&analysis_template(ns, url)).unwrap();
+    cluster.kubectl_ok(&[
+        "patch",
+        example.route,
+        "-n",
+        ns,
+        "--type=json",
+        "-p",
+        example.user_field.0,
+    ]);
+    cluster.kubectl_ok(&[
+        "-n",
+        ns,
+        "rollout",
+        "status",
+        &format!("deployment/{name}"),
+        &canary_deployment,
+        "--timeout=90s",
+    ]);
+    let route_log = cluster.dir().join(format!("{}-route.log", example.dir));
+    let mut watch = watch_weights(cluster, example, &route_log);
+    cluster.apply(&canary(example_canary)).unwrap();
+
+    // Nothing to roll out: both Deployments run the same template.
+    eventually((cluster, ns), "Healthy", minute, controller, || {
+        state("Healthy", "100 0")
+    });
+
+    // A healthy release, held at the pause until `kubectl plover promote`.
+    let started = Instant::now();
+    release(example.images[0]);
+    eventually((cluster, ns), "weight 20", minute, controller, || {
+        let w = weights();
+        (w == "80 20").then_some(()).ok_or(w)
+    });
+    let first_weight = started.elapsed();
+    // An out-of-band edit during the rollout: kept, like the user's field.
+    cluster.kubectl_ok(&[
+        "patch",
+        example.route,
+        "-n",
+        ns,
+        "--type=json",
+        "-p",
+        example.out_of_band.0,
+    ]);
+    eventually(
+        (cluster, ns),
+        "the pause at 60%",
+        minute,
+        controller,
+        || state("Paused", "40 60"),
+    );
+    let paused = started.elapsed();
+    let tree = kubectl_plover(cluster, &["get", "canary", name, "-n", ns]);
+    assert!(tree.contains("Paused"), "{tree}");
+    assert!(
+        kubectl_plover(cluster, &["promote", name, "-n", ns]).contains("promoted"),
+        "promote"
+    );
+    eventually((cluster, ns), "promotion", minute, controller, || {
+        state("Healthy", "100 0")?;
+        let image = stable_image();
+        (image == example.images[0]).then_some(()).ok_or(image)
+    });
+    let promoted = started.elapsed();
+    for (patch, path, value) in [example.user_field, example.out_of_band] {
+        assert_eq!(get(example.route, path), value, "{patch}");
+    }
+    let recorded = events(cluster, ns);
+    assert!(recorded.contains("Normal Promoted"), "{recorded}");
+
+    // A failing release: rolled back at the analysis step.
+    healthy.store(false, Ordering::SeqCst);
+    let started = Instant::now();
+    release(example.images[1]);
+    eventually((cluster, ns), "the rollback", minute, controller, || {
+        state("Degraded", "100 0")
+    });
+    let rolled_back = started.elapsed();
+    let recorded = events(cluster, ns);
+    assert!(recorded.contains("Warning AnalysisFailed"), "{recorded}");
+    assert!(recorded.contains("Warning RolloutAborted"), "{recorded}");
+    assert_eq!(stable_image(), example.images[0]);
+
+    // Fixed: retry, abort by hand at the pause, retry, and promote past the pause with --full.
+    healthy.store(true, Ordering::SeqCst);
+    release(example.images[2]);
+    kubectl_plover(cluster, &["retry", name, "-n", ns]);
+    eventually(
+        (cluster, ns),
+        "the retried release's pause",
+        minute,
+        controller,
+        || state("Paused", "40 60"),
+    );
+    kubectl_plover(cluster, &["abort", name, "-n", ns]);
+    eventually((cluster, ns), "the abort", minute, controller, || {
+        state("Degraded", "100 0")
+    });
+    kubectl_plover(cluster, &["retry", name, "-n", ns]);
+    eventually(
+        (cluster, ns),
+        "the second retry's weight",
+        minute,
+        controller,
+        || {
+            let w = weights();
+            (w == "80 20" || w == "40 60").then_some(()).ok_or(w)
+        },
+    );
+    kubectl_plover(cluster, &["promote", name, "--full", "-n", ns]);
+    eventually(
+        (cluster, ns),
+        "the full promotion",
+        minute,
+        controller,
+        || {
+            state("Healthy", "100 0")?;
+            let image = stable_image();
+            (image == example.images[2]).then_some(()).ok_or(image)
+        },
+    );
+
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let versions = std::fs::read_to_string(&route_log).unwrap();
+    println!(
+        "{}: route versions (resourceVersion, weights):\n{versions}",
+        example.dir
+    );
+    Timeline {
+        example: example.dir,
+        first_weight,
+        paused,
+        promoted,
+        rolled_back,
+        route_versions: versions.lines().count(),
+    }
+}
+
+fn events(cluster: &Cluster, namespace: &str) -> String {
     cluster.kubectl_ok(&[
         "get",
         "events",
         "-n",
-        NS,
+        namespace,
         "--field-selector",
         "involvedObject.kind=Canary",
         "-o",
@@ -177,12 +483,11 @@ fn events(cluster: &Cluster) -> String {
 }
 
 #[test]
-fn a_healthy_release_is_promoted_and_a_failing_one_rolled_back_on_a_real_api_server() {
+fn every_example_rolls_out_promotes_and_rolls_back_on_a_real_api_server() {
     let cluster = Cluster::start();
     cluster.install_prerequisites();
-    let manifests = workspace_root().join("manifests");
     cluster
-        .apply(&cluster.kustomize(&manifests.join("base")))
+        .apply(&cluster.kustomize(&workspace_root().join("manifests/base")))
         .unwrap_or_else(|e| panic!("base: {e}"));
     cluster.wait_established(&["crd/canaries.plover.dev"]);
 
@@ -195,171 +500,34 @@ fn a_healthy_release_is_promoted_and_a_failing_one_rolled_back_on_a_real_api_ser
         (200, "application/json", format!("{{\"ok\": {ok}}}"))
     })));
 
-    // The example, with the test's Canary and template instead of its Prometheus ones.
-    let example = cluster.kustomize(&manifests.join("examples/istio-subsets"));
-    let kept: Vec<&str> = example
-        .split("\n---\n")
-        .filter(|doc| !doc.contains("\nkind: Canary") && !doc.contains("\nkind: AnalysisTemplate"))
-        .collect();
-    cluster.apply(&kept.join("\n---\n")).unwrap();
-    cluster.apply(&analysis_template(&url)).unwrap();
-    // A field the user keeps on the route: the controller must never drop it.
-    cluster.kubectl_ok(&[
-        "patch",
-        "virtualservice",
-        "mock-server",
-        "-n",
-        NS,
-        "--type=json",
-        "-p",
-        r#"[{"op": "add", "path": "/spec/http/0/timeout", "value": "7s"}]"#,
-    ]);
-    cluster.kubectl_ok(&[
-        "-n",
-        NS,
-        "rollout",
-        "status",
-        "deploy/mock-server",
-        "deploy/mock-server-canary",
-        "--timeout=90s",
-    ]);
-    cluster.apply(canary()).unwrap();
-
     let mut controller = start_controller(&cluster, "plover-a");
-    let weight_log = cluster.dir().join("weights.log");
-    let mut watch = watch_weights(&cluster, &weight_log);
+    let timelines: Vec<Timeline> = EXAMPLES
+        .iter()
+        .map(|example| roll_out(&cluster, &mut controller, example, &url, &healthy))
+        .collect();
 
-    // Nothing to roll out: both Deployments run the same template.
-    eventually(
-        "the Canary to be Healthy",
-        Duration::from_secs(60),
-        &mut controller,
-        || {
-            let p = phase(&cluster);
-            (p == "Healthy").then_some(()).ok_or(p)
-        },
-    );
-    assert_eq!(weights(&cluster), "100 0");
-
-    // A healthy release.
-    let started = Instant::now();
-    release(&cluster, "ghcr.io/ssup2/mock-go-server:1.0.1");
-    eventually(
-        "weight 20",
-        Duration::from_secs(60),
-        &mut controller,
-        || {
-            let w = weights(&cluster);
-            (w == "80 20").then_some(()).ok_or(w)
-        },
-    );
-    let first_weight = started.elapsed();
-    // An out-of-band edit during the rollout: kept, like the user's timeout.
-    cluster.kubectl_ok(&[
-        "patch",
-        "virtualservice",
-        "mock-server",
-        "-n",
-        NS,
-        "--type=json",
-        "-p",
-        r#"[{"op": "add", "path": "/spec/http/0/retries", "value": {"attempts": 3}}]"#,
-    ]);
-    eventually(
-        "promotion",
-        Duration::from_secs(90),
-        &mut controller,
-        || {
-            let (p, w) = (phase(&cluster), weights(&cluster));
-            let image = jsonpath(
-                &cluster,
-                "deployment/mock-server",
-                "{.spec.template.spec.containers[0].image}",
-            );
-            (p == "Healthy" && w == "100 0" && image.ends_with(":1.0.1"))
-                .then_some(())
-                .ok_or(format!("phase {p}, weights {w}, stable image {image}"))
-        },
-    );
-    let promoted = started.elapsed();
-    assert_eq!(
-        jsonpath(
-            &cluster,
-            "virtualservice/mock-server",
-            "{.spec.http[0].timeout}"
-        ),
-        "7s"
-    );
-    assert_eq!(
-        jsonpath(
-            &cluster,
-            "virtualservice/mock-server",
-            "{.spec.http[0].retries.attempts}"
-        ),
-        "3"
-    );
-    let healthy_requests = seen.lock().unwrap().len();
+    let measured = seen.lock().unwrap().len();
     assert!(
-        healthy_requests >= 2,
-        "the analysis measured {healthy_requests} times"
+        measured >= 6,
+        "the analysis endpoint saw {measured} requests"
     );
-    let recorded = events(&cluster);
-    assert!(recorded.contains("Normal Promoted"), "{recorded}");
-
-    // A failing release: rolled back at the analysis step.
-    healthy.store(false, Ordering::SeqCst);
-    let started = Instant::now();
-    release(&cluster, "ghcr.io/ssup2/mock-go-server:1.0.2");
-    eventually(
-        "the rollback",
-        Duration::from_secs(90),
-        &mut controller,
-        || {
-            let (p, w) = (phase(&cluster), weights(&cluster));
-            (p == "Degraded" && w == "100 0")
-                .then_some(())
-                .ok_or(format!("phase {p}, weights {w}"))
-        },
-    );
-    let rolled_back = started.elapsed();
-    let recorded = events(&cluster);
-    assert!(recorded.contains("Warning AnalysisFailed"), "{recorded}");
-    assert!(recorded.contains("Warning RolloutAborted"), "{recorded}");
-    let stable_image = jsonpath(
-        &cluster,
-        "deployment/mock-server",
-        "{.spec.template.spec.containers[0].image}",
-    );
-    assert!(stable_image.ends_with(":1.0.1"), "{stable_image}");
-
-    // `kubectl plover get` against the same server.
-    let get = Command::new(env!("CARGO_BIN_EXE_kubectl-plover"))
-        .args(["get", "canary", "mock-server", "-n", NS])
-        .env("KUBECONFIG", &cluster.admin_kubeconfig)
-        .output()
-        .unwrap();
-    let tree = String::from_utf8_lossy(&get.stdout);
-    assert!(
-        get.status.success(),
-        "{tree}{}",
-        String::from_utf8_lossy(&get.stderr)
-    );
-    assert!(tree.contains("Degraded"), "{tree}");
-
-    let _ = watch.kill();
-    let _ = watch.wait();
-    let versions = std::fs::read_to_string(&weight_log).unwrap();
     let log = controller.log_text();
     assert!(
-        !log.contains("403") && !log.contains("Forbidden") && !log.contains("forbidden"),
+        !log.contains("code: 403") && !log.to_lowercase().contains("forbidden"),
         "the controller was refused something:\n{log}"
     );
-    println!(
-        "first weight write {:.1} s after the new canary image; promoted after {:.1} s; the \
-         failing release rolled back after {:.1} s\nVirtualService versions (resourceVersion, \
-         weights):\n{versions}",
-        first_weight.as_secs_f64(),
-        promoted.as_secs_f64(),
-        rolled_back.as_secs_f64()
-    );
+    for t in &timelines {
+        println!(
+            "{}: first weight write {:.1} s after the new canary image, paused at 60% after \
+             {:.1} s, promoted {:.1} s after it (kubectl plover promote at the pause); failing \
+             release rolled back after {:.1} s; {} versions of the route object over the three \
+             releases",
+            t.example,
+            t.first_weight.as_secs_f64(),
+            t.paused.as_secs_f64(),
+            t.promoted.as_secs_f64(),
+            t.rolled_back.as_secs_f64(),
+            t.route_versions
+        );
+    }
 }

@@ -374,6 +374,9 @@ impl Cluster {
         let mut kwok = vec![
             format!("--kubeconfig={kubeconfig}"),
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake".into(),
+            // The node's liveness is its Lease, renewed by KWOK as a kubelet renews it (the
+            // with-lease heartbeat stage updates the status only every 10 minutes).
+            "--node-lease-duration-seconds=40".into(),
             format!("--server-address=127.0.0.1:{}", free_port()),
         ];
         let stages = tools.join("kwok");
