@@ -12,17 +12,19 @@
 //! canary is rolled back; `kubectl plover retry`, `abort` and `promote --full` are exercised.
 //! The controller may never be refused (no 403).
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plover_testkit::cluster::Cluster;
-use plover_testkit::free_port;
 use plover_testkit::process::ChildGuard;
 use plover_testkit::scripted::{serve, Seen};
-use plover_testkit::tools::workspace_root;
+
+mod support;
+use support::{
+    cluster_with_base, events, eventually, install_example, jsonpath, kubectl_plover,
+    start_controller, watch_weights,
+};
 
 /// One of `manifests/examples/`, and what the test needs to know to watch it.
 struct Example {
@@ -153,114 +155,6 @@ spec:
     )
 }
 
-/// `plover controller`, as its ServiceAccount, leader-elected on the manifests' Lease.
-fn start_controller(cluster: &Cluster, identity: &str) -> ChildGuard {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_plover"));
-    command
-        .args(["controller", "--identity", identity])
-        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
-        .args(["--lease-namespace", "plover-system"])
-        .env("KUBECONFIG", &cluster.controller_kubeconfig)
-        .env("RUST_LOG", "info");
-    ChildGuard::spawn(
-        identity,
-        command,
-        &cluster.dir().join(format!("{identity}.log")),
-    )
-}
-
-/// Polls `check` every 200 ms until it returns something; panics after `timeout` with
-/// `what`, the last observation, the namespace's objects and the controller's log.
-fn eventually<T>(
-    (cluster, namespace): (&Cluster, &str),
-    what: &str,
-    timeout: Duration,
-    controller: &mut ChildGuard,
-    mut check: impl FnMut() -> Result<T, String>,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        controller.assert_running();
-        match check() {
-            Ok(value) => return value,
-            Err(seen) => last = seen,
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let objects = cluster.kubectl(&[
-        "get",
-        "nodes,deployments,replicasets,pods",
-        "-n",
-        namespace,
-        "-o",
-        "wide",
-    ]);
-    let canary = cluster.kubectl(&["get", "canaries", "-n", namespace, "-o", "yaml"]);
-    let log = controller.log_text();
-    let log_tail: Vec<&str> = log.lines().rev().take(60).collect();
-    panic!(
-        "timed out after {timeout:?} waiting for {what} in {namespace}; last seen: {last}\n\
-         --- objects ---\n{}\n--- canary ---\n{}\n--- controller log (last lines) ---\n{}",
-        String::from_utf8_lossy(&objects.stdout),
-        String::from_utf8_lossy(&canary.stdout),
-        log_tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-    );
-}
-
-fn jsonpath(cluster: &Cluster, namespace: &str, kind_name: &str, path: &str) -> String {
-    cluster.kubectl_ok(&[
-        "get",
-        kind_name,
-        "-n",
-        namespace,
-        "-o",
-        &format!("jsonpath={path}"),
-    ])
-}
-
-/// Every version of the route object the API server sent a watch (resourceVersion and the
-/// weights), one line each: a count of the writes.
-fn watch_weights(cluster: &Cluster, example: &Example, out: &Path) -> Child {
-    let file = std::fs::File::create(out).unwrap();
-    Command::new(cluster.kubectl_path())
-        .arg("--kubeconfig")
-        .arg(&cluster.admin_kubeconfig)
-        .args([
-            "get",
-            example.route,
-            "-n",
-            example.namespace,
-            "--watch",
-            "-o",
-        ])
-        .arg(format!(
-            r#"jsonpath={{.metadata.resourceVersion}} {}{{"\n"}}"#,
-            example.weights
-        ))
-        .stdout(Stdio::from(file))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-/// `kubectl plover ARGS` as the admin; its output, which must be a success.
-fn kubectl_plover(cluster: &Cluster, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-plover"))
-        .args(args)
-        .env("KUBECONFIG", &cluster.admin_kubeconfig)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "kubectl plover {}: {text}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
-}
-
 /// What one example's rollouts took.
 struct Timeline {
     example: &'static str,
@@ -312,22 +206,7 @@ fn roll_out(
 
     // The example, with the test's Canary and template instead of its Prometheus ones.
     healthy.store(true, Ordering::SeqCst);
-    let rendered = cluster.kustomize(
-        &workspace_root()
-            .join("manifests/examples")
-            .join(example.dir),
-    );
-    let documents: Vec<&str> = rendered.split("\n---\n").collect();
-    let example_canary = documents
-        .iter()
-        .find(|doc| doc.contains("\nkind: Canary"))
-        .expect("the example has a Canary");
-    let kept: Vec<&str> = documents
-        .iter()
-        .filter(|doc| !doc.contains("\nkind: Canary") && !doc.contains("\nkind: AnalysisTemplate"))
-        .copied()
-        .collect();
-    cluster.apply(&kept.join("\n---\n")).unwrap();
+    let example_canary = install_example(cluster, example.dir, ns);
     cluster.apply(&analysis_template(ns, url)).unwrap();
     cluster.kubectl_ok(&[
         "patch",
@@ -338,18 +217,9 @@ fn roll_out(
         "-p",
         example.user_field.0,
     ]);
-    cluster.kubectl_ok(&[
-        "-n",
-        ns,
-        "rollout",
-        "status",
-        &format!("deployment/{name}"),
-        &canary_deployment,
-        "--timeout=90s",
-    ]);
     let route_log = cluster.dir().join(format!("{}-route.log", example.dir));
-    let mut watch = watch_weights(cluster, example, &route_log);
-    cluster.apply(&canary(example_canary)).unwrap();
+    let mut watch = watch_weights(cluster, ns, example.route, example.weights, &route_log);
+    cluster.apply(&canary(&example_canary)).unwrap();
 
     // Nothing to roll out: both Deployments run the same template.
     eventually((cluster, ns), "Healthy", minute, controller, || {
@@ -459,6 +329,30 @@ fn roll_out(
         "{}: route versions (resourceVersion, weights):\n{versions}",
         example.dir
     );
+    // Each version is a decision or the test's own edit: no write is repeated, nothing flaps.
+    let sequence: Vec<&str> = versions
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(_, weights)| weights))
+        .collect();
+    assert_eq!(
+        sequence,
+        [
+            "100 0", // installed
+            "80 20", // healthy release, step 0
+            "80 20", // the out-of-band edit
+            "40 60", // after the analysis
+            "100 0", // promoted
+            "80 20", // failing release
+            "100 0", // rolled back
+            "80 20", // fixed release
+            "40 60", // its pause
+            "100 0", // aborted
+            "80 20", // retried
+            "100 0", // promoted --full
+        ],
+        "{}",
+        example.dir
+    );
     Timeline {
         example: example.dir,
         first_weight,
@@ -469,27 +363,9 @@ fn roll_out(
     }
 }
 
-fn events(cluster: &Cluster, namespace: &str) -> String {
-    cluster.kubectl_ok(&[
-        "get",
-        "events",
-        "-n",
-        namespace,
-        "--field-selector",
-        "involvedObject.kind=Canary",
-        "-o",
-        r#"jsonpath={range .items[*]}{.type} {.reason}: {.message}{"\n"}{end}"#,
-    ])
-}
-
 #[test]
 fn every_example_rolls_out_promotes_and_rolls_back_on_a_real_api_server() {
-    let cluster = Cluster::start();
-    cluster.install_prerequisites();
-    cluster
-        .apply(&cluster.kustomize(&workspace_root().join("manifests/base")))
-        .unwrap_or_else(|e| panic!("base: {e}"));
-    cluster.wait_established(&["crd/canaries.plover.dev"]);
+    let cluster = cluster_with_base();
 
     // The analysis endpoint: healthy until the test says otherwise.
     let healthy = Arc::new(AtomicBool::new(true));
@@ -500,7 +376,7 @@ fn every_example_rolls_out_promotes_and_rolls_back_on_a_real_api_server() {
         (200, "application/json", format!("{{\"ok\": {ok}}}"))
     })));
 
-    let mut controller = start_controller(&cluster, "plover-a");
+    let mut controller = start_controller(&cluster, "plover-a", &[]);
     let timelines: Vec<Timeline> = EXAMPLES
         .iter()
         .map(|example| roll_out(&cluster, &mut controller, example, &url, &healthy))

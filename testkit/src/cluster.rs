@@ -79,6 +79,8 @@ pub struct Cluster {
     bin: PathBuf,
     /// Stopped last-started first (see `Drop`).
     processes: Vec<ChildGuard>,
+    /// How each was started, to restart one.
+    commands: Vec<(String, Vec<String>)>,
     dir: tempfile::TempDir,
 }
 
@@ -99,6 +101,7 @@ impl Cluster {
             controller_kubeconfig: path.join("controller.kubeconfig"),
             bin,
             processes: Vec::new(),
+            commands: Vec::new(),
             dir,
         };
         service_account_keys(&path);
@@ -257,10 +260,37 @@ impl Cluster {
     }
 
     fn spawn(&mut self, name: &str, args: Vec<String>) {
+        self.processes.push(self.child(name, &args));
+        self.commands.push((name.to_owned(), args));
+    }
+
+    fn child(&self, name: &str, args: &[String]) -> ChildGuard {
         let mut command = Command::new(self.bin.join(name));
         command.args(args);
-        let log = self.dir.path().join(format!("{name}.log"));
-        self.processes.push(ChildGuard::spawn(name, command, &log));
+        // A restarted component gets a log of its own (`NAME.N.log`).
+        let log = self.dir.path().join(format!(
+            "{name}.{}.log",
+            self.commands.iter().filter(|(n, _)| n == name).count()
+        ));
+        ChildGuard::spawn(name, command, &log)
+    }
+
+    /// Kills kube-apiserver (SIGKILL, as a crash would) and starts it again with the same
+    /// flags and storage; returns once it is ready again.
+    pub fn restart_apiserver(&mut self) {
+        let index = self
+            .commands
+            .iter()
+            .position(|(name, _)| name == "kube-apiserver")
+            .expect("kube-apiserver was started");
+        let args = self.commands[index].1.clone();
+        // The old one must be gone before the new one takes its port.
+        drop(self.processes.remove(index));
+        let restarted = self.child("kube-apiserver", &args);
+        self.processes.insert(index, restarted);
+        self.wait_for("the restarted API server to be ready", |c| {
+            c.kubectl(&["get", "--raw", "/readyz"]).status.success()
+        });
     }
 
     /// etcd on a free client port; its URL.
