@@ -19,6 +19,7 @@ use std::{sync::Arc, time::Duration};
 use futures::StreamExt;
 use k8s_openapi::{
     api::{apps::v1::Deployment, core::v1::Secret},
+    apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
 use kube::{
@@ -38,8 +39,8 @@ use plover_analysis::template::{AnalysisSpec, Document, Secrets};
 
 use crate::{
     canary::{
-        decide, resolve, validate, Action as Step, AnalysisKind, Canary, CanarySpec, Decision,
-        Observation, WorkloadState,
+        conditions, decide, reasons, resolve, validate, Action as Step, AnalysisKind, Canary,
+        CanarySpec, CanaryStatus, Decision, Observation, WorkloadState,
     },
     metrics::Metrics,
     observe::{
@@ -221,7 +222,27 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
         canary: candidate.as_ref(),
         envoy_stable: &envoy_stable,
     };
-    execute(&canary, &ctx, &key, &decision, &workloads).await?;
+    match execute(&canary, &ctx, &key, &decision, &workloads).await {
+        Ok(()) => {}
+        // The route object cannot take the weights as the spec names them (a route or
+        // destination that is not there, a third weighted destination, …): a problem of the
+        // user's objects, not of the API server. Say so on the Canary once, and look again
+        // later (route objects are not watched).
+        Err(ReconcileError::Router(error @ RouterError::Object { .. })) => {
+            ctx.metrics.reconcile_error("router");
+            return routing_failed(&canary, &ctx, &key, &status, &error).await;
+        }
+        Err(e) => return Err(e),
+    }
+    if decision
+        .actions
+        .iter()
+        .any(|a| matches!(a, Step::SetWeight { .. }))
+    {
+        decision
+            .status
+            .remove_condition(conditions::TRAFFIC_ROUTING_FAILED);
+    }
     if spec.traffic_routing.envoy.is_some() {
         if let Some(revision) = decision.actions.iter().find_map(|a| match a {
             Step::PromoteWorkload { revision } => Some(revision.clone()),
@@ -232,16 +253,7 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
     }
 
     if decision.status != status {
-        let canaries: Api<Canary> = Api::namespaced(ctx.client.clone(), &namespace);
-        let mut ops = Vec::new();
-        if let Some(rv) = &canary.metadata.resource_version {
-            ops.push(json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}));
-        }
-        ops.push(json!({"op": "add", "path": "/status", "value": decision.status}));
-        let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))?;
-        canaries
-            .patch_status(&name, &patch_params(), &Patch::Json::<()>(patch))
-            .await?;
+        write_status(&ctx, &canary, &key, &decision.status).await?;
     }
     ctx.metrics.observe(&namespace, &name, &decision.status);
     info!(
@@ -254,6 +266,93 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
     Ok(decision
         .requeue_after
         .map_or_else(Action::await_change, Action::requeue))
+}
+
+/// How often a Canary whose route object cannot be written is looked at again.
+pub const ROUTING_RETRY: Duration = Duration::from_secs(30);
+
+/// Records a routing failure: the status as it was plus the `TrafficRoutingFailed` condition
+/// naming the object and what is wrong, written (with one Warning event) only when that is
+/// news, so that a broken route object costs one reconcile per [`ROUTING_RETRY`] and no write.
+async fn routing_failed(
+    canary: &Canary,
+    ctx: &Context,
+    key: &CanaryKey,
+    status: &CanaryStatus,
+    error: &RouterError,
+) -> Result<Action, ReconcileError> {
+    let message = error.to_string();
+    warn!(canary = %key.1, namespace = %key.0, error = %message, "Traffic routing failed.");
+    let known = status
+        .condition(conditions::TRAFFIC_ROUTING_FAILED)
+        .is_some_and(|c| c.status == "True" && c.message == message);
+    if !known {
+        let mut failed = status.clone();
+        failed.set_condition(
+            conditions::TRAFFIC_ROUTING_FAILED,
+            true,
+            reasons::ROUTE_NOT_WRITABLE,
+            &message,
+            &Time((ctx.now)()),
+            canary.metadata.generation,
+        );
+        write_status(ctx, canary, key, &failed).await?;
+        publish(
+            ctx,
+            canary,
+            key,
+            true,
+            reasons::ROUTE_NOT_WRITABLE,
+            &message,
+        )
+        .await;
+    }
+    Ok(Action::requeue(ROUTING_RETRY))
+}
+
+/// Replaces the status, guarded by the resourceVersion the decision was made on.
+async fn write_status(
+    ctx: &Context,
+    canary: &Canary,
+    key: &CanaryKey,
+    status: &CanaryStatus,
+) -> Result<(), ReconcileError> {
+    let canaries: Api<Canary> = Api::namespaced(ctx.client.clone(), &key.0);
+    let mut ops = Vec::new();
+    if let Some(rv) = &canary.metadata.resource_version {
+        ops.push(json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}));
+    }
+    ops.push(json!({"op": "add", "path": "/status", "value": status}));
+    let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))?;
+    canaries
+        .patch_status(&key.1, &patch_params(), &Patch::Json::<()>(patch))
+        .await?;
+    Ok(())
+}
+
+/// Publishes an Event on the Canary; one that cannot be published must not stop the rollout.
+async fn publish(
+    ctx: &Context,
+    canary: &Canary,
+    key: &CanaryKey,
+    warning: bool,
+    reason: &str,
+    message: &str,
+) {
+    let event = Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_owned(),
+        note: Some(message.to_owned()),
+        action: "Rollout".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &canary.object_ref(&())).await {
+        warn!(canary = %key.1, error = %e, "Event not published.");
+    }
 }
 
 /// Logs, counts and retries a failed reconcile.
@@ -324,23 +423,7 @@ async fn execute(
                 warning,
                 reason,
                 message,
-            } => {
-                let event = Event {
-                    type_: if *warning {
-                        EventType::Warning
-                    } else {
-                        EventType::Normal
-                    },
-                    reason: (*reason).to_owned(),
-                    note: Some(message.clone()),
-                    action: "Rollout".to_owned(),
-                    secondary: None,
-                };
-                // An event that cannot be published must not stop the rollout.
-                if let Err(e) = ctx.recorder.publish(&event, &canary.object_ref(&())).await {
-                    warn!(canary = %key.1, error = %e, "Event not published.");
-                }
-            }
+            } => publish(ctx, canary, key, *warning, reason, message).await,
         }
     }
     let keep = decision.status.analysis_runs_in_use();

@@ -282,6 +282,9 @@ pub mod conditions {
     pub const PROGRESSING: &str = "Progressing";
     /// The observed canary share stays away from the desired weight.
     pub const TRAFFIC_SPLIT_MISMATCH: &str = "TrafficSplitMismatch";
+    /// The route object cannot take the weights as the spec names it (set by reconcile, the
+    /// rim that writes route objects; cleared by the next successful routing).
+    pub const TRAFFIC_ROUTING_FAILED: &str = "TrafficRoutingFailed";
 }
 
 pub mod reasons {
@@ -295,6 +298,7 @@ pub mod reasons {
     pub const ANALYSIS_INCONCLUSIVE: &str = "AnalysisInconclusive";
     pub const SPLIT_MISMATCH: &str = "SplitMismatch";
     pub const WORKLOAD_NOT_FOUND: &str = "WorkloadNotFound";
+    pub const ROUTE_NOT_WRITABLE: &str = "RouteNotWritable";
 }
 
 impl CanaryStatus {

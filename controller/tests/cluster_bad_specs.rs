@@ -1,0 +1,173 @@
+//! Bad input on a real API server (`plover_testkit::cluster`), with the real `plover
+//! controller`: a Canary the schema accepts but the controller cannot act on (stable and
+//! canary the same workload) gets the `InvalidSpec` condition and one Warning event; a Canary
+//! whose VirtualService has no route of the name it gives gets the `TrafficRoutingFailed`
+//! condition naming the object and the route, and one Warning event. Neither loops: over the
+//! measured window each is reconciled at most a few times and its status is not written again.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use plover_testkit::cluster::Cluster;
+
+mod support;
+use support::{cluster_with_base, eventually, install_example, jsonpath, start_controller};
+
+const NS: &str = "mock-server";
+/// How long the test watches for a hot loop.
+const QUIET_WINDOW: Duration = Duration::from_secs(30);
+
+fn condition(cluster: &Cluster, canary: &str, type_: &str) -> String {
+    jsonpath(
+        cluster,
+        NS,
+        &format!("canary/{canary}"),
+        &format!("{{.status.conditions[?(@.type==\"{type_}\")].status}} {{.status.conditions[?(@.type==\"{type_}\")].message}}"),
+    )
+}
+
+/// Warning events on `canary` as "REASON COUNT" lines (COUNT: the event series' count, 1
+/// when the event never repeated).
+fn warnings(cluster: &Cluster, canary: &str) -> Vec<String> {
+    jsonpath(
+        cluster,
+        NS,
+        "events",
+        &format!(
+            "{{range .items[?(@.involvedObject.name==\"{canary}\")]}}{{.type}} {{.reason}} {{.count}}{{\"\\n\"}}{{end}}"
+        ),
+    )
+    .lines()
+    .filter_map(|l| l.strip_prefix("Warning "))
+    .map(|l| match l.split_once(' ') {
+        // An event that never repeated may show no count.
+        Some((reason, "")) | Some((reason, "1")) => format!("{reason} 1"),
+        _ => l.to_owned(),
+    })
+    .collect()
+}
+
+#[test]
+fn invalid_specs_and_missing_routes_get_a_condition_one_event_and_no_hot_loop() {
+    let cluster = cluster_with_base();
+    let example_canary = install_example(&cluster, "istio-subsets", NS);
+
+    // Same workload twice: the schema cannot say it, the controller's validation does.
+    let invalid = r#"apiVersion: plover.dev/v1alpha1
+kind: Canary
+metadata: {name: invalid, namespace: mock-server}
+spec:
+  workload: {stable: mock-server, canary: mock-server}
+  trafficRouting:
+    istio:
+      virtualService: {name: mock-server, routes: [primary]}
+  steps: [{setWeight: 20}]
+"#;
+    // The example's Canary, pointing at a route its VirtualService does not have.
+    let mut missing: serde_json::Value = serde_yaml::from_str(&example_canary).unwrap();
+    missing["metadata"]["name"] = "missing-route".into();
+    missing["spec"]["trafficRouting"]["istio"]["virtualService"]["routes"] =
+        serde_json::json!(["secondary"]);
+    let spec = missing["spec"].as_object_mut().unwrap();
+    spec.remove("analysis");
+    spec.remove("trafficCheck");
+    spec.insert("steps".into(), serde_json::json!([{"setWeight": 20}]));
+    cluster.apply(invalid).unwrap();
+    cluster
+        .apply(&serde_json::to_string(&missing).unwrap())
+        .unwrap();
+    // A new canary revision, so that the second Canary routes.
+    cluster.kubectl_ok(&[
+        "set",
+        "image",
+        "-n",
+        NS,
+        "deployment/mock-server-canary",
+        "mock-server=ghcr.io/ssup2/mock-go-server:1.0.1",
+    ]);
+
+    let mut controller = start_controller(&cluster, "plover-a", &[]);
+    let minute = Duration::from_secs(60);
+    let invalid_condition = eventually(
+        (&cluster, NS),
+        "InvalidSpec",
+        minute,
+        &mut controller,
+        || {
+            let c = condition(&cluster, "invalid", "InvalidSpec");
+            c.starts_with("True ").then_some(c.clone()).ok_or(c)
+        },
+    );
+    assert!(
+        invalid_condition.contains("spec.workload.canary"),
+        "{invalid_condition}"
+    );
+    let routing_condition = eventually(
+        (&cluster, NS),
+        "TrafficRoutingFailed",
+        minute,
+        &mut controller,
+        || {
+            let c = condition(&cluster, "missing-route", "TrafficRoutingFailed");
+            c.starts_with("True ").then_some(c.clone()).ok_or(c)
+        },
+    );
+    assert!(
+        routing_condition.contains("mock-server") && routing_condition.contains("secondary"),
+        "the condition names the object and the route: {routing_condition}"
+    );
+    // Nothing was routed by the invalid Canary, and the missing route changed nothing.
+    assert_eq!(
+        jsonpath(
+            &cluster,
+            NS,
+            "virtualservice/mock-server",
+            "{.spec.http[0].route[*].weight}"
+        ),
+        "100 0"
+    );
+
+    // The quiet window: count the status writes (watch) and reconciles (log lines).
+    let versions_log = cluster.dir().join("canary-versions.log");
+    let mut watch = Command::new(cluster.kubectl_path())
+        .arg("--kubeconfig")
+        .arg(&cluster.admin_kubeconfig)
+        .args(["get", "canaries", "-n", NS, "--watch", "--watch-only", "-o"])
+        .arg(r#"jsonpath={.metadata.name} {.metadata.resourceVersion}{"\n"}"#)
+        .stdout(Stdio::from(std::fs::File::create(&versions_log).unwrap()))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let log_before = controller.log_text();
+    std::thread::sleep(QUIET_WINDOW);
+    controller.assert_running();
+    let log_after = controller.log_text();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let window_log = &log_after[log_before.len()..];
+    let reconciles = |canary: &str| {
+        window_log
+            .lines()
+            .filter(|l| l.contains(&format!("canary={canary} ")))
+            .count()
+    };
+    let writes = std::fs::read_to_string(&versions_log).unwrap();
+    println!("invalid: {invalid_condition}\nmissing-route: {routing_condition}");
+    println!(
+        "over {QUIET_WINDOW:?}: invalid reconciled {} times, missing-route {} times; status \
+         writes: {:?}",
+        reconciles("invalid"),
+        reconciles("missing-route"),
+        writes.lines().collect::<Vec<_>>()
+    );
+    assert!(
+        writes.trim().is_empty(),
+        "status writes in the quiet window:\n{writes}"
+    );
+    assert!(reconciles("invalid") <= 1, "{window_log}");
+    assert!(reconciles("missing-route") <= 2 * 2, "{window_log}");
+
+    // One Warning event each, never repeated.
+    assert_eq!(warnings(&cluster, "invalid"), ["InvalidSpec 1"]);
+    assert_eq!(warnings(&cluster, "missing-route"), ["RouteNotWritable 1"]);
+}
