@@ -12,6 +12,7 @@
 //! canary is rolled back; `kubectl plover retry`, `abort` and `promote --full` are exercised.
 //! The controller may never be refused (no 403).
 
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -226,7 +227,16 @@ fn roll_out(
         state("Healthy", "100 0")
     });
 
-    // A healthy release, held at the pause until `kubectl plover promote`.
+    // A healthy release, held at the pause until `kubectl plover promote`, followed with
+    // `kubectl plover get canary --watch` as a user would.
+    let watch_output = cluster.dir().join(format!("{}-get-watch.txt", example.dir));
+    let mut get_watch = Command::new(env!("CARGO_BIN_EXE_kubectl-plover"))
+        .args(["get", "canary", name, "-n", ns, "--watch"])
+        .env("KUBECONFIG", &cluster.admin_kubeconfig)
+        .stdout(Stdio::from(std::fs::File::create(&watch_output).unwrap()))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let started = Instant::now();
     release(example.images[0]);
     eventually((cluster, ns), "weight 20", minute, controller, || {
@@ -234,6 +244,9 @@ fn roll_out(
         (w == "80 20").then_some(()).ok_or(w)
     });
     let first_weight = started.elapsed();
+    // Acted on through the Deployment watch: no periodic poll would be this quick (a Healthy
+    // Canary is not requeued at all).
+    assert!(first_weight < Duration::from_secs(10), "{first_weight:?}");
     // An out-of-band edit during the rollout: kept, like the user's field.
     cluster.kubectl_ok(&[
         "patch",
@@ -264,6 +277,18 @@ fn roll_out(
         (image == example.images[0]).then_some(()).ok_or(image)
     });
     let promoted = started.elapsed();
+    // The watch re-rendered the tree (every 2 s) as the rollout went: progressing, then
+    // promoted.
+    std::thread::sleep(Duration::from_millis(2500));
+    let _ = get_watch.kill();
+    let _ = get_watch.wait();
+    let frames = std::fs::read_to_string(&watch_output).unwrap();
+    let progressing_at = frames.find("Progressing");
+    let healthy_at = frames.rfind("Healthy");
+    assert!(
+        progressing_at.is_some() && healthy_at > progressing_at,
+        "kubectl plover get --watch showed:\n{frames}"
+    );
     for (patch, path, value) in [example.user_field, example.out_of_band] {
         assert_eq!(get(example.route, path), value, "{patch}");
     }
@@ -394,8 +419,8 @@ fn every_example_rolls_out_promotes_and_rolls_back_on_a_real_api_server() {
     );
     for t in &timelines {
         println!(
-            "{}: first weight write {:.1} s after the new canary image, paused at 60% after \
-             {:.1} s, promoted {:.1} s after it (kubectl plover promote at the pause); failing \
+            "{}: first weight write {:.1} s after the new canary image, paused at 60% at \
+             {:.1} s, promoted at {:.1} s (kubectl plover promote at the pause); failing \
              release rolled back after {:.1} s; {} versions of the route object over the three \
              releases",
             t.example,
