@@ -11,7 +11,10 @@ use std::time::Duration;
 use plover_testkit::cluster::Cluster;
 
 mod support;
-use support::{cluster_with_base, eventually, install_example, jsonpath, start_controller};
+use support::{
+    canary_with_steps, cluster_with_base, eventually, install_example, jsonpath, set_image,
+    start_controller,
+};
 
 const NS: &str = "mock-server";
 /// How long the test watches for a hot loop.
@@ -64,27 +67,22 @@ spec:
   steps: [{setWeight: 20}]
 "#;
     // The example's Canary, pointing at a route its VirtualService does not have.
-    let mut missing: serde_json::Value = serde_yaml::from_str(&example_canary).unwrap();
+    let mut missing = canary_with_steps(&example_canary, serde_json::json!([{"setWeight": 20}]));
     missing["metadata"]["name"] = "missing-route".into();
     missing["spec"]["trafficRouting"]["istio"]["virtualService"]["routes"] =
         serde_json::json!(["secondary"]);
-    let spec = missing["spec"].as_object_mut().unwrap();
-    spec.remove("analysis");
-    spec.remove("trafficCheck");
-    spec.insert("steps".into(), serde_json::json!([{"setWeight": 20}]));
     cluster.apply(invalid).unwrap();
     cluster
         .apply(&serde_json::to_string(&missing).unwrap())
         .unwrap();
     // A new canary revision, so that the second Canary routes.
-    cluster.kubectl_ok(&[
-        "set",
-        "image",
-        "-n",
+    set_image(
+        &cluster,
         NS,
-        "deployment/mock-server-canary",
-        "mock-server=ghcr.io/ssup2/mock-go-server:1.0.1",
-    ]);
+        "mock-server-canary",
+        "mock-server",
+        "ghcr.io/ssup2/mock-go-server:1.0.1",
+    );
 
     let mut controller = start_controller(&cluster, "plover-a", &[]);
     let minute = Duration::from_secs(60);

@@ -11,8 +11,8 @@ use plover_testkit::cluster::{Cluster, CONTROLLER_NAMESPACE};
 
 mod support;
 use support::{
-    cluster_with_base, events, eventually, install_example, jsonpath, start_controller,
-    watch_weights,
+    canary_with_steps, cluster_with_base, events, eventually, install_example, jsonpath, set_image,
+    start_controller, watch_weights,
 };
 
 const NS: &str = "mock-server";
@@ -23,19 +23,15 @@ const LEASE_SECONDS: u64 = 10;
 
 /// The Istio subset example's Canary with three timed steps and no analysis.
 fn canary(example_canary: &str) -> String {
-    let mut canary: serde_json::Value = serde_yaml::from_str(example_canary).unwrap();
-    let spec = canary["spec"].as_object_mut().unwrap();
-    spec.remove("analysis");
-    spec.remove("trafficCheck");
-    spec.insert(
-        "steps".into(),
+    serde_json::to_string(&canary_with_steps(
+        example_canary,
         serde_json::json!([
             {"setWeight": 20}, {"pause": {"duration": "4s"}},
             {"setWeight": 40}, {"pause": {"duration": "4s"}},
             {"setWeight": 60}, {"pause": {"duration": "4s"}}
         ]),
-    );
-    serde_json::to_string(&canary).unwrap()
+    ))
+    .unwrap()
 }
 
 /// The Lease's holder, or why there is none yet.
@@ -56,14 +52,7 @@ fn lease_holder(cluster: &Cluster) -> String {
 }
 
 fn release(cluster: &Cluster, image: &str) {
-    cluster.kubectl_ok(&[
-        "set",
-        "image",
-        "-n",
-        NS,
-        "deployment/mock-server-canary",
-        &format!("mock-server={image}"),
-    ]);
+    set_image(cluster, NS, "mock-server-canary", "mock-server", image);
 }
 
 fn state(cluster: &Cluster) -> (String, String, String) {

@@ -15,7 +15,9 @@ use plover_testkit::process::ChildGuard;
 use plover_testkit::scripted::{serve, Seen};
 
 mod support;
-use support::{cluster_with_base, eventually, install_example, jsonpath, start_controller};
+use support::{
+    canary_with_steps, cluster_with_base, eventually, install_example, jsonpath, start_controller,
+};
 
 /// The Canaries the releases run: (namespace, example, container).
 const CANARIES: [(&str, &str, &str); 2] = [
@@ -25,12 +27,8 @@ const CANARIES: [(&str, &str, &str); 2] = [
 
 /// The test's Canary for an example: its routing, a 20% step and an analysis step.
 fn canary(example_canary: &str) -> String {
-    let mut canary: serde_json::Value = serde_yaml::from_str(example_canary).unwrap();
-    let spec = canary["spec"].as_object_mut().unwrap();
-    spec.remove("analysis");
-    spec.remove("trafficCheck");
-    spec.insert(
-        "steps".into(),
+    serde_json::to_string(&canary_with_steps(
+        example_canary,
         serde_json::json!([
             {"setWeight": 20},
             {"analysis": {
@@ -41,8 +39,8 @@ fn canary(example_canary: &str) -> String {
             }},
             {"setWeight": 60}
         ]),
-    );
-    serde_json::to_string(&canary).unwrap()
+    ))
+    .unwrap()
 }
 
 /// A namespaced and a cluster-scoped template measuring the web endpoint, the first with an

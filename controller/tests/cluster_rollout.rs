@@ -23,8 +23,8 @@ use plover_testkit::scripted::{serve, Seen};
 
 mod support;
 use support::{
-    cluster_with_base, events, eventually, install_example, jsonpath, kubectl_plover,
-    start_controller, watch_weights,
+    canary_with_steps, cluster_with_base, events, eventually, install_example, jsonpath,
+    kubectl_plover, set_image, start_controller, watch_weights,
 };
 
 /// One of `manifests/examples/`, and what the test needs to know to watch it.
@@ -120,20 +120,16 @@ const EXAMPLES: [Example; 3] = [
 /// The test's Canary for `example`: the example's own workload and routing, with steps
 /// 20% → an analysis of the web endpoint → 60% → a pause until `kubectl plover promote`.
 fn canary(example_canary: &str) -> String {
-    let mut canary: serde_json::Value = serde_yaml::from_str(example_canary).unwrap();
-    let spec = canary["spec"].as_object_mut().unwrap();
-    spec.remove("analysis");
-    spec.remove("trafficCheck");
-    spec.insert(
-        "steps".into(),
+    serde_json::to_string(&canary_with_steps(
+        example_canary,
         serde_json::json!([
             {"setWeight": 20},
             {"analysis": {"templates": [{"templateName": "web-health"}]}},
             {"setWeight": 60},
             {"pause": {}}
         ]),
-    );
-    serde_json::to_string(&canary).unwrap()
+    ))
+    .unwrap()
 }
 
 fn analysis_template(namespace: &str, url: &str) -> String {
@@ -177,7 +173,6 @@ fn roll_out(
     healthy: &AtomicBool,
 ) -> Timeline {
     let (ns, name) = (example.namespace, example.name);
-    let canary_deployment = format!("deployment/{name}-canary");
     let get = |kind_name: &str, path: &str| jsonpath(cluster, ns, kind_name, path);
     let phase = || get(&format!("canary/{name}"), "{.status.phase}");
     let weights = || get(example.route, example.weights);
@@ -188,14 +183,13 @@ fn roll_out(
         )
     };
     let release = |image: &str| {
-        cluster.kubectl_ok(&[
-            "set",
-            "image",
-            "-n",
+        set_image(
+            cluster,
             ns,
-            &canary_deployment,
-            &format!("{}={image}", example.container),
-        ]);
+            &format!("{name}-canary"),
+            example.container,
+            image,
+        );
     };
     let state = |want_phase: &str, want_weights: &str| {
         let (p, w) = (phase(), weights());

@@ -47,6 +47,35 @@ pub fn install_example(cluster: &Cluster, dir: &str, namespace: &str) -> String 
     canary
 }
 
+/// The test's Canary for an example: the example's own workload and routing (its Canary
+/// document), its analysis and traffic check left out, with `steps`.
+pub fn canary_with_steps(example_canary: &str, steps: serde_json::Value) -> serde_json::Value {
+    let mut canary: serde_json::Value = serde_yaml::from_str(example_canary).unwrap();
+    let spec = canary["spec"].as_object_mut().unwrap();
+    spec.remove("analysis");
+    spec.remove("trafficCheck");
+    spec.insert("steps".into(), steps);
+    canary
+}
+
+/// A new revision of a canary Deployment: its container runs `image`.
+pub fn set_image(
+    cluster: &Cluster,
+    namespace: &str,
+    deployment: &str,
+    container: &str,
+    image: &str,
+) {
+    cluster.kubectl_ok(&[
+        "set",
+        "image",
+        "-n",
+        namespace,
+        &format!("deployment/{deployment}"),
+        &format!("{container}={image}"),
+    ]);
+}
+
 /// `plover controller`, as its ServiceAccount, leader-elected on the manifests' Lease.
 pub fn start_controller(cluster: &Cluster, identity: &str, extra: &[&str]) -> ChildGuard {
     let mut command = Command::new(env!("CARGO_BIN_EXE_plover"));
