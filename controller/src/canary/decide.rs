@@ -363,6 +363,9 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         if canary_rev != stable_rev {
             s.current_step_index = Some(0);
             s.step_started_at = Some(b.now.clone());
+            // A new revision earns its traffic from the first step again: whatever the previous
+            // one had must not go to pods of this one.
+            b.set_weight(0);
             let message = format!(
                 "revision {canary_rev} of {} started; stable runs {stable_rev}",
                 obs.spec.workload.canary
@@ -432,6 +435,19 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
     // The desired weight carries over from the last setWeight reached (Argo's rule).
     let weight = b.status.desired_weight;
     b.set_weight(weight);
+
+    // No traffic to pods that are not ready: the steps wait until the canary Deployment has
+    // rolled out this revision (observed generation, updated and available replicas), as Argo
+    // and Flagger wait for the canary's availability.
+    if !obs.canary.rolled_out {
+        b.status.phase = Some(CanaryPhase::Progressing);
+        b.status.message = Some(format!(
+            "waiting for {} to roll out revision {canary_rev}",
+            obs.spec.workload.canary
+        ));
+        b.requeue(POLL_INTERVAL);
+        return b.finish();
+    }
 
     if background_analysis(&mut b, &canary_rev) {
         return b.finish();

@@ -882,3 +882,57 @@ fn a_live_share_does_not_rewrite_the_status_on_every_reconcile() {
         cond.message
     );
 }
+
+/// A canary Deployment still rolling out its new revision.
+fn rolling_out(revision: &str) -> WorkloadState {
+    WorkloadState {
+        rolled_out: false,
+        ..WorkloadState::ready(revision)
+    }
+}
+
+#[test]
+fn no_weight_goes_to_a_canary_that_has_not_rolled_out() {
+    let mut w = World::new(spec(vec![weight(20), pause(None)]));
+    w.canary = rolling_out("v2");
+    let d = w.tick();
+    assert_eq!(d.weights(), Some((0, 100)));
+    assert_eq!(d.status.current_step_index, Some(0));
+    assert_eq!(d.status.phase, Some(CanaryPhase::Progressing));
+    assert!(
+        d.status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("waiting for podinfo-canary to roll out revision v2")),
+        "{:?}",
+        d.status.message
+    );
+    assert!(
+        d.requeue_after.is_some(),
+        "looked at again, not only on a watch event"
+    );
+    // Still rolling out: still nothing, and no repeated event.
+    let again = w.tick_at(5);
+    assert_eq!(again.weights(), Some((0, 100)));
+    assert!(events(&again).is_empty());
+    w.canary.rolled_out = true;
+    let d = w.tick_at(6);
+    assert_eq!(d.weights(), Some((20, 80)));
+    assert_eq!(d.status.current_step_index, Some(1));
+}
+
+#[test]
+fn a_new_revision_mid_rollout_gets_no_traffic_until_it_has_rolled_out() {
+    let mut w = World::new(spec(vec![weight(60), pause(None)]));
+    assert_eq!(w.tick().weights(), Some((60, 40)));
+    w.canary = rolling_out("v3");
+    let d = w.tick_at(10);
+    assert_eq!(d.status.revision.as_deref(), Some("v3"));
+    assert_eq!(
+        d.weights(),
+        Some((0, 100)),
+        "the previous revision's 60% must not go to pods of the new one"
+    );
+    w.canary.rolled_out = true;
+    assert_eq!(w.tick_at(11).weights(), Some((60, 40)));
+}
