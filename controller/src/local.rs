@@ -113,8 +113,16 @@ pub fn write_status(path: &Path, status: &CanaryStatus) -> Result<(), LocalError
     Ok(())
 }
 
-/// Leaves a request in a local status file (what `plover promote --status-file` does).
+/// Leaves a request in a local status file (what `plover promote --status-file` does). The
+/// file must exist: it is the running `plover local`'s, and a request nobody reads is an error.
 pub fn request(status_file: &Path, request: Request) -> Result<String, LocalError> {
+    if !status_file.is_file() {
+        return Err(file_err(
+            status_file,
+            "no such status file: `plover local` writes it next to the Canary's spec \
+             (CANARY.yaml.status.json) once it runs",
+        ));
+    }
     let mut status = read_status(status_file)?;
     match request {
         Request::Promote => status.promote = true,
@@ -509,7 +517,10 @@ mod tests {
         let outcome = run(options(&path, vec![template]), &mut out).await.unwrap();
         let log = String::from_utf8(out).unwrap();
         assert_eq!(outcome, Outcome::Degraded, "{log}");
-        assert!(log.contains("EVENT Warning RolloutAborted: RolloutAborted: Metric \"always-fails\" assessed Error"), "{log}");
+        assert!(
+            log.contains("EVENT Warning RolloutAborted: Metric \"always-fails\" assessed Error"),
+            "{log}"
+        );
         let status = read_status(&default_status_file(&path)).unwrap();
         assert_eq!(status.desired_weight, 0);
         assert_eq!(
@@ -522,9 +533,22 @@ mod tests {
     fn requests_are_left_in_the_status_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("s.json");
+        write_status(&file, &CanaryStatus::default()).unwrap();
         request(&file, Request::Abort).unwrap();
         assert!(read_status(&file).unwrap().abort);
         request(&file, Request::Retry).unwrap();
         assert!(!read_status(&file).unwrap().abort);
+    }
+
+    #[test]
+    fn a_request_to_a_missing_status_file_fails_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("missing.status.json");
+        let error = request(&file, Request::Promote).unwrap_err().to_string();
+        assert!(
+            error.contains("missing.status.json") && error.contains("no such status file"),
+            "{error}"
+        );
+        assert!(!file.exists());
     }
 }

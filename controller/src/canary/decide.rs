@@ -615,7 +615,9 @@ fn abort(b: &mut Builder<'_, '_>, reason: Option<String>) {
             &now,
             generation,
         );
-        b.event(true, reasons::ABORTED, message);
+        // The event's reason already says RolloutAborted: its note is the why alone.
+        let note = reason.unwrap_or_else(|| "rollout aborted".to_owned());
+        b.event(true, reasons::ABORTED, note);
     }
 }
 
