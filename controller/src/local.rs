@@ -258,13 +258,15 @@ impl LocalController {
             .stable_revision
             .clone()
             .unwrap_or_else(|| spec.workload.stable.clone());
-        let stats = match &spec.traffic_check {
+        let (stats, traffic_error) = match &spec.traffic_check {
             Some(check) => {
                 let service = check.service.clone().unwrap_or_else(|| name.clone());
-                // An exporter that does not answer is "no observation".
-                self.exporter.stats(check, &namespace, &service).await.ok()
+                match self.exporter.stats(check, &namespace, &service).await {
+                    Ok(stats) => (Some(stats), None),
+                    Err(e) => (None, Some(e)),
+                }
             }
-            None => None,
+            None => (None, None),
         };
         // By the canary's revision: at the start of a release the window still holds the
         // previous revision's requests on a fixed canary cluster.
@@ -280,6 +282,7 @@ impl LocalController {
             stable: WorkloadState::ready(&stable_revision),
             canary: WorkloadState::ready(&spec.workload.canary),
             traffic,
+            traffic_error,
             analyses: &verdicts,
             now: Timestamp::now(),
         };

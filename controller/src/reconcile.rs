@@ -169,22 +169,23 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
     } else {
         (None, None)
     };
-    let traffic = match spec.traffic_check.as_ref().filter(|_| valid) {
+    let (traffic, traffic_error) = match spec.traffic_check.as_ref().filter(|_| valid) {
         Some(check) => {
             let service = check.service.clone().unwrap_or_else(|| name.clone());
             match ctx.traffic.stats(check, &namespace, &service).await {
                 // Envoy routing names revisions after clusters: match the canary by name.
-                Ok(stats) if spec.traffic_routing.envoy.is_some() => {
-                    Some(traffic_of_revision(&stats, &spec.workload.canary))
-                }
-                Ok(stats) => Some(traffic_from_stats(&stats)),
+                Ok(stats) if spec.traffic_routing.envoy.is_some() => (
+                    Some(traffic_of_revision(&stats, &spec.workload.canary)),
+                    None,
+                ),
+                Ok(stats) => (Some(traffic_from_stats(&stats)), None),
                 Err(e) => {
                     warn!(canary = %name, namespace = %namespace, error = %e, "Exporter did not answer.");
-                    None
+                    (None, Some(e))
                 }
             }
         }
-        None => None,
+        None => (None, None),
     };
     let verdicts = ctx.runner.verdicts(&key);
     // Envoy routing has no Deployments: the workloads are revision names, as in local mode, and
@@ -212,6 +213,7 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
         stable: stable_state,
         canary: canary_state,
         traffic,
+        traffic_error,
         analyses: &verdicts,
         now: (ctx.now)(),
     };

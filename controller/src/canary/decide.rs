@@ -104,6 +104,8 @@ pub struct Observation<'a> {
     pub canary: WorkloadState,
     /// `None`: no traffic check configured, or the exporter did not answer.
     pub traffic: Option<TrafficObservation>,
+    /// Why the exporter gave the traffic check no answer (its URL and the error), if it did not.
+    pub traffic_error: Option<String>,
     /// Verdicts of the runs the analysis runner knows, by run name. A run recorded in status but
     /// missing here was lost (controller restart) and is started again.
     pub analyses: &'a BTreeMap<String, Verdict>,
@@ -792,6 +794,28 @@ fn set_weight_step(b: &mut Builder<'_, '_>, weight: u32) -> bool {
         .weight_changed_at
         .as_ref()
         .map_or(Duration::MAX, |t| elapsed(t, &b.obs.now));
+    // An exporter that does not answer is said at once, not after `mismatchAfter` as a mismatch.
+    match (&b.obs.traffic, &b.obs.traffic_error) {
+        (None, Some(error)) => {
+            let message = format!("traffic check: no answer from the exporter: {error}");
+            let first = !b.status.is_condition_true(conditions::TRAFFIC_CHECK_FAILED);
+            let now = b.now.clone();
+            let generation = b.obs.generation;
+            b.status.set_condition(
+                conditions::TRAFFIC_CHECK_FAILED,
+                true,
+                reasons::EXPORTER_UNREACHABLE,
+                &message,
+                &now,
+                generation,
+            );
+            if first {
+                b.event(true, reasons::EXPORTER_UNREACHABLE, message);
+            }
+        }
+        (Some(_), _) => b.status.remove_condition(conditions::TRAFFIC_CHECK_FAILED),
+        (None, None) => {}
+    }
     // The window must hold only traffic routed after the change, or it would average old and new.
     let window_full = since_change >= Duration::from_secs(window);
     let verdict = match b.obs.traffic {

@@ -285,6 +285,8 @@ pub mod conditions {
     /// The route object cannot take the weights as the spec names it (set by reconcile, the
     /// rim that writes route objects; cleared by the next successful routing).
     pub const TRAFFIC_ROUTING_FAILED: &str = "TrafficRoutingFailed";
+    /// The traffic check got no answer from the exporter (the message names its URL and error).
+    pub const TRAFFIC_CHECK_FAILED: &str = "TrafficCheckFailed";
 }
 
 pub mod reasons {
@@ -299,6 +301,7 @@ pub mod reasons {
     pub const SPLIT_MISMATCH: &str = "SplitMismatch";
     pub const WORKLOAD_NOT_FOUND: &str = "WorkloadNotFound";
     pub const ROUTE_NOT_WRITABLE: &str = "RouteNotWritable";
+    pub const EXPORTER_UNREACHABLE: &str = "ExporterUnreachable";
 }
 
 impl CanaryStatus {

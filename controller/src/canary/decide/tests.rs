@@ -73,6 +73,7 @@ struct World {
     stable: WorkloadState,
     canary: WorkloadState,
     traffic: Option<TrafficObservation>,
+    traffic_error: Option<String>,
     analyses: BTreeMap<String, Verdict>,
     now: i64,
 }
@@ -86,6 +87,7 @@ impl World {
             stable: WorkloadState::ready("v1"),
             canary: WorkloadState::ready("v2"),
             traffic: None,
+            traffic_error: None,
             analyses: BTreeMap::new(),
             now: 0,
         }
@@ -100,6 +102,7 @@ impl World {
             stable: self.stable.clone(),
             canary: self.canary.clone(),
             traffic: self.traffic,
+            traffic_error: self.traffic_error.clone(),
             analyses: &self.analyses,
             now: at(self.now),
         };
@@ -935,4 +938,41 @@ fn a_new_revision_mid_rollout_gets_no_traffic_until_it_has_rolled_out() {
     );
     w.canary.rolled_out = true;
     assert_eq!(w.tick_at(11).weights(), Some((60, 40)));
+}
+
+#[test]
+fn an_exporter_that_does_not_answer_is_said_at_once() {
+    let mut w = World::new(with_check(vec![weight(20), pause(None)]));
+    w.traffic_error = Some("http://127.0.0.1:9/v1/stats?…: connection refused".into());
+    let d = w.tick();
+    let condition = d
+        .status
+        .condition(conditions::TRAFFIC_CHECK_FAILED)
+        .expect("the condition is set in the first decision");
+    assert_eq!(condition.status, "True");
+    assert!(
+        condition.message.contains("http://127.0.0.1:9")
+            && condition.message.contains("connection refused"),
+        "{}",
+        condition.message
+    );
+    assert_eq!(
+        events(&d),
+        vec![reasons::NEW_REVISION, reasons::EXPORTER_UNREACHABLE]
+    );
+    assert!(!d
+        .status
+        .is_condition_true(conditions::TRAFFIC_SPLIT_MISMATCH));
+    // Still no answer: no second event. An answer clears the condition.
+    assert!(!events(&w.tick_at(5)).contains(&reasons::EXPORTER_UNREACHABLE));
+    w.traffic_error = None;
+    w.traffic = Some(TrafficObservation {
+        canary_percent: 20.0,
+        requests: 1000,
+    });
+    let d = w.tick_at(10);
+    assert!(d
+        .status
+        .condition(conditions::TRAFFIC_CHECK_FAILED)
+        .is_none());
 }
