@@ -721,12 +721,13 @@ async fn a_failed_analysis_rolls_back_to_stable_with_an_argo_message_and_warning
         "/apis/events.k8s.io/v1/namespaces/test/events",
         None,
         |b| {
-            check_event(
-                b,
-                "Warning",
-                "RolloutAborted",
-                &format!("RolloutAborted: {message}"),
-            )
+            let event = check_event(b, "Warning", "RolloutAborted", message);
+            // The reason is not repeated in the note.
+            assert!(!event["note"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("RolloutAborted"));
+            event
         },
     )
     .await;
