@@ -5,7 +5,6 @@
 //! condition naming the object and the route, and one Warning event. Neither loops: over the
 //! measured window each is reconciled at most a few times and its status is not written again.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use plover_testkit::cluster::Cluster;
@@ -13,7 +12,7 @@ use plover_testkit::cluster::Cluster;
 mod support;
 use support::{
     canary_with_steps, cluster_with_base, eventually, install_example, jsonpath, set_image,
-    start_controller,
+    start_controller, watch,
 };
 
 const NS: &str = "mock-server";
@@ -127,15 +126,12 @@ spec:
 
     // The quiet window: count the status writes (watch) and reconciles (log lines).
     let versions_log = cluster.dir().join("canary-versions.log");
-    let mut watch = Command::new(cluster.kubectl_path())
-        .arg("--kubeconfig")
-        .arg(&cluster.admin_kubeconfig)
-        .args(["get", "canaries", "-n", NS, "--watch", "--watch-only", "-o"])
-        .arg(r#"jsonpath={.metadata.name} {.metadata.resourceVersion}{"\n"}"#)
-        .stdout(Stdio::from(std::fs::File::create(&versions_log).unwrap()))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut watch = watch(
+        &cluster,
+        &["get", "canaries", "-n", NS, "--watch", "--watch-only"],
+        r#"jsonpath={.metadata.name} {.metadata.resourceVersion}{"\n"}"#,
+        &versions_log,
+    );
     let log_before = controller.log_text();
     std::thread::sleep(QUIET_WINDOW);
     controller.assert_running();

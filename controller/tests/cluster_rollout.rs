@@ -45,6 +45,18 @@ struct Example {
     out_of_band: (&'static str, &'static str, &'static str),
 }
 
+/// On an Istio route: a timeout the user keeps, and retries added by hand mid-rollout.
+const ISTIO_USER_FIELD: (&str, &str, &str) = (
+    r#"[{"op": "add", "path": "/spec/http/0/timeout", "value": "7s"}]"#,
+    "{.spec.http[0].timeout}",
+    "7s",
+);
+const ISTIO_OUT_OF_BAND: (&str, &str, &str) = (
+    r#"[{"op": "add", "path": "/spec/http/0/retries", "value": {"attempts": 3}}]"#,
+    "{.spec.http[0].retries.attempts}",
+    "3",
+);
+
 const EXAMPLES: [Example; 3] = [
     Example {
         dir: "istio-subsets",
@@ -58,16 +70,8 @@ const EXAMPLES: [Example; 3] = [
         ],
         route: "virtualservice/mock-server",
         weights: "{.spec.http[0].route[*].weight}",
-        user_field: (
-            r#"[{"op": "add", "path": "/spec/http/0/timeout", "value": "7s"}]"#,
-            "{.spec.http[0].timeout}",
-            "7s",
-        ),
-        out_of_band: (
-            r#"[{"op": "add", "path": "/spec/http/0/retries", "value": {"attempts": 3}}]"#,
-            "{.spec.http[0].retries.attempts}",
-            "3",
-        ),
+        user_field: ISTIO_USER_FIELD,
+        out_of_band: ISTIO_OUT_OF_BAND,
     },
     Example {
         dir: "istio-hosts",
@@ -81,16 +85,8 @@ const EXAMPLES: [Example; 3] = [
         ],
         route: "virtualservice/podinfo",
         weights: "{.spec.http[0].route[*].weight}",
-        user_field: (
-            r#"[{"op": "add", "path": "/spec/http/0/timeout", "value": "7s"}]"#,
-            "{.spec.http[0].timeout}",
-            "7s",
-        ),
-        out_of_band: (
-            r#"[{"op": "add", "path": "/spec/http/0/retries", "value": {"attempts": 3}}]"#,
-            "{.spec.http[0].retries.attempts}",
-            "3",
-        ),
+        user_field: ISTIO_USER_FIELD,
+        out_of_band: ISTIO_OUT_OF_BAND,
     },
     Example {
         dir: "gateway-api",

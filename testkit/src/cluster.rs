@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::process::ChildGuard;
+use crate::process::{tail, ChildGuard};
 use crate::{free_port, tools};
 
 /// The ServiceAccount the controller runs as in the manifests.
@@ -478,10 +478,4 @@ fn service_account_keys(dir: &Path) {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-}
-
-/// The last `lines` lines of `text`.
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }

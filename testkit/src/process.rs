@@ -69,12 +69,19 @@ impl Drop for ChildGuard {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            let log = self.log_text();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
-            eprintln!("--- {} log (last lines) ---", self.name);
-            tail.iter().rev().for_each(|l| eprintln!("{l}"));
+            eprintln!(
+                "--- {} log (last lines) ---\n{}",
+                self.name,
+                tail(&self.log_text(), 30)
+            );
         }
     }
+}
+
+/// The last `lines` lines of `text` (a log's end, for a failure message).
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Polls `ready` every 50 ms until it is true or `timeout` passes; panics with `what` then.

@@ -152,6 +152,17 @@ fn every_documented_rendering_applies_to_a_real_api_server() {
     let canary_line = table.lines().nth(1).unwrap();
     let fields: Vec<&str> = canary_line.split_whitespace().collect();
     let (namespace, name) = (fields[0], fields[1]);
+    let read_phase = || {
+        cluster.kubectl_ok(&[
+            "get",
+            "canary",
+            name,
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.status.phase}",
+        ])
+    };
     cluster.kubectl_ok(&[
         "patch",
         "canary",
@@ -163,15 +174,7 @@ fn every_documented_rendering_applies_to_a_real_api_server() {
         "-p",
         r#"{"status":{"phase":"Paused","message":"set by the test"}}"#,
     ]);
-    let phase = cluster.kubectl_ok(&[
-        "get",
-        "canary",
-        name,
-        "-n",
-        namespace,
-        "-o",
-        "jsonpath={.status.phase}",
-    ]);
+    let phase = read_phase();
     assert_eq!(phase, "Paused");
     cluster.kubectl_ok(&[
         "patch",
@@ -183,15 +186,7 @@ fn every_documented_rendering_applies_to_a_real_api_server() {
         "-p",
         r#"{"status":{"phase":"Degraded"}}"#,
     ]);
-    let phase = cluster.kubectl_ok(&[
-        "get",
-        "canary",
-        name,
-        "-n",
-        namespace,
-        "-o",
-        "jsonpath={.status.phase}",
-    ]);
+    let phase = read_phase();
     assert_eq!(
         phase, "Paused",
         "a main-resource write must not touch the status"

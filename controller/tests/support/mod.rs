@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use plover_testkit::cluster::Cluster;
 use plover_testkit::free_port;
-use plover_testkit::process::ChildGuard;
+use plover_testkit::process::{tail, ChildGuard};
 use plover_testkit::tools::workspace_root;
 
 /// A cluster with what the README's install expects and the base installed (CRD, RBAC, the
@@ -121,14 +121,12 @@ pub fn eventually<T>(
         "wide",
     ]);
     let canary = cluster.kubectl(&["get", "canaries", "-n", namespace, "-o", "yaml"]);
-    let log = controller.log_text();
-    let log_tail: Vec<&str> = log.lines().rev().take(60).collect();
     panic!(
         "timed out after {timeout:?} waiting for {what} in {namespace}; last seen: {last}\n\
          --- objects ---\n{}\n--- canary ---\n{}\n--- controller log (last lines) ---\n{}",
         String::from_utf8_lossy(&objects.stdout),
         String::from_utf8_lossy(&canary.stdout),
-        log_tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        tail(&controller.log_text(), 60)
     );
 }
 
@@ -152,16 +150,22 @@ pub fn watch_weights(
     weights: &str,
     out: &Path,
 ) -> Child {
-    let file = std::fs::File::create(out).unwrap();
+    watch(
+        cluster,
+        &["get", route, "-n", namespace, "--watch"],
+        &format!(r#"jsonpath={{.metadata.resourceVersion}} {weights}{{"\n"}}"#),
+        out,
+    )
+}
+
+/// `kubectl ARGS -o OUTPUT` as the admin, its lines written to `out` until it is killed.
+pub fn watch(cluster: &Cluster, args: &[&str], output: &str, out: &Path) -> Child {
     Command::new(cluster.kubectl_path())
         .arg("--kubeconfig")
         .arg(&cluster.admin_kubeconfig)
-        .args(["get", route, "-n", namespace, "--watch", "-o"])
-        .arg(format!(
-            r#"jsonpath={{.metadata.resourceVersion}} {}{{"\n"}}"#,
-            weights
-        ))
-        .stdout(Stdio::from(file))
+        .args(args)
+        .args(["-o", output])
+        .stdout(Stdio::from(std::fs::File::create(out).unwrap()))
         .stderr(Stdio::null())
         .spawn()
         .unwrap()
