@@ -60,6 +60,11 @@ impl Backend {
     /// timing is not delayed by the test's tasks (load clients) or by its other connections.
     pub async fn start(revision: &str, behaviour: Behaviour) -> Backend {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        Backend::serve(listener, revision, behaviour)
+    }
+
+    /// A backend for `revision` on `listener` (e.g. one bound in a pod's network namespace).
+    pub fn serve(listener: std::net::TcpListener, revision: &str, behaviour: Behaviour) -> Backend {
         let port = listener.local_addr().expect("backend address").port();
         let state = Arc::new(Mutex::new(State {
             behaviour,
@@ -108,6 +113,11 @@ impl Backend {
             state,
             _stop: stop,
         }
+    }
+
+    /// Stops accepting and closes its connections (as dropping it does), keeping its counts.
+    pub fn stop(&self) {
+        let _ = self._stop.send(true);
     }
 
     pub fn set_behaviour(&self, behaviour: Behaviour) {

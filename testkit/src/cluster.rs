@@ -88,6 +88,17 @@ impl Cluster {
     /// Starts the control plane and waits until the API server is ready and the fake node is
     /// Ready. Panics with the failing component's log.
     pub fn start() -> Cluster {
+        Cluster::start_with(None)
+    }
+
+    /// A cluster whose pods take their addresses from `network`, which the test makes real
+    /// by running each pod's processes in a namespace with that address
+    /// ([`crate::podnet`]). The fake node's address is the network's bridge address.
+    pub fn start_on(network: &crate::podnet::PodNetwork) -> Cluster {
+        Cluster::start_with(Some((network.pod_cidr(), network.node_ip())))
+    }
+
+    fn start_with(pods: Option<(String, std::net::Ipv4Addr)>) -> Cluster {
         let tools = tools_dir();
         let bin = tools.join("bin");
         let dir = tempfile::Builder::new()
@@ -124,7 +135,7 @@ impl Cluster {
         cluster.wait_for("the API server to be ready", |c| {
             c.kubectl(&["get", "--raw", "/readyz"]).status.success()
         });
-        cluster.start_controllers(&tools);
+        cluster.start_controllers(&tools, pods);
         cluster.create_node();
         cluster
     }
@@ -369,7 +380,7 @@ impl Cluster {
 
     /// kube-controller-manager (Deployments → ReplicaSets → Pods, ServiceAccounts, …),
     /// kube-scheduler and KWOK, which plays the kubelet of one fake node.
-    fn start_controllers(&mut self, tools: &Path) {
+    fn start_controllers(&mut self, tools: &Path, pods: Option<(String, std::net::Ipv4Addr)>) {
         let dir = self.dir.path().to_path_buf();
         let kubeconfig = self.admin_kubeconfig.display().to_string();
         self.spawn(
@@ -409,6 +420,10 @@ impl Cluster {
             "--node-lease-duration-seconds=40".into(),
             format!("--server-address=127.0.0.1:{}", free_port()),
         ];
+        if let Some((cidr, node_ip)) = pods {
+            kwok.push(format!("--cidr={cidr}"));
+            kwok.push(format!("--node-ip={node_ip}"));
+        }
         let stages = tools.join("kwok");
         let mut files: Vec<PathBuf> = std::fs::read_dir(&stages)
             .unwrap_or_else(|e| panic!("{}: {e}", stages.display()))

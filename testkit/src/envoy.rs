@@ -2,7 +2,6 @@
 //! over weighted upstream clusters, optionally with the Plover filter (or any Wasm module)
 //! in front of the router and an exporter cluster for its callouts.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -412,22 +411,10 @@ pub fn clusters_document(clusters: &[(&str, u16)]) -> Value {
     json!({"version_info": version.join(","), "resources": resources})
 }
 
-/// A blocking GET against Envoy's admin interface.
+/// A blocking GET against Envoy's admin interface on loopback; the body of a 200.
 pub fn admin_get(port: u16, path: &str) -> Option<String> {
-    let mut stream = std::net::TcpStream::connect_timeout(
-        &([127, 0, 0, 1], port).into(),
-        Duration::from_millis(500),
-    )
-    .ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    // Envoy's admin answers HTTP/1.0 with 426 Upgrade Required.
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
+    match crate::http::blocking_get(([127, 0, 0, 1], port).into(), path) {
+        Some((200, body)) => Some(body),
+        _ => None,
+    }
 }

@@ -254,3 +254,82 @@ pub async fn load(url: &str, total: u64, concurrency: u64, tag_header: &str) -> 
     }
     total_report
 }
+
+/// A blocking HTTP/1.1 GET (Envoy's admin answers HTTP/1.0 with 426): status and body, the
+/// body de-chunked. `None` when nothing answers within a few seconds.
+pub fn blocking_get(address: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    blocking_request(address, &address.to_string(), path)
+}
+
+/// A blocking HTTP/1.1 GET of `path` with `Host: host`, sent to `address`.
+pub fn blocking_request(
+    address: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_millis(500))
+            .ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).ok()?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    Some((
+        status,
+        if chunked {
+            dechunk(body)?
+        } else {
+            body.to_owned()
+        },
+    ))
+}
+
+fn dechunk(mut body: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(rest.get(..size)?);
+        body = rest.get(size + 2..)?;
+    }
+}
+
+/// Status of a blocking GET of `http://IP:PORT/PATH`.
+pub fn get_status(url: &str) -> Option<u16> {
+    let (address, path) = split_url(url)?;
+    blocking_get(address, path).map(|(status, _)| status)
+}
+
+/// Body of a blocking GET of `http://IP:PORT/PATH` that answered 200.
+pub fn get_text(url: &str) -> Option<String> {
+    let (address, path) = split_url(url)?;
+    match blocking_get(address, path)? {
+        (200, body) => Some(body),
+        _ => None,
+    }
+}
+
+fn split_url(url: &str) -> Option<(std::net::SocketAddr, &str)> {
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    Some((
+        authority.parse().ok()?,
+        if path.is_empty() { "/" } else { path },
+    ))
+}

@@ -2,7 +2,6 @@
 //! port with a given configuration and data directory, ready once `/-/ready` answers 200,
 //! killed with its guard.
 
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -30,7 +29,7 @@ pub fn scrape_config(job: &str, targets: &[String]) -> String {
 pub struct Prometheus {
     /// `http://127.0.0.1:PORT`
     pub url: String,
-    pub port: u16,
+    pub address: std::net::SocketAddr,
     process: ChildGuard,
 }
 
@@ -44,6 +43,18 @@ impl Prometheus {
         data: &Path,
         extra: &[&str],
     ) -> Result<Prometheus, String> {
+        let address = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        Prometheus::start_on(dir, config, data, extra, address)
+    }
+
+    /// [`Prometheus::start`] listening on `address` (e.g. the fixed port a manifest names).
+    pub fn start_on(
+        dir: &Path,
+        config: &str,
+        data: &Path,
+        extra: &[&str],
+        address: std::net::SocketAddr,
+    ) -> Result<Prometheus, String> {
         let binary = tools::which("prometheus").ok_or_else(|| {
             "`prometheus` not found on PATH: run `cargo xtask test` or `cargo xtask demo` \
              (installs Debian's `prometheus` with apt-get)"
@@ -52,17 +63,16 @@ impl Prometheus {
         let config_path = dir.join("prometheus.yml");
         std::fs::write(&config_path, config)
             .map_err(|e| format!("write {}: {e}", config_path.display()))?;
-        let port = free_port();
         let mut command = Command::new(binary);
         command
             .arg(format!("--config.file={}", config_path.display()))
             .arg(format!("--storage.tsdb.path={}", data.display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!("--web.listen-address={address}"))
             .args(extra);
         let process = ChildGuard::try_spawn("prometheus", command, &dir.join("prometheus.log"))?;
         let mut prometheus = Prometheus {
-            url: format!("http://127.0.0.1:{port}"),
-            port,
+            url: format!("http://{address}"),
+            address,
             process,
         };
         prometheus.wait_ready()?;
@@ -76,7 +86,7 @@ impl Prometheus {
             if let Ok(Some(status)) = self.process.try_wait() {
                 return Err(format!("prometheus exited ({status}): {}", self.log_text()));
             }
-            if status_of(self.port, "/-/ready") == Some(200) {
+            if crate::http::get_status(&format!("{}/-/ready", self.url)) == Some(200) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -90,20 +100,4 @@ impl Prometheus {
     pub fn log_text(&self) -> String {
         self.process.log_text()
     }
-}
-
-/// The status code of a plain HTTP/1.0 `GET path` to 127.0.0.1:`port`, if it answered.
-fn status_of(port: u16, path: &str) -> Option<u16> {
-    let mut stream = std::net::TcpStream::connect_timeout(
-        &([127, 0, 0, 1], port).into(),
-        Duration::from_millis(500),
-    )
-    .ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: prometheus\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer.split_whitespace().nth(1)?.parse().ok()
 }

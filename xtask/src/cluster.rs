@@ -130,7 +130,6 @@ pub fn build() -> Result<ClusterTools, String> {
          kubectl ({KUBERNETES_VERSION}), etcd and kwok with {} (the first build takes minutes)",
         go.display()
     );
-    std::fs::create_dir_all(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
     let minor = KUBERNETES_VERSION
         .trim_start_matches('v')
         .split('.')
@@ -142,13 +141,7 @@ pub fn build() -> Result<ClusterTools, String> {
          -X k8s.io/component-base/version.gitMinor={minor} \
          -X k8s.io/component-base/version.gitTreeState=clean"
     );
-    let mut command = go_command(&go, &module);
-    command
-        .env("CGO_ENABLED", "0")
-        .args(["build", "-pgo=off", "-trimpath", "-ldflags", &ldflags, "-o"])
-        .arg(format!("{}/", bin.display()))
-        .args(BINARIES.iter().map(|(_, package)| package));
-    run(&mut command)?;
+    go_build(&go, &module, &bin, &[], &ldflags, &BINARIES)?;
     // `go build` names a binary after its package path without the major version: etcd's is
     // `server`.
     let etcd = bin.join("server");
@@ -171,7 +164,7 @@ pub fn build() -> Result<ClusterTools, String> {
 
 /// `go` and its version (`go1.26.8`), checked to be at least [`GO_MINIMUM`]: one clear error
 /// naming what to install.
-fn go_binary() -> Result<(PathBuf, String), String> {
+pub fn go_binary() -> Result<(PathBuf, String), String> {
     let candidates = [PathBuf::from("go"), PathBuf::from("/usr/local/go/bin/go")];
     for go in candidates {
         let Ok(output) = Command::new(&go).args(["env", "GOVERSION"]).output() else {
@@ -205,7 +198,32 @@ fn go_binary() -> Result<(PathBuf, String), String> {
     ))
 }
 
-/// `go` in the cluster module, with the machine's Go (no toolchain download) and modules
+/// `go build` of `binaries` (name → package) into `bin/`, static (no cgo) and without the
+/// profile-guided optimisation some commands ship (it slows the build several times).
+pub fn go_build(
+    go: &Path,
+    module: &Path,
+    bin: &Path,
+    tags: &[&str],
+    ldflags: &str,
+    binaries: &[(&str, &str)],
+) -> Result<(), String> {
+    std::fs::create_dir_all(bin).map_err(|e| format!("{}: {e}", bin.display()))?;
+    let mut command = go_command(go, module);
+    command
+        .env("CGO_ENABLED", "0")
+        .args(["build", "-pgo=off", "-trimpath"]);
+    if !tags.is_empty() {
+        command.arg(format!("-tags={}", tags.join(",")));
+    }
+    command
+        .args(["-ldflags", ldflags, "-o"])
+        .arg(format!("{}/", bin.display()))
+        .args(binaries.iter().map(|(_, package)| package));
+    run(&mut command)
+}
+
+/// `go` in a module of `tests/`, with the machine's Go (no toolchain download) and modules
 /// verified against `go.sum`.
 fn go_command(go: &Path, module: &Path) -> Command {
     let mut command = Command::new(go);
@@ -283,6 +301,17 @@ fn module_dir(go: &Path, module: &Path, module_version: &str) -> Result<PathBuf,
 /// What the built binaries depend on: the module files, the Go version and the build's own
 /// settings. A different stamp means a rebuild.
 fn stamp(go_version: &str, module: &Path) -> Result<String, String> {
+    let mut hasher = module_hasher(go_version, module)?;
+    KUBERNETES_VERSION.hash(&mut hasher);
+    BINARIES.hash(&mut hasher);
+    CRDS.hash(&mut hasher);
+    KWOK_STAGES.hash(&mut hasher);
+    Ok(format!("{:016x}\n", hasher.finish()))
+}
+
+/// A hasher fed with a Go module's `go.mod`, `go.sum` and the Go version: the start of a build
+/// stamp.
+pub fn module_hasher(go_version: &str, module: &Path) -> Result<DefaultHasher, String> {
     let mut hasher = DefaultHasher::new();
     for file in ["go.mod", "go.sum"] {
         let path = module.join(file);
@@ -290,10 +319,6 @@ fn stamp(go_version: &str, module: &Path) -> Result<String, String> {
             .map_err(|e| format!("{}: {e}", path.display()))?
             .hash(&mut hasher);
     }
-    KUBERNETES_VERSION.hash(&mut hasher);
-    BINARIES.hash(&mut hasher);
-    CRDS.hash(&mut hasher);
-    KWOK_STAGES.hash(&mut hasher);
     go_version.hash(&mut hasher);
-    Ok(format!("{:016x}\n", hasher.finish()))
+    Ok(hasher)
 }

@@ -8,6 +8,8 @@
 //!   workspace. `.ci/run` calls exactly this.
 //! - `cluster-tools`: kube-apiserver, etcd, kube-controller-manager, kube-scheduler, kubectl
 //!   and KWOK built with Go from `tests/cluster/`, and the upstream CRDs.
+//! - `istio-tools`: istiod (`pilot-discovery`) and `pilot-agent` built with Go from
+//!   `tests/istio/`.
 //! - `demo`: the local demo (Envoy + filter, exporter, Prometheus, controller in local mode,
 //!   load) running a healthy and a bad release.
 //! - `bench filter|exporter|judge|decisions`: figures measured side by side in one run.
@@ -18,6 +20,7 @@ mod bench;
 mod cluster;
 mod demo;
 mod install;
+mod istio;
 mod wasm;
 mod wasm_image;
 
@@ -35,6 +38,8 @@ commands:
   cluster-tools        build the real control plane the cluster tests run (kube-apiserver,
                        kube-controller-manager, kube-scheduler, kubectl, etcd, kwok) with Go
                        from tests/cluster/go.mod, and copy the upstream CRDs
+  istio-tools          build istiod (pilot-discovery) and pilot-agent with Go from
+                       tests/istio/go.mod
   demo [--scenario healthy|bad] [--keep-running] [--plain] [--report FILE]
                        local demo: a healthy release promoted, a bad one rolled back
   bench filter         Envoy CPU/latency: no filter vs empty Wasm filter vs Plover filter
@@ -52,6 +57,7 @@ fn main() -> ExitCode {
         ["wasm-image", rest @ ..] => wasm_image::run(rest),
         ["install"] => install::test_tools(),
         ["cluster-tools"] => cluster::build().map(|_| ()),
+        ["istio-tools"] => istio::build().map(|_| ()),
         ["test", rest @ ..] => test(rest),
         ["demo", rest @ ..] => demo::run(rest),
         ["bench", "filter", rest @ ..] => bench::filter(rest),
@@ -83,6 +89,7 @@ fn test(extra: &[&str]) -> Result<(), String> {
     let wasm = wasm::build()?;
     let envoy = install::envoy_binary()?;
     let cluster = cluster::build()?;
+    let istio = istio::build()?;
     let mut cargo = std::process::Command::new(cargo_bin());
     cargo.arg("test");
     if extra.is_empty() {
@@ -92,7 +99,8 @@ fn test(extra: &[&str]) -> Result<(), String> {
         .args(extra)
         .env("PLOVER_FILTER_WASM", &wasm)
         .env("PLOVER_ENVOY", &envoy)
-        .env("PLOVER_CLUSTER_TOOLS", &cluster.dir);
+        .env("PLOVER_CLUSTER_TOOLS", &cluster.dir)
+        .env("PLOVER_ISTIO_TOOLS", &istio.dir);
     run(&mut cargo)
 }
 

@@ -78,6 +78,15 @@ pub fn set_image(
 
 /// `plover controller`, as its ServiceAccount, leader-elected on the manifests' Lease.
 pub fn start_controller(cluster: &Cluster, identity: &str, extra: &[&str]) -> ChildGuard {
+    ChildGuard::spawn(
+        identity,
+        controller_command(cluster, identity, extra),
+        &cluster.dir().join(format!("{identity}.log")),
+    )
+}
+
+/// The command [`start_controller`] runs.
+pub fn controller_command(cluster: &Cluster, identity: &str, extra: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_plover"));
     command
         .args(["controller", "--identity", identity])
@@ -86,11 +95,7 @@ pub fn start_controller(cluster: &Cluster, identity: &str, extra: &[&str]) -> Ch
         .args(["--lease-namespace", "plover-system"])
         .env("KUBECONFIG", &cluster.controller_kubeconfig)
         .env("RUST_LOG", "info");
-    ChildGuard::spawn(
-        identity,
-        command,
-        &cluster.dir().join(format!("{identity}.log")),
-    )
+    command
 }
 
 /// Polls `check` every 200 ms until it returns something; panics after `timeout` with
