@@ -17,6 +17,7 @@ pub mod http;
 pub mod istio;
 pub mod kubelet;
 pub mod latency;
+pub mod mesh;
 pub mod podnet;
 pub mod process;
 pub mod prometheus;

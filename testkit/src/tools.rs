@@ -59,3 +59,28 @@ pub fn workspace_root() -> PathBuf {
         .expect("tests/ has a parent")
         .to_path_buf()
 }
+
+/// A binary of this workspace (`plover`, `plover-exporter`, …) from the target directory the
+/// running executable was built into (a test's `target/debug/deps/..`, a binary's own
+/// directory), or `$PLOVER_BIN_DIR`; built by `cargo test --workspace` and `cargo xtask demo`.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let dir = std::env::var_os("PLOVER_BIN_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let exe = std::env::current_exe().ok()?;
+            let dir = exe.parent()?;
+            Some(if dir.ends_with("deps") {
+                dir.parent()?.to_path_buf()
+            } else {
+                dir.to_path_buf()
+            })
+        })
+        .unwrap_or_else(|| workspace_root().join("target/debug"));
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build --bins` (or run `cargo xtask test`)",
+        path.display()
+    );
+    path
+}
