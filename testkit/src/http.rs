@@ -267,10 +267,19 @@ pub fn blocking_request(
     host: &str,
     path: &str,
 ) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut stream =
+    let stream =
         std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_millis(500))
             .ok()?;
+    request_on(stream, host, path)
+}
+
+/// A blocking HTTP/1.1 GET on a connected stream.
+pub fn request_on(
+    mut stream: std::net::TcpStream,
+    host: &str,
+    path: &str,
+) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .ok()?;

@@ -1,6 +1,8 @@
 //! Istio's real control plane for a test cluster: istiod (`pilot-discovery`, built from the
 //! pinned `istio.io/istio` module by `cargo xtask istio-tools`) against the cluster's API
-//! server, and the PyPI Envoy as an ingress gateway pod connected to it over plaintext xDS.
+//! server, and ingress gateway pods run as Istio's gateway image runs them: `pilot-agent proxy
+//! router` (built from the same module), which bootstraps and starts the PyPI Envoy and
+//! proxies its xDS to istiod over plaintext gRPC.
 //!
 //! Upstream Envoy lacks Istio's own extensions. They are turned off with istiod's own settings,
 //! never by editing what it sends ([`ISTIOD_ENV`], [`MESH_CONFIG`]; the README lists them).
@@ -10,17 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::cluster::Cluster;
 use crate::free_port;
 use crate::podnet::PodNamespace;
 use crate::process::{tail, wait_until, ChildGuard};
 use crate::tools::envoy;
-
-/// The Istio version the gateway's Envoy reports to istiod (the built istiod's own, 1.31):
-/// istiod generates configuration for the proxy version it is told.
-pub const PROXY_ISTIO_VERSION: &str = "1.31.0";
 
 /// istiod's feature switches, each turning off an Istio-only extension that upstream Envoy
 /// would reject, or a part of istiod that needs what a test cluster does not have.
@@ -148,97 +146,79 @@ pub struct GatewayPod<'a> {
     pub deployment: &'a str,
 }
 
-/// Envoy's admin port inside a gateway pod.
+/// Envoy's admin port inside a gateway pod (on the pod's loopback, as pilot-agent binds it).
 pub const GATEWAY_ADMIN_PORT: u16 = 15000;
 
-/// The bootstrap pilot-agent would write for a `router` proxy: the node identity and metadata
-/// istiod keys the gateway's configuration on, and ADS to istiod over plaintext gRPC.
-pub fn gateway_bootstrap(pod: &GatewayPod, ip: Ipv4Addr, istiod: SocketAddr) -> Value {
-    let ns = pod.namespace;
-    json!({
-        "node": {
-            "id": format!("router~{ip}~{}.{ns}~{ns}.svc.cluster.local", pod.name),
-            "cluster": format!("{}.{ns}", pod.deployment),
-            "metadata": {
-                "ISTIO_VERSION": PROXY_ISTIO_VERSION,
-                "CLUSTER_ID": "Kubernetes",
-                "NAMESPACE": ns,
-                "NAME": pod.name,
-                "LABELS": pod.labels,
-                "INSTANCE_IPS": ip.to_string(),
-                "MESH_ID": "cluster.local",
-                "SERVICE_ACCOUNT": pod.service_account,
-                "WORKLOAD_NAME": pod.deployment,
-                "OWNER": format!("kubernetes://apis/apps/v1/namespaces/{ns}/deployments/{}", pod.deployment),
-                "PILOT_SAN": [],
-            }
-        },
-        "admin": {"address": {"socket_address": {"address": ip.to_string(), "port_value": GATEWAY_ADMIN_PORT}}},
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": "GRPC",
-                "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
-                "set_node_on_first_message_only": true
-            },
-            "cds_config": {"ads": {}, "resource_api_version": "V3"},
-            "lds_config": {"ads": {}, "resource_api_version": "V3"}
-        },
-        "static_resources": {
-            "clusters": [{
-                "name": "xds-grpc",
-                "type": "STATIC",
-                "connect_timeout": "1s",
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {"http2_protocol_options": {}}
-                    }
-                },
-                "load_assignment": {
-                    "cluster_name": "xds-grpc",
-                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
-                        "address": istiod.ip().to_string(), "port_value": istiod.port()
-                    }}}}]}]
-                }
-            }]
-        }
-    })
-}
+/// pilot-agent's status port in a gateway pod (`/healthz/ready`, on every address).
+pub const AGENT_STATUS_PORT: u16 = 15020;
 
-/// Starts the gateway's Envoy in its pod's namespace with [`gateway_bootstrap`]; returns once
-/// its admin interface answers (its listeners come from istiod after that).
+/// Starts the gateway pod's `pilot-agent proxy router`, as Istio's gateway image runs it: the
+/// agent writes Envoy's bootstrap from Istio's own template (copied from the module by
+/// `cargo xtask istio-tools`), starts the PyPI Envoy, and proxies xDS between Envoy and istiod.
+/// Plaintext xDS (`controlPlaneAuthPolicy: NONE`) and no certificates (`FILE_MOUNTED_CERTS`:
+/// nothing here asks for a workload certificate with auto mTLS off). Returns once the agent's
+/// status port answers.
 pub fn start_gateway(
     pod: &GatewayPod,
     netns: &PodNamespace,
     istiod: SocketAddr,
     dir: &Path,
 ) -> ChildGuard {
-    let config = dir.join(format!("{}-bootstrap.json", pod.name));
+    let tools = tools_dir();
+    // The agent keeps its sockets under its working directory: a short path keeps them under
+    // the 108-byte limit of a Unix socket's name.
+    let work = dir.join(format!("gw-{}", netns.ip.octets()[3]));
+    std::fs::create_dir_all(work.join("proxy")).expect("the gateway's directory");
+    let mesh = work.join("mesh.yaml");
     std::fs::write(
-        &config,
-        serde_json::to_vec_pretty(&gateway_bootstrap(pod, netns.ip, istiod))
-            .expect("serialize the bootstrap"),
+        &mesh,
+        format!(
+            "defaultConfig:\n  discoveryAddress: {istiod}\n  controlPlaneAuthPolicy: NONE\n  \
+             binaryPath: {}\n  configPath: {}\n  proxyBootstrapTemplatePath: {}\n  concurrency: 2\n",
+            envoy().display(),
+            work.join("proxy").display(),
+            tools.join("envoy_bootstrap.json").display()
+        ),
     )
-    .expect("write the gateway's bootstrap");
-    let mut command = netns.command(&envoy());
+    .expect("write the gateway's mesh config");
+    let labels = serde_json::to_string(pod.labels).expect("labels as JSON");
+    let mut command = netns.command(&tools.join("bin/pilot-agent"));
     command
-        .arg("-c")
-        .arg(&config)
-        .args(["--concurrency", "2", "--disable-hot-restart"])
-        .args(["--log-level", "warn"]);
+        .current_dir(&work)
+        .args(["proxy", "router", "--meshConfig"])
+        .arg(&mesh)
+        .args(["--proxyLogLevel", "warning"])
+        .env("POD_NAME", pod.name)
+        .env("POD_NAMESPACE", pod.namespace)
+        .env("INSTANCE_IP", netns.ip.to_string())
+        .env("SERVICE_ACCOUNT", pod.service_account)
+        .env("ISTIO_META_CLUSTER_ID", "Kubernetes")
+        .env("ISTIO_META_MESH_ID", "cluster.local")
+        .env("ISTIO_META_WORKLOAD_NAME", pod.deployment)
+        .env(
+            "ISTIO_META_OWNER",
+            format!(
+                "kubernetes://apis/apps/v1/namespaces/{}/deployments/{}",
+                pod.namespace, pod.deployment
+            ),
+        )
+        .env("ISTIO_METAJSON_LABELS", labels)
+        .env("FILE_MOUNTED_CERTS", "true")
+        .env("CLOUD_PLATFORM", "none")
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY");
     let mut process = ChildGuard::spawn(
         pod.name,
         command,
-        &dir.join(format!("{}-envoy.log", pod.name)),
+        &dir.join(format!("{}-agent.log", pod.name)),
     );
-    let admin = format!("http://{}:{GATEWAY_ADMIN_PORT}/ready", netns.ip);
+    let status = format!("http://{}:{AGENT_STATUS_PORT}/healthz/ready", netns.ip);
     wait_until(
-        "the gateway's Envoy to answer",
+        "the gateway's pilot-agent to answer",
         Duration::from_secs(30),
         || {
             process.assert_running();
-            crate::http::get_status(&admin).is_some()
+            crate::http::get_status(&status).is_some()
         },
     );
     process

@@ -97,7 +97,7 @@ impl Served {
 /// The pods' addresses, once they run.
 #[derive(Default)]
 struct Addresses {
-    gateway: Option<Ipv4Addr>,
+    gateway: Option<PodNamespace>,
     exporter: Option<Ipv4Addr>,
 }
 
@@ -110,6 +110,7 @@ pub struct Mesh {
     pub network: Arc<PodNetwork>,
     /// The gateway pod's address (its port [`GATEWAY_PORT`]).
     pub gateway: Ipv4Addr,
+    gateway_pod: PodNamespace,
     /// The exporter pod's address (port 9464).
     pub exporter: Ipv4Addr,
     pub served: Arc<Mutex<Served>>,
@@ -140,18 +141,22 @@ impl Mesh {
             network.clone(),
             runtime(&cluster, istiod.xds, app, served.clone(), addresses.clone()),
         );
-        let running = |what: &str, pick: fn(&Addresses) -> Option<Ipv4Addr>| {
-            let mut ip = None;
-            wait_until(what, Duration::from_secs(90), || {
-                ip = pick(&lock(&addresses));
+        let mut started = (None, None);
+        wait_until(
+            "the gateway and exporter pods",
+            Duration::from_secs(90),
+            || {
+                let addresses = lock(&addresses);
+                started = (addresses.gateway.clone(), addresses.exporter);
                 let errors = kubelet.errors();
                 assert!(errors.is_empty(), "kubelet: {errors:?}");
-                ip.is_some()
-            });
-            ip.unwrap_or(Ipv4Addr::UNSPECIFIED)
+                started.0.is_some() && started.1.is_some()
+            },
+        );
+        let (Some(gateway_pod), Some(exporter)) = started else {
+            unreachable!("waited for both")
         };
-        let gateway = running("the gateway pod", |a| a.gateway);
-        let exporter = running("the exporter pod", |a| a.exporter);
+        let gateway = gateway_pod.ip;
 
         // Prometheus where the examples' templates look for it
         // (prometheus.istio-system.svc.cluster.local:9090), on a loopback address of this
@@ -187,6 +192,7 @@ impl Mesh {
             cluster,
             network,
             gateway,
+            gateway_pod,
             exporter,
             served,
             hosts,
@@ -237,11 +243,10 @@ impl Mesh {
 
     /// A body from the gateway's Envoy admin interface (e.g. `/clusters`).
     pub fn gateway_admin(&self, path: &str) -> String {
-        crate::http::get_text(&format!(
-            "http://{}:{GATEWAY_ADMIN_PORT}{path}",
-            self.gateway
-        ))
-        .unwrap_or_default()
+        match self.gateway_pod.get(GATEWAY_ADMIN_PORT, path) {
+            Some((200, body)) => body,
+            _ => String::new(),
+        }
     }
 
     /// `plover controller` (binary `plover`) as the controller's ServiceAccount, with the
@@ -410,7 +415,7 @@ fn runtime(
                     deployment,
                 };
                 let envoy = start_gateway(&gateway, netns, istiod, &dir);
-                lock(&addresses).gateway = Some(pod.ip);
+                lock(&addresses).gateway = Some(netns.clone());
                 return Ok(Some(Box::new(envoy)));
             }
             if pod.label("app.kubernetes.io/name") == Some("plover-exporter") {

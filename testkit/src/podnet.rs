@@ -158,23 +158,45 @@ impl PodNamespace {
         command
     }
 
-    /// A TCP listener on the pod's address, made inside its namespace: a short-lived thread
-    /// enters the namespace, binds, and hands the socket back (a socket stays in the namespace
-    /// it was made in).
-    pub fn bind(&self, port: u16) -> Result<TcpListener, String> {
+    /// A blocking GET of `path` to the pod's own loopback `port` (e.g. Envoy's admin, which
+    /// pilot-agent binds to 127.0.0.1 in the pod), connected from inside its namespace.
+    pub fn get(&self, port: u16, path: &str) -> Option<(u16, String)> {
+        let stream = self
+            .in_namespace(move || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())
+            })
+            .ok()?;
+        crate::http::request_on(stream, "localhost", path)
+    }
+
+    /// Runs `make` on a short-lived thread that has entered the pod's namespace: what it makes
+    /// (a socket) stays in the namespace.
+    fn in_namespace<T: Send + 'static>(
+        &self,
+        make: impl FnOnce() -> Result<T, String> + Send + 'static,
+    ) -> Result<T, String> {
         let path = format!("/run/netns/{}", self.name);
-        let address = SocketAddr::from((self.ip, port));
-        std::thread::spawn(move || -> Result<TcpListener, String> {
+        std::thread::spawn(move || -> Result<T, String> {
             let namespace = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
             rustix::thread::move_into_link_name_space(
                 std::os::fd::AsFd::as_fd(&namespace),
                 Some(rustix::thread::LinkNameSpaceType::Network),
             )
             .map_err(|e| format!("enter {path}: {e}"))?;
-            TcpListener::bind(address).map_err(|e| format!("bind {address}: {e}"))
+            make()
         })
         .join()
-        .map_err(|_| "the thread binding in the pod's namespace panicked".to_owned())?
+        .map_err(|_| "the thread in the pod's namespace panicked".to_owned())?
+    }
+
+    /// A TCP listener on the pod's address, made inside its namespace: a short-lived thread
+    /// enters the namespace, binds, and hands the socket back (a socket stays in the namespace
+    /// it was made in).
+    pub fn bind(&self, port: u16) -> Result<TcpListener, String> {
+        let address = SocketAddr::from((self.ip, port));
+        self.in_namespace(move || {
+            TcpListener::bind(address).map_err(|e| format!("bind {address}: {e}"))
+        })
     }
 }
 

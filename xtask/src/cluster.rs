@@ -225,7 +225,7 @@ pub fn go_build(
 
 /// `go` in a module of `tests/`, with the machine's Go (no toolchain download) and modules
 /// verified against `go.sum`.
-fn go_command(go: &Path, module: &Path) -> Command {
+pub fn go_command(go: &Path, module: &Path) -> Command {
     let mut command = Command::new(go);
     command
         .current_dir(module)
@@ -275,7 +275,7 @@ fn file_name(path: &str) -> &str {
 }
 
 /// Where `go mod download` put `module@version`.
-fn module_dir(go: &Path, module: &Path, module_version: &str) -> Result<PathBuf, String> {
+pub fn module_dir(go: &Path, module: &Path, module_version: &str) -> Result<PathBuf, String> {
     let output = go_command(go, module)
         .args(["mod", "download", "-json", module_version])
         .output()

@@ -7,7 +7,7 @@ use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use crate::cluster::{go_binary, go_build, module_hasher};
+use crate::cluster::{go_binary, go_build, module_dir, module_hasher};
 use crate::workspace_root;
 
 /// Binary name → Go package.
@@ -28,7 +28,13 @@ const LDFLAGS: &str = "-s -w -X istio.io/istio/pkg/version.buildVersion=1.31-dev
 /// Istio's own release build tags: generated fast marshalling, no proto validation code.
 const TAGS: [&str; 2] = ["vtprotobuf", "disable_pgv"];
 
-/// Where the Istio tests find the binaries: `bin/`.
+/// The module whose commands are built, and the file of it the gateway pods need: the Envoy
+/// bootstrap template Istio's proxy image ships at `/var/lib/istio/envoy/`, which pilot-agent
+/// fills in.
+const ISTIO_MODULE: &str = "istio.io/istio@v0.0.0-20260827124520-eed52ebb66ad";
+const BOOTSTRAP_TEMPLATE: &str = "tools/packaging/common/envoy_bootstrap.json";
+
+/// Where the Istio tests find the binaries: `bin/`, and `envoy_bootstrap.json`.
 pub struct IstioTools {
     pub dir: PathBuf,
 }
@@ -43,9 +49,11 @@ pub fn build() -> Result<IstioTools, String> {
     let mut hasher = module_hasher(&go_version, &module)?;
     BINARIES.hash(&mut hasher);
     TAGS.hash(&mut hasher);
+    BOOTSTRAP_TEMPLATE.hash(&mut hasher);
     LDFLAGS.hash(&mut hasher);
     let stamp = format!("{:016x}\n", hasher.finish());
-    let complete = BINARIES.iter().all(|(name, _)| bin.join(name).is_file());
+    let template = out.join("envoy_bootstrap.json");
+    let complete = BINARIES.iter().all(|(name, _)| bin.join(name).is_file()) && template.is_file();
     if complete && std::fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str()) {
         println!(
             "xtask: istiod (pilot-discovery) and pilot-agent up to date in {} ({:.2} s)",
@@ -60,6 +68,8 @@ pub fn build() -> Result<IstioTools, String> {
         go.display()
     );
     go_build(&go, &module, &bin, &TAGS, LDFLAGS, &BINARIES)?;
+    let source = module_dir(&go, &module, ISTIO_MODULE)?.join(BOOTSTRAP_TEMPLATE);
+    std::fs::copy(&source, &template).map_err(|e| format!("{}: {e}", source.display()))?;
     std::fs::write(&stamp_path, &stamp).map_err(|e| format!("{}: {e}", stamp_path.display()))?;
     println!(
         "xtask: istiod and pilot-agent built in {:.1} s ({})",
