@@ -19,6 +19,7 @@
 //! and everything binds 127.0.0.1 on ports the OS picks, so a second run needs no cleanup.
 
 pub mod config;
+pub mod istio;
 pub mod local;
 pub mod progress;
 pub mod prometheus;
@@ -60,6 +61,8 @@ pub struct Options {
     pub bench_runs: Option<u32>,
     /// Write the outcomes as JSON here.
     pub report: Option<PathBuf>,
+    /// Run the releases on a real control plane with istiod ([`istio`]) instead of loopback.
+    pub istio: bool,
 }
 
 impl Options {

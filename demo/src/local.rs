@@ -30,7 +30,7 @@ const EVENTS_KEPT: usize = 50;
 pub struct Event {
     pub at: Instant,
     pub warning: bool,
-    pub reason: &'static str,
+    pub reason: String,
     pub message: String,
 }
 
@@ -58,7 +58,7 @@ pub async fn run(options: Options, snapshots: watch::Sender<Snapshot>) -> Result
             events.extend(pass.events.iter().map(|e| Event {
                 at: now,
                 warning: e.warning,
-                reason: e.reason,
+                reason: e.reason.to_owned(),
                 message: e.message.clone(),
             }));
             let excess = events.len().saturating_sub(EVENTS_KEPT);

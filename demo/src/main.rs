@@ -9,7 +9,7 @@ use plover_demo::{release, Options, Outcome};
 
 const USAGE: &str =
     "usage: plover-demo [--scenario NAME] [--keep-running] [--plain] [--report FILE]
-                   [--fixtures DIR] [--bench RUNS]
+                   [--fixtures DIR] [--bench RUNS] [--istio]
 
   --scenario NAME   run only this release of demo.yaml (healthy, bad)
   --keep-running    leave the stack up after the releases (Ctrl-C stops it) and print its URLs
@@ -18,6 +18,8 @@ const USAGE: &str =
   --fixtures DIR    canary.yaml, templates.yaml and demo.yaml (default: demo/fixtures)
   --bench RUNS      benchmark: RUNS bad and RUNS healthy releases, alternated; prints the
                     time to roll a bad canary back and the healthy releases wrongly rolled back
+  --istio           the releases on a real kube-apiserver with istiod and an Istio ingress
+                    gateway (the example istio-subsets) instead of loopback Envoy
 
 Exit status: 0 when every release ended as expected, 1 when one did not, 2 when the demo
 could not run, 130 on Ctrl-C.";
@@ -30,6 +32,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         plain: false,
         bench_runs: None,
         report: None,
+        istio: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -42,6 +45,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--scenario" => opts.scenario = Some(value("--scenario")?),
             "--keep-running" => opts.keep_running = true,
             "--plain" => opts.plain = true,
+            "--istio" => opts.istio = true,
             "--report" => opts.report = Some(PathBuf::from(value("--report")?)),
             "--fixtures" => opts.fixtures = PathBuf::from(value("--fixtures")?),
             "--bench" => {
@@ -54,6 +58,9 @@ fn parse(args: &[String]) -> Result<Options, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
+    if opts.istio && opts.bench_runs.is_some() {
+        return Err("--bench runs on loopback only, not with --istio".into());
+    }
     Ok(opts)
 }
 
@@ -64,6 +71,39 @@ async fn interrupted() {
         _ = tokio::signal::ctrl_c() => {}
         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
     }
+}
+
+/// The Istio demo runs on a thread of its own (it drives blocking processes); Ctrl-C sets the
+/// flag it checks and waits for it to stop everything it started. `None` when interrupted.
+fn istio(
+    runtime: &tokio::runtime::Runtime,
+    opts: &Options,
+    display: &mut Display,
+    outcomes: &mut Vec<Outcome>,
+) -> Option<Result<(), plover_demo::DemoError>> {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let demo = scope.spawn(|| plover_demo::istio::run(opts, display, outcomes, &stop));
+        let interrupted = runtime.block_on(async {
+            loop {
+                tokio::select! {
+                    _ = interrupted() => return true,
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
+                        if demo.is_finished() {
+                            return false;
+                        }
+                    }
+                }
+            }
+        });
+        stop.store(interrupted, std::sync::atomic::Ordering::Relaxed);
+        let result = demo.join().unwrap_or_else(|_| {
+            Err(plover_demo::DemoError::Controller(
+                "the Istio demo panicked".into(),
+            ))
+        });
+        (!interrupted).then_some(result)
+    })
 }
 
 fn main() -> ExitCode {
@@ -94,12 +134,16 @@ fn main() -> ExitCode {
     let mut outcomes = Vec::new();
     // Dropping the demo's future (on a signal) drops the stack: every child is killed and the
     // temp dir removed before we exit.
-    let result = runtime.block_on(async {
-        tokio::select! {
-            r = release::run(&opts, &mut display, &mut outcomes) => Some(r),
-            _ = interrupted() => None,
-        }
-    });
+    let result = if opts.istio {
+        istio(&runtime, &opts, &mut display, &mut outcomes)
+    } else {
+        runtime.block_on(async {
+            tokio::select! {
+                r = release::run(&opts, &mut display, &mut outcomes) => Some(r),
+                _ = interrupted() => None,
+            }
+        })
+    };
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     display.finish();
     let planned = match result {

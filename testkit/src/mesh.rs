@@ -120,7 +120,7 @@ pub struct Mesh {
 
 impl Mesh {
     /// Starts everything and installs Plover; returns once the gateway and the exporter run.
-    pub fn start(app: App) -> Mesh {
+    pub fn start(apps: Vec<App>) -> Mesh {
         let network = Arc::new(PodNetwork::create());
         let cluster = Cluster::start_on(&network);
         cluster.install_prerequisites();
@@ -139,7 +139,13 @@ impl Mesh {
             cluster.kubectl_path(),
             cluster.admin_kubeconfig.clone(),
             network.clone(),
-            runtime(&cluster, istiod.xds, app, served.clone(), addresses.clone()),
+            runtime(
+                &cluster,
+                istiod.xds,
+                apps,
+                served.clone(),
+                addresses.clone(),
+            ),
         );
         let mut started = (None, None);
         wait_until(
@@ -385,7 +391,7 @@ impl Drop for AppPod {
 fn runtime(
     cluster: &Cluster,
     istiod: SocketAddr,
-    app: App,
+    apps: Vec<App>,
     served: Arc<Mutex<Served>>,
     addresses: Arc<Mutex<Addresses>>,
 ) -> Runtime {
@@ -423,7 +429,7 @@ fn runtime(
                 lock(&addresses).exporter = Some(pod.ip);
                 return Ok(Some(Box::new(exporter)));
             }
-            if pod.label("app") == Some(app.label) {
+            if let Some(app) = apps.iter().find(|app| pod.label("app") == Some(app.label)) {
                 let image = pod.container()["image"].as_str().unwrap_or_default();
                 let behaviour = app
                     .images
@@ -612,8 +618,10 @@ pub fn quick_canary(example: &str) -> Value {
     if let Some(metrics) = spec["analysis"]["metrics"].as_array_mut() {
         for metric in metrics {
             metric["interval"] = json!("1s");
-            metric["provider"]["plover"]["window"] = json!("10s");
-            metric["provider"]["plover"]["minRequests"] = json!(20);
+            if let Some(plover) = metric["provider"]["plover"].as_object_mut() {
+                plover.insert("window".into(), json!("10s"));
+                plover.insert("minRequests".into(), json!(20));
+            }
         }
     }
     canary
@@ -705,6 +713,13 @@ impl Load {
             let _ = thread.join();
         }
         std::mem::take(&mut *lock(&self.responses))
+    }
+}
+
+impl Drop for Load {
+    /// The clients stop after their current request.
+    fn drop(&mut self) {
+        self.running.store(false, Ordering::Relaxed);
     }
 }
 

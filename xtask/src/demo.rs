@@ -12,8 +12,27 @@ fn plover_demo(args: &[&str]) -> Result<(), String> {
     install::test_tools()?;
     let wasm = wasm::build()?;
     let envoy = install::envoy_binary()?;
+    let mut command = Command::new(cargo_bin());
+    if args.contains(&"--istio") {
+        // The real control plane and istiod, and the binaries the cluster's pods and the
+        // controller run (the demo finds them beside its own).
+        let cluster = crate::cluster::build()?;
+        let istio = crate::istio::build()?;
+        crate::run(Command::new(cargo_bin()).args([
+            "build",
+            "--quiet",
+            "--package",
+            "plover-exporter",
+            "--package",
+            "plover-controller",
+            "--bins",
+        ]))?;
+        command
+            .env("PLOVER_CLUSTER_TOOLS", &cluster.dir)
+            .env("PLOVER_ISTIO_TOOLS", &istio.dir);
+    }
     crate::run(
-        Command::new(cargo_bin())
+        command
             .args([
                 "run",
                 "--quiet",
