@@ -10,6 +10,7 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +19,10 @@ use std::time::{Duration, Instant};
 
 use plover_testkit::backend::Behaviour;
 use plover_testkit::cluster::Cluster;
-use plover_testkit::mesh::{push_delay, quick_canary, App, Load, Mesh, Response};
+use plover_testkit::mesh::{
+    admin, push_delay, quick_canary, App, Load, Mesh, Response, Route, GATEWAY_PORT,
+    INGRESS_GATEWAY,
+};
 use plover_testkit::process::ChildGuard;
 use support::{eventually, jsonpath, set_image};
 
@@ -35,9 +39,39 @@ struct Example {
     tags: [&'static str; 3],
     /// The gateway clusters istiod generates for stable and canary.
     clusters: [&'static str; 2],
+    /// The gateway Deployment serving the example, and its port in the pod.
+    gateway: (&'static str, &'static str),
+    port: u16,
+    /// The route object and where its stable and canary weights are.
+    route: &'static str,
+    weights: [&'static str; 2],
+    /// Seed 000's templates read only `istio_requests_total`, which upstream Envoy does not
+    /// produce: such an example is judged by Plover's metric instead.
+    plover_analysis: bool,
 }
 
-const EXAMPLES: [Example; 2] = [
+const EXAMPLES: [Example; 3] = [
+    // istiod deploys the Gateway `gw` as the Deployment `gw-istio`, listening on port 80.
+    Example {
+        dir: "gateway-api",
+        namespace: "rollouts-demo",
+        host: "rollouts-demo.example.com",
+        name: "rollouts-demo",
+        image: "argoproj/rollouts-demo",
+        tags: ["blue", "yellow", "bad-red"],
+        clusters: [
+            "outbound|80||rollouts-demo-stable.rollouts-demo.svc.cluster.local",
+            "outbound|80||rollouts-demo-canary.rollouts-demo.svc.cluster.local",
+        ],
+        gateway: ("rollouts-demo", "gw-istio"),
+        port: 80,
+        route: "httproute/rollouts-demo",
+        weights: [
+            "/spec/rules/0/backendRefs/0/weight",
+            "/spec/rules/0/backendRefs/1/weight",
+        ],
+        plover_analysis: true,
+    },
     Example {
         dir: "istio-subsets",
         namespace: "mock-server",
@@ -49,6 +83,11 @@ const EXAMPLES: [Example; 2] = [
             "outbound|80|stable|mock-server.mock-server.svc.cluster.local",
             "outbound|80|canary|mock-server.mock-server.svc.cluster.local",
         ],
+        gateway: INGRESS_GATEWAY,
+        port: GATEWAY_PORT,
+        route: "virtualservice/mock-server",
+        weights: VIRTUAL_SERVICE_WEIGHTS,
+        plover_analysis: false,
     },
     Example {
         dir: "istio-hosts",
@@ -61,10 +100,58 @@ const EXAMPLES: [Example; 2] = [
             "outbound|80||podinfo-stable.podinfo.svc.cluster.local",
             "outbound|80||podinfo-canary.podinfo.svc.cluster.local",
         ],
+        gateway: INGRESS_GATEWAY,
+        port: GATEWAY_PORT,
+        route: "virtualservice/podinfo",
+        weights: VIRTUAL_SERVICE_WEIGHTS,
+        plover_analysis: false,
     },
 ];
 
+const VIRTUAL_SERVICE_WEIGHTS: [&str; 2] =
+    ["/spec/http/0/route/0/weight", "/spec/http/0/route/1/weight"];
+
 impl Example {
+    fn route(&self) -> Route<'_> {
+        Route {
+            namespace: self.namespace,
+            object: self.route,
+            weights: self.weights,
+        }
+    }
+
+    /// The route's weights as `kubectl get -o jsonpath` shows them (stable first).
+    fn weights_jsonpath(&self) -> &'static str {
+        if self.route.starts_with("httproute/") {
+            "{.spec.rules[0].backendRefs[*].weight}"
+        } else {
+            "{.spec.http[0].route[*].weight}"
+        }
+    }
+
+    /// The test's Canary: the example's with quick timings (and Plover's metric, where the
+    /// example's templates need Istio's).
+    fn canary(&self, example_canary: &str) -> serde_json::Value {
+        let mut canary = quick_canary(example_canary);
+        if self.plover_analysis {
+            canary["spec"]["analysis"] = serde_json::json!({
+                "startingStep": 1,
+                "metrics": [{
+                    "name": "canary-success-rate",
+                    "interval": "1s",
+                    "failureLimit": 0,
+                    "inconclusiveLimit": 3,
+                    "successCondition": "result >= 0.99",
+                    "provider": {"plover": {
+                        "namespace": self.namespace, "service": self.name, "metric": "successRate",
+                        "revision": "canary", "window": "10s", "minRequests": 20
+                    }}
+                }]
+            });
+        }
+        canary
+    }
+
     fn image(&self, release: usize) -> String {
         format!("{}:{}", self.image, self.tags[release])
     }
@@ -91,10 +178,8 @@ fn record_weights(
     example: &Example,
     running: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<Vec<(Instant, u32)>> {
-    let (namespace, route) = (
-        example.namespace,
-        format!("virtualservice/{}", example.name),
-    );
+    let (namespace, route) = (example.namespace, example.route);
+    let canary_weight = example.weights_jsonpath().replace("[*]", "[1]");
     let kubectl = cluster.kubectl_path();
     let kubeconfig = cluster.admin_kubeconfig.clone();
     std::thread::spawn(move || {
@@ -102,8 +187,8 @@ fn record_weights(
         while running.load(Ordering::Relaxed) {
             let out = Command::new(&kubectl)
                 .arg(format!("--kubeconfig={}", kubeconfig.display()))
-                .args(["get", &route, "-n", namespace, "-o"])
-                .arg("jsonpath={.spec.http[0].route[1].weight}")
+                .args(["get", route, "-n", namespace, "-o"])
+                .arg(format!("jsonpath={canary_weight}"))
                 .output();
             if let Some(weight) = out
                 .ok()
@@ -134,16 +219,13 @@ fn release(mesh: &Mesh, controller: &mut ChildGuard, example: &Example) {
     let cluster = &mesh.cluster;
     let (ns, name) = (example.namespace, example.name);
     let example_canary = mesh.apply_example(example.dir, ns);
-    mesh.wait_routed(example.host);
-    let load = Load::start(
-        mesh.gateway_address(),
-        example.host,
-        4,
-        Duration::from_millis(30),
-    );
+    let gateway = mesh.gateway_pod(example.gateway);
+    let address = SocketAddr::from((gateway.ip, example.port));
+    mesh.wait_routed(address, example.host);
+    let load = Load::start(address, example.host, 4, Duration::from_millis(30));
 
     // The filter's rules name the clusters istiod generated.
-    let clusters = mesh.gateway_admin("/clusters");
+    let clusters = admin(&gateway, "/clusters");
     for cluster_name in example.clusters {
         assert!(
             clusters.contains(cluster_name),
@@ -158,18 +240,17 @@ fn release(mesh: &Mesh, controller: &mut ChildGuard, example: &Example) {
         mesh.revision_of_track(ns, "canary"),
     );
     let delays = [
-        push_delay(cluster, &load, (ns, name), (0, 100), &canary),
-        push_delay(cluster, &load, (ns, name), (100, 0), &stable),
+        push_delay(cluster, &load, &example.route(), (0, 100), &canary),
+        push_delay(cluster, &load, &example.route(), (100, 0), &stable),
     ];
     println!(
-        "{}: xDS push delay, VirtualService write → first response from the new target: {delays:?}",
-        example.dir
+        "{}: xDS push delay, {} write → first response from the new target: {delays:?}",
+        example.dir, example.route
     );
 
     let minute = Duration::from_secs(60);
-    let route = format!("virtualservice/{name}");
     let phase = || jsonpath(cluster, ns, &format!("canary/{name}"), "{.status.phase}");
-    let weights = || jsonpath(cluster, ns, &route, "{.spec.http[0].route[*].weight}");
+    let weights = || jsonpath(cluster, ns, example.route, example.weights_jsonpath());
     let stable_image = || {
         jsonpath(
             cluster,
@@ -185,7 +266,7 @@ fn release(mesh: &Mesh, controller: &mut ChildGuard, example: &Example) {
             .ok_or(format!("phase {p}, weights {w}"))
     };
     cluster
-        .apply(&serde_json::to_string(&quick_canary(&example_canary)).unwrap())
+        .apply(&serde_json::to_string(&example.canary(&example_canary)).unwrap())
         .unwrap();
     eventually((cluster, ns), "Healthy", minute, controller, || {
         state("Healthy", "100 0")

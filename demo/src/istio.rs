@@ -88,7 +88,7 @@ pub fn run(
         }
     })?;
     let example = mesh.apply_example(EXAMPLE, NAMESPACE);
-    mesh.wait_routed(HOST);
+    mesh.wait_routed(mesh.gateway_address(), HOST);
     let mut controller = mesh.start_controller(&workspace_binary("plover"), "plover-demo");
     let canary = quick_canary(&example);
     let steps = canary["spec"]["steps"].as_array().map_or(0, Vec::len);
@@ -134,8 +134,12 @@ pub fn run(
         controller.assert_running();
         let from = read_status(&mesh).stable_revision.unwrap_or_default();
         let release_started = Instant::now();
-        let since = utc_now();
+        // The Events so far are the previous release's.
         let mut seen = Vec::new();
+        events(&mesh, &mut seen);
+        for (_, event) in &mut seen {
+            *event = None;
+        }
         mesh.cluster.kubectl_ok(&[
             "set",
             "image",
@@ -155,7 +159,7 @@ pub fn run(
             std::thread::sleep(Duration::from_millis(250));
             let status = read_status(&mesh);
             let snapshot = Snapshot {
-                events: events(&mesh, &since, &mut seen),
+                events: events(&mesh, &mut seen),
                 stats: stats(&mesh),
                 status,
             };
@@ -277,9 +281,9 @@ fn read_status(mesh: &Mesh) -> CanaryStatus {
     serde_json::from_slice(&text.stdout).unwrap_or_default()
 }
 
-/// The Canary's Events: kept in `seen` with the instant each was first read, and only those
-/// stamped at or after `since` (RFC 3339, which orders as text), the release's own.
-fn events(mesh: &Mesh, since: &str, seen: &mut Vec<(String, Event)>) -> Vec<Event> {
+/// The Canary's Events: each kept in `seen` with the instant it was first read; those seen
+/// before the release started are kept as `None`, not shown again.
+fn events(mesh: &Mesh, seen: &mut Vec<(String, Option<Event>)>) -> Vec<Event> {
     let text = mesh.cluster.kubectl(&[
         "get",
         "events",
@@ -293,34 +297,23 @@ fn events(mesh: &Mesh, since: &str, seen: &mut Vec<(String, Event)>) -> Vec<Even
     ]);
     for line in String::from_utf8_lossy(&text.stdout).lines() {
         let mut fields = line.splitn(4, '|');
-        let (Some(kind), Some(reason), Some(at), Some(message)) =
+        let (Some(kind), Some(reason), Some(_stamped), Some(message)) =
             (fields.next(), fields.next(), fields.next(), fields.next())
         else {
             continue;
         };
-        if at < since || seen.iter().any(|(key, _)| key == line) {
+        if seen.iter().any(|(key, _)| key == line) {
             continue;
         }
-        seen.push((
-            line.to_owned(),
-            Event {
-                at: Instant::now(),
-                warning: kind == "Warning",
-                reason: reason.to_owned(),
-                message: message.to_owned(),
-            },
-        ));
+        let event = Event {
+            at: Instant::now(),
+            warning: kind == "Warning",
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+        };
+        seen.push((line.to_owned(), Some(event)));
     }
-    seen.iter().map(|(_, event)| event.clone()).collect()
-}
-
-/// Now as the API server stamps events (`2026-12-02T21:02:34Z`).
-fn utc_now() -> String {
-    Command::new("date")
-        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
+    seen.iter().filter_map(|(_, event)| event.clone()).collect()
 }
 
 /// The exporter's answer for the service over the last 5 s.

@@ -140,6 +140,20 @@ impl Cluster {
         cluster
     }
 
+    /// `plover controller` (binary `plover`) as the controller's ServiceAccount, leader-elected
+    /// on the manifests' Lease, with `extra` flags.
+    pub fn controller_command(&self, plover: &Path, identity: &str, extra: &[&str]) -> Command {
+        let mut command = Command::new(plover);
+        command
+            .args(["controller", "--identity", identity])
+            .args(extra)
+            .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
+            .args(["--lease-namespace", CONTROLLER_NAMESPACE])
+            .env("KUBECONFIG", &self.controller_kubeconfig)
+            .env("RUST_LOG", "info");
+        command
+    }
+
     /// The temp dir holding the cluster's files and logs.
     pub fn dir(&self) -> &Path {
         self.dir.path()

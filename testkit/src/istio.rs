@@ -66,6 +66,54 @@ pub fn tools_dir() -> PathBuf {
     dir
 }
 
+/// The `istio-sidecar-injector` ConfigMap as istiod's Helm chart renders it
+/// (`templates/istiod-injector-configmap.yaml`), with the one template istiod needs here:
+/// `kube-gateway`, which it renders into the Deployment, Service and ServiceAccount of each
+/// Gateway API `Gateway` of class `istio`. `values` is the chart's default values, picked as
+/// the chart picks them.
+pub fn injector_config_map() -> String {
+    let chart = tools_dir().join("chart");
+    let read = |name: &str| {
+        let path = chart.join(name);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let values: Value = serde_yaml::from_str(&read("values.yaml")).expect("the chart's values");
+    let defaults = &values["_internal_defaults_do_not_set"];
+    let values = serde_json::json!({
+        "global": defaults["global"],
+        "sidecarInjectorWebhook": defaults["sidecarInjectorWebhook"],
+        "revision": defaults["revision"],
+        "pilot": {"cni": defaults["cni"], "env": defaults["env"]},
+        "gateways": {
+            "securityContext": defaults["gateways"]["securityContext"],
+            "seccompProfile": defaults["gateways"]["seccompProfile"],
+        },
+    });
+    let config = serde_json::json!({
+        "defaultTemplates": ["sidecar"],
+        "policy": "enabled",
+        "alwaysInjectSelector": [],
+        "neverInjectSelector": [],
+        "injectedAnnotations": {},
+        "template": "{{ Template_Version_And_Istio_Version_Mismatched_Check_Installation }}",
+        "templates": {"kube-gateway": read("kube-gateway.yaml")},
+    });
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "istio-sidecar-injector",
+            "namespace": "istio-system",
+            "labels": {"istio.io/rev": "default", "app.kubernetes.io/name": "istiod"},
+        },
+        "data": {
+            "values": serde_json::to_string_pretty(&values).expect("values as JSON"),
+            "config": serde_yaml::to_string(&config).expect("config as YAML"),
+        },
+    })
+    .to_string()
+}
+
 /// A running istiod.
 pub struct Istiod {
     /// Plaintext xDS, on the node's address so gateway pods reach it.

@@ -9,11 +9,14 @@ use std::any::Any;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long a deleted pod's namespace stays (unless a new pod takes its address first).
+const LINGER: Duration = Duration::from_secs(5);
 
 use serde_json::Value;
 
@@ -51,7 +54,9 @@ pub type Runtime =
 pub struct Kubelet {
     stop: Arc<AtomicBool>,
     errors: Arc<Mutex<Vec<String>>>,
-    thread: Option<JoinHandle<()>>,
+    /// The running `kubectl get pods --watch`, killed on drop.
+    watch: Arc<Mutex<Option<Child>>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 struct Started {
@@ -60,7 +65,8 @@ struct Started {
 }
 
 impl Kubelet {
-    /// Polls the pods (every 250 ms, as `kubectl` with `kubeconfig`) and starts or stops them.
+    /// Watches the pods (`kubectl get pods --watch` as `kubeconfig`'s user) and starts or
+    /// stops them as they come and go.
     pub fn start(
         kubectl: PathBuf,
         kubeconfig: PathBuf,
@@ -69,30 +75,74 @@ impl Kubelet {
     ) -> Kubelet {
         let stop = Arc::new(AtomicBool::new(false));
         let errors = Arc::new(Mutex::new(Vec::new()));
+        let watch: Arc<Mutex<Option<Child>>> = Arc::new(Mutex::new(None));
+        let (events, received) = mpsc::channel();
+        let watcher = {
+            let (stop, watch, errors) = (stop.clone(), watch.clone(), errors.clone());
+            std::thread::Builder::new()
+                .name("kubelet-watch".into())
+                .spawn(move || watch_pods(&kubectl, &kubeconfig, &stop, &watch, &errors, events))
+                .expect("start the kubelet's watch")
+        };
         let (thread_stop, thread_errors) = (stop.clone(), errors.clone());
         let thread = std::thread::Builder::new()
             .name("kubelet".into())
             .spawn(move || {
+                let mut objects: BTreeMap<String, Value> = BTreeMap::new();
                 let mut started: BTreeMap<String, Started> = BTreeMap::new();
+                let mut lingering: Vec<(PodNamespace, Instant)> = Vec::new();
                 while !thread_stop.load(Ordering::Relaxed) {
-                    match running_pods(&kubectl, &kubeconfig) {
-                        Ok(pods) => {
-                            sync(&network, &mut runtime, &mut started, pods, &thread_errors)
+                    let mut changed = false;
+                    let mut next = received.recv_timeout(Duration::from_millis(200)).ok();
+                    while let Some(event) = next {
+                        changed = true;
+                        match event {
+                            WatchEvent::Restarted => objects.clear(),
+                            WatchEvent::Pod {
+                                deleted: true, uid, ..
+                            } => {
+                                objects.remove(&uid);
+                            }
+                            WatchEvent::Pod { uid, object, .. } => {
+                                objects.insert(uid, object);
+                            }
                         }
-                        Err(e) => record(&thread_errors, e),
+                        next = received.try_recv().ok();
                     }
-                    std::thread::sleep(Duration::from_millis(250));
+                    if changed {
+                        let pods = running_pods(&objects);
+                        sync(
+                            &network,
+                            &mut runtime,
+                            &mut started,
+                            &mut lingering,
+                            pods,
+                            &thread_errors,
+                        );
+                    }
+                    let now = Instant::now();
+                    lingering.retain(|(netns, until)| {
+                        let keep = *until > now;
+                        if !keep {
+                            network.detach(netns);
+                        }
+                        keep
+                    });
                 }
                 for (_, pod) in std::mem::take(&mut started) {
                     drop(pod._running);
                     network.detach(&pod.netns);
+                }
+                for (netns, _) in lingering {
+                    network.detach(&netns);
                 }
             })
             .expect("start the kubelet thread");
         Kubelet {
             stop,
             errors,
-            thread: Some(thread),
+            watch,
+            threads: vec![thread, watcher],
         }
     }
 
@@ -105,10 +155,87 @@ impl Kubelet {
     }
 }
 
+/// What the watch saw.
+enum WatchEvent {
+    /// The watch started again: a full list of pods follows.
+    Restarted,
+    Pod {
+        uid: String,
+        deleted: bool,
+        object: Value,
+    },
+}
+
+/// `kubectl get pods --all-namespaces --watch --output-watch-events -o json`, its events sent
+/// on; restarted (after half a second) whenever it ends, until `stop`.
+fn watch_pods(
+    kubectl: &PathBuf,
+    kubeconfig: &PathBuf,
+    stop: &AtomicBool,
+    watch: &Mutex<Option<Child>>,
+    errors: &Mutex<Vec<String>>,
+    events: mpsc::Sender<WatchEvent>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let spawned = Command::new(kubectl)
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args([
+                "get",
+                "pods",
+                "--all-namespaces",
+                "--watch",
+                "--output-watch-events",
+            ])
+            .args(["-o", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                record(errors, format!("kubectl get pods --watch: {e}"));
+                return;
+            }
+        };
+        let Some(stdout) = child.stdout.take() else {
+            return;
+        };
+        *watch.lock().unwrap_or_else(|e| e.into_inner()) = Some(child);
+        if events.send(WatchEvent::Restarted).is_err() {
+            return;
+        }
+        let stream = serde_json::Deserializer::from_reader(std::io::BufReader::new(stdout));
+        for event in stream.into_iter::<Value>() {
+            let Ok(event) = event else { break };
+            let object = event["object"].clone();
+            let Some(uid) = object["metadata"]["uid"].as_str() else {
+                continue;
+            };
+            let sent = events.send(WatchEvent::Pod {
+                uid: uid.to_owned(),
+                deleted: event["type"] == "DELETED",
+                object,
+            });
+            if sent.is_err() {
+                return;
+            }
+        }
+        if let Some(mut child) = watch.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 impl Drop for Kubelet {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
+        if let Some(mut child) = self.watch.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
@@ -126,6 +253,7 @@ fn sync(
     network: &PodNetwork,
     runtime: &mut Runtime,
     started: &mut BTreeMap<String, Started>,
+    lingering: &mut Vec<(PodNamespace, Instant)>,
     pods: BTreeMap<String, Pod>,
     errors: &Mutex<Vec<String>>,
 ) {
@@ -136,8 +264,11 @@ fn sync(
         .collect();
     for uid in gone {
         if let Some(pod) = started.remove(&uid) {
+            // Stopped at once, as a pod that got SIGTERM; its namespace stays a few seconds,
+            // so that a connection to it is refused (and retried elsewhere by the gateway)
+            // rather than left to time out, until a new pod takes the address.
             drop(pod._running);
-            network.detach(&pod.netns);
+            lingering.push((pod.netns, Instant::now() + LINGER));
         }
     }
     for (uid, pod) in pods {
@@ -170,36 +301,23 @@ fn sync(
 }
 
 /// Pods that are Running with an address and not being deleted, by uid.
-fn running_pods(kubectl: &PathBuf, kubeconfig: &PathBuf) -> Result<BTreeMap<String, Pod>, String> {
-    let out = Command::new(kubectl)
-        .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .args(["get", "pods", "--all-namespaces", "-o", "json"])
-        .output()
-        .map_err(|e| format!("kubectl get pods: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "kubectl get pods: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let list: Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("kubectl get pods: {e}"))?;
+fn running_pods(objects: &BTreeMap<String, Value>) -> BTreeMap<String, Pod> {
     let mut pods = BTreeMap::new();
-    for object in list["items"].as_array().cloned().unwrap_or_default() {
+    for (uid, object) in objects {
         let metadata = &object["metadata"];
         let ip = object["status"]["podIP"]
             .as_str()
             .and_then(|ip| ip.parse().ok());
         let running = object["status"]["phase"] == "Running";
         let terminating = !metadata["deletionTimestamp"].is_null();
-        let (Some(uid), Some(ip)) = (metadata["uid"].as_str(), ip) else {
+        let Some(ip) = ip else {
             continue;
         };
         if !running || terminating || object["spec"]["hostNetwork"] == true {
             continue;
         }
         pods.insert(
-            uid.to_owned(),
+            uid.clone(),
             Pod {
                 namespace: metadata["namespace"]
                     .as_str()
@@ -207,9 +325,9 @@ fn running_pods(kubectl: &PathBuf, kubeconfig: &PathBuf) -> Result<BTreeMap<Stri
                     .to_owned(),
                 name: metadata["name"].as_str().unwrap_or_default().to_owned(),
                 ip,
-                object,
+                object: object.clone(),
             },
         );
     }
-    Ok(pods)
+    pods
 }

@@ -97,9 +97,13 @@ impl Served {
 /// The pods' addresses, once they run.
 #[derive(Default)]
 struct Addresses {
-    gateway: Option<PodNamespace>,
+    /// Gateway pods by `namespace/deployment`.
+    gateways: BTreeMap<String, PodNamespace>,
     exporter: Option<Ipv4Addr>,
 }
+
+/// The ingress gateway's Deployment (`testkit/fixtures/istio-ingressgateway.yaml`).
+pub const INGRESS_GATEWAY: (&str, &str) = ("istio-system", "istio-ingressgateway");
 
 /// The running whole. Dropped in field order: pods first, the network last.
 pub struct Mesh {
@@ -116,6 +120,7 @@ pub struct Mesh {
     pub served: Arc<Mutex<Served>>,
     /// `/etc/hosts` for processes on the host: the cluster's service names.
     pub hosts: PathBuf,
+    addresses: Arc<Mutex<Addresses>>,
 }
 
 impl Mesh {
@@ -124,12 +129,19 @@ impl Mesh {
         let network = Arc::new(PodNetwork::create());
         let cluster = Cluster::start_on(&network);
         cluster.install_prerequisites();
+        if let Err(e) = cluster.apply(&crate::istio::injector_config_map()) {
+            panic!("istiod's injection templates: {e}");
+        }
         let istiod = Istiod::start(&cluster, network.node_ip());
         if let Err(e) = cluster.apply(include_str!("../fixtures/istio-ingressgateway.yaml")) {
             panic!("the ingress gateway: {e}");
         }
-        if let Err(e) = cluster.apply(&render_install(&cluster)) {
-            panic!("installing Plover: {e}");
+        // Both overlays, as a user with both kinds of gateway would: the base twice is the
+        // same objects.
+        for overlay in ["istio-ingress", "gateway-api"] {
+            if let Err(e) = cluster.apply(&render_install(&cluster, overlay)) {
+                panic!("installing Plover ({overlay}): {e}");
+            }
         }
         cluster.wait_established(&["crd/canaries.plover.dev"]);
 
@@ -147,13 +159,17 @@ impl Mesh {
                 addresses.clone(),
             ),
         );
+        let ingress = format!("{}/{}", INGRESS_GATEWAY.0, INGRESS_GATEWAY.1);
         let mut started = (None, None);
         wait_until(
             "the gateway and exporter pods",
             Duration::from_secs(90),
             || {
                 let addresses = lock(&addresses);
-                started = (addresses.gateway.clone(), addresses.exporter);
+                started = (
+                    addresses.gateways.get(&ingress).cloned(),
+                    addresses.exporter,
+                );
                 let errors = kubelet.errors();
                 assert!(errors.is_empty(), "kubelet: {errors:?}");
                 started.0.is_some() && started.1.is_some()
@@ -202,6 +218,7 @@ impl Mesh {
             exporter,
             served,
             hosts,
+            addresses,
         }
     }
 
@@ -226,11 +243,11 @@ impl Mesh {
         canary.first().map(|c| c.to_string()).unwrap_or_default()
     }
 
-    /// Waits until the gateway answers 200 for `host` (istiod has programmed it).
-    pub fn wait_routed(&self, host: &str) {
+    /// Waits until the gateway at `address` answers 200 for `host` (istiod has programmed it).
+    pub fn wait_routed(&self, address: SocketAddr, host: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let answer = crate::http::blocking_request(self.gateway_address(), host, "/");
+            let answer = crate::http::blocking_request(address, host, "/");
             if answer.as_ref().is_some_and(|(status, _)| *status == 200) {
                 return;
             }
@@ -247,12 +264,25 @@ impl Mesh {
         SocketAddr::from((self.gateway, GATEWAY_PORT))
     }
 
-    /// A body from the gateway's Envoy admin interface (e.g. `/clusters`).
+    /// The pod of the gateway Deployment `namespace/deployment` (e.g. the one istiod deploys
+    /// for a Gateway API Gateway), once it runs.
+    pub fn gateway_pod(&self, (namespace, deployment): (&str, &str)) -> PodNamespace {
+        let key = format!("{namespace}/{deployment}");
+        let mut pod = None;
+        wait_until(
+            &format!("the gateway pod {key}"),
+            Duration::from_secs(90),
+            || {
+                pod = lock(&self.addresses).gateways.get(&key).cloned();
+                pod.is_some()
+            },
+        );
+        pod.unwrap_or_else(|| self.gateway_pod.clone())
+    }
+
+    /// A body from the ingress gateway's Envoy admin interface (e.g. `/clusters`).
     pub fn gateway_admin(&self, path: &str) -> String {
-        match self.gateway_pod.get(GATEWAY_ADMIN_PORT, path) {
-            Some((200, body)) => body,
-            _ => String::new(),
-        }
+        admin(&self.gateway_pod, path)
     }
 
     /// `plover controller` (binary `plover`) as the controller's ServiceAccount, with the
@@ -373,6 +403,14 @@ impl Mesh {
     }
 }
 
+/// A body from a gateway pod's Envoy admin interface.
+pub fn admin(gateway: &PodNamespace, path: &str) -> String {
+    match gateway.get(GATEWAY_ADMIN_PORT, path) {
+        Some((200, body)) => body,
+        _ => String::new(),
+    }
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -401,7 +439,11 @@ fn runtime(
     let kubeconfig = cluster.admin_kubeconfig.clone();
     Box::new(
         move |pod: &Pod, netns: &PodNamespace| -> Result<Option<Running>, String> {
-            if pod.label("istio") == Some("ingressgateway") {
+            if pod.label("istio") == Some("ingressgateway")
+                || pod
+                    .label("gateway.networking.k8s.io/gateway-name")
+                    .is_some()
+            {
                 let labels = pod.object["metadata"]["labels"]
                     .as_object()
                     .cloned()
@@ -421,7 +463,9 @@ fn runtime(
                     deployment,
                 };
                 let envoy = start_gateway(&gateway, netns, istiod, &dir);
-                lock(&addresses).gateway = Some(netns.clone());
+                lock(&addresses)
+                    .gateways
+                    .insert(format!("{}/{deployment}", pod.namespace), netns.clone());
                 return Ok(Some(Box::new(envoy)));
             }
             if pod.label("app.kubernetes.io/name") == Some("plover-exporter") {
@@ -559,12 +603,12 @@ fn write_secret_volume(
     Ok(())
 }
 
-/// `kubectl kustomize` of a user's overlay as the README writes it (the `istio-ingress`
-/// overlay, the `wasm-https` component), with the README's `sed` replacements: the token, and
+/// `kubectl kustomize` of a user's overlay as the README writes it (`istio-ingress` or
+/// `gateway-api`, with the `wasm-https` component), with the README's `sed` replacements: the token, and
 /// the module's URL (`file://`, which istiod hands to Envoy as a local file) and sha256.
-fn render_install(cluster: &Cluster) -> String {
+fn render_install(cluster: &Cluster, overlay_name: &str) -> String {
     let root = workspace_root();
-    let overlay = cluster.dir().join("my-plover");
+    let overlay = cluster.dir().join(format!("my-plover-{overlay_name}"));
     let _ = std::fs::create_dir_all(&overlay);
     // Kustomize takes only relative paths: up to `/`, then down to the repository.
     let up = "../".repeat(overlay.components().count().saturating_sub(1));
@@ -578,7 +622,7 @@ fn render_install(cluster: &Cluster) -> String {
         overlay.join("kustomization.yaml"),
         format!(
             "resources: [{}]\ncomponents: [{}]\n",
-            relative("manifests/overlays/istio-ingress"),
+            relative(&format!("manifests/overlays/{overlay_name}")),
             relative("manifests/components/wasm-https")
         ),
     )
@@ -723,26 +767,34 @@ impl Drop for Load {
     }
 }
 
-/// The xDS push delay: writes `weights` (stable, canary) to the VirtualService's first route
-/// and waits until the load's responses come from `target` only; the time from the write to
-/// the first response from `target`.
+/// A route object and where its stable and canary weights are (JSON pointers).
+pub struct Route<'a> {
+    pub namespace: &'a str,
+    /// `virtualservice/NAME` or `httproute/NAME`.
+    pub object: &'a str,
+    pub weights: [&'a str; 2],
+}
+
+/// The xDS push delay: writes `weights` (stable, canary) to `route` and waits until the load's
+/// responses come from `target` only; the time from the write to the first response from
+/// `target`.
 pub fn push_delay(
     cluster: &Cluster,
     load: &Load,
-    (namespace, virtual_service): (&str, &str),
+    route: &Route,
     weights: (u32, u32),
     target: &str,
 ) -> Duration {
     let patch = format!(
-        r#"[{{"op":"replace","path":"/spec/http/0/route/0/weight","value":{}}},{{"op":"replace","path":"/spec/http/0/route/1/weight","value":{}}}]"#,
-        weights.0, weights.1
+        r#"[{{"op":"replace","path":"{}","value":{}}},{{"op":"replace","path":"{}","value":{}}}]"#,
+        route.weights[0], weights.0, route.weights[1], weights.1
     );
     let written = Instant::now();
     cluster.kubectl_ok(&[
         "patch",
-        &format!("virtualservice/{virtual_service}"),
+        route.object,
         "-n",
-        namespace,
+        route.namespace,
         "--type=json",
         "-p",
         &patch,

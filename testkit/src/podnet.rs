@@ -11,7 +11,7 @@
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use crate::tools::debian_tool;
@@ -35,12 +35,17 @@ fn ip(args: &[&str]) -> Result<(), String> {
 
 static NEXT: AtomicU8 = AtomicU8::new(0);
 
+/// Namespaces made so far in this process: each has a name of its own, so that a pod's
+/// address taken over by a new pod never makes two pods share a namespace name.
+static PODS: AtomicU32 = AtomicU32::new(0);
+
 /// One /24 of pod addresses behind a bridge; the bridge has `.254`, the node's address.
 pub struct PodNetwork {
     /// `198.18.X` (or `198.19.X`): the first three octets.
     prefix: [u8; 3],
     bridge: String,
-    namespaces: Mutex<Vec<String>>,
+    /// The namespaces made and not deleted yet, with their pod's address.
+    namespaces: Mutex<Vec<(String, Ipv4Addr)>>,
 }
 
 impl PodNetwork {
@@ -83,6 +88,8 @@ impl PodNetwork {
     }
 
     /// The namespace of the pod with address `pod_ip` (from this network's range), made now.
+    /// A namespace still holding that address (a deleted pod's, kept a few seconds for its
+    /// in-flight connections) is deleted first: the address is the new pod's.
     pub fn attach(&self, pod_ip: Ipv4Addr) -> Result<PodNamespace, String> {
         let [a, b, c, d] = pod_ip.octets();
         if [a, b, c] != self.prefix || d == 0 || d == 254 || d == 255 {
@@ -92,10 +99,23 @@ impl PodNetwork {
             ));
         }
         let bridge_number = self.bridge.trim_start_matches("plvbr");
-        let name = format!("plv{bridge_number}-{d}");
-        let host_end = format!("plv{bridge_number}h{d}");
+        let seq = PODS.fetch_add(1, Ordering::Relaxed) % 100_000;
+        let name = format!("plv{bridge_number}-{seq}");
+        // At most 15 bytes: plv + 3 + h + 5.
+        let host_end = format!("plv{bridge_number}h{seq}");
         let address = format!("{pod_ip}/24");
         let gateway = self.node_ip().to_string();
+        let stale: Vec<String> = self
+            .namespaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, ip)| *ip == pod_ip)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for stale in stale {
+            self.delete(&stale);
+        }
         let _ = ip(&["netns", "del", &name]);
         for args in [
             vec!["netns", "add", name.as_str()],
@@ -114,23 +134,27 @@ impl PodNetwork {
         self.namespaces
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(name.clone());
+            .push((name.clone(), pod_ip));
         Ok(PodNamespace { name, ip: pod_ip })
     }
 
-    /// Deletes a pod's namespace (its veth goes with it).
+    /// Deletes a pod's namespace (its veth goes with it), if it still exists.
     pub fn detach(&self, pod: &PodNamespace) {
-        let _ = ip(&["netns", "del", &pod.name]);
-        self.namespaces
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|n| *n != pod.name);
+        self.delete(&pod.name);
+    }
+
+    fn delete(&self, name: &str) {
+        let mut namespaces = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        if namespaces.iter().any(|(n, _)| n == name) {
+            let _ = ip(&["netns", "del", name]);
+            namespaces.retain(|(n, _)| n != name);
+        }
     }
 }
 
 impl Drop for PodNetwork {
     fn drop(&mut self) {
-        for name in self
+        for (name, _) in self
             .namespaces
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -28,13 +28,30 @@ const LDFLAGS: &str = "-s -w -X istio.io/istio/pkg/version.buildVersion=1.31-dev
 /// Istio's own release build tags: generated fast marshalling, no proto validation code.
 const TAGS: [&str; 2] = ["vtprotobuf", "disable_pgv"];
 
-/// The module whose commands are built, and the file of it the gateway pods need: the Envoy
-/// bootstrap template Istio's proxy image ships at `/var/lib/istio/envoy/`, which pilot-agent
-/// fills in.
+/// The module whose commands are built.
 const ISTIO_MODULE: &str = "istio.io/istio@v0.0.0-20260827124520-eed52ebb66ad";
-const BOOTSTRAP_TEMPLATE: &str = "tools/packaging/common/envoy_bootstrap.json";
 
-/// Where the Istio tests find the binaries: `bin/`, and `envoy_bootstrap.json`.
+/// Files of the module the tests need, and their names under `target/istio-tools/`: the Envoy
+/// bootstrap template Istio's proxy image ships at `/var/lib/istio/envoy/`, which pilot-agent
+/// fills in; and from istiod's Helm chart, its default values and the `kube-gateway` template
+/// istiod renders to deploy a Gateway API Gateway, which the chart installs in the
+/// `istio-sidecar-injector` ConfigMap.
+const FILES: [(&str, &str); 3] = [
+    (
+        "tools/packaging/common/envoy_bootstrap.json",
+        "envoy_bootstrap.json",
+    ),
+    (
+        "manifests/charts/istio-control/istio-discovery/values.yaml",
+        "chart/values.yaml",
+    ),
+    (
+        "manifests/charts/istio-control/istio-discovery/files/kube-gateway.yaml",
+        "chart/kube-gateway.yaml",
+    ),
+];
+
+/// Where the Istio tests find the binaries (`bin/`) and [`FILES`].
 pub struct IstioTools {
     pub dir: PathBuf,
 }
@@ -49,7 +66,7 @@ pub fn build() -> Result<IstioTools, String> {
     let mut hasher = module_hasher(&go_version, &module)?;
     BINARIES.hash(&mut hasher);
     TAGS.hash(&mut hasher);
-    BOOTSTRAP_TEMPLATE.hash(&mut hasher);
+    FILES.hash(&mut hasher);
     LDFLAGS.hash(&mut hasher);
     let stamp = format!("{:016x}\n", hasher.finish());
     let template = out.join("envoy_bootstrap.json");
@@ -68,8 +85,14 @@ pub fn build() -> Result<IstioTools, String> {
         go.display()
     );
     go_build(&go, &module, &bin, &TAGS, LDFLAGS, &BINARIES)?;
-    let source = module_dir(&go, &module, ISTIO_MODULE)?.join(BOOTSTRAP_TEMPLATE);
-    std::fs::copy(&source, &template).map_err(|e| format!("{}: {e}", source.display()))?;
+    let dir = module_dir(&go, &module, ISTIO_MODULE)?;
+    for (file, name) in FILES {
+        let to = out.join(name);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+        std::fs::copy(dir.join(file), &to).map_err(|e| format!("{ISTIO_MODULE}: {file}: {e}"))?;
+    }
     std::fs::write(&stamp_path, &stamp).map_err(|e| format!("{}: {e}", stamp_path.display()))?;
     println!(
         "xtask: istiod and pilot-agent built in {:.1} s ({})",

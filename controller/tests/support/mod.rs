@@ -8,7 +8,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use plover_testkit::cluster::Cluster;
-use plover_testkit::free_port;
 use plover_testkit::process::{tail, ChildGuard};
 use plover_testkit::tools::workspace_root;
 
@@ -80,22 +79,9 @@ pub fn set_image(
 pub fn start_controller(cluster: &Cluster, identity: &str, extra: &[&str]) -> ChildGuard {
     ChildGuard::spawn(
         identity,
-        controller_command(cluster, identity, extra),
+        cluster.controller_command(Path::new(env!("CARGO_BIN_EXE_plover")), identity, extra),
         &cluster.dir().join(format!("{identity}.log")),
     )
-}
-
-/// The command [`start_controller`] runs.
-pub fn controller_command(cluster: &Cluster, identity: &str, extra: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_plover"));
-    command
-        .args(["controller", "--identity", identity])
-        .args(extra)
-        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
-        .args(["--lease-namespace", "plover-system"])
-        .env("KUBECONFIG", &cluster.controller_kubeconfig)
-        .env("RUST_LOG", "info");
-    command
 }
 
 /// Polls `check` every 200 ms until it returns something; panics after `timeout` with
