@@ -64,7 +64,7 @@ async fn prometheus_computes_the_exact_canary_success_ratio() {
         )
     })
     .unwrap_or_else(|e| panic!("{e}"));
-    let port = prometheus.port;
+    let port = prometheus.address.port();
 
     // Known traffic: canary 950 × 2xx + 50 × 5xx, stable 1000 × 2xx, from two gateways' VMs
     // over a few batches (one retransmitted, which must not count twice).
