@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use plover_testkit::backend::Behaviour;
 use plover_testkit::cluster::Cluster;
 use plover_testkit::mesh::{
     admin, push_delay, quick_canary, App, Load, Mesh, Response, Route, GATEWAY_PORT,
@@ -157,18 +156,7 @@ impl Example {
     }
 
     fn app(&self) -> App {
-        let bad = Behaviour {
-            error_share: 0.2,
-            ..Behaviour::default()
-        };
-        App {
-            label: self.name,
-            images: vec![
-                (self.image(0), Behaviour::default()),
-                (self.image(1), Behaviour::default()),
-                (self.image(2), bad),
-            ],
-        }
+        App::releases(self.name, self.image, self.tags)
     }
 }
 

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use plover_controller::canary::{CanaryPhase, CanaryStatus};
-use plover_testkit::backend::Behaviour;
 use plover_testkit::mesh::{quick_canary, App, Load, Mesh};
 use plover_testkit::process::ChildGuard;
 use plover_testkit::tools::workspace_binary;
@@ -40,21 +39,6 @@ fn image(tag: &str) -> String {
     format!("{IMAGE}:{tag}")
 }
 
-fn app() -> App {
-    let bad = Behaviour {
-        error_share: 0.2,
-        ..Behaviour::default()
-    };
-    App {
-        label: NAME,
-        images: vec![
-            (image(TAGS[0]), Behaviour::default()),
-            (image(TAGS[1]), Behaviour::default()),
-            (image(TAGS[2]), bad),
-        ],
-    }
-}
-
 /// Runs the releases (`--scenario` picks one); returns early, stopping everything, once `stop`
 /// is set (Ctrl-C).
 pub fn run(
@@ -81,12 +65,11 @@ pub fn run(
          gateway pod (pilot-agent + Envoy), Plover as the README installs it, Prometheus …",
     );
     let started = Instant::now();
-    let mesh = std::panic::catch_unwind(|| Mesh::start(vec![app()])).map_err(|panic| {
-        DemoError::Start {
+    let mesh = std::panic::catch_unwind(|| Mesh::start(vec![App::releases(NAME, IMAGE, TAGS)]))
+        .map_err(|panic| DemoError::Start {
             what: "the Istio control plane",
             message: panic_text(&panic),
-        }
-    })?;
+        })?;
     let example = mesh.apply_example(EXAMPLE, NAMESPACE);
     mesh.wait_routed(mesh.gateway_address(), HOST);
     let mut controller = mesh.start_controller(&workspace_binary("plover"), "plover-demo");

@@ -165,12 +165,6 @@ impl Istiod {
         }
     }
 
-    /// istiod's debug endpoint, e.g. `/debug/configz` or `/debug/syncz`.
-    pub fn debug(&self, path: &str) -> String {
-        crate::http::get_text(&format!("http://127.0.0.1:{}{path}", self.http_port))
-            .unwrap_or_default()
-    }
-
     pub fn log_tail(&self, lines: usize) -> String {
         tail(&self.process.log_text(), lines)
     }

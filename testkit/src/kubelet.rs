@@ -8,19 +8,19 @@
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How long a deleted pod's namespace stays (unless a new pod takes its address first).
-const LINGER: Duration = Duration::from_secs(5);
-
 use serde_json::Value;
 
 use crate::podnet::{PodNamespace, PodNetwork};
+
+/// How long a deleted pod's namespace stays (unless a new pod takes its address first).
+const LINGER: Duration = Duration::from_secs(5);
 
 /// What the callback is told of a pod.
 pub struct Pod {
@@ -46,7 +46,7 @@ impl Pod {
 pub type Running = Box<dyn Any + Send>;
 
 /// The callback: what to run for a pod, or `Ok(None)` for pods the test does not run (they
-/// stay API objects only). An error is recorded and the pod retried on the next poll.
+/// stay API objects only). An error is recorded and the pod retried at the next pod event.
 pub type Runtime =
     Box<dyn FnMut(&Pod, &PodNamespace) -> Result<Option<Running>, String> + Send + 'static>;
 
@@ -169,8 +169,8 @@ enum WatchEvent {
 /// `kubectl get pods --all-namespaces --watch --output-watch-events -o json`, its events sent
 /// on; restarted (after half a second) whenever it ends, until `stop`.
 fn watch_pods(
-    kubectl: &PathBuf,
-    kubeconfig: &PathBuf,
+    kubectl: &Path,
+    kubeconfig: &Path,
     stop: &AtomicBool,
     watch: &Mutex<Option<Child>>,
     errors: &Mutex<Vec<String>>,

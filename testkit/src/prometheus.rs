@@ -27,7 +27,7 @@ pub fn scrape_config(job: &str, targets: &[String]) -> String {
 
 /// A running Prometheus. Killed (and reaped) when dropped.
 pub struct Prometheus {
-    /// `http://127.0.0.1:PORT`
+    /// `http://ADDRESS` (`http://127.0.0.1:PORT` from [`Prometheus::start`])
     pub url: String,
     pub address: std::net::SocketAddr,
     process: ChildGuard,
