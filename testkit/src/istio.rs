@@ -194,6 +194,23 @@ pub const GATEWAY_ADMIN_PORT: u16 = 15000;
 /// pilot-agent's status port in a gateway pod (`/healthz/ready`, on every address).
 pub const AGENT_STATUS_PORT: u16 = 15020;
 
+/// A gateway pod's pilot-agent and the Envoy it started: pilot-agent runs in a process group
+/// of its own, killed whole when dropped (killing the agent alone would leave its Envoy).
+pub struct GatewayAgent {
+    pub process: ChildGuard,
+}
+
+impl Drop for GatewayAgent {
+    fn drop(&mut self) {
+        let group = i32::try_from(self.process.pid())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw);
+        if let Some(group) = group {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
+    }
+}
+
 /// Starts the gateway pod's `pilot-agent proxy router`, as Istio's gateway image runs it: the
 /// agent writes Envoy's bootstrap from Istio's own template (copied from the module by
 /// `cargo xtask istio-tools`), starts the PyPI Envoy, and proxies xDS between Envoy and istiod.
@@ -205,7 +222,7 @@ pub fn start_gateway(
     netns: &PodNamespace,
     istiod: SocketAddr,
     dir: &Path,
-) -> ChildGuard {
+) -> GatewayAgent {
     let tools = tools_dir();
     // The agent keeps its sockets under its working directory: a short path keeps them under
     // the 108-byte limit of a Unix socket's name.
@@ -249,19 +266,22 @@ pub fn start_gateway(
         .env("CLOUD_PLATFORM", "none")
         .env_remove("HTTP_PROXY")
         .env_remove("HTTPS_PROXY");
-    let mut process = ChildGuard::spawn(
-        pod.name,
-        command,
-        &dir.join(format!("{}-agent.log", pod.name)),
-    );
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let mut agent = GatewayAgent {
+        process: ChildGuard::spawn(
+            pod.name,
+            command,
+            &dir.join(format!("{}-agent.log", pod.name)),
+        ),
+    };
     let status = format!("http://{}:{AGENT_STATUS_PORT}/healthz/ready", netns.ip);
     wait_until(
         "the gateway's pilot-agent to answer",
         Duration::from_secs(30),
         || {
-            process.assert_running();
+            agent.process.assert_running();
             crate::http::get_status(&status).is_some()
         },
     );
-    process
+    agent
 }
