@@ -7,8 +7,9 @@
 //! | unset | set | true ⇒ Failed, false ⇒ Successful |
 //! | set | set | failure true ⇒ Failed; else success true ⇒ Successful; else Inconclusive |
 //!
-//! A condition that does not compile, fails at run time or yields a non-boolean makes the
-//! measurement an Error; both conditions are evaluated when present.
+//! A condition that does not compile (normally rejected when the template is loaded), fails at
+//! run time, yields a non-boolean or panics the evaluator makes the measurement an Error; both
+//! conditions are evaluated when present.
 
 use super::{expr, phase::Phase, value::Value};
 
@@ -103,16 +104,35 @@ pub fn evaluate_result(
 }
 
 /// [`evaluate_result`] as a [`Judgement`]: an evaluation problem becomes an Error measurement.
+///
+/// A panic while evaluating (a defect in the evaluator, never expected) is an Error measurement
+/// too: it must not take the controller down or leave the run Running forever.
 pub fn judge(result: &Value, success: Option<&str>, failure: Option<&str>) -> Judgement {
-    match evaluate_result(result, success, failure) {
-        Ok(phase) => Judgement {
+    let evaluated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        evaluate_result(result, success, failure)
+    }));
+    match evaluated {
+        Ok(Ok(phase)) => Judgement {
             phase,
             message: None,
         },
-        Err(e) => Judgement {
+        Ok(Err(e)) => Judgement {
             phase: Phase::Error,
             message: Some(e.to_string()),
         },
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("no message");
+            Judgement {
+                phase: Phase::Error,
+                message: Some(format!(
+                    "evaluating the conditions failed inside Plover (a bug, please report it): {what}"
+                )),
+            }
+        }
     }
 }
 

@@ -531,6 +531,17 @@ fn validate_metric(raw: RawMetric) -> Result<MetricSpec, String> {
             }
         }
     }
+    // A condition that cannot compile would make every measurement an Error, found only after
+    // the first interval; Argo users expect a typo to be an invalid spec at once.
+    for (field, condition) in [
+        ("successCondition", &raw.success_condition),
+        ("failureCondition", &raw.failure_condition),
+    ] {
+        if let Some(c) = condition.as_deref().filter(|c| !c.trim().is_empty()) {
+            crate::expr::Program::compile(c)
+                .map_err(|e| format!("{field} {c:?} does not compile: {e}"))?;
+        }
+    }
     Ok(MetricSpec {
         name: raw.name,
         interval,

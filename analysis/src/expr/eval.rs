@@ -47,7 +47,10 @@ pub(super) fn eval(node: &Node, scope: &mut Scope<'_>) -> Result<Value, ExprErro
             let v = eval(operand, scope)?;
             match (op, v) {
                 (UnaryOp::Not, Value::Bool(b)) => Ok(Value::Bool(!b)),
-                (UnaryOp::Neg, Value::Int(i)) => Ok(Value::Int(i.wrapping_neg())),
+                (UnaryOp::Neg, Value::Int(i)) => i
+                    .checked_neg()
+                    .map(Value::Int)
+                    .ok_or_else(|| ExprError::new(format!("integer overflow: -({i})"), node.pos)),
                 (UnaryOp::Neg, Value::Float(f)) => Ok(Value::Float(-f)),
                 (UnaryOp::Plus, v @ (Value::Int(_) | Value::Float(_))) => Ok(v),
                 (op, v) => {
@@ -324,15 +327,19 @@ fn binary(
         },
         BinaryOp::Range => match (&a, &b) {
             (Value::Int(from), Value::Int(to)) => {
-                if to - from > 1_000_000 {
-                    return err("range too large", pos);
+                // Checked: `-2..9223372036854775807` spans more than an i64 holds.
+                if to.checked_sub(*from).is_none_or(|span| span > 1_000_000) {
+                    return err(
+                        format!("range {from}..{to} too large (at most 1000001 elements)"),
+                        pos,
+                    );
                 }
                 Ok(Value::List((*from..=*to).map(Value::Int).collect()))
             }
             _ => mismatched(sym, &a, &b, pos),
         },
         BinaryOp::Add => match (&a, &b) {
-            (Value::Int(x), Value::Int(y)) => Ok(Value::Int(x.wrapping_add(*y))),
+            (Value::Int(x), Value::Int(y)) => int_op(x.checked_add(*y), &a, &b, sym, pos),
             (Value::String(x), Value::String(y)) => Ok(Value::String(format!("{x}{y}"))),
             (Value::List(x), Value::List(y)) => {
                 Ok(Value::List(x.iter().chain(y).cloned().collect()))
@@ -340,11 +347,11 @@ fn binary(
             _ => float_op(&a, &b, sym, pos, |x, y| x + y),
         },
         BinaryOp::Sub => match (&a, &b) {
-            (Value::Int(x), Value::Int(y)) => Ok(Value::Int(x.wrapping_sub(*y))),
+            (Value::Int(x), Value::Int(y)) => int_op(x.checked_sub(*y), &a, &b, sym, pos),
             _ => float_op(&a, &b, sym, pos, |x, y| x - y),
         },
         BinaryOp::Mul => match (&a, &b) {
-            (Value::Int(x), Value::Int(y)) => Ok(Value::Int(x.wrapping_mul(*y))),
+            (Value::Int(x), Value::Int(y)) => int_op(x.checked_mul(*y), &a, &b, sym, pos),
             _ => float_op(&a, &b, sym, pos, |x, y| x * y),
         },
         // Division is always a float division in expr-lang (`1 / 2 == 0.5`).
@@ -357,6 +364,19 @@ fn binary(
         },
         BinaryOp::And | BinaryOp::Or | BinaryOp::Coalesce => unreachable!("handled above"),
     }
+}
+
+/// An integer operation's result, or an error where Go would wrap around silently.
+fn int_op(
+    result: Option<i64>,
+    a: &Value,
+    b: &Value,
+    sym: &str,
+    pos: Pos,
+) -> Result<Value, ExprError> {
+    result
+        .map(Value::Int)
+        .ok_or_else(|| ExprError::new(format!("integer overflow: {a} {sym} {b}"), pos))
 }
 
 fn float_op(
@@ -406,6 +426,7 @@ fn call(name: &str, args: &[Node], pos: Pos, scope: &mut Scope<'_>) -> Result<Va
     if let [collection, Node {
         expr: Expr::Closure(body),
         pos: predicate_pos,
+        ..
     }] = args
     {
         let items = eval(collection, scope)?;
@@ -509,12 +530,15 @@ fn call(name: &str, args: &[Node], pos: Pos, scope: &mut Scope<'_>) -> Result<Va
             let items = list(arg(0), name, pos)?;
             let all_int = items.iter().all(|v| matches!(v, Value::Int(_)));
             if name == "sum" && all_int {
-                return Ok(Value::Int(
-                    items
-                        .iter()
-                        .map(|v| if let Value::Int(i) = v { *i } else { 0 })
-                        .sum(),
-                ));
+                let mut total: i64 = 0;
+                for item in items {
+                    if let Value::Int(i) = item {
+                        total = total.checked_add(*i).ok_or_else(|| {
+                            ExprError::new(format!("integer overflow in sum() at {i}"), pos)
+                        })?;
+                    }
+                }
+                return Ok(Value::Int(total));
             }
             let mut total = 0.0;
             for item in items {
@@ -553,7 +577,10 @@ fn call(name: &str, args: &[Node], pos: Pos, scope: &mut Scope<'_>) -> Result<Va
                 .ok_or_else(|| ExprError::new(format!("{name}() of an empty array"), pos))
         }
         "abs" => match arg(0) {
-            Value::Int(i) => Ok(Value::Int(i.wrapping_abs())),
+            Value::Int(i) => i
+                .checked_abs()
+                .map(Value::Int)
+                .ok_or_else(|| ExprError::new(format!("integer overflow: abs({i})"), pos)),
             v => Ok(Value::Float(number(v, name, pos)?.abs())),
         },
         "ceil" => Ok(Value::Float(number(arg(0), name, pos)?.ceil())),

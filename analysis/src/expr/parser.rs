@@ -142,6 +142,49 @@ pub(super) enum Expr {
 pub(super) struct Node {
     pub expr: Expr,
     pub pos: Pos,
+    /// Levels of nodes from this one down to its deepest leaf (a leaf is 1); never above
+    /// [`MAX_DEPTH`], so evaluating and dropping a tree cannot exhaust the stack.
+    pub depth: u16,
+}
+
+/// How deep a condition may nest (parentheses, operators, calls, members), and how deep its
+/// tree may grow (`a + b + …` chains count too). Argo's conditions use a handful of levels;
+/// thousands would overflow the stack of whatever parses or evaluates them, and anyone allowed
+/// to write a template could take the shared controller down with one. 64 levels parse and
+/// evaluate within 1 MiB of stack even unoptimised (a tokio worker has 2 MiB).
+pub const MAX_DEPTH: u16 = 64;
+
+impl Node {
+    /// A node over `expr`, or an error when it would be nested deeper than [`MAX_DEPTH`].
+    fn new(expr: Expr, pos: Pos) -> Result<Node, ExprError> {
+        let deepest = |nodes: &mut dyn Iterator<Item = &Node>| nodes.map(|n| n.depth).max();
+        let below = match &expr {
+            Expr::Literal(_) | Expr::Name(_) | Expr::Pointer => None,
+            Expr::Unary(_, a) | Expr::Closure(a) => Some(a.depth),
+            Expr::Binary(_, a, b) => Some(a.depth.max(b.depth)),
+            Expr::Ternary(a, b, c) => Some(a.depth.max(b.depth).max(c.depth)),
+            Expr::Member { object, index, .. } => Some(object.depth.max(index.depth)),
+            Expr::Slice { object, from, to } => deepest(
+                &mut std::iter::once(&**object)
+                    .chain(from.as_deref())
+                    .chain(to.as_deref()),
+            ),
+            Expr::Call { args, .. } | Expr::Array(args) => deepest(&mut args.iter()),
+            Expr::Map(entries) => deepest(&mut entries.iter().map(|(_, n)| n)),
+        };
+        let depth = below.unwrap_or(0).saturating_add(1);
+        if depth > MAX_DEPTH {
+            return Err(too_deep(pos));
+        }
+        Ok(Node { expr, pos, depth })
+    }
+}
+
+fn too_deep(pos: Pos) -> ExprError {
+    ExprError::new(
+        format!("condition nested too deeply: at most {MAX_DEPTH} levels of operators, parentheses and calls"),
+        pos,
+    )
 }
 
 pub(super) struct Parser<'a> {
@@ -149,6 +192,9 @@ pub(super) struct Parser<'a> {
     at: usize,
     names: &'a [&'a str],
     closure_depth: usize,
+    /// How many `expression` calls are open: bounds the parser's own recursion, which
+    /// parentheses and prefix operators deepen without building nodes (`((((1))))`, `!!!!a`).
+    nesting: u16,
 }
 
 impl<'a> Parser<'a> {
@@ -158,6 +204,7 @@ impl<'a> Parser<'a> {
             at: 0,
             names,
             closure_depth: 0,
+            nesting: 0,
         }
     }
 
@@ -215,6 +262,16 @@ impl<'a> Parser<'a> {
     }
 
     fn expression(&mut self, min_precedence: u16) -> Result<Node, ExprError> {
+        if self.nesting >= MAX_DEPTH {
+            return Err(too_deep(self.peek().pos));
+        }
+        self.nesting += 1;
+        let node = self.operators(min_precedence);
+        self.nesting -= 1;
+        node
+    }
+
+    fn operators(&mut self, min_precedence: u16) -> Result<Node, ExprError> {
         let mut left = self.unary()?;
         loop {
             let token = self.peek().clone();
@@ -234,10 +291,10 @@ impl<'a> Parser<'a> {
                     let then = self.expression(0)?;
                     self.expect(":", "in the ternary `cond ? a : b`")?;
                     let otherwise = self.expression(0)?;
-                    left = Node {
-                        expr: Expr::Ternary(Box::new(left), Box::new(then), Box::new(otherwise)),
-                        pos: token.pos,
-                    };
+                    left = Node::new(
+                        Expr::Ternary(Box::new(left), Box::new(then), Box::new(otherwise)),
+                        token.pos,
+                    )?;
                     continue;
                 }
                 break;
@@ -256,10 +313,10 @@ impl<'a> Parser<'a> {
             };
             let right = self.expression(next_min)?;
             let bin = if negated { BinaryOp::NotIn } else { bin };
-            left = Node {
-                expr: Expr::Binary(bin, Box::new(left), Box::new(right)),
-                pos: token.pos,
-            };
+            left = Node::new(
+                Expr::Binary(bin, Box::new(left), Box::new(right)),
+                token.pos,
+            )?;
         }
         Ok(left)
     }
@@ -275,10 +332,7 @@ impl<'a> Parser<'a> {
         if let Some((op, precedence)) = op {
             self.next();
             let operand = self.expression(precedence)?;
-            return Ok(Node {
-                expr: Expr::Unary(op, Box::new(operand)),
-                pos: token.pos,
-            });
+            return Node::new(Expr::Unary(op, Box::new(operand)), token.pos);
         }
         let primary = self.primary()?;
         self.postfix(primary)
@@ -312,14 +366,8 @@ impl<'a> Parser<'a> {
             Tok::Op(".") if self.closure_depth > 0 => {
                 let name = self.property_name()?;
                 Expr::Member {
-                    object: Box::new(Node {
-                        expr: Expr::Pointer,
-                        pos,
-                    }),
-                    index: Box::new(Node {
-                        expr: Expr::Literal(Value::String(name)),
-                        pos,
-                    }),
+                    object: Box::new(Node::new(Expr::Pointer, pos)?),
+                    index: Box::new(Node::new(Expr::Literal(Value::String(name)), pos)?),
                     optional: false,
                 }
             }
@@ -372,7 +420,7 @@ impl<'a> Parser<'a> {
                 ))
             }
         };
-        Ok(Node { expr, pos })
+        Node::new(expr, pos)
     }
 
     fn property_name(&mut self) -> Result<String, ExprError> {
@@ -399,17 +447,17 @@ impl<'a> Parser<'a> {
                     self.next();
                     let name_pos = self.peek().pos;
                     let name = self.property_name()?;
-                    node = Node {
-                        expr: Expr::Member {
+                    node = Node::new(
+                        Expr::Member {
                             object: Box::new(node),
-                            index: Box::new(Node {
-                                expr: Expr::Literal(Value::String(name)),
-                                pos: name_pos,
-                            }),
+                            index: Box::new(Node::new(
+                                Expr::Literal(Value::String(name)),
+                                name_pos,
+                            )?),
                             optional: op == "?.",
                         },
-                        pos: token.pos,
-                    };
+                        token.pos,
+                    )?;
                 }
                 Tok::Op("[") => {
                     self.next();
@@ -426,25 +474,25 @@ impl<'a> Parser<'a> {
                             Some(Box::new(self.expression(0)?))
                         };
                         self.expect("]", "to close the slice")?;
-                        node = Node {
-                            expr: Expr::Slice {
+                        node = Node::new(
+                            Expr::Slice {
                                 object: Box::new(node),
                                 from,
                                 to,
                             },
-                            pos: token.pos,
-                        };
+                            token.pos,
+                        )?;
                     } else {
                         self.expect("]", "to close the index")?;
                         let index = from.expect("an index expression was parsed");
-                        node = Node {
-                            expr: Expr::Member {
+                        node = Node::new(
+                            Expr::Member {
                                 object: Box::new(node),
                                 index,
                                 optional: false,
                             },
-                            pos: token.pos,
-                        };
+                            token.pos,
+                        )?;
                     }
                 }
                 _ => return Ok(node),
@@ -472,10 +520,7 @@ impl<'a> Parser<'a> {
                     self.expression(0)?
                 };
                 self.closure_depth -= 1;
-                args.push(Node {
-                    expr: Expr::Closure(Box::new(body)),
-                    pos: body_pos,
-                });
+                args.push(Node::new(Expr::Closure(Box::new(body)), body_pos)?);
             } else {
                 args.push(self.expression(0)?);
             }
@@ -509,9 +554,6 @@ impl<'a> Parser<'a> {
                 pos,
             ));
         }
-        Ok(Node {
-            expr: Expr::Call { name, args },
-            pos,
-        })
+        Node::new(Expr::Call { name, args }, pos)
     }
 }

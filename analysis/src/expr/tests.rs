@@ -343,3 +343,68 @@ fn nan_comparisons_are_false() {
     }
     assert_eq!(eval_condition(&nan, "result != result"), Ok(true));
 }
+
+#[test]
+fn integer_overflow_is_an_error_not_a_wrapped_number_or_a_panic() {
+    let nil = Value::Nil;
+    for (condition, expected) in [
+        ("len(-2..9223372036854775807) > 0", "too large"),
+        (
+            "len(-9223372036854775807..9223372036854775807) > 0",
+            "too large",
+        ),
+        ("9223372036854775807 + 1 > 0", "integer overflow"),
+        ("-9223372036854775807 - 2 < 0", "integer overflow"),
+        ("9223372036854775807 * 2 > 0", "integer overflow"),
+        ("-(-9223372036854775807 - 1) > 0", "integer overflow"),
+        ("abs(-9223372036854775807 - 1) > 0", "integer overflow"),
+        ("sum([9223372036854775807, 1]) > 0", "integer overflow"),
+    ] {
+        let error = eval_condition(&nil, condition).expect_err(condition);
+        assert!(error.message.contains(expected), "{condition}: {error}");
+    }
+    // In range, the same operations still compute.
+    assert_eq!(eval_condition(&nil, "len(-2..2) == 5"), Ok(true));
+    assert_eq!(
+        eval_condition(&nil, "9223372036854775806 + 1 == 9223372036854775807"),
+        Ok(true)
+    );
+}
+
+#[test]
+fn deep_nesting_is_a_parse_error_not_a_stack_overflow() {
+    let deep = 3_000;
+    for condition in [
+        format!("{}true", "!".repeat(deep)),
+        format!("{}true{}", "(".repeat(deep), ")".repeat(deep)),
+        format!("{}1{} > 0", "[".repeat(deep), "]".repeat(deep)),
+        format!("{} > 0", vec!["1"; deep].join(" + ")),
+        format!("result{} == nil", ".a".repeat(deep)),
+        format!("{}1{} > 0", "abs(".repeat(deep), ")".repeat(deep)),
+        // Far beyond what any stack holds: still a prompt, clear error.
+        format!("{}true", "!".repeat(1_000_000)),
+    ] {
+        let error = Program::compile(&condition).expect_err("too deep");
+        assert!(
+            error.message.contains("nested too deeply"),
+            "{}…: {error}",
+            &condition[..40]
+        );
+    }
+    // Just inside the limit compiles and evaluates, on a test thread's ordinary stack.
+    let levels = usize::from(parser::MAX_DEPTH) - 1;
+    for (condition, expected) in [
+        (format!("{}true", "!".repeat(levels)), levels % 2 == 0),
+        (
+            format!("{}true{}", "(".repeat(levels), ")".repeat(levels)),
+            true,
+        ),
+        (
+            format!("{} == {levels}", vec!["1"; levels].join(" + ")),
+            true,
+        ),
+    ] {
+        let program = Program::compile(&condition).expect("within the limit");
+        assert_eq!(program.eval_bool(&Value::Nil), Ok(expected));
+    }
+}

@@ -453,3 +453,27 @@ fn secret_env_var_names() {
         "PLOVER_SECRET_WORKSPACE_URL_SECRETURL"
     );
 }
+
+#[test]
+fn conditions_that_do_not_compile_are_an_invalid_spec_at_load() {
+    for (extra, expected) in [
+        (
+            "successCondition: 'result >='",
+            "Analysis spec invalid: metrics[0]: successCondition \"result >=\" does not compile: expected an expression, found end of condition (1:10)",
+        ),
+        (
+            "failureCondition: 'lenn(result) > 0'",
+            "Analysis spec invalid: metrics[0]: failureCondition \"lenn(result) > 0\" does not compile: unknown func lenn (1:1)",
+        ),
+        (
+            "successCondition: 'reslt > 0'",
+            "does not compile: unknown name reslt (1:1)",
+        ),
+    ] {
+        let error = one(&metric_yaml(extra)).expect_err(extra).to_string();
+        assert!(error.contains(expected), "{extra}: {error}");
+    }
+    // After argument substitution: a placeholder that resolves to valid syntax compiles.
+    let yaml = "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: t}\nspec:\n  args: [{name: limit, value: '0.95'}]\n  metrics:\n  - name: m\n    successCondition: 'result >= {{args.limit}}'\n    provider: {web: {url: 'http://x'}}\n";
+    assert!(one(yaml).is_ok());
+}

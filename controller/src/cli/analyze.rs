@@ -16,7 +16,6 @@ use serde_json::json;
 
 use super::rfc3339;
 use plover_analysis::{
-    expr,
     phase::Phase,
     provider::{self, Providers, Settings},
     run::{Measurement, Run, RunOptions, Termination},
@@ -273,16 +272,6 @@ async fn run_inner(
             m.name,
             analysis.redact(&describe(m, &providers))
         );
-        for (which, condition) in [
-            ("successCondition", &m.success_condition),
-            ("failureCondition", &m.failure_condition),
-        ] {
-            if let Some(c) = condition {
-                if let Err(e) = expr::Program::compile(c) {
-                    let _ = writeln!(log, "    warning: {which} {c:?} does not compile: {e}; every measurement will be an Error");
-                }
-            }
-        }
     }
     for (m, reason) in &skipped {
         let _ = writeln!(log, "  {}: skipped, not run here: {reason}", m.name);
