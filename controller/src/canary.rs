@@ -18,6 +18,7 @@ pub mod decide;
 pub mod measurement;
 pub mod resolve;
 pub mod spec;
+pub mod split;
 pub mod status;
 pub mod validate;
 

@@ -62,48 +62,33 @@ pub fn selector_labels(d: &Deployment) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-/// The canary's share of the service's requests in an exporter answer.
+/// The canary's requests (role `canary`) and all requests in an exporter answer.
 pub fn traffic_from_stats(stats: &StatsResponse) -> TrafficObservation {
-    let requests: u64 = stats.revisions.iter().map(|r| r.requests).sum();
-    let canary: u64 = stats
-        .revisions
-        .iter()
-        .filter(|r| r.role == "canary")
-        .map(|r| r.requests)
-        .sum();
-    let canary_percent = if requests == 0 {
-        0.0
-    } else {
-        100.0 * canary as f64 / requests as f64
-    };
-    TrafficObservation {
-        canary_percent,
-        requests,
-    }
+    traffic_where(stats, |r| r.role == "canary")
 }
 
-/// The share of the revision named `canary` (local mode, where revisions are cluster names),
+/// The requests of the revision named `canary` (local mode, where revisions are cluster names),
 /// falling back to the `canary` role when no entry has that name. Names survive a promotion;
 /// a role tag may lag behind it.
 pub fn traffic_of_revision(stats: &StatsResponse, canary: &str) -> TrafficObservation {
     if !stats.revisions.iter().any(|r| r.revision == canary) {
         return traffic_from_stats(stats);
     }
-    let requests: u64 = stats.revisions.iter().map(|r| r.requests).sum();
-    let of_canary: u64 = stats
-        .revisions
-        .iter()
-        .filter(|r| r.revision == canary)
-        .map(|r| r.requests)
-        .sum();
-    let canary_percent = if requests == 0 {
-        0.0
-    } else {
-        100.0 * of_canary as f64 / requests as f64
-    };
+    traffic_where(stats, |r| r.revision == canary)
+}
+
+fn traffic_where(
+    stats: &StatsResponse,
+    is_canary: impl Fn(&plover_wire::stats::RevisionStats) -> bool,
+) -> TrafficObservation {
     TrafficObservation {
-        canary_percent,
-        requests,
+        canary_requests: stats
+            .revisions
+            .iter()
+            .filter(|r| is_canary(r))
+            .map(|r| r.requests)
+            .sum(),
+        requests: stats.revisions.iter().map(|r| r.requests).sum(),
     }
 }
 
@@ -241,7 +226,7 @@ mod tests {
         assert_eq!(
             traffic_from_stats(&stats),
             TrafficObservation {
-                canary_percent: 25.0,
+                canary_requests: 250,
                 requests: 1000
             }
         );
@@ -265,7 +250,7 @@ mod tests {
         assert_eq!(
             traffic_of_revision(&by_name, "v2"),
             TrafficObservation {
-                canary_percent: 40.0,
+                canary_requests: 400,
                 requests: 1000
             }
         );
@@ -276,7 +261,7 @@ mod tests {
         assert_eq!(
             traffic_from_stats(&StatsResponse::default()),
             TrafficObservation {
-                canary_percent: 0.0,
+                canary_requests: 0,
                 requests: 0
             }
         );

@@ -18,6 +18,7 @@ use super::{
         AnalysisSource, CanarySpec, StepKind, DEFAULT_MIN_REQUESTS, DEFAULT_MISMATCH_AFTER,
         DEFAULT_TRAFFIC_TOLERANCE, DEFAULT_TRAFFIC_WINDOW,
     },
+    split::{self, Split},
     status::{
         conditions, reasons, AnalysisRunStatus, CanaryPhase, CanaryStatus, MetricStatus,
         PauseReason, PauseState,
@@ -58,10 +59,21 @@ impl WorkloadState {
 /// What the exporter saw over the check window.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TrafficObservation {
-    /// Canary share of the service's requests, in percent (0–100).
-    pub canary_percent: f64,
+    /// Requests the canary served in the window.
+    pub canary_requests: u64,
     /// Requests of all revisions in the window.
     pub requests: u64,
+}
+
+impl TrafficObservation {
+    /// The canary's share of the service's requests, in percent (0–100; 0 with no requests).
+    pub fn canary_percent(&self) -> f64 {
+        if self.requests == 0 {
+            0.0
+        } else {
+            100.0 * self.canary_requests as f64 / self.requests as f64
+        }
+    }
 }
 
 /// The analysis engine's word on one run.
@@ -341,7 +353,7 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
     b.status.stable_revision = Some(stable_rev.clone());
     if let Some(traffic) = obs.traffic {
         if observation_due(&b.status, &obs.now) {
-            b.status.observed_weight = Some((traffic.canary_percent * 10.0).round() / 10.0);
+            b.status.observed_weight = Some((traffic.canary_percent() * 10.0).round() / 10.0);
             b.status.observed_at = Some(b.now.clone());
         }
     }
@@ -824,11 +836,16 @@ fn set_weight_step(b: &mut Builder<'_, '_>, weight: u32) -> bool {
         Some(t) if t.requests < min_requests => {
             Err(format!("{} requests in the last {window}s, fewer than minRequests {min_requests}", t.requests))
         }
-        Some(t) if (t.canary_percent - f64::from(weight)).abs() <= f64::from(tolerance) => Ok(()),
-        Some(t) => Err(format!(
-            "observed canary share {:.1}% over {} requests in the last {window}s; desired {weight}% ± {tolerance}",
-            t.canary_percent, t.requests
-        )),
+        Some(t) => match split::judge(t.canary_requests, t.requests, weight, tolerance) {
+            Split::Matches => Ok(()),
+            Split::Mismatch { tolerance } => Err(format!(
+                "observed canary share {:.1}% ({} of {} requests in the last {window}s); desired {weight}%: more than {tolerance} points off, and beyond chance (binomial test at α {})",
+                t.canary_percent(),
+                t.canary_requests,
+                t.requests,
+                split::SPLIT_ALPHA
+            )),
+        },
     };
     match verdict {
         Ok(()) => {

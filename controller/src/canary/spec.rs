@@ -346,8 +346,8 @@ pub struct DryRunRule {
     pub metric_name: String,
 }
 
-/// The observed-split gate: after a weight change, the step completes only once the exporter
-/// sees the canary's share of requests within `tolerance` of the desired weight.
+/// The observed-split gate: after a weight change, the step completes only once the canary's
+/// requests seen by the exporter are consistent with the desired weight (see `split`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficCheck {
@@ -359,7 +359,7 @@ pub struct TrafficCheck {
     /// Window the share is measured over (`30s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<String>,
-    /// Allowed distance between observed and desired canary weight, in percentage points (default 5).
+    /// Allowed distance between observed and desired canary weight, in percentage points (default 5), at most half the weight's distance to 0 or 100; a larger distance is a mismatch once chance cannot explain it (binomial test, α 0.001).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub tolerance: Option<i32>,

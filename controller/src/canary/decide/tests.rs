@@ -735,7 +735,7 @@ fn with_check(steps: Vec<CanaryStep>) -> CanarySpec {
 fn a_weight_step_completes_only_when_the_observed_split_matches() {
     let mut w = World::new(with_check(vec![weight(20), weight(50)]));
     w.traffic = Some(TrafficObservation {
-        canary_percent: 0.0,
+        canary_requests: 0,
         requests: 1000,
     });
     let d = w.tick();
@@ -745,7 +745,7 @@ fn a_weight_step_completes_only_when_the_observed_split_matches() {
 
     // A full window after the change, the exporter sees the new split.
     w.traffic = Some(TrafficObservation {
-        canary_percent: 21.3,
+        canary_requests: 213,
         requests: 1000,
     });
     let d = w.tick_at(10);
@@ -764,7 +764,7 @@ fn a_weight_step_completes_only_when_the_observed_split_matches() {
 fn a_persistent_mismatch_is_reported_as_a_condition_once() {
     let mut w = World::new(with_check(vec![weight(20), weight(50)]));
     w.traffic = Some(TrafficObservation {
-        canary_percent: 0.0,
+        canary_requests: 0,
         requests: 1000,
     });
     w.tick();
@@ -783,7 +783,7 @@ fn a_persistent_mismatch_is_reported_as_a_condition_once() {
     assert_eq!(cond.status, "True");
     assert_eq!(
         cond.message,
-        "observed canary share 0.0% over 1000 requests in the last 30s; desired 20% ± 5"
+        "observed canary share 0.0% (0 of 1000 requests in the last 30s); desired 20%: more than 5 points off, and beyond chance (binomial test at α 0.001)"
     );
     assert_eq!(events(&d), vec![reasons::SPLIT_MISMATCH]);
     assert_eq!(
@@ -794,7 +794,7 @@ fn a_persistent_mismatch_is_reported_as_a_condition_once() {
     assert!(events(&w.tick_at(130)).is_empty());
 
     w.traffic = Some(TrafficObservation {
-        canary_percent: 19.0,
+        canary_requests: 190,
         requests: 1000,
     });
     let d = w.tick_at(140);
@@ -806,10 +806,38 @@ fn a_persistent_mismatch_is_reported_as_a_condition_once() {
 }
 
 #[test]
+fn a_small_weight_is_not_confirmed_while_the_canary_receives_nothing() {
+    // 0 of 1,000 is within 5 points of 2%, but no 2% split gives it.
+    let mut w = World::new(with_check(vec![weight(2), weight(50)]));
+    w.traffic = Some(TrafficObservation {
+        canary_requests: 0,
+        requests: 1000,
+    });
+    w.tick();
+    let d = w.tick_at(121);
+    assert_eq!(d.status.current_step_index, Some(0));
+    let cond = d
+        .status
+        .condition(conditions::TRAFFIC_SPLIT_MISMATCH)
+        .expect("mismatch reported");
+    assert!(
+        cond.message.contains("desired 2%: more than 1 points off"),
+        "{}",
+        cond.message
+    );
+    // A count a 2% split gives by chance confirms it.
+    w.traffic = Some(TrafficObservation {
+        canary_requests: 14,
+        requests: 1000,
+    });
+    assert_eq!(w.tick_at(130).status.current_step_index, Some(1));
+}
+
+#[test]
 fn too_little_traffic_cannot_confirm_the_split() {
     let mut w = World::new(with_check(vec![weight(20)]));
     w.traffic = Some(TrafficObservation {
-        canary_percent: 20.0,
+        canary_requests: 2,
         requests: 12,
     });
     w.tick();
@@ -853,7 +881,7 @@ fn an_edited_router_is_put_right_because_weights_are_always_stated() {
 fn a_live_share_does_not_rewrite_the_status_on_every_reconcile() {
     let mut w = World::new(with_check(vec![weight(20), weight(50)]));
     w.traffic = Some(TrafficObservation {
-        canary_percent: 3.0,
+        canary_requests: 30,
         requests: 1000,
     });
     w.tick();
@@ -865,7 +893,7 @@ fn a_live_share_does_not_rewrite_the_status_on_every_reconcile() {
         .is_some());
     // The reconcile our own status write triggers, a moment later, with slightly other numbers.
     w.traffic = Some(TrafficObservation {
-        canary_percent: 3.4,
+        canary_requests: 34,
         requests: 1012,
     });
     let again = w.tick_at(201);
@@ -880,7 +908,7 @@ fn a_live_share_does_not_rewrite_the_status_on_every_reconcile() {
         .condition(conditions::TRAFFIC_SPLIT_MISMATCH)
         .unwrap();
     assert!(
-        cond.message.contains("3.4% over 1012 requests"),
+        cond.message.contains("3.4% (34 of 1012 requests"),
         "{}",
         cond.message
     );
@@ -967,7 +995,7 @@ fn an_exporter_that_does_not_answer_is_said_at_once() {
     assert!(!events(&w.tick_at(5)).contains(&reasons::EXPORTER_UNREACHABLE));
     w.traffic_error = None;
     w.traffic = Some(TrafficObservation {
-        canary_percent: 20.0,
+        canary_requests: 200,
         requests: 1000,
     });
     let d = w.tick_at(10);
