@@ -16,7 +16,7 @@ use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use super::{
     spec::{
         AnalysisSource, CanarySpec, StepKind, DEFAULT_MIN_REQUESTS, DEFAULT_MISMATCH_AFTER,
-        DEFAULT_TRAFFIC_TOLERANCE, DEFAULT_TRAFFIC_WINDOW,
+        DEFAULT_PROGRESS_DEADLINE_SECONDS, DEFAULT_TRAFFIC_TOLERANCE, DEFAULT_TRAFFIC_WINDOW,
     },
     split::{self, Split},
     status::{
@@ -183,6 +183,9 @@ struct Builder<'o, 'a> {
     status: CanaryStatus,
     actions: Vec<Action>,
     requeue_after: Option<Duration>,
+    /// What this decision waits on that the rollout does not control (for the progress
+    /// deadline); None: it moved on, paused or is analysing.
+    stalled_on: Option<String>,
 }
 
 impl Builder<'_, '_> {
@@ -230,7 +233,88 @@ impl Builder<'_, '_> {
         }
     }
 
+    /// The rollout waits on `what` (the canary's pods, the observed split): past
+    /// `progressDeadlineSeconds` of such waiting it is Degraded, or aborted with
+    /// `progressDeadlineAbort`, as Argo Rollouts does.
+    /// `may_abort`: false once the revision is being promoted (there is nothing to abort to).
+    fn stalled(&mut self, what: String, may_abort: bool) {
+        let since = self
+            .status
+            .stalled_since
+            .get_or_insert_with(|| self.now.clone())
+            .clone();
+        let deadline = Duration::from_secs(
+            self.obs
+                .spec
+                .progress_deadline_seconds
+                .and_then(|s| u64::try_from(s).ok())
+                .unwrap_or(u64::from(DEFAULT_PROGRESS_DEADLINE_SECONDS)),
+        );
+        let waited = elapsed(&since, &self.obs.now);
+        if waited < deadline {
+            self.requeue(deadline - waited);
+            self.stalled_on = Some(what);
+            return;
+        }
+        let message = format!(
+            "no progress for {}s (progressDeadlineSeconds): {what}",
+            deadline.as_secs()
+        );
+        if self.obs.spec.progress_deadline_abort && may_abort {
+            abort(
+                self,
+                Some(format!(
+                    "{}: {message}",
+                    reasons::PROGRESS_DEADLINE_EXCEEDED
+                )),
+            );
+            return;
+        }
+        self.stalled_on = Some(what);
+        let first = self
+            .status
+            .condition(conditions::PROGRESSING)
+            .is_none_or(|c| c.reason != reasons::PROGRESS_DEADLINE_EXCEEDED);
+        let now = self.now.clone();
+        let generation = self.obs.generation;
+        self.status.set_condition(
+            conditions::PROGRESSING,
+            false,
+            reasons::PROGRESS_DEADLINE_EXCEEDED,
+            &message,
+            &now,
+            generation,
+        );
+        self.status.phase = Some(CanaryPhase::Degraded);
+        self.status.message = Some(format!(
+            "{}: {message}",
+            reasons::PROGRESS_DEADLINE_EXCEEDED
+        ));
+        if first {
+            self.event(true, reasons::PROGRESS_DEADLINE_EXCEEDED, message);
+        }
+    }
+
     fn finish(mut self) -> Decision {
+        if self.stalled_on.is_none() {
+            self.status.stalled_since = None;
+            let exceeded = self
+                .status
+                .condition(conditions::PROGRESSING)
+                .is_some_and(|c| c.reason == reasons::PROGRESS_DEADLINE_EXCEEDED);
+            if exceeded && !self.status.abort {
+                let now = self.now.clone();
+                let generation = self.obs.generation;
+                self.status.set_condition(
+                    conditions::PROGRESSING,
+                    true,
+                    reasons::PROGRESS_RESUMED,
+                    "progressing again",
+                    &now,
+                    generation,
+                );
+            }
+        }
         // Actions in a stable order: stop analyses, then traffic, then workloads, start analyses, events.
         let rank = |a: &Action| match a {
             Action::StopAnalysis { .. } => 0,
@@ -297,6 +381,7 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         status: obs.status.clone(),
         actions: Vec::new(),
         requeue_after: None,
+        stalled_on: None,
     };
     b.status.observed_generation = obs.generation;
 
@@ -454,12 +539,14 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
     // rolled out this revision (observed generation, updated and available replicas), as Argo
     // and Flagger wait for the canary's availability.
     if !obs.canary.rolled_out {
-        b.status.phase = Some(CanaryPhase::Progressing);
-        b.status.message = Some(format!(
+        let waiting = format!(
             "waiting for {} to roll out revision {canary_rev}",
             obs.spec.workload.canary
-        ));
+        );
+        b.status.phase = Some(CanaryPhase::Progressing);
+        b.status.message = Some(waiting.clone());
         b.requeue(POLL_INTERVAL);
+        b.stalled(waiting, true);
         return b.finish();
     }
 
@@ -499,6 +586,15 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
             if b.status.phase != Some(CanaryPhase::Paused) {
                 b.status.phase = Some(CanaryPhase::Progressing);
                 b.status.message = Some(step_text);
+            }
+            if let StepKind::SetWeight(w) = kind {
+                b.stalled(
+                    format!(
+                        "step {}/{len}: the observed split has not confirmed weight {w}",
+                        index + 1
+                    ),
+                    true,
+                );
             }
             return b.finish();
         }
@@ -560,12 +656,14 @@ fn steady(mut b: Builder<'_, '_>, revision: &str) -> Decision {
         // Keep the split as it is: the canary still serves its share while stable rolls out.
         let weight = b.status.desired_weight;
         b.set_weight(weight);
-        b.status.phase = Some(CanaryPhase::Promoting);
-        b.status.message = Some(format!(
+        let waiting = format!(
             "waiting for {} to roll out revision {revision}",
             obs.spec.workload.stable
-        ));
+        );
+        b.status.phase = Some(CanaryPhase::Promoting);
+        b.status.message = Some(waiting.clone());
         b.requeue(POLL_INTERVAL);
+        b.stalled(waiting, false);
         return b.finish();
     }
     let was_promoting = b.status.phase == Some(CanaryPhase::Promoting);

@@ -64,7 +64,21 @@ pub struct CanarySpec {
     /// Verify the split from the exporter's observed traffic before a weight step completes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_check: Option<TrafficCheck>,
+    /// Seconds the rollout may wait on something it does not control (the canary's pods
+    /// becoming available, the observed split matching the weight) before it is Degraded with
+    /// reason `ProgressDeadlineExceeded` (Argo Rollouts' field; default 600). Pauses and running
+    /// analyses do not count: they wait by design.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub progress_deadline_seconds: Option<i32>,
+    /// Abort the rollout (all traffic back to stable) when the progress deadline is exceeded,
+    /// instead of only marking it Degraded (Argo Rollouts' field; default false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub progress_deadline_abort: bool,
 }
+
+/// Default `progressDeadlineSeconds`, Argo Rollouts' and Kubernetes Deployments'.
+pub const DEFAULT_PROGRESS_DEADLINE_SECONDS: u32 = 600;
 
 /// The stable and canary workloads. On Kubernetes these are Deployments in the Canary's
 /// namespace; in local mode they are revision names (Envoy cluster names).

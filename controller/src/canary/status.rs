@@ -250,6 +250,11 @@ pub struct CanaryStatus {
     pub weight_changed_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause: Option<PauseState>,
+    /// Since when the rollout has been waiting on something it does not control (the canary's
+    /// pods, the observed split); cleared when it moves on. Measured against
+    /// `progressDeadlineSeconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalled_since: Option<Time>,
     /// Request to abort (set by `plover abort`, or by the controller on a failed analysis).
     /// `plover retry` clears it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -302,6 +307,8 @@ pub mod reasons {
     pub const WORKLOAD_NOT_FOUND: &str = "WorkloadNotFound";
     pub const ROUTE_NOT_WRITABLE: &str = "RouteNotWritable";
     pub const EXPORTER_UNREACHABLE: &str = "ExporterUnreachable";
+    pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
+    pub const PROGRESS_RESUMED: &str = "ProgressResumed";
 }
 
 impl CanaryStatus {

@@ -95,6 +95,9 @@ pub fn validate(spec: &CanarySpec) -> Result<(), InvalidSpec> {
         );
     }
     validate_routing(&mut e, &spec.traffic_routing, &spec.workload);
+    if spec.progress_deadline_seconds.is_some_and(|s| s < 1) {
+        e.push("spec.progressDeadlineSeconds", "must be >= 1");
+    }
     for (i, step) in spec.steps.iter().enumerate() {
         let field = format!("spec.steps[{i}]");
         let set = [
@@ -457,8 +460,13 @@ mod tests {
             ..Default::default()
         });
         spec.workload.canary = "podinfo".into();
+        spec.progress_deadline_seconds = Some(0);
         let err = validate(&spec).unwrap_err();
         let text = err.to_string();
+        assert!(
+            text.contains("spec.progressDeadlineSeconds: must be >= 1"),
+            "{text}"
+        );
         assert!(
             text.contains("spec.workload.canary: must differ from spec.workload.stable"),
             "{text}"

@@ -1004,3 +1004,99 @@ fn an_exporter_that_does_not_answer_is_said_at_once() {
         .condition(conditions::TRAFFIC_CHECK_FAILED)
         .is_none());
 }
+
+fn progressing(d: &Decision) -> (String, String) {
+    let c = d
+        .status
+        .condition(conditions::PROGRESSING)
+        .expect("Progressing condition");
+    (c.status.clone(), c.reason.clone())
+}
+
+#[test]
+fn a_canary_that_never_rolls_out_is_degraded_after_the_progress_deadline() {
+    let mut w = World::new(spec(vec![weight(20), pause(None)]));
+    w.canary = rolling_out("v2");
+    w.tick();
+    let d = w.tick_at(599);
+    assert_eq!(d.status.phase, Some(CanaryPhase::Progressing));
+    assert!(d.requeue_after.is_some_and(|r| r <= Duration::from_secs(5)));
+    let d = w.tick_at(600);
+    assert_eq!(d.status.phase, Some(CanaryPhase::Degraded));
+    assert_eq!(
+        progressing(&d),
+        ("False".into(), reasons::PROGRESS_DEADLINE_EXCEEDED.into())
+    );
+    assert_eq!(
+        d.status.message.as_deref(),
+        Some("ProgressDeadlineExceeded: no progress for 600s (progressDeadlineSeconds): waiting for podinfo-canary to roll out revision v2")
+    );
+    assert_eq!(events(&d), vec![reasons::PROGRESS_DEADLINE_EXCEEDED]);
+    assert_eq!(d.weights(), Some((0, 100)), "nothing reaches the canary");
+    let d = w.tick_at(700);
+    assert!(events(&d).is_empty(), "one event, not one per look");
+    assert_eq!(d.status.phase, Some(CanaryPhase::Degraded));
+    // The pods come up at last: the rollout moves on and says so.
+    w.canary.rolled_out = true;
+    let d = w.tick_at(710);
+    assert_eq!(d.status.phase, Some(CanaryPhase::Paused));
+    assert_eq!(d.weights(), Some((20, 80)));
+    assert_eq!(d.status.stalled_since, None);
+    assert_eq!(progressing(&d).0, "True");
+}
+
+#[test]
+fn progress_deadline_abort_rolls_back_a_stuck_split() {
+    let mut s = with_check(vec![weight(20), weight(50)]);
+    s.progress_deadline_seconds = Some(60);
+    s.progress_deadline_abort = true;
+    let mut w = World::new(s);
+    w.traffic = Some(TrafficObservation {
+        canary_requests: 0,
+        requests: 1000,
+    });
+    assert_eq!(w.tick().weights(), Some((20, 80)));
+    assert_eq!(w.tick_at(59).status.phase, Some(CanaryPhase::Progressing));
+    let d = w.tick_at(60);
+    assert_eq!(d.weights(), Some((0, 100)));
+    assert!(d.status.abort);
+    assert_eq!(d.status.phase, Some(CanaryPhase::Degraded));
+    assert_eq!(
+        d.status.message.as_deref(),
+        Some("RolloutAborted: ProgressDeadlineExceeded: no progress for 60s (progressDeadlineSeconds): step 1/2: the observed split has not confirmed weight 20")
+    );
+    assert_eq!(events(&d), vec![reasons::ABORTED]);
+}
+
+#[test]
+fn pauses_and_running_analyses_are_not_a_lack_of_progress() {
+    let mut w = World::new(spec(vec![weight(20), pause(None), analysis("slow")]));
+    w.tick();
+    let d = w.tick_at(10_000);
+    assert_eq!(d.status.phase, Some(CanaryPhase::Paused));
+    assert_eq!(d.status.stalled_since, None);
+    w.status.promote = true;
+    w.tick_at(10_001);
+    w.analyses
+        .insert("podinfo-v2-0-step2".into(), Verdict::of(Phase::Running, ""));
+    let d = w.tick_at(20_000);
+    assert_eq!(d.status.phase, Some(CanaryPhase::Progressing));
+    assert_eq!(d.status.stalled_since, None);
+    assert!(events(&d).is_empty());
+}
+
+#[test]
+fn a_stable_rollout_that_never_completes_is_degraded_but_not_aborted() {
+    let mut s = spec(vec![weight(20)]);
+    s.progress_deadline_abort = true;
+    let mut w = World::new(s);
+    w.tick();
+    // Promoted: stable now carries v2 but its pods never become available.
+    w.stable = rolling_out("v2");
+    let d = w.tick_at(5);
+    assert_eq!(d.status.phase, Some(CanaryPhase::Promoting));
+    let d = w.tick_at(606);
+    assert_eq!(d.status.phase, Some(CanaryPhase::Degraded));
+    assert!(!d.status.abort);
+    assert_eq!(d.weights(), Some((20, 80)), "the split stays as it was");
+}
