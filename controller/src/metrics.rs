@@ -150,8 +150,14 @@ impl Metrics {
         self.desired_weight
             .get_or_create(&labels)
             .set(i64::from(status.desired_weight));
-        if let Some(w) = status.observed_weight {
-            self.observed_weight.get_or_create(&labels).set(w);
+        // No observation at this weight: no sample, rather than the last weight's share.
+        match status.observed_weight {
+            Some(w) => {
+                self.observed_weight.get_or_create(&labels).set(w);
+            }
+            None => {
+                self.observed_weight.remove(&labels);
+            }
         }
         for (analysis, run) in [
             ("step", &status.step_analysis),

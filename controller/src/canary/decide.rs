@@ -206,6 +206,9 @@ impl Builder<'_, '_> {
         if self.status.desired_weight != canary {
             self.status.desired_weight = canary;
             self.status.weight_changed_at = Some(self.now.clone());
+            self.status.observed_weight = None;
+            self.status.observed_requests = None;
+            self.status.observed_at = None;
             self.status
                 .remove_condition(conditions::TRAFFIC_SPLIT_MISMATCH);
         }
@@ -359,6 +362,41 @@ fn background_serial(run: &AnalysisRunStatus) -> u32 {
 }
 
 /// Whether the observed share may be recorded again (see [`OBSERVED_REFRESH`]).
+/// The check window: the exporter's sample of the split.
+fn traffic_window(spec: &CanarySpec) -> Duration {
+    let window = spec
+        .traffic_check
+        .as_ref()
+        .and_then(|c| c.window.as_deref())
+        .unwrap_or(DEFAULT_TRAFFIC_WINDOW);
+    Duration::from_secs(plover_wire::stats::parse_window_seconds(window).unwrap_or(30))
+}
+
+/// `observedWeight` from this observation's sample when that sample holds only traffic routed
+/// at the current weight to the current revision (a full window since either changed);
+/// absent otherwise.
+fn record_observed_weight(b: &mut Builder<'_, '_>) {
+    let current = b
+        .status
+        .weight_changed_at
+        .as_ref()
+        .is_some_and(|t| elapsed(t, &b.obs.now) >= traffic_window(b.obs.spec));
+    match b.obs.traffic.filter(|_| current) {
+        Some(traffic) => {
+            if observation_due(&b.status, &b.obs.now) {
+                b.status.observed_weight = Some((traffic.canary_percent() * 10.0).round() / 10.0);
+                b.status.observed_requests = Some(traffic.requests);
+                b.status.observed_at = Some(b.now.clone());
+            }
+        }
+        None => {
+            b.status.observed_weight = None;
+            b.status.observed_requests = None;
+            b.status.observed_at = None;
+        }
+    }
+}
+
 fn observation_due(status: &CanaryStatus, now: &Timestamp) -> bool {
     status
         .observed_at
@@ -436,12 +474,6 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         return b.finish();
     };
     b.status.stable_revision = Some(stable_rev.clone());
-    if let Some(traffic) = obs.traffic {
-        if observation_due(&b.status, &obs.now) {
-            b.status.observed_weight = Some((traffic.canary_percent() * 10.0).round() / 10.0);
-            b.status.observed_at = Some(b.now.clone());
-        }
-    }
 
     if b.status.revision.as_deref() != Some(canary_rev.as_str()) {
         let first_sight = b.status.revision.is_none();
@@ -459,6 +491,11 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         s.step_analysis = None;
         s.background_analysis = None;
         s.remove_condition(conditions::TRAFFIC_SPLIT_MISMATCH);
+        // The exporter's window still holds the previous revision's traffic: a new sample starts.
+        s.weight_changed_at = Some(b.now.clone());
+        s.observed_weight = None;
+        s.observed_requests = None;
+        s.observed_at = None;
         if canary_rev != stable_rev {
             s.current_step_index = Some(0);
             s.step_started_at = Some(b.now.clone());
@@ -488,6 +525,8 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
             );
         }
     }
+
+    record_observed_weight(&mut b);
 
     if canary_rev == stable_rev {
         return steady(b, &canary_rev);
@@ -885,10 +924,7 @@ fn set_weight_step(b: &mut Builder<'_, '_>, weight: u32) -> bool {
     let Some(check) = b.obs.spec.traffic_check.as_ref() else {
         return true;
     };
-    let window = plover_wire::stats::parse_window_seconds(
-        check.window.as_deref().unwrap_or(DEFAULT_TRAFFIC_WINDOW),
-    )
-    .unwrap_or(30);
+    let window = traffic_window(b.obs.spec).as_secs();
     let tolerance = check
         .tolerance
         .and_then(|t| u32::try_from(t).ok())

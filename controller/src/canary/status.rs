@@ -238,9 +238,15 @@ pub struct CanaryStatus {
     /// Canary weight last written to the router (%).
     #[serde(default)]
     pub desired_weight: u32,
-    /// Canary share of requests the exporter saw over the check window (%).
+    /// The canary revision's share of the requests the exporter saw over the check window (%),
+    /// from the same sample the traffic check judges. Absent until a full window has passed
+    /// since the last weight change or the start of the revision, so it never mixes traffic
+    /// routed under another weight or to another revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_weight: Option<f64>,
+    /// Requests (all revisions) in the sample `observedWeight` comes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_requests: Option<u64>,
     /// When `observedWeight` was last recorded. It is refreshed at most every few seconds so
     /// that a live, ever-changing share does not rewrite the status on every reconcile.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -247,14 +247,14 @@ pub fn render(view: &View) -> String {
     );
     field(&mut out, "  Step", &step);
     field(&mut out, "  SetWeight", &status.desired_weight.to_string());
-    let actual = match (status.observed_weight, view.stats.as_ref()) {
-        (Some(w), Some(s)) => format!(
-            "{w} (observed over {}s, {} requests)",
-            s.window_seconds,
-            s.revisions.iter().map(|r| r.requests).sum::<u64>()
-        ),
+    // The share and its request count come from the one sample the traffic check judged, not
+    // from the live answer below (another moment, another window).
+    let actual = match (status.observed_weight, status.observed_requests) {
+        (Some(w), Some(n)) => {
+            format!("{w} (canary's share of {n} requests, as the traffic check saw them)")
+        }
         (Some(w), None) => format!("{w} (observed)"),
-        (None, _) => "-".to_owned(),
+        (None, _) => "- (not observed at this weight yet)".to_owned(),
     };
     field(&mut out, "  ActualWeight", &actual);
     for cond in status
@@ -429,6 +429,7 @@ mod tests {
             current_step_index: Some(1),
             desired_weight: 20,
             observed_weight: Some(19.6),
+            observed_requests: Some(1000),
             step_analysis: Some(AnalysisRunStatus {
                 name: "podinfo-9f8e7d6c5b-0-step1".into(),
                 phase: AnalysisPhase::Running,
@@ -483,7 +484,7 @@ Message:         step 2/3
 Strategy:        Canary (istio)
   Step:          1/3
   SetWeight:     20
-  ActualWeight:  19.6 (observed over 30s, 1000 requests)
+  ActualWeight:  19.6 (canary's share of 1000 requests, as the traffic check saw them)
 
 NAME                                KIND         STATUS          INFO
 ⟳ podinfo                           Canary       ◌ Progressing

@@ -757,7 +757,42 @@ fn a_weight_step_completes_only_when_the_observed_split_matches() {
     let d = w.tick_at(31);
     assert_eq!(d.status.current_step_index, Some(1));
     assert_eq!(d.weights(), Some((50, 50)));
-    assert_eq!(d.status.observed_weight, Some(21.3));
+    assert_eq!(
+        d.status.observed_weight, None,
+        "no sample at the new weight yet: the last one was of weight 20"
+    );
+}
+
+#[test]
+fn the_observed_weight_is_of_the_current_weight_and_revision_or_absent() {
+    let mut w = World::new(with_check(vec![weight(20), pause(None)]));
+    w.traffic = Some(TrafficObservation {
+        canary_requests: 930,
+        requests: 1000,
+    });
+    // The exporter's window still holds the previous release's traffic: not shown.
+    let d = w.tick();
+    assert_eq!(d.status.observed_weight, None);
+    assert_eq!(w.tick_at(29).status.observed_weight, None);
+    w.traffic = Some(TrafficObservation {
+        canary_requests: 196,
+        requests: 1000,
+    });
+    let d = w.tick_at(30);
+    assert_eq!(
+        (d.status.observed_weight, d.status.observed_requests),
+        (Some(19.6), Some(1000))
+    );
+    // Paused at 20%: the share stays observed.
+    assert_eq!(w.tick_at(100).status.observed_weight, Some(19.6));
+    // A new revision starts: the old share is cleared at once.
+    w.canary = WorkloadState::ready("v3");
+    let d = w.tick_at(110);
+    assert_eq!(d.status.revision.as_deref(), Some("v3"));
+    assert_eq!(
+        (d.status.observed_weight, d.status.observed_requests),
+        (None, None)
+    );
 }
 
 #[test]
