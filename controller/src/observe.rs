@@ -3,7 +3,10 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::PodTemplateSpec};
+use k8s_openapi::api::{
+    apps::v1::{Deployment, ReplicaSet},
+    core::v1::PodTemplateSpec,
+};
 use plover_wire::stats::{StatsResponse, STATS_PATH};
 
 use plover_analysis::provider::BoxFuture;
@@ -29,8 +32,51 @@ pub fn template_revision(template: &PodTemplateSpec) -> String {
     format!("{hash:016x}")[..10].to_owned()
 }
 
-/// A Deployment's revision and whether its current template is fully rolled out.
-pub fn workload_state(deployment: Option<&Deployment>) -> WorkloadState {
+/// The annotation the Deployment controller numbers a Deployment's templates with, on the
+/// Deployment and on the ReplicaSet of each template.
+const DEPLOYMENT_REVISION: &str = "deployment.kubernetes.io/revision";
+
+/// The `pod-template-hash` of `deployment`'s current ReplicaSet among `replica_sets`: the one
+/// it owns whose revision annotation equals its own (what `kubectl rollout` calls current).
+/// None until the Deployment controller has created it.
+pub fn pod_template_hash(deployment: &Deployment, replica_sets: &[ReplicaSet]) -> Option<String> {
+    let uid = deployment.metadata.uid.as_deref()?;
+    let revision = deployment
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(DEPLOYMENT_REVISION)?;
+    replica_sets
+        .iter()
+        .filter(|rs| {
+            rs.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.uid == uid && o.controller == Some(true))
+        })
+        .find(|rs| {
+            rs.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(DEPLOYMENT_REVISION))
+                == Some(revision)
+        })
+        .and_then(|rs| {
+            rs.metadata
+                .labels
+                .as_ref()?
+                .get("pod-template-hash")
+                .cloned()
+        })
+}
+
+/// A Deployment's revision, whether its current template is fully rolled out, and the
+/// pod-template-hash its pods carry (from `replica_sets`, the namespace's).
+pub fn workload_state(
+    deployment: Option<&Deployment>,
+    replica_sets: &[ReplicaSet],
+) -> WorkloadState {
     let Some(d) = deployment else {
         return WorkloadState::default();
     };
@@ -51,6 +97,7 @@ pub fn workload_state(deployment: Option<&Deployment>) -> WorkloadState {
         exists: true,
         revision: Some(template_revision(&spec.template)),
         rolled_out,
+        pod_template_hash: pod_template_hash(d, replica_sets),
     }
 }
 
@@ -170,12 +217,12 @@ mod tests {
     fn revisions_ignore_labels_and_follow_the_pod_spec() {
         let stable = deployment("podinfo:6.0", "stable");
         let canary = deployment("podinfo:6.0", "canary");
-        let state = workload_state(Some(&stable));
+        let state = workload_state(Some(&stable), &[]);
         assert!(state.rolled_out);
-        assert_eq!(state.revision, workload_state(Some(&canary)).revision);
+        assert_eq!(state.revision, workload_state(Some(&canary), &[]).revision);
         assert_ne!(
             state.revision,
-            workload_state(Some(&deployment("podinfo:6.1", "canary"))).revision
+            workload_state(Some(&deployment("podinfo:6.1", "canary")), &[]).revision
         );
         assert_eq!(state.revision.as_deref().map(str::len), Some(10));
         assert_eq!(selector_labels(&canary)["track"], "canary");
@@ -191,17 +238,17 @@ mod tests {
             available_replicas: Some(2),
             ..Default::default()
         });
-        assert!(!workload_state(Some(&d)).rolled_out);
+        assert!(!workload_state(Some(&d), &[]).rolled_out);
         d.spec = Some(DeploymentSpec {
             replicas: Some(1),
             ..d.spec.unwrap()
         });
         d.metadata.generation = Some(4);
         assert!(
-            !workload_state(Some(&d)).rolled_out,
+            !workload_state(Some(&d), &[]).rolled_out,
             "generation not observed yet"
         );
-        assert_eq!(workload_state(None), WorkloadState::default());
+        assert_eq!(workload_state(None, &[]), WorkloadState::default());
     }
 
     #[test]

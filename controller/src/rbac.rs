@@ -55,6 +55,14 @@ pub const CONTROLLER: &[Rule] = &[
               for new revisions (list + watch); reconcile::promote copies the canary's pod template to stable (patch)",
     },
     Rule {
+        group: "apps",
+        resource: "replicasets",
+        verbs: &["list"],
+        scope: Scope::Cluster,
+        why: "reconcile::reconcile lists the stable and canary Deployments' ReplicaSets (by their selectors): \
+              the current one's pod-template-hash is the revision the pods report",
+    },
+    Rule {
         group: "networking.istio.io",
         resource: "virtualservices",
         verbs: &["get", "patch"],
@@ -212,7 +220,10 @@ pub fn check(rules: &[Rule], method: &str, path: &str, query: &str) -> Result<()
 mod tests {
     use super::*;
     use k8s_openapi::api::{
-        apps::v1::Deployment, coordination::v1::Lease, core::v1::Secret, events::v1::Event,
+        apps::v1::{Deployment, ReplicaSet},
+        coordination::v1::Lease,
+        core::v1::Secret,
+        events::v1::Event,
     };
     use kube::{api::ApiResource, Resource};
 
@@ -238,6 +249,7 @@ mod tests {
         assert!(has(CONTROLLER, &canary.0, &format!("{}/status", canary.1)));
         for (group, plural) in [
             k8s::<Deployment>(),
+            k8s::<ReplicaSet>(),
             k8s::<Lease>(),
             k8s::<Secret>(),
             k8s::<Event>(),

@@ -18,7 +18,10 @@ use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::{
-    api::{apps::v1::Deployment, core::v1::Secret},
+    api::{
+        apps::v1::{Deployment, ReplicaSet},
+        core::v1::Secret,
+    },
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
@@ -148,6 +151,18 @@ fn patch_params() -> PatchParams {
     }
 }
 
+/// A Deployment's `matchLabels` as a label selector (`a=b,c=d`); None without any.
+fn label_selector(deployment: &Deployment) -> Option<String> {
+    let labels = selector_labels(deployment);
+    (!labels.is_empty()).then(|| {
+        labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    })
+}
+
 /// Reconciles one Canary.
 pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let name = canary.name_any();
@@ -168,6 +183,28 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
         )
     } else {
         (None, None)
+    };
+    // The ReplicaSets of both Deployments: their pod-template-hash is the revision the pods
+    // report, which the exporter counts and analysis templates select.
+    let replica_sets = match (&stable, &candidate) {
+        (None, None) => Vec::new(),
+        (s, c) => {
+            let selectors: Vec<String> = [s, c]
+                .into_iter()
+                .flatten()
+                .filter_map(label_selector)
+                .collect();
+            let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &namespace);
+            let mut found = Vec::new();
+            for selector in selectors {
+                found.extend(
+                    api.list(&ListParams::default().labels(&selector))
+                        .await?
+                        .items,
+                );
+            }
+            found
+        }
     };
     let (traffic, traffic_error) = match spec.traffic_check.as_ref().filter(|_| valid) {
         Some(check) => {
@@ -201,8 +238,8 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
         )
     } else {
         (
-            workload_state(stable.as_ref()),
-            workload_state(candidate.as_ref()),
+            workload_state(stable.as_ref(), &replica_sets),
+            workload_state(candidate.as_ref(), &replica_sets),
         )
     };
     let obs = Observation {
@@ -399,8 +436,21 @@ async fn execute(
             }
             Step::StartAnalysis { name, kind, source } => {
                 let object = serde_json::to_value(canary)?;
-                let stable_rev = decision.status.stable_revision.clone().unwrap_or_default();
-                let canary_rev = decision.status.revision.clone().unwrap_or_default();
+                // `podTemplateHashValue` is what Argo makes it: the pod-template-hash the pods
+                // carry and report, which the exporter counts (Plover's own revision id only
+                // where the ReplicaSet is not known yet, or with Envoy routing, where the
+                // revision names are the clusters').
+                let s = &decision.status;
+                let stable_rev = s
+                    .stable_pod_template_hash
+                    .clone()
+                    .or_else(|| s.stable_revision.clone())
+                    .unwrap_or_default();
+                let canary_rev = s
+                    .canary_pod_template_hash
+                    .clone()
+                    .or_else(|| s.revision.clone())
+                    .unwrap_or_default();
                 match fetch_templates(ctx, namespace, source).await? {
                     Err(e) => ctx
                         .runner

@@ -255,6 +255,33 @@ fn roll_out(
         || state("Paused", "40 60"),
     );
     let paused = started.elapsed();
+    // The status names the pod-template-hash the canary's pods carry (what
+    // `podTemplateHashValue: Latest` gives templates): its current ReplicaSet's.
+    let current_hash = |deployment: &str| {
+        let listed = get(
+            "rs",
+            &format!(
+                "{{range .items[?(@.metadata.ownerReferences[0].name==\"{deployment}\")]}}{{.metadata.annotations.deployment\\.kubernetes\\.io/revision}} {{.metadata.labels.pod-template-hash}}{{\"\\n\"}}{{end}}"
+            ),
+        );
+        listed
+            .lines()
+            .filter_map(|l| {
+                let (revision, hash) = l.split_once(' ')?;
+                Some((revision.parse::<u64>().ok()?, hash.to_owned()))
+            })
+            .max()
+            .map(|(_, hash)| hash)
+            .unwrap_or_else(|| panic!("no ReplicaSet of {deployment}: {listed:?}"))
+    };
+    assert_eq!(
+        get(&format!("canary/{name}"), "{.status.canaryPodTemplateHash}"),
+        current_hash(&format!("{name}-canary"))
+    );
+    assert_eq!(
+        get(&format!("canary/{name}"), "{.status.stablePodTemplateHash}"),
+        current_hash(name)
+    );
     let tree = kubectl_plover(cluster, &["get", "canary", name, "-n", ns]);
     assert!(tree.contains("Paused"), "{tree}");
     assert!(

@@ -333,6 +333,12 @@ pub struct PloverSpec {
     /// canary left in the window is never judged as this one's.
     #[serde(default = "default_revision")]
     pub revision: String,
+    /// For the `…VsStable` metrics, the stable side: `stable` (default) takes the busiest
+    /// revision with role stable; a revision name (e.g. `{{args.stable-revision}}` from
+    /// `podTemplateHashValue: Stable`) takes exactly that revision, so the previous stable's
+    /// last requests after a promotion are never judged as stable's.
+    #[serde(default = "default_stable_revision")]
+    pub stable_revision: String,
     pub metric: PloverQuantity,
     /// For `latency`: `p50`, `p90`, `p95`, `p99` (default), `p999`, `max`, `mean`.
     #[serde(default)]
@@ -401,6 +407,7 @@ impl PloverSpec {
                 ("alpha", self.alpha.is_some()),
                 ("tolerance", self.tolerance.is_some()),
                 ("minEffect", self.min_effect.is_some()),
+                ("stableRevision", self.stable_revision != "stable"),
             ] {
                 if set {
                     return Err(format!(
@@ -417,6 +424,20 @@ impl PloverSpec {
                 field("revision"),
                 self.metric.as_str(),
                 self.revision
+            ));
+        }
+        if self.stable_revision.is_empty() || self.stable_revision == "canary" {
+            return Err(format!(
+                "{}: give stable (the busiest revision with role stable, the default) or the stable revision's name, not {:?}",
+                field("stableRevision"),
+                self.stable_revision
+            ));
+        }
+        if self.stable_revision == self.revision {
+            return Err(format!(
+                "{}: {:?} is also the canary side's revision; a revision cannot be judged against itself",
+                field("stableRevision"),
+                self.stable_revision
             ));
         }
         match self.metric {
@@ -477,6 +498,10 @@ fn stats_window_seconds(text: &str) -> Option<u64> {
 fn default_window() -> String {
     "30s".to_owned()
 }
+fn default_stable_revision() -> String {
+    "stable".to_owned()
+}
+
 fn default_revision() -> String {
     "canary".to_owned()
 }

@@ -44,6 +44,10 @@ pub struct WorkloadState {
     pub revision: Option<String>,
     /// Its current template is fully rolled out (updated, available, generation observed).
     pub rolled_out: bool,
+    /// What its pods report as their revision, and so what the exporter counts them under: the
+    /// `pod-template-hash` of the Deployment's current ReplicaSet (local mode: the revision
+    /// name). Differs between stable and canary even for one revision (their labels differ).
+    pub pod_template_hash: Option<String>,
 }
 
 impl WorkloadState {
@@ -52,6 +56,7 @@ impl WorkloadState {
             exists: true,
             revision: Some(revision.to_owned()),
             rolled_out: true,
+            pod_template_hash: Some(revision.to_owned()),
         }
     }
 }
@@ -474,6 +479,8 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         return b.finish();
     };
     b.status.stable_revision = Some(stable_rev.clone());
+    b.status.stable_pod_template_hash = obs.stable.pod_template_hash.clone();
+    b.status.canary_pod_template_hash = obs.canary.pod_template_hash.clone();
 
     if b.status.revision.as_deref() != Some(canary_rev.as_str()) {
         let first_sight = b.status.revision.is_none();

@@ -238,6 +238,13 @@ pub struct CanaryStatus {
     /// Canary weight last written to the router (%).
     #[serde(default)]
     pub desired_weight: u32,
+    /// The `pod-template-hash` of the stable Deployment's current ReplicaSet: the revision its
+    /// pods report and the exporter counts them under (`podTemplateHashValue: Stable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_pod_template_hash: Option<String>,
+    /// The same for the canary Deployment (`podTemplateHashValue: Latest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_pod_template_hash: Option<String>,
     /// The canary revision's share of the requests the exporter saw over the check window (%),
     /// from the same sample the traffic check judges. Absent until a full window has passed
     /// since the last weight change or the start of the revision, so it never mixes traffic

@@ -161,7 +161,7 @@ fn deployment_info(d: Option<&Deployment>) -> (String, String) {
     let Some(d) = d else {
         return ("⚠ Missing".to_owned(), String::new());
     };
-    let state = workload_state(Some(d));
+    let state = workload_state(Some(d), &[]);
     let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let ready = d
         .status

@@ -156,16 +156,33 @@ fn sample(r: Option<&RevisionStats>, latency: bool, role: &str) -> Result<Sample
 fn canary_of<'a>(spec: &PloverSpec, answer: &'a StatsResponse) -> Option<&'a RevisionStats> {
     match spec.revision.as_str() {
         "canary" => answer.role("canary"),
-        named => answer.revisions.iter().find(|r| r.revision == named),
+        named => by_name(answer, named, "canary"),
     }
 }
 
-/// Canary (see [`canary_of`]) and stable (role `stable`) of one answer.
+/// The entry of revision `name`. One revision can have two entries in a window, one per role
+/// (a promoted revision served as canary, then as stable): the one in `role` is taken.
+fn by_name<'a>(answer: &'a StatsResponse, name: &str, role: &str) -> Option<&'a RevisionStats> {
+    let mut named = answer.revisions.iter().filter(|r| r.revision == name);
+    let first = named.clone().next();
+    named.find(|r| r.role == role).or(first)
+}
+
+/// The stable side: the revision `spec.stable_revision` names, or with `stable` the busiest
+/// revision with role stable.
+fn stable_of<'a>(spec: &PloverSpec, answer: &'a StatsResponse) -> Option<&'a RevisionStats> {
+    match spec.stable_revision.as_str() {
+        "stable" => answer.role("stable"),
+        named => by_name(answer, named, "stable"),
+    }
+}
+
+/// Canary (see [`canary_of`]) and stable (see [`stable_of`]) of one answer.
 fn interval(spec: &PloverSpec, answer: &StatsResponse) -> Result<Interval, ProviderError> {
     let latency = spec.metric != PloverQuantity::ErrorRatioVsStable;
     Ok(Interval {
         canary: sample(canary_of(spec, answer), latency, "canary")?,
-        stable: sample(answer.role("stable"), latency, "stable")?,
+        stable: sample(stable_of(spec, answer), latency, "stable")?,
     })
 }
 
@@ -231,7 +248,7 @@ where
     // A test is about one canary revision against one stable revision: when either changes
     // (a new canary, or a promotion), the evidence so far says nothing about the new pair, so a
     // fresh test starts with this look. The cursor stays: no second is counted twice.
-    if let (Some(c), Some(st)) = (canary_of(spec, &answer), answer.role("stable")) {
+    if let (Some(c), Some(st)) = (canary_of(spec, &answer), stable_of(spec, &answer)) {
         let now = (c.revision.clone(), st.revision.clone());
         match &state.revisions {
             Some(before) if *before != now => {
@@ -743,6 +760,41 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(err.contains("provider.plover.revision"), "{err}");
+    }
+
+    #[test]
+    fn a_named_stable_revision_ignores_the_previous_stable_after_a_promotion() {
+        // Right after a promotion the window still holds the old stable (role stable, busier,
+        // many errors); stable is now `stable-rev`, clean.
+        let exporter = Exporter::new((10, 0), (100, 0));
+        let mut a = exporter.borrow_mut().answer(10).unwrap();
+        a.revisions.push(RevisionStats {
+            revision: "old-stable-rev".into(),
+            role: "stable".into(),
+            requests: 10_000,
+            errors: 5_000,
+            ..Default::default()
+        });
+        let named = spec(serde_json::json!({"stableRevision": "stable-rev"}));
+        let by_role = spec(serde_json::json!({}));
+        assert_eq!(interval(&named, &a).unwrap().stable.errors, 0);
+        assert_eq!(interval(&named, &a).unwrap().stable.requests, 1000);
+        assert_eq!(interval(&by_role, &a).unwrap().stable.errors, 5_000);
+        // The same revision served as canary before the promotion: stable's entry is taken.
+        a.revisions.insert(
+            0,
+            RevisionStats {
+                revision: "stable-rev".into(),
+                role: "canary".into(),
+                requests: 77,
+                errors: 7,
+                ..Default::default()
+            },
+        );
+        assert_eq!(interval(&named, &a).unwrap().stable.requests, 1000);
+        // A named stable revision absent from the window is no stable data.
+        let absent = spec(serde_json::json!({"stableRevision": "gone"}));
+        assert_eq!(interval(&absent, &a).unwrap().stable.requests, 0);
     }
 
     #[tokio::test]

@@ -514,11 +514,7 @@ fn promotion_copies_the_template_waits_for_stable_then_routes_all_to_stable() {
     assert_eq!(events(&d), vec![reasons::NEW_REVISION, reasons::PROMOTING]);
 
     // The stable Deployment took the template but is still rolling out.
-    w.stable = WorkloadState {
-        exists: true,
-        revision: Some("v2".into()),
-        rolled_out: false,
-    };
+    w.stable = rolling_out("v2");
     let d = w.tick_at(5);
     assert_eq!(d.weights(), Some((50, 50)));
     assert_eq!(d.status.phase, Some(CanaryPhase::Promoting));
