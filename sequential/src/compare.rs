@@ -4,6 +4,7 @@
 
 use plover_wire::Histogram;
 
+use super::margin::DifferenceTest;
 use super::odds::{Decision, Evidence, OddsTest, OddsTestConfig};
 
 /// What one revision served during one look's interval.
@@ -23,16 +24,21 @@ pub struct Interval {
     pub stable: Sample,
 }
 
-/// "The canary's error odds are not more than `tolerance` × stable's."
+/// Fails on "the canary's error odds are more than `tolerance` × stable's". Passes on "below
+/// `min_effect` × stable's", or, with an absolute `margin`, on "the canary's error rate is not
+/// more than `margin` above stable's" ([`DifferenceTest`]), which a release without errors can
+/// show; each side decides at ln(1/α).
 #[derive(Clone, Debug)]
 pub struct ErrorRatioJudge {
     test: OddsTest,
+    margin: Option<DifferenceTest>,
 }
 
 impl ErrorRatioJudge {
-    pub fn new(config: OddsTestConfig) -> ErrorRatioJudge {
+    pub fn new(config: OddsTestConfig, margin: Option<f64>) -> ErrorRatioJudge {
         ErrorRatioJudge {
             test: OddsTest::new(config),
+            margin: margin.map(DifferenceTest::new),
         }
     }
 
@@ -40,7 +46,25 @@ impl ErrorRatioJudge {
         let (c, s) = (&interval.canary, &interval.stable);
         self.test
             .observe(c.requests, c.errors, s.requests, s.errors);
-        self.test.evidence()
+        let evidence = self.test.evidence();
+        let Some(margin) = &mut self.margin else {
+            return evidence;
+        };
+        margin.observe(c.requests, c.errors, s.requests, s.errors);
+        let pass_log_evidence = margin.log_evidence();
+        // Failing wins a tie, as in the odds test.
+        let decision = if evidence.decision == Decision::Fail {
+            Decision::Fail
+        } else if pass_log_evidence >= evidence.log_boundary {
+            Decision::Pass
+        } else {
+            Decision::Inconclusive
+        };
+        Evidence {
+            decision,
+            pass_log_evidence,
+            ..evidence
+        }
     }
 }
 
@@ -189,8 +213,9 @@ enum JudgeKind {
 }
 
 impl Judge {
-    pub fn error_ratio(config: OddsTestConfig) -> Judge {
-        Judge::of(JudgeKind::ErrorRatio(ErrorRatioJudge::new(config)))
+    /// `margin`: see [`ErrorRatioJudge`].
+    pub fn error_ratio(config: OddsTestConfig, margin: Option<f64>) -> Judge {
+        Judge::of(JudgeKind::ErrorRatio(ErrorRatioJudge::new(config, margin)))
     }
 
     pub fn latency_quantile(quantile: f64, config: OddsTestConfig) -> Judge {
@@ -295,7 +320,7 @@ mod tests {
 
     #[test]
     fn decisions_are_final_once_reached() {
-        let mut judge = Judge::error_ratio(CONFIG);
+        let mut judge = Judge::error_ratio(CONFIG, None);
         let mut looks = 0;
         while judge.observe(&interval((100, 10), (900, 9))).decision != Decision::Fail {
             looks += 1;
@@ -312,8 +337,28 @@ mod tests {
     }
 
     #[test]
+    fn a_release_without_errors_passes_only_with_an_absolute_margin() {
+        // The demo's healthy release: no error on either side. The odds ratio learns nothing.
+        let mut relative = Judge::error_ratio(CONFIG, None);
+        let mut absolute = Judge::error_ratio(CONFIG, Some(0.005));
+        let (mut r, mut a) = (Decision::Inconclusive, Decision::Inconclusive);
+        for _ in 0..30 {
+            r = relative.observe(&interval((91, 0), (116, 0))).decision;
+            a = absolute.observe(&interval((91, 0), (116, 0))).decision;
+        }
+        assert_eq!((r, a), (Decision::Inconclusive, Decision::Pass));
+        // A clearly worse canary still fails with a margin set.
+        let mut judge = Judge::error_ratio(CONFIG, Some(0.005));
+        let mut looks = 0;
+        while judge.observe(&interval((100, 10), (900, 9))).decision != Decision::Fail {
+            looks += 1;
+            assert!(looks < 100);
+        }
+    }
+
+    #[test]
     fn a_fail_overrides_an_earlier_pass() {
-        let mut judge = Judge::error_ratio(CONFIG);
+        let mut judge = Judge::error_ratio(CONFIG, None);
         for _ in 0..60 {
             judge.observe(&interval((100, 1), (900, 9)));
         }

@@ -10,6 +10,8 @@
 //! - [`compare`]: the judges built on it — error ratio, a latency quantile shift, and the
 //!   whole latency distribution (several quantiles, Bonferroni), and [`compare::Judge`], which
 //!   picks one by configuration and holds a decision once reached;
+//! - [`margin`]: an always-valid non-inferiority test with an absolute margin on the error
+//!   rates (universal inference), which can pass a canary with no errors at all;
 //! - [`looks`]: bookkeeping that feeds a judge each second of traffic at most once from
 //!   windowed answers (the exporter's `/v1/stats`);
 //! - [`simulate`]: seeded simulations that check the false-failure rate and measure the time
@@ -20,5 +22,6 @@
 
 pub mod compare;
 pub mod looks;
+pub mod margin;
 pub mod odds;
 pub mod simulate;

@@ -285,7 +285,7 @@ enum ErrorJudgeState {
 impl ErrorJudgeState {
     fn new(method: &Method) -> ErrorJudgeState {
         match *method {
-            Method::PloverErrors(c) => ErrorJudgeState::Errors(ErrorRatioJudge::new(c)),
+            Method::PloverErrors(c) => ErrorJudgeState::Errors(ErrorRatioJudge::new(c, None)),
             Method::PloverLatencyQuantile(q, c) => {
                 ErrorJudgeState::Quantile(LatencyQuantileJudge::new(q, c))
             }

@@ -363,6 +363,12 @@ pub struct PloverSpec {
     /// canary is below it. Default 2.0.
     #[serde(default, deserialize_with = "number_like")]
     pub min_effect: Option<f64>,
+    /// For `errorRatioVsStable`: an absolute margin on the error rates (0.005 = half a
+    /// percentage point). A pass then shows the canary's error rate is not more than this above
+    /// stable's, which a release without any error can show (the odds ratio cannot); wrongly
+    /// passing a canary worse by the margin has probability ≤ alpha. Fails are unchanged.
+    #[serde(default, deserialize_with = "number_like")]
+    pub margin: Option<f64>,
 }
 
 /// Defaults of the `…VsStable` metrics.
@@ -408,6 +414,7 @@ impl PloverSpec {
                 ("tolerance", self.tolerance.is_some()),
                 ("minEffect", self.min_effect.is_some()),
                 ("stableRevision", self.stable_revision != "stable"),
+                ("margin", self.margin.is_some()),
             ] {
                 if set {
                     return Err(format!(
@@ -425,6 +432,20 @@ impl PloverSpec {
                 self.metric.as_str(),
                 self.revision
             ));
+        }
+        if let Some(margin) = self.margin {
+            if self.metric != PloverQuantity::ErrorRatioVsStable {
+                return Err(format!(
+                    "{}: only errorRatioVsStable takes an absolute margin",
+                    field("margin")
+                ));
+            }
+            if !(margin > 0.0 && margin < 1.0) {
+                return Err(format!(
+                    "{}: an error-rate difference between 0 and 1 (0.005 = half a point), got {margin}",
+                    field("margin")
+                ));
+            }
         }
         if self.stable_revision.is_empty() || self.stable_revision == "canary" {
             return Err(format!(

@@ -79,6 +79,7 @@ fn evidence(
         stable_requests: record.stable_requests,
         stable_events: record.stable_events,
         odds_ratio: finite(record.odds_ratio),
+        margin: finite(record.margin),
         looks: record.looks,
     }
 }
@@ -176,7 +177,18 @@ fn share(events: u64, requests: u64) -> String {
 /// the boundary is 1/α.
 pub fn evidence_sentence(e: &EvidenceStatus, phase: AnalysisPhase) -> String {
     let (subject, worse, not_worse) = match e.comparison {
-        Comparison::ErrorRatio => ("error ratio vs stable".to_owned(), "worse", "not worse"),
+        Comparison::ErrorRatio => match e.margin {
+            Some(m) => (
+                "error ratio vs stable".to_owned(),
+                "worse",
+                format!("not worse by {} points", number(m * 100.0)),
+            ),
+            None => (
+                "error ratio vs stable".to_owned(),
+                "worse",
+                "not worse".to_owned(),
+            ),
+        },
         Comparison::Latency => {
             let q = e.quantile.as_deref().unwrap_or("p99");
             let threshold = e
@@ -186,13 +198,13 @@ pub fn evidence_sentence(e: &EvidenceStatus, phase: AnalysisPhase) -> String {
             (
                 format!("{q} latency vs stable: requests slower than stable's {q}{threshold}"),
                 "slower",
-                "not slower",
+                "not slower".to_owned(),
             )
         }
         Comparison::LatencyDistribution => (
             "latency distribution vs stable: requests slower than stable's p50/p75/p90/p99 (least favourable)".to_owned(),
             "slower",
-            "not slower",
+            "not slower".to_owned(),
         ),
     };
     let boundary = if e.alpha > 0.0 {
@@ -430,6 +442,20 @@ mod tests {
         assert_eq!(
             evidence_sentence(&waiting, AnalysisPhase::Inconclusive),
             "p99 latency vs stable: requests slower than stable's p99 (41.2 ms): canary 1.7% (3/180) vs stable 0.93% (15/1620); evidence for slower 0.607, for not slower 3.32, both < boundary 20 (α 0.05) → Inconclusive"
+        );
+        let clean = EvidenceStatus {
+            decision: EvidenceDecision::Pass,
+            pass_log_evidence: Some(3.4),
+            canary_requests: 2730,
+            canary_events: 0,
+            stable_requests: 3471,
+            stable_events: 0,
+            margin: Some(0.005),
+            ..fail.clone()
+        };
+        assert_eq!(
+            evidence_sentence(&clean, AnalysisPhase::Successful),
+            "error ratio vs stable: canary 0.0% (0/2730) vs stable 0.0% (0/3471); evidence for not worse by 0.5 points 30 ≥ boundary 20 (α 0.05) → Successful"
         );
         let pass = EvidenceStatus {
             comparison: Comparison::LatencyDistribution,

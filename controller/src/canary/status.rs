@@ -210,6 +210,10 @@ pub struct EvidenceStatus {
     /// Estimated odds ratio of the event, canary over stable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub odds_ratio: Option<f64>,
+    /// `ErrorRatio` with an absolute margin: the pass side shows the canary's error rate is not
+    /// more than this above stable's (0.005 = half a point).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin: Option<f64>,
     /// Looks so far in this run.
     #[serde(default)]
     pub looks: u64,

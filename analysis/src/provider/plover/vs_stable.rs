@@ -72,7 +72,7 @@ impl JudgeState {
                 Judge::latency_quantile(spec.vs_stable_quantile().unwrap_or(0.99), config)
             }
             PloverQuantity::LatencyDistributionVsStable => Judge::latency_distribution(config),
-            _ => Judge::error_ratio(config),
+            _ => Judge::error_ratio(config, spec.margin),
         };
         JudgeState {
             judge,
@@ -358,6 +358,9 @@ pub struct EvidenceRecord {
     pub stable_requests: u64,
     pub stable_events: u64,
     pub odds_ratio: Option<f64>,
+    /// The absolute margin the pass side is about (`margin`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub margin: Option<f64>,
     pub looks: u64,
     pub skipped_seconds: Option<f64>,
     pub as_of_unix_ms: u64,
@@ -398,6 +401,7 @@ fn report(
         stable_requests: t.stable_trials,
         stable_events: t.stable_events,
         odds_ratio: round(t.odds_ratio()),
+        margin: spec.margin,
         looks: state.judge.looks(),
         skipped_seconds: round(state.skipped_ms as f64 / 1000.0),
         as_of_unix_ms: answer.as_of_unix_ms,
@@ -753,6 +757,32 @@ mod tests {
         // A named revision absent from the window is no canary data, not another revision's.
         let absent = spec(serde_json::json!({"revision": "not-deployed"}));
         assert_eq!(interval(&absent, &a).unwrap().canary.requests, 0);
+        // An absolute margin: errorRatioVsStable only, a difference between 0 and 1.
+        for (extra, expected) in [
+            (serde_json::json!({"margin": 0}), "provider.plover.margin"),
+            (
+                serde_json::json!({"margin": "1.5"}),
+                "provider.plover.margin",
+            ),
+            (
+                serde_json::json!({"margin": 0.01, "metric": "latencyVsStable"}),
+                "only errorRatioVsStable takes an absolute margin",
+            ),
+        ] {
+            let mut v = serde_json::json!({"namespace": "ns", "service": "svc", "metric": "errorRatioVsStable"});
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            let err = serde_json::from_value::<PloverSpec>(v)
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(err.contains(expected), "{err}");
+        }
+        assert_eq!(
+            spec(serde_json::json!({"margin": "0.005"})).margin,
+            Some(0.005)
+        );
         // The stable side cannot be named.
         let mut v = serde_json::json!({"namespace": "ns", "service": "svc", "metric": "errorRatioVsStable", "revision": "stable"});
         let err = serde_json::from_value::<PloverSpec>(v.take())
