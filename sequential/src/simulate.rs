@@ -139,6 +139,8 @@ impl Scenario {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Method {
     PloverErrors(OddsTestConfig),
+    /// The error judge with an absolute margin (see `compare::ErrorRatioJudge`).
+    PloverErrorsMargin(OddsTestConfig, f64),
     PloverLatencyQuantile(f64, OddsTestConfig),
     PloverLatencyDistribution(OddsTestConfig),
     Threshold(ThresholdTemplate),
@@ -225,6 +227,16 @@ pub enum Ending {
 
 /// Runs one release under `method`.
 pub fn run_release(scenario: &Scenario, method: &Method, seed: u64) -> Ending {
+    run_release_tracking_pass(scenario, method, seed).0
+}
+
+/// [`run_release`], and the second a sequential judge first passed the canary, if it did.
+pub fn run_release_tracking_pass(
+    scenario: &Scenario,
+    method: &Method,
+    seed: u64,
+) -> (Ending, Option<u64>) {
+    let mut first_pass = None;
     let mut rng = Rng::new(seed);
     let with_latency = method.needs_latency();
     let mut errors = ErrorJudgeState::new(method);
@@ -263,16 +275,19 @@ pub fn run_release(scenario: &Scenario, method: &Method, seed: u64) -> Ending {
             (_, state) => state.observe(&interval),
         };
         match decision {
-            Decision::Fail => return Ending::Failed { at_second: second },
+            Decision::Fail => return (Ending::Failed { at_second: second }, first_pass),
             Decision::Pass if matches!(method, Method::Threshold(_)) => {
-                return Ending::Passed { at_second: second }
+                return (Ending::Passed { at_second: second }, Some(second))
             }
             // A sequential pass is recorded but watching goes on: the rollout may keep
             // looking, and a later failure would still count as a false failure.
-            _ => {}
+            Decision::Pass => {
+                first_pass.get_or_insert(second);
+            }
+            Decision::Inconclusive => {}
         }
     }
-    Ending::Undecided
+    (Ending::Undecided, first_pass)
 }
 
 enum ErrorJudgeState {
@@ -286,6 +301,9 @@ impl ErrorJudgeState {
     fn new(method: &Method) -> ErrorJudgeState {
         match *method {
             Method::PloverErrors(c) => ErrorJudgeState::Errors(ErrorRatioJudge::new(c, None)),
+            Method::PloverErrorsMargin(c, margin) => {
+                ErrorJudgeState::Errors(ErrorRatioJudge::new(c, Some(margin)))
+            }
             Method::PloverLatencyQuantile(q, c) => {
                 ErrorJudgeState::Quantile(LatencyQuantileJudge::new(q, c))
             }
@@ -314,6 +332,9 @@ pub struct Summary {
     pub passed: u64,
     /// Seconds to the failure, for the runs that failed.
     pub failure_seconds: Vec<u64>,
+    /// Seconds to the first pass, for the runs a judge passed (a sequential judge may fail
+    /// such a run later: then it counts in `failed` too).
+    pub pass_seconds: Vec<u64>,
 }
 
 impl Summary {
@@ -322,13 +343,26 @@ impl Summary {
     }
 
     pub fn median_failure_seconds(&self) -> Option<f64> {
-        let mut s = self.failure_seconds.clone();
-        s.sort_unstable();
-        match s.len() {
-            0 => None,
-            n if n % 2 == 1 => Some(s[n / 2] as f64),
-            n => Some((s[n / 2 - 1] + s[n / 2]) as f64 / 2.0),
-        }
+        median(&self.failure_seconds)
+    }
+
+    /// Share of the runs passed at some look.
+    pub fn pass_share(&self) -> f64 {
+        self.pass_seconds.len() as f64 / self.runs.max(1) as f64
+    }
+
+    pub fn median_pass_seconds(&self) -> Option<f64> {
+        median(&self.pass_seconds)
+    }
+}
+
+fn median(seconds: &[u64]) -> Option<f64> {
+    let mut s = seconds.to_vec();
+    s.sort_unstable();
+    match s.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(s[n / 2] as f64),
+        n => Some((s[n / 2 - 1] + s[n / 2]) as f64 / 2.0),
     }
 }
 
@@ -339,7 +373,10 @@ pub fn simulate(scenario: &Scenario, method: &Method, runs: u64, seed: u64) -> S
         ..Summary::default()
     };
     for i in 0..runs {
-        match run_release(scenario, method, seed.wrapping_add(i)) {
+        let (ending, first_pass) =
+            run_release_tracking_pass(scenario, method, seed.wrapping_add(i));
+        summary.pass_seconds.extend(first_pass);
+        match ending {
             Ending::Failed { at_second } => {
                 summary.failed += 1;
                 summary.failure_seconds.push(at_second);
@@ -406,6 +443,22 @@ mod tests {
             summary.failure_share() <= ALPHA,
             "false failures: {summary:?}"
         );
+    }
+
+    #[test]
+    fn with_a_margin_healthy_canaries_pass_and_worse_ones_rarely_do() {
+        let margin = Method::PloverErrorsMargin(ERRORS, 0.005);
+        let healthy = simulate(&Scenario::healthy(), &margin, 100, 11);
+        assert!(healthy.failure_share() <= ALPHA, "{healthy:?}");
+        let worse = Scenario {
+            canary: Revision {
+                error_rate: 0.02,
+                ..Revision::HEALTHY
+            },
+            ..Scenario::healthy()
+        };
+        let worse = simulate(&worse, &margin, 100, 12);
+        assert!(worse.pass_share() <= ALPHA, "{worse:?}");
     }
 
     #[test]

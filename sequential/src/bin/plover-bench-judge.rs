@@ -8,6 +8,8 @@ use plover_sequential::simulate::{
 };
 
 const ALPHA: f64 = 0.05;
+/// The absolute margins of the pass-side rows, in percentage points.
+const MARGIN_POINTS: [f64; 2] = [0.5, 1.0];
 
 /// Median time to detect over *all* runs, counting a run that never detected as infinitely
 /// late: `None` when more than half never did.
@@ -108,6 +110,34 @@ fn main() {
         ),
         (None, _) => println!("plover did not detect the regression in half the runs"),
     }
+
+    println!(
+        "\nthe pass side, error judge with an absolute margin: healthy = both 1%; worse = canary 2% \
+         (1 point worse: beyond a 0.5-point margin, at the edge of a 1-point one)"
+    );
+    println!(
+        "{:<48} {:>10} {:>12} {:>14} {:>16} {:>13}",
+        "method", "false fail", "passed", "median|passed", "never passed", "worse passed"
+    );
+    for points in MARGIN_POINTS {
+        let margin = Method::PloverErrorsMargin(plover, points / 100.0);
+        let healthy_margin = simulate(&healthy, &margin, runs, 1);
+        let worse_margin = simulate(&doubled_errors, &margin, runs, 2);
+        println!(
+            "{:<48} {:>10.3} {:>12.3} {:>14} {:>16.3} {:>13.3}",
+            format!("plover error-ratio, margin {points} points"),
+            healthy_margin.failure_share(),
+            healthy_margin.pass_share(),
+            healthy_margin
+                .median_pass_seconds()
+                .map_or("never".into(), |s| format!("{s:.0} s")),
+            1.0 - healthy_margin.pass_share(),
+            worse_margin.pass_share(),
+        );
+    }
+    println!(
+        "(worse passed: the false-pass rate β, bounded by α = {ALPHA}; the same judge's detection of the worse canary is the first table's plover row)"
+    );
 
     println!("\nlatency regression: canary every latency +20% (so p99 +20%), log-normal σ = 0.5");
     header();
