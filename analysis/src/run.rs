@@ -526,8 +526,14 @@ impl Run {
                 if let Some(reason) = &reason {
                     worst_message =
                         format!("Metric \"{}\" assessed {phase} due to {reason}", r.name);
-                    if let Some(message) = &r.message {
-                        worst_message.push_str(&format!(": \"Error Message: {message}\""));
+                    // Argo's words for an Error; a Failed or Inconclusive metric's message is
+                    // the judge's reason, not an error.
+                    match (&r.message, phase) {
+                        (Some(message), Phase::Error) => {
+                            worst_message.push_str(&format!(": \"Error Message: {message}\""))
+                        }
+                        (Some(message), _) => worst_message.push_str(&format!(": \"{message}\"")),
+                        (None, _) => {}
                     }
                 }
             }

@@ -147,10 +147,25 @@ impl ApiServer {
                 "/apis/apps/v1/namespaces/test/deployments/podinfo-canary",
                 canary,
             ),
-            (route_path, route),
         ] {
             self.expect("GET", path, None, |_| object.clone()).await;
         }
+        // Each Deployment's ReplicaSets, by its selector (none here: no pod-template-hash yet).
+        for deployment in [stable, canary] {
+            let labels = deployment["spec"]["selector"]["matchLabels"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            if labels.is_empty() {
+                continue;
+            }
+            self.expect("GET", "/apis/apps/v1/namespaces/test/replicasets", None, |_| {
+                json!({"apiVersion": "apps/v1", "kind": "ReplicaSetList", "metadata": {}, "items": []})
+            })
+            .await;
+        }
+        self.expect("GET", route_path, None, |_| route.clone())
+            .await;
     }
 
     async fn expect_nothing_more(&mut self) {
@@ -334,7 +349,7 @@ async fn istio_rollout_sets_the_weight_pauses_then_writes_nothing_more() {
                 "Normal",
                 "NewRevision",
                 &format!(
-                    "revision {canary_rev} of podinfo-canary started; stable runs {stable_rev}"
+                    "canary revision {canary_rev} of Deployment podinfo-canary started; stable runs revision {stable_rev}"
                 ),
             )
         },
@@ -364,7 +379,7 @@ async fn istio_rollout_sets_the_weight_pauses_then_writes_nothing_more() {
             "attempt": 0,
             "conditions": [{
                 "type": "Progressing", "status": "True", "reason": "NewRevision",
-                "message": format!("revision {canary_rev} of podinfo-canary started; stable runs {stable_rev}"),
+                "message": format!("canary revision {canary_rev} of Deployment podinfo-canary started; stable runs revision {stable_rev}"),
                 "lastTransitionTime": T0_TEXT, "observedGeneration": 1
             }]
         })
@@ -473,7 +488,7 @@ async fn gateway_api_rollout_is_promoted_then_routes_everything_to_stable() {
                 b,
                 "Normal",
                 "Promoting",
-                &format!("all steps complete: promoting revision {canary_rev} to podinfo"),
+                &format!("all steps complete: promoting revision {canary_rev} to the stable Deployment podinfo"),
             )
         },
     )

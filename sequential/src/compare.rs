@@ -159,8 +159,32 @@ impl LatencyDistributionJudge {
     }
 }
 
-/// A sentence a person understands, e.g. for `plover get` and `plover analyze`.
-pub fn explain(what: &str, evidence: &Evidence, alpha: f64) -> String {
+/// A number with three significant digits, trailing zeros dropped, scientific outside
+/// 0.001–99,999 (`388`, `0.0283`, `3.5e19`): the one scale every evidence figure is shown on.
+pub fn significant(x: f64) -> String {
+    if !x.is_finite() {
+        return if x > 0.0 { "∞".into() } else { "—".into() };
+    }
+    if x != 0.0 && !(1e-3..1e5).contains(&x.abs()) {
+        return format!("{x:.1e}");
+    }
+    let digits = if x == 0.0 {
+        0
+    } else {
+        (2 - x.abs().log10().floor() as i32).max(0) as usize
+    };
+    let text = format!("{x:.digits$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        text
+    }
+}
+
+/// A sentence a person understands, e.g. for `plover get` and `plover analyze`. The evidence
+/// figures are likelihood ratios (e^statistic) on the same scale as the status' sentences, and
+/// each names its side; `margin` is the error judge's absolute margin, if it has one.
+pub fn explain(what: &str, evidence: &Evidence, alpha: f64, margin: Option<f64>) -> String {
     let t = evidence.totals;
     let rate = |events: u64, trials: u64| {
         if trials == 0 {
@@ -169,14 +193,18 @@ pub fn explain(what: &str, evidence: &Evidence, alpha: f64) -> String {
             100.0 * events as f64 / trials as f64
         }
     };
+    let not_worse = match margin {
+        Some(m) => format!("not worse than stable by {} points", significant(m * 100.0)),
+        None => "not worse than stable".to_owned(),
+    };
     let verdict = match evidence.decision {
-        Decision::Fail => "canary is worse than stable",
-        Decision::Pass => "canary is shown not worse than stable",
-        Decision::Inconclusive => "not enough evidence yet",
+        Decision::Fail => "canary is worse than stable".to_owned(),
+        Decision::Pass => format!("canary is shown {not_worse}"),
+        Decision::Inconclusive => "not enough evidence yet".to_owned(),
     };
     format!(
         "{what}: {verdict} (canary {}/{} = {:.2}%, stable {}/{} = {:.2}%, odds ratio ≈ {:.2}; \
-         evidence against 'acceptable' e^{:.2}, against 'worse' e^{:.2}, decide at e^{:.2} = 1/α, α = {alpha})",
+         evidence for worse {}, for {not_worse} {}; either decides at {} = 1/α, α = {alpha})",
         t.canary_events,
         t.canary_trials,
         rate(t.canary_events, t.canary_trials),
@@ -184,9 +212,9 @@ pub fn explain(what: &str, evidence: &Evidence, alpha: f64) -> String {
         t.stable_trials,
         rate(t.stable_events, t.stable_trials),
         t.odds_ratio(),
-        evidence.fail_log_evidence,
-        evidence.pass_log_evidence,
-        evidence.log_boundary,
+        significant(evidence.fail_log_evidence.exp()),
+        significant(evidence.pass_log_evidence.exp()),
+        significant(evidence.log_boundary.exp()),
     )
 }
 
@@ -369,10 +397,17 @@ mod tests {
         }
         assert_eq!(e.decision, Decision::Fail);
         assert!(e.totals.odds_ratio() > 2.0);
-        let text = explain("error ratio", &e, 0.05);
+        let text = explain("error ratio", &e, 0.05, None);
         assert!(
             text.starts_with("error ratio: canary is worse than stable (canary "),
             "{text}"
         );
+        assert!(
+            text.ends_with("either decides at 20 = 1/α, α = 0.05)"),
+            "{text}"
+        );
+        assert_eq!(significant(388.4), "388");
+        assert_eq!(significant(0.02834), "0.0283");
+        assert_eq!(significant(3.5e19), "3.5e19");
     }
 }

@@ -509,10 +509,16 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
             // A new revision earns its traffic from the first step again: whatever the previous
             // one had must not go to pods of this one.
             b.set_weight(0);
-            let message = format!(
-                "revision {canary_rev} of {} started; stable runs {stable_rev}",
-                obs.spec.workload.canary
-            );
+            // In local mode the workloads are named after their revisions: "revision v3 of v3"
+            // would say one thing twice.
+            let message = if obs.spec.workload.canary == canary_rev {
+                format!("canary revision {canary_rev} started; stable runs revision {stable_rev}")
+            } else {
+                format!(
+                    "canary revision {canary_rev} of Deployment {} started; stable runs revision {stable_rev}",
+                    obs.spec.workload.canary
+                )
+            };
             let now = b.now.clone();
             b.status.set_condition(
                 conditions::PROGRESSING,
@@ -666,10 +672,18 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         b.event(
             false,
             reasons::PROMOTING,
-            format!(
-                "all steps complete: promoting revision {canary_rev} to {}",
-                obs.spec.workload.stable
-            ),
+            if obs.spec.traffic_routing.envoy.is_some() {
+                // Local mode: the stable "workload" is a revision name; promotion makes the
+                // canary's revision the stable one.
+                format!(
+                    "all steps complete: revision {canary_rev} becomes stable, replacing revision {stable_rev}"
+                )
+            } else {
+                format!(
+                    "all steps complete: promoting revision {canary_rev} to the stable Deployment {}",
+                    obs.spec.workload.stable
+                )
+            },
         );
     }
     b.status.phase = Some(CanaryPhase::Promoting);

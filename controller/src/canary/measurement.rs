@@ -138,23 +138,7 @@ pub fn metric_statuses(results: &[MetricResult], analysis: &Analysis) -> Vec<Met
 /// A positive number in three significant digits, without trailing zeros (`20`, `31.2`,
 /// `0.0832`), or in scientific notation when very large or small (`2.4e17`).
 fn number(x: f64) -> String {
-    if !x.is_finite() {
-        return if x > 0.0 { "∞".into() } else { "—".into() };
-    }
-    if x != 0.0 && !(1e-3..1e5).contains(&x.abs()) {
-        return format!("{x:.1e}");
-    }
-    let digits = if x == 0.0 {
-        0
-    } else {
-        (2 - x.abs().log10().floor() as i32).max(0) as usize
-    };
-    let text = format!("{x:.digits$}");
-    if text.contains('.') {
-        text.trim_end_matches('0').trim_end_matches('.').to_owned()
-    } else {
-        text
-    }
+    plover_sequential::compare::significant(x)
 }
 
 /// `4.1% (41/1000)`, or `no requests`.

@@ -431,7 +431,7 @@ fn report(
     if state.skipped_ms > 0 {
         notes.push(format!("{} skipped in all", seconds(state.skipped_ms)));
     }
-    let mut message = explain(&what, e, alpha);
+    let mut message = explain(&what, e, alpha, spec.margin);
     if !notes.is_empty() {
         message = format!("{message}; {}", notes.join("; "));
     }
