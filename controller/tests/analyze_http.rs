@@ -129,7 +129,8 @@ spec:
         text.contains("Failed  (error ratio: canary is worse than stable (canary "),
         "{text}"
     );
-    assert!(text.contains("evidence against 'acceptable' e^"), "{text}");
+    assert!(text.contains("evidence for worse "), "{text}");
+    assert!(text.contains("either decides at 20 = 1/α"), "{text}");
     assert!(text.contains("Phase: Failed"), "{text}");
     assert!(
         text.contains("errors-vs-stable: plover errorRatioVsStable of bookinfo/reviews, canary vs stable, sequential (alpha 0.05, tolerance 1, minEffect 2)"),
