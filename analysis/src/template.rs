@@ -41,7 +41,9 @@ pub enum TemplateError {
     DuplicateMetric(String),
     #[error("arg '{0}' has conflicting values in the merged templates")]
     ConflictingArg(String),
-    #[error("templates[{index}]: template '{name}' is referenced but was not given (pass it with another -f)")]
+    /// The hint to give it depends on the command (`-f` for `plover analyze`, `-t` for `plover
+    /// local`); each adds its own.
+    #[error("templates[{index}]: template '{name}' is referenced but was not given")]
     MissingTemplate { index: usize, name: String },
     #[error("args.{0} was not resolved")]
     UnresolvedArg(String),

@@ -22,7 +22,7 @@ use plover_wire::stats::StatsResponse;
 
 use plover_analysis::{
     provider::{Providers, Settings},
-    template::{self, secret_env_var, Document, Secrets},
+    template::{self, secret_env_var, Document, Secrets, TemplateError},
 };
 
 use crate::{
@@ -89,7 +89,43 @@ pub fn default_status_file(canary_file: &Path) -> PathBuf {
 
 pub fn read_canary(path: &Path) -> Result<Canary, LocalError> {
     let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
-    let canary: Canary = serde_yaml::from_str(&text).map_err(|e| file_err(path, e))?;
+    // The kind first: an Argo Rollout parses as nothing useful and deserves its own answer.
+    let raw: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| file_err(path, e))?;
+    let field = |name: &str| raw.get(name).and_then(|v| v.as_str()).unwrap_or_default();
+    if (field("apiVersion"), field("kind")) != ("plover.dev/v1alpha1", "Canary") {
+        return Err(file_err(
+            path,
+            format!(
+                "kind: expected a Canary (apiVersion plover.dev/v1alpha1), got {} {}{}",
+                field("apiVersion"),
+                field("kind"),
+                if field("kind") == "Rollout" {
+                    ": plover runs Canaries, which name the stable and canary workloads and the \
+                     router (see manifests/examples)"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
+    // A misspelt field (`stategy:`) would otherwise be dropped without a word, and the rollout
+    // would run without what the user meant to set.
+    let mut unknown = Vec::new();
+    let canary: Canary =
+        serde_ignored::deserialize(serde_yaml::Deserializer::from_str(&text), |p| {
+            // The type fields were checked above; the resource's struct does not keep them.
+            let p = p.to_string();
+            if p != "apiVersion" && p != "kind" {
+                unknown.push(p);
+            }
+        })
+        .map_err(|e| file_err(path, e))?;
+    if !unknown.is_empty() {
+        return Err(file_err(
+            path,
+            format!("unknown field(s): {}", unknown.join(", ")),
+        ));
+    }
     if canary.spec.traffic_routing.envoy.is_none() {
         return Err(LocalError::Spec(format!(
             "{}: local mode needs spec.trafficRouting.envoy",
@@ -132,6 +168,30 @@ pub fn request(status_file: &Path, request: Request) -> Result<String, LocalErro
     }
     write_status(status_file, &status)?;
     Ok(request.done(&status_file.display().to_string()))
+}
+
+/// Everything `decide` would find wrong only later: the spec's own rules, and every analysis
+/// it names resolved against the given templates (a missing one, an undeclared arg, a misspelt
+/// metric or provider), before any weight changes. The error names the field.
+fn check_spec(canary: &Canary, templates: &[Document], secrets: &Secrets) -> Result<(), String> {
+    crate::canary::validate(&canary.spec).map_err(|e| e.to_string())?;
+    let object = serde_json::to_value(canary).map_err(|e| e.to_string())?;
+    for (field, source) in canary.spec.named_analysis_sources() {
+        let inputs = resolve::Inputs {
+            templates: resolve::referenced(&source, templates),
+            canary: &object,
+            stable_revision: &canary.spec.workload.stable,
+            canary_revision: &canary.spec.workload.canary,
+            secrets: secrets.clone(),
+        };
+        resolve::resolve(&source, inputs).map_err(|e| match e {
+            TemplateError::MissingTemplate { .. } => {
+                format!("{field}: {e} (pass it with another -t)")
+            }
+            e => format!("{field}: {e}"),
+        })?;
+    }
+    Ok(())
 }
 
 fn load_templates(files: &[PathBuf]) -> Result<Vec<Document>, LocalError> {
@@ -224,6 +284,7 @@ impl LocalController {
         let (runner, completed) = Runner::new(Arc::new(providers), clock);
         let exporter = Exporter::new().map_err(LocalError::Spec)?;
         let canary = read_canary(&opts.canary_file)?;
+        check_spec(&canary, &templates, &secrets).map_err(|e| file_err(&opts.canary_file, e))?;
         Ok(LocalController {
             canary_file: opts.canary_file.clone(),
             status_file,
@@ -274,6 +335,16 @@ impl LocalController {
             .as_ref()
             .map(|s| traffic_of_revision(s, &spec.workload.canary));
         let verdicts = self.runner.verdicts(&key);
+        // An edited spec is checked again before its revision's first weight, as at start.
+        let new_revision = status.revision.as_deref() != Some(spec.workload.canary.as_str())
+            && spec.workload.canary != stable_revision;
+        let analysis_problem = if new_revision
+            || status.is_condition_true(crate::canary::status::conditions::INVALID_SPEC)
+        {
+            check_spec(canary, &self.templates, &self.secrets).err()
+        } else {
+            None
+        };
         let obs = Observation {
             name: &name,
             generation: canary.metadata.generation,
@@ -284,6 +355,7 @@ impl LocalController {
             traffic,
             traffic_error,
             analyses: &verdicts,
+            analysis_problem,
             now: Timestamp::now(),
         };
         let mut decision = decide(&obs);
@@ -477,6 +549,61 @@ mod tests {
             until_done: true,
             poll: Duration::from_millis(20),
         }
+    }
+
+    /// The error `LocalController::new` gives, as text.
+    fn refused(opts: &Options) -> String {
+        match LocalController::new(opts) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn spec_mistakes_are_refused_before_anything_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        // A template the spec names but nobody passed: the hint names this command's flag.
+        let path = write_spec(
+            dir.path(),
+            "v2",
+            "  - setWeight: 20\n  - analysis: {templates: [{templateName: success-rate}]}\n",
+            "",
+        );
+        let e = refused(&options(&path, vec![]));
+        assert!(
+            e.contains("spec.steps[1].analysis: templates[0]: template 'success-rate' is referenced but was not given (pass it with another -t)"),
+            "{e}"
+        );
+        assert!(!e.contains("-f)"), "{e}");
+        // A misspelt field.
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            text.replace("  steps:", "  stategy: canary\n  steps:"),
+        )
+        .unwrap();
+        let e = refused(&options(&path, vec![]));
+        assert!(e.contains("unknown field(s): spec.stategy"), "{e}");
+        // An Argo Rollout given where a Canary is expected.
+        std::fs::write(
+            &path,
+            "apiVersion: argoproj.io/v1alpha1\nkind: Rollout\nmetadata: {name: app}\nspec:\n  strategy: {canary: {steps: [{setWeight: 20}]}}\n",
+        )
+        .unwrap();
+        let e = refused(&options(&path, vec![]));
+        assert!(
+            e.contains("kind: expected a Canary (apiVersion plover.dev/v1alpha1), got argoproj.io/v1alpha1 Rollout"),
+            "{e}"
+        );
+        // An inline metric with a misspelt provider.
+        let path = write_spec(
+            dir.path(),
+            "v2",
+            "  - setWeight: 20\n",
+            "  analysis:\n    metrics:\n    - name: m\n      provider: {prometheus_: {address: 'http://x', query: up}}\n",
+        );
+        let e = refused(&options(&path, vec![]));
+        assert!(e.contains("spec.analysis: "), "{e}");
     }
 
     #[tokio::test]

@@ -242,6 +242,34 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
             workload_state(candidate.as_ref(), &replica_sets),
         )
     };
+    // Before a revision's first weight (or after an edit, or while the last check found a
+    // problem), every analysis the spec names is fetched and resolved as its step would.
+    let new_revision = canary_state.revision.is_some()
+        && canary_state.revision != stable_state.revision
+        && status.revision != canary_state.revision;
+    let edited = status.observed_generation != canary.metadata.generation;
+    let recheck = status.is_condition_true(conditions::INVALID_SPEC);
+    let analysis_problem = if valid
+        && canary_state.revision != stable_state.revision
+        && (new_revision || edited || recheck)
+    {
+        let revision = |w: &WorkloadState| {
+            w.pod_template_hash
+                .clone()
+                .or_else(|| w.revision.clone())
+                .unwrap_or_default()
+        };
+        check_analyses(
+            &ctx,
+            &namespace,
+            &canary,
+            &revision(&stable_state),
+            &revision(&canary_state),
+        )
+        .await?
+    } else {
+        None
+    };
     let obs = Observation {
         name: &name,
         generation: canary.metadata.generation,
@@ -252,6 +280,7 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
         traffic,
         traffic_error,
         analyses: &verdicts,
+        analysis_problem,
         now: (ctx.now)(),
     };
     let mut decision = decide(&obs);
@@ -616,6 +645,40 @@ async fn promote(
 /// Fetches the referenced templates (and the templates they reference) and the secrets their
 /// args read. The outer error is the API server's (retry the reconcile); the inner one is the
 /// spec's (a template that does not exist: the run is an Error, as Argo makes it).
+/// Fetches and resolves every analysis `canary` names, as each would be when its step starts:
+/// the first problem, naming the field (`spec.steps[2].analysis: AnalysisTemplate "x" not
+/// found in namespace y`), or `None`.
+async fn check_analyses(
+    ctx: &Context,
+    namespace: &str,
+    canary: &Canary,
+    stable_revision: &str,
+    canary_revision: &str,
+) -> Result<Option<String>, ReconcileError> {
+    let object = serde_json::to_value(canary)?;
+    for (field, source) in canary.spec.named_analysis_sources() {
+        let problem = match fetch_templates(ctx, namespace, &source).await? {
+            Err(e) => Some(e),
+            Ok((templates, secrets)) => {
+                let inputs = resolve::Inputs {
+                    templates,
+                    canary: &object,
+                    stable_revision,
+                    canary_revision,
+                    secrets,
+                };
+                resolve::resolve(&source, inputs)
+                    .err()
+                    .map(|e| e.to_string())
+            }
+        };
+        if let Some(problem) = problem {
+            return Ok(Some(format!("{field}: {problem}")));
+        }
+    }
+    Ok(None)
+}
+
 async fn fetch_templates(
     ctx: &Context,
     namespace: &str,
@@ -650,8 +713,13 @@ async fn fetch_templates(
             };
             return Ok(Err(format!("{kind} {name:?} not found{place}")));
         };
+        // A template the API server accepted but that is no analysis is the user's mistake,
+        // said on the Canary, not an error of this reconcile.
         let spec: AnalysisSpec =
-            serde_json::from_value(object.data.get("spec").cloned().unwrap_or(Value::Null))?;
+            match serde_json::from_value(object.data.get("spec").cloned().unwrap_or(Value::Null)) {
+                Ok(spec) => spec,
+                Err(e) => return Ok(Err(format!("{kind} {name:?}: spec: {e}"))),
+            };
         for nested in &spec.templates {
             wanted.push((nested.template_name.clone(), nested.cluster_scope));
         }

@@ -2,7 +2,8 @@
 //! controller`: a Canary the schema accepts but the controller cannot act on (stable and
 //! canary the same workload) gets the `InvalidSpec` condition and one Warning event; a Canary
 //! whose VirtualService has no route of the name it gives gets the `TrafficRoutingFailed`
-//! condition naming the object and the route, and one Warning event. Neither loops: over the
+//! condition naming the object and the route, and one Warning event; a Canary naming an
+//! AnalysisTemplate that does not exist gets `InvalidSpec` before its first weight. None loops: over the
 //! measured window each is reconciled at most a few times and its status is not written again.
 
 use std::time::Duration;
@@ -70,9 +71,22 @@ spec:
     missing["metadata"]["name"] = "missing-route".into();
     missing["spec"]["trafficRouting"]["istio"]["virtualService"]["routes"] =
         serde_json::json!(["secondary"]);
+    // The example's Canary with a step analysis whose template does not exist: refused before
+    // its first weight, not when the step is reached.
+    let mut no_template = canary_with_steps(
+        &example_canary,
+        serde_json::json!([
+            {"setWeight": 20},
+            {"analysis": {"templates": [{"templateName": "no-such-template"}]}}
+        ]),
+    );
+    no_template["metadata"]["name"] = "missing-template".into();
     cluster.apply(invalid).unwrap();
     cluster
         .apply(&serde_json::to_string(&missing).unwrap())
+        .unwrap();
+    cluster
+        .apply(&serde_json::to_string(&no_template).unwrap())
         .unwrap();
     // A new canary revision, so that the second Canary routes.
     set_image(
@@ -113,7 +127,24 @@ spec:
         routing_condition.contains("mock-server") && routing_condition.contains("secondary"),
         "the condition names the object and the route: {routing_condition}"
     );
-    // Nothing was routed by the invalid Canary, and the missing route changed nothing.
+    let template_condition = eventually(
+        (&cluster, NS),
+        "InvalidSpec for the missing template",
+        minute,
+        &mut controller,
+        || {
+            let c = condition(&cluster, "missing-template", "InvalidSpec");
+            c.starts_with("True ").then_some(c.clone()).ok_or(c)
+        },
+    );
+    assert!(
+        template_condition.contains(
+            "spec.steps[1].analysis: AnalysisTemplate \"no-such-template\" not found in namespace mock-server"
+        ),
+        "{template_condition}"
+    );
+    // Nothing was routed by the invalid Canary, the missing route changed nothing, and the
+    // Canary with a missing template sent nothing to its canary.
     assert_eq!(
         jsonpath(
             &cluster,
@@ -146,12 +177,13 @@ spec:
             .count()
     };
     let writes = std::fs::read_to_string(&versions_log).unwrap();
-    println!("invalid: {invalid_condition}\nmissing-route: {routing_condition}");
+    println!("invalid: {invalid_condition}\nmissing-route: {routing_condition}\nmissing-template: {template_condition}");
     println!(
-        "over {QUIET_WINDOW:?}: invalid reconciled {} times, missing-route {} times; status \
+        "over {QUIET_WINDOW:?}: invalid reconciled {} times, missing-route {} times, missing-template {} times; status \
          writes: {:?}",
         reconciles("invalid"),
         reconciles("missing-route"),
+        reconciles("missing-template"),
         writes.lines().collect::<Vec<_>>()
     );
     assert!(
@@ -161,8 +193,11 @@ spec:
     assert!(reconciles("invalid") <= 1, "{window_log}");
     // Looked at again every 30 s (route objects are not watched).
     assert!(reconciles("missing-route") <= 3, "{window_log}");
+    // Looked at again every 30 s too (templates are not watched).
+    assert!(reconciles("missing-template") <= 3, "{window_log}");
 
     // One Warning event each, never repeated.
     assert_eq!(warnings(&cluster, "invalid"), ["InvalidSpec 1"]);
     assert_eq!(warnings(&cluster, "missing-route"), ["RouteNotWritable 1"]);
+    assert_eq!(warnings(&cluster, "missing-template"), ["InvalidSpec 1"]);
 }

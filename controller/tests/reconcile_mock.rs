@@ -141,6 +141,20 @@ impl ApiServer {
         route_path: &str,
         route: &Value,
     ) {
+        self.expect_observation_checking(stable, canary, &[], route_path, route)
+            .await
+    }
+
+    /// [`Self::expect_observation`] of a new revision whose analyses are fetched (`templates`:
+    /// path and object of each) and resolved before its first weight.
+    async fn expect_observation_checking(
+        &mut self,
+        stable: &Value,
+        canary: &Value,
+        templates: &[(&str, &Value)],
+        route_path: &str,
+        route: &Value,
+    ) {
         for (path, object) in [
             ("/apis/apps/v1/namespaces/test/deployments/podinfo", stable),
             (
@@ -163,6 +177,10 @@ impl ApiServer {
                 json!({"apiVersion": "apps/v1", "kind": "ReplicaSetList", "metadata": {}, "items": []})
             })
             .await;
+        }
+        for (path, template) in templates {
+            self.expect("GET", path, None, |_| (*template).clone())
+                .await;
         }
         self.expect("GET", route_path, None, |_| route.clone())
             .await;
@@ -630,9 +648,13 @@ async fn a_failed_analysis_rolls_back_to_stable_with_an_argo_message_and_warning
     let object = canary(spec.clone(), None);
 
     let task = tokio::spawn(reconcile(object.clone(), ctx.clone()));
-    api.expect_observation(
+    api.expect_observation_checking(
         &stable,
         &candidate,
+        &[(
+            "/apis/argoproj.io/v1alpha1/namespaces/test/analysistemplates/success-rate",
+            &template,
+        )],
         "/apis/networking.istio.io/v1/namespaces/test/virtualservices/podinfo",
         &vs,
     )

@@ -126,6 +126,11 @@ pub struct Observation<'a> {
     /// Verdicts of the runs the analysis runner knows, by run name. A run recorded in status but
     /// missing here was lost (controller restart) and is started again.
     pub analyses: &'a BTreeMap<String, Verdict>,
+    /// An analysis the spec names that cannot be resolved (a missing template, an undeclared
+    /// arg, a misspelt metric or provider), found by the rim before a revision's first weight:
+    /// `spec.steps[2].analysis: …`. `None`: all resolve, or they were not checked (the revision
+    /// is already under way).
+    pub analysis_problem: Option<String>,
     pub now: Timestamp,
 }
 
@@ -340,6 +345,30 @@ impl Builder<'_, '_> {
     }
 }
 
+/// The spec cannot be acted on: the `InvalidSpec` condition with `message` (which names the
+/// field), Degraded, and one Warning event per distinct message.
+fn invalid_spec(b: &mut Builder<'_, '_>, message: String) {
+    let first_time = b
+        .status
+        .condition(conditions::INVALID_SPEC)
+        .is_none_or(|c| c.status != "True" || c.message != message);
+    let now = b.now.clone();
+    let generation = b.obs.generation;
+    b.status.set_condition(
+        conditions::INVALID_SPEC,
+        true,
+        reasons::INVALID_SPEC,
+        &message,
+        &now,
+        generation,
+    );
+    b.status.phase = Some(CanaryPhase::Degraded);
+    b.status.message = Some(format!("InvalidSpec: {message}"));
+    if first_time {
+        b.event(true, reasons::INVALID_SPEC, message);
+    }
+}
+
 /// Short form of a revision for run names.
 fn short(revision: &str) -> &str {
     revision.get(..10).unwrap_or(revision)
@@ -431,25 +460,16 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
     // An invalid spec: say which field, route nothing (we cannot trust the router config) and
     // do not requeue: only an edit of the spec can change the answer.
     if let Err(invalid) = validate(obs.spec) {
-        let message = invalid.to_string();
-        let first_time = b
-            .status
-            .condition(conditions::INVALID_SPEC)
-            .is_none_or(|c| c.status != "True" || c.message != message);
-        let now = b.now.clone();
-        b.status.set_condition(
-            conditions::INVALID_SPEC,
-            true,
-            reasons::INVALID_SPEC,
-            &message,
-            &now,
-            obs.generation,
-        );
-        b.status.phase = Some(CanaryPhase::Degraded);
-        b.status.message = Some(format!("InvalidSpec: {message}"));
-        if first_time {
-            b.event(true, reasons::INVALID_SPEC, message);
-        }
+        invalid_spec(&mut b, invalid.to_string());
+        return b.finish();
+    }
+    // An analysis that cannot run would surface only when its step starts, after traffic has
+    // moved: everything goes to stable instead, and only an edit (or the missing template
+    // appearing, looked for again every 30 s) changes the answer.
+    if let Some(problem) = &obs.analysis_problem {
+        invalid_spec(&mut b, problem.clone());
+        b.set_weight(0);
+        b.requeue(MISSING_WORKLOAD_RETRY);
         return b.finish();
     }
     b.status.remove_condition(conditions::INVALID_SPEC);

@@ -290,6 +290,21 @@ pub struct BackgroundAnalysis {
 
 impl CanarySpec {
     /// Every analysis the spec can start: each step's inline analysis, then the background one.
+    /// Every analysis the spec names, with its field (`spec.steps[2].analysis`,
+    /// `spec.analysis`), for checking them all before any weight changes.
+    pub fn named_analysis_sources(&self) -> Vec<(String, AnalysisSource)> {
+        self.steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((format!("spec.steps[{i}].analysis"), s.analysis.clone()?)))
+            .chain(
+                self.analysis
+                    .as_ref()
+                    .map(|a| ("spec.analysis".to_owned(), a.source())),
+            )
+            .collect()
+    }
+
     pub fn analysis_sources(&self) -> Vec<AnalysisSource> {
         self.steps
             .iter()

@@ -60,6 +60,8 @@ pub enum AnalyzeError {
     },
     #[error("{path}: {source}")]
     Template { path: String, source: TemplateError },
+    #[error("{0} (pass it with another -f)")]
+    MissingTemplate(TemplateError),
     #[error(transparent)]
     Resolve(#[from] TemplateError),
     #[error(transparent)]
@@ -186,7 +188,10 @@ pub fn prepare(opts: &Options) -> Result<Analysis, AnalyzeError> {
             })?,
         );
     }
-    let spec = template::flatten(&documents)?;
+    let spec = template::flatten(&documents).map_err(|e| match e {
+        TemplateError::MissingTemplate { .. } => AnalyzeError::MissingTemplate(e),
+        e => AnalyzeError::Resolve(e),
+    })?;
     // Secrets outside a cluster: --secret first, then PLOVER_SECRET_<NAME>_<KEY>.
     let mut secrets = opts.secrets.clone();
     for arg in &spec.args {

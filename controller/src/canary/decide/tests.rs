@@ -75,6 +75,7 @@ struct World {
     traffic: Option<TrafficObservation>,
     traffic_error: Option<String>,
     analyses: BTreeMap<String, Verdict>,
+    analysis_problem: Option<String>,
     now: i64,
 }
 
@@ -89,6 +90,7 @@ impl World {
             traffic: None,
             traffic_error: None,
             analyses: BTreeMap::new(),
+            analysis_problem: None,
             now: 0,
         }
     }
@@ -104,6 +106,7 @@ impl World {
             traffic: self.traffic,
             traffic_error: self.traffic_error.clone(),
             analyses: &self.analyses,
+            analysis_problem: self.analysis_problem.clone(),
             now: at(self.now),
         };
         let d = decide(&obs);
@@ -1130,4 +1133,29 @@ fn a_stable_rollout_that_never_completes_is_degraded_but_not_aborted() {
     assert_eq!(d.status.phase, Some(CanaryPhase::Degraded));
     assert!(!d.status.abort);
     assert_eq!(d.weights(), Some((20, 80)), "the split stays as it was");
+}
+
+#[test]
+fn an_analysis_that_cannot_run_is_an_invalid_spec_before_any_weight() {
+    let mut w = World::new(spec(vec![weight(20), analysis("success-rate"), weight(50)]));
+    w.analysis_problem = Some(
+        "spec.steps[1].analysis: AnalysisTemplate \"success-rate\" not found in namespace test"
+            .into(),
+    );
+    let d = w.tick();
+    assert_eq!(d.weights(), Some((0, 100)), "everything stays on stable");
+    assert_eq!(d.status.phase, Some(CanaryPhase::Degraded));
+    let c = d.status.condition(conditions::INVALID_SPEC).unwrap();
+    assert_eq!(
+        c.message,
+        "spec.steps[1].analysis: AnalysisTemplate \"success-rate\" not found in namespace test"
+    );
+    assert_eq!(events(&d), vec![reasons::INVALID_SPEC]);
+    assert!(started(&d).is_empty());
+    assert!(events(&w.tick_at(30)).is_empty(), "one event");
+    // The template appears: the revision starts from its first step.
+    w.analysis_problem = None;
+    let d = w.tick_at(60);
+    assert!(d.status.condition(conditions::INVALID_SPEC).is_none());
+    assert_eq!(d.weights(), Some((20, 80)));
 }
