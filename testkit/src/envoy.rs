@@ -83,6 +83,36 @@ impl Default for GatewaySpec {
     }
 }
 
+impl GatewaySpec {
+    /// Clusters `stable` and `canary` weighted 70/30, with Plover's test configuration
+    /// ([`plover_test_config`], ingest `token`) reporting to the exporter (or sink) on
+    /// `exporter_port`: the gateway of the measurement-accuracy test and bench.
+    pub fn plover_seventy_thirty(
+        stable_port: u16,
+        canary_port: u16,
+        token: &str,
+        exporter_port: u16,
+    ) -> GatewaySpec {
+        GatewaySpec {
+            upstreams: vec![
+                Upstream {
+                    cluster: "stable".into(),
+                    port: stable_port,
+                    weight: 70,
+                },
+                Upstream {
+                    cluster: "canary".into(),
+                    port: canary_port,
+                    weight: 30,
+                },
+            ],
+            filter: Some(WasmFilter::plover(plover_test_config(token, ""))),
+            exporter: Some(("plover_exporter".into(), exporter_port)),
+            ..GatewaySpec::default()
+        }
+    }
+}
+
 /// A running Envoy. Killed when dropped.
 pub struct Envoy {
     pub listener_port: u16,

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use plover_testkit::backend::{stable_and_slower_failing_canary, CANARY_DELAY_MS, STABLE_DELAY_MS};
-use plover_testkit::envoy::{plover_test_config, Envoy, GatewaySpec, Upstream, WasmFilter};
+use plover_testkit::envoy::{Envoy, GatewaySpec};
 use plover_testkit::http::{client, get, load};
 use plover_testkit::{assert_latency_close, exclusive};
 use plover_wire::stats::StatsResponse;
@@ -38,23 +38,7 @@ async fn stats_count_every_request_per_revision_and_match_the_backends_latency()
 
     let dir = tempfile::tempdir().unwrap();
     let envoy = Envoy::start(
-        &GatewaySpec {
-            upstreams: vec![
-                Upstream {
-                    cluster: "stable".into(),
-                    port: stable.port,
-                    weight: 70,
-                },
-                Upstream {
-                    cluster: "canary".into(),
-                    port: canary.port,
-                    weight: 30,
-                },
-            ],
-            filter: Some(WasmFilter::plover(plover_test_config(TOKEN, ""))),
-            exporter: Some(("plover_exporter".into(), exporter_port)),
-            ..GatewaySpec::default()
-        },
+        &GatewaySpec::plover_seventy_thirty(stable.port, canary.port, TOKEN, exporter_port),
         dir.path(),
     );
 

@@ -37,7 +37,7 @@ use std::time::Duration;
 use plover_testkit::backend::{
     stable_and_slower_failing_canary, Backend, Behaviour, CANARY_DELAY_MS, STABLE_DELAY_MS,
 };
-use plover_testkit::envoy::{plover_test_config, Envoy, GatewaySpec, Upstream, WasmFilter};
+use plover_testkit::envoy::{Envoy, GatewaySpec, Upstream, WasmFilter};
 use plover_testkit::http::load;
 use plover_testkit::sink::Sink;
 use plover_testkit::tools;
@@ -506,23 +506,7 @@ fn accuracy(dir: &std::path::Path) {
     let (stable, canary) = runtime.block_on(stable_and_slower_failing_canary(500));
     let sink = runtime.block_on(Sink::start("bench-token"));
     let envoy = Envoy::start(
-        &GatewaySpec {
-            upstreams: vec![
-                Upstream {
-                    cluster: "stable".into(),
-                    port: stable.port,
-                    weight: 70,
-                },
-                Upstream {
-                    cluster: "canary".into(),
-                    port: canary.port,
-                    weight: 30,
-                },
-            ],
-            filter: Some(WasmFilter::plover(plover_test_config("bench-token", ""))),
-            exporter: Some(("plover_exporter".into(), sink.port)),
-            ..GatewaySpec::default()
-        },
+        &GatewaySpec::plover_seventy_thirty(stable.port, canary.port, "bench-token", sink.port),
         dir,
     );
     let report = runtime.block_on(load(&envoy.url("/"), REQUESTS, 8, "x-plover-revision"));
