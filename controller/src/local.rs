@@ -173,14 +173,24 @@ pub fn request(status_file: &Path, request: Request) -> Result<String, LocalErro
 /// Everything `decide` would find wrong only later: the spec's own rules, and every analysis
 /// it names resolved against the given templates (a missing one, an undeclared arg, a misspelt
 /// metric or provider), before any weight changes. The error names the field.
-fn check_spec(canary: &Canary, templates: &[Document], secrets: &Secrets) -> Result<(), String> {
+/// With nothing to roll out (canary and stable the same revision) the analyses are checked
+/// when a revision comes: they resolve against the revisions they will judge.
+fn check_spec(
+    canary: &Canary,
+    stable_revision: &str,
+    templates: &[Document],
+    secrets: &Secrets,
+) -> Result<(), String> {
     crate::canary::validate(&canary.spec).map_err(|e| e.to_string())?;
+    if canary.spec.workload.canary == stable_revision {
+        return Ok(());
+    }
     let object = serde_json::to_value(canary).map_err(|e| e.to_string())?;
     for (field, source) in canary.spec.named_analysis_sources() {
         let inputs = resolve::Inputs {
             templates: resolve::referenced(&source, templates),
             canary: &object,
-            stable_revision: &canary.spec.workload.stable,
+            stable_revision,
             canary_revision: &canary.spec.workload.canary,
             secrets: secrets.clone(),
         };
@@ -284,7 +294,12 @@ impl LocalController {
         let (runner, completed) = Runner::new(Arc::new(providers), clock);
         let exporter = Exporter::new().map_err(LocalError::Spec)?;
         let canary = read_canary(&opts.canary_file)?;
-        check_spec(&canary, &templates, &secrets).map_err(|e| file_err(&opts.canary_file, e))?;
+        // The stable revision a restarted `plover local` continues from, else the spec's.
+        let stable_revision = read_status(&status_file)?
+            .stable_revision
+            .unwrap_or_else(|| canary.spec.workload.stable.clone());
+        check_spec(&canary, &stable_revision, &templates, &secrets)
+            .map_err(|e| file_err(&opts.canary_file, e))?;
         Ok(LocalController {
             canary_file: opts.canary_file.clone(),
             status_file,
@@ -341,7 +356,7 @@ impl LocalController {
         let analysis_problem = if new_revision
             || status.is_condition_true(crate::canary::status::conditions::INVALID_SPEC)
         {
-            check_spec(canary, &self.templates, &self.secrets).err()
+            check_spec(canary, &stable_revision, &self.templates, &self.secrets).err()
         } else {
             None
         };
