@@ -21,6 +21,7 @@ use std::{
 use super::{
     judge,
     phase::Phase,
+    provider::plover::vs_stable::EvidenceRecord,
     run::Measurement,
     template::{MetricSpec, ProviderSpec},
     value::Value,
@@ -35,6 +36,12 @@ pub enum Outcome {
     Decided {
         phase: Phase,
         text: String,
+        message: String,
+    },
+    /// A canary-versus-stable judge decided, with the statistics of its look.
+    Judged {
+        phase: Phase,
+        evidence: Box<EvidenceRecord>,
         message: String,
     },
 }
@@ -70,6 +77,47 @@ pub trait Source: Send + Sync {
     fn for_run(&self) -> Option<Arc<dyn Source>> {
         None
     }
+
+    /// Why this source cannot measure `metric` at all, if so (see [`runnable`]).
+    fn unsupported(&self, metric: &MetricSpec) -> Option<String> {
+        match &metric.provider {
+            ProviderSpec::Unsupported { reason, .. } => Some(reason.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// The metrics of an analysis that will be measured, and those left out with why.
+#[derive(Clone, Debug)]
+pub struct Runnable {
+    pub metrics: Vec<MetricSpec>,
+    pub skipped: Vec<(MetricSpec, String)>,
+}
+
+/// Sorts `metrics` by whether `source` can measure them. One rule for `plover analyze`, the
+/// controller and local mode: a metric that cannot be measured here is refused before anything
+/// runs (`Err` names it) — left out, it would drop a gate without a word; measured, it could
+/// only ever be an Error and roll the release back — unless it is dry-run, which cannot change
+/// the run's phase anyway: then it is left out and reported as skipped.
+pub fn runnable(source: &dyn Source, metrics: &[MetricSpec]) -> Result<Runnable, String> {
+    let mut out = Runnable {
+        metrics: Vec::new(),
+        skipped: Vec::new(),
+    };
+    for metric in metrics {
+        match source.unsupported(metric) {
+            None => out.metrics.push(metric.clone()),
+            Some(reason) if metric.dry_run => out.skipped.push((metric.clone(), reason)),
+            Some(reason) => {
+                return Err(format!(
+                    "metric {:?} cannot be measured here: {reason}; list it under dryRun to run \
+                     the analysis without it",
+                    metric.name
+                ))
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Addresses that complete or override the templates' own.
@@ -186,7 +234,7 @@ impl Providers {
     }
 
     /// Why this build cannot measure `metric` at all, if so: decided before the run starts.
-    pub fn unsupported(&self, metric: &MetricSpec) -> Option<String> {
+    pub fn unsupported_metric(&self, metric: &MetricSpec) -> Option<String> {
         match &metric.provider {
             ProviderSpec::Unsupported { reason, .. } => Some(reason.clone()),
             ProviderSpec::Prometheus(p) => {
@@ -219,6 +267,10 @@ impl Source for Providers {
     fn for_run(&self) -> Option<Arc<dyn Source>> {
         Some(Arc::new(Providers::for_run(self)))
     }
+
+    fn unsupported(&self, metric: &MetricSpec) -> Option<String> {
+        self.unsupported_metric(metric)
+    }
 }
 
 /// Takes one measurement of `metric`: query, then judge. `now` stamps start and finish.
@@ -228,6 +280,7 @@ pub async fn measure(
     now: &(dyn Fn() -> SystemTime + Sync),
 ) -> Measurement {
     let started_at = now();
+    let mut evidence = None;
     let (phase, value, message) = match source.query(metric).await {
         Err(e) => (Phase::Error, String::new(), Some(e.to_string())),
         Ok(Outcome::Decided {
@@ -235,6 +288,16 @@ pub async fn measure(
             text,
             message,
         }) => (phase, text, Some(message)),
+        Ok(Outcome::Judged {
+            phase,
+            evidence: record,
+            message,
+        }) => {
+            // Plain numbers and strings: serializing cannot fail.
+            let text = serde_json::to_string(&record).unwrap_or_default();
+            evidence = Some(*record);
+            (phase, text, Some(message))
+        }
         Ok(Outcome::Value { value, text }) => {
             let j = judge::judge(
                 &value,
@@ -248,6 +311,7 @@ pub async fn measure(
         phase,
         value,
         message,
+        evidence,
         started_at,
         finished_at: now(),
     }

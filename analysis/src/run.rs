@@ -18,7 +18,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::phase::Phase;
+use super::{phase::Phase, provider::plover::vs_stable::EvidenceRecord};
 
 /// Argo's `DefaultErrorRetryInterval`: an Error is retried after 10 s whatever the interval.
 pub const DEFAULT_ERROR_RETRY_INTERVAL: Duration = Duration::from_secs(10);
@@ -111,6 +111,8 @@ pub struct Measurement {
     pub value: String,
     /// Why, for an Error (or a provider's explanation, e.g. too few requests).
     pub message: Option<String>,
+    /// A canary-versus-stable judge's statistics (`value` is their JSON).
+    pub evidence: Option<EvidenceRecord>,
     pub started_at: SystemTime,
     pub finished_at: SystemTime,
 }

@@ -1,7 +1,7 @@
 //! The `Canary` resource (`plover.dev/v1alpha1`) and the pure rollout logic around it.
 //!
 //! ```text
-//!  spec (what the user wants) ──validate──▶ steps, routing, analysis
+//!  spec (what the user wants) ──validate──▶ Plan (typed steps, durations, defaults)
 //!       │
 //!  Observation { spec, status, workloads, traffic share, analysis verdicts, now }
 //!       │ decide (pure: no clock, no I/O)
@@ -10,8 +10,8 @@
 //!             status, requeue_after }
 //! ```
 //!
-//! Everything here is plain data and functions; `reconcile` (Kubernetes) and `local` (a spec
-//! file, no API server) are the only places that perform the actions.
+//! Everything here is plain data and functions; `crate::execute` performs the actions, through
+//! the rim of `reconcile` (Kubernetes) or `local` (a spec file, no API server).
 
 pub mod crd;
 pub mod decide;
@@ -27,4 +27,4 @@ pub use decide::{
 };
 pub use spec::*;
 pub use status::*;
-pub use validate::{validate, InvalidSpec};
+pub use validate::{validate, InvalidSpec, Plan, PlanStep};

@@ -2,7 +2,7 @@
 //! against the API server, local mode, and the `plover` / `kubectl plover` command lines.
 //!
 //! ```text
-//!  canary (CRD types, validation, pure decide) ◀── reconcile (kube: observe, execute, status)
+//!  canary (CRD types, validation, pure decide) ◀── reconcile (kube: observe + its Rim)
 //!     │  Decision { SetWeight, StartAnalysis, StopAnalysis,     │        ▲ controller (Lease,
 //!     │            PromoteWorkload, Event }                     │        │   /metrics, /healthz)
 //!     ▼                                                         ▼        │
@@ -19,6 +19,7 @@
 pub mod canary;
 pub mod cli;
 pub mod controller;
+mod execute;
 pub mod lease;
 pub mod local;
 pub mod metrics;

@@ -27,9 +27,11 @@ use plover_analysis::{
 
 use crate::{
     canary::{
-        decide, resolve, Action, Canary, CanaryPhase, CanaryStatus, Observation, WorkloadState,
+        decide, resolve, AnalysisKind, AnalysisSource, Canary, CanaryPhase, CanaryStatus,
+        Observation, WorkloadState,
     },
     cli::kubectl::Request,
+    execute::{execute, Revisions, Rim},
     observe::{traffic_of_revision, Exporter, TrafficSource},
     router::{envoy_file, RouterError},
     runner::{CanaryKey, Runner},
@@ -180,6 +182,7 @@ fn check_spec(
     stable_revision: &str,
     templates: &[Document],
     secrets: &Secrets,
+    runner: &Runner,
 ) -> Result<(), String> {
     crate::canary::validate(&canary.spec).map_err(|e| e.to_string())?;
     if canary.spec.workload.canary == stable_revision {
@@ -194,12 +197,15 @@ fn check_spec(
             canary_revision: &canary.spec.workload.canary,
             secrets: secrets.clone(),
         };
-        resolve::resolve(&source, inputs).map_err(|e| match e {
+        let analysis = resolve::resolve(&source, inputs).map_err(|e| match e {
             TemplateError::MissingTemplate { .. } => {
                 format!("{field}: {e} (pass it with another -t)")
             }
             e => format!("{field}: {e}"),
         })?;
+        if let Some(refused) = runner.refused(&analysis) {
+            return Err(format!("{field}: {refused}"));
+        }
     }
     Ok(())
 }
@@ -298,7 +304,7 @@ impl LocalController {
         let stable_revision = read_status(&status_file)?
             .stable_revision
             .unwrap_or_else(|| canary.spec.workload.stable.clone());
-        check_spec(&canary, &stable_revision, &templates, &secrets)
+        check_spec(&canary, &stable_revision, &templates, &secrets, &runner)
             .map_err(|e| file_err(&opts.canary_file, e))?;
         Ok(LocalController {
             canary_file: opts.canary_file.clone(),
@@ -356,7 +362,14 @@ impl LocalController {
         let analysis_problem = if new_revision
             || status.is_condition_true(crate::canary::status::conditions::INVALID_SPEC)
         {
-            check_spec(canary, &stable_revision, &self.templates, &self.secrets).err()
+            check_spec(
+                canary,
+                &stable_revision,
+                &self.templates,
+                &self.secrets,
+                &self.runner,
+            )
+            .err()
         } else {
             None
         };
@@ -373,97 +386,38 @@ impl LocalController {
             analysis_problem,
             now: Timestamp::now(),
         };
-        let mut decision = decide(&obs);
-        let mut stable_now = stable_revision.clone();
-        let mut events = Vec::new();
-        for action in &decision.actions {
-            match action {
-                Action::SetWeight {
-                    canary: c,
-                    stable: s,
-                } => {
-                    if let Some(cfg) = &spec.traffic_routing.envoy {
-                        if envoy_file::apply(cfg, &stable_now, &spec.workload.canary, *c, *s)? {
-                            let (stable_cluster, canary_cluster) =
-                                cfg.route_clusters(&stable_now, &spec.workload.canary);
-                            let weights = if stable_cluster == canary_cluster {
-                                format!("{stable_cluster}={}", c + s)
-                            } else {
-                                format!("{stable_cluster}={s} {canary_cluster}={c}")
-                            };
-                            let _ = writeln!(out, "ROUTE {}: {weights}", cfg.routes_file);
-                        }
-                    }
-                }
-                Action::PromoteWorkload { revision } => {
-                    stable_now = revision.clone();
-                    decision.status.stable_revision = Some(revision.clone());
-                    // Fixed clusters: the stable cluster now serves the promoted revision.
-                    if let Some(cfg) = &spec.traffic_routing.envoy {
-                        if envoy_file::sync_clusters(cfg, &stable_now, &spec.workload.canary)? {
-                            let _ =
-                                writeln!(out, "CLUSTERS stable cluster now serves {stable_now}");
-                        }
-                    }
-                }
-                Action::StartAnalysis {
-                    name: run, source, ..
-                } => {
-                    let object = serde_json::to_value(canary).unwrap_or_default();
-                    let inputs = resolve::Inputs {
-                        templates: resolve::referenced(source, &self.templates),
-                        canary: &object,
-                        stable_revision: &stable_revision,
-                        canary_revision: &spec.workload.canary,
-                        secrets: self.secrets.clone(),
-                    };
-                    match resolve::resolve(source, inputs) {
-                        Ok(analysis) => self.runner.start(&key, run, analysis),
-                        Err(e) => self.runner.fail(&key, run, e.to_string()),
-                    }
-                    let _ = writeln!(out, "ANALYSIS started {run}");
-                }
-                Action::StopAnalysis { name: run } => self.runner.stop(&key, run),
-                Action::Event {
-                    warning,
-                    reason,
-                    message,
-                } => {
-                    let _ = writeln!(
-                        out,
-                        "EVENT {} {reason}: {message}",
-                        if *warning { "Warning" } else { "Normal" }
-                    );
-                    events.push(Event {
-                        warning: *warning,
-                        reason,
-                        message: message.clone(),
-                    });
-                }
-            }
-        }
-        let keep = decision.status.analysis_runs_in_use();
-        self.runner.retain(&key, &keep);
-        // A request that arrived while we decided must not be lost by our write.
-        let latest = read_status(&self.status_file)?;
-        if latest.promote && !status.promote {
-            decision.status.promote = true;
-        }
-        if latest.promote_full && !status.promote_full {
-            decision.status.promote_full = true;
-        }
-        if latest.abort != status.abort {
-            decision.status.abort = latest.abort;
-        }
-        if decision.status != status {
-            write_status(&self.status_file, &decision.status)?;
+        let decision = decide(&obs);
+        let mut rim = LocalRim {
+            canary,
+            key: &key,
+            stable_revision: &stable_revision,
+            templates: &self.templates,
+            secrets: &self.secrets,
+            runner: &self.runner,
+            status_file: &self.status_file,
+            read: &status,
+            out: &mut *out,
+            events: Vec::new(),
+            conflict: false,
+        };
+        execute(&decision, &status, &mut rim).await?;
+        let (events, conflict) = (rim.events, rim.conflict);
+        if conflict {
+            // `plover promote|abort|retry` wrote a request while we decided: decide again at
+            // once from the file as it is now (what the API server's 409 does in cluster mode).
+            return Ok(Pass {
+                status: read_status(&self.status_file)?,
+                previous_phase: status.phase,
+                events,
+                stats,
+                requeue_after: Some(Duration::ZERO),
+            });
         }
         let s = &decision.status;
         let line = format!(
             "STATUS {} step={} desired={} observed={} {}",
             s.phase.map_or("Unknown", |p| p.as_str()),
-            s.current_step_index
-                .map_or_else(|| "-".to_owned(), |i| format!("{i}/{}", spec.steps.len())),
+            s.step_label(spec.steps.len()),
             s.desired_weight,
             s.observed_weight
                 .map_or_else(|| "-".to_owned(), |w| w.to_string()),
@@ -510,6 +464,115 @@ impl LocalController {
             }
             self.wait(&pass).await;
         }
+    }
+}
+
+/// Local mode's side of [`execute`]: the Envoy files, the runner, printed events and the
+/// status file.
+struct LocalRim<'a> {
+    canary: &'a Canary,
+    key: &'a CanaryKey,
+    /// The stable revision this pass read (the routes name its cluster).
+    stable_revision: &'a str,
+    templates: &'a [Document],
+    secrets: &'a Secrets,
+    runner: &'a Runner,
+    status_file: &'a Path,
+    /// The status file as this pass read it.
+    read: &'a CanaryStatus,
+    out: &'a mut (dyn Write + Send),
+    events: Vec<Event>,
+    /// The status file changed since it was read; nothing was written.
+    conflict: bool,
+}
+
+/// The Envoy routing `read_canary` made sure of.
+fn envoy_of(canary: &Canary) -> Result<&crate::canary::EnvoyRouting, LocalError> {
+    canary
+        .spec
+        .traffic_routing
+        .envoy
+        .as_ref()
+        .ok_or_else(|| LocalError::Spec("local mode needs spec.trafficRouting.envoy".into()))
+}
+
+impl Rim for LocalRim<'_> {
+    type Error = LocalError;
+
+    async fn set_weight(&mut self, canary: u32, stable: u32) -> Result<(), LocalError> {
+        let cfg = envoy_of(self.canary)?;
+        let revision = &self.canary.spec.workload.canary;
+        if envoy_file::apply(cfg, self.stable_revision, revision, canary, stable)? {
+            let (stable_cluster, canary_cluster) =
+                cfg.route_clusters(self.stable_revision, revision);
+            let weights = if stable_cluster == canary_cluster {
+                format!("{stable_cluster}={}", canary + stable)
+            } else {
+                format!("{stable_cluster}={stable} {canary_cluster}={canary}")
+            };
+            let _ = writeln!(self.out, "ROUTE {}: {weights}", cfg.routes_file);
+        }
+        Ok(())
+    }
+
+    async fn promote(&mut self, revision: &str) -> Result<(), LocalError> {
+        // Fixed clusters: the stable cluster now serves the promoted revision.
+        let cfg = envoy_of(self.canary)?;
+        if envoy_file::sync_clusters(cfg, revision, &self.canary.spec.workload.canary)? {
+            let _ = writeln!(self.out, "CLUSTERS stable cluster now serves {revision}");
+        }
+        Ok(())
+    }
+
+    async fn start_analysis(
+        &mut self,
+        name: &str,
+        _kind: AnalysisKind,
+        source: &AnalysisSource,
+        revisions: Revisions<'_>,
+    ) -> Result<(), LocalError> {
+        let object =
+            serde_json::to_value(self.canary).map_err(|e| LocalError::Spec(e.to_string()))?;
+        let inputs = resolve::Inputs {
+            templates: resolve::referenced(source, self.templates),
+            canary: &object,
+            stable_revision: revisions.stable,
+            canary_revision: revisions.canary,
+            secrets: self.secrets.clone(),
+        };
+        match resolve::resolve(source, inputs) {
+            Ok(analysis) => self.runner.start(self.key, name, analysis),
+            Err(e) => self.runner.fail(self.key, name, e.to_string()),
+        }
+        let _ = writeln!(self.out, "ANALYSIS started {name}");
+        Ok(())
+    }
+
+    fn stop_analysis(&mut self, name: &str) {
+        self.runner.stop(self.key, name);
+    }
+
+    fn retain_analyses(&mut self, keep: &[&str]) {
+        self.runner.retain(self.key, keep);
+    }
+
+    async fn event(&mut self, warning: bool, reason: &'static str, message: &str) {
+        let kind = if warning { "Warning" } else { "Normal" };
+        let _ = writeln!(self.out, "EVENT {kind} {reason}: {message}");
+        self.events.push(Event {
+            warning,
+            reason,
+            message: message.to_owned(),
+        });
+    }
+
+    async fn write_status(&mut self, status: &CanaryStatus) -> Result<(), LocalError> {
+        // A request written since we read the file must not be lost by our write.
+        if read_status(self.status_file)? != *self.read {
+            self.conflict = true;
+            return Ok(());
+        }
+        write_status(self.status_file, status)
     }
 }
 

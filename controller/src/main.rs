@@ -79,6 +79,11 @@ struct AnalyzeCmd {
     /// (Inconclusive) or argo (Successful, as Argo Rollouts does).
     #[arg(long, value_enum, default_value_t = TerminationArg::RequireSuccess)]
     termination: TerminationArg,
+    /// Treat this metric (a name or regular expression) as dry-run, as a template's dryRun
+    /// does: its result cannot change the run's phase, and a metric that cannot be measured
+    /// here (a job) is skipped instead of refused.
+    #[arg(long = "dry-run", value_name = "METRIC")]
+    dry_run: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -149,6 +154,7 @@ fn options(cmd: AnalyzeCmd) -> Result<analyze::Options> {
             TerminationArg::RequireSuccess => Termination::RequireSuccess,
             TerminationArg::Argo => Termination::Argo,
         },
+        dry_run: cmd.dry_run,
     })
 }
 

@@ -38,13 +38,14 @@ use kube::{
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
-use plover_analysis::template::{AnalysisSpec, Document, Secrets};
+use plover_analysis::template::{Analysis, AnalysisSpec, Document, Secrets};
 
 use crate::{
     canary::{
-        conditions, decide, reasons, resolve, validate, Action as Step, AnalysisKind, Canary,
-        CanarySpec, CanaryStatus, Decision, Observation, WorkloadState,
+        conditions, decide, reasons, resolve, validate, AnalysisKind, AnalysisSource, Canary,
+        CanarySpec, CanaryStatus, Observation, WorkloadState,
     },
+    execute::{execute, Revisions, Rim},
     metrics::Metrics,
     observe::{
         selector_labels, template_revision, traffic_from_stats, traffic_of_revision,
@@ -253,20 +254,18 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
         && canary_state.revision != stable_state.revision
         && (new_revision || edited || recheck)
     {
-        let revision = |w: &WorkloadState| {
+        let revision = |w: &'_ WorkloadState| {
             w.pod_template_hash
                 .clone()
                 .or_else(|| w.revision.clone())
                 .unwrap_or_default()
         };
-        check_analyses(
-            &ctx,
-            &namespace,
-            &canary,
-            &revision(&stable_state),
-            &revision(&canary_state),
-        )
-        .await?
+        let (stable_revision, canary_revision) = (revision(&stable_state), revision(&canary_state));
+        let revisions = Revisions {
+            stable: &stable_revision,
+            canary: &canary_revision,
+        };
+        check_analyses(&ctx, &namespace, &canary, &revisions).await?
     } else {
         None
     };
@@ -283,14 +282,19 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
         analysis_problem,
         now: (ctx.now)(),
     };
-    let mut decision = decide(&obs);
+    let decision = decide(&obs);
 
-    let workloads = Workloads {
-        stable: stable.as_ref(),
-        canary: candidate.as_ref(),
-        envoy_stable: &envoy_stable,
+    let mut rim = ClusterRim {
+        ctx: &ctx,
+        canary: &canary,
+        key: &key,
+        workloads: Workloads {
+            stable: stable.as_ref(),
+            canary: candidate.as_ref(),
+            envoy_stable: &envoy_stable,
+        },
     };
-    match execute(&canary, &ctx, &key, &decision, &workloads).await {
+    match execute(&decision, &status, &mut rim).await {
         Ok(()) => {}
         // The route object cannot take the weights as the spec names them (a route or
         // destination that is not there, a third weighted destination, …): a problem of the
@@ -301,27 +305,6 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
             return routing_failed(&canary, &ctx, &key, &status, &error).await;
         }
         Err(e) => return Err(e),
-    }
-    if decision
-        .actions
-        .iter()
-        .any(|a| matches!(a, Step::SetWeight { .. }))
-    {
-        decision
-            .status
-            .remove_condition(conditions::TRAFFIC_ROUTING_FAILED);
-    }
-    if spec.traffic_routing.envoy.is_some() {
-        if let Some(revision) = decision.actions.iter().find_map(|a| match a {
-            Step::PromoteWorkload { revision } => Some(revision.clone()),
-            _ => None,
-        }) {
-            decision.status.stable_revision = Some(revision);
-        }
-    }
-
-    if decision.status != status {
-        write_status(&ctx, &canary, &key, &decision.status).await?;
     }
     ctx.metrics.observe(&namespace, &name, &decision.status);
     info!(
@@ -438,78 +421,82 @@ struct Workloads<'a> {
     envoy_stable: &'a str,
 }
 
-async fn execute(
-    canary: &Canary,
-    ctx: &Context,
-    key: &CanaryKey,
-    decision: &Decision,
-    workloads: &Workloads<'_>,
-) -> Result<(), ReconcileError> {
-    let namespace = &key.0;
-    let (stable, candidate) = (workloads.stable, workloads.canary);
-    for action in &decision.actions {
-        match action {
-            Step::StopAnalysis { name } => ctx.runner.stop(key, name),
-            Step::SetWeight {
-                canary: c,
-                stable: s,
-            } => route(ctx, namespace, &canary.spec, workloads, *c, *s).await?,
-            // Envoy routing: promotion is recorded in status (see reconcile), nothing to patch.
-            Step::PromoteWorkload { revision } if canary.spec.traffic_routing.envoy.is_some() => {
-                if let Some(cfg) = &canary.spec.traffic_routing.envoy {
-                    envoy_file::sync_clusters(cfg, revision, &canary.spec.workload.canary)?;
-                }
+/// The API server's side of [`execute`]: routers, the stable Deployment, the runner, Events and
+/// the Canary's status.
+struct ClusterRim<'a> {
+    ctx: &'a Context,
+    canary: &'a Canary,
+    key: &'a CanaryKey,
+    workloads: Workloads<'a>,
+}
+
+impl Rim for ClusterRim<'_> {
+    type Error = ReconcileError;
+
+    async fn set_weight(&mut self, canary: u32, stable: u32) -> Result<(), ReconcileError> {
+        route(
+            self.ctx,
+            &self.key.0,
+            &self.canary.spec,
+            &self.workloads,
+            canary,
+            stable,
+        )
+        .await
+    }
+
+    async fn promote(&mut self, revision: &str) -> Result<(), ReconcileError> {
+        match &self.canary.spec.traffic_routing.envoy {
+            // Envoy routing: the decision recorded the new stable revision; fixed clusters
+            // are re-pointed to it.
+            Some(cfg) => {
+                envoy_file::sync_clusters(cfg, revision, &self.canary.spec.workload.canary)?;
+                Ok(())
             }
-            Step::PromoteWorkload { revision } => {
-                promote(ctx, namespace, stable, candidate, revision).await?
+            None => {
+                promote(
+                    self.ctx,
+                    &self.key.0,
+                    self.workloads.stable,
+                    self.workloads.canary,
+                    revision,
+                )
+                .await
             }
-            Step::StartAnalysis { name, kind, source } => {
-                let object = serde_json::to_value(canary)?;
-                // `podTemplateHashValue` is what Argo makes it: the pod-template-hash the pods
-                // carry and report, which the exporter counts (Plover's own revision id only
-                // where the ReplicaSet is not known yet, or with Envoy routing, where the
-                // revision names are the clusters').
-                let s = &decision.status;
-                let stable_rev = s
-                    .stable_pod_template_hash
-                    .clone()
-                    .or_else(|| s.stable_revision.clone())
-                    .unwrap_or_default();
-                let canary_rev = s
-                    .canary_pod_template_hash
-                    .clone()
-                    .or_else(|| s.revision.clone())
-                    .unwrap_or_default();
-                match fetch_templates(ctx, namespace, source).await? {
-                    Err(e) => ctx
-                        .runner
-                        .fail(key, name, format!("Analysis spec invalid: {e}")),
-                    Ok((templates, secrets)) => {
-                        let inputs = resolve::Inputs {
-                            templates,
-                            canary: &object,
-                            stable_revision: &stable_rev,
-                            canary_revision: &canary_rev,
-                            secrets,
-                        };
-                        match resolve::resolve(source, inputs) {
-                            Ok(analysis) => ctx.runner.start(key, name, analysis),
-                            Err(e) => ctx.runner.fail(key, name, e.to_string()),
-                        }
-                    }
-                }
-                info!(canary = %key.1, run = %name, kind = ?kind_label(*kind), "Analysis started.");
-            }
-            Step::Event {
-                warning,
-                reason,
-                message,
-            } => publish(ctx, canary, key, *warning, reason, message).await,
         }
     }
-    let keep = decision.status.analysis_runs_in_use();
-    ctx.runner.retain(key, &keep);
-    Ok(())
+
+    async fn start_analysis(
+        &mut self,
+        name: &str,
+        kind: AnalysisKind,
+        source: &AnalysisSource,
+        revisions: Revisions<'_>,
+    ) -> Result<(), ReconcileError> {
+        let object = serde_json::to_value(self.canary)?;
+        match resolve_analysis(self.ctx, &self.key.0, &object, source, &revisions).await? {
+            Ok(analysis) => self.ctx.runner.start(self.key, name, analysis),
+            Err(problem) => self.ctx.runner.fail(self.key, name, problem),
+        }
+        info!(canary = %self.key.1, run = %name, kind = ?kind_label(kind), "Analysis started.");
+        Ok(())
+    }
+
+    fn stop_analysis(&mut self, name: &str) {
+        self.ctx.runner.stop(self.key, name);
+    }
+
+    fn retain_analyses(&mut self, keep: &[&str]) {
+        self.ctx.runner.retain(self.key, keep);
+    }
+
+    async fn event(&mut self, warning: bool, reason: &'static str, message: &str) {
+        publish(self.ctx, self.canary, self.key, warning, reason, message).await;
+    }
+
+    async fn write_status(&mut self, status: &CanaryStatus) -> Result<(), ReconcileError> {
+        write_status(self.ctx, self.canary, self.key, status).await
+    }
 }
 
 fn kind_label(kind: AnalysisKind) -> String {
@@ -642,9 +629,6 @@ async fn promote(
     Ok(())
 }
 
-/// Fetches the referenced templates (and the templates they reference) and the secrets their
-/// args read. The outer error is the API server's (retry the reconcile); the inner one is the
-/// spec's (a template that does not exist: the run is an Error, as Argo makes it).
 /// Fetches and resolves every analysis `canary` names, as each would be when its step starts:
 /// the first problem, naming the field (`spec.steps[2].analysis: AnalysisTemplate "x" not
 /// found in namespace y`), or `None`.
@@ -652,37 +636,53 @@ async fn check_analyses(
     ctx: &Context,
     namespace: &str,
     canary: &Canary,
-    stable_revision: &str,
-    canary_revision: &str,
+    revisions: &Revisions<'_>,
 ) -> Result<Option<String>, ReconcileError> {
     let object = serde_json::to_value(canary)?;
     for (field, source) in canary.spec.named_analysis_sources() {
-        let problem = match fetch_templates(ctx, namespace, &source).await? {
-            Err(e) => Some(e),
-            Ok((templates, secrets)) => {
-                let inputs = resolve::Inputs {
-                    templates,
-                    canary: &object,
-                    stable_revision,
-                    canary_revision,
-                    secrets,
-                };
-                resolve::resolve(&source, inputs)
-                    .err()
-                    .map(|e| e.to_string())
-            }
-        };
-        if let Some(problem) = problem {
+        if let Err(problem) = resolve_analysis(ctx, namespace, &object, &source, revisions).await? {
             return Ok(Some(format!("{field}: {problem}")));
         }
     }
     Ok(None)
 }
 
+/// Fetches what `source` references and resolves it for the Canary `object` and `revisions`.
+/// The outer error is the API server's (retry the reconcile); the inner one is the spec's (a
+/// template that does not exist, an undeclared arg: the run is an Error, as Argo makes it).
+async fn resolve_analysis(
+    ctx: &Context,
+    namespace: &str,
+    object: &Value,
+    source: &AnalysisSource,
+    revisions: &Revisions<'_>,
+) -> Result<Result<Analysis, String>, ReconcileError> {
+    Ok(match fetch_templates(ctx, namespace, source).await? {
+        Err(problem) => Err(problem),
+        Ok((templates, secrets)) => {
+            let inputs = resolve::Inputs {
+                templates,
+                canary: object,
+                stable_revision: revisions.stable,
+                canary_revision: revisions.canary,
+                secrets,
+            };
+            resolve::resolve(source, inputs)
+                .map_err(|e| e.to_string())
+                .and_then(|analysis| match ctx.runner.refused(&analysis) {
+                    Some(refused) => Err(refused),
+                    None => Ok(analysis),
+                })
+        }
+    })
+}
+
+/// Fetches the referenced templates (and the templates they reference) and the secrets their
+/// args read. The outer error is the API server's; the inner one is the spec's.
 async fn fetch_templates(
     ctx: &Context,
     namespace: &str,
-    source: &crate::canary::AnalysisSource,
+    source: &AnalysisSource,
 ) -> Result<Result<(Vec<Document>, Secrets), String>, ReconcileError> {
     let mut wanted: Vec<(String, bool)> = source
         .templates

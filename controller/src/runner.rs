@@ -130,8 +130,19 @@ impl Runner {
         let _ = self.completed.send(key.clone());
     }
 
-    /// Starts a run under `name` unless one with that name exists.
-    pub fn start(&self, key: &CanaryKey, name: &str, analysis: Analysis) {
+    /// Why `analysis` cannot run here, if so: a metric no provider can measure that is not
+    /// dry-run (see `plover_analysis::provider::runnable`).
+    pub fn refused(&self, analysis: &Analysis) -> Option<String> {
+        provider::runnable(&*self.source, &analysis.metrics).err()
+    }
+
+    /// Starts a run under `name` unless one with that name exists. Dry-run metrics that cannot
+    /// be measured here are left out; a run with any other such metric fails at once.
+    pub fn start(&self, key: &CanaryKey, name: &str, mut analysis: Analysis) {
+        match provider::runnable(&*self.source, &analysis.metrics) {
+            Ok(runnable) => analysis.metrics = runnable.metrics,
+            Err(refused) => return self.fail(key, name, refused),
+        }
         let mut runs = lock(&self.runs);
         let of_canary = runs.entry(key.clone()).or_default();
         if of_canary.contains_key(name) {

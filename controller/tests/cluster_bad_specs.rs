@@ -81,6 +81,21 @@ spec:
         ]),
     );
     no_template["metadata"]["name"] = "missing-template".into();
+    // A metric no provider here can measure (a Job): refused the same way, as `plover analyze`
+    // refuses it, rather than an Error that would roll back once the step is reached.
+    let mut job_metric = canary_with_steps(
+        &example_canary,
+        serde_json::json!([
+            {"setWeight": 20},
+            {"analysis": {"metrics": [{"name": "load-test", "provider": {"job": {"spec": {
+                "template": {"spec": {"restartPolicy": "Never",
+                    "containers": [{"name": "load", "image": "busybox"}]}}}}}}]}}
+        ]),
+    );
+    job_metric["metadata"]["name"] = "job-metric".into();
+    cluster
+        .apply(&serde_json::to_string(&job_metric).unwrap())
+        .unwrap();
     cluster.apply(invalid).unwrap();
     cluster
         .apply(&serde_json::to_string(&missing).unwrap())
@@ -142,6 +157,22 @@ spec:
             "spec.steps[1].analysis: AnalysisTemplate \"no-such-template\" not found in namespace mock-server"
         ),
         "{template_condition}"
+    );
+    let job_condition = eventually(
+        (&cluster, NS),
+        "InvalidSpec for the job metric",
+        minute,
+        &mut controller,
+        || {
+            let c = condition(&cluster, "job-metric", "InvalidSpec");
+            c.starts_with("True ").then_some(c.clone()).ok_or(c)
+        },
+    );
+    assert!(
+        job_condition.contains(
+            "spec.steps[1].analysis: metric \"load-test\" cannot be measured here: the job provider runs a Kubernetes Job"
+        ) && job_condition.contains("dryRun"),
+        "{job_condition}"
     );
     // Nothing was routed by the invalid Canary, the missing route changed nothing, and the
     // Canary with a missing template sent nothing to its canary.

@@ -184,8 +184,14 @@ const CASES: &[Case] = &[
     },
     Case {
         template: "seed002-success-rate-with-job.yaml",
-        // The address comes from a secret; the Job metric cannot run here and is skipped.
-        extra: &["--secret", "workspace-url/secretURL={prometheus}"],
+        // The address comes from a secret; the Job metric cannot run here: refused unless it
+        // is dry-run (see `refuses_what_it_cannot_measure`), then skipped.
+        extra: &[
+            "--secret",
+            "workspace-url/secretURL={prometheus}",
+            "--dry-run",
+            "trigger-load-test",
+        ],
         values: (Some(0.002), Some(0.5)),
     },
     Case {

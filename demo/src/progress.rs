@@ -68,9 +68,8 @@ fn millis(seconds: Option<f64>) -> String {
 
 fn step(status: &CanaryStatus, steps: usize) -> String {
     match status.current_step_index {
-        Some(i) if (i as usize) < steps => format!("step {}/{steps}", i + 1),
-        Some(_) => format!("steps done ({steps})"),
         None => "no rollout".into(),
+        Some(_) => format!("step {}", status.step_label(steps)),
     }
 }
 

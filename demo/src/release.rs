@@ -82,9 +82,20 @@ impl Outcome {
             Expect::Promoted => "promoted",
             Expect::RolledBack => "rolled back",
         };
+        // The mark says what happened to the revision (a rolled-back one gets no tick); the
+        // words say whether that was the expected end.
+        let mark = match self.result {
+            Ending::Promoted => "✔",
+            Ending::RolledBack => "↩",
+            Ending::TimedOut => "✖",
+        };
+        let verdict = if self.as_expected() {
+            "as expected".to_owned()
+        } else {
+            format!("NOT as expected: {expected}")
+        };
         let mut line = format!(
-            "{} {:<8} {} → {}  {:<11} (expected {expected}) after {:.1}s; the canary served {} requests, {} failed",
-            if self.as_expected() { "✔" } else { "✖" },
+            "{mark} {:<8} {} → {}  {:<11} ({verdict}) after {:.1}s; the canary served {} requests, {} failed",
             self.release,
             self.from,
             self.revision,

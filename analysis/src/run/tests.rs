@@ -23,6 +23,7 @@ fn measurement(phase: Phase, finished_at: SystemTime) -> Measurement {
         phase,
         value: "99".into(),
         message: None,
+        evidence: None,
         started_at: finished_at,
         finished_at,
     }

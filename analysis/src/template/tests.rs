@@ -112,6 +112,29 @@ fn seed002_secret_job_and_sigv4() {
         analysis.redact(&format!("GET {url}/api failed")),
         "GET *****/api failed"
     );
+
+    // The Job cannot be measured here, and the SigV4 Prometheus address needs signing this
+    // build does not do: refused, naming the first; dry-run, both are skipped with why.
+    let providers = crate::provider::Providers::new(Default::default()).unwrap();
+    let refused = crate::provider::runnable(&providers, &analysis.metrics).unwrap_err();
+    assert!(
+        refused.starts_with("metric \"trigger-load-test\" cannot be measured here: the job provider runs a Kubernetes Job")
+            && refused.ends_with("list it under dryRun to run the analysis without it"),
+        "{refused}"
+    );
+    let mut dry = spec.clone();
+    dry.dry_run.push(DryRunRule {
+        metric_name: ".*".into(),
+    });
+    let analysis = resolve(&dry, &inputs).unwrap();
+    let runnable = crate::provider::runnable(&providers, &analysis.metrics).unwrap();
+    assert!(runnable.metrics.is_empty());
+    let skipped: Vec<&str> = runnable
+        .skipped
+        .iter()
+        .map(|(m, _)| m.name.as_str())
+        .collect();
+    assert_eq!(skipped, ["trigger-load-test", "success-rate"]);
 }
 
 #[test]

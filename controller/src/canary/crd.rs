@@ -116,7 +116,9 @@ mod example_tests {
                 .collect();
             assert!(errors.is_empty(), "{}: {errors:?}", path.display());
             let canary: Canary = serde_json::from_value(value.clone()).unwrap();
-            assert_eq!(validate(&canary.spec), Ok(()), "{}", path.display());
+            if let Err(e) = validate(&canary.spec) {
+                panic!("{}: {e}", path.display());
+            }
             let sources = canary.spec.analysis_sources();
             for source in sources.into_iter().filter(|s| s.templates.is_empty()) {
                 let inputs = resolve::Inputs {

@@ -14,16 +14,13 @@ use std::{collections::BTreeMap, time::Duration};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
 use super::{
-    spec::{
-        AnalysisSource, CanarySpec, StepKind, DEFAULT_MIN_REQUESTS, DEFAULT_MISMATCH_AFTER,
-        DEFAULT_PROGRESS_DEADLINE_SECONDS, DEFAULT_TRAFFIC_TOLERANCE, DEFAULT_TRAFFIC_WINDOW,
-    },
+    spec::{AnalysisSource, CanarySpec},
     split::{self, Split},
     status::{
         conditions, reasons, AnalysisRunStatus, CanaryPhase, CanaryStatus, MetricStatus,
         PauseReason, PauseState,
     },
-    validate::{duration_or, pause_duration, validate},
+    validate::{validate, Plan, PlanStep},
 };
 use plover_analysis::Phase;
 
@@ -189,6 +186,8 @@ impl Decision {
 
 struct Builder<'o, 'a> {
     obs: &'o Observation<'a>,
+    /// The spec, validated; `None` only while reporting an invalid one.
+    plan: Option<&'o Plan>,
     now: Time,
     status: CanaryStatus,
     actions: Vec<Action>,
@@ -237,7 +236,7 @@ impl Builder<'_, '_> {
         ];
         let mut stopped = Vec::new();
         for run in runs.into_iter().flatten() {
-            if !Phase::from(run.phase).is_completed() {
+            if !run.phase.is_completed() {
                 stopped.push(run.name.clone());
             }
         }
@@ -256,13 +255,10 @@ impl Builder<'_, '_> {
             .stalled_since
             .get_or_insert_with(|| self.now.clone())
             .clone();
-        let deadline = Duration::from_secs(
-            self.obs
-                .spec
-                .progress_deadline_seconds
-                .and_then(|s| u64::try_from(s).ok())
-                .unwrap_or(u64::from(DEFAULT_PROGRESS_DEADLINE_SECONDS)),
-        );
+        let Some(plan) = self.plan else {
+            return;
+        };
+        let deadline = plan.progress_deadline;
         let waited = elapsed(&since, &self.obs.now);
         if waited < deadline {
             self.requeue(deadline - waited);
@@ -273,7 +269,7 @@ impl Builder<'_, '_> {
             "no progress for {}s (progressDeadlineSeconds): {what}",
             deadline.as_secs()
         );
-        if self.obs.spec.progress_deadline_abort && may_abort {
+        if plan.progress_deadline_abort && may_abort {
             abort(
                 self,
                 Some(format!(
@@ -327,6 +323,15 @@ impl Builder<'_, '_> {
                     generation,
                 );
             }
+        }
+        // Weights about to be written: a failure to write them is reported anew by the rim.
+        if self
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::SetWeight { .. }))
+        {
+            self.status
+                .remove_condition(conditions::TRAFFIC_ROUTING_FAILED);
         }
         // Actions in a stable order: stop analyses, then traffic, then workloads, start analyses, events.
         let rank = |a: &Action| match a {
@@ -395,26 +400,17 @@ fn background_serial(run: &AnalysisRunStatus) -> u32 {
         .unwrap_or(0)
 }
 
-/// Whether the observed share may be recorded again (see [`OBSERVED_REFRESH`]).
-/// The check window: the exporter's sample of the split.
-fn traffic_window(spec: &CanarySpec) -> Duration {
-    let window = spec
-        .traffic_check
-        .as_ref()
-        .and_then(|c| c.window.as_deref())
-        .unwrap_or(DEFAULT_TRAFFIC_WINDOW);
-    Duration::from_secs(plover_wire::stats::parse_window_seconds(window).unwrap_or(30))
-}
-
 /// `observedWeight` from this observation's sample when that sample holds only traffic routed
 /// at the current weight to the current revision (a full window since either changed);
 /// absent otherwise.
-fn record_observed_weight(b: &mut Builder<'_, '_>) {
+fn record_observed_weight(b: &mut Builder<'_, '_>, plan: &Plan) {
+    let window = plan.traffic_check.as_ref().map(|c| c.window);
     let current = b
         .status
         .weight_changed_at
         .as_ref()
-        .is_some_and(|t| elapsed(t, &b.obs.now) >= traffic_window(b.obs.spec));
+        .zip(window)
+        .is_some_and(|(t, window)| elapsed(t, &b.obs.now) >= window);
     match b.obs.traffic.filter(|_| current) {
         Some(traffic) => {
             if observation_due(&b.status, &b.obs.now) {
@@ -431,6 +427,7 @@ fn record_observed_weight(b: &mut Builder<'_, '_>) {
     }
 }
 
+/// Whether the observed share may be recorded again (see [`OBSERVED_REFRESH`]).
 fn observation_due(status: &CanaryStatus, now: &Timestamp) -> bool {
     status
         .observed_at
@@ -449,6 +446,7 @@ fn elapsed(since: &Time, now: &Timestamp) -> Duration {
 pub fn decide(obs: &Observation<'_>) -> Decision {
     let mut b = Builder {
         obs,
+        plan: None,
         now: Time(obs.now),
         status: obs.status.clone(),
         actions: Vec::new(),
@@ -459,10 +457,15 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
 
     // An invalid spec: say which field, route nothing (we cannot trust the router config) and
     // do not requeue: only an edit of the spec can change the answer.
-    if let Err(invalid) = validate(obs.spec) {
-        invalid_spec(&mut b, invalid.to_string());
-        return b.finish();
-    }
+    let plan = match validate(obs.spec) {
+        Ok(plan) => plan,
+        Err(invalid) => {
+            invalid_spec(&mut b, invalid.to_string());
+            return b.finish();
+        }
+    };
+    let plan = &plan;
+    b.plan = Some(plan);
     // An analysis that cannot run would surface only when its step starts, after traffic has
     // moved: everything goes to stable instead, and only an edit (or the missing template
     // appearing, looked for again every 30 s) changes the answer.
@@ -559,7 +562,7 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         }
     }
 
-    record_observed_weight(&mut b);
+    record_observed_weight(&mut b, plan);
 
     if canary_rev == stable_rev {
         return steady(b, &canary_rev);
@@ -588,7 +591,7 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         b.event(false, "Retry", message);
     }
 
-    let steps = &obs.spec.steps;
+    let steps = &plan.steps;
     let len = steps.len() as u32;
     if b.status.promote_full {
         if b.status.current_step_index.unwrap_or(0) < len {
@@ -622,7 +625,7 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         return b.finish();
     }
 
-    if background_analysis(&mut b, &canary_rev) {
+    if background_analysis(&mut b, plan, &canary_rev) {
         return b.finish();
     }
 
@@ -635,15 +638,13 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         if index >= len {
             break;
         }
-        let Some(kind) = steps[index as usize].kind() else {
+        let Some(step) = steps.get(index as usize) else {
             break;
         };
-        let done = match kind {
-            StepKind::SetWeight(w) => set_weight_step(&mut b, w),
-            StepKind::Pause(duration) => {
-                pause_step(&mut b, duration.and_then(|d| pause_duration(d).ok()))
-            }
-            StepKind::Analysis(source) => match analysis_step(&mut b, &canary_rev, index, source) {
+        let done = match step {
+            PlanStep::SetWeight(w) => set_weight_step(&mut b, plan, *w),
+            PlanStep::Pause(duration) => pause_step(&mut b, *duration),
+            PlanStep::Analysis(source) => match analysis_step(&mut b, &canary_rev, index, source) {
                 StepOutcome::Done => true,
                 StepOutcome::Waiting => false,
                 StepOutcome::Aborted => return b.finish(),
@@ -651,7 +652,9 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         };
         if !done {
             // Steps taken in this decision may have reached the background analysis' startingStep.
-            if b.status.background_analysis.is_none() && background_analysis(&mut b, &canary_rev) {
+            if b.status.background_analysis.is_none()
+                && background_analysis(&mut b, plan, &canary_rev)
+            {
                 return b.finish();
             }
             let step_text = format!("step {}/{len}", index + 1);
@@ -659,7 +662,7 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
                 b.status.phase = Some(CanaryPhase::Progressing);
                 b.status.message = Some(step_text);
             }
-            if let StepKind::SetWeight(w) = kind {
+            if let PlanStep::SetWeight(w) = step {
                 b.stalled(
                     format!(
                         "step {}/{len}: the observed split has not confirmed weight {w}",
@@ -683,7 +686,7 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         .status
         .background_analysis
         .as_ref()
-        .filter(|r| !Phase::from(r.phase).is_completed())
+        .filter(|r| !r.phase.is_completed())
         .map(|r| r.name.clone());
     if let Some(name) = background {
         b.actions.push(Action::StopAnalysis { name });
@@ -692,7 +695,7 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         b.event(
             false,
             reasons::PROMOTING,
-            if obs.spec.traffic_routing.envoy.is_some() {
+            if plan.envoy_routing {
                 // Local mode: the stable "workload" is a revision name; promotion makes the
                 // canary's revision the stable one.
                 format!(
@@ -722,6 +725,10 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         &now,
         obs.generation,
     );
+    if plan.envoy_routing {
+        // The stable "workload" is a revision name: from now on it is the canary's.
+        b.status.stable_revision = Some(canary_rev.clone());
+    }
     b.actions.push(Action::PromoteWorkload {
         revision: canary_rev,
     });
@@ -828,7 +835,7 @@ fn track_run(
 ) {
     match b.obs.analyses.get(&run.name) {
         Some(v) => {
-            run.phase = v.phase.into();
+            run.phase = v.phase;
             run.message = Some(v.message.clone()).filter(|m| !m.is_empty());
             run.successful = v.successful;
             run.failed = v.failed;
@@ -839,7 +846,7 @@ fn track_run(
                 b.requeue(POLL_INTERVAL);
             }
         }
-        None if !Phase::from(run.phase).is_completed() => {
+        None if !run.phase.is_completed() => {
             // Not running anywhere (new, or lost with a controller restart): start it.
             b.actions.push(Action::StartAnalysis {
                 name: run.name.clone(),
@@ -853,15 +860,15 @@ fn track_run(
 }
 
 /// Returns true when the rollout was aborted or paused by the background analysis.
-fn background_analysis(b: &mut Builder<'_, '_>, revision: &str) -> bool {
-    let Some(spec) = b.obs.spec.analysis.as_ref() else {
+fn background_analysis(b: &mut Builder<'_, '_>, plan: &Plan, revision: &str) -> bool {
+    let Some(background) = &plan.background else {
         return false;
     };
     let index = b.status.current_step_index.unwrap_or(0);
-    if index < spec.starting_step() || index >= b.obs.spec.steps.len() as u32 {
+    if index < background.starting_step || index >= plan.steps.len() as u32 {
         return false;
     }
-    let source = spec.source();
+    let source = background.source.clone();
     let mut run = match b.status.background_analysis.take() {
         Some(run) => run,
         None => AnalysisRunStatus {
@@ -871,7 +878,7 @@ fn background_analysis(b: &mut Builder<'_, '_>, revision: &str) -> bool {
         },
     };
     track_run(b, &mut run, AnalysisKind::Background, &source);
-    let phase = Phase::from(run.phase);
+    let phase = run.phase;
     let message = run.message.clone().unwrap_or_default();
     match phase {
         Phase::Failed | Phase::Error => {
@@ -950,32 +957,24 @@ fn stop_step_analysis(b: &mut Builder<'_, '_>) {
         .status
         .step_analysis
         .as_ref()
-        .filter(|r| !Phase::from(r.phase).is_completed())
+        .filter(|r| !r.phase.is_completed())
     {
         let name = run.name.clone();
         b.actions.push(Action::StopAnalysis { name });
     }
 }
 
-fn set_weight_step(b: &mut Builder<'_, '_>, weight: u32) -> bool {
+fn set_weight_step(b: &mut Builder<'_, '_>, plan: &Plan, weight: u32) -> bool {
     b.set_weight(weight);
     if b.status.promote {
         return true;
     }
-    let Some(check) = b.obs.spec.traffic_check.as_ref() else {
+    let Some(check) = plan.traffic_check.as_ref() else {
         return true;
     };
-    let window = traffic_window(b.obs.spec).as_secs();
-    let tolerance = check
-        .tolerance
-        .and_then(|t| u32::try_from(t).ok())
-        .unwrap_or(DEFAULT_TRAFFIC_TOLERANCE);
-    let min_requests = check
-        .min_requests
-        .and_then(|m| u64::try_from(m).ok())
-        .unwrap_or(DEFAULT_MIN_REQUESTS);
-    let mismatch_after = duration_or(check.mismatch_after.as_deref(), DEFAULT_MISMATCH_AFTER)
-        .unwrap_or(Duration::from_secs(120));
+    let window = check.window.as_secs();
+    let (tolerance, min_requests, mismatch_after) =
+        (check.tolerance, check.min_requests, check.mismatch_after);
     let since_change = b
         .status
         .weight_changed_at
@@ -1106,7 +1105,7 @@ fn analysis_step(
         },
     };
     track_run(b, &mut run, AnalysisKind::Step(index), source);
-    let phase = Phase::from(run.phase);
+    let phase = run.phase;
     let message = run.message.clone().unwrap_or_default();
     let promote = b.status.promote;
     let outcome = match phase {

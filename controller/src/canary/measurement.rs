@@ -63,11 +63,7 @@ fn evidence(
     let finite = |x: Option<f64>| x.filter(|v| v.is_finite());
     EvidenceStatus {
         comparison,
-        decision: match record.decision.as_str() {
-            "Fail" => EvidenceDecision::Fail,
-            "Pass" => EvidenceDecision::Pass,
-            _ => EvidenceDecision::Inconclusive,
-        },
+        decision: record.decision,
         quantile,
         threshold_seconds: finite(record.threshold_seconds),
         fail_log_evidence: finite(record.fail_log_evidence),
@@ -98,14 +94,16 @@ pub fn measurement_status(
 ) -> MeasurementStatus {
     let compared = spec.and_then(comparison);
     let evidence = compared.and_then(|(comparison, quantile)| {
-        EvidenceRecord::parse(&m.value).map(|r| evidence(&r, comparison, quantile))
+        m.evidence
+            .as_ref()
+            .map(|r| evidence(r, comparison, quantile))
     });
     // A comparative measurement's value is the record the evidence already holds.
     let value = Some(m.value.as_str())
         .filter(|v| !v.is_empty() && evidence.is_none())
         .map(|v| cap(&redact(v), VALUE_LIMIT));
     MeasurementStatus {
-        phase: m.phase.into(),
+        phase: m.phase,
         value,
         message: m
             .message
@@ -126,7 +124,7 @@ pub fn metric_statuses(results: &[MetricResult], analysis: &Analysis) -> Vec<Met
             let spec = analysis.metrics.iter().find(|m| m.name == r.name);
             MetricStatus {
                 name: r.name.clone(),
-                phase: r.phase.into(),
+                phase: r.phase,
                 latest: r
                     .last_measurement()
                     .map(|m| measurement_status(m, spec, &redact)),
@@ -141,10 +139,10 @@ fn number(x: f64) -> String {
     plover_sequential::compare::significant(x)
 }
 
-/// `4.1% (41/1000)`, or `no requests`.
-fn share(events: u64, requests: u64) -> String {
+/// `4.1% (41/1000)`, or `none` when nothing was counted.
+fn share(events: u64, requests: u64, none: &str) -> String {
     if requests == 0 {
-        return "no requests".to_owned();
+        return none.to_owned();
     }
     let pct = 100.0 * events as f64 / requests as f64;
     let pct = if pct > 0.0 && pct < 1.0 {
@@ -213,10 +211,16 @@ pub fn evidence_sentence(e: &EvidenceStatus, phase: AnalysisPhase) -> String {
             ratio(e.pass_log_evidence)
         ),
     };
+    // The latency judges count requests compared with stable's latency, which starts at the
+    // second look: "no requests" would contradict the traffic the error judge counts.
+    let none = match e.comparison {
+        Comparison::ErrorRatio => "no requests yet",
+        Comparison::Latency | Comparison::LatencyDistribution => "none compared yet",
+    };
     format!(
         "{subject}: canary {} vs stable {}; {evidence} (α {}) → {phase:?}",
-        share(e.canary_events, e.canary_requests),
-        share(e.stable_events, e.stable_requests),
+        share(e.canary_events, e.canary_requests, none),
+        share(e.stable_events, e.stable_requests, none),
         number(e.alpha),
     )
 }
@@ -266,6 +270,8 @@ mod tests {
             phase,
             value: value.to_owned(),
             message: message.map(str::to_owned),
+            // A judge's measurement carries its record typed; its value is the record's JSON.
+            evidence: serde_json::from_str(value).ok(),
             started_at: at,
             finished_at: at,
         }
@@ -404,7 +410,7 @@ mod tests {
 
     #[test]
     fn evidence_reads_as_a_sentence() {
-        let record = EvidenceRecord::parse(RECORD).unwrap();
+        let record = serde_json::from_str::<EvidenceRecord>(RECORD).unwrap();
         let fail = evidence(&record, Comparison::ErrorRatio, None);
         assert_eq!(
             evidence_sentence(&fail, AnalysisPhase::Failed),
@@ -451,7 +457,7 @@ mod tests {
         };
         assert_eq!(
             evidence_sentence(&pass, AnalysisPhase::Successful),
-            "latency distribution vs stable: requests slower than stable's p50/p75/p90/p99 (least favourable): canary no requests vs stable 1.0% (98/9800); evidence for not slower 3.5e19 ≥ boundary 80 (α 0.0125) → Successful"
+            "latency distribution vs stable: requests slower than stable's p50/p75/p90/p99 (least favourable): canary none compared yet vs stable 1.0% (98/9800); evidence for not slower 3.5e19 ≥ boundary 80 (α 0.0125) → Successful"
         );
     }
 }

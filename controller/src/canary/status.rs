@@ -5,8 +5,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use plover_analysis::Phase;
-
 /// Phase of a canary, in Argo Rollouts' words.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum CanaryPhase {
@@ -51,43 +49,8 @@ pub struct PauseState {
     pub since: Time,
 }
 
-/// Phase of an analysis run as stored in status (the engine's [`Phase`], with a schema).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum AnalysisPhase {
-    #[default]
-    Pending,
-    Running,
-    Successful,
-    Failed,
-    Error,
-    Inconclusive,
-}
-
-impl From<Phase> for AnalysisPhase {
-    fn from(p: Phase) -> Self {
-        match p {
-            Phase::Pending => AnalysisPhase::Pending,
-            Phase::Running => AnalysisPhase::Running,
-            Phase::Successful => AnalysisPhase::Successful,
-            Phase::Failed => AnalysisPhase::Failed,
-            Phase::Error => AnalysisPhase::Error,
-            Phase::Inconclusive => AnalysisPhase::Inconclusive,
-        }
-    }
-}
-
-impl From<AnalysisPhase> for Phase {
-    fn from(p: AnalysisPhase) -> Self {
-        match p {
-            AnalysisPhase::Pending => Phase::Pending,
-            AnalysisPhase::Running => Phase::Running,
-            AnalysisPhase::Successful => Phase::Successful,
-            AnalysisPhase::Failed => Phase::Failed,
-            AnalysisPhase::Error => Phase::Error,
-            AnalysisPhase::Inconclusive => Phase::Inconclusive,
-        }
-    }
-}
+/// Phase of an analysis run or measurement: the engine's own.
+pub use plover_analysis::Phase as AnalysisPhase;
 
 /// One analysis run as the Canary sees it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -166,17 +129,8 @@ pub enum Comparison {
     LatencyDistribution,
 }
 
-/// The sequential test's decision so far.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub enum EvidenceDecision {
-    /// The canary is shown worse than `tolerance` allows.
-    Fail,
-    /// The canary is shown not worse by `minEffect` or more.
-    Pass,
-    /// Neither yet.
-    #[default]
-    Inconclusive,
-}
+/// The sequential test's decision so far: the judge's own.
+pub use plover_analysis::provider::plover::vs_stable::EvidenceDecision;
 
 /// The statistics of one look of a canary-versus-stable test (the measurement's value record,
 /// see `analysis/ANALYSIS.md`). Counts are cumulative over the run's looks.
@@ -331,6 +285,16 @@ pub mod reasons {
 impl CanaryStatus {
     /// Names of the analysis runs this status still refers to (the step's and the background
     /// one): every other run of the Canary may be stopped.
+    /// The step as every view and message numbers it: the step being run, from 1 (`3/8`);
+    /// `8/8 done` once all are; `-` before a rollout.
+    pub fn step_label(&self, steps: usize) -> String {
+        match self.current_step_index {
+            None => "-".to_owned(),
+            Some(i) if (i as usize) < steps => format!("{}/{steps}", i + 1),
+            Some(_) => format!("{steps}/{steps} done"),
+        }
+    }
+
     pub fn analysis_runs_in_use(&self) -> Vec<&str> {
         [&self.step_analysis, &self.background_analysis]
             .into_iter()

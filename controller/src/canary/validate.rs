@@ -1,5 +1,7 @@
-//! Spec validation beyond the schema: every message starts with the field it is about
-//! (`spec.steps[2]: …`), so the `InvalidSpec` condition tells the user what to fix.
+//! Spec validation beyond the schema, into a typed [`Plan`]: every message starts with the field
+//! it is about (`spec.steps[2]: …`), so the `InvalidSpec` condition tells the user what to fix,
+//! and what passes is parsed once (durations, windows, defaults) so that `decide` never parses
+//! or falls back.
 
 use std::{fmt, time::Duration};
 
@@ -7,6 +9,47 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::spec::*;
 use plover_analysis::duration;
+
+/// A spec as `decide` acts on it: every duration parsed, every default applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub steps: Vec<PlanStep>,
+    /// The background analysis and the step index it starts at.
+    pub background: Option<BackgroundPlan>,
+    pub traffic_check: Option<TrafficCheckPlan>,
+    /// `progressDeadlineSeconds` (default 600).
+    pub progress_deadline: Duration,
+    pub progress_deadline_abort: bool,
+    /// Envoy file routing (local mode): the workloads are revision names, and promotion makes
+    /// the canary's revision the stable one instead of copying a pod template.
+    pub envoy_routing: bool,
+}
+
+/// One step, its kind resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PlanStep {
+    SetWeight(u32),
+    /// `None`: until promoted.
+    Pause(Option<Duration>),
+    Analysis(AnalysisSource),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackgroundPlan {
+    pub starting_step: u32,
+    pub source: AnalysisSource,
+}
+
+/// `spec.trafficCheck` with its defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrafficCheckPlan {
+    pub window: Duration,
+    /// Percentage points (see `split::judge`).
+    pub tolerance: u32,
+    pub min_requests: u64,
+    pub mismatch_after: Duration,
+    pub exporter: String,
+}
 
 /// One problem in the spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,9 +121,11 @@ pub fn duration_or(value: Option<&str>, default: &str) -> Result<Duration, Strin
     duration::parse(value.unwrap_or(default).trim()).map_err(|e| e.to_string())
 }
 
-/// Checks what the CRD schema cannot: one-of choices, references, durations, names.
-pub fn validate(spec: &CanarySpec) -> Result<(), InvalidSpec> {
+/// Checks what the CRD schema cannot (one-of choices, references, durations, names) and returns
+/// the plan `decide` follows.
+pub fn validate(spec: &CanarySpec) -> Result<Plan, InvalidSpec> {
     let mut e = Errors(Vec::new());
+    let mut steps = Vec::with_capacity(spec.steps.len());
     e.name("spec.workload.stable", &spec.workload.stable);
     e.name("spec.workload.canary", &spec.workload.canary);
     // With Envoy routing (local mode) the workloads are revisions, and the same revision on both
@@ -95,9 +140,16 @@ pub fn validate(spec: &CanarySpec) -> Result<(), InvalidSpec> {
         );
     }
     validate_routing(&mut e, &spec.traffic_routing, &spec.workload);
-    if spec.progress_deadline_seconds.is_some_and(|s| s < 1) {
-        e.push("spec.progressDeadlineSeconds", "must be >= 1");
-    }
+    let progress_deadline = match spec.progress_deadline_seconds {
+        None => Duration::from_secs(u64::from(DEFAULT_PROGRESS_DEADLINE_SECONDS)),
+        Some(s) => match u64::try_from(s) {
+            Ok(s) if s >= 1 => Duration::from_secs(s),
+            _ => {
+                e.push("spec.progressDeadlineSeconds", "must be >= 1");
+                Duration::ZERO
+            }
+        },
+    };
     for (i, step) in spec.steps.iter().enumerate() {
         let field = format!("spec.steps[{i}]");
         let set = [
@@ -111,16 +163,18 @@ pub fn validate(spec: &CanarySpec) -> Result<(), InvalidSpec> {
             _ => e.push(&field, "must set only one of setWeight, pause, analysis"),
         }
         if let Some(w) = step.set_weight {
-            if !(0..=100).contains(&w) {
-                e.push(
+            match u32::try_from(w).ok().filter(|w| *w <= 100) {
+                Some(w) => steps.push(PlanStep::SetWeight(w)),
+                None => e.push(
                     format!("{field}.setWeight"),
                     format!("{w} is not between 0 and 100"),
-                );
+                ),
             }
         }
-        if let Some(d) = step.pause.as_ref().and_then(|p| p.duration.as_ref()) {
-            if let Err(message) = pause_duration(d) {
-                e.push(format!("{field}.pause.duration"), message);
+        if let Some(pause) = &step.pause {
+            match pause.duration.as_ref().map(pause_duration).transpose() {
+                Ok(d) => steps.push(PlanStep::Pause(d)),
+                Err(message) => e.push(format!("{field}.pause.duration"), message),
             }
         }
         if let Some(a) = &step.analysis {
@@ -131,20 +185,33 @@ pub fn validate(spec: &CanarySpec) -> Result<(), InvalidSpec> {
                 &a.metrics,
                 &a.args,
             );
+            steps.push(PlanStep::Analysis(a.clone()));
         }
     }
-    if let Some(a) = &spec.analysis {
+    let background = spec.analysis.as_ref().map(|a| {
         validate_source(&mut e, "spec.analysis", &a.templates, &a.metrics, &a.args);
-        if let Some(s) = a.starting_step {
-            if s < 0 || s as usize > spec.steps.len() {
-                e.push(
-                    "spec.analysis.startingStep",
-                    format!("{s} is not a step index (0 to {})", spec.steps.len()),
-                );
-            }
+        let starting_step = match a.starting_step {
+            None => 0,
+            Some(s) => match u32::try_from(s)
+                .ok()
+                .filter(|s| *s as usize <= spec.steps.len())
+            {
+                Some(s) => s,
+                None => {
+                    e.push(
+                        "spec.analysis.startingStep",
+                        format!("{s} is not a step index (0 to {})", spec.steps.len()),
+                    );
+                    0
+                }
+            },
+        };
+        BackgroundPlan {
+            starting_step,
+            source: a.source(),
         }
-    }
-    if let Some(t) = &spec.traffic_check {
+    });
+    let traffic_check = spec.traffic_check.as_ref().map(|t| {
         if !(t.exporter.starts_with("http://") || t.exporter.starts_with("https://")) {
             e.push(
                 "spec.trafficCheck.exporter",
@@ -152,29 +219,58 @@ pub fn validate(spec: &CanarySpec) -> Result<(), InvalidSpec> {
             );
         }
         let window = t.window.as_deref().unwrap_or(DEFAULT_TRAFFIC_WINDOW);
-        if plover_wire::stats::parse_window_seconds(window).is_none() {
-            e.push(
-                "spec.trafficCheck.window",
-                format!("{window:?} is not a window such as 30s, 5m or 1h"),
-            );
-        }
-        if let Some(tol) = t.tolerance {
-            if !(0..=100).contains(&tol) {
+        let window = match plover_wire::stats::parse_window_seconds(window) {
+            Some(seconds) => Duration::from_secs(seconds),
+            None => {
                 e.push(
-                    "spec.trafficCheck.tolerance",
-                    format!("{tol} is not between 0 and 100"),
+                    "spec.trafficCheck.window",
+                    format!("{window:?} is not a window such as 30s, 5m or 1h"),
                 );
+                Duration::ZERO
             }
+        };
+        let tolerance = match t.tolerance {
+            None => DEFAULT_TRAFFIC_TOLERANCE,
+            Some(tol) => u32::try_from(tol)
+                .ok()
+                .filter(|t| *t <= 100)
+                .unwrap_or_else(|| {
+                    e.push(
+                        "spec.trafficCheck.tolerance",
+                        format!("{tol} is not between 0 and 100"),
+                    );
+                    0
+                }),
+        };
+        let min_requests = match t.min_requests {
+            None => DEFAULT_MIN_REQUESTS,
+            Some(m) => u64::try_from(m).unwrap_or_else(|_| {
+                e.push("spec.trafficCheck.minRequests", "must be >= 0");
+                0
+            }),
+        };
+        let mismatch_after = duration_or(t.mismatch_after.as_deref(), DEFAULT_MISMATCH_AFTER)
+            .unwrap_or_else(|message| {
+                e.push("spec.trafficCheck.mismatchAfter", message);
+                Duration::ZERO
+            });
+        TrafficCheckPlan {
+            window,
+            tolerance,
+            min_requests,
+            mismatch_after,
+            exporter: t.exporter.clone(),
         }
-        if t.min_requests.is_some_and(|m| m < 0) {
-            e.push("spec.trafficCheck.minRequests", "must be >= 0");
-        }
-        if let Err(message) = duration_or(t.mismatch_after.as_deref(), DEFAULT_MISMATCH_AFTER) {
-            e.push("spec.trafficCheck.mismatchAfter", message);
-        }
-    }
+    });
     if e.0.is_empty() {
-        Ok(())
+        Ok(Plan {
+            steps,
+            background,
+            traffic_check,
+            progress_deadline,
+            progress_deadline_abort: spec.progress_deadline_abort,
+            envoy_routing: spec.traffic_routing.envoy.is_some(),
+        })
     } else {
         Err(InvalidSpec { errors: e.0 })
     }
@@ -435,14 +531,14 @@ mod tests {
 
     fn fields(spec: &CanarySpec) -> Vec<String> {
         match validate(spec) {
-            Ok(()) => vec![],
+            Ok(_) => vec![],
             Err(e) => e.errors.into_iter().map(|f| f.field).collect(),
         }
     }
 
     #[test]
     fn a_good_spec_passes() {
-        assert_eq!(validate(&istio_spec()), Ok(()));
+        assert!(validate(&istio_spec()).is_ok());
     }
 
     #[test]

@@ -17,9 +17,9 @@ use serde_json::json;
 use super::rfc3339;
 use plover_analysis::{
     phase::Phase,
-    provider::{self, Providers, Settings},
+    provider::{self, Providers, Runnable, Settings},
     run::{Measurement, Run, RunOptions, Termination},
-    template::{self, Analysis, ArgInputs, MetricSpec, ProviderSpec, TemplateError},
+    template::{self, Analysis, ArgInputs, DryRunRule, MetricSpec, ProviderSpec, TemplateError},
 };
 
 /// How the result is printed.
@@ -48,6 +48,8 @@ pub struct Options {
     /// Multiplies every interval, initialDelay and the error retry delay.
     pub time_scale: f64,
     pub termination: Termination,
+    /// Metric names (or regular expressions) to treat as dry-run, as a template's `dryRun`.
+    pub dry_run: Vec<String>,
 }
 
 /// Why the analysis could not start. Reported as phase Error (exit status 3).
@@ -68,6 +70,8 @@ pub enum AnalyzeError {
     Provider(#[from] provider::ProviderError),
     #[error("no metric can run here: {0}")]
     NothingToRun(String),
+    #[error("{0} (--dry-run NAME)")]
+    CannotMeasure(String),
     #[error("--time-scale must be a positive number")]
     TimeScale,
 }
@@ -188,10 +192,15 @@ pub fn prepare(opts: &Options) -> Result<Analysis, AnalyzeError> {
             })?,
         );
     }
-    let spec = template::flatten(&documents).map_err(|e| match e {
+    let mut spec = template::flatten(&documents).map_err(|e| match e {
         TemplateError::MissingTemplate { .. } => AnalyzeError::MissingTemplate(e),
         e => AnalyzeError::Resolve(e),
     })?;
+    // --dry-run adds rules as a template's dryRun would (names or regular expressions).
+    spec.dry_run
+        .extend(opts.dry_run.iter().map(|name| DryRunRule {
+            metric_name: name.clone(),
+        }));
     // Secrets outside a cluster: --secret first, then PLOVER_SECRET_<NAME>_<KEY>.
     let mut secrets = opts.secrets.clone();
     for arg in &spec.args {
@@ -261,14 +270,10 @@ async fn run_inner(
         Output::Text => out,
         Output::Json => progress,
     };
-    let mut runnable: Vec<MetricSpec> = Vec::new();
-    let mut skipped: Vec<(MetricSpec, String)> = Vec::new();
-    for metric in &analysis.metrics {
-        match providers.unsupported(metric) {
-            Some(reason) => skipped.push((metric.clone(), reason)),
-            None => runnable.push(metric.clone()),
-        }
-    }
+    let Runnable {
+        metrics: runnable,
+        skipped,
+    } = provider::runnable(&*providers, &analysis.metrics).map_err(AnalyzeError::CannotMeasure)?;
     let _ = writeln!(log, "Analysis with {} metric(s):", analysis.metrics.len());
     for m in &runnable {
         let _ = writeln!(

@@ -240,12 +240,7 @@ pub fn render(view: &View) -> String {
         "Strategy",
         &format!("Canary ({})", spec.traffic_routing.kind()),
     );
-    let steps = spec.steps.len();
-    let step = status.current_step_index.map_or_else(
-        || "-".to_owned(),
-        |i| format!("{}/{steps}", (i as usize).min(steps)),
-    );
-    field(&mut out, "  Step", &step);
+    field(&mut out, "  Step", &status.step_label(spec.steps.len()));
     field(&mut out, "  SetWeight", &status.desired_weight.to_string());
     // The share and its request count come from the one sample the traffic check judged, not
     // from the live answer below (another moment, another window).
@@ -321,6 +316,12 @@ pub fn render(view: &View) -> String {
             ("✔ Routed".to_owned(), String::new())
         } else {
             deployment_info(deployment)
+        };
+        // A rolled-back revision gets no tick, however healthy its pods are.
+        let d_status = if role == "canary" && status.abort {
+            "↩ RolledBack".to_owned()
+        } else {
+            d_status
         };
         let stats = stats_info(stats_for(role));
         let info = [ready, format!("weight:{weight}%"), stats]
@@ -482,7 +483,7 @@ Namespace:       test
 Status:          ◌ Progressing
 Message:         step 2/3
 Strategy:        Canary (istio)
-  Step:          1/3
+  Step:          2/3
   SetWeight:     20
   ActualWeight:  19.6 (canary's share of 1000 requests, as the traffic check saw them)
 
@@ -611,6 +612,7 @@ NAME                                KIND         STATUS          INFO
             revision: Some("v2".into()),
             stable_revision: Some("v1".into()),
             current_step_index: Some(0),
+            abort: true,
             ..Default::default()
         });
         let text = render(&View {
@@ -620,8 +622,10 @@ NAME                                KIND         STATUS          INFO
             stats: None,
         });
         assert!(text.contains("Status:          ✖ Degraded"), "{text}");
+        assert!(text.contains("  Step:          1/1\n"), "{text}");
+        // The rolled-back revision gets no tick.
         assert!(
-            text.contains("│  └──⧉ v2        Revision     ✔ Routed        weight:0%"),
+            text.contains("│  └──⧉ v2        Revision     ↩ RolledBack    weight:0%"),
             "{text}"
         );
         assert!(

@@ -342,13 +342,35 @@ fn round(x: f64) -> Option<f64> {
     x.is_finite().then(|| (x * 10_000.0).round() / 10_000.0)
 }
 
-/// The measurement's value: the statistics of one look, as JSON. The Canary's status reads it
-/// back (`canary::measurement`), so this one type defines the keys for both.
+/// The sequential test's decision so far.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
+pub enum EvidenceDecision {
+    /// The canary is shown worse than `tolerance` allows.
+    Fail,
+    /// The canary is shown not worse by `minEffect` or more.
+    Pass,
+    /// Neither yet.
+    #[default]
+    Inconclusive,
+}
+
+/// The statistics of one look. It travels typed with the measurement
+/// ([`crate::run::Measurement::evidence`]) to the Canary's status; its JSON is the measurement's
+/// value text, which `plover analyze` prints.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EvidenceRecord {
-    /// `Fail`, `Pass` or `Inconclusive`.
-    pub decision: String,
+    pub decision: EvidenceDecision,
     pub fail_log_evidence: Option<f64>,
     pub pass_log_evidence: Option<f64>,
     pub log_boundary: Option<f64>,
@@ -368,13 +390,6 @@ pub struct EvidenceRecord {
     pub threshold_seconds: Option<f64>,
 }
 
-impl EvidenceRecord {
-    /// Reads a measurement's value text; `None` if it is not such a record.
-    pub fn parse(text: &str) -> Option<EvidenceRecord> {
-        serde_json::from_str(text).ok()
-    }
-}
-
 fn report(
     state: &JudgeState,
     spec: &PloverSpec,
@@ -386,12 +401,12 @@ fn report(
     let (what, alpha) = subject(state, spec);
     let t = e.totals;
     let decision = match e.decision {
-        Decision::Fail => "Fail",
-        Decision::Pass => "Pass",
-        Decision::Inconclusive => "Inconclusive",
+        Decision::Fail => EvidenceDecision::Fail,
+        Decision::Pass => EvidenceDecision::Pass,
+        Decision::Inconclusive => EvidenceDecision::Inconclusive,
     };
     let record = EvidenceRecord {
-        decision: decision.to_owned(),
+        decision,
         fail_log_evidence: round(e.fail_log_evidence),
         pass_log_evidence: round(e.pass_log_evidence),
         log_boundary: round(e.log_boundary),
@@ -410,8 +425,6 @@ fn report(
             .threshold_micros()
             .and_then(|t| round(t as f64 / 1e6)),
     };
-    // Serializing plain numbers and strings cannot fail.
-    let text = serde_json::to_string(&record).unwrap_or_default();
     if first {
         notes.insert(
             0,
@@ -446,15 +459,15 @@ fn report(
             spec.namespace, spec.service
         );
         return match no_data(spec, why) {
-            Ok(Outcome::Decided { phase, message, .. }) => Outcome::Decided {
+            Ok(Outcome::Decided { phase, message, .. }) => Outcome::Judged {
                 phase,
-                text,
+                evidence: Box::new(record),
                 message,
             },
             Ok(other) => other,
-            Err(e) => Outcome::Decided {
+            Err(e) => Outcome::Judged {
                 phase: Phase::Error,
-                text,
+                evidence: Box::new(record),
                 message: e.to_string(),
             },
         };
@@ -464,9 +477,9 @@ fn report(
         Decision::Pass => Phase::Successful,
         Decision::Inconclusive => Phase::Inconclusive,
     };
-    Outcome::Decided {
+    Outcome::Judged {
         phase,
-        text,
+        evidence: Box::new(record),
         message,
     }
 }
@@ -583,15 +596,19 @@ mod tests {
     }
 
     fn record(outcome: &Outcome) -> (Phase, serde_json::Value, String) {
-        let Outcome::Decided {
+        let Outcome::Judged {
             phase,
-            text,
+            evidence,
             message,
         } = outcome
         else {
             panic!("{outcome:?}")
         };
-        (*phase, serde_json::from_str(text).unwrap(), message.clone())
+        (
+            *phase,
+            serde_json::to_value(evidence).unwrap(),
+            message.clone(),
+        )
     }
 
     #[tokio::test]

@@ -1159,3 +1159,71 @@ fn an_analysis_that_cannot_run_is_an_invalid_spec_before_any_weight() {
     assert!(d.status.condition(conditions::INVALID_SPEC).is_none());
     assert_eq!(d.weights(), Some((20, 80)));
 }
+
+#[test]
+fn the_decision_holds_the_whole_new_status() {
+    // Envoy routing: promotion makes the canary's revision the stable one in the decision
+    // itself (the rims used to patch it in after executing).
+    let mut s = spec(vec![weight(50)]);
+    s.traffic_routing = TrafficRouting {
+        envoy: Some(EnvoyRouting {
+            routes_file: "/tmp/routes.json".into(),
+            route_config_name: "local".into(),
+            domains: vec!["*".into()],
+            prefix: "/".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    s.workload = WorkloadRef {
+        stable: "v1".into(),
+        canary: "v2".into(),
+    };
+    let mut w = World::new(s);
+    let d = w.tick();
+    assert!(promoted(&d));
+    assert_eq!(d.status.stable_revision.as_deref(), Some("v2"));
+
+    // A routing failure recorded by the rim is cleared by the next decision that routes.
+    let mut w = World::new(spec(vec![weight(20), pause(None)]));
+    w.status.set_condition(
+        conditions::TRAFFIC_ROUTING_FAILED,
+        true,
+        reasons::ROUTE_NOT_WRITABLE,
+        "no route \"primary\"",
+        &Time(at(0)),
+        Some(1),
+    );
+    let d = w.tick();
+    assert_eq!(d.weights(), Some((20, 80)));
+    assert!(d
+        .status
+        .condition(conditions::TRAFFIC_ROUTING_FAILED)
+        .is_none());
+}
+
+#[test]
+fn the_plan_carries_parsed_values_and_defaults() {
+    let mut s = spec(vec![weight(20), pause(Some("1m30s")), pause(None)]);
+    s.traffic_check = Some(TrafficCheck {
+        exporter: "http://exporter:9464".into(),
+        window: Some("1m".into()),
+        ..Default::default()
+    });
+    let plan = validate(&s).unwrap();
+    assert_eq!(
+        plan.steps,
+        [
+            PlanStep::SetWeight(20),
+            PlanStep::Pause(Some(Duration::from_secs(90))),
+            PlanStep::Pause(None)
+        ]
+    );
+    let check = plan.traffic_check.unwrap();
+    assert_eq!(check.window, Duration::from_secs(60));
+    assert_eq!(check.tolerance, DEFAULT_TRAFFIC_TOLERANCE);
+    assert_eq!(check.min_requests, DEFAULT_MIN_REQUESTS);
+    assert_eq!(check.mismatch_after, Duration::from_secs(120));
+    assert_eq!(plan.progress_deadline, Duration::from_secs(600));
+    assert!(!plan.envoy_routing);
+}

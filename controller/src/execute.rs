@@ -1,0 +1,86 @@
+//! Carries out a [`Decision`] in either mode. The order and the bookkeeping (which runs to keep,
+//! which revisions an analysis compares, writing the status only when it changed) live here once;
+//! each mode implements only its [`Rim`]: the API server (`reconcile`) or files and Envoy
+//! (`local`).
+
+use crate::canary::{Action, AnalysisKind, AnalysisSource, CanaryStatus, Decision};
+
+/// The revisions an analysis started now compares, as its templates' `podTemplateHashValue`
+/// and the `…VsStable` judges see them.
+pub(crate) struct Revisions<'a> {
+    /// What the stable pods report (their `pod-template-hash`; local mode: the revision name).
+    pub stable: &'a str,
+    pub canary: &'a str,
+}
+
+impl<'a> Revisions<'a> {
+    /// The pod-template-hash the pods carry and report, which the exporter counts; Plover's own
+    /// revision id only where the ReplicaSet is not known yet (or with Envoy routing, where the
+    /// revision names are the clusters' and the two are one).
+    pub fn of(status: &'a CanaryStatus) -> Self {
+        let pick = |hash: &'a Option<String>, revision: &'a Option<String>| {
+            hash.as_deref().or(revision.as_deref()).unwrap_or_default()
+        };
+        Revisions {
+            stable: pick(&status.stable_pod_template_hash, &status.stable_revision),
+            canary: pick(&status.canary_pod_template_hash, &status.revision),
+        }
+    }
+}
+
+/// What one mode does for each action. Methods run in the decision's order; an error stops the
+/// rest (the next reconcile decides again from what is then observed).
+#[allow(async_fn_in_trait)] // used only with concrete rims inside this crate
+pub(crate) trait Rim {
+    type Error;
+
+    /// Routes `canary`% to the canary and `stable`% to stable.
+    async fn set_weight(&mut self, canary: u32, stable: u32) -> Result<(), Self::Error>;
+    /// Makes `revision` the stable one (copies the pod template, or re-points fixed clusters).
+    async fn promote(&mut self, revision: &str) -> Result<(), Self::Error>;
+    /// Resolves the analysis and hands it to the runner; a spec that does not resolve is a
+    /// failed run, not an error of the rim.
+    async fn start_analysis(
+        &mut self,
+        name: &str,
+        kind: AnalysisKind,
+        source: &AnalysisSource,
+        revisions: Revisions<'_>,
+    ) -> Result<(), Self::Error>;
+    fn stop_analysis(&mut self, name: &str);
+    /// Forgets runs no longer recorded in the status.
+    fn retain_analyses(&mut self, keep: &[&str]);
+    /// An event that cannot be recorded must not stop the rollout: no error.
+    async fn event(&mut self, warning: bool, reason: &'static str, message: &str);
+    /// Replaces the status read for this decision with `status`.
+    async fn write_status(&mut self, status: &CanaryStatus) -> Result<(), Self::Error>;
+}
+
+/// Applies `decision`, made on `previous`: its actions in order, then the whole new status.
+pub(crate) async fn execute<R: Rim>(
+    decision: &Decision,
+    previous: &CanaryStatus,
+    rim: &mut R,
+) -> Result<(), R::Error> {
+    for action in &decision.actions {
+        match action {
+            Action::StopAnalysis { name } => rim.stop_analysis(name),
+            Action::SetWeight { canary, stable } => rim.set_weight(*canary, *stable).await?,
+            Action::PromoteWorkload { revision } => rim.promote(revision).await?,
+            Action::StartAnalysis { name, kind, source } => {
+                rim.start_analysis(name, *kind, source, Revisions::of(&decision.status))
+                    .await?
+            }
+            Action::Event {
+                warning,
+                reason,
+                message,
+            } => rim.event(*warning, reason, message).await,
+        }
+    }
+    rim.retain_analyses(&decision.status.analysis_runs_in_use());
+    if decision.status != *previous {
+        rim.write_status(&decision.status).await?;
+    }
+    Ok(())
+}
