@@ -748,6 +748,47 @@ mod tests {
         assert!(!read_status(&file).unwrap().abort);
     }
 
+    #[tokio::test]
+    async fn a_request_written_while_a_pass_decides_is_kept_and_decided_on_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let canary = read_canary(&write_spec(dir.path(), "v2", "  - setWeight: 20\n", "")).unwrap();
+        let file = dir.path().join("s.json");
+        write_status(&file, &CanaryStatus::default()).unwrap();
+        let read = read_status(&file).unwrap();
+        // `plover promote` lands between the pass's read and its write.
+        request(&file, Request::Promote).unwrap();
+        let providers = Providers::new(Settings::default()).unwrap();
+        let clock: crate::runner::Clock = Arc::new(std::time::SystemTime::now);
+        let (runner, _completed) = Runner::new(Arc::new(providers), clock);
+        let decision = crate::canary::Decision {
+            actions: Vec::new(),
+            status: CanaryStatus {
+                desired_weight: 20,
+                ..Default::default()
+            },
+            requeue_after: None,
+        };
+        let mut out = Vec::new();
+        let mut rim = LocalRim {
+            canary: &canary,
+            key: &(String::new(), "app".to_owned()),
+            stable_revision: "v1",
+            templates: &[],
+            secrets: &Secrets::new(),
+            runner: &runner,
+            status_file: &file,
+            read: &read,
+            out: &mut out,
+            events: Vec::new(),
+            conflict: false,
+        };
+        execute(&decision, &read, &mut rim).await.unwrap();
+        assert!(rim.conflict, "the pass must decide again");
+        let now = read_status(&file).unwrap();
+        assert!(now.promote, "the request is still in the file");
+        assert_eq!(now.desired_weight, 0, "the stale decision was not written");
+    }
+
     #[test]
     fn a_request_to_a_missing_status_file_fails_and_creates_nothing() {
         let dir = tempfile::tempdir().unwrap();

@@ -51,7 +51,7 @@ use crate::{
         selector_labels, template_revision, traffic_from_stats, traffic_of_revision,
         workload_state, TrafficSource,
     },
-    router::{envoy_file, gateway_api, istio, RouterError},
+    router::{envoy_file, gateway_api, istio, RevisionTags, RouterError},
     runner::{CanaryKey, Runner},
 };
 
@@ -269,6 +269,8 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
     } else {
         None
     };
+    let tag = |w: &WorkloadState| w.pod_template_hash.clone().filter(|_| w.rolled_out);
+    let (stable_tag, canary_tag) = (tag(&stable_state), tag(&canary_state));
     let obs = Observation {
         name: &name,
         generation: canary.metadata.generation,
@@ -292,6 +294,8 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
             stable: stable.as_ref(),
             canary: candidate.as_ref(),
             envoy_stable: &envoy_stable,
+            stable_tag,
+            canary_tag,
         },
     };
     match execute(&decision, &status, &mut rim).await {
@@ -419,6 +423,10 @@ struct Workloads<'a> {
     canary: Option<&'a Deployment>,
     /// Envoy routing: the stable revision (cluster) name.
     envoy_stable: &'a str,
+    /// The revision each Deployment's pods report, while it is the only one serving (the
+    /// Deployment has rolled it out): what the route tags that destination with.
+    stable_tag: Option<String>,
+    canary_tag: Option<String>,
 }
 
 /// The API server's side of [`execute`]: routers, the stable Deployment, the runner, Events and
@@ -434,15 +442,18 @@ impl Rim for ClusterRim<'_> {
     type Error = ReconcileError;
 
     async fn set_weight(&mut self, canary: u32, stable: u32) -> Result<(), ReconcileError> {
-        route(
-            self.ctx,
-            &self.key.0,
-            &self.canary.spec,
-            &self.workloads,
-            canary,
-            stable,
-        )
-        .await
+        let spec = &self.canary.spec;
+        let tags = spec
+            .traffic_routing
+            .revision_header
+            .as_deref()
+            .map(|header| RevisionTags {
+                header,
+                stable: self.workloads.stable_tag.as_deref(),
+                canary: self.workloads.canary_tag.as_deref(),
+            });
+        let weights = (canary, stable);
+        route(self.ctx, &self.key.0, spec, &self.workloads, weights, tags).await
     }
 
     async fn promote(&mut self, revision: &str) -> Result<(), ReconcileError> {
@@ -525,8 +536,8 @@ async fn route(
     namespace: &str,
     spec: &CanarySpec,
     workloads: &Workloads<'_>,
-    canary_weight: u32,
-    stable_weight: u32,
+    (canary_weight, stable_weight): (u32, u32),
+    tags: Option<RevisionTags<'_>>,
 ) -> Result<(), ReconcileError> {
     let (stable, candidate) = (workloads.stable, workloads.canary);
     let routing = &spec.traffic_routing;
@@ -542,13 +553,13 @@ async fn route(
         }
         let api = Api::namespaced_with(ctx.client.clone(), namespace, &virtual_services());
         patch_router_object(&api, &cfg.virtual_service.name, |o| {
-            istio::set_weights(o, cfg, canary_weight, stable_weight)
+            istio::set_weights(o, cfg, canary_weight, stable_weight, tags)
         })
         .await
     } else if let Some(cfg) = &routing.gateway_api {
         let api = Api::namespaced_with(ctx.client.clone(), namespace, &http_routes());
         patch_router_object(&api, &cfg.http_route, |o| {
-            gateway_api::set_weights(o, cfg, canary_weight, stable_weight)
+            gateway_api::set_weights(o, cfg, canary_weight, stable_weight, tags)
         })
         .await
     } else if let Some(cfg) = &routing.envoy {

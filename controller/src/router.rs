@@ -57,6 +57,18 @@ pub(crate) fn escape(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
 }
 
+/// The object under `key` in `parent`, made one if missing or not an object.
+pub(crate) fn object_at<'v>(
+    parent: &'v mut serde_json::Map<String, Value>,
+    key: &str,
+) -> Option<&'v mut serde_json::Map<String, Value>> {
+    let slot = parent.entry(key).or_insert_with(|| json!({}));
+    if !slot.is_object() {
+        *slot = json!({});
+    }
+    slot.as_object_mut()
+}
+
 /// Builds the guarded patch: `test` on resourceVersion first, then the given ops.
 pub(crate) fn guarded(
     obj: &Value,
@@ -76,6 +88,19 @@ pub fn apply(obj: &Value, patch: &json_patch::Patch) -> Result<Value, json_patch
     let mut out = obj.clone();
     json_patch::patch(&mut out, patch)?;
     Ok(out)
+}
+
+/// The revision header a router sets on each destination's responses
+/// (`spec.trafficRouting.revisionHeader`): Plover's filter reads it (`response_header`), so
+/// each request is counted under the revision that served it even when the app does not say.
+/// A destination is tagged only while one revision serves it: `None` (its Deployment is rolling
+/// out, so old and new pods share the destination) removes the tag, and those requests count
+/// under no revision rather than under a wrong one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RevisionTags<'a> {
+    pub header: &'a str,
+    pub stable: Option<&'a str>,
+    pub canary: Option<&'a str>,
 }
 
 /// Weights found on one route or rule (`None` where a destination carries no weight).

@@ -143,9 +143,10 @@ impl Example {
                     "successCondition": "result >= 0.99",
                     "provider": {"plover": {
                         "namespace": self.namespace, "service": self.name, "metric": "successRate",
-                        "revision": "canary", "window": "10s", "minRequests": 20
+                        "revision": "{{args.canary-hash}}", "window": "10s", "minRequests": 20
                     }}
-                }]
+                }],
+                "args": [{"name": "canary-hash", "valueFrom": {"podTemplateHashValue": "Latest"}}]
             });
         }
         canary
@@ -155,8 +156,10 @@ impl Example {
         format!("{}:{}", self.image, self.tags[release])
     }
 
+    /// The example's app; like the real images, its responses do not say their revision:
+    /// the route's tag (the examples' `revisionHeader`) is what the filter counts them by.
     fn app(&self) -> App {
-        App::releases(self.name, self.image, self.tags)
+        App::releases(self.name, self.image, self.tags).without_revision_header()
     }
 }
 
@@ -279,6 +282,7 @@ fn release(mesh: &Mesh, controller: &mut ChildGuard, example: &Example) {
         },
     );
     let promoted_after = started.elapsed();
+    let healthy = mesh.revision_of_track(ns, "canary");
 
     // A bad release: rolled back.
     let started = Instant::now();
@@ -317,15 +321,50 @@ fn release(mesh: &Mesh, controller: &mut ChildGuard, example: &Example) {
         "the bad revision failed no request"
     );
 
-    // Exact counts: the exporter's per revision are what each revision's pods served.
+    // Exact counts. The pods do not say their revision: the route's tag does, on a destination
+    // while one revision serves it. Every request is counted once; none under a revision that
+    // did not serve it (untagged ones — before the Canary's first write, and while a Deployment
+    // rolls out — under none); both releases' canaries, which the analyses judge, exactly.
     let counts = mesh.exporter_counts();
-    for revision in served.revisions.keys() {
+    let served_total: u64 = served.revisions.keys().map(|r| served.total(r)).sum();
+    let counted_total: u64 = counts.values().sum();
+    // Counted beyond what pods served: answers Envoy gave itself (no healthy upstream while
+    // pods come and go), which reached no pod.
+    assert!(
+        counted_total >= served_total,
+        "every request a pod served is counted: {counted_total} < {served_total}: {counts:?}"
+    );
+    let attributed: u64 = counts
+        .iter()
+        .filter(|(revision, _)| !revision.is_empty())
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        attributed <= served_total,
+        "no more requests attributed to revisions than pods served: {counts:?}"
+    );
+    for (revision, &counted) in &counts {
+        if revision.is_empty() {
+            continue;
+        }
+        assert!(
+            counted <= served.total(revision),
+            "revision {revision}: counted {counted}, served {}: {counts:?}",
+            served.total(revision)
+        );
+    }
+    for revision in [&healthy, &bad] {
         assert_eq!(
             counts.get(revision).copied().unwrap_or(0),
             served.total(revision),
-            "revision {revision}: the exporter counted {counts:?}"
+            "canary revision {revision}: the exporter counted {counts:?}"
         );
     }
+    println!(
+        "{}: exporter counts by revision {counts:?} (\"\": untagged): {counted_total} counted, \
+         {served_total} served by pods",
+        example.dir
+    );
 
     // The split the pods saw under each weight the controller wrote (from 1 s after the
     // write, the push) is that weight within binomial noise: 4 standard deviations.

@@ -117,6 +117,7 @@ impl DemoConfig {
                 delay,
                 error_share: spec.error_share,
                 error_status: spec.error_status.unwrap_or(500),
+                ..Behaviour::default()
             };
             revisions.insert(name.clone(), behaviour);
         }

@@ -20,6 +20,8 @@ pub struct Behaviour {
     /// the first n requests).
     pub error_share: f64,
     pub error_status: u16,
+    /// Whether responses carry `x-app-revision` (apps that do not leave it to the route).
+    pub reports_revision: bool,
 }
 
 impl Default for Behaviour {
@@ -28,6 +30,7 @@ impl Default for Behaviour {
             delay: Duration::ZERO,
             error_share: 0.0,
             error_status: 500,
+            reports_revision: true,
         }
     }
 }
@@ -78,7 +81,7 @@ impl Backend {
             let revision = revision_owned.clone();
             async move {
                 let received = std::time::Instant::now();
-                let (delay, status) = {
+                let (delay, status, reports_revision) = {
                     let mut s = state.lock().expect("backend state");
                     let n = s.served;
                     s.served += 1;
@@ -88,7 +91,7 @@ impl Backend {
                     let fails = ((n + 1) as f64 * share).floor() > (n as f64 * share).floor();
                     let status = if fails { s.behaviour.error_status } else { 200 };
                     *s.by_status.entry(status).or_default() += 1;
-                    (s.behaviour.delay, status)
+                    (s.behaviour.delay, status, s.behaviour.reports_revision)
                 };
                 if !delay.is_zero() {
                     // Blocking is fine: this connection has its thread to itself.
@@ -96,14 +99,15 @@ impl Backend {
                 }
                 let took = received.elapsed().as_micros() as u64;
                 state.lock().expect("backend state").handling.record(took);
-                respond(
-                    status,
-                    revision.clone(),
+                let headers: &[(&str, &str)] = if reports_revision {
                     &[
                         ("x-app-revision", &revision),
                         ("content-type", "text/plain"),
-                    ],
-                )
+                    ]
+                } else {
+                    &[("content-type", "text/plain")]
+                };
+                respond(status, revision.clone(), headers)
             }
         };
         serve_thread_per_connection(listener, handler, stopped, &format!("backend-{revision}"));
@@ -187,6 +191,7 @@ pub async fn stable_and_slower_failing_canary(canary_error_status: u16) -> (Back
             delay: Duration::from_millis(CANARY_DELAY_MS),
             error_share: 0.1,
             error_status: canary_error_status,
+            ..Behaviour::default()
         },
     )
     .await;

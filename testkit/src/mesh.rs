@@ -68,6 +68,15 @@ impl App {
             ],
         }
     }
+
+    /// The same app whose responses do not say their revision, as most real images: the
+    /// route's revision tag (`spec.trafficRouting.revisionHeader`) is then the only source.
+    pub fn without_revision_header(mut self) -> App {
+        for (_, behaviour) in &mut self.images {
+            behaviour.reports_revision = false;
+        }
+        self
+    }
 }
 
 /// What each revision of the apps served, the ground truth the exporter's counts are

@@ -117,7 +117,15 @@ pub fn resolve(
         }
     }
     if !source.metrics.is_empty() {
+        // The Canary's own metrics may use the args it passes: it declares them, as a template
+        // would (their values are filled in below like every template's).
+        let args: Vec<serde_json::Value> = source
+            .args
+            .iter()
+            .map(|a| serde_json::json!({"name": a.name}))
+            .collect();
         let spec: AnalysisSpec = serde_json::from_value(serde_json::json!({
+            "args": args,
             "metrics": source.metrics,
             "dryRun": source.dry_run,
         }))

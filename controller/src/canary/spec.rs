@@ -106,6 +106,15 @@ pub struct TrafficRouting {
     pub gateway_api: Option<GatewayApiRouting>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envoy: Option<EnvoyRouting>,
+    /// Response header the router sets on each destination (Istio `headers.response.set`,
+    /// Gateway API `ResponseHeaderModifier`) to the revision it routes to: the pod-template-hash
+    /// of its Deployment's current ReplicaSet, what `podTemplateHashValue` gives templates. Name
+    /// the header Plover's filter reads (`response_header.name`; the overlays use
+    /// `x-app-revision`), so that requests are counted under their revision even when the app
+    /// does not report it, and templates can select the release's own revision. Not with
+    /// `envoy` (there the revision is the cluster's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_header: Option<String>,
 }
 
 /// Istio: weights of the stable and canary destinations of named VirtualService routes.

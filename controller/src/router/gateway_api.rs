@@ -6,7 +6,7 @@
 
 use serde_json::{json, Value};
 
-use super::{guarded, RouteWeights, RouterError};
+use super::{guarded, object_at, RevisionTags, RouteWeights, RouterError};
 use crate::canary::GatewayApiRouting;
 
 const KIND: &str = "HTTPRoute";
@@ -131,6 +131,7 @@ pub fn set_weights(
     cfg: &GatewayApiRouting,
     canary: u32,
     stable: u32,
+    tags: Option<RevisionTags<'_>>,
 ) -> Result<Option<json_patch::Patch>, RouterError> {
     let mut ops = Vec::new();
     for s in select(route, cfg)? {
@@ -140,17 +141,42 @@ pub fn set_weights(
                 .pointer(&format!("{rule}/backendRefs/{j}/weight"))
                 .and_then(Value::as_i64)
         };
-        if current(s.canary) == Some(i64::from(canary))
-            && current(s.stable) == Some(i64::from(stable))
-        {
-            continue;
-        }
-        for (j, weight, service) in [
-            (s.canary, canary, &cfg.canary_service),
-            (s.stable, stable, &cfg.stable_service),
+        let weights_match = current(s.canary) == Some(i64::from(canary))
+            && current(s.stable) == Some(i64::from(stable));
+        for (j, weight, service, revision) in [
+            (
+                s.canary,
+                canary,
+                &cfg.canary_service,
+                tags.and_then(|t| t.canary),
+            ),
+            (
+                s.stable,
+                stable,
+                &cfg.stable_service,
+                tags.and_then(|t| t.stable),
+            ),
         ] {
-            ops.push(json!({"op": "test", "path": format!("{rule}/backendRefs/{j}/name"), "value": service}));
-            ops.push(json!({"op": "add", "path": format!("{rule}/backendRefs/{j}/weight"), "value": weight}));
+            let at = format!("{rule}/backendRefs/{j}");
+            let mut changes = Vec::new();
+            if !weights_match {
+                changes.push(json!({"op": "add", "path": format!("{at}/weight"), "value": weight}));
+            }
+            if let Some(tags) = tags {
+                if let Some(filters) = tagged_filters(
+                    route.pointer(&format!("{at}/filters")),
+                    tags.header,
+                    revision,
+                ) {
+                    changes.push(
+                        json!({"op": "add", "path": format!("{at}/filters"), "value": filters}),
+                    );
+                }
+            }
+            if !changes.is_empty() {
+                ops.push(json!({"op": "test", "path": format!("{at}/name"), "value": service}));
+                ops.extend(changes);
+            }
         }
     }
     if ops.is_empty() {
@@ -159,6 +185,59 @@ pub fn set_weights(
     guarded(route, ops)
         .map(Some)
         .map_err(|e| RouterError::object(KIND, route, format!("building the patch: {e}")))
+}
+
+/// A backendRef's `filters` whose `ResponseHeaderModifier` sets `header` to `revision`
+/// (`None`: does not set it), every other filter and header kept; `None` if it already does.
+fn tagged_filters(current: Option<&Value>, header: &str, revision: Option<&str>) -> Option<Value> {
+    let named = |e: &Value| {
+        e.get("name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| n.eq_ignore_ascii_case(header))
+    };
+    let is_modifier =
+        |f: &Value| f.get("type").and_then(Value::as_str) == Some("ResponseHeaderModifier");
+    let mut filters = current
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let tagged = filters
+        .iter()
+        .filter(|f| is_modifier(f))
+        .filter_map(|f| f.pointer("/responseHeaderModifier/set")?.as_array())
+        .flatten()
+        .find(|e| named(e))
+        .and_then(|e| e.get("value")?.as_str());
+    if tagged == revision {
+        return None;
+    }
+    let modifier = match filters.iter().position(is_modifier) {
+        Some(i) => i,
+        None => {
+            filters.push(json!({"type": "ResponseHeaderModifier", "responseHeaderModifier": {}}));
+            filters.len() - 1
+        }
+    };
+    let settings = object_at(
+        filters.get_mut(modifier)?.as_object_mut()?,
+        "responseHeaderModifier",
+    )?;
+    let set = settings.entry("set").or_insert_with(|| json!([]));
+    if !set.is_array() {
+        *set = json!([]);
+    }
+    let entries = set.as_array_mut()?;
+    entries.retain(|e| !named(e));
+    if let Some(revision) = revision {
+        entries.push(json!({"name": header, "value": revision}));
+    } else if entries.is_empty() {
+        // Leave no empty modifier behind (a filter that changes nothing).
+        settings.remove("set");
+        if settings.is_empty() {
+            filters.remove(modifier);
+        }
+    }
+    Some(Value::Array(filters))
 }
 
 #[cfg(test)]
@@ -189,9 +268,63 @@ mod tests {
     }
 
     #[test]
+    fn backends_are_tagged_with_their_revision_by_a_response_header_filter() {
+        let mut r = route();
+        r["spec"]["rules"][1]["backendRefs"][0]["filters"] = json!([
+            {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-team", "value": "a"}]}},
+            {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"set": [{"name": "X-App-Revision", "value": "old"}], "remove": ["server"]}}
+        ]);
+        let tags = RevisionTags {
+            header: "x-app-revision",
+            stable: Some("5d8f7c9b6"),
+            canary: Some("7c6b5a4d3"),
+        };
+        let patch = set_weights(&r, &cfg(&[]), 10, 90, Some(tags))
+            .unwrap()
+            .unwrap();
+        let out = apply(&r, &patch).unwrap();
+        let backends = &out["spec"]["rules"][1]["backendRefs"];
+        assert_eq!(
+            backends[0]["filters"],
+            json!([
+                {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-team", "value": "a"}]}},
+                {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"set": [{"name": "x-app-revision", "value": "5d8f7c9b6"}], "remove": ["server"]}}
+            ])
+        );
+        assert_eq!(
+            backends[1]["filters"],
+            json!([{"type": "ResponseHeaderModifier", "responseHeaderModifier": {"set": [{"name": "x-app-revision", "value": "7c6b5a4d3"}]}}])
+        );
+        assert_eq!(
+            out["spec"]["rules"][0], r["spec"]["rules"][0],
+            "the header rule is untouched"
+        );
+        assert!(set_weights(&out, &cfg(&[]), 10, 90, Some(tags))
+            .unwrap()
+            .is_none());
+        // The canary rolling out a revision: its tag goes, and the filter it lived in with it.
+        let rolling = RevisionTags {
+            canary: None,
+            ..tags
+        };
+        let patch = set_weights(&out, &cfg(&[]), 10, 90, Some(rolling))
+            .unwrap()
+            .unwrap();
+        let untagged = apply(&out, &patch).unwrap();
+        assert_eq!(
+            untagged["spec"]["rules"][1]["backendRefs"][1]["filters"],
+            json!([])
+        );
+        assert_eq!(
+            untagged["spec"]["rules"][1]["backendRefs"][0],
+            out["spec"]["rules"][1]["backendRefs"][0]
+        );
+    }
+
+    #[test]
     fn weights_both_backends_of_rules_that_reference_both() {
         let r = route();
-        let patch = set_weights(&r, &cfg(&[]), 10, 90).unwrap().unwrap();
+        let patch = set_weights(&r, &cfg(&[]), 10, 90, None).unwrap().unwrap();
         let out = apply(&r, &patch).unwrap();
         let mut expected = r.clone();
         expected["spec"]["rules"][1]["backendRefs"][0]["weight"] = json!(90);
@@ -200,7 +333,7 @@ mod tests {
             out, expected,
             "the header rule and everything else are untouched"
         );
-        assert!(set_weights(&out, &cfg(&["main"]), 10, 90)
+        assert!(set_weights(&out, &cfg(&["main"]), 10, 90, None)
             .unwrap()
             .is_none());
         assert_eq!(
@@ -215,14 +348,14 @@ mod tests {
 
     #[test]
     fn named_rules_must_reference_both_services() {
-        let e = set_weights(&route(), &cfg(&["canary-header"]), 10, 90)
+        let e = set_weights(&route(), &cfg(&["canary-header"]), 10, 90, None)
             .unwrap_err()
             .to_string();
         assert_eq!(
             e,
             "HTTPRoute podinfo: backendRef \"podinfo-stable\" not found in rule \"canary-header\""
         );
-        let e = set_weights(&route(), &cfg(&["nope"]), 10, 90)
+        let e = set_weights(&route(), &cfg(&["nope"]), 10, 90, None)
             .unwrap_err()
             .to_string();
         assert_eq!(

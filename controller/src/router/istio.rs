@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::{escape, guarded, RouteWeights, RouterError};
+use super::{escape, guarded, object_at, RevisionTags, RouteWeights, RouterError};
 use crate::canary::IstioRouting;
 
 const VS: &str = "VirtualService";
@@ -198,6 +198,7 @@ pub fn set_weights(
     cfg: &IstioRouting,
     canary: u32,
     stable: u32,
+    tags: Option<RevisionTags<'_>>,
 ) -> Result<Option<json_patch::Patch>, RouterError> {
     let (selected, _) = select(vs, cfg)?;
     let mut ops = Vec::new();
@@ -207,24 +208,43 @@ pub fn set_weights(
             vs.pointer(&format!("{route}/route/{j}/weight"))
                 .and_then(Value::as_i64)
         };
-        if current(s.canary) == Some(i64::from(canary))
-            && current(s.stable) == Some(i64::from(stable))
-        {
+        let weights_match = current(s.canary) == Some(i64::from(canary))
+            && current(s.stable) == Some(i64::from(stable));
+        let mut route_ops = Vec::new();
+        for (j, weight, revision) in [
+            (s.canary, canary, tags.and_then(|t| t.canary)),
+            (s.stable, stable, tags.and_then(|t| t.stable)),
+        ] {
+            let at = format!("{route}/route/{j}");
+            let mut changes = Vec::new();
+            if !weights_match {
+                changes.push(json!({"op": "add", "path": format!("{at}/weight"), "value": weight}));
+            }
+            if let Some(tags) = tags {
+                if let Some(headers) =
+                    tagged_headers(vs.pointer(&format!("{at}/headers")), tags.header, revision)
+                {
+                    changes.push(
+                        json!({"op": "add", "path": format!("{at}/headers"), "value": headers}),
+                    );
+                }
+            }
+            if !changes.is_empty() {
+                let destination = vs
+                    .pointer(&format!("{at}/destination"))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                route_ops.push(json!({"op": "test", "path": format!("{at}/destination"), "value": destination}));
+                route_ops.extend(changes);
+            }
+        }
+        if route_ops.is_empty() {
             continue;
         }
         if let Some(name) = vs.pointer(&format!("{route}/name")) {
             ops.push(json!({"op": "test", "path": format!("{route}/name"), "value": name}));
         }
-        for (j, weight) in [(s.canary, canary), (s.stable, stable)] {
-            let destination = vs
-                .pointer(&format!("{route}/route/{j}/destination"))
-                .cloned()
-                .unwrap_or(Value::Null);
-            ops.push(json!({"op": "test", "path": format!("{route}/route/{j}/destination"), "value": destination}));
-            ops.push(
-                json!({"op": "add", "path": format!("{route}/route/{j}/weight"), "value": weight}),
-            );
-        }
+        ops.extend(route_ops);
     }
     if ops.is_empty() {
         return Ok(None);
@@ -232,6 +252,31 @@ pub fn set_weights(
     guarded(vs, ops)
         .map(Some)
         .map_err(|e| RouterError::object(VS, vs, format!("building the patch: {e}")))
+}
+
+/// A destination's `headers` with `response.set[header] = revision` (`None`: without that
+/// header), everything else kept; `None` if it already says so.
+fn tagged_headers(current: Option<&Value>, header: &str, revision: Option<&str>) -> Option<Value> {
+    let tagged = current
+        .and_then(|h| h.pointer(&format!("/response/set/{}", escape(header))))
+        .and_then(Value::as_str);
+    if tagged == revision {
+        return None;
+    }
+    let mut headers = current
+        .cloned()
+        .filter(Value::is_object)
+        .unwrap_or(json!({}));
+    let set = object_at(object_at(headers.as_object_mut()?, "response")?, "set")?;
+    match revision {
+        Some(revision) => {
+            set.insert(header.to_owned(), revision.into());
+        }
+        None => {
+            set.remove(header);
+        }
+    }
+    Some(headers)
 }
 
 /// Subset mode: makes the stable and canary subsets select their workloads' pods (each
@@ -338,7 +383,7 @@ mod tests {
     #[test]
     fn patch_writes_both_weights_of_the_named_route_only() {
         let vs = vs();
-        let patch = set_weights(&vs, &host_cfg(&["primary"]), 20, 80)
+        let patch = set_weights(&vs, &host_cfg(&["primary"]), 20, 80, None)
             .unwrap()
             .unwrap();
         let ops = serde_json::to_value(&patch).unwrap();
@@ -358,7 +403,7 @@ mod tests {
             Some(20)
         );
         assert!(
-            set_weights(&out, &host_cfg(&["primary"]), 20, 80)
+            set_weights(&out, &host_cfg(&["primary"]), 20, 80, None)
                 .unwrap()
                 .is_none(),
             "already routed: no write"
@@ -366,9 +411,78 @@ mod tests {
     }
 
     #[test]
+    fn destinations_are_tagged_with_their_revision_and_other_headers_kept() {
+        let mut vs = vs();
+        vs["spec"]["http"][1]["route"][0]["headers"] =
+            json!({"request": {"set": {"x-team": "a"}}, "response": {"remove": ["server"]}});
+        let tags = RevisionTags {
+            header: "x-app-revision",
+            stable: Some("5d8f7c9b6"),
+            canary: Some("7c6b5a4d3"),
+        };
+        let patch = set_weights(&vs, &host_cfg(&["primary"]), 20, 80, Some(tags))
+            .unwrap()
+            .unwrap();
+        let out = apply(&vs, &patch).unwrap();
+        let stable = &out["spec"]["http"][1]["route"][0];
+        assert_eq!(stable["weight"], 80);
+        assert_eq!(
+            stable["headers"],
+            json!({"request": {"set": {"x-team": "a"}},
+                   "response": {"remove": ["server"], "set": {"x-app-revision": "5d8f7c9b6"}}})
+        );
+        assert_eq!(
+            out["spec"]["http"][1]["route"][1]["headers"],
+            json!({"response": {"set": {"x-app-revision": "7c6b5a4d3"}}})
+        );
+        assert!(
+            set_weights(&out, &host_cfg(&["primary"]), 20, 80, Some(tags))
+                .unwrap()
+                .is_none(),
+            "tagged and weighted already: no write"
+        );
+        // A new canary revision: only its tag changes.
+        let next = RevisionTags {
+            canary: Some("99aa88bb7"),
+            ..tags
+        };
+        let patch = set_weights(&out, &host_cfg(&["primary"]), 20, 80, Some(next))
+            .unwrap()
+            .unwrap();
+        let ops = serde_json::to_value(&patch).unwrap();
+        assert!(
+            !ops.to_string().contains("/weight"),
+            "weights unchanged: {ops}"
+        );
+        let again = apply(&out, &patch).unwrap();
+        assert_eq!(
+            again["spec"]["http"][1]["route"][1]["headers"]["response"]["set"]["x-app-revision"],
+            "99aa88bb7"
+        );
+        // The stable Deployment rolling out (old and new pods behind one destination): its tag
+        // goes, other headers stay.
+        let rolling = RevisionTags {
+            stable: None,
+            ..tags
+        };
+        let patch = set_weights(&again, &host_cfg(&["primary"]), 20, 80, Some(rolling))
+            .unwrap()
+            .unwrap();
+        let untagged = apply(&again, &patch).unwrap();
+        assert_eq!(
+            untagged["spec"]["http"][1]["route"][0]["headers"],
+            json!({"request": {"set": {"x-team": "a"}}, "response": {"remove": ["server"], "set": {}}})
+        );
+        // A headers field that is not an object is replaced, not a crash.
+        let mut odd = vs.clone();
+        odd["spec"]["http"][1]["route"][1]["headers"] = json!("junk");
+        assert!(set_weights(&odd, &host_cfg(&["primary"]), 20, 80, Some(tags)).is_ok());
+    }
+
+    #[test]
     fn a_moved_route_or_a_concurrent_edit_fails_the_patch() {
         let vs = vs();
-        let patch = set_weights(&vs, &host_cfg(&["primary"]), 20, 80)
+        let patch = set_weights(&vs, &host_cfg(&["primary"]), 20, 80, None)
             .unwrap()
             .unwrap();
         let mut edited = vs.clone();
@@ -386,18 +500,18 @@ mod tests {
     #[test]
     fn route_selection_errors_name_the_problem() {
         let vs = vs();
-        let e = set_weights(&vs, &host_cfg(&["missing"]), 20, 80)
+        let e = set_weights(&vs, &host_cfg(&["missing"]), 20, 80, None)
             .unwrap_err()
             .to_string();
         assert_eq!(
             e,
             "VirtualService podinfo: HTTP route \"missing\" not found in spec.http"
         );
-        let e = set_weights(&vs, &host_cfg(&[]), 20, 80)
+        let e = set_weights(&vs, &host_cfg(&[]), 20, 80, None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("spec.http has 2 routes"), "{e}");
-        let e = set_weights(&vs, &host_cfg(&["header"]), 20, 80)
+        let e = set_weights(&vs, &host_cfg(&["header"]), 20, 80, None)
             .unwrap_err()
             .to_string();
         assert_eq!(
@@ -423,7 +537,7 @@ mod tests {
         let vs = json!({"metadata": {"name": "podinfo"}, "spec": {"hosts": ["podinfo"], "http": [{"route": [
             {"destination": {"host": "podinfo", "subset": "stable"}},
             {"destination": {"host": "podinfo", "subset": "canary"}}]}]}});
-        let out = apply(&vs, &set_weights(&vs, &cfg, 30, 70).unwrap().unwrap()).unwrap();
+        let out = apply(&vs, &set_weights(&vs, &cfg, 30, 70, None).unwrap().unwrap()).unwrap();
         assert_eq!(out["spec"]["http"][0]["route"][0]["weight"], 70);
         assert_eq!(out["spec"]["http"][0]["route"][1]["weight"], 30);
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::{apply, gateway_api, istio};
+use super::{apply, gateway_api, istio, RevisionTags};
 use crate::canary::{DestinationRuleRef, GatewayApiRouting, IstioRouting, VirtualServiceRef};
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata");
@@ -76,7 +76,7 @@ fn istio_host_mode_writes_a_valid_virtual_service() {
     };
     let mut current = before.clone();
     for (canary, stable) in [(5, 95), (50, 50), (100, 0), (0, 100)] {
-        let patch = istio::set_weights(&current, &cfg, canary, stable)
+        let patch = istio::set_weights(&current, &cfg, canary, stable, None)
             .unwrap()
             .unwrap();
         let after = apply(&current, &patch).unwrap();
@@ -93,6 +93,56 @@ fn istio_host_mode_writes_a_valid_virtual_service() {
         current = after;
         current["metadata"]["resourceVersion"] = json!(format!("{}", 2000 + canary));
     }
+}
+
+/// The revision tags a router writes beside the weights (`spec.trafficRouting.revisionHeader`).
+const TAGS: RevisionTags<'static> = RevisionTags {
+    header: "x-app-revision",
+    stable: Some("5d8f7c9b6"),
+    canary: Some("7c6b5a4d3"),
+};
+
+#[test]
+fn revision_tags_are_valid_in_a_virtual_service_and_an_http_route() {
+    let cfg = IstioRouting {
+        virtual_service: VirtualServiceRef {
+            name: "podinfo".into(),
+            routes: vec!["primary".into()],
+        },
+        stable_service: Some("podinfo-stable".into()),
+        canary_service: Some("podinfo-canary".into()),
+        destination_rule: None,
+    };
+    let schema = validator("virtualservice.networking.istio.io.v1.json");
+    let before = load_yaml("virtualservice-hosts.yaml");
+    let patch = istio::set_weights(&before, &cfg, 5, 95, Some(TAGS))
+        .unwrap()
+        .unwrap();
+    let after = apply(&before, &patch).unwrap();
+    assert_valid(&schema, &after);
+    assert_eq!(
+        after["spec"]["http"][1]["route"][1]["headers"]["response"]["set"]["x-app-revision"],
+        "7c6b5a4d3"
+    );
+
+    let schema = validator("httproute.gateway.networking.k8s.io.v1.json");
+    let before = load_yaml("httproute.yaml");
+    let cfg = GatewayApiRouting {
+        http_route: "podinfo".into(),
+        rules: vec![],
+        stable_service: "podinfo-stable".into(),
+        canary_service: "podinfo-canary".into(),
+    };
+    let patch = gateway_api::set_weights(&before, &cfg, 30, 70, Some(TAGS))
+        .unwrap()
+        .unwrap();
+    let after = apply(&before, &patch).unwrap();
+    assert_valid(&schema, &after);
+    assert_eq!(
+        after["spec"]["rules"][1]["backendRefs"][0]["filters"][0]["responseHeaderModifier"]["set"]
+            [0]["value"],
+        "5d8f7c9b6"
+    );
 }
 
 #[test]
@@ -114,7 +164,9 @@ fn istio_subset_mode_writes_a_valid_virtual_service_and_destination_rule() {
     assert_valid(&vs_schema, &before);
     let after = apply(
         &before,
-        &istio::set_weights(&before, &cfg, 10, 90).unwrap().unwrap(),
+        &istio::set_weights(&before, &cfg, 10, 90, None)
+            .unwrap()
+            .unwrap(),
     )
     .unwrap();
     assert_valid(&vs_schema, &after);
@@ -172,7 +224,7 @@ fn gateway_api_writes_a_valid_http_route() {
         };
         let after = apply(
             &before,
-            &gateway_api::set_weights(&before, &cfg, 30, 70)
+            &gateway_api::set_weights(&before, &cfg, 30, 70, None)
                 .unwrap()
                 .unwrap(),
         )
