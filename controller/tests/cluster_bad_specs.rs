@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use plover_testkit::cluster::Cluster;
+use plover_testkit::{cluster::Cluster, process::ChildGuard};
 
 mod support;
 use support::{
@@ -114,43 +114,34 @@ spec:
 
     let mut controller = start_controller(&cluster, "plover-a", &[]);
     let minute = Duration::from_secs(60);
-    let invalid_condition = eventually(
-        (&cluster, NS),
-        "InvalidSpec",
-        minute,
-        &mut controller,
-        || {
-            let c = condition(&cluster, "invalid", "InvalidSpec");
+    // The condition `type_` of `canary` once True (within a minute), as "True MESSAGE".
+    let condition_true = |controller: &mut ChildGuard, canary: &str, type_: &str, what: &str| {
+        eventually((&cluster, NS), what, minute, controller, || {
+            let c = condition(&cluster, canary, type_);
             c.starts_with("True ").then_some(c.clone()).ok_or(c)
-        },
-    );
+        })
+    };
+    let invalid_condition =
+        condition_true(&mut controller, "invalid", "InvalidSpec", "InvalidSpec");
     assert!(
         invalid_condition.contains("spec.workload.canary"),
         "{invalid_condition}"
     );
-    let routing_condition = eventually(
-        (&cluster, NS),
-        "TrafficRoutingFailed",
-        minute,
+    let routing_condition = condition_true(
         &mut controller,
-        || {
-            let c = condition(&cluster, "missing-route", "TrafficRoutingFailed");
-            c.starts_with("True ").then_some(c.clone()).ok_or(c)
-        },
+        "missing-route",
+        "TrafficRoutingFailed",
+        "TrafficRoutingFailed",
     );
     assert!(
         routing_condition.contains("mock-server") && routing_condition.contains("secondary"),
         "the condition names the object and the route: {routing_condition}"
     );
-    let template_condition = eventually(
-        (&cluster, NS),
-        "InvalidSpec for the missing template",
-        minute,
+    let template_condition = condition_true(
         &mut controller,
-        || {
-            let c = condition(&cluster, "missing-template", "InvalidSpec");
-            c.starts_with("True ").then_some(c.clone()).ok_or(c)
-        },
+        "missing-template",
+        "InvalidSpec",
+        "InvalidSpec for the missing template",
     );
     assert!(
         template_condition.contains(
@@ -158,15 +149,11 @@ spec:
         ),
         "{template_condition}"
     );
-    let job_condition = eventually(
-        (&cluster, NS),
-        "InvalidSpec for the job metric",
-        minute,
+    let job_condition = condition_true(
         &mut controller,
-        || {
-            let c = condition(&cluster, "job-metric", "InvalidSpec");
-            c.starts_with("True ").then_some(c.clone()).ok_or(c)
-        },
+        "job-metric",
+        "InvalidSpec",
+        "InvalidSpec for the job metric",
     );
     assert!(
         job_condition.contains(

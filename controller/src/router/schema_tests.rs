@@ -60,12 +60,9 @@ fn the_schemas_reject_what_the_api_server_would() {
     assert!(!route.is_valid(&bad));
 }
 
-#[test]
-fn istio_host_mode_writes_a_valid_virtual_service() {
-    let schema = validator("virtualservice.networking.istio.io.v1.json");
-    let before = load_yaml("virtualservice-hosts.yaml");
-    assert_valid(&schema, &before);
-    let cfg = IstioRouting {
+/// The host-mode routing of `testdata/schemas/virtualservice-hosts.yaml`.
+fn host_mode() -> IstioRouting {
+    IstioRouting {
         virtual_service: VirtualServiceRef {
             name: "podinfo".into(),
             routes: vec!["primary".into()],
@@ -73,7 +70,15 @@ fn istio_host_mode_writes_a_valid_virtual_service() {
         stable_service: Some("podinfo-stable".into()),
         canary_service: Some("podinfo-canary".into()),
         destination_rule: None,
-    };
+    }
+}
+
+#[test]
+fn istio_host_mode_writes_a_valid_virtual_service() {
+    let schema = validator("virtualservice.networking.istio.io.v1.json");
+    let before = load_yaml("virtualservice-hosts.yaml");
+    assert_valid(&schema, &before);
+    let cfg = host_mode();
     let mut current = before.clone();
     for (canary, stable) in [(5, 95), (50, 50), (100, 0), (0, 100)] {
         let patch = istio::set_weights(&current, &cfg, canary, stable, None)
@@ -104,15 +109,7 @@ const TAGS: RevisionTags<'static> = RevisionTags {
 
 #[test]
 fn revision_tags_are_valid_in_a_virtual_service_and_an_http_route() {
-    let cfg = IstioRouting {
-        virtual_service: VirtualServiceRef {
-            name: "podinfo".into(),
-            routes: vec!["primary".into()],
-        },
-        stable_service: Some("podinfo-stable".into()),
-        canary_service: Some("podinfo-canary".into()),
-        destination_rule: None,
-    };
+    let cfg = host_mode();
     let schema = validator("virtualservice.networking.istio.io.v1.json");
     let before = load_yaml("virtualservice-hosts.yaml");
     let patch = istio::set_weights(&before, &cfg, 5, 95, Some(TAGS))
