@@ -232,18 +232,6 @@ impl Providers {
             .or_else(|| (!spec.address.is_empty()).then(|| spec.address.clone()))
             .or_else(|| self.settings.prometheus_default.clone())
     }
-
-    /// Why this build cannot measure `metric` at all, if so: decided before the run starts.
-    pub fn unsupported_metric(&self, metric: &MetricSpec) -> Option<String> {
-        match &metric.provider {
-            ProviderSpec::Unsupported { reason, .. } => Some(reason.clone()),
-            ProviderSpec::Prometheus(p) => {
-                prometheus::unsupported(p, &self.prometheus_address(p).unwrap_or_default())
-            }
-            ProviderSpec::Web(w) => web::unsupported(w),
-            ProviderSpec::Plover(_) => None,
-        }
-    }
 }
 
 impl Source for Providers {
@@ -268,8 +256,17 @@ impl Source for Providers {
         Some(Arc::new(Providers::for_run(self)))
     }
 
+    /// Also what this build's providers cannot do: Prometheus range queries, OAuth2 and
+    /// SigV4, web OAuth2 (decided before the run starts).
     fn unsupported(&self, metric: &MetricSpec) -> Option<String> {
-        self.unsupported_metric(metric)
+        match &metric.provider {
+            ProviderSpec::Unsupported { reason, .. } => Some(reason.clone()),
+            ProviderSpec::Prometheus(p) => {
+                prometheus::unsupported(p, &self.prometheus_address(p).unwrap_or_default())
+            }
+            ProviderSpec::Web(w) => web::unsupported(w),
+            ProviderSpec::Plover(_) => None,
+        }
     }
 }
 

@@ -13,17 +13,19 @@ pub(crate) struct Revisions<'a> {
     pub canary: &'a str,
 }
 
+/// What a workload's pods report: the pod-template-hash they carry, which the exporter counts;
+/// Plover's own revision id only where the ReplicaSet is not known yet (or with Envoy routing,
+/// where the revision names are the clusters' and the two are one).
+pub(crate) fn reported<'a>(hash: &'a Option<String>, revision: &'a Option<String>) -> &'a str {
+    hash.as_deref().or(revision.as_deref()).unwrap_or_default()
+}
+
 impl<'a> Revisions<'a> {
-    /// The pod-template-hash the pods carry and report, which the exporter counts; Plover's own
-    /// revision id only where the ReplicaSet is not known yet (or with Envoy routing, where the
-    /// revision names are the clusters' and the two are one).
+    /// The revisions the status records for the rollout under way.
     pub fn of(status: &'a CanaryStatus) -> Self {
-        let pick = |hash: &'a Option<String>, revision: &'a Option<String>| {
-            hash.as_deref().or(revision.as_deref()).unwrap_or_default()
-        };
         Revisions {
-            stable: pick(&status.stable_pod_template_hash, &status.stable_revision),
-            canary: pick(&status.canary_pod_template_hash, &status.revision),
+            stable: reported(&status.stable_pod_template_hash, &status.stable_revision),
+            canary: reported(&status.canary_pod_template_hash, &status.revision),
         }
     }
 }
@@ -52,8 +54,12 @@ pub(crate) trait Rim {
     fn retain_analyses(&mut self, keep: &[&str]);
     /// An event that cannot be recorded must not stop the rollout: no error.
     async fn event(&mut self, warning: bool, reason: &'static str, message: &str);
-    /// Replaces the status read for this decision with `status`.
-    async fn write_status(&mut self, status: &CanaryStatus) -> Result<(), Self::Error>;
+    /// Replaces `read`, the status the decision was made on, with `status`.
+    async fn write_status(
+        &mut self,
+        read: &CanaryStatus,
+        status: &CanaryStatus,
+    ) -> Result<(), Self::Error>;
 }
 
 /// Applies `decision`, made on `previous`: its actions in order, then the whole new status.
@@ -80,7 +86,7 @@ pub(crate) async fn execute<R: Rim>(
     }
     rim.retain_analyses(&decision.status.analysis_runs_in_use());
     if decision.status != *previous {
-        rim.write_status(&decision.status).await?;
+        rim.write_status(previous, &decision.status).await?;
     }
     Ok(())
 }

@@ -22,7 +22,7 @@ use plover_wire::stats::StatsResponse;
 
 use plover_analysis::{
     provider::{Providers, Settings},
-    template::{self, secret_env_var, Document, Secrets, TemplateError},
+    template::{self, secret_env_var, Analysis, Document, Secrets, TemplateError},
 };
 
 use crate::{
@@ -189,25 +189,43 @@ fn check_spec(
         return Ok(());
     }
     let object = serde_json::to_value(canary).map_err(|e| e.to_string())?;
+    let revisions = Revisions {
+        stable: stable_revision,
+        canary: &canary.spec.workload.canary,
+    };
     for (field, source) in canary.spec.named_analysis_sources() {
-        let inputs = resolve::Inputs {
-            templates: resolve::referenced(&source, templates),
-            canary: &object,
-            stable_revision,
-            canary_revision: &canary.spec.workload.canary,
-            secrets: secrets.clone(),
-        };
-        let analysis = resolve::resolve(&source, inputs).map_err(|e| match e {
-            TemplateError::MissingTemplate { .. } => {
-                format!("{field}: {e} (pass it with another -t)")
-            }
-            e => format!("{field}: {e}"),
-        })?;
+        let analysis = resolve_local(&object, &source, templates, secrets, &revisions).map_err(
+            |e| match e {
+                TemplateError::MissingTemplate { .. } => {
+                    format!("{field}: {e} (pass it with another -t)")
+                }
+                e => format!("{field}: {e}"),
+            },
+        )?;
         if let Some(refused) = runner.refused(&analysis) {
             return Err(format!("{field}: {refused}"));
         }
     }
     Ok(())
+}
+
+/// Resolves `source` for the Canary `object` against the templates given on the command line:
+/// what a step's run starts with, and what `check_spec` checks before any weight changes.
+fn resolve_local(
+    object: &serde_json::Value,
+    source: &AnalysisSource,
+    templates: &[Document],
+    secrets: &Secrets,
+    revisions: &Revisions<'_>,
+) -> Result<Analysis, TemplateError> {
+    let inputs = resolve::Inputs {
+        templates: resolve::referenced(source, templates),
+        canary: object,
+        stable_revision: revisions.stable,
+        canary_revision: revisions.canary,
+        secrets: secrets.clone(),
+    };
+    resolve::resolve(source, inputs)
 }
 
 fn load_templates(files: &[PathBuf]) -> Result<Vec<Document>, LocalError> {
@@ -395,7 +413,6 @@ impl LocalController {
             secrets: &self.secrets,
             runner: &self.runner,
             status_file: &self.status_file,
-            read: &status,
             out: &mut *out,
             events: Vec::new(),
             conflict: false,
@@ -478,8 +495,6 @@ struct LocalRim<'a> {
     secrets: &'a Secrets,
     runner: &'a Runner,
     status_file: &'a Path,
-    /// The status file as this pass read it.
-    read: &'a CanaryStatus,
     out: &'a mut (dyn Write + Send),
     events: Vec<Event>,
     /// The status file changed since it was read; nothing was written.
@@ -533,14 +548,7 @@ impl Rim for LocalRim<'_> {
     ) -> Result<(), LocalError> {
         let object =
             serde_json::to_value(self.canary).map_err(|e| LocalError::Spec(e.to_string()))?;
-        let inputs = resolve::Inputs {
-            templates: resolve::referenced(source, self.templates),
-            canary: &object,
-            stable_revision: revisions.stable,
-            canary_revision: revisions.canary,
-            secrets: self.secrets.clone(),
-        };
-        match resolve::resolve(source, inputs) {
+        match resolve_local(&object, source, self.templates, self.secrets, &revisions) {
             Ok(analysis) => self.runner.start(self.key, name, analysis),
             Err(e) => self.runner.fail(self.key, name, e.to_string()),
         }
@@ -566,9 +574,13 @@ impl Rim for LocalRim<'_> {
         });
     }
 
-    async fn write_status(&mut self, status: &CanaryStatus) -> Result<(), LocalError> {
+    async fn write_status(
+        &mut self,
+        read: &CanaryStatus,
+        status: &CanaryStatus,
+    ) -> Result<(), LocalError> {
         // A request written since we read the file must not be lost by our write.
-        if read_status(self.status_file)? != *self.read {
+        if read_status(self.status_file)? != *read {
             self.conflict = true;
             return Ok(());
         }
@@ -777,7 +789,6 @@ mod tests {
             secrets: &Secrets::new(),
             runner: &runner,
             status_file: &file,
-            read: &read,
             out: &mut out,
             events: Vec::new(),
             conflict: false,

@@ -45,7 +45,7 @@ use crate::{
         conditions, decide, reasons, resolve, validate, AnalysisKind, AnalysisSource, Canary,
         CanarySpec, CanaryStatus, Observation, WorkloadState,
     },
-    execute::{execute, Revisions, Rim},
+    execute::{execute, reported, Revisions, Rim},
     metrics::Metrics,
     observe::{
         selector_labels, template_revision, traffic_from_stats, traffic_of_revision,
@@ -254,16 +254,9 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
         && canary_state.revision != stable_state.revision
         && (new_revision || edited || recheck)
     {
-        let revision = |w: &'_ WorkloadState| {
-            w.pod_template_hash
-                .clone()
-                .or_else(|| w.revision.clone())
-                .unwrap_or_default()
-        };
-        let (stable_revision, canary_revision) = (revision(&stable_state), revision(&canary_state));
         let revisions = Revisions {
-            stable: &stable_revision,
-            canary: &canary_revision,
+            stable: reported(&stable_state.pod_template_hash, &stable_state.revision),
+            canary: reported(&canary_state.pod_template_hash, &canary_state.revision),
         };
         check_analyses(&ctx, &namespace, &canary, &revisions).await?
     } else {
@@ -505,7 +498,12 @@ impl Rim for ClusterRim<'_> {
         publish(self.ctx, self.canary, self.key, warning, reason, message).await;
     }
 
-    async fn write_status(&mut self, status: &CanaryStatus) -> Result<(), ReconcileError> {
+    /// Guarded by the resourceVersion the decision was made on, not by `read`.
+    async fn write_status(
+        &mut self,
+        _read: &CanaryStatus,
+        status: &CanaryStatus,
+    ) -> Result<(), ReconcileError> {
         write_status(self.ctx, self.canary, self.key, status).await
     }
 }

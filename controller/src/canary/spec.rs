@@ -333,12 +333,6 @@ impl BackgroundAnalysis {
             dry_run: self.dry_run.clone(),
         }
     }
-
-    pub fn starting_step(&self) -> u32 {
-        self.starting_step
-            .and_then(|s| u32::try_from(s).ok())
-            .unwrap_or(0)
-    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -424,29 +418,6 @@ fn preserved_objects(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
             "x-kubernetes-preserve-unknown-fields": true
         }
     })
-}
-
-/// The step kinds, as one enum (the wire form is Argo's struct-with-one-field).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum StepKind<'a> {
-    SetWeight(u32),
-    Pause(Option<&'a IntOrString>),
-    Analysis(&'a AnalysisSource),
-}
-
-impl CanaryStep {
-    /// `None` if the step does not have exactly one kind (see `validate`).
-    pub fn kind(&self) -> Option<StepKind<'_>> {
-        match (self.set_weight, &self.pause, &self.analysis) {
-            (Some(w), None, None) => u32::try_from(w)
-                .ok()
-                .filter(|w| *w <= 100)
-                .map(StepKind::SetWeight),
-            (None, Some(p), None) => Some(StepKind::Pause(p.duration.as_ref())),
-            (None, None, Some(a)) => Some(StepKind::Analysis(a)),
-            _ => None,
-        }
-    }
 }
 
 impl TrafficRouting {
