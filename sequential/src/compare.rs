@@ -5,7 +5,7 @@
 use plover_wire::Histogram;
 
 use super::margin::DifferenceTest;
-use super::odds::{Decision, Evidence, OddsTest, OddsTestConfig};
+use super::odds::{Decision, Evidence, LowerOddsTest, OddsTest, OddsTestConfig};
 
 /// What one revision served during one look's interval.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -34,6 +34,23 @@ pub struct ErrorRatioJudge {
     margin: Option<DifferenceTest>,
 }
 
+/// The odds test's evidence with its pass side replaced by a margin test's: failing still wins
+/// a tie, as in the odds test.
+fn with_pass_side(evidence: Evidence, pass_log_evidence: f64) -> Evidence {
+    let decision = if evidence.decision == Decision::Fail {
+        Decision::Fail
+    } else if pass_log_evidence >= evidence.log_boundary {
+        Decision::Pass
+    } else {
+        Decision::Inconclusive
+    };
+    Evidence {
+        decision,
+        pass_log_evidence,
+        ..evidence
+    }
+}
+
 impl ErrorRatioJudge {
     pub fn new(config: OddsTestConfig, margin: Option<f64>) -> ErrorRatioJudge {
         ErrorRatioJudge {
@@ -47,23 +64,21 @@ impl ErrorRatioJudge {
         self.test
             .observe(c.requests, c.errors, s.requests, s.errors);
         let evidence = self.test.evidence();
-        let Some(margin) = &mut self.margin else {
-            return evidence;
-        };
-        margin.observe(c.requests, c.errors, s.requests, s.errors);
-        let pass_log_evidence = margin.log_evidence();
-        // Failing wins a tie, as in the odds test.
-        let decision = if evidence.decision == Decision::Fail {
-            Decision::Fail
-        } else if pass_log_evidence >= evidence.log_boundary {
-            Decision::Pass
-        } else {
-            Decision::Inconclusive
-        };
-        Evidence {
-            decision,
-            pass_log_evidence,
-            ..evidence
+        match &mut self.margin {
+            None => evidence,
+            Some(margin) => {
+                margin.observe(c.requests, c.errors, s.requests, s.errors);
+                with_pass_side(evidence, margin.log_evidence())
+            }
+        }
+    }
+
+    /// The decision after one more look of `scale` × the traffic so far, at the same rates.
+    fn projected(&self, scale: f64) -> Decision {
+        let evidence = self.test.projected(scale);
+        match &self.margin {
+            None => evidence.decision,
+            Some(margin) => with_pass_side(evidence, margin.projected(scale)).decision,
         }
     }
 }
@@ -72,20 +87,37 @@ impl ErrorRatioJudge {
 /// q-quantile." The threshold is stable's q-quantile over all *earlier* looks, so it is fixed
 /// before the data it is applied to (which keeps the test exact); under "same distribution"
 /// both revisions exceed it with the same probability.
+///
+/// With a `margin` (µs) the pass side instead shows "the canary is not slower than stable by
+/// the margin or more" at that quantile: its event is a canary request slower than threshold +
+/// margin against a stable request slower than the threshold, and its null is odds ratio ≥ 1.
+/// If the canary's latencies were stable's shifted by the margin or more, a canary request
+/// would exceed threshold + margin at least as often as a stable one exceeds the threshold, for
+/// any fixed threshold: so passing such a canary has probability ≤ α (exactly for shifted
+/// distributions, and to the threshold's precision for any whose q-quantile is that much later).
 #[derive(Clone, Debug)]
 pub struct LatencyQuantileJudge {
     quantile: f64,
     test: OddsTest,
+    margin_micros: Option<u64>,
+    not_slower: Option<LowerOddsTest>,
     stable_so_far: Histogram,
     /// Threshold used at the latest look, in µs.
     pub threshold_micros: Option<u64>,
 }
 
 impl LatencyQuantileJudge {
-    pub fn new(quantile: f64, config: OddsTestConfig) -> LatencyQuantileJudge {
+    pub fn new(
+        quantile: f64,
+        config: OddsTestConfig,
+        margin_micros: Option<u64>,
+    ) -> LatencyQuantileJudge {
         LatencyQuantileJudge {
             quantile,
             test: OddsTest::new(config),
+            margin_micros,
+            not_slower: margin_micros
+                .map(|_| LowerOddsTest::new(1.0, config.min_effect / config.tolerance)),
             stable_so_far: Histogram::new(),
             threshold_micros: None,
         }
@@ -94,19 +126,45 @@ impl LatencyQuantileJudge {
     pub fn observe(&mut self, interval: &Interval) -> Evidence {
         self.threshold_micros = self.stable_so_far.value_at_quantile(self.quantile);
         if let Some(threshold) = self.threshold_micros {
-            let slower = |h: &Histogram| h.count() - h.count_at_or_below(threshold);
+            let slower = |h: &Histogram, t: u64| h.count() - h.count_at_or_below(t);
             let (c, s) = (&interval.canary.latency, &interval.stable.latency);
-            self.test
-                .observe(c.count(), slower(c), s.count(), slower(s));
+            self.test.observe(
+                c.count(),
+                slower(c, threshold),
+                s.count(),
+                slower(s, threshold),
+            );
+            if let (Some(margin), Some(not_slower)) = (self.margin_micros, &mut self.not_slower) {
+                not_slower.observe(
+                    c.count(),
+                    slower(c, threshold.saturating_add(margin)),
+                    s.count(),
+                    slower(s, threshold),
+                );
+            }
         }
         self.stable_so_far.merge(&interval.stable.latency);
-        self.test.evidence()
+        let evidence = self.test.evidence();
+        match &self.not_slower {
+            None => evidence,
+            Some(not_slower) => with_pass_side(evidence, not_slower.log_evidence()),
+        }
+    }
+
+    /// The decision after one more look of `scale` × the traffic so far, at the same rates.
+    fn projected(&self, scale: f64) -> Decision {
+        let evidence = self.test.projected(scale);
+        match &self.not_slower {
+            None => evidence.decision,
+            Some(not_slower) => with_pass_side(evidence, not_slower.projected(scale)).decision,
+        }
     }
 }
 
 /// The whole latency distribution: quantile judges at several of stable's quantiles, each at
 /// α / k (Bonferroni), so the family's false-failure rate stays below α. Fails when any
-/// threshold shows the canary slower; passes when every threshold shows it is not.
+/// threshold shows the canary slower; passes when every threshold shows it is not (with a
+/// `margin`, not slower by the margin or more at each).
 #[derive(Clone, Debug)]
 pub struct LatencyDistributionJudge {
     judges: Vec<LatencyQuantileJudge>,
@@ -115,8 +173,25 @@ pub struct LatencyDistributionJudge {
 /// Stable quantiles the distribution judge compares at.
 pub const DISTRIBUTION_QUANTILES: [f64; 4] = [0.5, 0.75, 0.9, 0.99];
 
+/// The family's decision: any Fail fails, all Pass passes.
+fn all_of(decisions: impl Iterator<Item = Decision>) -> Decision {
+    let mut all_pass = true;
+    for d in decisions {
+        match d {
+            Decision::Fail => return Decision::Fail,
+            Decision::Pass => {}
+            Decision::Inconclusive => all_pass = false,
+        }
+    }
+    if all_pass {
+        Decision::Pass
+    } else {
+        Decision::Inconclusive
+    }
+}
+
 impl LatencyDistributionJudge {
-    pub fn new(config: OddsTestConfig) -> LatencyDistributionJudge {
+    pub fn new(config: OddsTestConfig, margin_micros: Option<u64>) -> LatencyDistributionJudge {
         let share = OddsTestConfig {
             alpha: config.alpha / DISTRIBUTION_QUANTILES.len() as f64,
             ..config
@@ -124,7 +199,7 @@ impl LatencyDistributionJudge {
         LatencyDistributionJudge {
             judges: DISTRIBUTION_QUANTILES
                 .iter()
-                .map(|&q| LatencyQuantileJudge::new(q, share))
+                .map(|&q| LatencyQuantileJudge::new(q, share, margin_micros))
                 .collect(),
         }
     }
@@ -147,15 +222,15 @@ impl LatencyDistributionJudge {
                     .total_cmp(&(b.pass_log_evidence - b.log_boundary))
             })
             .copied()
-            .expect("at least one quantile");
+            .unwrap_or_default();
         Evidence {
-            decision: if all.iter().all(|e| e.decision == Decision::Pass) {
-                Decision::Pass
-            } else {
-                Decision::Inconclusive
-            },
+            decision: all_of(all.iter().map(|e| e.decision)),
             ..weakest
         }
+    }
+
+    fn projected(&self, scale: f64) -> Decision {
+        all_of(self.judges.iter().map(|j| j.projected(scale)))
     }
 }
 
@@ -181,10 +256,63 @@ pub fn significant(x: f64) -> String {
     }
 }
 
+/// `x` rounded up to two significant digits (1,234 → 1,300; 87 → 87; 0.3 → 1).
+fn two_significant_digits(x: f64) -> u64 {
+    if x <= 100.0 {
+        return x.ceil().max(1.0) as u64;
+    }
+    let unit = 10f64.powi(x.log10().floor() as i32 - 1);
+    ((x / unit).ceil() * unit) as u64
+}
+
+/// What a judge's pass shows: the canary is not worse than stable, in relative terms (the odds
+/// ratio below `min_effect`) or by an absolute margin.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum PassSide {
+    Relative,
+    /// The error judge's margin, an error-rate difference (0.005 = half a point).
+    ErrorRate(f64),
+    /// The latency judges' margin, µs.
+    Latency(u64),
+}
+
+impl PassSide {
+    /// `not worse than stable`, `not worse than stable by 0.5 points`, `not slower than stable
+    /// by 5 ms`: the pass side's name in every sentence.
+    pub fn not_worse(&self) -> String {
+        match *self {
+            PassSide::Relative => "not worse than stable".to_owned(),
+            PassSide::ErrorRate(m) => {
+                format!("not worse than stable by {} points", significant(m * 100.0))
+            }
+            PassSide::Latency(micros) => format!(
+                "not slower than stable by {} ms",
+                significant(micros as f64 / 1000.0)
+            ),
+        }
+    }
+}
+
+/// What would change an undecided judge's decision, in words; `None` once decided.
+pub fn what_would_decide(
+    decision: Decision,
+    canary_trials: u64,
+    needed_canary_requests: Option<u64>,
+) -> Option<String> {
+    if decision != Decision::Inconclusive {
+        return None;
+    }
+    Some(match (canary_trials, needed_canary_requests) {
+        (0, _) => "needs canary requests to compare".to_owned(),
+        (_, Some(n)) => format!("needs about {n} more canary requests at these rates"),
+        (_, None) => "no decision in sight at these rates (64× the canary requests so far would not decide: the canary is at the edge of what is acceptable)".to_owned(),
+    })
+}
+
 /// A sentence a person understands, e.g. for `plover get` and `plover analyze`. The evidence
 /// figures are likelihood ratios (e^statistic) on the same scale as the status' sentences, and
-/// each names its side; `margin` is the error judge's absolute margin, if it has one.
-pub fn explain(what: &str, evidence: &Evidence, alpha: f64, margin: Option<f64>) -> String {
+/// each names its side; an undecided judge says what would decide it.
+pub fn explain(what: &str, evidence: &Evidence, alpha: f64, pass_side: PassSide) -> String {
     let t = evidence.totals;
     let rate = |events: u64, trials: u64| {
         if trials == 0 {
@@ -193,18 +321,22 @@ pub fn explain(what: &str, evidence: &Evidence, alpha: f64, margin: Option<f64>)
             100.0 * events as f64 / trials as f64
         }
     };
-    let not_worse = match margin {
-        Some(m) => format!("not worse than stable by {} points", significant(m * 100.0)),
-        None => "not worse than stable".to_owned(),
-    };
+    let not_worse = pass_side.not_worse();
     let verdict = match evidence.decision {
         Decision::Fail => "canary is worse than stable".to_owned(),
         Decision::Pass => format!("canary is shown {not_worse}"),
         Decision::Inconclusive => "not enough evidence yet".to_owned(),
     };
+    let next = what_would_decide(
+        evidence.decision,
+        t.canary_trials,
+        evidence.needed_canary_requests,
+    )
+    .map(|n| format!("; {n}"))
+    .unwrap_or_default();
     format!(
         "{what}: {verdict} (canary {}/{} = {:.2}%, stable {}/{} = {:.2}%, odds ratio ≈ {:.2}; \
-         evidence for worse {}, for {not_worse} {}; either decides at {} = 1/α, α = {alpha})",
+         evidence for worse {}, for {not_worse} {}; either decides at {} = 1/α, α = {alpha}{next})",
         t.canary_events,
         t.canary_trials,
         rate(t.canary_events, t.canary_trials),
@@ -246,15 +378,22 @@ impl Judge {
         Judge::of(JudgeKind::ErrorRatio(ErrorRatioJudge::new(config, margin)))
     }
 
-    pub fn latency_quantile(quantile: f64, config: OddsTestConfig) -> Judge {
+    /// `margin_micros`: see [`LatencyQuantileJudge`].
+    pub fn latency_quantile(
+        quantile: f64,
+        config: OddsTestConfig,
+        margin_micros: Option<u64>,
+    ) -> Judge {
         Judge::of(JudgeKind::LatencyQuantile(LatencyQuantileJudge::new(
-            quantile, config,
+            quantile,
+            config,
+            margin_micros,
         )))
     }
 
-    pub fn latency_distribution(config: OddsTestConfig) -> Judge {
+    pub fn latency_distribution(config: OddsTestConfig, margin_micros: Option<u64>) -> Judge {
         Judge::of(JudgeKind::LatencyDistribution(
-            LatencyDistributionJudge::new(config),
+            LatencyDistributionJudge::new(config, margin_micros),
         ))
     }
 
@@ -308,6 +447,51 @@ impl Judge {
             decision,
             ..evidence
         }
+    }
+
+    /// While the decision is Inconclusive: about how many more canary requests either side
+    /// needs to decide if traffic goes on at the rates seen so far (stable's share, both
+    /// revisions' error or slow-request rates), rounded to two significant digits. `None` when
+    /// decided, when no canary request has been compared yet, or when even 64 times the
+    /// requests so far would not decide (a canary right at the edge of what is acceptable).
+    pub fn needed_canary_requests(&self) -> Option<u64> {
+        if self.decision() != Decision::Inconclusive {
+            return None;
+        }
+        let so_far = match &self.kind {
+            JudgeKind::ErrorRatio(j) => j.test.totals(),
+            JudgeKind::LatencyQuantile(j) => j.test.totals(),
+            JudgeKind::LatencyDistribution(j) => j.judges.first()?.test.totals(),
+        }
+        .canary_trials;
+        if so_far == 0 {
+            return None;
+        }
+        let decides = |scale: f64| {
+            let decision = match &self.kind {
+                JudgeKind::ErrorRatio(j) => j.projected(scale),
+                JudgeKind::LatencyQuantile(j) => j.projected(scale),
+                JudgeKind::LatencyDistribution(j) => j.projected(scale),
+            };
+            decision != Decision::Inconclusive
+        };
+        // Double until a projection decides, then halve the bracket a few times: "about".
+        let (mut low, mut high) = (0.0, 1.0 / 64.0);
+        while !decides(high) {
+            if high >= 64.0 {
+                return None;
+            }
+            (low, high) = (high, high * 2.0);
+        }
+        for _ in 0..6 {
+            let mid = 0.5 * (low + high);
+            if decides(mid) {
+                high = mid;
+            } else {
+                low = mid;
+            }
+        }
+        Some(two_significant_digits(so_far as f64 * high))
     }
 
     fn decision(&self) -> Decision {
@@ -397,7 +581,7 @@ mod tests {
         }
         assert_eq!(e.decision, Decision::Fail);
         assert!(e.totals.odds_ratio() > 2.0);
-        let text = explain("error ratio", &e, 0.05, None);
+        let text = explain("error ratio", &e, 0.05, PassSide::Relative);
         assert!(
             text.starts_with("error ratio: canary is worse than stable (canary "),
             "{text}"
@@ -409,5 +593,120 @@ mod tests {
         assert_eq!(significant(388.4), "388");
         assert_eq!(significant(0.02834), "0.0283");
         assert_eq!(significant(3.5e19), "3.5e19");
+    }
+
+    fn latency(rng: &mut crate::simulate::Rng, n: u64, median_micros: f64) -> Histogram {
+        let mut h = Histogram::new();
+        for _ in 0..n {
+            h.record((median_micros * (0.5 * rng.standard_normal()).exp()) as u64);
+        }
+        h
+    }
+
+    fn latency_look(rng: &mut crate::simulate::Rng, canary_median: f64) -> Interval {
+        Interval {
+            canary: Sample {
+                requests: 100,
+                errors: 0,
+                latency: latency(rng, 100, canary_median),
+            },
+            stable: Sample {
+                requests: 900,
+                errors: 0,
+                latency: latency(rng, 900, 20_000.0),
+            },
+        }
+    }
+
+    #[test]
+    fn a_latency_margin_passes_an_equal_canary_and_never_one_slower_by_more() {
+        // Stable's p99 ≈ 64 ms; a 5 ms margin. An equal canary is shown not slower by 5 ms;
+        // one 20% slower (p99 +13 ms) is failed and never passed.
+        let mut rng = crate::simulate::Rng::new(5);
+        let mut equal = Judge::latency_quantile(0.99, CONFIG, Some(5_000));
+        let mut slower = Judge::latency_quantile(0.99, CONFIG, Some(5_000));
+        let (mut e, mut s) = (Evidence::default(), Evidence::default());
+        for _ in 0..300 {
+            e = equal.observe(&latency_look(&mut rng, 20_000.0));
+            s = slower.observe(&latency_look(&mut rng, 24_000.0));
+        }
+        assert_eq!(e.decision, Decision::Pass, "{e:?}");
+        assert_eq!(s.decision, Decision::Fail, "{s:?}");
+        assert!(s.pass_log_evidence < 0.0, "{s:?}");
+        let text = explain("p99", &e, 0.05, PassSide::Latency(5_000));
+        assert!(
+            text.starts_with("p99: canary is shown not slower than stable by 5 ms ("),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_undecided_judge_says_how_many_more_requests_would_decide() {
+        // A clean release at half a point: 3 looks are too few; the projection says about how
+        // many more canary requests decide, and feeding that many at the same rates does.
+        let mut judge = Judge::error_ratio(CONFIG, Some(0.005));
+        for _ in 0..3 {
+            judge.observe(&interval((91, 0), (116, 0)));
+        }
+        let needed = judge.needed_canary_requests().unwrap_or_default();
+        assert!((50..2_000).contains(&needed), "{needed}");
+        let mut looks = 0;
+        let mut decision = Decision::Inconclusive;
+        while decision == Decision::Inconclusive {
+            decision = judge.observe(&interval((91, 0), (116, 0))).decision;
+            looks += 1;
+        }
+        let fed = looks * 91;
+        assert_eq!(decision, Decision::Pass);
+        assert!(
+            fed as f64 >= needed as f64 * 0.5 && fed as f64 <= needed as f64 * 2.0,
+            "projected {needed}, decided after {fed}"
+        );
+        assert_eq!(judge.needed_canary_requests(), None, "decided");
+        // Right at both edges (odds ratio 1.5 tolerated, half a point of margin: canary 1.5%
+        // against 1%) nothing decides in sight; before any canary request nothing projects.
+        let tolerant = OddsTestConfig {
+            tolerance: 1.5,
+            min_effect: 3.0,
+            ..CONFIG
+        };
+        let mut edge = Judge::error_ratio(tolerant, Some(0.005));
+        edge.observe(&interval((1_000, 15), (9_000, 90)));
+        assert_eq!(edge.needed_canary_requests(), None);
+        assert_eq!(
+            what_would_decide(Decision::Inconclusive, 1_000, None).unwrap_or_default(),
+            "no decision in sight at these rates (64× the canary requests so far would not decide: the canary is at the edge of what is acceptable)"
+        );
+        assert_eq!(
+            what_would_decide(Decision::Inconclusive, 0, None).unwrap_or_default(),
+            "needs canary requests to compare"
+        );
+        assert_eq!(
+            Judge::error_ratio(CONFIG, None).needed_canary_requests(),
+            None
+        );
+        assert_eq!(two_significant_digits(1_234.0), 1_300);
+        assert_eq!(two_significant_digits(87.2), 88);
+    }
+
+    #[test]
+    fn the_sentences_in_the_docs() {
+        // analysis/ANALYSIS.md and sequential/SEQUENTIAL.md quote these.
+        let mut judge = Judge::error_ratio(CONFIG, None);
+        let e = judge.observe(&interval((1_800, 36), (16_200, 162)));
+        assert_eq!(
+            explain("error ratio", &e, 0.05, PassSide::Relative),
+            "error ratio: canary is worse than stable (canary 36/1800 = 2.00%, stable 162/16200 = 1.00%, odds ratio ≈ 2.04; evidence for worse 102, for not worse than stable 0.0825; either decides at 20 = 1/α, α = 0.05)"
+        );
+        let mut judge = Judge::error_ratio(CONFIG, Some(0.005));
+        let e = judge.observe(&interval((300, 0), (2_700, 3)));
+        let e = Evidence {
+            needed_canary_requests: judge.needed_canary_requests(),
+            ..e
+        };
+        assert_eq!(
+            explain("error ratio", &e, 0.05, PassSide::ErrorRate(0.005)),
+            "error ratio: not enough evidence yet (canary 0/300 = 0.00%, stable 3/2700 = 0.11%, odds ratio ≈ 1.28; evidence for worse 0.568, for not worse than stable by 0.5 points 0.246; either decides at 20 = 1/α, α = 0.05; needs about 870 more canary requests at these rates)"
+        );
     }
 }

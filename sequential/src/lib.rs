@@ -22,6 +22,7 @@
 
 pub mod compare;
 pub mod looks;
+pub mod mann_whitney;
 pub mod margin;
 pub mod odds;
 pub mod simulate;

@@ -104,6 +104,19 @@ impl DifferenceTest {
         self.stable.add(stable_trials, stable_events);
     }
 
+    /// log E_t after one more look of `scale` × the counts so far (the same rates).
+    pub fn projected(&self, scale: f64) -> f64 {
+        let times = |n: u64| (n as f64 * scale).round() as u64;
+        let mut test = self.clone();
+        test.observe(
+            times(self.canary.trials),
+            times(self.canary.events),
+            times(self.stable.trials),
+            times(self.stable.events),
+        );
+        test.log_evidence()
+    }
+
     /// log E_t: evidence that the canary is not worse than stable by the margin or more.
     pub fn log_evidence(&self) -> f64 {
         self.canary.log_mixture() + self.stable.log_mixture() - self.log_null_maximum()

@@ -100,14 +100,31 @@ impl ConditionalTable {
         Some(ConditionalTable { k_low, log_base })
     }
 
-    /// log Σ_k base_k ψ^k (up to a constant shared by every ψ).
+    /// log Σ_k base_k ψ^k (up to a constant shared by every ψ). The terms are log-concave in k
+    /// (log-binomials plus a linear term), so the sum is taken outwards from the mode until
+    /// terms fall 60 nats below it (each then adds less than e⁻⁶⁰ of the total): a look with
+    /// thousands of events costs about as much as one with a hundred.
     fn log_normaliser(&self, log_psi: f64) -> f64 {
-        log_sum_exp(
-            self.log_base
-                .iter()
-                .enumerate()
-                .map(|(i, b)| b + (self.k_low + i as u64) as f64 * log_psi),
-        )
+        let term = |i: usize| self.log_base[i] + (self.k_low + i as u64) as f64 * log_psi;
+        let (mut mode, mut high) = (0usize, self.log_base.len().saturating_sub(1));
+        while mode < high {
+            let mid = (mode + high) / 2;
+            if term(mid + 1) > term(mid) {
+                mode = mid + 1;
+            } else {
+                high = mid;
+            }
+        }
+        let max = term(mode);
+        let near = |i: &usize| term(*i) - max > -60.0;
+        let below = (0..mode).rev().take_while(near);
+        let above = (mode + 1..self.log_base.len()).take_while(near);
+        let sum: f64 = 1.0
+            + below
+                .chain(above)
+                .map(|i| (term(i) - max).exp())
+                .sum::<f64>();
+        max + sum.ln()
     }
 }
 
@@ -120,12 +137,13 @@ fn log_sum_exp(values: impl Iterator<Item = f64> + Clone) -> f64 {
 }
 
 /// What the test concludes so far.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Decision {
     /// The canary's odds are shown to exceed `tolerance` × stable's.
     Fail,
     /// The canary's odds are shown to be below `min_effect` × stable's.
     Pass,
+    #[default]
     Inconclusive,
 }
 
@@ -181,6 +199,37 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// Adds one look (events clamped to trials) and returns its conditional table with the
+    /// canary's events, or `None` when the look carries no information.
+    fn add(
+        &mut self,
+        canary_trials: u64,
+        canary_events: u64,
+        stable_trials: u64,
+        stable_events: u64,
+    ) -> Option<(ConditionalTable, u64)> {
+        let canary_events = canary_events.min(canary_trials);
+        let stable_events = stable_events.min(stable_trials);
+        self.canary_trials = self.canary_trials.saturating_add(canary_trials);
+        self.canary_events = self.canary_events.saturating_add(canary_events);
+        self.stable_trials = self.stable_trials.saturating_add(stable_trials);
+        self.stable_events = self.stable_events.saturating_add(stable_events);
+        let events = canary_events.saturating_add(stable_events);
+        ConditionalTable::new(canary_trials, stable_trials, events).map(|t| (t, canary_events))
+    }
+
+    /// These counts multiplied by `scale`, rounded: (canary trials, events, stable trials,
+    /// events).
+    pub fn scaled(&self, scale: f64) -> (u64, u64, u64, u64) {
+        let times = |n: u64| (n as f64 * scale).round() as u64;
+        (
+            times(self.canary_trials),
+            times(self.canary_events),
+            times(self.stable_trials),
+            times(self.stable_events),
+        )
+    }
+
     /// Point estimate of the odds ratio (with a ½ continuity correction so that zero counts
     /// still give a finite figure).
     pub fn odds_ratio(&self) -> f64 {
@@ -192,7 +241,7 @@ impl Totals {
 }
 
 /// A snapshot of the evidence, for status, logs and `plover analyze`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Evidence {
     pub decision: Decision,
     /// log of the mixture likelihood ratio against "canary acceptable".
@@ -202,6 +251,10 @@ pub struct Evidence {
     /// Both statistics decide when they reach ln(1/α).
     pub log_boundary: f64,
     pub totals: Totals,
+    /// While undecided: about how many more canary requests, at the rates seen so far, either
+    /// side needs to decide ([`crate::compare::Judge::needed_canary_requests`]); `None` when
+    /// not worked out, decided, or out of sight.
+    pub needed_canary_requests: Option<u64>,
 }
 
 impl OddsTest {
@@ -226,18 +279,27 @@ impl OddsTest {
         stable_trials: u64,
         stable_events: u64,
     ) {
-        let canary_events = canary_events.min(canary_trials);
-        let stable_events = stable_events.min(stable_trials);
-        self.totals.canary_trials += canary_trials;
-        self.totals.canary_events += canary_events;
-        self.totals.stable_trials += stable_trials;
-        self.totals.stable_events += stable_events;
-        if let Some(table) =
-            ConditionalTable::new(canary_trials, stable_trials, canary_events + stable_events)
+        if let Some((table, canary_events)) =
+            self.totals
+                .add(canary_trials, canary_events, stable_trials, stable_events)
         {
             self.fail.update(&table, canary_events);
             self.pass.update(&table, canary_events);
         }
+    }
+
+    /// The decision this test would reach after one more look of `scale` × the counts so far
+    /// (the same rates): what a projection of "how many more requests" asks.
+    pub fn projected(&self, scale: f64) -> Evidence {
+        let mut test = self.clone();
+        let (ct, ce, st, se) = self.totals.scaled(scale);
+        test.observe(ct, ce, st, se);
+        test.evidence()
+    }
+
+    /// The counts observed so far.
+    pub fn totals(&self) -> Totals {
+        self.totals
     }
 
     pub fn evidence(&self) -> Evidence {
@@ -258,7 +320,56 @@ impl OddsTest {
             pass_log_evidence,
             log_boundary,
             totals: self.totals,
+            needed_canary_requests: None,
         }
+    }
+}
+
+/// One side alone: evidence against "ψ ≥ `null_psi`" (alternatives below it). For a pass side
+/// whose events differ from the fail side's: the latency judge's margin compares the canary
+/// slower than a threshold + margin with stable slower than the threshold.
+#[derive(Clone, Debug)]
+pub struct LowerOddsTest {
+    mixture: Mixture,
+    totals: Totals,
+}
+
+impl LowerOddsTest {
+    /// `span`: as in [`OddsTest`], min_effect / tolerance (where the alternatives sit).
+    pub fn new(null_psi: f64, span: f64) -> LowerOddsTest {
+        LowerOddsTest {
+            mixture: Mixture::new(null_psi, false, span),
+            totals: Totals::default(),
+        }
+    }
+
+    /// Adds one interval's counts (events clamped to trials).
+    pub fn observe(
+        &mut self,
+        canary_trials: u64,
+        canary_events: u64,
+        stable_trials: u64,
+        stable_events: u64,
+    ) {
+        if let Some((table, canary_events)) =
+            self.totals
+                .add(canary_trials, canary_events, stable_trials, stable_events)
+        {
+            self.mixture.update(&table, canary_events);
+        }
+    }
+
+    /// log of the mixture likelihood ratio against the null.
+    pub fn log_evidence(&self) -> f64 {
+        self.mixture.log_evidence()
+    }
+
+    /// The log-evidence after one more look of `scale` × the counts so far.
+    pub fn projected(&self, scale: f64) -> f64 {
+        let mut test = self.clone();
+        let (ct, ce, st, se) = self.totals.scaled(scale);
+        test.observe(ct, ce, st, se);
+        test.log_evidence()
     }
 }
 
@@ -351,5 +462,25 @@ mod tests {
         }
         .validate()
         .is_err());
+    }
+
+    #[test]
+    fn the_truncated_normaliser_matches_the_whole_sum() {
+        // A large look (thousands of events): summing only near the mode changes nothing.
+        let table = ConditionalTable::new(6_000, 54_000, 30_000).unwrap();
+        for log_psi in [-1.0, -0.2, 0.0, 0.3, 2.0] {
+            let whole = log_sum_exp(
+                table
+                    .log_base
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b + (table.k_low + i as u64) as f64 * log_psi),
+            );
+            let near = table.log_normaliser(log_psi);
+            assert!(
+                (whole - near).abs() < 1e-9 * whole.abs().max(1.0),
+                "{log_psi}: {whole} vs {near}"
+            );
+        }
     }
 }

@@ -7,6 +7,7 @@ use plover_wire::Histogram;
 use super::compare::{
     ErrorRatioJudge, Interval, LatencyDistributionJudge, LatencyQuantileJudge, Sample,
 };
+use super::mann_whitney::{Classification, NETFLIX_ACA};
 use super::odds::{Decision, OddsTestConfig};
 
 /// SplitMix64: small, fast and fully deterministic for a seed.
@@ -138,12 +139,16 @@ impl Scenario {
 /// Which judge watches the release.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Method {
-    PloverErrors(OddsTestConfig),
-    /// The error judge with an absolute margin (see `compare::ErrorRatioJudge`).
-    PloverErrorsMargin(OddsTestConfig, f64),
-    PloverLatencyQuantile(f64, OddsTestConfig),
-    PloverLatencyDistribution(OddsTestConfig),
+    /// The error judge, with an absolute margin or not (see `compare::ErrorRatioJudge`).
+    PloverErrors(OddsTestConfig, Option<f64>),
+    /// A latency quantile judge, with a margin in µs or not.
+    PloverLatencyQuantile(f64, OddsTestConfig, Option<u64>),
+    PloverLatencyDistribution(OddsTestConfig, Option<u64>),
     Threshold(ThresholdTemplate),
+    /// The limit: Wald's SPRT on the canary's errors, knowing the true rates.
+    Oracle(OracleSprt),
+    /// Kayenta's fixed-horizon Mann–Whitney judgement.
+    Kayenta(KayentaJudge),
 }
 
 impl Method {
@@ -153,6 +158,49 @@ impl Method {
             Method::PloverLatencyQuantile(..) | Method::PloverLatencyDistribution(..)
         )
     }
+}
+
+/// Wald's sequential probability ratio test of the canary's error rate `acceptable` against
+/// `worse`, both known (so is stable's rate: the oracle needs no stable traffic). Among all
+/// tests with these error rates it needs the fewest requests on average at both rates (Wald
+/// & Wolfowitz 1948): no judge can be faster, so it is the yardstick of the bench's ratios.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OracleSprt {
+    pub acceptable: f64,
+    pub worse: f64,
+    /// P(fail | acceptable).
+    pub alpha: f64,
+    /// P(pass | worse).
+    pub beta: f64,
+}
+
+impl OracleSprt {
+    /// log-likelihood ratio, worse against acceptable, of `errors` in `requests`.
+    fn log_ratio(&self, requests: u64, errors: u64) -> f64 {
+        let ok = requests.saturating_sub(errors) as f64;
+        errors as f64 * (self.worse / self.acceptable).ln()
+            + ok * ((1.0 - self.worse) / (1.0 - self.acceptable)).ln()
+    }
+
+    fn decide(&self, log_ratio: f64) -> Decision {
+        if log_ratio >= ((1.0 - self.beta) / self.alpha).ln() {
+            Decision::Fail
+        } else if log_ratio <= (self.beta / (1.0 - self.alpha)).ln() {
+            Decision::Pass
+        } else {
+            Decision::Inconclusive
+        }
+    }
+}
+
+/// Kayenta judging the canary's error ratio: one value per `step_seconds` (a Prometheus query
+/// step) for canary and control, classified once, `interval_seconds` after the start, by the
+/// NetflixACAJudge's Mann–Whitney classifier; High fails the canary, anything else passes it
+/// (one metric: its score is 0 or 100).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KayentaJudge {
+    pub interval_seconds: u64,
+    pub step_seconds: u64,
 }
 
 /// An Argo-style analysis: every `interval` (after `initial_delay`), the canary's success rate
@@ -239,14 +287,16 @@ pub fn run_release_tracking_pass(
     let mut first_pass = None;
     let mut rng = Rng::new(seed);
     let with_latency = method.needs_latency();
-    let mut errors = ErrorJudgeState::new(method);
-    let mut history: Vec<(u64, u64)> = Vec::new(); // canary (requests, errors) per second
+    let mut judge = JudgeState::new(method);
+    let mut history: Vec<Second> = Vec::new();
     let mut failed_measurements = 0u32;
     let mut measurements = 0u32;
+    let mut oracle_log_ratio = 0.0;
+    let errors = |s: &Sample| (s.requests, s.errors);
     for second in 1..=scenario.horizon_seconds {
         let interval = scenario.second(&mut rng, with_latency);
-        history.push((interval.canary.requests, interval.canary.errors));
-        let decision = match (method, &mut errors) {
+        history.push((errors(&interval.canary), errors(&interval.stable)));
+        let decision = match (method, &mut judge) {
             (Method::Threshold(t), _) => {
                 if second < t.initial_delay || (second - t.initial_delay) % t.interval != 0 {
                     continue;
@@ -254,7 +304,7 @@ pub fn run_release_tracking_pass(
                 let window = &history[history.len().saturating_sub(t.rate_window as usize)..];
                 let (requests, errs) = window
                     .iter()
-                    .fold((0, 0), |(r, e), &(rr, ee)| (r + rr, e + ee));
+                    .fold((0, 0), |(r, e), &((rr, ee), _)| (r + rr, e + ee));
                 let success = if requests == 0 {
                     f64::NAN
                 } else {
@@ -272,11 +322,41 @@ pub fn run_release_tracking_pass(
                     Decision::Inconclusive
                 }
             }
+            (Method::Oracle(o), _) => {
+                let c = &interval.canary;
+                oracle_log_ratio += o.log_ratio(c.requests, c.errors);
+                o.decide(oracle_log_ratio)
+            }
+            (Method::Kayenta(k), _) => {
+                if second != k.interval_seconds {
+                    continue;
+                }
+                let per_step = |pick: fn(&Second) -> (u64, u64)| {
+                    history
+                        .chunks(k.step_seconds.max(1) as usize)
+                        .map(|step| {
+                            let (r, e) = step
+                                .iter()
+                                .map(pick)
+                                .fold((0, 0), |(r, e), (rr, ee)| (r + rr, e + ee));
+                            e as f64 / r as f64 // NaN for an empty step: removed
+                        })
+                        .collect::<Vec<f64>>()
+                };
+                match NETFLIX_ACA.classify(&per_step(|h| h.0), &per_step(|h| h.1)) {
+                    Classification::High => Decision::Fail,
+                    _ => Decision::Pass,
+                }
+            }
             (_, state) => state.observe(&interval),
         };
+        let terminal = matches!(
+            method,
+            Method::Threshold(_) | Method::Oracle(_) | Method::Kayenta(_)
+        );
         match decision {
             Decision::Fail => return (Ending::Failed { at_second: second }, first_pass),
-            Decision::Pass if matches!(method, Method::Threshold(_)) => {
+            Decision::Pass if terminal => {
                 return (Ending::Passed { at_second: second }, Some(second))
             }
             // A sequential pass is recorded but watching goes on: the rollout may keep
@@ -290,36 +370,36 @@ pub fn run_release_tracking_pass(
     (Ending::Undecided, first_pass)
 }
 
-enum ErrorJudgeState {
+/// One simulated second: (canary requests, errors), (stable requests, errors).
+type Second = ((u64, u64), (u64, u64));
+
+enum JudgeState {
     Errors(ErrorRatioJudge),
     Quantile(LatencyQuantileJudge),
     Distribution(LatencyDistributionJudge),
     None,
 }
 
-impl ErrorJudgeState {
-    fn new(method: &Method) -> ErrorJudgeState {
+impl JudgeState {
+    fn new(method: &Method) -> JudgeState {
         match *method {
-            Method::PloverErrors(c) => ErrorJudgeState::Errors(ErrorRatioJudge::new(c, None)),
-            Method::PloverErrorsMargin(c, margin) => {
-                ErrorJudgeState::Errors(ErrorRatioJudge::new(c, Some(margin)))
+            Method::PloverErrors(c, margin) => JudgeState::Errors(ErrorRatioJudge::new(c, margin)),
+            Method::PloverLatencyQuantile(q, c, margin) => {
+                JudgeState::Quantile(LatencyQuantileJudge::new(q, c, margin))
             }
-            Method::PloverLatencyQuantile(q, c) => {
-                ErrorJudgeState::Quantile(LatencyQuantileJudge::new(q, c))
+            Method::PloverLatencyDistribution(c, margin) => {
+                JudgeState::Distribution(LatencyDistributionJudge::new(c, margin))
             }
-            Method::PloverLatencyDistribution(c) => {
-                ErrorJudgeState::Distribution(LatencyDistributionJudge::new(c))
-            }
-            Method::Threshold(_) => ErrorJudgeState::None,
+            Method::Threshold(_) | Method::Oracle(_) | Method::Kayenta(_) => JudgeState::None,
         }
     }
 
     fn observe(&mut self, interval: &Interval) -> Decision {
         match self {
-            ErrorJudgeState::Errors(j) => j.observe(interval).decision,
-            ErrorJudgeState::Quantile(j) => j.observe(interval).decision,
-            ErrorJudgeState::Distribution(j) => j.observe(interval).decision,
-            ErrorJudgeState::None => Decision::Inconclusive,
+            JudgeState::Errors(j) => j.observe(interval).decision,
+            JudgeState::Quantile(j) => j.observe(interval).decision,
+            JudgeState::Distribution(j) => j.observe(interval).decision,
+            JudgeState::None => Decision::Inconclusive,
         }
     }
 }
@@ -415,7 +495,7 @@ mod tests {
     fn healthy_canaries_are_wrongly_failed_at_most_alpha_of_the_time_on_errors() {
         let summary = simulate(
             &Scenario::healthy(),
-            &Method::PloverErrors(ERRORS),
+            &Method::PloverErrors(ERRORS, None),
             1_000,
             1,
         );
@@ -435,7 +515,7 @@ mod tests {
         };
         let summary = simulate(
             &scenario,
-            &Method::PloverLatencyDistribution(ERRORS),
+            &Method::PloverLatencyDistribution(ERRORS, None),
             1_000,
             2,
         );
@@ -447,7 +527,7 @@ mod tests {
 
     #[test]
     fn with_a_margin_healthy_canaries_pass_and_worse_ones_rarely_do() {
-        let margin = Method::PloverErrorsMargin(ERRORS, 0.005);
+        let margin = Method::PloverErrors(ERRORS, Some(0.005));
         let healthy = simulate(&Scenario::healthy(), &margin, 100, 11);
         assert!(healthy.failure_share() <= ALPHA, "{healthy:?}");
         let worse = Scenario {
@@ -470,7 +550,7 @@ mod tests {
             },
             ..Scenario::healthy()
         };
-        let summary = simulate(&scenario, &Method::PloverErrors(ERRORS), 200, 3);
+        let summary = simulate(&scenario, &Method::PloverErrors(ERRORS, None), 200, 3);
         assert!(summary.failure_share() >= 0.8, "{summary:?}");
     }
 
@@ -483,7 +563,7 @@ mod tests {
         };
         let summary = simulate(
             &scenario,
-            &Method::PloverLatencyQuantile(0.99, ERRORS),
+            &Method::PloverLatencyQuantile(0.99, ERRORS, None),
             50,
             4,
         );
@@ -496,7 +576,7 @@ mod tests {
             horizon_seconds: 60,
             ..Scenario::healthy()
         };
-        let method = Method::PloverErrors(ERRORS);
+        let method = Method::PloverErrors(ERRORS, None);
         assert_eq!(
             run_release(&scenario, &method, 9),
             run_release(&scenario, &method, 9)
@@ -535,5 +615,68 @@ mod tests {
             ),
             Ending::Passed { at_second: 90 }
         );
+    }
+
+    #[test]
+    fn the_oracle_sprt_keeps_its_error_rates_and_is_faster_than_plover() {
+        let oracle = Method::Oracle(OracleSprt {
+            acceptable: 0.01,
+            worse: 0.02,
+            alpha: ALPHA,
+            beta: ALPHA,
+        });
+        let worse = Scenario {
+            canary: Revision {
+                error_rate: 0.02,
+                ..Revision::HEALTHY
+            },
+            ..Scenario::healthy()
+        };
+        let healthy = simulate(&Scenario::healthy(), &oracle, 400, 21);
+        // Wald's boundaries bound each error by about α / (1 − β).
+        assert!(healthy.failure_share() <= 0.07, "{healthy:?}");
+        assert!(healthy.passed >= 360, "{healthy:?}");
+        let regressed = simulate(&worse, &oracle, 400, 22);
+        assert!(regressed.failure_share() >= 0.9, "{regressed:?}");
+        let plover = simulate(&worse, &Method::PloverErrors(ERRORS, None), 400, 22);
+        assert!(
+            regressed.median_failure_seconds() < plover.median_failure_seconds(),
+            "oracle {regressed:?}, plover {plover:?}"
+        );
+    }
+
+    #[test]
+    fn kayenta_judges_once_at_its_horizon() {
+        let kayenta = Method::Kayenta(KayentaJudge {
+            interval_seconds: 600,
+            step_seconds: 60,
+        });
+        let broken = Scenario {
+            canary: Revision {
+                error_rate: 0.2,
+                ..Revision::HEALTHY
+            },
+            ..Scenario::healthy()
+        };
+        assert_eq!(
+            run_release(&broken, &kayenta, 1),
+            Ending::Failed { at_second: 600 }
+        );
+        assert_eq!(
+            run_release(&Scenario::healthy(), &kayenta, 1),
+            Ending::Passed { at_second: 600 }
+        );
+    }
+
+    #[test]
+    fn with_a_latency_margin_slower_canaries_are_rarely_passed() {
+        let scenario = Scenario {
+            canary: Revision::HEALTHY.slower(1.2),
+            horizon_seconds: 120,
+            ..Scenario::healthy()
+        };
+        let method = Method::PloverLatencyQuantile(0.99, ERRORS, Some(5_000));
+        let summary = simulate(&scenario, &method, 100, 23);
+        assert!(summary.pass_share() <= ALPHA, "{summary:?}");
     }
 }

@@ -369,6 +369,12 @@ pub struct PloverSpec {
     /// passing a canary worse by the margin has probability ≤ alpha. Fails are unchanged.
     #[serde(default, deserialize_with = "number_like")]
     pub margin: Option<f64>,
+    /// For `latencyVsStable` and `latencyDistributionVsStable`: an absolute margin on latency
+    /// (`5ms`). A pass then shows the canary is not slower than stable by this much at the
+    /// quantile (at each of the distribution's quantiles); wrongly passing a canary slower by
+    /// the margin has probability ≤ alpha. Fails are unchanged.
+    #[serde(default)]
+    pub latency_margin: Option<String>,
 }
 
 /// Defaults of the `…VsStable` metrics.
@@ -396,6 +402,23 @@ impl PloverSpec {
         }
     }
 
+    /// `latencyMargin` in µs, when set and valid (above zero, below an hour).
+    pub fn latency_margin_micros(&self) -> Option<u64> {
+        let d = crate::duration::parse(self.latency_margin.as_deref()?).ok()?;
+        let micros = u64::try_from(d.as_micros()).ok()?;
+        (micros > 0 && micros < 3_600_000_000).then_some(micros)
+    }
+
+    /// What the judge's pass side shows (for its sentences).
+    pub fn pass_side(&self) -> plover_sequential::compare::PassSide {
+        use plover_sequential::compare::PassSide;
+        match (self.margin, self.latency_margin_micros()) {
+            (Some(m), _) => PassSide::ErrorRate(m),
+            (None, Some(micros)) => PassSide::Latency(micros),
+            (None, None) => PassSide::Relative,
+        }
+    }
+
     /// `latencyVsStable`'s quantile as a fraction (default p99).
     pub fn vs_stable_quantile(&self) -> Option<f64> {
         let name = self.quantile.as_deref().unwrap_or("p99");
@@ -415,6 +438,7 @@ impl PloverSpec {
                 ("minEffect", self.min_effect.is_some()),
                 ("stableRevision", self.stable_revision != "stable"),
                 ("margin", self.margin.is_some()),
+                ("latencyMargin", self.latency_margin.is_some()),
             ] {
                 if set {
                     return Err(format!(
@@ -444,6 +468,20 @@ impl PloverSpec {
                 return Err(format!(
                     "{}: an error-rate difference between 0 and 1 (0.005 = half a point), got {margin}",
                     field("margin")
+                ));
+            }
+        }
+        if let Some(text) = &self.latency_margin {
+            if self.metric == PloverQuantity::ErrorRatioVsStable {
+                return Err(format!(
+                    "{}: only latencyVsStable and latencyDistributionVsStable take a latency margin (errorRatioVsStable takes margin, an error-rate difference)",
+                    field("latencyMargin")
+                ));
+            }
+            if self.latency_margin_micros().is_none() {
+                return Err(format!(
+                    "{}: {text:?}: expected a duration above zero and below an hour, e.g. 5ms or 0.5s",
+                    field("latencyMargin")
                 ));
             }
         }

@@ -10,6 +10,10 @@
 use std::time::SystemTime;
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use plover_sequential::{
+    compare::{what_would_decide, PassSide},
+    odds::Decision,
+};
 
 use super::status::{
     AnalysisPhase, Comparison, EvidenceDecision, EvidenceStatus, MeasurementStatus, MetricStatus,
@@ -76,6 +80,8 @@ fn evidence(
         stable_events: record.stable_events,
         odds_ratio: finite(record.odds_ratio),
         margin: finite(record.margin),
+        latency_margin_seconds: finite(record.latency_margin_seconds),
+        needed_canary_requests: record.needed_canary_requests,
         looks: record.looks,
     }
 }
@@ -158,19 +164,13 @@ fn share(events: u64, requests: u64, none: &str) -> String {
 /// (α 0.05) → Failed`. The evidence values are the likelihood ratios themselves (e^statistic),
 /// the boundary is 1/α.
 pub fn evidence_sentence(e: &EvidenceStatus, phase: AnalysisPhase) -> String {
-    let (subject, worse, not_worse) = match e.comparison {
-        Comparison::ErrorRatio => match e.margin {
-            Some(m) => (
-                "error ratio vs stable".to_owned(),
-                "worse",
-                format!("not worse by {} points", number(m * 100.0)),
-            ),
-            None => (
-                "error ratio vs stable".to_owned(),
-                "worse",
-                "not worse".to_owned(),
-            ),
-        },
+    let margin = match (e.margin, e.latency_margin_seconds) {
+        (Some(m), _) => Some(PassSide::ErrorRate(m)),
+        (None, Some(seconds)) => Some(PassSide::Latency((seconds * 1e6).round() as u64)),
+        (None, None) => None,
+    };
+    let (subject, worse, relative) = match e.comparison {
+        Comparison::ErrorRatio => ("error ratio vs stable".to_owned(), "worse", "not worse"),
         Comparison::Latency => {
             let q = e.quantile.as_deref().unwrap_or("p99");
             let threshold = e
@@ -180,15 +180,16 @@ pub fn evidence_sentence(e: &EvidenceStatus, phase: AnalysisPhase) -> String {
             (
                 format!("{q} latency vs stable: requests slower than stable's {q}{threshold}"),
                 "slower",
-                "not slower".to_owned(),
+                "not slower",
             )
         }
         Comparison::LatencyDistribution => (
             "latency distribution vs stable: requests slower than stable's p50/p75/p90/p99 (least favourable)".to_owned(),
             "slower",
-            "not slower".to_owned(),
+            "not slower",
         ),
     };
+    let not_worse = margin.map_or_else(|| relative.to_owned(), |m| m.not_worse());
     let boundary = if e.alpha > 0.0 {
         number(1.0 / e.alpha)
     } else {
@@ -206,9 +207,13 @@ pub fn evidence_sentence(e: &EvidenceStatus, phase: AnalysisPhase) -> String {
             ratio(e.pass_log_evidence)
         ),
         EvidenceDecision::Inconclusive => format!(
-            "evidence for {worse} {}, for {not_worse} {}, both < boundary {boundary}",
+            "evidence for {worse} {}, for {not_worse} {}, both < boundary {boundary}{}",
             ratio(e.fail_log_evidence),
-            ratio(e.pass_log_evidence)
+            ratio(e.pass_log_evidence),
+            e.needed_canary_requests
+                .and_then(|n| what_would_decide(Decision::Inconclusive, e.canary_requests, Some(n)))
+                .map(|n| format!("; {n}"))
+                .unwrap_or_default()
         ),
     };
     // The latency judges count requests compared with stable's latency, which starts at the
@@ -445,7 +450,17 @@ mod tests {
         };
         assert_eq!(
             evidence_sentence(&clean, AnalysisPhase::Successful),
-            "error ratio vs stable: canary 0.0% (0/2730) vs stable 0.0% (0/3471); evidence for not worse by 0.5 points 30 ≥ boundary 20 (α 0.05) → Successful"
+            "error ratio vs stable: canary 0.0% (0/2730) vs stable 0.0% (0/3471); evidence for not worse than stable by 0.5 points 30 ≥ boundary 20 (α 0.05) → Successful"
+        );
+        // An undecided latency judge with a margin says what would decide it.
+        let with_margin = EvidenceStatus {
+            latency_margin_seconds: Some(0.005),
+            needed_canary_requests: Some(1_300),
+            ..waiting.clone()
+        };
+        assert_eq!(
+            evidence_sentence(&with_margin, AnalysisPhase::Inconclusive),
+            "p99 latency vs stable: requests slower than stable's p99 (41.2 ms): canary 1.7% (3/180) vs stable 0.93% (15/1620); evidence for slower 0.607, for not slower than stable by 5 ms 3.32, both < boundary 20; needs about 1300 more canary requests at these rates (α 0.05) → Inconclusive"
         );
         let pass = EvidenceStatus {
             comparison: Comparison::LatencyDistribution,

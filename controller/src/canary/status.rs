@@ -168,6 +168,13 @@ pub struct EvidenceStatus {
     /// more than this above stable's (0.005 = half a point).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub margin: Option<f64>,
+    /// The latency judges with an absolute margin: the pass side shows the canary is not
+    /// slower than stable by this many seconds at the quantile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_margin_seconds: Option<f64>,
+    /// While undecided: about how many more canary requests, at the rates so far, would decide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needed_canary_requests: Option<u64>,
     /// Looks so far in this run.
     #[serde(default)]
     pub looks: u64,

@@ -68,10 +68,14 @@ impl JudgeState {
     pub fn new(spec: &PloverSpec) -> JudgeState {
         let config = spec.odds_config();
         let judge = match spec.metric {
-            PloverQuantity::LatencyVsStable => {
-                Judge::latency_quantile(spec.vs_stable_quantile().unwrap_or(0.99), config)
+            PloverQuantity::LatencyVsStable => Judge::latency_quantile(
+                spec.vs_stable_quantile().unwrap_or(0.99),
+                config,
+                spec.latency_margin_micros(),
+            ),
+            PloverQuantity::LatencyDistributionVsStable => {
+                Judge::latency_distribution(config, spec.latency_margin_micros())
             }
-            PloverQuantity::LatencyDistributionVsStable => Judge::latency_distribution(config),
             _ => Judge::error_ratio(config, spec.margin),
         };
         JudgeState {
@@ -301,6 +305,10 @@ where
     state.canary_requests += interval.canary.requests;
     state.stable_requests += interval.stable.requests;
     let evidence = state.judge.observe(&interval);
+    let evidence = Evidence {
+        needed_canary_requests: state.judge.needed_canary_requests(),
+        ..evidence
+    };
     Ok(report(state, spec, &evidence, &answer, first, notes))
 }
 
@@ -383,6 +391,12 @@ pub struct EvidenceRecord {
     /// The absolute margin the pass side is about (`margin`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub margin: Option<f64>,
+    /// The latency margin the pass side is about (`latencyMargin`), in seconds, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_margin_seconds: Option<f64>,
+    /// While undecided: about how many more canary requests at the rates so far would decide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needed_canary_requests: Option<u64>,
     pub looks: u64,
     pub skipped_seconds: Option<f64>,
     pub as_of_unix_ms: u64,
@@ -417,6 +431,8 @@ fn report(
         stable_events: t.stable_events,
         odds_ratio: round(t.odds_ratio()),
         margin: spec.margin,
+        latency_margin_seconds: spec.latency_margin_micros().map(|m| m as f64 / 1e6),
+        needed_canary_requests: e.needed_canary_requests,
         looks: state.judge.looks(),
         skipped_seconds: round(state.skipped_ms as f64 / 1000.0),
         as_of_unix_ms: answer.as_of_unix_ms,
@@ -444,7 +460,7 @@ fn report(
     if state.skipped_ms > 0 {
         notes.push(format!("{} skipped in all", seconds(state.skipped_ms)));
     }
-    let mut message = explain(&what, e, alpha, spec.margin);
+    let mut message = explain(&what, e, alpha, spec.pass_side());
     if !notes.is_empty() {
         message = format!("{message}; {}", notes.join("; "));
     }
@@ -785,6 +801,23 @@ mod tests {
                 serde_json::json!({"margin": 0.01, "metric": "latencyVsStable"}),
                 "only errorRatioVsStable takes an absolute margin",
             ),
+            // A latency margin: the latency metrics only, a duration above zero.
+            (
+                serde_json::json!({"latencyMargin": "5ms"}),
+                "provider.plover.latencyMargin: only latencyVsStable",
+            ),
+            (
+                serde_json::json!({"latencyMargin": "0s", "metric": "latencyVsStable"}),
+                "provider.plover.latencyMargin: \"0s\": expected a duration above zero",
+            ),
+            (
+                serde_json::json!({"latencyMargin": "five", "metric": "latencyDistributionVsStable"}),
+                "provider.plover.latencyMargin",
+            ),
+            (
+                serde_json::json!({"latencyMargin": "5ms", "metric": "errorRate"}),
+                "provider.plover.latencyMargin: only the errorRatioVsStable",
+            ),
         ] {
             let mut v = serde_json::json!({"namespace": "ns", "service": "svc", "metric": "errorRatioVsStable"});
             v.as_object_mut()
@@ -799,6 +832,14 @@ mod tests {
         assert_eq!(
             spec(serde_json::json!({"margin": "0.005"})).margin,
             Some(0.005)
+        );
+        let latency =
+            spec(serde_json::json!({"latencyMargin": "5ms", "metric": "latencyVsStable"}));
+        assert_eq!(latency.validate(), Ok(()));
+        assert_eq!(latency.latency_margin_micros(), Some(5_000));
+        assert_eq!(
+            latency.pass_side(),
+            plover_sequential::compare::PassSide::Latency(5_000)
         );
         // The stable side cannot be named.
         let mut v = serde_json::json!({"namespace": "ns", "service": "svc", "metric": "errorRatioVsStable", "revision": "stable"});
