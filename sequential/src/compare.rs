@@ -256,6 +256,11 @@ pub fn significant(x: f64) -> String {
     }
 }
 
+/// How far [`Judge::needed_canary_requests`] looks: this many times the canary requests so far,
+/// and at least this many more requests.
+const PROJECTION_SCALE: f64 = 64.0;
+const PROJECTION_REQUESTS: u64 = 100_000;
+
 /// `x` rounded up to two significant digits (1,234 → 1,300; 87 → 87; 0.3 → 1).
 fn two_significant_digits(x: f64) -> u64 {
     if x <= 100.0 {
@@ -305,7 +310,7 @@ pub fn what_would_decide(
     Some(match (canary_trials, needed_canary_requests) {
         (0, _) => "needs canary requests to compare".to_owned(),
         (_, Some(n)) => format!("needs about {n} more canary requests at these rates"),
-        (_, None) => "no decision in sight at these rates (64× the canary requests so far would not decide: the canary is at the edge of what is acceptable)".to_owned(),
+        (_, None) => "no decision in sight at these rates (neither 64× the canary requests so far nor 100000 more would decide: the canary is at the edge of what is acceptable)".to_owned(),
     })
 }
 
@@ -452,8 +457,9 @@ impl Judge {
     /// While the decision is Inconclusive: about how many more canary requests either side
     /// needs to decide if traffic goes on at the rates seen so far (stable's share, both
     /// revisions' error or slow-request rates), rounded to two significant digits. `None` when
-    /// decided, when no canary request has been compared yet, or when even 64 times the
-    /// requests so far would not decide (a canary right at the edge of what is acceptable).
+    /// decided, when no canary request has been compared yet, or when neither 64 times the
+    /// requests so far nor 100,000 more would decide (a canary right at the edge of what is
+    /// acceptable).
     pub fn needed_canary_requests(&self) -> Option<u64> {
         if self.decision() != Decision::Inconclusive {
             return None;
@@ -476,9 +482,11 @@ impl Judge {
             decision != Decision::Inconclusive
         };
         // Double until a projection decides, then halve the bracket a few times: "about".
+        // Out of sight: beyond 64× the requests so far and beyond 100,000 more.
+        let limit = (PROJECTION_REQUESTS as f64 / so_far as f64).max(PROJECTION_SCALE);
         let (mut low, mut high) = (0.0, 1.0 / 64.0);
         while !decides(high) {
-            if high >= 64.0 {
+            if high >= limit {
                 return None;
             }
             (low, high) = (high, high * 2.0);
@@ -673,9 +681,14 @@ mod tests {
         let mut edge = Judge::error_ratio(tolerant, Some(0.005));
         edge.observe(&interval((1_000, 15), (9_000, 90)));
         assert_eq!(edge.needed_canary_requests(), None);
+        // A handful of requests is not an edge: the projection looks 100,000 requests ahead.
+        let mut early = Judge::error_ratio(CONFIG, Some(0.005));
+        early.observe(&interval((4, 0), (131, 0)));
+        let needed = early.needed_canary_requests().unwrap_or_default();
+        assert!((300..3_000).contains(&needed), "{needed}");
         assert_eq!(
             what_would_decide(Decision::Inconclusive, 1_000, None).unwrap_or_default(),
-            "no decision in sight at these rates (64× the canary requests so far would not decide: the canary is at the edge of what is acceptable)"
+            "no decision in sight at these rates (neither 64× the canary requests so far nor 100000 more would decide: the canary is at the edge of what is acceptable)"
         );
         assert_eq!(
             what_would_decide(Decision::Inconclusive, 0, None).unwrap_or_default(),

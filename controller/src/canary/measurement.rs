@@ -207,15 +207,17 @@ pub fn evidence_sentence(e: &EvidenceStatus, phase: AnalysisPhase) -> String {
             ratio(e.pass_log_evidence)
         ),
         EvidenceDecision::Inconclusive => format!(
-            "evidence for {worse} {}, for {not_worse} {}, both < boundary {boundary}{}",
+            "evidence for {worse} {}, for {not_worse} {}, both < boundary {boundary}",
             ratio(e.fail_log_evidence),
             ratio(e.pass_log_evidence),
-            e.needed_canary_requests
-                .and_then(|n| what_would_decide(Decision::Inconclusive, e.canary_requests, Some(n)))
-                .map(|n| format!("; {n}"))
-                .unwrap_or_default()
         ),
     };
+    let next = e
+        .needed_canary_requests
+        .filter(|_| e.decision == EvidenceDecision::Inconclusive)
+        .and_then(|n| what_would_decide(Decision::Inconclusive, e.canary_requests, Some(n)))
+        .map(|n| format!("; {n}"))
+        .unwrap_or_default();
     // The latency judges count requests compared with stable's latency, which starts at the
     // second look: "no requests" would contradict the traffic the error judge counts.
     let none = match e.comparison {
@@ -223,7 +225,7 @@ pub fn evidence_sentence(e: &EvidenceStatus, phase: AnalysisPhase) -> String {
         Comparison::Latency | Comparison::LatencyDistribution => "none compared yet",
     };
     format!(
-        "{subject}: canary {} vs stable {}; {evidence} (α {}) → {phase:?}",
+        "{subject}: canary {} vs stable {}; {evidence} (α {}) → {phase:?}{next}",
         share(e.canary_events, e.canary_requests, none),
         share(e.stable_events, e.stable_requests, none),
         number(e.alpha),
@@ -460,7 +462,7 @@ mod tests {
         };
         assert_eq!(
             evidence_sentence(&with_margin, AnalysisPhase::Inconclusive),
-            "p99 latency vs stable: requests slower than stable's p99 (41.2 ms): canary 1.7% (3/180) vs stable 0.93% (15/1620); evidence for slower 0.607, for not slower than stable by 5 ms 3.32, both < boundary 20; needs about 1300 more canary requests at these rates (α 0.05) → Inconclusive"
+            "p99 latency vs stable: requests slower than stable's p99 (41.2 ms): canary 1.7% (3/180) vs stable 0.93% (15/1620); evidence for slower 0.607, for not slower than stable by 5 ms 3.32, both < boundary 20 (α 0.05) → Inconclusive; needs about 1300 more canary requests at these rates"
         );
         let pass = EvidenceStatus {
             comparison: Comparison::LatencyDistribution,
