@@ -51,8 +51,14 @@ fn header() {
 
 fn pass_header() {
     println!(
-        "{:<50} {:>10} {:>8} {:>14} {:>13} {:>13}",
-        "method", "false fail", "passed", "median|passed", "median|all", "worse passed"
+        "{:<50} {:>10} {:>8} {:>13} {:>14} {:>13} {:>13}",
+        "method",
+        "false fail",
+        "passed",
+        "never passed",
+        "median|passed",
+        "median|all",
+        "worse passed"
     );
 }
 
@@ -60,9 +66,10 @@ fn pass_header() {
 fn pass_row(name: &str, healthy: &Summary, worse: &Summary, horizon: u64) -> Option<f64> {
     let all = median_over_all_runs(&healthy.pass_seconds, healthy.runs);
     println!(
-        "{name:<50} {:>10.3} {:>8.3} {:>14} {:>13} {:>13.3}",
+        "{name:<50} {:>10.3} {:>8.3} {:>13.3} {:>14} {:>13} {:>13.3}",
         healthy.failure_share(),
         healthy.pass_share(),
+        1.0 - healthy.pass_share(),
         seconds(healthy.median_pass_seconds(), "never"),
         seconds(all, &format!("> {horizon} s")),
         worse.pass_share(),
