@@ -294,6 +294,34 @@ impl Run {
         }
     }
 
+    /// Continues a run from what was kept of it (the controller restarted and the run lived in
+    /// its memory): each metric found in `earlier` by name takes back its counters, phase and
+    /// latest measurement, so limits, counts and intervals go on where they stopped instead of
+    /// starting over (Argo keeps them in the AnalysisRun's status). Metrics not in `earlier`
+    /// start fresh.
+    pub fn resume(
+        plans: Vec<MetricPlan>,
+        options: RunOptions,
+        started_at: SystemTime,
+        earlier: &[MetricResult],
+    ) -> Self {
+        let mut run = Run::new(plans, options, started_at);
+        for (plan, result) in run.plans.iter().zip(run.results.iter_mut()) {
+            if let Some(kept) = earlier.iter().find(|e| e.name == plan.name) {
+                let retention = plan.retention.max(1);
+                let mut kept = kept.clone();
+                let excess = kept.measurements.len().saturating_sub(retention);
+                kept.measurements.drain(..excess);
+                *result = MetricResult {
+                    name: plan.name.clone(),
+                    dry_run: plan.dry_run,
+                    ..kept
+                };
+            }
+        }
+        run
+    }
+
     pub fn plans(&self) -> &[MetricPlan] {
         &self.plans
     }

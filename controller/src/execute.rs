@@ -3,7 +3,9 @@
 //! each mode implements only its [`Rim`]: the API server (`reconcile`) or files and Envoy
 //! (`local`).
 
-use crate::canary::{Action, AnalysisKind, AnalysisSource, CanaryStatus, Decision};
+use crate::canary::{
+    Action, AnalysisKind, AnalysisRunStatus, AnalysisSource, CanaryStatus, Decision,
+};
 
 /// The revisions an analysis started now compares, as its templates' `podTemplateHashValue`
 /// and the `…VsStable` judges see them.
@@ -41,13 +43,15 @@ pub(crate) trait Rim {
     /// Makes `revision` the stable one (copies the pod template, or re-points fixed clusters).
     async fn promote(&mut self, revision: &str) -> Result<(), Self::Error>;
     /// Resolves the analysis and hands it to the runner; a spec that does not resolve is a
-    /// failed run, not an error of the rim.
+    /// failed run, not an error of the rim. `earlier` is what the status kept of a run of
+    /// this name, which the runner resumes from (the controller restarted while it ran).
     async fn start_analysis(
         &mut self,
         name: &str,
         kind: AnalysisKind,
         source: &AnalysisSource,
         revisions: Revisions<'_>,
+        earlier: Option<&AnalysisRunStatus>,
     ) -> Result<(), Self::Error>;
     fn stop_analysis(&mut self, name: &str);
     /// Forgets runs no longer recorded in the status.
@@ -74,8 +78,18 @@ pub(crate) async fn execute<R: Rim>(
             Action::SetWeight { canary, stable } => rim.set_weight(*canary, *stable).await?,
             Action::PromoteWorkload { revision } => rim.promote(revision).await?,
             Action::StartAnalysis { name, kind, source } => {
-                rim.start_analysis(name, *kind, source, Revisions::of(&decision.status))
-                    .await?
+                let earlier = [&previous.step_analysis, &previous.background_analysis]
+                    .into_iter()
+                    .flatten()
+                    .find(|run| run.name == *name);
+                rim.start_analysis(
+                    name,
+                    *kind,
+                    source,
+                    Revisions::of(&decision.status),
+                    earlier,
+                )
+                .await?
             }
             Action::Event {
                 warning,

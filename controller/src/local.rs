@@ -27,8 +27,8 @@ use plover_analysis::{
 
 use crate::{
     canary::{
-        decide, resolve, AnalysisKind, AnalysisSource, Canary, CanaryPhase, CanaryStatus,
-        Observation, WorkloadState,
+        decide, resolve, AnalysisKind, AnalysisRunStatus, AnalysisSource, Canary, CanaryPhase,
+        CanaryStatus, Observation, WorkloadState,
     },
     cli::kubectl::Request,
     execute::{execute, Revisions, Rim},
@@ -545,11 +545,12 @@ impl Rim for LocalRim<'_> {
         _kind: AnalysisKind,
         source: &AnalysisSource,
         revisions: Revisions<'_>,
+        earlier: Option<&AnalysisRunStatus>,
     ) -> Result<(), LocalError> {
         let object =
             serde_json::to_value(self.canary).map_err(|e| LocalError::Spec(e.to_string()))?;
         match resolve_local(&object, source, self.templates, self.secrets, &revisions) {
-            Ok(analysis) => self.runner.start(self.key, name, analysis),
+            Ok(analysis) => self.runner.start(self.key, name, analysis, earlier),
             Err(e) => self.runner.fail(self.key, name, e.to_string()),
         }
         let _ = writeln!(self.out, "ANALYSIS started {name}");

@@ -136,6 +136,7 @@ fn traffic_where(
             .map(|r| r.requests)
             .sum(),
         requests: stats.revisions.iter().map(|r| r.requests).sum(),
+        lost_requests: stats.lost_requests,
     }
 }
 
@@ -274,7 +275,8 @@ mod tests {
             traffic_from_stats(&stats),
             TrafficObservation {
                 canary_requests: 250,
-                requests: 1000
+                requests: 1000,
+                lost_requests: 0
             }
         );
         let by_name = StatsResponse {
@@ -298,7 +300,8 @@ mod tests {
             traffic_of_revision(&by_name, "v2"),
             TrafficObservation {
                 canary_requests: 400,
-                requests: 1000
+                requests: 1000,
+                lost_requests: 0
             }
         );
         assert_eq!(
@@ -309,7 +312,8 @@ mod tests {
             traffic_from_stats(&StatsResponse::default()),
             TrafficObservation {
                 canary_requests: 0,
-                requests: 0
+                requests: 0,
+                lost_requests: 0
             }
         );
     }

@@ -42,8 +42,8 @@ use plover_analysis::template::{Analysis, AnalysisSpec, Document, Secrets};
 
 use crate::{
     canary::{
-        conditions, decide, reasons, resolve, validate, AnalysisKind, AnalysisSource, Canary,
-        CanarySpec, CanaryStatus, Observation, WorkloadState,
+        conditions, decide, reasons, resolve, validate, AnalysisKind, AnalysisRunStatus,
+        AnalysisSource, Canary, CanarySpec, CanaryStatus, Observation, WorkloadState,
     },
     execute::{execute, reported, Revisions, Rim},
     metrics::Metrics,
@@ -476,10 +476,11 @@ impl Rim for ClusterRim<'_> {
         kind: AnalysisKind,
         source: &AnalysisSource,
         revisions: Revisions<'_>,
+        earlier: Option<&AnalysisRunStatus>,
     ) -> Result<(), ReconcileError> {
         let object = serde_json::to_value(self.canary)?;
         match resolve_analysis(self.ctx, &self.key.0, &object, source, &revisions).await? {
-            Ok(analysis) => self.ctx.runner.start(self.key, name, analysis),
+            Ok(analysis) => self.ctx.runner.start(self.key, name, analysis, earlier),
             Err(problem) => self.ctx.runner.fail(self.key, name, problem),
         }
         info!(canary = %self.key.1, run = %name, kind = ?kind_label(kind), "Analysis started.");

@@ -22,7 +22,7 @@ use plover_analysis::{
     Phase,
 };
 
-use crate::canary::{measurement, Verdict};
+use crate::canary::{measurement, AnalysisRunStatus, Verdict};
 
 /// Identifies a Canary: namespace and name (local mode: empty namespace).
 pub type CanaryKey = (String, String);
@@ -138,7 +138,16 @@ impl Runner {
 
     /// Starts a run under `name` unless one with that name exists. Dry-run metrics that cannot
     /// be measured here are left out; a run with any other such metric fails at once.
-    pub fn start(&self, key: &CanaryKey, name: &str, mut analysis: Analysis) {
+    /// Starts run `name`, or resumes it from `earlier`, what the Canary's status kept of a run
+    /// of that name (the controller restarted while it ran): its counts, limits and schedule
+    /// go on where they stopped.
+    pub fn start(
+        &self,
+        key: &CanaryKey,
+        name: &str,
+        mut analysis: Analysis,
+        earlier: Option<&AnalysisRunStatus>,
+    ) {
         match provider::runnable(&*self.source, &analysis.metrics) {
             Ok(runnable) => analysis.metrics = runnable.metrics,
             Err(refused) => return self.fail(key, name, refused),
@@ -149,11 +158,19 @@ impl Runner {
             return;
         }
         let plans = analysis.metrics.iter().map(|m| m.plan()).collect();
-        let run = Arc::new(Mutex::new(Run::new(
-            plans,
-            RunOptions::default(),
-            (self.clock)(),
-        )));
+        let run = match earlier.filter(|e| e.name == name) {
+            Some(earlier) => Run::resume(
+                plans,
+                RunOptions::default(),
+                earlier
+                    .started_at
+                    .as_ref()
+                    .map_or_else(|| (self.clock)(), |t| SystemTime::from(t.0)),
+                &measurement::kept_results(earlier),
+            ),
+            None => Run::new(plans, RunOptions::default(), (self.clock)()),
+        };
+        let run = Arc::new(Mutex::new(run));
         let (stop, stopped) = watch::channel(false);
         let analysis = Arc::new(analysis);
         of_canary.insert(
@@ -316,8 +333,8 @@ mod tests {
     async fn runs_report_argo_verdicts_and_notify() {
         let (runner, mut rx) = Runner::new(Arc::new(Constant(0.5)), Arc::new(SystemTime::now));
         let key = ("ns".to_owned(), "podinfo".to_owned());
-        runner.start(&key, "ok", analysis("result > 0.1"));
-        runner.start(&key, "bad", analysis("result > 0.9"));
+        runner.start(&key, "ok", analysis("result > 0.1"), None);
+        runner.start(&key, "bad", analysis("result > 0.9"), None);
         assert_eq!(wait_for(&runner, &key, "ok").await.phase, Phase::Successful);
         let bad = wait_for(&runner, &key, "bad").await;
         assert_eq!(bad.phase, Phase::Failed);
@@ -338,5 +355,73 @@ mod tests {
         assert_eq!(runner.canaries(), vec![key.clone()]);
         runner.forget(&key);
         assert!(runner.canaries().is_empty());
+    }
+
+    /// Answers with a number and counts the queries.
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl Source for Counting {
+        fn query<'a>(&'a self, _: &'a MetricSpec) -> BoxFuture<'a, Result<Outcome, ProviderError>> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                Ok(Outcome::Value {
+                    value: Value::Float(0.5),
+                    text: "0.5".into(),
+                })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restarted_run_resumes_from_what_the_status_kept() {
+        // Issue 17, item 5: a controller restart used to start a run over under the same name,
+        // its counters cleared.
+        let yaml = "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: t}\nspec:\n  metrics:\n  - name: success-rate\n    count: 4\n    interval: 100ms\n    successCondition: result > 0.1\n    provider: {web: {url: 'http://127.0.0.1:1/'}}\n";
+        let docs = template::load(yaml).unwrap();
+        let analysis = || {
+            template::resolve(&template::flatten(&docs).unwrap(), &ArgInputs::default()).unwrap()
+        };
+        let key = ("ns".to_owned(), "podinfo".to_owned());
+        let before = Arc::new(Counting(Default::default()));
+        let (runner, _rx) = Runner::new(before.clone(), Arc::new(SystemTime::now));
+        runner.start(&key, "r", analysis(), None);
+        let kept = loop {
+            let v = runner.verdicts(&key)["r"].clone();
+            if v.metrics[0].counts.successful >= 2 {
+                break v;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        runner.forget(&key);
+        let earlier = AnalysisRunStatus {
+            name: "r".into(),
+            phase: kept.phase,
+            metrics: kept.metrics.clone(),
+            ..Default::default()
+        };
+        let kept_successful = kept.metrics[0].counts.successful;
+        // A new controller's runner resumes the run: it measures only what was left.
+        let after = Arc::new(Counting(Default::default()));
+        let (runner, _rx) = Runner::new(after.clone(), Arc::new(SystemTime::now));
+        runner.start(&key, "r", analysis(), Some(&earlier));
+        let done = wait_for(&runner, &key, "r").await;
+        assert_eq!(done.phase, Phase::Successful);
+        assert_eq!(done.metrics[0].counts.successful, 4);
+        assert_eq!(
+            after.0.load(std::sync::atomic::Ordering::SeqCst) as u32,
+            4 - kept_successful,
+            "only the measurements left were taken"
+        );
+        // A run of another name is not resumed from it.
+        let fresh = Arc::new(Counting(Default::default()));
+        let (runner, _rx) = Runner::new(fresh.clone(), Arc::new(SystemTime::now));
+        runner.start(&key, "other", analysis(), Some(&earlier));
+        assert_eq!(
+            wait_for(&runner, &key, "other").await.metrics[0]
+                .counts
+                .successful,
+            4
+        );
+        assert_eq!(fresh.0.load(std::sync::atomic::Ordering::SeqCst), 4);
     }
 }

@@ -47,9 +47,17 @@ pub struct Args {
     #[arg(long, env = "PLOVER_EXPORTER_MAX_BATCH_BYTES", default_value_t = MAX_BATCH_BYTES)]
     pub max_batch_bytes: usize,
 
-    /// Most series kept; new series beyond are refused (existing ones keep working).
+    /// Most series kept as sent. New series beyond are folded, not refused: a new code is
+    /// counted under code `other` of its status class, a new route under route `(other)`, so
+    /// per-class totals and every revision's window stay exact.
     #[arg(long, env = "PLOVER_EXPORTER_MAX_SERIES", default_value_t = 100_000)]
     pub max_series: usize,
+
+    /// Most revisions kept over all services (a bound against unbounded label values).
+    /// Requests of new revisions beyond are refused, reported to the filter as dropped, and
+    /// flagged in every `/v1/stats` window they belong to (`lost_requests`).
+    #[arg(long, env = "PLOVER_EXPORTER_MAX_REVISIONS", default_value_t = 10_000)]
+    pub max_revisions: usize,
 
     /// Memory all per-revision windows together may use, in MiB. Far above what real traffic
     /// needs; when reached, old window seconds are merged (answers then say which window they
@@ -184,6 +192,9 @@ impl Config {
         if args.max_series == 0 {
             return Err(invalid("max-series", "must be at least 1".into()));
         }
+        if args.max_revisions == 0 {
+            return Err(invalid("max-revisions", "must be at least 1".into()));
+        }
         let window = seconds("window", &args.window)?;
         let series_ttl = seconds("series-ttl", &args.series_ttl)?;
         if series_ttl < window {
@@ -241,6 +252,7 @@ impl Config {
             log_format: args.log_format,
             store: StoreConfig {
                 max_series: args.max_series,
+                max_revisions: args.max_revisions,
                 series_ttl_ms: series_ttl * 1000,
                 window_seconds: window,
                 window_budget_bytes: WINDOW_BUDGET_BYTES,
@@ -323,6 +335,7 @@ mod tests {
             (vec!["--duration-buckets", "0.1,0.05"], "duration-buckets"),
             (vec!["--duration-buckets", "0.1,abc"], "duration-buckets"),
             (vec!["--max-series", "0"], "max-series"),
+            (vec!["--max-revisions", "0"], "max-revisions"),
             (vec!["--max-batch-bytes", "99999999999"], "max-batch-bytes"),
         ] {
             let mut all = vec!["--insecure-no-auth"];

@@ -237,7 +237,12 @@ impl EncodeLabelSet for SeriesLabels<'_> {
         self.path.encode(encoder)?;
         let o = self.outcome;
         (labels::STATUS_CLASS, o.status_class.as_str()).encode(encoder.encode_label())?;
-        (labels::CODE, o.code).encode(encoder.encode_label())?;
+        // A series folded at --max-series holds several codes of its class.
+        if o.code == crate::store::FOLDED_CODE {
+            (labels::CODE, "other").encode(encoder.encode_label())?;
+        } else {
+            (labels::CODE, o.code).encode(encoder.encode_label())?;
+        }
         (labels::GRPC_STATUS, o.grpc_status).encode(encoder.encode_label())?;
         (labels::UPSTREAM_FAILURE, o.upstream_failure.as_str()).encode(encoder.encode_label())
     }
@@ -470,9 +475,15 @@ fn encode_health(health: &Health, encoder: &mut DescriptorEncoder) -> fmt::Resul
     )?;
     counter(
         encoder,
-        "plover_exporter_series_rejected",
-        "Series refused because --max-series was reached.",
-        counters.series_rejected,
+        "plover_exporter_series_folded",
+        "New series counted under code other or route (other) because --max-series was reached (per-class totals stay exact).",
+        counters.series_folded,
+    )?;
+    counter(
+        encoder,
+        "plover_exporter_refused_requests",
+        "Requests of new revisions refused because --max-revisions was reached (lost; reported to the filter).",
+        counters.refused_requests,
     )?;
     counter(
         encoder,

@@ -16,6 +16,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use plover_wire::batch::INGEST_PATH;
+use plover_wire::batch::REFUSED_REQUESTS_HEADER;
 use plover_wire::stats::STATS_PATH;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -89,7 +90,7 @@ pub async fn run(
         retained_seconds: config.store.window_seconds,
         ready: AtomicBool::new(true),
     });
-    info!(address = %listener.local_addr()?, windows = ?config.windows, max_series = config.store.max_series, "Listening.");
+    info!(address = %listener.local_addr()?, windows = ?config.windows, max_series = config.store.max_series, max_revisions = config.store.max_revisions, "Listening.");
 
     let housekeeping = tokio::spawn(housekeeping(store));
     let graceful = GracefulShutdown::new();
@@ -176,16 +177,28 @@ impl App {
         match result {
             Ok(Applied::Merged {
                 series,
-                series_rejected,
+                series_folded,
+                refused_requests,
             }) => {
                 self.ingest_metrics.accepted();
-                if series_rejected > 0 {
-                    warn!(
+                if series_folded > 0 {
+                    debug!(
                         series,
-                        series_rejected, "Series refused: --max-series reached."
+                        series_folded, "Series folded into code other: --max-series reached."
                     );
                 }
-                text(StatusCode::OK, "applied\n")
+                let mut response = text(StatusCode::OK, "applied\n");
+                if refused_requests > 0 {
+                    warn!(
+                        refused_requests,
+                        "Requests of new revisions refused: --max-revisions reached."
+                    );
+                    // The filter counts them as dropped, so the loss is reported end to end.
+                    response
+                        .headers_mut()
+                        .insert(REFUSED_REQUESTS_HEADER, HeaderValue::from(refused_requests));
+                }
+                response
             }
             Ok(Applied::Duplicate) => {
                 self.ingest_metrics.duplicate();

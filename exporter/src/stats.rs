@@ -80,6 +80,8 @@ pub fn answer(store: &Store, query: &StatsQuery, now_ms: u64) -> StatsResponse {
         window_seconds: query.window_seconds,
         as_of_unix_ms: (newest + 1) * 1000,
         revisions: Vec::new(),
+        lost_requests: store
+            .lost_requests((newest + 1).saturating_sub(query.window_seconds), newest),
     };
     let Some(service) = store.service(&query.namespace, &query.service) else {
         return response;

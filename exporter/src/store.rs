@@ -14,7 +14,17 @@
 //! ```
 //!
 //! An *outcome* under a route is one series of the wire format (one [`SeriesKey`]); it is
-//! what `--max-series` counts. The window is kept per revision and role rather than per series
+//! what `--max-series` counts.
+//!
+//! **The guard never drops what decides a rollout.** Every request reaches its revision's
+//! window, whatever the series count: `/v1/stats` and the judges stay exact. At `--max-series`
+//! a new series is *folded* instead of refused: a new code of a known route is counted under
+//! code `other` of its status class, a new route under route `(other)`, so per-class totals
+//! (success and error ratios) in `/metrics` stay exact too and only per-code detail is lost.
+//! Only a brand-new revision beyond `--max-revisions` (a bound against unbounded label input)
+//! is refused; its requests are counted as lost, told to the filter (which reports them as
+//! dropped) and make every window that covers them say so (`lost_requests` in `/v1/stats`),
+//! as do the requests gateways report dropped, over the interval they were lost in. The window is kept per revision and role rather than per series
 //! because every windowed answer (`/v1/stats`, the window gauges) is per revision: keeping it
 //! per series would multiply the dominant memory cost by the number of routes and codes for
 //! nothing.
@@ -36,10 +46,13 @@ pub enum StoreError {
 /// What [`Store::apply`] did with a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
-    /// Merged; `series_rejected` series were refused by the cardinality guard.
+    /// Merged: `series` kept as sent, `series_folded` counted under code `other` or route
+    /// `(other)` at `--max-series`, and `refused_requests` requests of new revisions refused at
+    /// `--max-revisions` (lost, and reported back to the filter).
     Merged {
         series: usize,
-        series_rejected: usize,
+        series_folded: usize,
+        refused_requests: u64,
     },
     /// Already applied (a retransmit): acknowledged and ignored.
     Duplicate,
@@ -48,8 +61,10 @@ pub enum Applied {
 /// Settings the store needs, validated by [`crate::config`].
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// Most series (outcomes) kept; new ones beyond are refused.
+    /// Most series (outcomes) kept as sent; new ones beyond are folded (see the module docs).
     pub max_series: usize,
+    /// Most revisions (over all services) kept; requests of new ones beyond are refused.
+    pub max_revisions: usize,
     /// Series, and sequence records, not updated for this long are dropped.
     pub series_ttl_ms: u64,
     /// Seconds of per-second data kept: the longest window that can be asked for.
@@ -66,7 +81,10 @@ pub struct StoreConfig {
 /// Counters about the store itself, exposed as the exporter's own metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreCounters {
-    pub series_rejected: u64,
+    /// Series folded into code `other` or route `(other)` at `--max-series`.
+    pub series_folded: u64,
+    /// Requests of new revisions refused at `--max-revisions`.
+    pub refused_requests: u64,
     pub series_expired: u64,
     pub dropped_requests: u64,
     /// Merges of old window seconds forced by the memory budget.
@@ -81,7 +99,36 @@ pub struct Store {
     /// gateway → instance → which sequences were applied.
     senders: HashMap<String, HashMap<String, SequenceRecord>>,
     series: usize,
+    /// Revisions held (one per service and revision name, whatever its roles).
+    revisions: usize,
+    /// Requests known lost (dropped by a gateway, refused here), by the seconds they belong
+    /// to, oldest first: the windows that cover them are incomplete.
+    losses: std::collections::VecDeque<Loss>,
     counters: StoreCounters,
+}
+
+/// Requests lost somewhere in seconds `first..=last` (Unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Loss {
+    first: u64,
+    last: u64,
+    requests: u64,
+}
+
+/// Most loss records kept; beyond, the two oldest are merged (their span widens, nothing is
+/// forgotten).
+const MAX_LOSS_RECORDS: usize = 4096;
+
+/// The route label of series folded at `--max-series` whose route was new.
+pub const OVERFLOW_ROUTE: &str = "(other)";
+/// The code of series folded at `--max-series` (exposed as `code="other"`); no HTTP code.
+pub const FOLDED_CODE: u16 = u16::MAX;
+
+/// What became of one series of a batch.
+enum Merge {
+    Kept,
+    Folded,
+    Refused(u64),
 }
 
 /// One service: its revisions, each possibly seen under several roles.
@@ -251,8 +298,49 @@ impl Store {
             namespaces: HashMap::new(),
             senders: HashMap::new(),
             series: 0,
+            revisions: 0,
+            losses: std::collections::VecDeque::new(),
             counters: StoreCounters::default(),
         }
+    }
+
+    /// Records `requests` lost in seconds `first..=last`.
+    fn record_loss(&mut self, first: u64, last: u64, requests: u64) {
+        if requests == 0 {
+            return;
+        }
+        if let Some(back) = self.losses.back_mut() {
+            if first <= back.last.saturating_add(1) && last.saturating_add(1) >= back.first {
+                back.first = back.first.min(first);
+                back.last = back.last.max(last);
+                back.requests = back.requests.saturating_add(requests);
+                return;
+            }
+        }
+        self.losses.push_back(Loss {
+            first,
+            last,
+            requests,
+        });
+        if self.losses.len() > MAX_LOSS_RECORDS {
+            if let (Some(a), Some(b)) = (self.losses.pop_front(), self.losses.pop_front()) {
+                self.losses.push_front(Loss {
+                    first: a.first.min(b.first),
+                    last: a.last.max(b.last),
+                    requests: a.requests.saturating_add(b.requests),
+                });
+            }
+        }
+    }
+
+    /// Requests known lost (any service) that may belong to seconds `first..=last`: when not
+    /// zero, no window over those seconds is complete.
+    pub fn lost_requests(&self, first: u64, last: u64) -> u64 {
+        self.losses
+            .iter()
+            .filter(|l| l.first <= last && l.last >= first)
+            .map(|l| l.requests)
+            .fold(0, u64::saturating_add)
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -292,15 +380,21 @@ impl Store {
             .dropped_requests
             .saturating_add(batch.dropped_requests);
         let second = self.slot_second(batch.end_unix_ms, now_ms);
+        // A batch reporting drops spans the interval they were lost in (the filter widens its
+        // start back to the first lost batch's).
+        let first_lost = self
+            .slot_second(batch.start_unix_ms.saturating_add(1), now_ms)
+            .min(second);
+        self.record_loss(first_lost, second, batch.dropped_requests);
         let Store {
             config,
             namespaces,
             series: held,
+            revisions,
             counters,
             ..
         } = self;
-        let mut series = 0;
-        let mut series_rejected = 0;
+        let (mut series, mut series_folded, mut refused_requests) = (0, 0, 0u64);
         // A decoded batch is sorted by namespace then service, and equal labels share one
         // string-table entry: a run of one service's series is recognised by comparing label
         // addresses, and the service is looked up once per run instead of once per series.
@@ -309,30 +403,19 @@ impl Store {
         let mut next = all.next();
         while let Some(first) = next.take() {
             let (namespace, name) = (first.key.namespace, first.key.service);
-            let mut service = match namespaces
-                .get_mut(namespace)
-                .and_then(|services| services.get_mut(name))
-            {
-                Some(service) => Some(service),
-                // At the limit every series of an unknown service would be new: refuse them
-                // without creating the service.
-                None if *held >= config.max_series => None,
-                None => Some(
-                    namespaces
-                        .entry_ref(namespace)
-                        .or_default()
-                        .entry_ref(name)
-                        .or_default(),
-                ),
-            };
+            let service = namespaces
+                .entry_ref(namespace)
+                .or_default()
+                .entry_ref(name)
+                .or_default();
             let mut delta = first;
             loop {
-                match service
-                    .as_deref_mut()
-                    .map(|s| s.apply_series(delta, second, now_ms, config, held))
-                {
-                    Some(true) => series += 1,
-                    _ => series_rejected += 1,
+                match service.apply_series(delta, second, now_ms, config, held, revisions) {
+                    Merge::Kept => series += 1,
+                    Merge::Folded => series_folded += 1,
+                    Merge::Refused(requests) => {
+                        refused_requests = refused_requests.saturating_add(requests)
+                    }
                 }
                 match all.next() {
                     Some(d)
@@ -347,11 +430,23 @@ impl Store {
                     }
                 }
             }
+            if service.revisions.is_empty() {
+                // Every series of a new service was refused: leave nothing behind.
+                if let Some(services) = namespaces.get_mut(namespace) {
+                    services.remove(name);
+                    if services.is_empty() {
+                        namespaces.remove(namespace);
+                    }
+                }
+            }
         }
-        counters.series_rejected += series_rejected as u64;
+        counters.series_folded += series_folded as u64;
+        counters.refused_requests = counters.refused_requests.saturating_add(refused_requests);
+        self.record_loss(second, second, refused_requests);
         Ok(Applied::Merged {
             series,
-            series_rejected,
+            series_folded,
+            refused_requests,
         })
     }
 
@@ -431,6 +526,15 @@ impl Store {
         }
         self.senders.retain(|_, i| !i.is_empty());
         self.series -= expired;
+        self.revisions = self
+            .namespaces
+            .values()
+            .flat_map(|services| services.values())
+            .map(|service| service.revisions.len())
+            .sum();
+        while self.losses.front().is_some_and(|l| l.last < oldest) {
+            self.losses.pop_front();
+        }
         self.counters.series_expired += expired as u64;
         self.counters.window_merges += merges;
     }
@@ -464,8 +568,9 @@ impl Store {
 }
 
 impl Service {
-    /// Merges one series of this service; false when the cardinality guard refused it.
-    /// `held` is the store's series count.
+    /// Merges one series of this service. `held` and `revisions` are the store's series and
+    /// revision counts. The revision's window always gets the requests (unless the revision is
+    /// new and `--max-revisions` is reached); the series is folded at `--max-series`.
     fn apply_series(
         &mut self,
         delta: SeriesRef<'_, '_>,
@@ -473,23 +578,40 @@ impl Service {
         now_ms: u64,
         config: &StoreConfig,
         held: &mut usize,
-    ) -> bool {
+        revisions: &mut usize,
+    ) -> Merge {
         let key = delta.key;
-        let outcome = Outcome {
-            status_class: key.status_class,
-            code: key.code,
-            grpc_status: key.grpc_status,
-            upstream_failure: key.upstream_failure,
-        };
-        if *held >= config.max_series && !self.contains(key.revision, key.role, key.route, &outcome)
-        {
-            return false;
+        if !self.revisions.contains_key(key.revision) {
+            if *revisions >= config.max_revisions {
+                return Merge::Refused(delta.requests);
+            }
+            *revisions += 1;
         }
         let roles = self.revisions.entry_ref(key.revision).or_default();
         let rev = roles[key.role as usize].get_or_insert_with(Default::default);
         rev.window
             .record(second, key.status_class, delta.requests, delta.duration);
-        let route = rev.routes.entry_ref(key.route).or_default();
+        let mut outcome = Outcome {
+            status_class: key.status_class,
+            code: key.code,
+            grpc_status: key.grpc_status,
+            upstream_failure: key.upstream_failure,
+        };
+        let full = *held >= config.max_series;
+        let route_name = if full && !rev.routes.contains_key(key.route) {
+            OVERFLOW_ROUTE
+        } else {
+            key.route
+        };
+        let route = rev.routes.entry_ref(route_name).or_default();
+        let folded = full && !route.outcomes.contains_key(&outcome);
+        if folded {
+            outcome = Outcome {
+                code: FOLDED_CODE,
+                grpc_status: None,
+                ..outcome
+            };
+        }
         let totals = route.outcomes.entry(outcome).or_insert_with(|| {
             *held += 1;
             Totals::default()
@@ -504,15 +626,11 @@ impl Service {
                 .get_or_insert_with(|| Box::new(Durations::new(&config.buckets)));
             durations.record(delta.duration, &config.buckets);
         }
-        true
-    }
-
-    fn contains(&self, revision: &str, role: Role, route: &str, outcome: &Outcome) -> bool {
-        self.revisions
-            .get(revision)
-            .and_then(|roles| roles[role as usize].as_deref())
-            .and_then(|rev| rev.routes.get(route))
-            .is_some_and(|r| r.outcomes.contains_key(outcome))
+        if folded {
+            Merge::Folded
+        } else {
+            Merge::Kept
+        }
     }
 
     /// Every (revision, role) of the service, sorted by role then revision.
@@ -573,6 +691,7 @@ mod tests {
     fn config() -> StoreConfig {
         StoreConfig {
             max_series: 1000,
+            max_revisions: 100,
             series_ttl_ms: 600_000,
             window_seconds: 600,
             window_budget_bytes: 224 * 1024,
@@ -667,7 +786,8 @@ mod tests {
             apply(&mut store, b(6), now),
             Ok(Applied::Merged {
                 series: 1,
-                series_rejected: 0
+                series_folded: 0,
+                refused_requests: 0
             })
         ));
         // Same sequence from another VM is another batch.
@@ -815,64 +935,152 @@ mod tests {
     }
 
     #[test]
-    fn the_cardinality_guard_refuses_new_series_but_keeps_existing_ones() {
+    fn at_the_series_limit_new_series_are_folded_and_every_request_reaches_its_window() {
+        // Issue 17, item 1: a full table used to refuse a new canary revision and the canary's
+        // first 503 while answering "applied", so /v1/stats never saw them.
         let mut store = Store::new(StoreConfig {
             max_series: 2,
             ..config()
         });
         let now = T0 + 10_000;
-        let b = |seq, codes: &[u16]| {
-            batch(
-                "vm",
-                seq,
-                T0 + 5000,
-                codes
-                    .iter()
-                    .map(|&c| (key("v1", Role::Stable, c), delta(&[100])))
-                    .collect(),
-            )
-        };
+        let series = |revision: &str, role, code| (key(revision, role, code), delta(&[100]));
+        let b = |seq, series: Vec<(SeriesKey, SeriesDelta)>| batch("vm", seq, T0 + 5000, series);
         assert_eq!(
-            apply(&mut store, b(1, &[200, 404]), now),
+            apply(
+                &mut store,
+                b(
+                    1,
+                    vec![
+                        series("v1", Role::Stable, 200),
+                        series("v1", Role::Stable, 404)
+                    ]
+                ),
+                now
+            ),
             Ok(Applied::Merged {
                 series: 2,
-                series_rejected: 0
+                series_folded: 0,
+                refused_requests: 0
             })
         );
+        // The table is full: the stable's 500 and a new canary revision (a 200 and a 503)
+        // arrive.
         assert_eq!(
-            apply(&mut store, b(2, &[200, 404, 500]), now),
-            Ok(Applied::Merged {
-                series: 2,
-                series_rejected: 1
-            })
-        );
-        assert_eq!(store.series(), 2);
-        assert_eq!(store.counters().series_rejected, 1);
-        assert_eq!(totals(&store, "v1", Role::Stable, 200).unwrap().requests, 2);
-        assert!(totals(&store, "v1", Role::Stable, 500).is_none());
-        // Refused data is not in the window either: stats and counters agree.
-        assert_eq!(window(&store, now, 60)[0].1.requests(), 4);
-        // A series of a service never seen is refused without leaving an empty service behind.
-        let mut other = key("v1", Role::Stable, 200);
-        other.service = "other".into();
-        let refused = batch(
-            "vm",
-            3,
-            T0 + 5000,
-            vec![
-                (key("v1", Role::Stable, 200), delta(&[1])),
-                (other, delta(&[1])),
-            ],
-        );
-        assert_eq!(
-            apply(&mut store, refused, now),
+            apply(
+                &mut store,
+                b(
+                    2,
+                    vec![
+                        series("v1", Role::Stable, 200),
+                        series("v1", Role::Stable, 500),
+                        series("v2", Role::Canary, 200),
+                        series("v2", Role::Canary, 503),
+                    ]
+                ),
+                now
+            ),
             Ok(Applied::Merged {
                 series: 1,
-                series_rejected: 1
+                series_folded: 3,
+                refused_requests: 0
             })
         );
+        assert_eq!(store.counters().series_folded, 3);
+        // Every request is in its revision's window, errors included.
+        let windows = window(&store, now, 60);
+        let of = |revision: &str| {
+            windows
+                .iter()
+                .find(|(r, _)| r == revision)
+                .map(|(_, s)| (s.requests(), s.errors()))
+        };
+        assert_eq!(of("v1"), Some((4, 1)));
+        assert_eq!(of("v2"), Some((2, 1)));
+        // Per class the folded series are exact: the stable's 500 under code `other` of 5xx in
+        // its known route, the canary's under route `(other)`.
+        let v1 = store.revision("demo", "app", "v1", Role::Stable).unwrap();
+        let folded_500 = Outcome {
+            status_class: StatusClass::ServerError,
+            code: FOLDED_CODE,
+            grpc_status: None,
+            upstream_failure: UpstreamFailure::None,
+        };
+        assert_eq!(v1.routes["r"].outcomes[&folded_500].requests, 1);
+        let v2 = store.revision("demo", "app", "v2", Role::Canary).unwrap();
+        assert_eq!(v2.routes[OVERFLOW_ROUTE].outcomes[&folded_500].requests, 1);
+        assert!(!v2.routes.contains_key("r"));
+        // A folded series takes its place once: the next batch adds to it.
+        apply(&mut store, b(3, vec![series("v2", Role::Canary, 503)]), now).unwrap();
+        let v2 = store.revision("demo", "app", "v2", Role::Canary).unwrap();
+        assert_eq!(v2.routes[OVERFLOW_ROUTE].outcomes[&folded_500].requests, 2);
+        assert_eq!(store.lost_requests(0, u64::MAX), 0, "nothing was lost");
+    }
+
+    #[test]
+    fn revisions_beyond_the_limit_are_refused_and_counted_as_lost() {
+        let mut store = Store::new(StoreConfig {
+            max_revisions: 2,
+            ..config()
+        });
+        let now = T0 + 10_000;
+        let series = |revision: &str| (key(revision, Role::Unknown, 200), delta(&[100, 100]));
+        assert_eq!(
+            apply(
+                &mut store,
+                batch(
+                    "vm",
+                    1,
+                    T0 + 5000,
+                    vec![series("a"), series("b"), series("c")]
+                ),
+                now
+            ),
+            Ok(Applied::Merged {
+                series: 2,
+                series_folded: 0,
+                refused_requests: 2
+            })
+        );
+        assert_eq!(store.counters().refused_requests, 2);
+        // The windows over the batch's second say data was lost; earlier ones do not.
+        let second = (T0 + 5000 - 1) / 1000;
+        assert_eq!(store.lost_requests(second, second), 2);
+        assert_eq!(store.lost_requests(second - 10, second - 1), 0);
+        // A service all of whose series were refused leaves nothing behind.
+        let mut other = key("z", Role::Unknown, 200);
+        other.service = "other".into();
+        apply(
+            &mut store,
+            batch("vm", 2, T0 + 5000, vec![(other, delta(&[1]))]),
+            now,
+        )
+        .unwrap();
         assert!(store.service("demo", "other").is_none());
-        assert_eq!(store.counters().series_rejected, 2);
+    }
+
+    #[test]
+    fn dropped_requests_mark_the_seconds_they_were_lost_in() {
+        let mut store = Store::new(config());
+        let now = T0 + 30_000;
+        // The filter lost batches covering T0+2s..T0+6s and reports them with the batch ending
+        // at T0+10s, whose start it widened to the first lost batch's.
+        let mut b = batch(
+            "vm",
+            1,
+            T0 + 10_000,
+            vec![(key("v1", Role::Stable, 200), delta(&[100]))],
+        );
+        b.start_unix_ms = T0 + 2_000;
+        b.dropped_requests = 40;
+        apply(&mut store, b, now).unwrap();
+        let s = |ms: u64| ms / 1000;
+        assert_eq!(store.lost_requests(s(T0 + 3_000), s(T0 + 3_000)), 40);
+        assert_eq!(store.lost_requests(s(T0 + 9_500), s(T0 + 20_000)), 40);
+        assert_eq!(store.lost_requests(s(T0), s(T0 + 1_999)), 0);
+        assert_eq!(store.lost_requests(s(T0 + 10_001), s(T0 + 20_000)), 0);
+        // Losses older than the window are forgotten with it.
+        store.tick(T0 + 10_000 + 601_000);
+        assert_eq!(store.lost_requests(0, u64::MAX), 0);
     }
 
     #[test]
@@ -901,7 +1109,8 @@ mod tests {
                 decoded.apply(&view, now),
                 Ok(Applied::Merged {
                     series: 12,
-                    series_rejected: 0
+                    series_folded: 0,
+                    refused_requests: 0
                 })
             );
             apply(&mut owned, series(seq), now).unwrap();
@@ -923,8 +1132,8 @@ mod tests {
             assert_eq!(summaries(d, &mut acc), summaries(o, &mut acc));
             assert_eq!(summaries(d, &mut acc)[0].1[0].requests(), 3 * 4);
         }
-        // The guard stops in the middle of a run of a new service, and refuses a whole run of
-        // an unknown service once the limit is reached.
+        // The guard folds from the middle of a run of a service on, and every request still
+        // reaches its window.
         let mut guarded = Store::new(StoreConfig {
             max_series: 6,
             ..config()
@@ -935,10 +1144,18 @@ mod tests {
             guarded.apply(&view, now),
             Ok(Applied::Merged {
                 series: 6,
-                series_rejected: 6
+                series_folded: 6,
+                refused_requests: 0
             })
         );
-        assert!(guarded.service("demo", "c").is_none());
+        let c = guarded.service("demo", "c").unwrap();
+        assert_eq!(
+            c.windows(newest, &[60], &mut acc)
+                .iter()
+                .map(|r| r.summaries[0].requests())
+                .sum::<u64>(),
+            8
+        );
     }
 
     #[test]

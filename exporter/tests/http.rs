@@ -76,6 +76,74 @@ async fn batches_are_merged_and_visible_in_stats_and_metrics() {
 }
 
 #[tokio::test]
+async fn a_full_exporter_folds_series_keeps_every_window_exact_and_says_what_it_lost() {
+    // Issue 17, item 1: at --max-series a new canary revision and its first 503 used to be
+    // refused while the batch was answered "applied".
+    let exporter = Exporter::start(&["--max-series", "1", "--max-revisions", "2"]).await;
+    let first = batch(
+        "vm-1",
+        1,
+        3000,
+        vec![series("v1", Role::Stable, 200, 90, 20_000)],
+    );
+    assert_eq!(exporter.post_batch(first.encode()).await.status, 200);
+    let full = batch(
+        "vm-1",
+        2,
+        3000,
+        vec![
+            series("v2", Role::Canary, 200, 9, 20_000),
+            series("v2", Role::Canary, 503, 1, 20_000),
+            series("v3", Role::Canary, 200, 5, 20_000),
+        ],
+    );
+    let reply = exporter.post_batch(full.encode()).await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "applied\n"));
+    // v3 is one revision too many: refused, and the answer says how many requests.
+    assert_eq!(reply.refused_requests.as_deref(), Some("5"));
+    let stats = exporter.stats(STATS).await;
+    let canary = stats["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["revision"] == "v2")
+        .expect("the new canary revision is in /v1/stats");
+    assert_eq!(
+        (canary["requests"].clone(), canary["errors"].clone()),
+        (10.into(), 1.into())
+    );
+    assert_eq!(stats["lost_requests"], 5, "{stats}");
+    // /metrics: the canary's series are folded into code "other" per class, exactly.
+    let lines = exporter.metric_lines("plover_requests_total{").await;
+    let folded = |class: &str| {
+        lines
+            .iter()
+            .find(|l| {
+                l.contains(r#"revision="v2""#)
+                    && l.contains(r#"code="other""#)
+                    && l.contains(&format!(r#"status_class="{class}""#))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    assert_eq!(
+        (folded("2xx"), folded("5xx")),
+        (Some(9.0), Some(1.0)),
+        "{lines:?}"
+    );
+    let health = exporter.metric_lines("plover_exporter_").await;
+    for expected in [
+        "plover_exporter_series_folded_total 2",
+        "plover_exporter_refused_requests_total 5",
+    ] {
+        assert!(
+            health.iter().any(|l| l == expected),
+            "{expected}: {health:?}"
+        );
+    }
+    exporter.stop().await;
+}
+
+#[tokio::test]
 async fn missing_or_wrong_tokens_get_401_and_change_nothing() {
     let exporter = Exporter::start(&[]).await;
     let body = batch(

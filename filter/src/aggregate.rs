@@ -14,6 +14,15 @@ use plover_wire::{Batch, SeriesDelta, SeriesKey};
 /// series beyond it are counted as dropped.
 pub const MAX_SERIES_PER_INTERVAL: usize = 4096;
 
+/// Most revisions named by the application's response header that one service may have at a
+/// time (in one VM): an application cannot create unbounded revisions. Requests naming a
+/// revision beyond it are counted with role `unknown` and no revision.
+pub const MAX_HEADER_REVISIONS_PER_SERVICE: usize = 16;
+
+/// How long a header-named revision stays counted against its service after its last
+/// request: the exporter's default series lifetime.
+pub const HEADER_REVISION_MEMORY_MS: u64 = 10 * 60 * 1000;
+
 /// The series seen since the last flush.
 #[derive(Debug)]
 pub struct Aggregate {
@@ -23,6 +32,9 @@ pub struct Aggregate {
     /// Requests not recorded because the series cap was hit.
     dropped_requests: u64,
     max_series: usize,
+    /// Per (namespace, service): the header-named revisions admitted, with the start of the
+    /// interval they were last seen in.
+    header_revisions: BTreeMap<(String, String), BTreeMap<String, u64>>,
 }
 
 impl Aggregate {
@@ -36,7 +48,31 @@ impl Aggregate {
             interval_start_ms: now_ms,
             dropped_requests: 0,
             max_series,
+            header_revisions: BTreeMap::new(),
         }
+    }
+
+    /// Whether a revision the application named in its response header may be counted as
+    /// such: it is one of the service's recent ones, or the service has fewer than
+    /// [`MAX_HEADER_REVISIONS_PER_SERVICE`].
+    pub fn admit_header_revision(
+        &mut self,
+        namespace: &str,
+        service: &str,
+        revision: &str,
+    ) -> bool {
+        let now = self.interval_start_ms;
+        let key = (namespace.to_owned(), service.to_owned());
+        let revisions = self.header_revisions.entry(key).or_default();
+        if let Some(seen) = revisions.get_mut(revision) {
+            *seen = now;
+            return true;
+        }
+        if revisions.len() >= MAX_HEADER_REVISIONS_PER_SERVICE {
+            return false;
+        }
+        revisions.insert(revision.to_owned(), now);
+        true
     }
 
     /// Counts one request.
@@ -80,6 +116,11 @@ impl Aggregate {
             ..Batch::default()
         };
         self.interval_start_ms = end;
+        let forget_before = end.saturating_sub(HEADER_REVISION_MEMORY_MS);
+        self.header_revisions.retain(|_, revisions| {
+            revisions.retain(|_, seen| *seen >= forget_before);
+            !revisions.is_empty()
+        });
         batch
     }
 }
@@ -173,5 +214,32 @@ mod tests {
             (2, 3, 2)
         );
         assert_eq!(agg.take_batch(2).dropped_requests, 0);
+    }
+
+    #[test]
+    fn an_application_cannot_create_unbounded_revisions() {
+        let mut agg = Aggregate::new(0);
+        for i in 0..MAX_HEADER_REVISIONS_PER_SERVICE {
+            assert!(agg.admit_header_revision("demo", "app", &format!("r{i}")));
+        }
+        assert!(!agg.admit_header_revision("demo", "app", "one-too-many"));
+        assert!(
+            agg.admit_header_revision("demo", "app", "r3"),
+            "a known one"
+        );
+        assert!(
+            agg.admit_header_revision("demo", "other", "x"),
+            "per service"
+        );
+        // Revisions not seen for the memory period make room again.
+        agg.take_batch(HEADER_REVISION_MEMORY_MS / 2);
+        assert!(agg.admit_header_revision("demo", "app", "r0"));
+        assert!(!agg.admit_header_revision("demo", "app", "new"));
+        agg.take_batch(HEADER_REVISION_MEMORY_MS + 1);
+        // r1…r15 were forgotten, r0 (seen since) was not: 15 places.
+        for i in 0..MAX_HEADER_REVISIONS_PER_SERVICE - 1 {
+            assert!(agg.admit_header_revision("demo", "app", &format!("n{i}")));
+        }
+        assert!(!agg.admit_header_revision("demo", "app", "one-too-many"));
     }
 }

@@ -146,6 +146,10 @@ impl Flusher {
         batch.dropped_requests = batch
             .dropped_requests
             .saturating_add(self.outbox.take_dropped());
+        if let Some(since) = self.outbox.take_dropped_since() {
+            // The report covers the interval the lost requests belonged to.
+            batch.start_unix_ms = batch.start_unix_ms.min(since);
+        }
         if !batch.series.is_empty() || batch.dropped_requests > 0 {
             batch.gateway = self.gateway.clone();
             let start_ns = self.start_ns;
@@ -167,14 +171,27 @@ impl Flusher {
         self.pump(now_ms, host);
     }
 
-    /// The exporter answered call `token` with `status` (`None`: no response at all).
+    /// The exporter answered call `token` with `status` (`None`: no response at all);
+    /// `refused_requests` is what a 2xx answer said it could not keep
+    /// ([`plover_wire::batch::REFUSED_REQUESTS_HEADER`]).
     pub fn on_response(
         &mut self,
         now_ms: u64,
         token: u32,
         status: Option<u16>,
+        refused_requests: u64,
         host: &impl ExporterHost,
     ) -> Shutdown {
+        if refused_requests > 0 && matches!(status, Some(200..=299)) {
+            // Counted whatever call it answers: a late answer to an expired call is the only
+            // one that says it (the batch's resend is a duplicate).
+            self.outbox.add_dropped(refused_requests);
+            self.complain(
+                "refused requests",
+                now_ms,
+                format_args!("Exporter could not keep {refused_requests} requests (its --max-revisions was reached); counted as dropped."),
+            );
+        }
         match self.outbox.answer(token, status) {
             Answer::Delivered { sequence } => {
                 log::debug!("Exporter stored batch {sequence}.");
@@ -397,7 +414,7 @@ mod tests {
         let (mut flusher, mut aggregate, host) = setup("{}");
         traffic(&mut aggregate, 1);
         flusher.on_tick(1_000, &mut aggregate, &host);
-        flusher.on_response(1_001, host.last().0, Some(200), &host);
+        flusher.on_response(1_001, host.last().0, Some(200), 0, &host);
         traffic(&mut aggregate, 1);
         flusher.on_tick(2_000, &mut aggregate, &host);
         let (_, second) = host.last();
@@ -413,7 +430,7 @@ mod tests {
             flusher.on_tick(now, &mut aggregate, &host);
             let (token, batch) = host.last();
             assert_eq!(batch.sequence, 1);
-            flusher.on_response(now + 10, token, Some(503), &host);
+            flusher.on_response(now + 10, token, Some(503), 0, &host);
         }
         assert_eq!((host.calls(), flusher.queued()), (3, 3));
         // It comes back: each 2xx sends the next batch immediately.
@@ -422,7 +439,7 @@ mod tests {
         let mut delivered = Vec::new();
         while let Some((token, batch)) = (flusher.queued() > 0).then(|| host.last()) {
             delivered.push((batch.sequence, batch.requests()));
-            flusher.on_response(4_001, token, Some(200), &host);
+            flusher.on_response(4_001, token, Some(200), 0, &host);
         }
         assert_eq!(delivered, [(1, 1), (2, 2), (3, 3), (4, 4)]);
         assert_eq!(host.calls(), 3 + 4);
@@ -443,7 +460,7 @@ mod tests {
         let (mut flusher, mut aggregate, host) = setup("{}");
         traffic(&mut aggregate, 5);
         flusher.on_tick(1_000, &mut aggregate, &host);
-        flusher.on_response(1_001, host.last().0, Some(413), &host);
+        flusher.on_response(1_001, host.last().0, Some(413), 0, &host);
         assert_eq!(flusher.queued(), 0);
         // Even without new traffic the loss is reported.
         flusher.on_tick(2_000, &mut aggregate, &host);
@@ -456,6 +473,26 @@ mod tests {
             ),
             (2, 5, 0)
         );
+        // The report spans the interval the lost batch covered, not only its own second.
+        assert!(report.start_unix_ms < 1_000, "{}", report.start_unix_ms);
+    }
+
+    #[test]
+    fn requests_the_exporter_could_not_keep_are_reported_as_dropped() {
+        let (mut flusher, mut aggregate, host) = setup("{}");
+        traffic(&mut aggregate, 5);
+        flusher.on_tick(1_000, &mut aggregate, &host);
+        flusher.on_response(1_001, host.last().0, Some(200), 3, &host);
+        flusher.on_tick(2_000, &mut aggregate, &host);
+        assert_eq!(host.last().1.dropped_requests, 3);
+        // Only a 2xx answer's count means anything.
+        traffic(&mut aggregate, 1);
+        let token = host.last().0;
+        flusher.on_response(2_001, token, Some(200), 0, &host);
+        flusher.on_tick(3_000, &mut aggregate, &host);
+        flusher.on_response(3_001, host.last().0, Some(503), 7, &host);
+        flusher.on_tick(4_000, &mut aggregate, &host);
+        assert_eq!(host.last().1.dropped_requests, 0);
     }
 
     #[test]
@@ -485,7 +522,7 @@ mod tests {
             while flusher.queued() > 0 {
                 let (token, batch) = host.last();
                 seen.push((batch.sequence, batch.requests(), batch.dropped_requests));
-                flusher.on_response(now + 1, token, Some(200), &host);
+                flusher.on_response(now + 1, token, Some(200), 0, &host);
             }
         }
         // Batch 3 evicted batch 1; batch 4 (no traffic, only batch 1's loss) evicted batch 2,
@@ -499,7 +536,7 @@ mod tests {
         // One batch waits from an outage; the open interval has three more requests.
         traffic(&mut aggregate, 2);
         flusher.on_tick(1_000, &mut aggregate, &host);
-        flusher.on_response(1_001, host.last().0, Some(503), &host);
+        flusher.on_response(1_001, host.last().0, Some(503), 0, &host);
         traffic(&mut aggregate, 3);
         assert_eq!(
             flusher.on_done(1_500, &mut aggregate, &host),
@@ -509,7 +546,7 @@ mod tests {
         loop {
             let (token, batch) = host.last();
             delivered.push((batch.sequence, batch.requests()));
-            if flusher.on_response(1_501, token, Some(200), &host) == Shutdown::Finished {
+            if flusher.on_response(1_501, token, Some(200), 0, &host) == Shutdown::Finished {
                 break;
             }
         }
@@ -533,7 +570,7 @@ mod tests {
             Shutdown::Pending
         );
         assert_eq!(
-            flusher.on_response(1_001, host.last().0, None, &host),
+            flusher.on_response(1_001, host.last().0, None, 0, &host),
             Shutdown::Finished
         );
         // Outside a shutdown an answer never finishes anything.
@@ -541,7 +578,7 @@ mod tests {
         traffic(&mut aggregate, 1);
         flusher.on_tick(1_000, &mut aggregate, &host);
         assert_eq!(
-            flusher.on_response(1_001, host.last().0, Some(200), &host),
+            flusher.on_response(1_001, host.last().0, Some(200), 0, &host),
             Shutdown::Pending
         );
     }

@@ -157,14 +157,19 @@ impl Context for Root {
         _body: usize,
         _trailers: usize,
     ) {
-        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| s.parse().ok());
+        let header = |name: &str| {
+            hostcalls::get_map_value(MapType::HttpCallResponseHeaders, name)
+                .ok()
+                .flatten()
+        };
+        let status = header(":status").and_then(|s| s.parse().ok());
+        let refused = header(plover_wire::batch::REFUSED_REQUESTS_HEADER)
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
         let Some(flusher) = self.flusher.as_mut() else {
             return;
         };
-        if flusher.on_response(now_ms(), token, status, &Envoy) == Shutdown::Finished {
+        if flusher.on_response(now_ms(), token, status, refused, &Envoy) == Shutdown::Finished {
             // The last batch of a VM being shut down is answered: Envoy may delete it.
             let _ = hostcalls::done();
         }

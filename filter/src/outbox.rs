@@ -45,6 +45,8 @@ pub struct Pending {
     /// Requests whose data is lost if this batch is dropped: its own requests plus the dropped
     /// count it carries (that report would be lost too).
     pub requests: u64,
+    /// Start of the interval those requests belong to (Unix ms).
+    pub start_unix_ms: u64,
 }
 
 /// What happened to a batch that was dropped without being delivered.
@@ -84,8 +86,12 @@ pub struct Outbox {
     next_sequence: u64,
     /// Requests dropped since the last batch was sealed.
     dropped_requests: u64,
+    /// Start of the earliest interval those dropped requests belong to, when known.
+    dropped_since_ms: Option<u64>,
     /// The front batch's call, if one is outstanding.
     in_flight: Option<InFlight>,
+    /// The front batch was dispatched at least once (only the front is ever sent).
+    front_sent: bool,
 }
 
 impl Outbox {
@@ -97,7 +103,9 @@ impl Outbox {
             max_bytes: limits.max_bytes,
             next_sequence: 1,
             dropped_requests: 0,
+            dropped_since_ms: None,
             in_flight: None,
+            front_sent: false,
         }
     }
 
@@ -110,6 +118,23 @@ impl Outbox {
     /// Takes the count the next batch must report as `dropped_requests`.
     pub fn take_dropped(&mut self) -> u64 {
         std::mem::take(&mut self.dropped_requests)
+    }
+
+    /// Takes the start of the earliest interval whose requests were dropped since the last
+    /// batch was sealed: the next batch's interval is widened back to it, so the exporter
+    /// marks the seconds the loss belongs to, not only the report's.
+    pub fn take_dropped_since(&mut self) -> Option<u64> {
+        self.dropped_since_ms.take()
+    }
+
+    /// Counts a dropped batch: its requests, and the interval they belong to.
+    fn drop_batch(&mut self, sequence: u64, requests: u64, start_unix_ms: u64) -> Dropped {
+        self.add_dropped(requests);
+        self.dropped_since_ms = Some(
+            self.dropped_since_ms
+                .map_or(start_unix_ms, |since| since.min(start_unix_ms)),
+        );
+        Dropped { sequence, requests }
     }
 
     /// Counts requests lost elsewhere (e.g. the aggregate's series cap) for the next batch.
@@ -126,32 +151,34 @@ impl Outbox {
             sequence: batch.sequence,
             body: batch.encode(),
             requests: batch.requests().saturating_add(batch.dropped_requests),
+            start_unix_ms: batch.start_unix_ms,
         };
         if pending.body.len() > self.max_bytes {
-            let dropped = Dropped {
-                sequence: pending.sequence,
-                requests: pending.requests,
-            };
-            self.add_dropped(dropped.requests);
-            return vec![dropped];
+            return vec![self.drop_batch(
+                pending.sequence,
+                pending.requests,
+                pending.start_unix_ms,
+            )];
         }
         self.queued_bytes += pending.body.len();
         self.queue.push_back(pending);
 
         let mut dropped = Vec::new();
         while self.queue.len() > self.max_batches || self.queued_bytes > self.max_bytes {
-            // The oldest batch that is not in flight: an in-flight batch may still be stored,
-            // and counting it as dropped too would count its requests twice.
-            let oldest = usize::from(self.in_flight.is_some());
+            // The oldest batch never sent. A batch sent once may be stored by the exporter
+            // however its call ended (a call Envoy timed out can still be applied when the
+            // exporter resumes), so counting it as dropped could count its requests twice; it
+            // stays at the front until an answer settles it (stored, duplicate or refused).
+            let oldest = usize::from(self.front_sent);
             let Some(evicted) = self.queue.remove(oldest) else {
                 break;
             };
             self.queued_bytes -= evicted.body.len();
-            self.add_dropped(evicted.requests);
-            dropped.push(Dropped {
-                sequence: evicted.sequence,
-                requests: evicted.requests,
-            });
+            dropped.push(self.drop_batch(
+                evicted.sequence,
+                evicted.requests,
+                evicted.start_unix_ms,
+            ));
         }
         dropped
     }
@@ -171,6 +198,7 @@ impl Outbox {
                 token,
                 sent_ms: now_ms,
             });
+            self.front_sent = true;
         }
     }
 
@@ -191,9 +219,9 @@ impl Outbox {
                 Answer::Delivered { sequence }
             }
             Verdict::Refused => {
+                let start_unix_ms = front.start_unix_ms;
                 let requests = self.pop_front();
-                self.add_dropped(requests);
-                Answer::Refused(Dropped { sequence, requests })
+                Answer::Refused(self.drop_batch(sequence, requests, start_unix_ms))
             }
         }
     }
@@ -224,6 +252,7 @@ impl Outbox {
     }
 
     fn pop_front(&mut self) -> u64 {
+        self.front_sent = false;
         match self.queue.pop_front() {
             Some(p) => {
                 self.queued_bytes -= p.body.len();
@@ -464,5 +493,62 @@ mod tests {
             outbox.answer(2, Some(200)),
             Answer::Delivered { sequence: 1 }
         );
+    }
+
+    #[test]
+    fn a_batch_sent_once_is_never_evicted_even_after_its_call_timed_out() {
+        // The exporter hangs past the callout timeout: the call ends without an answer, yet the
+        // exporter may apply the batch when it resumes. Evicting it then would report its
+        // requests as dropped although they were stored (issue 17, item 2).
+        let mut outbox = Outbox::new(&limits(2, 1 << 20));
+        push(&mut outbox, 1);
+        send(&mut outbox, 1);
+        assert_eq!(outbox.answer(1, None), Answer::Retry { sequence: 1 });
+        push(&mut outbox, 2);
+        assert_eq!(
+            push(&mut outbox, 3),
+            [Dropped {
+                sequence: 2,
+                requests: 2
+            }]
+        );
+        // The same after a lost call expired.
+        outbox.sent(2, 0);
+        assert!(outbox.expire(60_000, 5_000));
+        assert_eq!(
+            push(&mut outbox, 4),
+            [Dropped {
+                sequence: 3,
+                requests: 3
+            }]
+        );
+        assert_eq!(send(&mut outbox, 3), 1);
+        assert_eq!(
+            outbox.answer(3, Some(200)),
+            Answer::Delivered { sequence: 1 }
+        );
+        // Only never-sent batches were counted, 2 + 3 requests, not batch 1's: batch 4 carries
+        // the 2, the next batch the 3.
+        let next = Batch::decode(&outbox.ready().unwrap().body).unwrap();
+        assert_eq!((next.sequence, next.dropped_requests), (4, 2));
+        assert_eq!(outbox.take_dropped(), 3);
+    }
+
+    #[test]
+    fn a_drop_report_spans_the_interval_the_lost_requests_belong_to() {
+        let mut outbox = Outbox::new(&limits(1, 1 << 20));
+        let at = |outbox: &mut Outbox, start: u64| {
+            let mut b = batch(1);
+            b.start_unix_ms = start;
+            b.end_unix_ms = start + 1_000;
+            b.dropped_requests = outbox.take_dropped();
+            outbox.push(&mut b)
+        };
+        assert_eq!(outbox.take_dropped_since(), None);
+        at(&mut outbox, 10_000);
+        at(&mut outbox, 11_000); // drops the batch of 10 s
+        at(&mut outbox, 12_000); // drops the one of 11 s, which carried the first drop
+        assert_eq!(outbox.take_dropped_since(), Some(10_000));
+        assert_eq!(outbox.take_dropped_since(), None);
     }
 }

@@ -175,6 +175,7 @@ pub(crate) mod tests {
             role: Role::Canary,
             revision: "v2".into(),
             tag: "canary/v2".into(),
+            from_header: false,
         }
     }
 

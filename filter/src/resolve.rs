@@ -31,6 +31,9 @@ pub struct Resolution {
     pub revision: String,
     /// `role/revision` for the tagging headers; empty when the revision is unknown.
     pub tag: String,
+    /// The revision is the one the application named in its response header (bounded per
+    /// service by the aggregate, since applications choose these values).
+    pub from_header: bool,
 }
 
 impl Resolution {
@@ -46,6 +49,7 @@ impl Resolution {
             role,
             revision: revision.to_owned(),
             tag,
+            from_header: false,
         }
     }
 
@@ -58,8 +62,9 @@ impl Resolution {
         )
     }
 
-    /// The same service with an unknown role and revision.
-    fn unknown(&self) -> Resolution {
+    /// The same service with an unknown role and revision (also what a header-named revision
+    /// over the aggregate's limit is counted as).
+    pub fn unknown(&self) -> Resolution {
         Resolution::new(&self.namespace, &self.service, Role::Unknown, "")
     }
 }
@@ -224,7 +229,10 @@ impl RevisionResolver {
         if let Some(hit) = self.by_header.get(&key) {
             return Rc::clone(hit);
         }
-        let resolved = Rc::new(compute(base, revision));
+        let resolved = Rc::new(Resolution {
+            from_header: true,
+            ..compute(base, revision)
+        });
         if self.by_header.len() >= CACHE_LIMIT {
             self.by_header.clear();
         }

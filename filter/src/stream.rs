@@ -233,8 +233,18 @@ impl Stream {
             }
         };
         let completion = plugin.completion(host, self.grpc);
-        let key = completion.series_key(&resolution);
         if let Ok(mut aggregate) = plugin.aggregate.try_borrow_mut() {
+            let over_limit = resolution.from_header
+                && !aggregate.admit_header_revision(
+                    &resolution.namespace,
+                    &resolution.service,
+                    &resolution.revision,
+                );
+            let key = if over_limit {
+                completion.series_key(&resolution.unknown())
+            } else {
+                completion.series_key(&resolution)
+            };
             aggregate.record(
                 key,
                 completion.duration_micros(),
@@ -574,6 +584,37 @@ pub(crate) mod tests {
         let host = MockHost::request("stable", 200);
         run(&plugin, &host);
         assert_eq!(flush(&aggregate).series[0].0.role, Role::Stable);
+    }
+
+    #[test]
+    fn an_application_naming_many_revisions_gets_the_rest_counted_as_unknown() {
+        // Issue 17, item 1: the header source must not let an application create unbounded
+        // revisions.
+        let json = CONFIG.replacen(
+            '{',
+            r#"{"sources": ["response_header", "cluster"], "response_header": {"name": "x-app-revision"},"#,
+            1,
+        );
+        let (plugin, aggregate) = plugin(&json);
+        let limit = crate::aggregate::MAX_HEADER_REVISIONS_PER_SERVICE;
+        for i in 0..limit + 4 {
+            let host =
+                MockHost::request("unmatched", 200).with_header("x-app-revision", &format!("r{i}"));
+            run(&plugin, &host);
+        }
+        let batch = flush(&aggregate);
+        let named = batch.series.iter().filter(|(k, _)| !k.revision.is_empty());
+        assert_eq!(named.count(), limit);
+        let unknown: Vec<_> = batch
+            .series
+            .iter()
+            .filter(|(k, _)| k.revision.is_empty())
+            .collect();
+        assert_eq!(unknown.len(), 1);
+        assert_eq!(
+            (unknown[0].0.role, unknown[0].1.requests),
+            (Role::Unknown, 4)
+        );
     }
 
     #[test]

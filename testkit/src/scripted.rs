@@ -147,6 +147,7 @@ pub fn steady_exporter(canary: (u64, u64), stable: (u64, u64)) -> Handler {
                 revision("reviews-v2", "canary", canary),
                 revision("reviews-v1", "stable", stable),
             ],
+            lost_requests: 0,
         })
         .unwrap();
         (200, "application/json", body)

@@ -30,6 +30,10 @@ pub const VERSION: u8 = 1;
 pub const CONTENT_TYPE: &str = "application/vnd.plover.batch.v1";
 /// Path the exporter receives batches on.
 pub const INGEST_PATH: &str = "/v1/batches";
+/// Header of a 2xx answer to a batch: how many of its requests the exporter could not keep
+/// (new revisions beyond its limit). The filter counts them as dropped, so the loss is
+/// reported like any other.
+pub const REFUSED_REQUESTS_HEADER: &str = "x-plover-refused-requests";
 /// Largest encoded batch any party accepts.
 pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Most series in one batch.

@@ -54,6 +54,12 @@ pub struct StatsResponse {
     /// End of the window, Unix milliseconds.
     pub as_of_unix_ms: u64,
     pub revisions: Vec<RevisionStats>,
+    /// Requests known lost that may belong to this window, of any service: dropped by a
+    /// gateway (its buffer was full, the exporter refused a batch) or refused by the exporter
+    /// (`--max-revisions`). When not zero the counts above are incomplete, and a judge must
+    /// not take them as the whole truth. Absent (0) from exporters older than this field.
+    #[serde(default)]
+    pub lost_requests: u64,
 }
 
 impl StatsResponse {

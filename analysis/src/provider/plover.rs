@@ -156,6 +156,17 @@ pub fn evaluate(spec: &PloverSpec, answer: &StatsResponse) -> Result<Outcome, Pr
             ),
         );
     };
+    if answer.lost_requests > 0 {
+        // Counts with known losses in their window are never a clean number.
+        return Ok(Outcome::Decided {
+            phase: Phase::Inconclusive,
+            text: String::new(),
+            message: format!(
+                "data incomplete: {} requests lost (dropped by a gateway or refused by the exporter) may belong to the last {window}, so its counts are not judged",
+                answer.lost_requests
+            ),
+        });
+    }
     if r.requests < spec.min_requests {
         return no_data(
             spec,
@@ -237,6 +248,29 @@ mod tests {
         assert_eq!(v(&stable, &answer(100, 2)), 900.0);
         stable.revision = "v2".into();
         assert_eq!(v(&stable, &answer(100, 2)), 100.0);
+    }
+
+    #[test]
+    fn counts_with_known_losses_are_inconclusive_never_a_clean_number() {
+        // Issue 17, item 1: the exporter says requests were lost in the window.
+        let mut incomplete = answer(1_000, 0);
+        incomplete.lost_requests = 12;
+        for s in [
+            spec(PloverQuantity::SuccessRate),
+            PloverSpec {
+                no_data: NoData::Successful,
+                ..spec(PloverQuantity::ErrorRate)
+            },
+        ] {
+            let Outcome::Decided { phase, message, .. } = evaluate(&s, &incomplete).unwrap() else {
+                panic!()
+            };
+            assert_eq!(phase, Phase::Inconclusive);
+            assert!(
+                message.starts_with("data incomplete: 12 requests lost (dropped by a gateway or refused by the exporter) may belong to the last 30s"),
+                "{message}"
+            );
+        }
     }
 
     #[test]

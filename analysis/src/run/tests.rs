@@ -575,3 +575,32 @@ fn a_whole_run_with_defaults_ends_on_the_first_failure_or_the_fifth_error() {
     assert_eq!(run.assess(now), Error);
     assert_eq!(run.message(), "Metric \"success-rate\" assessed Error due to consecutiveErrors (5) > consecutiveErrorLimit (4)");
 }
+
+#[test]
+fn a_resumed_run_keeps_its_counts_limits_and_schedule() {
+    // Issue 17, item 5: a restart used to start the run over (4 successful → 1, and a
+    // failureLimit's allowance back).
+    let p = plan(|p| {
+        p.failure_limit = 1;
+        p.interval = Some(secs(60));
+    });
+    let kept = result(&p, Failed, |r| {
+        r.successful = 4;
+        r.failed = 1;
+        r.count = 5;
+    });
+    let mut run = Run::resume(vec![p.clone()], RunOptions::default(), t0(), &[kept]);
+    assert_eq!(run.assess(t0() + secs(1)), Running);
+    // The next measurement is due an interval after the kept one, not at once.
+    assert!(run.due(t0() + secs(30)).is_empty());
+    assert_eq!(run.due(t0() + secs(60)), vec![0]);
+    run.record(0, measurement(Successful, t0() + secs(60)));
+    assert_eq!(run.results()[0].successful, 5);
+    // The allowance was spent before the restart: the next failure fails the metric.
+    run.record(0, measurement(Failed, t0() + secs(120)));
+    assert_eq!(run.assess(t0() + secs(120)), Failed);
+    assert_eq!(run.results()[0].failed, 2);
+    // A metric not kept starts fresh.
+    let fresh = Run::resume(vec![plan(|_| {})], RunOptions::default(), t0(), &[]);
+    assert_eq!(fresh.results()[0].count, 0);
+}

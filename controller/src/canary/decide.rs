@@ -65,6 +65,9 @@ pub struct TrafficObservation {
     pub canary_requests: u64,
     /// Requests of all revisions in the window.
     pub requests: u64,
+    /// Requests the exporter knows were lost (dropped by a gateway, refused by the exporter)
+    /// that may belong to the window: when not zero the counts are incomplete.
+    pub lost_requests: u64,
 }
 
 impl TrafficObservation {
@@ -1007,6 +1010,10 @@ fn set_weight_step(b: &mut Builder<'_, '_>, plan: &Plan, weight: u32) -> bool {
     let verdict = match b.obs.traffic {
         None => Err(format!("no answer from the exporter at {}", check.exporter)),
         Some(_) if !window_full => Err("waiting for a full window of traffic after the weight change".to_owned()),
+        Some(t) if t.lost_requests > 0 => Err(format!(
+            "{} requests lost (dropped by a gateway or refused by the exporter) may belong to the last {window}s: the split is not judged on incomplete counts",
+            t.lost_requests
+        )),
         Some(t) if t.requests < min_requests => {
             Err(format!("{} requests in the last {window}s, fewer than minRequests {min_requests}", t.requests))
         }

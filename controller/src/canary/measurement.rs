@@ -16,7 +16,8 @@ use plover_sequential::{
 };
 
 use super::status::{
-    AnalysisPhase, Comparison, EvidenceDecision, EvidenceStatus, MeasurementStatus, MetricStatus,
+    AnalysisPhase, AnalysisRunStatus, Comparison, EvidenceDecision, EvidenceStatus,
+    MeasurementStatus, MetricCounts, MetricStatus,
 };
 use plover_analysis::{
     provider::plover::vs_stable::EvidenceRecord,
@@ -134,6 +135,57 @@ pub fn metric_statuses(results: &[MetricResult], analysis: &Analysis) -> Vec<Met
                 latest: r
                     .last_measurement()
                     .map(|m| measurement_status(m, spec, &redact)),
+                counts: MetricCounts {
+                    count: r.count,
+                    successful: r.successful,
+                    failed: r.failed,
+                    inconclusive: r.inconclusive,
+                    error: r.error,
+                    consecutive_error: r.consecutive_error,
+                    consecutive_success: r.consecutive_success,
+                },
+            }
+        })
+        .collect()
+}
+
+/// What a run's status kept of its metrics, for the engine to resume the run from
+/// ([`plover_analysis::run::Run::resume`]): counters, phase and the latest measurement (its
+/// phase, value, message and time; a judge's statistics are not carried back, the judge starts
+/// a fresh test).
+pub fn kept_results(run: &AnalysisRunStatus) -> Vec<MetricResult> {
+    run.metrics
+        .iter()
+        .map(|m| {
+            let c = m.counts;
+            let latest = m.latest.as_ref().map(|l| {
+                let at = l
+                    .measured_at
+                    .as_ref()
+                    .map_or(SystemTime::UNIX_EPOCH, |t| SystemTime::from(t.0));
+                Measurement {
+                    phase: l.phase,
+                    value: l.value.clone().unwrap_or_default(),
+                    message: l.message.clone(),
+                    evidence: None,
+                    started_at: at,
+                    finished_at: at,
+                }
+            });
+            MetricResult {
+                name: m.name.clone(),
+                phase: m.phase,
+                message: None,
+                reason: None,
+                measurements: latest.into_iter().collect(),
+                count: c.count,
+                successful: c.successful,
+                failed: c.failed,
+                inconclusive: c.inconclusive,
+                error: c.error,
+                consecutive_error: c.consecutive_error,
+                consecutive_success: c.consecutive_success,
+                dry_run: false,
             }
         })
         .collect()

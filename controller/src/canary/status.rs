@@ -91,6 +91,36 @@ pub struct MetricStatus {
     pub phase: AnalysisPhase,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latest: Option<MeasurementStatus>,
+    /// The metric's counters (Argo's metric result), kept so that a run the controller
+    /// restarts in the middle goes on from them instead of starting over.
+    #[serde(default, skip_serializing_if = "MetricCounts::is_empty")]
+    pub counts: MetricCounts,
+}
+
+/// A metric's measurement counters: `count` is every non-Error measurement.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricCounts {
+    #[serde(default)]
+    pub count: u32,
+    #[serde(default)]
+    pub successful: u32,
+    #[serde(default)]
+    pub failed: u32,
+    #[serde(default)]
+    pub inconclusive: u32,
+    #[serde(default)]
+    pub error: u32,
+    #[serde(default)]
+    pub consecutive_error: u32,
+    #[serde(default)]
+    pub consecutive_success: u32,
+}
+
+impl MetricCounts {
+    pub fn is_empty(&self) -> bool {
+        *self == MetricCounts::default()
+    }
 }
 
 /// The latest measurement of a metric.

@@ -527,6 +527,7 @@ NAME                                KIND         STATUS          INFO
             name: name.into(),
             phase,
             latest,
+            counts: Default::default(),
         };
         status.step_analysis = Some(AnalysisRunStatus {
             name: "podinfo-9f8e7d6c5b-0-step1".into(),

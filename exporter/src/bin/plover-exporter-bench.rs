@@ -290,7 +290,8 @@ fn ingest(args: &Args) -> IngestFigures {
             assert!(matches!(
                 applied,
                 Ok(Applied::Merged {
-                    series_rejected: 0,
+                    series_folded: 0,
+                    refused_requests: 0,
                     ..
                 })
             ));

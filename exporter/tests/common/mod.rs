@@ -131,6 +131,8 @@ pub struct Reply {
     pub status: u16,
     pub content_type: String,
     pub body: String,
+    /// `x-plover-refused-requests`, if the exporter set it.
+    pub refused_requests: Option<String>,
 }
 
 pub async fn send(addr: SocketAddr, request: Request<Full<Bytes>>) -> Reply {
@@ -156,10 +158,16 @@ pub async fn try_send(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
+    let refused_requests = response
+        .headers()
+        .get(plover_wire::batch::REFUSED_REQUESTS_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body = response.into_body().collect().await?.to_bytes();
     Ok(Reply {
         status,
         content_type,
+        refused_requests,
         body: String::from_utf8_lossy(&body).into_owned(),
     })
 }

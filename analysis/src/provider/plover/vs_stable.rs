@@ -299,6 +299,20 @@ where
             None
         }
     };
+    // Requests known lost may belong to these seconds: their counts are not the whole truth,
+    // so they are skipped (which keeps the test valid) rather than judged.
+    let consumed = match consumed {
+        Some(_) if answer.lost_requests > 0 => {
+            let window_ms = answer.window_seconds.saturating_mul(1000);
+            state.skipped_ms = state.skipped_ms.saturating_add(window_ms);
+            notes.push(format!(
+                "data incomplete: {} requests lost (dropped by a gateway or refused by the exporter) may belong to these {}s, which were skipped, not judged",
+                answer.lost_requests, answer.window_seconds
+            ));
+            None
+        }
+        other => other,
+    };
     state.cursor.advance(answer.as_of_unix_ms, sent, received);
     let first = fit == Fit::First;
     let interval = consumed.unwrap_or_default();
@@ -530,6 +544,8 @@ mod tests {
         /// Per-second latency histograms of canary and stable, if latency is served.
         latency: Option<(Histogram, Histogram)>,
         canary_revision: String,
+        /// `lost_requests` of the next answers.
+        lost: u64,
     }
 
     impl Exporter {
@@ -543,6 +559,7 @@ mod tests {
                 asked: Vec::new(),
                 latency: None,
                 canary_revision: "canary-rev".into(),
+                lost: 0,
             }))
         }
 
@@ -586,6 +603,7 @@ mod tests {
                     revision("canary", self.canary, c),
                     revision("stable", self.stable, st),
                 ],
+                lost_requests: self.lost,
                 ..Default::default()
             })
         }
@@ -687,6 +705,29 @@ mod tests {
         );
         // The next look lines up again after the skipped stretch.
         exporter.borrow_mut().widen = 0;
+        exporter.borrow_mut().clock_ms += 5_000;
+        let (_, v, _) = record(&look_at(&mut state, &s, &exporter, 0).await);
+        assert_eq!(v["canaryRequests"], 150);
+    }
+
+    #[tokio::test]
+    async fn seconds_with_known_losses_are_skipped_not_judged() {
+        // Issue 17, item 1: the exporter says requests were lost in the window.
+        let s = spec(serde_json::json!({}));
+        let mut state = JudgeState::new(&s);
+        let exporter = Exporter::new((10, 0), (90, 1));
+        look_at(&mut state, &s, &exporter, 0).await;
+        exporter.borrow_mut().clock_ms += 10_000;
+        exporter.borrow_mut().lost = 7;
+        let (phase, v, message) = record(&look_at(&mut state, &s, &exporter, 0).await);
+        assert_eq!(v["canaryRequests"], 100, "only the first look: {v}");
+        assert_eq!(v["skippedSeconds"], 10.0);
+        assert!(
+            message.contains("data incomplete: 7 requests lost (dropped by a gateway or refused by the exporter) may belong to these 10s, which were skipped, not judged"),
+            "{message}"
+        );
+        assert_eq!(phase, Phase::Inconclusive);
+        exporter.borrow_mut().lost = 0;
         exporter.borrow_mut().clock_ms += 5_000;
         let (_, v, _) = record(&look_at(&mut state, &s, &exporter, 0).await);
         assert_eq!(v["canaryRequests"], 150);
