@@ -101,6 +101,20 @@ fn pip_install(package: &str) -> Result<(), String> {
 }
 
 /// rustup components (`rustfmt`, `clippy`), added with rustup when cargo lacks them.
+/// `cargo fuzz`, installed from crates.io when missing (once: it stays in `~/.cargo/bin`).
+pub fn cargo_fuzz() -> Result<(), String> {
+    let present = Command::new(crate::cargo_bin())
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(());
+    }
+    println!("xtask: installing cargo-fuzz");
+    run(Command::new(crate::cargo_bin()).args(["install", "cargo-fuzz", "--locked"]))
+        .map_err(|e| format!("{e}: cargo-fuzz could not be installed from crates.io"))
+}
+
 pub fn rust_components(components: &[&str]) -> Result<(), String> {
     let missing: Vec<&str> = components
         .iter()

@@ -13,12 +13,15 @@
 //! - `demo`: the local demo (Envoy + filter, exporter, Prometheus, controller in local mode,
 //!   load) running a healthy and a bad release.
 //! - `bench filter|exporter|judge|decisions`: figures measured side by side in one run.
+//! - `fuzz [--seconds N] [TARGET…]`: the `cargo fuzz` targets of `fuzz/` (a short run of each is
+//!   part of `test`).
 //!
 //! Only the standard library: this crate must build in seconds on a fresh machine.
 
 mod bench;
 mod cluster;
 mod demo;
+mod fuzz;
 mod install;
 mod istio;
 mod wasm;
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         ["bench", "exporter", rest @ ..] => bench::exporter(rest),
         ["bench", "judge", rest @ ..] => bench::judge(rest),
         ["bench", "decisions", rest @ ..] => demo::bench_decisions(rest),
+        ["fuzz", rest @ ..] => fuzz::run_targets(rest),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -101,7 +105,11 @@ fn test(extra: &[&str]) -> Result<(), String> {
         .env("PLOVER_ENVOY", &envoy)
         .env("PLOVER_CLUSTER_TOOLS", &cluster.dir)
         .env("PLOVER_ISTIO_TOOLS", &istio.dir);
-    run(&mut cargo)
+    run(&mut cargo)?;
+    if extra.is_empty() {
+        fuzz::run_targets(&[])?;
+    }
+    Ok(())
 }
 
 /// `cargo fmt --check` (one `rustfmt.toml` for the workspace) and clippy on the crates that sit
