@@ -199,15 +199,11 @@ pub struct Totals {
 }
 
 impl Totals {
-    /// Adds one look (events clamped to trials) and returns its conditional table with the
-    /// canary's events, or `None` when the look carries no information.
-    fn add(
-        &mut self,
-        canary_trials: u64,
-        canary_events: u64,
-        stable_trials: u64,
-        stable_events: u64,
-    ) -> Option<(ConditionalTable, u64)> {
+    /// Adds one look, `[canary trials, canary events, stable trials, stable events]` (events
+    /// clamped to trials), and updates `mixtures` with its conditional likelihood, unless the
+    /// look carries no information.
+    fn observe(&mut self, counts: [u64; 4], mixtures: &mut [&mut Mixture]) {
+        let [canary_trials, canary_events, stable_trials, stable_events] = counts;
         let canary_events = canary_events.min(canary_trials);
         let stable_events = stable_events.min(stable_trials);
         self.canary_trials = self.canary_trials.saturating_add(canary_trials);
@@ -215,7 +211,11 @@ impl Totals {
         self.stable_trials = self.stable_trials.saturating_add(stable_trials);
         self.stable_events = self.stable_events.saturating_add(stable_events);
         let events = canary_events.saturating_add(stable_events);
-        ConditionalTable::new(canary_trials, stable_trials, events).map(|t| (t, canary_events))
+        if let Some(table) = ConditionalTable::new(canary_trials, stable_trials, events) {
+            for mixture in mixtures {
+                mixture.update(&table, canary_events);
+            }
+        }
     }
 
     /// These counts multiplied by `scale`, rounded: (canary trials, events, stable trials,
@@ -279,13 +279,9 @@ impl OddsTest {
         stable_trials: u64,
         stable_events: u64,
     ) {
-        if let Some((table, canary_events)) =
-            self.totals
-                .add(canary_trials, canary_events, stable_trials, stable_events)
-        {
-            self.fail.update(&table, canary_events);
-            self.pass.update(&table, canary_events);
-        }
+        let counts = [canary_trials, canary_events, stable_trials, stable_events];
+        self.totals
+            .observe(counts, &mut [&mut self.fail, &mut self.pass]);
     }
 
     /// The decision this test would reach after one more look of `scale` × the counts so far
@@ -351,12 +347,8 @@ impl LowerOddsTest {
         stable_trials: u64,
         stable_events: u64,
     ) {
-        if let Some((table, canary_events)) =
-            self.totals
-                .add(canary_trials, canary_events, stable_trials, stable_events)
-        {
-            self.mixture.update(&table, canary_events);
-        }
+        let counts = [canary_trials, canary_events, stable_trials, stable_events];
+        self.totals.observe(counts, &mut [&mut self.mixture]);
     }
 
     /// log of the mixture likelihood ratio against the null.

@@ -64,7 +64,9 @@ pub fn run_targets(args: &[&str]) -> Result<(), String> {
                 "-print_final_stats=1",
             ]))
         .map_err(|e| {
-            format!("{e}: fuzz target {target} found a failing input (see fuzz/artifacts/{target}/)")
+            format!(
+                "{e}: fuzz target {target} found a failing input (see fuzz/artifacts/{target}/)"
+            )
         })?;
     }
     Ok(())
