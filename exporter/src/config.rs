@@ -77,6 +77,17 @@ pub struct Args {
     #[arg(long, env = "PLOVER_EXPORTER_WINDOWS", default_value = "30s,1m,5m")]
     pub windows: String,
 
+    /// One plover_requests_total series per status code (`true`), or per status class only
+    /// (`false`: no `code` and `grpc_status` labels; several times fewer series for users whose
+    /// queries and alerts use classes).
+    #[arg(
+        long,
+        env = "PLOVER_EXPORTER_SERIES_PER_CODE",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub series_per_code: bool,
+
     /// Upper bounds, in seconds, of the plover_request_duration_seconds buckets.
     #[arg(
         long,
@@ -109,6 +120,8 @@ pub struct Config {
     pub max_batch_bytes: usize,
     /// Window lengths for the /metrics gauges, in seconds, ascending, each at most the window.
     pub windows: Vec<u64>,
+    /// `--series-per-code`.
+    pub series_per_code: bool,
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
     pub store: StoreConfig,
@@ -248,6 +261,7 @@ impl Config {
             auth,
             max_batch_bytes: args.max_batch_bytes,
             windows,
+            series_per_code: args.series_per_code,
             shutdown_timeout,
             log_format: args.log_format,
             store: StoreConfig {

@@ -40,17 +40,25 @@ pub struct StoreCollector {
     windows: Vec<u64>,
     /// Their `window` label values (`30s`, `1m`, `5m`).
     window_labels: Vec<String>,
+    /// `--series-per-code`: false sums each route's outcomes per status class.
+    series_per_code: bool,
     clock: fn() -> u64,
 }
 
 impl StoreCollector {
     /// `clock` returns the current Unix time in milliseconds.
-    pub fn new(store: Arc<Mutex<Store>>, windows: Vec<u64>, clock: fn() -> u64) -> Self {
+    pub fn new(
+        store: Arc<Mutex<Store>>,
+        windows: Vec<u64>,
+        series_per_code: bool,
+        clock: fn() -> u64,
+    ) -> Self {
         let window_labels = windows.iter().map(|&w| window_label(w)).collect();
         StoreCollector {
             store,
             windows,
             window_labels,
+            series_per_code,
             clock,
         }
     }
@@ -92,7 +100,11 @@ impl StoreCollector {
                             revision: revision.clone(),
                             role,
                             route: route.as_str().into(),
-                            outcomes: r.outcomes.iter().map(|(o, t)| (*o, t.requests)).collect(),
+                            outcomes: if self.series_per_code {
+                                r.outcomes.iter().map(|(o, t)| (*o, t.requests)).collect()
+                            } else {
+                                per_class(&r.outcomes)
+                            },
                             request_bytes: r.request_bytes,
                             response_bytes: r.response_bytes,
                             durations: r.durations.as_deref().cloned(),
@@ -157,7 +169,7 @@ impl StoreCollector {
 impl Collector for StoreCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let snapshot = self.snapshot((self.clock)());
-        encode_series(&snapshot, &mut encoder)?;
+        encode_series(&snapshot, self.series_per_code, &mut encoder)?;
         encode_windows(&snapshot, &mut encoder, &self.windows, &self.window_labels)?;
         encode_health(&snapshot.health, &mut encoder)
     }
@@ -210,6 +222,8 @@ struct Health {
 struct SeriesLabels<'a> {
     path: PathLabels<'a>,
     outcome: &'a Outcome,
+    /// With `code` and `grpc_status` (`--series-per-code`).
+    per_code: bool,
 }
 
 /// Labels down to the route.
@@ -237,13 +251,15 @@ impl EncodeLabelSet for SeriesLabels<'_> {
         self.path.encode(encoder)?;
         let o = self.outcome;
         (labels::STATUS_CLASS, o.status_class.as_str()).encode(encoder.encode_label())?;
-        // A series folded at --max-series holds several codes of its class.
-        if o.code == crate::store::FOLDED_CODE {
-            (labels::CODE, "other").encode(encoder.encode_label())?;
-        } else {
-            (labels::CODE, o.code).encode(encoder.encode_label())?;
+        if self.per_code {
+            // A series folded at --max-series holds several codes of its class.
+            if o.code == crate::store::FOLDED_CODE {
+                (labels::CODE, "other").encode(encoder.encode_label())?;
+            } else {
+                (labels::CODE, o.code).encode(encoder.encode_label())?;
+            }
+            (labels::GRPC_STATUS, o.grpc_status).encode(encoder.encode_label())?;
         }
-        (labels::GRPC_STATUS, o.grpc_status).encode(encoder.encode_label())?;
         (labels::UPSTREAM_FAILURE, o.upstream_failure.as_str()).encode(encoder.encode_label())
     }
 }
@@ -293,7 +309,28 @@ fn for_each_route<'s>(
 /// A counter family: name, help, and the field it shows.
 type CounterFamily<T> = (&'static str, &'static str, fn(&T) -> u64);
 
-fn encode_series(snapshot: &Snapshot, encoder: &mut DescriptorEncoder) -> fmt::Result {
+/// A route's outcomes summed per status class and upstream failure (`--series-per-code=false`).
+fn per_class(outcomes: &hashbrown::HashMap<Outcome, crate::store::Totals>) -> Vec<(Outcome, u64)> {
+    let mut classes: Vec<(Outcome, u64)> = Vec::new();
+    for (o, t) in outcomes {
+        let class = Outcome {
+            code: 0,
+            grpc_status: None,
+            ..*o
+        };
+        match classes.iter_mut().find(|(c, _)| *c == class) {
+            Some((_, n)) => *n = n.saturating_add(t.requests),
+            None => classes.push((class, t.requests)),
+        }
+    }
+    classes
+}
+
+fn encode_series(
+    snapshot: &Snapshot,
+    series_per_code: bool,
+    encoder: &mut DescriptorEncoder,
+) -> fmt::Result {
     let mut family = encoder.encode_descriptor(
         "plover_requests",
         "Requests completed, by series.",
@@ -302,7 +339,11 @@ fn encode_series(snapshot: &Snapshot, encoder: &mut DescriptorEncoder) -> fmt::R
     )?;
     for_each_route(snapshot, |path, route| {
         for (outcome, requests) in &route.outcomes {
-            let labels = SeriesLabels { path, outcome };
+            let labels = SeriesLabels {
+                path,
+                outcome,
+                per_code: series_per_code,
+            };
             family
                 .encode_family(&labels)?
                 .encode_counter::<NoLabelSet, _, u64>(requests, None)?;

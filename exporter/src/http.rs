@@ -38,7 +38,12 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// A client that opened a connection has this long to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-type Body = Full<Bytes>;
+/// Whole answers (`Full`) or `/metrics` written while sent (`StreamBody`).
+type Body = http_body_util::Either<Full<Bytes>, crate::stream::StreamBody>;
+
+fn full(bytes: Bytes) -> Body {
+    http_body_util::Either::Left(Full::new(bytes))
+}
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -75,8 +80,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let store = Arc::new(Mutex::new(Store::new(config.store.clone())));
-    let (registry, ingest_metrics) =
-        metrics::registry(store.clone(), config.windows.clone(), unix_now_ms);
+    let (registry, ingest_metrics) = metrics::registry(
+        store.clone(),
+        config.windows.clone(),
+        config.series_per_code,
+        unix_now_ms,
+    );
     let app = Arc::new(App {
         ingest: Ingest::new(
             config.auth.clone(),
@@ -224,25 +233,23 @@ impl App {
     }
 
     async fn metrics(self: Arc<Self>) -> Response<Body> {
-        // Rendering many series takes a while: keep it off the threads serving ingest.
-        let rendered = tokio::task::spawn_blocking(move || {
-            let mut out = String::with_capacity(1 << 16);
-            prometheus_client::encoding::text::encode(&mut out, &self.registry).map(|()| out)
-        })
-        .await;
-        match rendered {
-            Ok(Ok(body)) => {
-                let mut response = Response::new(Full::new(Bytes::from(body)));
-                response
-                    .headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
-                response
+        // The text is written on a blocking thread (off the threads serving ingest) and sent
+        // while it is written, a chunk at a time: a scrape holds a few chunks, not the whole
+        // exposition. A render that fails midway ends the body early; the scraper then sees a
+        // truncated exposition and fails the scrape, as it should.
+        let (mut writer, body) = crate::stream::channel();
+        tokio::task::spawn_blocking(move || {
+            let rendered = prometheus_client::encoding::text::encode(&mut writer, &self.registry)
+                .and_then(|()| writer.finish());
+            if rendered.is_err() {
+                debug!("/metrics render stopped: the scraper left or encoding failed.");
             }
-            _ => text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "rendering metrics failed\n",
-            ),
-        }
+        });
+        let mut response = Response::new(http_body_util::Either::Right(body));
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
+        response
     }
 
     fn stats(&self, query: Option<&str>) -> Response<Body> {
@@ -256,7 +263,7 @@ impl App {
         };
         match serde_json::to_vec(&answer) {
             Ok(json) => {
-                let mut response = Response::new(Full::new(Bytes::from(json)));
+                let mut response = Response::new(full(Bytes::from(json)));
                 response
                     .headers_mut()
                     .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -271,7 +278,7 @@ impl App {
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
+    let mut response = Response::new(full(Bytes::copy_from_slice(body.as_bytes())));
     *response.status_mut() = status;
     response.headers_mut().insert(
         CONTENT_TYPE,

@@ -33,6 +33,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod stats;
 pub mod store;
+pub mod stream;
 pub mod window;
 
 pub use config::{Args, Config, ConfigError};

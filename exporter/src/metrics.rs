@@ -82,10 +82,16 @@ impl IngestMetrics {
 pub fn registry(
     store: Arc<Mutex<Store>>,
     windows: Vec<u64>,
+    series_per_code: bool,
     clock: fn() -> u64,
 ) -> (Registry, IngestMetrics) {
     let mut registry = Registry::default();
     let ingest = IngestMetrics::register(&mut registry);
-    registry.register_collector(Box::new(StoreCollector::new(store, windows, clock)));
+    registry.register_collector(Box::new(StoreCollector::new(
+        store,
+        windows,
+        series_per_code,
+        clock,
+    )));
     (registry, ingest)
 }

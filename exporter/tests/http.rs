@@ -144,6 +144,38 @@ async fn a_full_exporter_folds_series_keeps_every_window_exact_and_says_what_it_
 }
 
 #[tokio::test]
+async fn series_per_code_false_exposes_one_series_per_status_class() {
+    // Issue 17, item 6: a compact /metrics for users who do not need per-code series.
+    let exporter = Exporter::start(&["--series-per-code", "false"]).await;
+    let b = batch(
+        "vm-1",
+        1,
+        3000,
+        vec![
+            series("v1", Role::Stable, 200, 90, 20_000),
+            series("v1", Role::Stable, 204, 5, 20_000),
+            series("v1", Role::Stable, 503, 10, 50_000),
+            series("v1", Role::Stable, 500, 2, 50_000),
+        ],
+    );
+    assert_eq!(exporter.post_batch(b.encode()).await.status, 200);
+    let lines = exporter.metric_lines("plover_requests_total{").await;
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for (class, total) in [("2xx", " 95"), ("5xx", " 12")] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(&format!(r#"status_class="{class}""#))
+                    && !l.contains("code=")
+                    && !l.contains("grpc_status=")
+                    && l.ends_with(total)),
+            "{class}: {lines:?}"
+        );
+    }
+    exporter.stop().await;
+}
+
+#[tokio::test]
 async fn missing_or_wrong_tokens_get_401_and_change_nothing() {
     let exporter = Exporter::start(&[]).await;
     let body = batch(

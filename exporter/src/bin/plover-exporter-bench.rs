@@ -37,6 +37,51 @@ fn heap() -> (usize, usize) {
     (bytes.max(0) as usize, allocations)
 }
 
+/// Renders `registry` through `/metrics`' chunked writer into a body drained (and dropped) as
+/// a connection would; returns the bytes sent.
+fn streamed_render(registry: &prometheus_client::registry::Registry) -> usize {
+    use http_body_util::BodyExt;
+    let (mut writer, mut body) = plover_exporter::stream::channel();
+    let drain = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let mut sent = 0;
+            while let Some(Ok(frame)) = body.frame().await {
+                sent += frame.into_data().map_or(0, |d| d.len());
+            }
+            sent
+        })
+    });
+    prometheus_client::encoding::text::encode(&mut writer, registry).expect("render");
+    writer.finish().expect("last chunk");
+    drain.join().expect("drain")
+}
+
+/// Runs `f` and returns its result with the most live heap it held above what was live
+/// before (sampled every 50 µs from the counting allocator, so allocator retention and earlier
+/// renders do not hide it as they would in RSS).
+fn peak_heap_growth<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let before = heap().0;
+    let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let running = running.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while running.load(Ordering::Relaxed) {
+                peak = peak.max(heap().0);
+                std::thread::sleep(Duration::from_micros(50));
+            }
+            peak
+        })
+    };
+    let out = f();
+    running.store(false, Ordering::Relaxed);
+    let peak = sampler.join().expect("sampler").max(heap().0);
+    (out, peak.saturating_sub(before))
+}
+
 #[derive(Parser, Debug)]
 #[command(about = "plover-exporter in-process benchmark")]
 struct Args {
@@ -495,7 +540,7 @@ fn render(args: &Args) -> RenderFigures {
         + (allocs_after - allocs_before) as f64 * MALLOC_OVERHEAD as f64;
 
     let (registry, _) =
-        plover_exporter::metrics::registry(store.clone(), config.windows.clone(), sim_now);
+        plover_exporter::metrics::registry(store.clone(), config.windows.clone(), true, sim_now);
     let mut times = Vec::new();
     let mut size = 0;
     let mut lines = 0;
@@ -515,14 +560,41 @@ fn render(args: &Args) -> RenderFigures {
             waits
         })
     };
+    // Before: the whole text in one string, as /metrics rendered until it streamed.
+    let mut whole_peak = 0;
     for _ in 0..5 {
         let started = Instant::now();
-        let mut out = String::with_capacity(size.max(1 << 20));
-        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        let (out, peak) = peak_heap_growth(|| {
+            let mut out = String::new();
+            prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+            out
+        });
         times.push(started.elapsed());
+        whole_peak = whole_peak.max(peak);
         size = out.len();
         lines = out.lines().count();
     }
+    // After: written while sent, a few 64 KiB chunks at a time, as /metrics serves it.
+    let streamed = |registry: &prometheus_client::registry::Registry| {
+        let mut times = Vec::new();
+        let (mut size, mut peak) = (0, 0);
+        for _ in 0..5 {
+            let started = Instant::now();
+            let (bytes, p) = peak_heap_growth(|| streamed_render(registry));
+            times.push(started.elapsed());
+            (size, peak) = (bytes, peak.max(p));
+        }
+        times.sort_unstable();
+        (times[2], size, peak)
+    };
+    let (stream_median, stream_size, stream_peak) = streamed(&registry);
+    assert_eq!(
+        stream_size, size,
+        "the streamed exposition is the whole one"
+    );
+    let (by_class, _) =
+        plover_exporter::metrics::registry(store.clone(), config.windows.clone(), false, sim_now);
+    let (class_median, class_size, class_peak) = streamed(&by_class);
     rendering.store(false, Ordering::Relaxed);
     let mut waits = probe.join().expect("lock probe");
     waits.sort_unstable();
@@ -534,11 +606,25 @@ fn render(args: &Args) -> RenderFigures {
         std::fs::write(path, out).expect("writing PLOVER_BENCH_METRICS_OUT");
     }
     times.sort_unstable();
+    let mb = |b: usize| b as f64 / 1e6;
     println!(
-        "  render: median {:?}, max {:?}; {:.1} MB, {lines} lines",
+        "  render, whole text in one string (before): median {:?}, max {:?}; {:.1} MB, {lines} lines; peak heap +{:.0} MB",
         times[2],
         times[4],
-        size as f64 / 1e6
+        mb(size),
+        mb(whole_peak)
+    );
+    println!(
+        "  render, streamed in 64 KiB chunks (/metrics now): median {stream_median:?}; {:.1} MB; peak heap +{:.0} MB ({:.2}× the whole-string peak)",
+        mb(stream_size),
+        mb(stream_peak),
+        stream_peak as f64 / whole_peak.max(1) as f64
+    );
+    println!(
+        "  render, streamed, --series-per-code=false: median {class_median:?}; {:.1} MB ({:.2}× the size); peak heap +{:.0} MB",
+        mb(class_size),
+        class_size as f64 / size.max(1) as f64,
+        mb(class_peak)
     );
     println!(
         "  store lock wait of a concurrent ingest during the renders: p50 {:?}, p99 {:?}, max {:?} ({} probes)",
