@@ -24,10 +24,11 @@
 //! Only a brand-new revision beyond `--max-revisions` (a bound against unbounded label input)
 //! is refused; its requests are counted as lost, told to the filter (which reports them as
 //! dropped) and make every window that covers them say so (`lost_requests` in `/v1/stats`),
-//! as do the requests gateways report dropped, over the interval they were lost in. The window is kept per revision and role rather than per series
-//! because every windowed answer (`/v1/stats`, the window gauges) is per revision: keeping it
-//! per series would multiply the dominant memory cost by the number of routes and codes for
-//! nothing.
+//! as do the requests gateways report dropped, over the interval they were lost in.
+//!
+//! The window is kept per revision and role rather than per series because every windowed
+//! answer (`/v1/stats`, the window gauges) is per revision: keeping it per series would
+//! multiply the dominant memory cost by the number of routes and codes for nothing.
 
 use hashbrown::HashMap;
 use plover_wire::histogram::{highest_value_at, index_of, lowest_value_at, COUNTS_LEN};

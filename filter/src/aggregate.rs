@@ -32,9 +32,10 @@ pub struct Aggregate {
     /// Requests not recorded because the series cap was hit.
     dropped_requests: u64,
     max_series: usize,
-    /// Per (namespace, service): the header-named revisions admitted, with the start of the
-    /// interval they were last seen in.
-    header_revisions: BTreeMap<(String, String), BTreeMap<String, u64>>,
+    /// Per namespace and service: the header-named revisions admitted, with the start of the
+    /// interval they were last seen in. Nested so that a known revision is found without
+    /// allocating.
+    header_revisions: BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>>,
 }
 
 impl Aggregate {
@@ -62,8 +63,19 @@ impl Aggregate {
         revision: &str,
     ) -> bool {
         let now = self.interval_start_ms;
-        let key = (namespace.to_owned(), service.to_owned());
-        let revisions = self.header_revisions.entry(key).or_default();
+        let known = self
+            .header_revisions
+            .get_mut(namespace)
+            .and_then(|services| services.get_mut(service));
+        let revisions = match known {
+            Some(revisions) => revisions,
+            None => self
+                .header_revisions
+                .entry(namespace.to_owned())
+                .or_default()
+                .entry(service.to_owned())
+                .or_default(),
+        };
         if let Some(seen) = revisions.get_mut(revision) {
             *seen = now;
             return true;
@@ -117,9 +129,12 @@ impl Aggregate {
         };
         self.interval_start_ms = end;
         let forget_before = end.saturating_sub(HEADER_REVISION_MEMORY_MS);
-        self.header_revisions.retain(|_, revisions| {
-            revisions.retain(|_, seen| *seen >= forget_before);
-            !revisions.is_empty()
+        self.header_revisions.retain(|_, services| {
+            services.retain(|_, revisions| {
+                revisions.retain(|_, seen| *seen >= forget_before);
+                !revisions.is_empty()
+            });
+            !services.is_empty()
         });
         batch
     }
