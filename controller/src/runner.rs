@@ -2,8 +2,9 @@
 //! providers, one tokio task per run, and reports verdicts by run name.
 //!
 //! The Canary's decision never waits on a run: it reads [`Runner::verdicts`] and asks for runs
-//! to be started or stopped. Runs live in memory; a controller restart loses them and the
-//! decision starts the run of the current step again (the recorded step survives in status).
+//! to be started or stopped. Runs live in memory; after a controller restart the decision starts
+//! the run recorded in status again under its name, and the runner resumes it from the counts
+//! and latest measurements the status kept ([`Runner::start`]'s `earlier`).
 //! When a run completes, the runner sends the Canary's key on its notification channel so the
 //! controller reconciles at once instead of at the next poll.
 
@@ -246,7 +247,9 @@ impl Task {
     async fn drive(mut self) {
         loop {
             let now = (self.clock)();
-            if *self.stopped.borrow() {
+            // Stopped, or nobody holds the run any more (the runner was dropped: a local
+            // controller that ended or was cancelled): no more measurements.
+            if *self.stopped.borrow() || self.stopped.has_changed().is_err() {
                 let mut run = lock(&self.run);
                 run.terminate();
                 run.assess(now);

@@ -340,3 +340,90 @@ async fn local_mode_promotes_then_rolls_back_through_a_real_envoy() {
         "the canary cluster serves v3 (at weight 0): {clusters}"
     );
 }
+
+/// Issue 17, item 5: `plover local` stopped in the middle of an analysis run and started again
+/// resumes the run from the status file: its counts go on, and the provider is asked exactly
+/// `count` times in all (a run started over would ask again from the first measurement).
+#[tokio::test]
+async fn a_restarted_local_controller_resumes_its_analysis_run() {
+    use plover_controller::local;
+
+    let dir = tempfile::tempdir().unwrap();
+    let xds = dir.path().join("xds");
+    std::fs::create_dir_all(&xds).unwrap();
+    let (v1, v2) = (backend("v1").await, backend("v2").await);
+    let (url, seen) = plover_testkit::scripted::serve(std::sync::Arc::new(|_| {
+        (200, "application/json", "{\"ratio\": 0.99}".to_owned())
+    }))
+    .await;
+    let canary_file = dir.path().join("canary.yaml");
+    std::fs::write(
+        &canary_file,
+        format!(
+            "apiVersion: plover.dev/v1alpha1\nkind: Canary\nmetadata: {{name: app}}\nspec:\n  workload: {{stable: v1, canary: v2}}\n  trafficRouting:\n    envoy:\n      routesFile: {x}/routes.yaml\n      clustersFile: {x}/clusters.yaml\n      stableCluster: stable\n      canaryCluster: canary\n      backends: {{v1: '127.0.0.1:{v1}', v2: '127.0.0.1:{v2}'}}\n  steps:\n  - setWeight: 30\n  - analysis: {{templates: [{{templateName: counted}}]}}\n  - setWeight: 60\n",
+            x = xds.display()
+        ),
+    )
+    .unwrap();
+    const COUNT: u32 = 8;
+    let template = dir.path().join("counted.yaml");
+    std::fs::write(&template, format!("apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {{name: counted}}\nspec:\n  metrics:\n  - name: success-rate\n    count: {COUNT}\n    interval: 300ms\n    failureLimit: 1\n    successCondition: result >= 0.95\n    provider: {{web: {{url: '{url}/ratio', jsonPath: '{{$.ratio}}'}}}}\n")).unwrap();
+    let status_file = local::default_status_file(&canary_file);
+    let counts = |status_file: &std::path::Path| -> Option<(String, u32)> {
+        let status: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(status_file).ok()?).ok()?;
+        let run = &status["status"]["stepAnalysis"];
+        let run = if run.is_null() {
+            &status["stepAnalysis"]
+        } else {
+            run
+        };
+        Some((
+            run["name"].as_str()?.to_owned(),
+            run["metrics"][0]["counts"]["successful"].as_u64()? as u32,
+        ))
+    };
+
+    // First controller: stopped (its task aborted, as a kill would) after a few measurements.
+    let (file, t) = (canary_file.clone(), template.clone());
+    let first = tokio::spawn(async move {
+        let mut log = Vec::new();
+        let _ = local::run(local_options(&file, &t), &mut log).await;
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (run, kept) = loop {
+        if let Some((run, n)) = counts(&status_file).filter(|(_, n)| *n >= 3) {
+            break (run, n);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no measurements recorded: {:?}",
+            std::fs::read_to_string(&status_file)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    first.abort();
+    let _ = first.await;
+    assert!(
+        kept < COUNT,
+        "stopped before the run ended ({kept} of {COUNT})"
+    );
+    let asked_before = seen.lock().unwrap().len() as u32;
+
+    // Second controller: the same run name goes on from the kept counts to the promotion.
+    let mut log = Vec::new();
+    let outcome = local::run(local_options(&canary_file, &template), &mut log)
+        .await
+        .unwrap();
+    let text = String::from_utf8(log).unwrap();
+    assert_eq!(outcome, local::Outcome::Promoted, "{text}");
+    assert!(text.contains(&format!("ANALYSIS started {run}")), "{text}");
+    let asked = seen.lock().unwrap().len() as u32;
+    // The measurement in flight when the first controller stopped may have been asked but not
+    // kept: at most one more than `count`.
+    assert!(
+        asked == COUNT || asked == COUNT + 1,
+        "the provider was asked {asked} times for a run of {COUNT} (first controller: {asked_before}, {kept} kept); a run started over asks {} times\n{text}",
+        kept + COUNT
+    );
+}
