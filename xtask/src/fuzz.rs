@@ -1,6 +1,7 @@
 //! `fuzz`: the `cargo fuzz` targets of `fuzz/` (wire batch decoder, condition parser and
 //! evaluator, AnalysisTemplate loader, filter configuration), each run for a while with
-//! libFuzzer and AddressSanitizer, starting from the committed seeds in `fuzz/seeds/<target>`.
+//! libFuzzer and AddressSanitizer, starting from the repository's own fixtures of each input
+//! ([`seeds`]).
 //! `cargo xtask test` runs each for [`SHORT_RUN_SECONDS`]; the long run is
 //! `cargo xtask fuzz --seconds 3600`. A crash leaves its input in `fuzz/artifacts/<target>/`
 //! and fails the command; each one found becomes a regression test beside the code.
@@ -10,6 +11,18 @@ use std::process::Command;
 use crate::{cargo_bin, install, run, workspace_root};
 
 pub const TARGETS: [&str; 4] = ["wire_batch", "condition", "template", "filter_config"];
+
+/// Where each target's first inputs come from: the fixtures the other tests already use (the
+/// golden batch, the filter configurations, the seed AnalysisTemplates), and for conditions a
+/// few of their own.
+fn seeds(target: &str) -> &'static str {
+    match target {
+        "wire_batch" => "wire/testdata",
+        "template" => "tests/fixtures/seed-templates",
+        "filter_config" => "wire/testdata/filter-config",
+        _ => "fuzz/seeds/condition",
+    }
+}
 
 /// Seconds per target in the test command's short run.
 pub const SHORT_RUN_SECONDS: u64 = 15;
@@ -54,7 +67,7 @@ pub fn run_targets(args: &[&str]) -> Result<(), String> {
             .env("RUSTC_BOOTSTRAP", "1")
             .args(["fuzz", "run", "--release", target])
             .arg(&corpus)
-            .arg(root.join("fuzz/seeds").join(target))
+            .arg(root.join(seeds(target)))
             .args([
                 "--",
                 &format!("-max_total_time={seconds}"),
