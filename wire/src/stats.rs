@@ -73,6 +73,12 @@ impl StatsResponse {
     }
 }
 
+/// How every sentence names requests known lost, e.g. `12 requests lost (dropped by a gateway
+/// or refused by the exporter)`: one wording wherever incomplete counts are reported.
+pub fn lost_requests_phrase(lost: u64) -> String {
+    format!("{lost} requests lost (dropped by a gateway or refused by the exporter)")
+}
+
 /// Parses a window such as `30s`, `5m`, `1h` or `90` (seconds) into seconds.
 pub fn parse_window_seconds(text: &str) -> Option<u64> {
     let text = text.trim();

@@ -162,8 +162,8 @@ pub fn evaluate(spec: &PloverSpec, answer: &StatsResponse) -> Result<Outcome, Pr
             phase: Phase::Inconclusive,
             text: String::new(),
             message: format!(
-                "data incomplete: {} requests lost (dropped by a gateway or refused by the exporter) may belong to the last {window}, so its counts are not judged",
-                answer.lost_requests
+                "data incomplete: {} may belong to the last {window}, so its counts are not judged",
+                stats::lost_requests_phrase(answer.lost_requests)
             ),
         });
     }

@@ -1011,8 +1011,8 @@ fn set_weight_step(b: &mut Builder<'_, '_>, plan: &Plan, weight: u32) -> bool {
         None => Err(format!("no answer from the exporter at {}", check.exporter)),
         Some(_) if !window_full => Err("waiting for a full window of traffic after the weight change".to_owned()),
         Some(t) if t.lost_requests > 0 => Err(format!(
-            "{} requests lost (dropped by a gateway or refused by the exporter) may belong to the last {window}s: the split is not judged on incomplete counts",
-            t.lost_requests
+            "{} may belong to the last {window}s: the split is not judged on incomplete counts",
+            plover_wire::stats::lost_requests_phrase(t.lost_requests)
         )),
         Some(t) if t.requests < min_requests => {
             Err(format!("{} requests in the last {window}s, fewer than minRequests {min_requests}", t.requests))

@@ -306,8 +306,9 @@ where
             let window_ms = answer.window_seconds.saturating_mul(1000);
             state.skipped_ms = state.skipped_ms.saturating_add(window_ms);
             notes.push(format!(
-                "data incomplete: {} requests lost (dropped by a gateway or refused by the exporter) may belong to these {}s, which were skipped, not judged",
-                answer.lost_requests, answer.window_seconds
+                "data incomplete: {} may belong to these {}s, which were skipped, not judged",
+                stats::lost_requests_phrase(answer.lost_requests),
+                answer.window_seconds
             ));
             None
         }
