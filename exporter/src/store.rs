@@ -484,6 +484,7 @@ impl Store {
         let cutoff = now_ms.saturating_sub(self.config.series_ttl_ms);
         let mut expired = 0usize;
         let mut merges = 0;
+        let mut kept_revisions = 0;
         let revisions: usize = self
             .namespaces
             .values()
@@ -518,6 +519,7 @@ impl Store {
                 service
                     .revisions
                     .retain(|_, roles| roles.iter().any(Option::is_some));
+                kept_revisions += service.revisions.len();
             }
             services.retain(|_, s| !s.revisions.is_empty());
         }
@@ -527,12 +529,7 @@ impl Store {
         }
         self.senders.retain(|_, i| !i.is_empty());
         self.series -= expired;
-        self.revisions = self
-            .namespaces
-            .values()
-            .flat_map(|services| services.values())
-            .map(|service| service.revisions.len())
-            .sum();
+        self.revisions = kept_revisions;
         while self.losses.front().is_some_and(|l| l.last < oldest) {
             self.losses.pop_front();
         }
