@@ -105,8 +105,8 @@ impl StoreCollector {
                             } else {
                                 per_class(&r.outcomes)
                             },
-                            request_bytes: r.request_bytes,
-                            response_bytes: r.response_bytes,
+                            bytes: (!r.sizes_unmeasured)
+                                .then_some((r.request_bytes, r.response_bytes)),
                             durations: r.durations.as_deref().cloned(),
                         });
                     }
@@ -195,8 +195,8 @@ struct RouteRow {
     route: Box<str>,
     /// Each outcome with its request count.
     outcomes: Vec<(Outcome, u64)>,
-    request_bytes: u64,
-    response_bytes: u64,
+    /// Request and response body bytes; `None` where some sizes were not measured.
+    bytes: Option<(u64, u64)>,
     durations: Option<Durations>,
 }
 
@@ -351,24 +351,27 @@ fn encode_series(
         Ok(())
     })?;
 
-    let bytes: [CounterFamily<RouteRow>; 2] = [
+    // Routes whose filters do not measure sizes (`record.sizes` off) have no byte counters
+    // rather than wrong ones.
+    let bytes: [CounterFamily<(u64, u64)>; 2] = [
         (
             "plover_request_bytes",
-            "Request body bytes received from clients, by route.",
-            |r| r.request_bytes,
+            "Request body bytes received from clients, by route (where the filters measure sizes).",
+            |b| b.0,
         ),
         (
             "plover_response_bytes",
-            "Response body bytes sent to clients, by route.",
-            |r| r.response_bytes,
+            "Response body bytes sent to clients, by route (where the filters measure sizes).",
+            |b| b.1,
         ),
     ];
     for (name, help, value) in bytes {
         let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-        for_each_route(snapshot, |path, route| {
-            family
+        for_each_route(snapshot, |path, route| match &route.bytes {
+            Some(bytes) => family
                 .encode_family(&path)?
-                .encode_counter::<NoLabelSet, _, u64>(&value(route), None)
+                .encode_counter::<NoLabelSet, _, u64>(&value(bytes), None),
+            None => Ok(()),
         })?;
     }
 

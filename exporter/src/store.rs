@@ -153,6 +153,9 @@ pub struct Route {
     /// read per route and revision, and per series they would triple the exposition's size.
     pub request_bytes: u64,
     pub response_bytes: u64,
+    /// Some requests of this route came without their sizes (a filter with `record.sizes`
+    /// off): the byte totals are not its volume, and are not published.
+    pub sizes_unmeasured: bool,
     /// Cumulative duration buckets of all outcomes (per route for the same reason; the exact
     /// per-revision quantiles come from the window).
     pub durations: Option<Box<Durations>>,
@@ -411,7 +414,12 @@ impl Store {
                 .or_default();
             let mut delta = first;
             loop {
-                match service.apply_series(delta, second, now_ms, config, held, revisions) {
+                let arrival = Arrival {
+                    second,
+                    now_ms,
+                    sizes_unmeasured: batch.sizes_unmeasured,
+                };
+                match service.apply_series(delta, arrival, config, held, revisions) {
                     Merge::Kept => series += 1,
                     Merge::Folded => series_folded += 1,
                     Merge::Refused(requests) => {
@@ -565,6 +573,16 @@ impl Store {
     }
 }
 
+/// When and how a batch's series arrived.
+#[derive(Clone, Copy)]
+struct Arrival {
+    /// The second its requests are recorded in.
+    second: u64,
+    now_ms: u64,
+    /// The batch says some of its requests came without sizes.
+    sizes_unmeasured: bool,
+}
+
 impl Service {
     /// Merges one series of this service. `held` and `revisions` are the store's series and
     /// revision counts. The revision's window always gets the requests (unless the revision is
@@ -572,12 +590,16 @@ impl Service {
     fn apply_series(
         &mut self,
         delta: SeriesRef<'_, '_>,
-        second: u64,
-        now_ms: u64,
+        arrival: Arrival,
         config: &StoreConfig,
         held: &mut usize,
         revisions: &mut usize,
     ) -> Merge {
+        let Arrival {
+            second,
+            now_ms,
+            sizes_unmeasured,
+        } = arrival;
         let key = delta.key;
         if !self.revisions.contains_key(key.revision) {
             if *revisions >= config.max_revisions {
@@ -618,6 +640,7 @@ impl Service {
         totals.last_seen_ms = now_ms;
         route.request_bytes = route.request_bytes.saturating_add(delta.request_bytes);
         route.response_bytes = route.response_bytes.saturating_add(delta.response_bytes);
+        route.sizes_unmeasured |= sizes_unmeasured;
         if !delta.duration.is_empty() {
             let durations = route
                 .durations
@@ -726,6 +749,7 @@ mod tests {
             start_unix_ms: end_ms - 1000,
             end_unix_ms: end_ms,
             dropped_requests: 0,
+            sizes_unmeasured: false,
             series,
         }
     }

@@ -75,6 +75,42 @@ async fn batches_are_merged_and_visible_in_stats_and_metrics() {
     exporter.stop().await;
 }
 
+/// A filter that does not measure sizes (`record.sizes` off) makes its route publish no byte
+/// counter, rather than one that reads as zero traffic; the other routes keep theirs.
+#[tokio::test]
+async fn routes_counted_without_sizes_publish_no_byte_counters() {
+    let exporter = Exporter::start(&[]).await;
+    let sized = batch(
+        "vm-1",
+        1,
+        3000,
+        vec![series("v1", Role::Stable, 200, 10, 20_000)],
+    );
+    let (mut key, mut delta) = series("v2", Role::Canary, 200, 5, 20_000);
+    key.route = "unsized-route".into();
+    (delta.request_bytes, delta.response_bytes) = (0, 0);
+    let mut without_sizes = batch("vm-2", 1, 3000, vec![(key, delta)]);
+    without_sizes.sizes_unmeasured = true;
+    for b in [sized, without_sizes] {
+        assert_eq!(exporter.post_batch(b.encode()).await.status, 200);
+    }
+    let bytes = exporter.metric_lines("plover_request_bytes_total").await;
+    assert_eq!(bytes.len(), 1, "{bytes:?}");
+    assert!(
+        bytes[0].contains(r#"route="app-route""#) && bytes[0].ends_with(" 1000"),
+        "{bytes:?}"
+    );
+    // The requests themselves are counted on both routes.
+    let requests = exporter.metric_lines("plover_requests_total").await;
+    assert!(
+        requests
+            .iter()
+            .any(|l| l.contains(r#"route="unsized-route""#) && l.ends_with(" 5")),
+        "{requests:?}"
+    );
+    exporter.stop().await;
+}
+
 #[tokio::test]
 async fn a_full_exporter_folds_series_keeps_every_window_exact_and_says_what_it_lost() {
     // Issue 17, item 1: at --max-series a new canary revision and its first 503 used to be

@@ -31,6 +31,8 @@ pub struct Aggregate {
     interval_start_ms: u64,
     /// Requests not recorded because the series cap was hit.
     dropped_requests: u64,
+    /// Some requests of the interval were counted without their sizes.
+    sizes_unmeasured: bool,
     max_series: usize,
     /// Per namespace and service: the header-named revisions admitted, with the start of the
     /// interval they were last seen in. Nested so that a known revision is found without
@@ -48,6 +50,7 @@ impl Aggregate {
             series: BTreeMap::new(),
             interval_start_ms: now_ms,
             dropped_requests: 0,
+            sizes_unmeasured: false,
             max_series,
             header_revisions: BTreeMap::new(),
         }
@@ -87,14 +90,13 @@ impl Aggregate {
         true
     }
 
-    /// Counts one request.
-    pub fn record(
-        &mut self,
-        key: SeriesKey,
-        duration_micros: u64,
-        request_bytes: u64,
-        response_bytes: u64,
-    ) {
+    /// Counts one request; `sizes` are its request and response bytes, `None` when they were
+    /// not measured (the batch then says so).
+    pub fn record(&mut self, key: SeriesKey, duration_micros: u64, sizes: Option<(u64, u64)>) {
+        let (request_bytes, response_bytes) = sizes.unwrap_or_else(|| {
+            self.sizes_unmeasured = true;
+            (0, 0)
+        });
         let full = self.series.len() >= self.max_series;
         let delta = match self.series.entry(key) {
             Entry::Occupied(entry) => entry.into_mut(),
@@ -124,6 +126,7 @@ impl Aggregate {
             start_unix_ms: self.interval_start_ms,
             end_unix_ms: end,
             dropped_requests: std::mem::take(&mut self.dropped_requests),
+            sizes_unmeasured: std::mem::take(&mut self.sizes_unmeasured),
             series: std::mem::take(&mut self.series).into_iter().collect(),
             ..Batch::default()
         };
@@ -155,12 +158,24 @@ mod tests {
     }
 
     #[test]
+    fn an_interval_with_a_request_counted_without_sizes_says_so_once() {
+        let mut agg = Aggregate::new(1_000);
+        agg.record(key("v1", 200), 10, Some((5, 6)));
+        agg.record(key("v1", 200), 10, None);
+        let batch = agg.take_batch(2_000);
+        assert!(batch.sizes_unmeasured);
+        assert_eq!(batch.series[0].1.request_bytes, 5);
+        agg.record(key("v1", 200), 10, Some((5, 6)));
+        assert!(!agg.take_batch(3_000).sizes_unmeasured);
+    }
+
+    #[test]
     fn requests_are_summed_per_series_in_key_order() {
         let mut agg = Aggregate::new(1_000);
-        agg.record(key("v2", 200), 1_500, 100, 1_000);
-        agg.record(key("v1", 200), 800, 10, 20);
-        agg.record(key("v2", 200), 2_500, 100, 1_000);
-        agg.record(key("v2", 503), 90, 1, 2);
+        agg.record(key("v2", 200), 1_500, Some((100, 1_000)));
+        agg.record(key("v1", 200), 800, Some((10, 20)));
+        agg.record(key("v2", 200), 2_500, Some((100, 1_000)));
+        agg.record(key("v2", 503), 90, Some((1, 2)));
         let batch = agg.take_batch(2_000);
         assert_eq!(
             (
@@ -198,7 +213,7 @@ mod tests {
     #[test]
     fn take_batch_starts_a_fresh_interval() {
         let mut agg = Aggregate::new(1_000);
-        agg.record(key("v1", 200), 1, 0, 0);
+        agg.record(key("v1", 200), 1, Some((0, 0)));
         assert!(!agg.is_empty());
         agg.take_batch(2_000);
         assert!(agg.is_empty());
@@ -217,12 +232,12 @@ mod tests {
     #[test]
     fn requests_beyond_the_series_cap_are_counted_as_dropped() {
         let mut agg = Aggregate::with_max_series(0, 2);
-        agg.record(key("v1", 200), 1, 0, 0);
-        agg.record(key("v2", 200), 1, 0, 0);
-        agg.record(key("v3", 200), 1, 0, 0);
-        agg.record(key("v3", 500), 1, 0, 0);
+        agg.record(key("v1", 200), 1, Some((0, 0)));
+        agg.record(key("v2", 200), 1, Some((0, 0)));
+        agg.record(key("v3", 200), 1, Some((0, 0)));
+        agg.record(key("v3", 500), 1, Some((0, 0)));
         // Existing series still count.
-        agg.record(key("v1", 200), 1, 0, 0);
+        agg.record(key("v1", 200), 1, Some((0, 0)));
         let batch = agg.take_batch(1);
         assert_eq!(
             (batch.series.len(), batch.requests(), batch.dropped_requests),

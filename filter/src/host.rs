@@ -3,11 +3,14 @@
 //! (never the SDK's trait helpers, which unwrap host errors and would panic the VM), and wires
 //! Envoy's callbacks to [`Stream`] and [`Flusher`].
 //!
-//! Host calls per request (see `stream.rs`, whose tests count them): `xds.cluster_name` and
-//! the request tag; the app's revision header when it can still matter, and the response tag;
-//! then in `on_log` one evaluation of [`COMPLETION_EXPRESSION`]. Four for a tagged request.
-//! Where Envoy lacks CEL (`expr_create` fails) `on_log` reads six or seven properties and
-//! `content-type` instead: ten for a tagged plain-HTTP request.
+//! Host calls per request (see `stream.rs`, whose tests count them): one, in `on_log`, the
+//! evaluation of the configuration's [`Reading`] (a second, guarded one for a request without a
+//! response). Where Envoy lacks CEL (`expr_create` fails) `on_log` reads each value instead.
+//!
+//! The default build implements no header hook, and `cargo xtask wasm` removes their exports
+//! (with the body, trailer and network ones) from `plover_filter.wasm`, so Envoy never enters
+//! the VM for them. The `tagging` feature builds `plover_filter_tagging.wasm`, whose header hooks
+//! write `tagging`'s headers, for routes Plover does not manage.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -15,13 +18,18 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
+#[cfg(feature = "tagging")]
+use proxy_wasm::types::Action;
+use proxy_wasm::types::{BufferType, ContextType, LogLevel, MapType, Status};
 
 use crate::aggregate::Aggregate;
 use crate::flush::{ExporterHost, Flusher, Shutdown};
 use crate::identity::{gateway_id, SetError, SharedData};
-use crate::record::COMPLETION_EXPRESSION;
-use crate::stream::{property, string_property, ExpressionToken, Plugin, Stream, StreamHost};
+use crate::record::{property, Reading};
+use crate::stream::{string_property, ExpressionToken, Expressions, Plugin, Stream, StreamHost};
+
+/// Whether this build has the header hooks `tagging` needs.
+const TAGGING_BUILD: bool = cfg!(feature = "tagging");
 
 proxy_wasm::main! {{
     // Also installs the SDK's panic hook, which logs a panic at critical before the VM dies.
@@ -95,13 +103,20 @@ impl ExporterHost for Envoy {
     }
 }
 
-/// Compiles [`COMPLETION_EXPRESSION`] in Envoy (per root context, so once per VM and
-/// configuration); `None` where Envoy was built without the CEL parser.
-fn compile_completion_expression() -> Option<ExpressionToken> {
-    let token =
-        hostcalls::call_foreign_function("expr_create", Some(COMPLETION_EXPRESSION.as_bytes()))
-            .ok()
-            .flatten()?;
+/// Compiles both forms of `reading` in Envoy (per root context, so once per VM and
+/// configuration).
+fn compile_expressions(reading: &Reading) -> Expressions {
+    Expressions {
+        fast: compile(&reading.expression(false)),
+        guarded: compile(&reading.expression(true)),
+    }
+}
+
+/// One CEL expression compiled by Envoy; `None` where Envoy was built without the CEL parser.
+fn compile(expression: &str) -> Option<ExpressionToken> {
+    let token = hostcalls::call_foreign_function("expr_create", Some(expression.as_bytes()))
+        .ok()
+        .flatten()?;
     <[u8; 4]>::try_from(token.as_slice())
         .ok()
         .map(u32::from_le_bytes)
@@ -132,8 +147,8 @@ struct Root {
     /// Owned here, not by the plugin, so counts survive a reconfiguration.
     aggregate: Rc<RefCell<Aggregate>>,
     flusher: Option<Flusher>,
-    /// The compiled completion expression of the current configuration.
-    completion_expression: Option<ExpressionToken>,
+    /// The compiled reading of the current configuration.
+    expressions: Expressions,
 }
 
 impl Root {
@@ -144,7 +159,7 @@ impl Root {
             plugin: None,
             aggregate: Rc::new(RefCell::new(Aggregate::new(start_ns / 1_000_000))),
             flusher: None,
-            completion_expression: None,
+            expressions: Expressions::default(),
         }
     }
 }
@@ -197,6 +212,11 @@ impl RootContext for Root {
         .flatten()
         .unwrap_or_default();
         let plugin = match Plugin::configure(&json, Rc::clone(&self.aggregate)) {
+            Ok(plugin) if plugin.config.tagging.is_on() && !TAGGING_BUILD => {
+                log::error!("Plover filter disabled, traffic passes through untouched: tagging: this module (plover_filter.wasm) has no header hooks and cannot write headers; leave tagging out (routes Plover manages are tagged by their router), or load plover_filter_tagging.wasm to tag routes Plover does not manage.");
+                self.plugin = None;
+                return true;
+            }
             Ok(plugin) => plugin,
             Err(error) => {
                 // Returning true keeps the VM (and user traffic) alive; streams pass through.
@@ -205,14 +225,15 @@ impl RootContext for Root {
                 return true;
             }
         };
-        if let Some(old) = self.completion_expression.take() {
-            delete_expression(old);
+        let old = std::mem::take(&mut self.expressions);
+        for token in [old.fast, old.guarded].into_iter().flatten() {
+            delete_expression(token);
         }
-        self.completion_expression = compile_completion_expression();
-        if self.completion_expression.is_none() {
-            log::warn!("Envoy could not compile Plover's CEL expression (no CEL support?); each request's values are read one property at a time, which costs more CPU.");
+        self.expressions = compile_expressions(&plugin.reading);
+        if self.expressions.fast.is_none() || self.expressions.guarded.is_none() {
+            log::warn!("Envoy could not compile Plover's CEL expressions (no CEL support?); requests the compiled form cannot read are read one property at a time, which costs more CPU.");
         }
-        let plugin = plugin.with_completion_expression(self.completion_expression);
+        let plugin = plugin.with_expressions(self.expressions);
         let config = &plugin.config;
         let node_id = if config.gateway_id.is_empty() {
             string_property(&Envoy, property::NODE_ID)
@@ -265,11 +286,13 @@ struct Http(Stream);
 impl Context for Http {}
 
 impl HttpContext for Http {
+    #[cfg(feature = "tagging")]
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         self.0.on_request_headers(&Envoy);
         Action::Continue
     }
 
+    #[cfg(feature = "tagging")]
     fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
         self.0.on_response_headers(&Envoy);
         Action::Continue

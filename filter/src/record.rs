@@ -1,13 +1,21 @@
 //! One finished request, as Envoy reports it in `on_log`, and the series it is counted in.
 //!
 //! Each host call costs the V8 runtime thousands of instructions, far more than the filter's own
-//! work, so `on_log` asks Envoy for everything at once: one CEL expression ([`COMPLETION_EXPRESSION`],
+//! work, so `on_log` asks Envoy for everything at once: one CEL list ([`Reading::expression`],
 //! compiled once per configuration through Envoy's `expr_create` foreign function) evaluated per
-//! request, whose list result [`Completion::from_evaluated`] decodes. Where Envoy cannot compile
-//! it (built without the CEL parser) or an evaluation fails, the stream reads the properties one
-//! by one instead; both paths give the same [`Completion`].
+//! request, whose result [`Reading::decode`] turns into a [`Completion`]. The list holds only the
+//! values this configuration uses: the four the judges need (upstream cluster, response code,
+//! response flags, duration), the revision header when a source reads it, and the opt-in
+//! `record` values (route, sizes, gRPC status).
+//!
+//! The fast form leaves out every `has()` guard (each costs about 1.7k instructions); when a
+//! value is missing (no response was sent, no route matched) its evaluation fails and the
+//! guarded form, compiled beside it, answers instead. Where Envoy cannot compile either (built
+//! without the CEL parser) or both fail, the stream reads the properties one by one; every path
+//! gives the same [`Completion`].
 
-use plover_wire::{SeriesKey, StatusClass, UpstreamFailure};
+use plover_wire::config::RevisionSource;
+use plover_wire::{FilterConfig, SeriesKey, StatusClass, UpstreamFailure};
 
 use crate::flags;
 use crate::resolve::Resolution;
@@ -16,37 +24,178 @@ use crate::resolve::Resolution;
 /// the property could not be read, so a failed read never loses the request.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Completion {
+    /// `xds.cluster_name`: the upstream cluster Envoy picked, empty when none (no route).
+    pub cluster: String,
     /// `response.code`: the status sent downstream, 0 if none was sent.
     pub code: i64,
     /// `response.flags`.
     pub flags: u64,
     /// `request.duration` in nanoseconds.
     pub duration_ns: i64,
-    /// `request.total_size` (headers and body).
+    /// The application's (or the router's) revision header, when a source reads it.
+    pub revision_header: Option<String>,
+    /// `request.total_size` (headers and body); 0 unless `record.sizes`.
     pub request_bytes: i64,
-    /// `response.total_size`.
+    /// `response.total_size`; 0 unless `record.sizes`.
     pub response_bytes: i64,
-    /// `response.grpc_status`, kept only when the response was gRPC.
+    /// `response.grpc_status`, kept only when the response was gRPC and `record.grpc_status`.
     pub grpc_status: Option<i64>,
-    /// `xds.route_name`: the name of the route Envoy matched (empty when unnamed).
+    /// `xds.route_name`: the name of the route Envoy matched (empty when unnamed, or unless
+    /// `record.route`).
     pub route: String,
 }
 
-/// The CEL list evaluated once per finished request. Absent values are guarded with `has` so
-/// that a request without a response (the client left, the upstream never answered) still
-/// evaluates; `-1` stands for "no gRPC status".
-pub const COMPLETION_EXPRESSION: &str = "[\
-has(response.code) ? response.code : 0, \
-response.flags, \
-request.duration, \
-request.total_size, \
-response.total_size, \
-xds.route_name, \
-'content-type' in response.headers ? response.headers['content-type'] : '', \
-has(response.grpc_status) ? response.grpc_status : -1]";
+/// One value read from a finished request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Value {
+    Cluster,
+    Code,
+    Flags,
+    Duration,
+    RevisionHeader,
+    Route,
+    RequestSize,
+    ResponseSize,
+    ContentType,
+    GrpcStatus,
+}
 
-/// Number of elements of [`COMPLETION_EXPRESSION`].
-const COMPLETION_ELEMENTS: usize = 8;
+/// Envoy attribute paths the filter reads (Envoy 1.40 names; the pre-1.25 top-level names such
+/// as `cluster_name` are gone since 1.33).
+pub mod property {
+    pub const CLUSTER_NAME: &[&str] = &["xds", "cluster_name"];
+    pub const ROUTE_NAME: &[&str] = &["xds", "route_name"];
+    pub const NODE_ID: &[&str] = &["xds", "node", "id"];
+    pub const RESPONSE_CODE: &[&str] = &["response", "code"];
+    pub const RESPONSE_FLAGS: &[&str] = &["response", "flags"];
+    pub const RESPONSE_GRPC_STATUS: &[&str] = &["response", "grpc_status"];
+    pub const REQUEST_DURATION: &[&str] = &["request", "duration"];
+    pub const REQUEST_TOTAL_SIZE: &[&str] = &["request", "total_size"];
+    pub const RESPONSE_TOTAL_SIZE: &[&str] = &["response", "total_size"];
+}
+
+/// Response header naming the content type (gRPC responses are told apart by it).
+pub const CONTENT_TYPE: &str = "content-type";
+
+/// What `on_log` reads for one configuration, in the order of the evaluated list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reading {
+    values: Vec<Value>,
+    /// The header a revision source reads (`response_header.name`).
+    revision_header: Option<String>,
+}
+
+impl Reading {
+    pub fn new(config: &FilterConfig) -> Reading {
+        let mut values = vec![Value::Cluster, Value::Code, Value::Flags, Value::Duration];
+        let revision_header = config
+            .response_header
+            .as_ref()
+            .filter(|_| config.sources.contains(&RevisionSource::ResponseHeader))
+            .map(|source| source.name.clone());
+        if revision_header.is_some() {
+            values.push(Value::RevisionHeader);
+        }
+        if config.record.route {
+            values.push(Value::Route);
+        }
+        if config.record.sizes {
+            values.extend([Value::RequestSize, Value::ResponseSize]);
+        }
+        if config.record.grpc_status {
+            values.extend([Value::ContentType, Value::GrpcStatus]);
+        }
+        Reading {
+            values,
+            revision_header,
+        }
+    }
+
+    /// The values read, in list order.
+    pub fn values(&self) -> &[Value] {
+        &self.values
+    }
+
+    /// The header a revision source reads, if any.
+    pub fn revision_header(&self) -> Option<&str> {
+        self.revision_header.as_deref()
+    }
+
+    /// Whether sizes are read (else batches say they were not measured).
+    pub fn measures_sizes(&self) -> bool {
+        self.values.contains(&Value::RequestSize)
+    }
+
+    /// The CEL list Envoy evaluates per finished request. `guarded`: every value that can be
+    /// absent gets a default (`has(…) ? … : default`), so the evaluation succeeds for requests
+    /// without a response or a route; unguarded, it is cheaper and fails on those.
+    pub fn expression(&self, guarded: bool) -> String {
+        let header_or_empty = |name: &str| {
+            // Header names were validated as lower-case letters, digits, '-' and '_'.
+            format!("'{name}' in response.headers ? response.headers['{name}'] : ''")
+        };
+        let guard = |value: &str, default: &str| {
+            if guarded {
+                format!("has({value}) ? {value} : {default}")
+            } else {
+                value.to_owned()
+            }
+        };
+        let items: Vec<String> = self
+            .values
+            .iter()
+            .map(|value| match value {
+                Value::Cluster => guard("xds.cluster_name", "''"),
+                Value::Code => guard("response.code", "0"),
+                Value::Flags => guard("response.flags", "0"),
+                Value::Duration => guard("request.duration", "duration('0s')"),
+                Value::RevisionHeader => {
+                    header_or_empty(self.revision_header.as_deref().unwrap_or_default())
+                }
+                Value::Route => guard("xds.route_name", "''"),
+                Value::RequestSize => guard("request.total_size", "0"),
+                Value::ResponseSize => guard("response.total_size", "0"),
+                Value::ContentType => header_or_empty(CONTENT_TYPE),
+                // Absent for every non-gRPC response: always guarded.
+                Value::GrpcStatus => "has(response.grpc_status) ? response.grpc_status : -1".into(),
+            })
+            .collect();
+        format!("[{}]", items.join(", "))
+    }
+
+    /// Decodes the value of [`Reading::expression`] as Envoy serializes a CEL list for
+    /// proxy-wasm: the element count (u32 LE), then per element its length and a zero (two u32
+    /// LE, the header-map pair layout with empty values), then per element its bytes followed by
+    /// two NULs. Integers and durations are 8 bytes LE (durations in nanoseconds), strings their
+    /// raw bytes. `None` when the bytes are not exactly that (another Envoy version's
+    /// serialization, say): the caller then reads the properties one by one.
+    pub fn decode(&self, bytes: &[u8]) -> Option<Completion> {
+        let elements = list_elements(bytes, self.values.len())?;
+        let mut completion = Completion::default();
+        let mut content_type = "";
+        let mut grpc_status = -1;
+        for (value, element) in self.values.iter().zip(elements) {
+            let int = || <[u8; 8]>::try_from(element).ok().map(i64::from_le_bytes);
+            let text = || std::str::from_utf8(element).ok();
+            match value {
+                Value::Cluster => completion.cluster = text()?.to_owned(),
+                Value::Code => completion.code = int()?,
+                Value::Flags => completion.flags = int()? as u64,
+                Value::Duration => completion.duration_ns = int()?,
+                Value::RevisionHeader => {
+                    completion.revision_header = Some(text()?.to_owned()).filter(|h| !h.is_empty())
+                }
+                Value::Route => completion.route = text()?.to_owned(),
+                Value::RequestSize => completion.request_bytes = int()?,
+                Value::ResponseSize => completion.response_bytes = int()?,
+                Value::ContentType => content_type = text()?,
+                Value::GrpcStatus => grpc_status = int()?,
+            }
+        }
+        completion.grpc_status = (is_grpc(content_type) && grpc_status >= 0).then_some(grpc_status);
+        Some(completion)
+    }
+}
 
 impl Completion {
     /// How the request ended: an upstream HTTP status, or no upstream response and why.
@@ -64,33 +213,6 @@ impl Completion {
             return (StatusClass::NoResponse, 0, UpstreamFailure::Other);
         }
         (StatusClass::of_code(code), code, UpstreamFailure::None)
-    }
-
-    /// Decodes the value of [`COMPLETION_EXPRESSION`] as Envoy serializes a CEL list for
-    /// proxy-wasm: the element count (u32 LE), then per element its length and a zero (two u32
-    /// LE, the header-map pair layout with empty values), then per element its bytes followed by
-    /// two NULs. Integers are 8 bytes LE, strings their raw bytes. `None` when the bytes are not
-    /// exactly that (another Envoy version's serialization, say): the caller then reads the
-    /// properties one by one.
-    pub fn from_evaluated(bytes: &[u8]) -> Option<Completion> {
-        let elements = list_elements(bytes, COMPLETION_ELEMENTS)?;
-        let int = |i: usize| -> Option<i64> {
-            <[u8; 8]>::try_from(*elements.get(i)?)
-                .ok()
-                .map(i64::from_le_bytes)
-        };
-        let text = |i: usize| -> Option<&str> { std::str::from_utf8(elements.get(i)?).ok() };
-        let content_type = text(6)?;
-        let grpc_status = int(7)?;
-        Some(Completion {
-            code: int(0)?,
-            flags: int(1)? as u64,
-            duration_ns: int(2)?,
-            request_bytes: int(3)?,
-            response_bytes: int(4)?,
-            route: text(5)?.to_owned(),
-            grpc_status: (is_grpc(content_type) && grpc_status >= 0).then_some(grpc_status),
-        })
     }
 
     /// The series this request is counted in.
@@ -126,7 +248,7 @@ impl Completion {
     }
 }
 
-/// The `expected` elements of a serialized CEL list (layout in [`Completion::from_evaluated`]).
+/// The `expected` elements of a serialized CEL list (layout in [`Reading::decode`]).
 fn list_elements(bytes: &[u8], expected: usize) -> Option<Vec<&[u8]>> {
     let word = |at: usize| -> Option<usize> {
         let raw = bytes.get(at..at.checked_add(4)?)?;
@@ -315,40 +437,97 @@ pub(crate) mod tests {
         out
     }
 
+    fn reading(fields: &str) -> Reading {
+        let json = format!(
+            r#"{{"exporter": {{"cluster": "e", "token": "t"}},
+                "rules": [{{"match": {{"exact": "c"}}, "namespace": "n", "service": "s", "role": "stable", "revision": "v1"}}]
+                {fields}}}"#
+        );
+        Reading::new(&FilterConfig::from_json(json.as_bytes()).unwrap())
+    }
+
+    fn all() -> Reading {
+        reading(
+            r#", "record": {"route": true, "sizes": true, "grpc_status": true},
+               "sources": ["cluster", "response_header"], "response_header": {"name": "x-app-revision"}"#,
+        )
+    }
+
     fn evaluated(content_type: &str, grpc_status: i64) -> Vec<u8> {
         serialize_list(&[
+            b"outbound|80||app.demo.svc".to_vec(),
             503i64.to_le_bytes().to_vec(),
             (bit::UPSTREAM_REQUEST_TIMEOUT as i64)
                 .to_le_bytes()
                 .to_vec(),
             2_500_000i64.to_le_bytes().to_vec(),
+            b"5d8f7c9b6".to_vec(),
+            b"app_route".to_vec(),
             100i64.to_le_bytes().to_vec(),
             1_000i64.to_le_bytes().to_vec(),
-            b"app_route".to_vec(),
             content_type.as_bytes().to_vec(),
             grpc_status.to_le_bytes().to_vec(),
         ])
     }
 
     #[test]
+    fn the_expression_holds_only_what_the_configuration_reads() {
+        assert_eq!(
+            reading("").expression(false),
+            "[xds.cluster_name, response.code, response.flags, request.duration]"
+        );
+        assert_eq!(
+            reading("").expression(true),
+            "[has(xds.cluster_name) ? xds.cluster_name : '', has(response.code) ? response.code : 0, \
+has(response.flags) ? response.flags : 0, has(request.duration) ? request.duration : duration('0s')]"
+        );
+        assert!(!reading("").measures_sizes());
+        let all = all();
+        assert!(all.measures_sizes());
+        assert_eq!(
+            all.expression(false),
+            "[xds.cluster_name, response.code, response.flags, request.duration, \
+'x-app-revision' in response.headers ? response.headers['x-app-revision'] : '', xds.route_name, \
+request.total_size, response.total_size, \
+'content-type' in response.headers ? response.headers['content-type'] : '', \
+has(response.grpc_status) ? response.grpc_status : -1]"
+        );
+    }
+
+    #[test]
     fn an_evaluated_completion_decodes_every_field() {
-        let c = Completion::from_evaluated(&evaluated("text/plain", 2)).unwrap();
+        let all = all();
+        let c = all.decode(&evaluated("text/plain", 2)).unwrap();
         assert_eq!(
             c,
             Completion {
+                cluster: "outbound|80||app.demo.svc".into(),
                 code: 503,
                 flags: bit::UPSTREAM_REQUEST_TIMEOUT,
                 duration_ns: 2_500_000,
+                revision_header: Some("5d8f7c9b6".into()),
                 request_bytes: 100,
                 response_bytes: 1_000,
                 grpc_status: None,
                 route: "app_route".into(),
             }
         );
-        let grpc = Completion::from_evaluated(&evaluated("application/grpc", 14)).unwrap();
+        let grpc = all.decode(&evaluated("application/grpc", 14)).unwrap();
         assert_eq!(grpc.grpc_status, Some(14));
-        let absent = Completion::from_evaluated(&evaluated("application/grpc", -1)).unwrap();
+        let absent = all.decode(&evaluated("application/grpc", -1)).unwrap();
         assert_eq!(absent.grpc_status, None);
+        // The four values alone.
+        let four = serialize_list(&[
+            b"stable".to_vec(),
+            200i64.to_le_bytes().to_vec(),
+            0i64.to_le_bytes().to_vec(),
+            7_000i64.to_le_bytes().to_vec(),
+        ]);
+        let c = reading("").decode(&four).unwrap();
+        assert_eq!(
+            (c.cluster.as_str(), c.code, c.duration_ns, c.route.as_str()),
+            ("stable", 200, 7_000, "")
+        );
     }
 
     /// The byte layout of Envoy 1.40's serialization of `[200, 'r']`, as logged by a filter.
@@ -366,39 +545,43 @@ pub(crate) mod tests {
 
     #[test]
     fn anything_but_the_exact_layout_is_refused() {
+        let all = all();
+        let decode = |bytes: &[u8]| all.decode(bytes);
         let good = evaluated("text/plain", 2);
-        assert!(Completion::from_evaluated(&good).is_some());
+        assert!(decode(&good).is_some());
         // Every truncation, and a trailing byte.
         for len in 0..good.len() {
-            assert_eq!(Completion::from_evaluated(&good[..len]), None, "len {len}");
+            assert_eq!(decode(&good[..len]), None, "len {len}");
         }
         let mut longer = good.clone();
         longer.push(0);
-        assert_eq!(Completion::from_evaluated(&longer), None);
+        assert_eq!(decode(&longer), None);
         // Every single-byte change either is refused or decodes without panicking.
         for i in 0..good.len() {
             let mut bad = good.clone();
             bad[i] ^= 0xff;
-            let _ = Completion::from_evaluated(&bad);
+            let _ = decode(&bad);
         }
         // Wrong element count, a non-empty pair value, a 4-byte integer, invalid UTF-8.
         let mut count = good.clone();
         count[0] = 7;
-        assert_eq!(Completion::from_evaluated(&count), None);
+        assert_eq!(decode(&count), None);
         let mut value = good.clone();
         value[8] = 1;
-        assert_eq!(Completion::from_evaluated(&value), None);
-        let mut short = vec![vec![0u8; 8]; 8];
-        short[0] = vec![0; 4];
-        short[5] = b"r".to_vec();
-        short[6] = vec![];
-        assert_eq!(Completion::from_evaluated(&serialize_list(&short)), None);
-        short[0] = vec![0; 8];
+        assert_eq!(decode(&value), None);
+        let mut short = vec![vec![0u8; 8]; 10];
+        for text in [0, 4, 5, 8] {
+            short[text] = b"r".to_vec();
+        }
+        assert!(decode(&serialize_list(&short)).is_some());
+        short[1] = vec![0; 4];
+        assert_eq!(decode(&serialize_list(&short)), None);
+        short[1] = vec![0; 8];
         short[5] = vec![0xff];
-        assert_eq!(Completion::from_evaluated(&serialize_list(&short)), None);
+        assert_eq!(decode(&serialize_list(&short)), None);
         // Protobuf ListValue, as older Envoys serialize lists.
         assert_eq!(
-            Completion::from_evaluated(&[0x0a, 0x09, 0x11, 0, 0, 0, 0, 0, 0, 0x69, 0x40]),
+            decode(&[0x0a, 0x09, 0x11, 0, 0, 0, 0, 0, 0, 0x69, 0x40]),
             None
         );
     }

@@ -1,9 +1,14 @@
-//! One HTTP stream through the filter: resolve, tag, and count it.
+//! One HTTP stream through the filter: resolve and count it (and, in the tagging build, tag
+//! it).
 //!
 //! The stream reaches Envoy only through [`StreamHost`], so the whole request path, including
-//! the number of host calls it makes, is tested natively. Each hook reads each property at
-//! most once, and nothing here can fail a request: a failed read gives a default, a failed
-//! header write is ignored, and every hook lets the stream continue.
+//! the number of host calls it makes, is tested natively. Counting needs one host call, in
+//! `on_log`: one evaluation of the configuration's [`Reading`] gives the cluster, the outcome,
+//! the duration and whatever else is read. The header hooks do something only when the filter
+//! itself tags (`tagging`, the build with per-stream callbacks); the default build does not even
+//! export them, so Envoy never enters the VM for them. Nothing here can fail a request: a failed
+//! read gives a default, a failed header write is ignored, and every hook lets the stream
+//! continue.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -12,24 +17,8 @@ use plover_wire::config::RevisionSource;
 use plover_wire::{ConfigError, FilterConfig};
 
 use crate::aggregate::Aggregate;
-use crate::record::{is_grpc, Completion};
+use crate::record::{is_grpc, property, Completion, Reading, Value, CONTENT_TYPE};
 use crate::resolve::{ClusterResolution, Resolution, RevisionResolver};
-
-/// Envoy attribute paths the filter reads (Envoy 1.40 names; the pre-1.25 top-level names such
-/// as `cluster_name` are gone since 1.33).
-pub mod property {
-    pub const CLUSTER_NAME: &[&str] = &["xds", "cluster_name"];
-    pub const ROUTE_NAME: &[&str] = &["xds", "route_name"];
-    pub const NODE_ID: &[&str] = &["xds", "node", "id"];
-    pub const RESPONSE_CODE: &[&str] = &["response", "code"];
-    pub const RESPONSE_FLAGS: &[&str] = &["response", "flags"];
-    pub const RESPONSE_GRPC_STATUS: &[&str] = &["response", "grpc_status"];
-    pub const REQUEST_DURATION: &[&str] = &["request", "duration"];
-    pub const REQUEST_TOTAL_SIZE: &[&str] = &["request", "total_size"];
-    pub const RESPONSE_TOTAL_SIZE: &[&str] = &["response", "total_size"];
-}
-
-const CONTENT_TYPE: &str = "content-type";
 
 /// Envoy's handle for a compiled CEL expression (`expr_create`).
 pub type ExpressionToken = u32;
@@ -61,6 +50,15 @@ pub fn int_property(host: &impl StreamHost, path: &[&str]) -> Option<i64> {
         .map(i64::from_le_bytes)
 }
 
+/// The two compiled forms of a configuration's [`Reading::expression`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Expressions {
+    /// Without guards: one cheap evaluation for every request that got a response.
+    pub fast: Option<ExpressionToken>,
+    /// With guards: for the requests the fast form fails on.
+    pub guarded: Option<ExpressionToken>,
+}
+
 /// A valid configuration and the per-VM state every stream of the VM shares. VMs are single
 /// threaded; the `RefCell`s are only ever borrowed for the length of one call.
 #[derive(Debug)]
@@ -68,10 +66,11 @@ pub struct Plugin {
     pub config: FilterConfig,
     resolver: RefCell<RevisionResolver>,
     aggregate: Rc<RefCell<Aggregate>>,
+    /// What `on_log` reads.
+    pub reading: Reading,
     tag_requests: bool,
-    /// [`crate::record::COMPLETION_EXPRESSION`] compiled by this Envoy, if it could: then
-    /// `on_log` makes one host call instead of six or seven.
-    completion_expression: Option<ExpressionToken>,
+    /// The reading compiled by this Envoy, where it could: then `on_log` makes one host call.
+    expressions: Expressions,
 }
 
 impl Plugin {
@@ -86,57 +85,101 @@ impl Plugin {
             && config.sources.contains(&RevisionSource::Cluster);
         Ok(Plugin {
             resolver: RefCell::new(RevisionResolver::new(&config)),
+            reading: Reading::new(&config),
             config,
             aggregate,
             tag_requests,
-            completion_expression: None,
+            expressions: Expressions::default(),
         })
     }
 
-    /// Uses Envoy's compiled [`crate::record::COMPLETION_EXPRESSION`] to read finished requests.
-    pub fn with_completion_expression(mut self, token: Option<ExpressionToken>) -> Plugin {
-        self.completion_expression = token;
+    /// Uses Envoy's compiled forms of [`Plugin::reading`] to read finished requests.
+    pub fn with_expressions(mut self, expressions: Expressions) -> Plugin {
+        self.expressions = expressions;
         self
     }
 
-    /// The finished request: one evaluation where the expression is available and its result
-    /// decodes, else one read per property.
-    fn completion(&self, host: &impl StreamHost, grpc: bool) -> Completion {
-        if let Some(completion) = self
-            .completion_expression
-            .and_then(|token| host.evaluate(token))
-            .and_then(|bytes| Completion::from_evaluated(&bytes))
-        {
-            return completion;
+    /// The finished request: one evaluation where the fast form succeeds, a second (guarded)
+    /// where it fails, else one read per value.
+    fn completion(&self, host: &impl StreamHost) -> Completion {
+        let Expressions { fast, guarded } = self.expressions;
+        for token in [fast, guarded].into_iter().flatten() {
+            if let Some(completion) = host
+                .evaluate(token)
+                .and_then(|bytes| self.reading.decode(&bytes))
+            {
+                return completion;
+            }
         }
-        let grpc = grpc
-            || (self.completion_expression.is_some()
-                && host
-                    .response_header(CONTENT_TYPE)
-                    .is_some_and(|ct| is_grpc(&ct)));
-        Completion {
-            code: int_property(host, property::RESPONSE_CODE).unwrap_or(0),
-            flags: int_property(host, property::RESPONSE_FLAGS).map_or(0, |f| f as u64),
-            duration_ns: int_property(host, property::REQUEST_DURATION).unwrap_or(0),
-            request_bytes: int_property(host, property::REQUEST_TOTAL_SIZE).unwrap_or(0),
-            response_bytes: int_property(host, property::RESPONSE_TOTAL_SIZE).unwrap_or(0),
-            grpc_status: if grpc {
-                int_property(host, property::RESPONSE_GRPC_STATUS)
-            } else {
-                None
-            },
-            route: string_property(host, property::ROUTE_NAME).unwrap_or_default(),
-        }
+        self.read_properties(host)
     }
 
-    fn resolve_cluster(&self, host: &impl StreamHost) -> Option<Rc<ClusterResolution>> {
-        let cluster = string_property(host, property::CLUSTER_NAME).unwrap_or_default();
+    /// The same values as the evaluation, one host call each.
+    fn read_properties(&self, host: &impl StreamHost) -> Completion {
+        let mut completion = Completion::default();
+        let mut grpc = false;
+        for value in self.reading.values() {
+            match value {
+                Value::Cluster => {
+                    completion.cluster =
+                        string_property(host, property::CLUSTER_NAME).unwrap_or_default()
+                }
+                Value::Code => {
+                    completion.code = int_property(host, property::RESPONSE_CODE).unwrap_or(0)
+                }
+                Value::Flags => {
+                    completion.flags =
+                        int_property(host, property::RESPONSE_FLAGS).map_or(0, |f| f as u64)
+                }
+                Value::Duration => {
+                    completion.duration_ns =
+                        int_property(host, property::REQUEST_DURATION).unwrap_or(0)
+                }
+                Value::RevisionHeader => {
+                    completion.revision_header = self
+                        .reading
+                        .revision_header()
+                        .and_then(|name| host.response_header(name))
+                }
+                Value::Route => {
+                    completion.route =
+                        string_property(host, property::ROUTE_NAME).unwrap_or_default()
+                }
+                Value::RequestSize => {
+                    completion.request_bytes =
+                        int_property(host, property::REQUEST_TOTAL_SIZE).unwrap_or(0)
+                }
+                Value::ResponseSize => {
+                    completion.response_bytes =
+                        int_property(host, property::RESPONSE_TOTAL_SIZE).unwrap_or(0)
+                }
+                Value::ContentType => {
+                    grpc = host
+                        .response_header(CONTENT_TYPE)
+                        .is_some_and(|ct| is_grpc(&ct))
+                }
+                // Only worth a host call for a gRPC response.
+                Value::GrpcStatus if grpc => {
+                    completion.grpc_status = int_property(host, property::RESPONSE_GRPC_STATUS)
+                }
+                Value::GrpcStatus => {}
+            }
+        }
+        completion
+    }
+
+    fn resolve_cluster(&self, cluster: &str) -> Option<Rc<ClusterResolution>> {
         Some(
             self.resolver
                 .try_borrow_mut()
                 .ok()?
-                .resolve_cluster(&cluster),
+                .resolve_cluster(cluster),
         )
+    }
+
+    fn read_and_resolve_cluster(&self, host: &impl StreamHost) -> Option<Rc<ClusterResolution>> {
+        let cluster = string_property(host, property::CLUSTER_NAME).unwrap_or_default();
+        self.resolve_cluster(&cluster)
     }
 }
 
@@ -147,7 +190,6 @@ pub struct Stream {
     plugin: Option<Rc<Plugin>>,
     cluster: Option<Rc<ClusterResolution>>,
     resolution: Option<Rc<Resolution>>,
-    grpc: bool,
 }
 
 impl Stream {
@@ -156,58 +198,52 @@ impl Stream {
             plugin,
             cluster: None,
             resolution: None,
-            grpc: false,
         }
     }
 
-    /// Request headers: the route, hence the upstream cluster, is picked by now. Tags the
-    /// upstream request when the cluster names the revision.
+    /// Request headers (tagging build only): the route, hence the upstream cluster, is picked
+    /// by now. Tags the upstream request when the cluster names the revision.
     pub fn on_request_headers(&mut self, host: &impl StreamHost) {
-        let Some(plugin) = self.plugin.as_deref() else {
+        let Some(plugin) = self.plugin.as_deref().filter(|p| p.tag_requests) else {
             return;
         };
-        let Some(cluster) = plugin.resolve_cluster(host) else {
+        let Some(cluster) = plugin.read_and_resolve_cluster(host) else {
             return;
         };
-        if plugin.tag_requests && cluster.matched && !cluster.target.tag.is_empty() {
+        if cluster.matched && !cluster.target.tag.is_empty() {
             host.set_request_header(&plugin.config.tagging.request_header, &cluster.target.tag);
         }
         self.cluster = Some(cluster);
     }
 
-    /// Response headers: the application's revision header (if configured and still able to
-    /// change the answer) settles the resolution, which tags the downstream response.
+    /// Response headers (tagging build only): the revision header (if a source reads it and it
+    /// can still change the answer) settles the resolution, which tags the downstream response.
     pub fn on_response_headers(&mut self, host: &impl StreamHost) {
-        let Some(plugin) = self.plugin.as_deref() else {
+        let Some(plugin) = self
+            .plugin
+            .as_deref()
+            .filter(|p| !p.config.tagging.response_header.is_empty())
+        else {
             return;
         };
         let Some(cluster) = self
             .cluster
             .clone()
-            .or_else(|| plugin.resolve_cluster(host))
+            .or_else(|| plugin.read_and_resolve_cluster(host))
         else {
             return;
         };
-        // With the completion expression, `on_log` reads the content type along with the rest.
-        if plugin.completion_expression.is_none() {
-            self.grpc = host
-                .response_header(CONTENT_TYPE)
-                .is_some_and(|ct| is_grpc(&ct));
-        }
         let Ok(mut resolver) = plugin.resolver.try_borrow_mut() else {
             return;
         };
-        let header_revision = match &plugin.config.response_header {
-            Some(source) if resolver.wants_response_header(&cluster) => {
-                host.response_header(&source.name)
-            }
+        let header_revision = match plugin.reading.revision_header() {
+            Some(name) if resolver.wants_response_header(&cluster) => host.response_header(name),
             _ => None,
         };
         let resolution = resolver.resolve(&cluster, header_revision.as_deref());
         drop(resolver);
-        let tag_header = &plugin.config.tagging.response_header;
-        if !tag_header.is_empty() && !resolution.tag.is_empty() {
-            host.set_response_header(tag_header, &resolution.tag);
+        if !resolution.tag.is_empty() {
+            host.set_response_header(&plugin.config.tagging.response_header, &resolution.tag);
         }
         self.cluster = Some(cluster);
         self.resolution = Some(resolution);
@@ -219,39 +255,42 @@ impl Stream {
         let Some(plugin) = self.plugin.as_deref() else {
             return;
         };
+        let completion = plugin.completion(host);
         let resolution = match self.resolution.take() {
             Some(resolution) => resolution,
             None => {
-                let Some(cluster) = self.cluster.take().or_else(|| plugin.resolve_cluster(host))
+                let Some(cluster) = self
+                    .cluster
+                    .take()
+                    .or_else(|| plugin.resolve_cluster(&completion.cluster))
                 else {
                     return;
                 };
                 let Ok(mut resolver) = plugin.resolver.try_borrow_mut() else {
                     return;
                 };
-                resolver.resolve(&cluster, None)
+                resolver.resolve(&cluster, completion.revision_header.as_deref())
             }
         };
-        let completion = plugin.completion(host, self.grpc);
-        if let Ok(mut aggregate) = plugin.aggregate.try_borrow_mut() {
-            let over_limit = resolution.from_header
-                && !aggregate.admit_header_revision(
-                    &resolution.namespace,
-                    &resolution.service,
-                    &resolution.revision,
-                );
-            let key = if over_limit {
-                completion.series_key(&resolution.unknown())
-            } else {
-                completion.series_key(&resolution)
-            };
-            aggregate.record(
-                key,
-                completion.duration_micros(),
-                completion.request_bytes(),
-                completion.response_bytes(),
+        let Ok(mut aggregate) = plugin.aggregate.try_borrow_mut() else {
+            return;
+        };
+        let over_limit = resolution.from_header
+            && !aggregate.admit_header_revision(
+                &resolution.namespace,
+                &resolution.service,
+                &resolution.revision,
             );
-        }
+        let key = if over_limit {
+            completion.series_key(&resolution.unknown())
+        } else {
+            completion.series_key(&resolution)
+        };
+        let sizes = plugin
+            .reading
+            .measures_sizes()
+            .then(|| (completion.request_bytes(), completion.response_bytes()));
+        aggregate.record(key, completion.duration_micros(), sizes);
     }
 }
 
@@ -272,6 +311,10 @@ pub(crate) mod tests {
         pub request_tags: RefCell<Vec<(String, String)>>,
         pub response_tags: RefCell<Vec<(String, String)>>,
         pub calls: Cell<usize>,
+        /// The reading of the plugin the stream runs with (what Envoy compiled).
+        pub reading: RefCell<Option<Reading>>,
+        /// Evaluations return bytes no decoder accepts (another Envoy's serialization).
+        pub evaluation_breaks: Cell<bool>,
     }
 
     impl MockHost {
@@ -307,40 +350,59 @@ pub(crate) mod tests {
         }
     }
 
-    /// The token the mock Envoy gave [`crate::record::COMPLETION_EXPRESSION`].
-    const COMPLETION_TOKEN: ExpressionToken = 7;
+    /// The tokens the mock Envoy gave the fast and the guarded form of a reading.
+    const FAST_TOKEN: ExpressionToken = 7;
+    const GUARDED_TOKEN: ExpressionToken = 8;
 
     impl StreamHost for MockHost {
         fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
             self.call();
             self.properties.get(&path.join(".")).cloned()
         }
-        /// Evaluates the completion expression over the scripted properties the way Envoy
-        /// does: guarded values default, any other missing value fails the evaluation.
+        /// Evaluates the reading the stream's plugin compiled over the scripted properties the
+        /// way Envoy does: unguarded values fail the evaluation when missing, guarded ones
+        /// default.
         fn evaluate(&self, expression: ExpressionToken) -> Option<Vec<u8>> {
             self.call();
-            if expression != COMPLETION_TOKEN {
-                return None;
-            }
-            let get = |path: &[&str]| self.properties.get(&path.join(".")).cloned();
-            let int_or = |path: &[&str], default: i64| {
-                get(path).unwrap_or_else(|| default.to_le_bytes().to_vec())
+            let guarded = match expression {
+                FAST_TOKEN => false,
+                GUARDED_TOKEN => true,
+                _ => return None,
             };
-            let content_type = self
-                .response_headers
-                .get(CONTENT_TYPE)
-                .cloned()
-                .unwrap_or_default();
-            Some(crate::record::tests::serialize_list(&[
-                int_or(property::RESPONSE_CODE, 0),
-                get(property::RESPONSE_FLAGS)?,
-                get(property::REQUEST_DURATION)?,
-                get(property::REQUEST_TOTAL_SIZE)?,
-                get(property::RESPONSE_TOTAL_SIZE)?,
-                get(property::ROUTE_NAME)?,
-                content_type.into_bytes(),
-                int_or(property::RESPONSE_GRPC_STATUS, -1),
-            ]))
+            if self.evaluation_breaks.get() {
+                return Some(b"a serialization no decoder knows".to_vec());
+            }
+            let reading = self.reading.borrow().clone()?;
+            let get = |path: &[&str]| self.properties.get(&path.join(".")).cloned();
+            let or = |path: &[&str], default: Vec<u8>| match get(path) {
+                Some(value) => Some(value),
+                None if guarded => Some(default),
+                None => None,
+            };
+            let int = |v: i64| v.to_le_bytes().to_vec();
+            let header = |name: &str| {
+                self.response_headers
+                    .get(name)
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_bytes()
+            };
+            let mut elements = Vec::new();
+            for value in reading.values() {
+                elements.push(match value {
+                    Value::Cluster => or(property::CLUSTER_NAME, Vec::new())?,
+                    Value::Code => or(property::RESPONSE_CODE, int(0))?,
+                    Value::Flags => or(property::RESPONSE_FLAGS, int(0))?,
+                    Value::Duration => or(property::REQUEST_DURATION, int(0))?,
+                    Value::RevisionHeader => header(reading.revision_header().unwrap()),
+                    Value::Route => or(property::ROUTE_NAME, Vec::new())?,
+                    Value::RequestSize => or(property::REQUEST_TOTAL_SIZE, int(0))?,
+                    Value::ResponseSize => or(property::RESPONSE_TOTAL_SIZE, int(0))?,
+                    Value::ContentType => header(CONTENT_TYPE),
+                    Value::GrpcStatus => get(property::RESPONSE_GRPC_STATUS).unwrap_or(int(-1)),
+                });
+            }
+            Some(crate::record::tests::serialize_list(&elements))
         }
         fn response_header(&self, name: &str) -> Option<String> {
             self.call();
@@ -368,12 +430,15 @@ pub(crate) mod tests {
         ]
     }"#;
 
-    /// A plugin on an Envoy that compiled the completion expression (Envoy 1.40).
+    /// A plugin on an Envoy that compiled both forms of its reading (Envoy 1.40).
     fn plugin(json: &str) -> (Rc<Plugin>, Rc<RefCell<Aggregate>>) {
         let aggregate = Rc::new(RefCell::new(Aggregate::new(0)));
         let plugin = Plugin::configure(json.as_bytes(), Rc::clone(&aggregate))
             .unwrap()
-            .with_completion_expression(Some(COMPLETION_TOKEN));
+            .with_expressions(Expressions {
+                fast: Some(FAST_TOKEN),
+                guarded: Some(GUARDED_TOKEN),
+            });
         (Rc::new(plugin), aggregate)
     }
 
@@ -385,6 +450,7 @@ pub(crate) mod tests {
     }
 
     fn run(plugin: &Rc<Plugin>, host: &MockHost) {
+        host.reading.replace(Some(plugin.reading.clone()));
         let mut stream = Stream::new(Some(Rc::clone(plugin)));
         stream.on_request_headers(host);
         stream.on_response_headers(host);
@@ -399,9 +465,76 @@ pub(crate) mod tests {
         vec![(name.into(), value.into())]
     }
 
+    /// `CONFIG` with further top-level fields.
+    fn config_with(fields: &str) -> String {
+        CONFIG.replacen('{', &format!("{{{fields},"), 1)
+    }
+
+    const TAGGING: &str = r#""tagging": {"request_header": "x-plover-revision", "response_header": "x-plover-revision"}"#;
+    const RECORD_ALL: &str = r#""record": {"route": true, "sizes": true, "grpc_status": true}"#;
+    const HEADER_SOURCE: &str = r#""sources": ["response_header", "cluster"], "response_header": {"name": "x-app-revision"}"#;
+
     #[test]
-    fn a_canary_request_is_tagged_both_ways_and_counted() {
+    fn a_request_is_counted_with_one_host_call_and_not_tagged() {
         let (plugin, aggregate) = plugin(CONFIG);
+        let host = MockHost::request("canary", 200);
+        run(&plugin, &host);
+        assert_eq!(host.calls.get(), 1, "one evaluation in on_log");
+        assert!(host.request_tags.borrow().is_empty() && host.response_tags.borrow().is_empty());
+        let batch = flush(&aggregate);
+        assert_eq!(batch.series.len(), 1);
+        assert!(batch.sizes_unmeasured, "sizes are opt-in");
+        let (key, delta) = &batch.series[0];
+        assert_eq!(
+            (
+                key.namespace.as_str(),
+                key.service.as_str(),
+                key.route.as_str()
+            ),
+            ("demo", "app", ""),
+            "the route is opt-in"
+        );
+        assert_eq!((key.role, key.revision.as_str()), (Role::Canary, "v2"));
+        assert_eq!(
+            (key.status_class, key.code, key.grpc_status),
+            (StatusClass::Success, 200, None)
+        );
+        assert_eq!((delta.requests, delta.request_bytes), (1, 0));
+        // 2.5 ms in µs, within the histogram's 1% precision.
+        assert!(
+            delta
+                .duration
+                .max()
+                .is_some_and(|us| (2_500..2_525).contains(&us)),
+            "{:?}",
+            delta.duration.max()
+        );
+    }
+
+    #[test]
+    fn recorded_values_are_read_in_the_same_evaluation() {
+        let (plugin, aggregate) = plugin(&config_with(RECORD_ALL));
+        let host = MockHost::request("canary", 200)
+            .with_header(CONTENT_TYPE, "application/grpc")
+            .with_int(property::RESPONSE_GRPC_STATUS, 14);
+        run(&plugin, &host);
+        assert_eq!(host.calls.get(), 1);
+        let batch = flush(&aggregate);
+        assert!(!batch.sizes_unmeasured);
+        let (key, delta) = &batch.series[0];
+        assert_eq!(
+            (key.route.as_str(), key.grpc_status),
+            ("app_route", Some(14))
+        );
+        assert_eq!(
+            (delta.requests, delta.request_bytes, delta.response_bytes),
+            (1, 100, 1_000)
+        );
+    }
+
+    #[test]
+    fn the_tagging_build_tags_both_ways() {
+        let (plugin, aggregate) = plugin(&config_with(TAGGING));
         let host = MockHost::request("canary", 200);
         run(&plugin, &host);
         assert_eq!(
@@ -414,36 +547,7 @@ pub(crate) mod tests {
         );
         // cluster + request tag; response tag; one evaluation in on_log.
         assert_eq!(host.calls.get(), 4);
-
-        let batch = flush(&aggregate);
-        assert_eq!(batch.series.len(), 1);
-        let (key, delta) = &batch.series[0];
-        assert_eq!(
-            (
-                key.namespace.as_str(),
-                key.service.as_str(),
-                key.route.as_str()
-            ),
-            ("demo", "app", "app_route")
-        );
-        assert_eq!((key.role, key.revision.as_str()), (Role::Canary, "v2"));
-        assert_eq!(
-            (key.status_class, key.code, key.grpc_status),
-            (StatusClass::Success, 200, None)
-        );
-        assert_eq!(
-            (delta.requests, delta.request_bytes, delta.response_bytes),
-            (1, 100, 1_000)
-        );
-        // 2.5 ms in µs, within the histogram's 1% precision.
-        assert!(
-            delta
-                .duration
-                .max()
-                .is_some_and(|us| (2_500..2_525).contains(&us)),
-            "{:?}",
-            delta.duration.max()
-        );
+        assert_eq!(flush(&aggregate).series[0].0.role, Role::Canary);
     }
 
     /// Without CEL in Envoy every value is its own read, and the batch is the same.
@@ -461,47 +565,65 @@ pub(crate) mod tests {
                     .with_int(property::RESPONSE_GRPC_STATUS, 14),
             ]
         };
-        let (evaluating, evaluated) = plugin(CONFIG);
-        let (reading, read) = plugin_reading_properties(CONFIG);
-        for host in hosts() {
-            run(&evaluating, &host);
+        for (fields, expected_calls) in [
+            (CONFIG.to_owned(), [4, 4, 4]),
+            // Four values, route, two sizes and the content type (and the gRPC status).
+            (config_with(RECORD_ALL), [8, 8, 9]),
+        ] {
+            let (evaluating, evaluated) = plugin(&fields);
+            let (reading, read) = plugin_reading_properties(&fields);
+            for host in hosts() {
+                run(&evaluating, &host);
+            }
+            let calls: Vec<usize> = hosts()
+                .iter()
+                .map(|host| {
+                    run(&reading, host);
+                    host.calls.get()
+                })
+                .collect();
+            assert_eq!(calls, expected_calls);
+            assert_eq!(flush(&evaluated), flush(&read));
         }
-        let calls: Vec<usize> = hosts()
-            .iter()
-            .map(|host| {
-                run(&reading, host);
-                host.calls.get()
-            })
-            .collect();
-        // cluster + request tag; content-type + response tag; six properties (seven for gRPC).
-        assert_eq!(calls, [10, 10, 11]);
-        assert_eq!(flush(&evaluated), flush(&read));
     }
 
     #[test]
-    fn a_failed_evaluation_falls_back_to_reading_properties() {
+    fn a_request_without_a_response_takes_the_guarded_form() {
         let (plugin, aggregate) = plugin(CONFIG);
-        // Envoy fails the evaluation when an unguarded value is missing (here the route);
-        // the stream then reads each property, content type included.
-        let mut host = MockHost::request("canary", 200)
-            .with_header(CONTENT_TYPE, "application/grpc")
-            .with_int(property::RESPONSE_GRPC_STATUS, 4);
-        host.properties.remove(&property::ROUTE_NAME.join("."));
+        let mut host = MockHost::request("canary", 0).with_int(
+            property::RESPONSE_FLAGS,
+            bit::DOWNSTREAM_CONNECTION_TERMINATION as i64,
+        );
+        host.properties.remove(&property::RESPONSE_CODE.join("."));
         run(&plugin, &host);
-        // 3 as usual, the failed evaluation, content-type, six properties and the gRPC status.
-        assert_eq!(host.calls.get(), 12);
-        let batch = flush(&aggregate);
-        let (key, delta) = &batch.series[0];
         assert_eq!(
-            (key.role, key.code, key.grpc_status, key.route.as_str()),
-            (Role::Canary, 200, Some(4), "")
+            host.calls.get(),
+            2,
+            "the fast form fails, the guarded one answers"
+        );
+        let (key, delta) = &flush(&aggregate).series[0];
+        assert_eq!(
+            (key.role, key.code, key.upstream_failure),
+            (Role::Canary, 0, UpstreamFailure::DownstreamDisconnect)
         );
         assert_eq!(delta.requests, 1);
     }
 
     #[test]
-    fn an_unmatched_cluster_is_counted_as_unknown_and_not_tagged() {
+    fn evaluations_that_do_not_decode_fall_back_to_reading_properties() {
         let (plugin, aggregate) = plugin(CONFIG);
+        let host = MockHost::request("canary", 200);
+        host.evaluation_breaks.set(true);
+        run(&plugin, &host);
+        // Both forms, then cluster, code, flags and duration.
+        assert_eq!(host.calls.get(), 6);
+        let (key, delta) = &flush(&aggregate).series[0];
+        assert_eq!((key.role, key.code, delta.requests), (Role::Canary, 200, 1));
+    }
+
+    #[test]
+    fn an_unmatched_cluster_is_counted_as_unknown_and_not_tagged() {
+        let (plugin, aggregate) = plugin(&config_with(TAGGING));
         let host = MockHost::request("outbound|80||other.shop.svc.cluster.local", 404);
         run(&plugin, &host);
         assert!(host.request_tags.borrow().is_empty());
@@ -543,32 +665,25 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn tagging_can_be_turned_off() {
-        let json = CONFIG.replacen(
-            '{',
-            r#"{"tagging": {"request_header": "", "response_header": ""},"#,
-            1,
-        );
-        let (plugin, aggregate) = plugin(&json);
-        let host = MockHost::request("stable", 200);
-        run(&plugin, &host);
-        assert!(host.request_tags.borrow().is_empty() && host.response_tags.borrow().is_empty());
-        assert_eq!(host.calls.get(), 2, "the cluster and one evaluation");
-        assert_eq!(flush(&aggregate).requests(), 1);
-    }
-
-    #[test]
     fn response_header_source_resolves_and_has_priority() {
-        let json = CONFIG.replacen(
-            '{',
-            r#"{"sources": ["response_header", "cluster"], "response_header": {"name": "x-app-revision"},"#,
-            1,
-        );
-        let (plugin, aggregate) = plugin(&json);
-        // Envoy picked "stable", but the application says it is v2.
+        let (counting, aggregate) = plugin(&config_with(HEADER_SOURCE));
+        // Envoy picked "stable", but the application (or the router) says it is v2.
         let host = MockHost::request("stable", 200).with_header("x-app-revision", "v2");
-        run(&plugin, &host);
-        // The request tag could only use the cluster; the response tag uses the final answer.
+        run(&counting, &host);
+        assert_eq!(host.calls.get(), 1, "the header is part of the evaluation");
+        let batch = flush(&aggregate);
+        assert_eq!(batch.series[0].0.role, Role::Canary);
+
+        // Header missing: the cluster source answers.
+        let host = MockHost::request("stable", 200);
+        run(&counting, &host);
+        assert_eq!(flush(&aggregate).series[0].0.role, Role::Stable);
+
+        // The tagging build: the request tag could only use the cluster; the response tag
+        // uses the final answer.
+        let (tagging, _) = plugin(&config_with(&format!("{HEADER_SOURCE}, {TAGGING}")));
+        let host = MockHost::request("stable", 200).with_header("x-app-revision", "v2");
+        run(&tagging, &host);
         assert_eq!(
             *host.request_tags.borrow(),
             header("x-plover-revision", "stable/v1")
@@ -577,25 +692,13 @@ pub(crate) mod tests {
             *host.response_tags.borrow(),
             header("x-plover-revision", "canary/v2")
         );
-        let batch = flush(&aggregate);
-        assert_eq!(batch.series[0].0.role, Role::Canary);
-
-        // Header missing: the cluster source answers.
-        let host = MockHost::request("stable", 200);
-        run(&plugin, &host);
-        assert_eq!(flush(&aggregate).series[0].0.role, Role::Stable);
     }
 
     #[test]
     fn an_application_naming_many_revisions_gets_the_rest_counted_as_unknown() {
         // Issue 17, item 1: the header source must not let an application create unbounded
         // revisions.
-        let json = CONFIG.replacen(
-            '{',
-            r#"{"sources": ["response_header", "cluster"], "response_header": {"name": "x-app-revision"},"#,
-            1,
-        );
-        let (plugin, aggregate) = plugin(&json);
+        let (plugin, aggregate) = plugin(&config_with(HEADER_SOURCE));
         let limit = crate::aggregate::MAX_HEADER_REVISIONS_PER_SERVICE;
         for i in 0..limit + 4 {
             let host =
@@ -618,25 +721,29 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn cluster_first_skips_reading_the_revision_header_when_a_rule_matched() {
-        let json = CONFIG.replacen(
-            '{',
-            r#"{"sources": ["cluster", "response_header"], "response_header": {"name": "x-app-revision"},"#,
-            1,
-        );
-        let (plugin, _) = plugin(&json);
+    fn cluster_first_tagging_skips_reading_the_revision_header_when_a_rule_matched() {
+        let json = config_with(&format!(
+            r#""sources": ["cluster", "response_header"], "response_header": {{"name": "x-app-revision"}}, {TAGGING}"#
+        ));
+        let (plugin, aggregate) = plugin(&json);
         let host = MockHost::request("canary", 200).with_header("x-app-revision", "v1");
         run(&plugin, &host);
-        assert_eq!(host.calls.get(), 4, "the revision header is not read");
+        assert_eq!(
+            host.calls.get(),
+            4,
+            "the revision header is not read by a hook"
+        );
         assert_eq!(
             *host.response_tags.borrow(),
             header("x-plover-revision", "canary/v2")
         );
+        assert_eq!(flush(&aggregate).series[0].0.revision, "v2");
     }
 
     #[test]
     fn grpc_status_is_read_only_for_grpc_responses() {
-        let (plugin, aggregate) = plugin_reading_properties(CONFIG);
+        let (plugin, aggregate) =
+            plugin_reading_properties(&config_with(r#""record": {"grpc_status": true}"#));
         let plain = MockHost::request("canary", 200);
         run(&plugin, &plain);
         let grpc = MockHost::request("canary", 200)

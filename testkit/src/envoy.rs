@@ -20,7 +20,14 @@ pub struct Upstream {
     pub cluster: String,
     pub port: u16,
     pub weight: u32,
+    /// The revision tag the route sets on requests to this cluster and on their responses
+    /// ([`ROUTE_TAG_HEADER`], replacing any value the client or the backend sent), as
+    /// Plover's routers write it beside the weights; `None`: no tag.
+    pub tag: Option<String>,
 }
+
+/// The header of the route tags ([`Upstream::tag`]).
+pub const ROUTE_TAG_HEADER: &str = "x-plover-revision";
 
 /// A Wasm HTTP filter to load.
 #[derive(Clone, Debug)]
@@ -99,11 +106,13 @@ impl GatewaySpec {
                     cluster: "stable".into(),
                     port: stable_port,
                     weight: 70,
+                    tag: Some("stable/v1".into()),
                 },
                 Upstream {
                     cluster: "canary".into(),
                     port: canary_port,
                     weight: 30,
+                    tag: Some("canary/v2".into()),
                 },
             ],
             filter: Some(WasmFilter::plover(plover_test_config(token, ""))),
@@ -209,7 +218,18 @@ pub fn bootstrap(spec: &GatewaySpec, listener_port: u16, admin_port: u16) -> Val
     let weighted: Vec<Value> = spec
         .upstreams
         .iter()
-        .map(|u| json!({"name": u.cluster, "weight": u.weight}))
+        .map(|u| {
+            let mut cluster = json!({"name": u.cluster, "weight": u.weight});
+            if let Some(tag) = &u.tag {
+                let set = json!([{
+                    "header": {"key": ROUTE_TAG_HEADER, "value": tag},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"
+                }]);
+                cluster["request_headers_to_add"] = set.clone();
+                cluster["response_headers_to_add"] = set;
+            }
+            cluster
+        })
         .collect();
     json!({
         "node": {"id": "plover-test-gateway", "cluster": "plover-test"},

@@ -24,11 +24,19 @@ pub fn envoy() -> PathBuf {
 
 /// The built filter: `$PLOVER_FILTER_WASM`, else the `cargo xtask wasm` output.
 pub fn filter_wasm() -> PathBuf {
-    let path = std::env::var_os("PLOVER_FILTER_WASM")
+    built_module("PLOVER_FILTER_WASM", "plover_filter.wasm")
+}
+
+/// The filter build with header hooks (`tagging`): `$PLOVER_FILTER_TAGGING_WASM`, else the
+/// `cargo xtask wasm` output.
+pub fn filter_tagging_wasm() -> PathBuf {
+    built_module("PLOVER_FILTER_TAGGING_WASM", "plover_filter_tagging.wasm")
+}
+
+fn built_module(variable: &str, name: &str) -> PathBuf {
+    let path = std::env::var_os(variable)
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            workspace_root().join("target/wasm32-unknown-unknown/wasm/plover_filter.wasm")
-        });
+        .unwrap_or_else(|| workspace_root().join("target/plover-filter").join(name));
     assert!(
         path.exists(),
         "{} is missing: run `cargo xtask wasm` (or `cargo xtask test`) first",

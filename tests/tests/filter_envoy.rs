@@ -27,11 +27,13 @@ fn gateway(stable: &Backend, canary: &Backend, sink: &Sink, configuration: Strin
                 cluster: "stable".into(),
                 port: stable.port,
                 weight: 80,
+                tag: Some("stable/v1".into()),
             },
             Upstream {
                 cluster: "canary".into(),
                 port: canary.port,
                 weight: 20,
+                tag: Some("canary/v2".into()),
             },
         ],
         filter: Some(WasmFilter::plover(configuration)),
@@ -194,11 +196,6 @@ async fn invalid_configuration_is_reported_and_traffic_still_flows() {
 
     let report = load(&envoy.url("/"), 300, 4, TAG).await;
     assert_eq!(report.by_status.get(&200), Some(&300), "{report:?}");
-    assert_eq!(
-        report.by_tag.get(""),
-        Some(&300),
-        "an unconfigured filter must not tag"
-    );
     wait_until(
         "the filter to log its configuration error",
         Duration::from_secs(5),
@@ -210,6 +207,60 @@ async fn invalid_configuration_is_reported_and_traffic_still_flows() {
         0,
         "an unconfigured filter must not send batches"
     );
+    drop(envoy);
+
+    // The counting module has no header hooks: asked to tag, it says which module can, and
+    // stays out of the way.
+    let tagging = plover_config(&format!(
+        r#", "tagging": {{"request_header": "{TAG}", "response_header": "{TAG}"}}"#
+    ));
+    let envoy = Envoy::start(&gateway(&stable, &canary, &sink, tagging), dir.path());
+    let report = load(&envoy.url("/"), 100, 4, TAG).await;
+    assert_eq!(report.by_status.get(&200), Some(&100), "{report:?}");
+    wait_until(
+        "the filter to say which module tags",
+        Duration::from_secs(5),
+        || envoy.log().contains("plover_filter_tagging.wasm"),
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sink.received().batches, 0);
+}
+
+/// For routes Plover does not manage, the tagging module writes the tags itself: on the request
+/// upstream and the response downstream, replacing what the client sent, and counts exactly as
+/// the counting module does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tagging_module_tags_routes_that_carry_no_tags() {
+    let _serial = plover_testkit::exclusive().await;
+    let stable = Backend::start("v1", Behaviour::default()).await;
+    let canary = Backend::start("v2", Behaviour::default()).await;
+    let sink = Sink::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = gateway(
+        &stable,
+        &canary,
+        &sink,
+        plover_config(&format!(
+            r#", "tagging": {{"request_header": "{TAG}", "response_header": "{TAG}"}}"#
+        )),
+    );
+    for upstream in &mut spec.upstreams {
+        upstream.tag = None;
+    }
+    if let Some(filter) = spec.filter.as_mut() {
+        filter.module = plover_testkit::tools::filter_tagging_wasm();
+    }
+    let envoy = Envoy::start(&spec, dir.path());
+    let report = load(&envoy.url("/"), 1_000, 4, TAG).await;
+    assert_eq!(report.by_status.get(&200), Some(&1_000), "{report:?}");
+    assert_eq!(report.mismatched_tags, 0, "{report:?}");
+    assert_eq!(report.by_tag.get("stable/v1"), Some(&stable.served()));
+    assert_eq!(report.by_tag.get("canary/v2"), Some(&canary.served()));
+    wait_for_sink(&sink, 1_000).await;
+    let received = sink.received();
+    assert_eq!(received.total_requests(), 1_000, "{received:?}");
+    assert_eq!(received.requests_of("v1"), stable.served());
+    assert_eq!(received.requests_of("v2"), canary.served());
 }
 
 /// Replacing the plugin (a new configuration, as when an Istio `WasmPlugin` changes) shuts the
@@ -231,11 +282,6 @@ async fn replacing_the_plugin_sends_the_old_plugins_last_interval() {
     let (envoy, filter_file) = Envoy::start_with_filter_file(&spec, dir.path());
     let report = load(&envoy.url("/"), 300, 4, TAG).await;
     assert_eq!(report.by_status.get(&200), Some(&300), "{report:?}");
-    assert_eq!(
-        report.by_tag.get(""),
-        None,
-        "the discovered filter tags every response: {report:?}"
-    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         sink.received().total_requests(),

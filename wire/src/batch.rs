@@ -2,12 +2,13 @@
 //! previous batch, identified by (gateway, VM instance, sequence) so that a retransmit can be
 //! recognised and applied exactly once.
 //!
-//! Layout (version 1), all integers LEB128 unless noted:
+//! Layout (version 2), all integers LEB128 unless noted:
 //!
 //! ```text
 //! "PLVB" u8:version
 //! strings: count, then (len, UTF-8 bytes)…        one table, referenced by index below
 //! gateway:str instance:str sequence start_unix_ms end_unix_ms dropped_requests
+//! flags (bit 0: sizes not measured)               absent in version 1, which is still read
 //! series: count, then per series:
 //!   namespace:str service:str route:str revision:str role:u8 status_class:u8
 //!   code grpc_status(0 = none, else status+1) upstream_failure:u8
@@ -25,7 +26,12 @@ use crate::varint::{read_u64, write_u64};
 use crate::WireError;
 
 pub const MAGIC: [u8; 4] = *b"PLVB";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
+/// The version before `flags`; still decoded (flags 0), so filters of the previous release
+/// keep reporting to a new exporter during an upgrade.
+pub const VERSION_1: u8 = 1;
+/// `flags` bit: some requests of the batch were counted without their sizes.
+const FLAG_SIZES_UNMEASURED: u64 = 1;
 /// Media type of an encoded batch.
 pub const CONTENT_TYPE: &str = "application/vnd.plover.batch.v1";
 /// Path the exporter receives batches on.
@@ -55,6 +61,9 @@ pub struct Batch {
     pub end_unix_ms: u64,
     /// Requests whose data the VM had to drop (buffer full) since its previous batch.
     pub dropped_requests: u64,
+    /// Some requests were counted without their sizes (the filter's `record.sizes` is off):
+    /// `request_bytes` and `response_bytes` are then not the traffic's volume.
+    pub sizes_unmeasured: bool,
     /// Series, no key twice. Decoded batches hold them in ascending key order; `encode`
     /// writes them in that order whatever the order here.
     pub series: Vec<(SeriesKey, SeriesDelta)>,
@@ -104,6 +113,11 @@ impl Batch {
             self.start_unix_ms,
             self.end_unix_ms,
             self.dropped_requests,
+            if self.sizes_unmeasured {
+                FLAG_SIZES_UNMEASURED
+            } else {
+                0
+            },
         ] {
             write_u64(&mut out, v);
         }
@@ -177,6 +191,7 @@ impl Batch {
             start_unix_ms: self.start_unix_ms,
             end_unix_ms: self.end_unix_ms,
             dropped_requests: self.dropped_requests,
+            sizes_unmeasured: self.sizes_unmeasured,
             strings,
             series: Cow::Owned(series),
             bins: Cow::Owned(bins),
@@ -250,6 +265,7 @@ pub struct BatchView<'a> {
     pub start_unix_ms: u64,
     pub end_unix_ms: u64,
     pub dropped_requests: u64,
+    pub sizes_unmeasured: bool,
     strings: Vec<&'a str>,
     series: Cow<'a, [SeriesHead]>,
     bins: Cow<'a, [(u16, u64)]>,
@@ -323,6 +339,7 @@ impl<'a> BatchView<'a> {
             start_unix_ms: self.start_unix_ms,
             end_unix_ms: self.end_unix_ms,
             dropped_requests: self.dropped_requests,
+            sizes_unmeasured: self.sizes_unmeasured,
             series: self
                 .series()
                 .map(|s| {
@@ -347,6 +364,7 @@ struct Header<'a> {
     start_unix_ms: u64,
     end_unix_ms: u64,
     dropped_requests: u64,
+    sizes_unmeasured: bool,
     strings: Vec<&'a str>,
 }
 
@@ -359,6 +377,7 @@ impl<'a> Header<'a> {
             start_unix_ms,
             end_unix_ms,
             dropped_requests,
+            sizes_unmeasured,
             strings,
         } = self;
         BatchView {
@@ -368,6 +387,7 @@ impl<'a> Header<'a> {
             start_unix_ms,
             end_unix_ms,
             dropped_requests,
+            sizes_unmeasured,
             strings,
             series,
             bins,
@@ -388,7 +408,7 @@ fn decode_into<'a>(bytes: &'a [u8], buffers: &mut DecodeBuffers) -> Result<Heade
         return Err(WireError::Malformed("not a Plover batch (bad magic)"));
     }
     let version = take(&mut input, 1)?[0];
-    if version != VERSION {
+    if version != VERSION && version != VERSION_1 {
         return Err(WireError::UnsupportedVersion(version));
     }
     let string_count = bounded(
@@ -430,6 +450,14 @@ fn decode_into<'a>(bytes: &'a [u8], buffers: &mut DecodeBuffers) -> Result<Heade
         return Err(WireError::Malformed("interval starts after it ends"));
     }
     let dropped_requests = read_u64(&mut input)?;
+    let flags = if version == VERSION_1 {
+        0
+    } else {
+        read_u64(&mut input)?
+    };
+    if flags & !FLAG_SIZES_UNMEASURED != 0 {
+        return Err(WireError::Malformed("unknown batch flags"));
+    }
     let series_count = bounded(read_u64(&mut input)?, MAX_SERIES as u64, "series count")?;
     let DecodeBuffers { series, bins } = buffers;
     series.clear();
@@ -498,6 +526,7 @@ fn decode_into<'a>(bytes: &'a [u8], buffers: &mut DecodeBuffers) -> Result<Heade
         start_unix_ms,
         end_unix_ms,
         dropped_requests,
+        sizes_unmeasured: flags & FLAG_SIZES_UNMEASURED != 0,
         strings,
     })
 }
@@ -609,6 +638,7 @@ mod tests {
             start_unix_ms: 1_700_000_000_000,
             end_unix_ms: 1_700_000_001_000,
             dropped_requests: 3,
+            sizes_unmeasured: false,
             series: vec![
                 (
                     key("v1", Role::Stable, 200),
@@ -656,17 +686,40 @@ mod tests {
 
     #[test]
     fn matches_the_golden_file() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/batch-v1.bin");
-        let encoded = sample().encode();
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/batch-v2.bin");
+        let sample = Batch {
+            sizes_unmeasured: true,
+            ..sample()
+        };
+        let encoded = sample.encode();
         if std::env::var_os("PLOVER_UPDATE_GOLDEN").is_some() {
             std::fs::write(path, &encoded).unwrap();
         }
         let golden = std::fs::read(path).expect("golden file (PLOVER_UPDATE_GOLDEN=1 writes it)");
         assert_eq!(
             encoded, golden,
-            "the v1 encoding changed: bump VERSION instead"
+            "the v2 encoding changed: bump VERSION instead"
         );
-        assert_eq!(Batch::decode(&golden).unwrap(), sample());
+        assert_eq!(Batch::decode(&golden).unwrap(), sample);
+    }
+
+    /// Batches of the previous release's filters (version 1, no flags) are still read.
+    #[test]
+    fn version_1_batches_are_still_decoded() {
+        let v1 = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testdata/batch-v1.bin"
+        ))
+        .unwrap();
+        assert_eq!(Batch::decode(&v1).unwrap(), sample());
+        let mut unknown_flag = sample().encode();
+        // The flags follow dropped_requests (3, one byte) right before the series count (5).
+        let at = unknown_flag
+            .windows(3)
+            .position(|w| w == [3, 0, 5])
+            .expect("flags byte");
+        unknown_flag[at + 1] = 2;
+        assert!(Batch::decode(&unknown_flag).is_err());
     }
 
     #[test]
@@ -803,6 +856,7 @@ mod tests {
             batch.start_unix_ms,
             batch.end_unix_ms,
             batch.dropped_requests,
+            0,
             2,
         ] {
             write_u64(&mut out, v);

@@ -125,23 +125,41 @@ pub struct ResponseHeaderSource {
     pub name: String,
 }
 
-/// Headers the filter adds with the resolved revision.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Headers the filter itself adds with the resolved revision. Off by default: on routes Plover
+/// manages the router writes the tag beside the weights (cheaper by far than a header write
+/// from Wasm), so this is for routes Plover does not manage, and it needs the filter build with
+/// per-stream callbacks (`plover_filter_tagging.wasm`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Tagging {
-    /// Added to the request sent upstream: `role/revision`, e.g. `canary/v2`.
+    /// Set on the request sent upstream: `role/revision`, e.g. `canary/v2`; empty: not set.
     pub request_header: String,
-    /// Added to the response sent downstream; empty turns response tagging off.
+    /// Set on the response sent downstream; empty: not set.
     pub response_header: String,
 }
 
-impl Default for Tagging {
-    fn default() -> Self {
-        Tagging {
-            request_header: "x-plover-revision".into(),
-            response_header: "x-plover-revision".into(),
-        }
+impl Tagging {
+    /// Whether the filter writes any header (and so needs its per-stream callbacks).
+    pub fn is_on(&self) -> bool {
+        !self.request_header.is_empty() || !self.response_header.is_empty()
     }
+}
+
+/// Values the filter reads beyond the four the judges need (upstream cluster, response code,
+/// response flags, duration). Each costs instructions on every request (`cargo xtask bench
+/// filter` prices them), so each is opt-in.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Record {
+    /// The matched route's name (`xds.route_name`) as the `route` label; off: every request
+    /// counts under the route `""`.
+    pub route: bool,
+    /// Request and response sizes (`request.total_size`, `response.total_size`) for the byte
+    /// counters; off: the exporter publishes no byte counter for what was not measured.
+    pub sizes: bool,
+    /// The gRPC status of gRPC responses (`content-type` and `response.grpc_status`) as the
+    /// `grpc_status` label.
+    pub grpc_status: bool,
 }
 
 /// Where and how batches are sent.
@@ -209,6 +227,8 @@ pub struct FilterConfig {
     pub response_header: Option<ResponseHeaderSource>,
     #[serde(default)]
     pub tagging: Tagging,
+    #[serde(default)]
+    pub record: Record,
 }
 
 fn default_flush_interval_ms() -> u64 {
@@ -373,7 +393,8 @@ mod tests {
         assert_eq!(c.exporter.path, "/v1/batches");
         assert_eq!(c.sources, vec![RevisionSource::Cluster]);
         assert_eq!(c.buffer.max_batches, 120);
-        assert_eq!(c.tagging.response_header, "x-plover-revision");
+        assert!(!c.tagging.is_on());
+        assert_eq!(c.record, Record::default());
     }
 
     #[test]

@@ -32,7 +32,7 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  wasm                 build plover_filter.wasm and check its size budget
+  wasm                 build plover_filter.wasm (and _tagging) and check their size budget
   wasm-image [--wasm FILE] [--out DIR] [--tag TAG]
                        the filter as an OCI image layout (Istio WasmPlugin oci://), to push
                        with skopeo, oras or crane
@@ -90,7 +90,7 @@ fn test(extra: &[&str]) -> Result<(), String> {
     if extra.is_empty() {
         lint()?;
     }
-    let wasm = wasm::build()?;
+    let wasm = wasm::build_modules()?;
     let envoy = install::envoy_binary()?;
     let cluster = cluster::build()?;
     let istio = istio::build()?;
@@ -101,7 +101,8 @@ fn test(extra: &[&str]) -> Result<(), String> {
     }
     cargo
         .args(extra)
-        .env("PLOVER_FILTER_WASM", &wasm)
+        .env("PLOVER_FILTER_WASM", &wasm.counting)
+        .env("PLOVER_FILTER_TAGGING_WASM", &wasm.tagging)
         .env("PLOVER_ENVOY", &envoy)
         .env("PLOVER_CLUSTER_TOOLS", &cluster.dir)
         .env("PLOVER_ISTIO_TOOLS", &istio.dir);

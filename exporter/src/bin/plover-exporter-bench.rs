@@ -208,6 +208,7 @@ fn gateway_batch(rng: &mut Rng, args: &Args, gateway: usize, sequence: u64, end:
         start_unix_ms: end - 1000,
         end_unix_ms: end,
         dropped_requests: 0,
+        sizes_unmeasured: false,
         series,
     }
 }
@@ -435,6 +436,7 @@ fn apply_only(args: &Args) {
                 start_unix_ms: end - 1000,
                 end_unix_ms: end,
                 dropped_requests: 0,
+                sizes_unmeasured: false,
                 series,
             });
         }
@@ -495,6 +497,7 @@ fn render(args: &Args) -> RenderFigures {
                 start_unix_ms: end - 1000,
                 end_unix_ms: end,
                 dropped_requests: 0,
+                sizes_unmeasured: false,
                 series,
             };
             s.apply(&batch.view(), now).unwrap();
@@ -681,6 +684,7 @@ fn worst_case(args: &Args) -> f64 {
             start_unix_ms: end - 1000,
             end_unix_ms: end,
             dropped_requests: 0,
+            sizes_unmeasured: false,
             series,
         };
         store.apply(&batch.view(), end + 40).unwrap();

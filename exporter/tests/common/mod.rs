@@ -214,6 +214,7 @@ pub fn batch(
         start_unix_ms: end - 1000,
         end_unix_ms: end,
         dropped_requests: 0,
+        sizes_unmeasured: false,
         series,
     }
 }

@@ -314,6 +314,7 @@ fn main() {
         cluster: "stable".into(),
         port: backend.port,
         weight: 100,
+        tag: None,
     }];
     let base = GatewaySpec {
         upstreams,

@@ -259,6 +259,7 @@ async fn exposed_metrics() -> BTreeMap<String, BTreeSet<String>> {
         start_unix_ms: now - 2500,
         end_unix_ms: now - 1500,
         dropped_requests: 0,
+        sizes_unmeasured: false,
         series,
     };
     let body = batch.encode();
