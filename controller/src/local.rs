@@ -517,7 +517,8 @@ impl Rim for LocalRim<'_> {
     async fn set_weight(&mut self, canary: u32, stable: u32) -> Result<(), LocalError> {
         let cfg = envoy_of(self.canary)?;
         let revision = &self.canary.spec.workload.canary;
-        if envoy_file::apply(cfg, self.stable_revision, revision, canary, stable)? {
+        let header = self.canary.spec.traffic_routing.revision_header.as_deref();
+        if envoy_file::apply(cfg, self.stable_revision, revision, canary, stable, header)? {
             let (stable_cluster, canary_cluster) =
                 cfg.route_clusters(self.stable_revision, revision);
             let weights = if stable_cluster == canary_cluster {

@@ -568,6 +568,7 @@ async fn route(
             &spec.workload.canary,
             canary_weight,
             stable_weight,
+            spec.traffic_routing.revision_header.as_deref(),
         )?;
         Ok(())
     } else {

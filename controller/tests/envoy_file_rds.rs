@@ -13,7 +13,8 @@ use tokio::{
     process::{Child, Command},
 };
 
-/// A backend that answers every request with its name.
+/// A backend that answers every request with its name, and says in `x-seen-tag` the tag
+/// header ([`TAG`]) its request carried.
 async fn backend(name: &'static str) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -31,8 +32,16 @@ async fn backend(name: &'static str) -> u16 {
                         Ok(n) => seen.extend_from_slice(&buf[..n]),
                     }
                 }
+                let head = String::from_utf8_lossy(&seen).to_ascii_lowercase();
+                let seen_tag = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{TAG}:")))
+                    .map(str::trim)
+                    .unwrap_or("")
+                    .to_owned();
+                // The backend sends a tag of its own too: the route must replace it.
                 let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}",
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-seen-tag: {seen_tag}\r\n{TAG}: from-backend\r\nconnection: close\r\n\r\n{name}",
                     name.len()
                 );
                 let _ = stream.write_all(response.as_bytes()).await;
@@ -55,6 +64,28 @@ async fn try_get(port: u16, path: &str) -> Option<String> {
             .map(|(_, body)| body.to_owned())
             .unwrap_or_default(),
     )
+}
+
+const TAG: &str = "x-plover-revision";
+
+/// A GET sending a forged tag: the response body, the response's tag and the tag the backend
+/// saw.
+async fn forged_tag_get(port: u16) -> (String, String, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let request = format!("GET / HTTP/1.1\r\nhost: app\r\n{TAG}: forged\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let header = |name: &str| {
+        head.lines()
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_owned())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    (body.to_owned(), header(TAG), header("x-seen-tag"))
 }
 
 async fn get(port: u16, path: &str) -> String {
@@ -191,26 +222,43 @@ async fn envoy_follows_the_routes_file_through_split_promotion_and_rollback() {
     )
     .unwrap();
 
-    assert!(envoy_file::set_weights(&cfg, "v1", "v2", 25, 75).unwrap());
+    assert!(envoy_file::set_weights(&cfg, "v1", "v2", 25, 75, None).unwrap());
     let _envoy = start(&envoy, &config).await;
     wait_for_updates(admin, 1).await;
     let (a, b) = count(listen, 200).await;
     assert!((20..=80).contains(&b), "25% canary: v1 {a}, v2 {b}");
 
     // Everything to the canary, by a rename into the watched directory.
-    assert!(envoy_file::set_weights(&cfg, "v1", "v2", 100, 0).unwrap());
+    assert!(envoy_file::set_weights(&cfg, "v1", "v2", 100, 0, None).unwrap());
     wait_for_updates(admin, 2).await;
     assert_eq!(count(listen, 50).await, (0, 50));
 
     // Promotion: v2 is now stable, a single cluster.
-    assert!(envoy_file::set_weights(&cfg, "v2", "v2", 0, 100).unwrap());
+    assert!(envoy_file::set_weights(&cfg, "v2", "v2", 0, 100, None).unwrap());
     wait_for_updates(admin, 3).await;
     assert_eq!(count(listen, 20).await, (0, 20));
 
     // A rollback of the next revision sends everything back to the stable one.
-    assert!(envoy_file::set_weights(&cfg, "v1", "v2", 0, 100).unwrap());
+    assert!(envoy_file::set_weights(&cfg, "v1", "v2", 0, 100, None).unwrap());
     wait_for_updates(admin, 4).await;
     assert_eq!(count(listen, 50).await, (50, 0));
+
+    // Route tags (`revisionHeader`): each cluster tags the request and the response with its
+    // revision, whatever the client or the backend said.
+    let tags = plover_controller::router::RevisionTags {
+        header: TAG,
+        stable: Some("v1"),
+        canary: Some("v2"),
+    };
+    assert!(envoy_file::set_weights(&cfg, "v1", "v2", 50, 50, Some(tags)).unwrap());
+    wait_for_updates(admin, 5).await;
+    let mut served = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let (body, response_tag, seen_tag) = forged_tag_get(listen).await;
+        assert_eq!((&response_tag, &seen_tag), (&body, &body), "served by {body}");
+        served.insert(body);
+    }
+    assert_eq!(served.len(), 2, "both revisions answered: {served:?}");
 }
 
 /// Waits until every request is answered by `revision`.
@@ -296,7 +344,7 @@ async fn local_mode_promotes_then_rolls_back_through_a_real_envoy() {
         .traffic_routing
         .envoy
         .unwrap();
-    envoy_file::apply(&routing, "v1", "v2", 0, 100).unwrap();
+    envoy_file::apply(&routing, "v1", "v2", 0, 100, None).unwrap();
     let config = dir.path().join("envoy.yaml");
     std::fs::write(&config, bootstrap(&xds, admin, listen, Clusters::FromFile)).unwrap();
     let _envoy = start(&envoy, &config).await;

@@ -26,6 +26,9 @@ pub struct Upstream {
     pub tag: Option<String>,
 }
 
+/// The cluster of the gRPC access-log receiver ([`GatewaySpec::grpc_access_log`]).
+const ACCESS_LOG_CLUSTER: &str = "access_log_service";
+
 /// The header of the route tags ([`Upstream::tag`]).
 pub const ROUTE_TAG_HEADER: &str = "x-plover-revision";
 
@@ -76,6 +79,9 @@ pub struct GatewaySpec {
     pub concurrency: u32,
     /// Upstream request timeout for the route.
     pub route_timeout: Duration,
+    /// Port of a gRPC access-log receiver ([`crate::access_log`]) to stream every request's
+    /// access-log entry to (Envoy's `http_grpc` access logger).
+    pub grpc_access_log: Option<u16>,
 }
 
 impl Default for GatewaySpec {
@@ -86,6 +92,7 @@ impl Default for GatewaySpec {
             exporter: None,
             concurrency: 2,
             route_timeout: Duration::from_secs(15),
+            grpc_access_log: None,
         }
     }
 }
@@ -215,6 +222,28 @@ pub fn bootstrap(spec: &GatewaySpec, listener_port: u16, admin_port: u16) -> Val
     if let Some((name, port)) = &spec.exporter {
         clusters.push(static_cluster(name, *port));
     }
+    let mut access_log = Vec::new();
+    if let Some(port) = spec.grpc_access_log {
+        let mut cluster = static_cluster(ACCESS_LOG_CLUSTER, port);
+        cluster["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}
+            }
+        });
+        clusters.push(cluster);
+        access_log.push(json!({
+            "name": "envoy.access_loggers.http_grpc",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+                "common_config": {
+                    "log_name": "plover-bench",
+                    "transport_api_version": "V3",
+                    "grpc_service": {"envoy_grpc": {"cluster_name": ACCESS_LOG_CLUSTER}}
+                }
+            }
+        }));
+    }
     let weighted: Vec<Value> = spec
         .upstreams
         .iter()
@@ -258,7 +287,8 @@ pub fn bootstrap(spec: &GatewaySpec, listener_port: u16, admin_port: u16) -> Val
                                 }]
                             }]
                         },
-                        "http_filters": http_filters
+                        "http_filters": http_filters,
+                        "access_log": access_log
                     }
                 }]}]
             }],

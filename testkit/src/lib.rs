@@ -12,6 +12,7 @@
 //! by a guard that kills it on drop ([`process`]), so a failing test leaves nothing behind.
 //! Missing tools are a failure with instructions, never a silent skip ([`tools`]).
 
+pub mod access_log;
 pub mod backend;
 pub mod cluster;
 pub mod envoy;

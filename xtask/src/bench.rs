@@ -9,7 +9,7 @@ use crate::{cargo_bin, install, run, wasm};
 /// measured alternately on one backend.
 pub fn filter(extra: &[&str]) -> Result<(), String> {
     install::test_tools()?;
-    let plover = wasm::build()?;
+    let plover = wasm::build_modules()?;
     let empty = wasm::build_package("plover-empty-filter", "plover_empty_filter")?;
     let envoy = install::envoy_binary()?;
     run(Command::new(cargo_bin())
@@ -24,7 +24,8 @@ pub fn filter(extra: &[&str]) -> Result<(), String> {
             "--",
         ])
         .args(extra)
-        .env("PLOVER_FILTER_WASM", &plover)
+        .env("PLOVER_FILTER_WASM", &plover.counting)
+        .env("PLOVER_FILTER_TAGGING_WASM", &plover.tagging)
         .env("PLOVER_EMPTY_FILTER_WASM", &empty)
         .env("PLOVER_ENVOY", &envoy))
 }

@@ -106,13 +106,16 @@ pub struct TrafficRouting {
     pub gateway_api: Option<GatewayApiRouting>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envoy: Option<EnvoyRouting>,
-    /// Response header the router sets on each destination (Istio `headers.response.set`,
-    /// Gateway API `ResponseHeaderModifier`) to the revision it routes to: the pod-template-hash
-    /// of its Deployment's current ReplicaSet, what `podTemplateHashValue` gives templates. Name
-    /// the header Plover's filter reads (`response_header.name`; the overlays use
-    /// `x-app-revision`), so that requests are counted under their revision even when the app
-    /// does not report it, and templates can select the release's own revision. Not with
-    /// `envoy` (there the revision is the cluster's name).
+    /// Header the router sets on each destination's requests and responses (Istio
+    /// `headers.request.set`/`headers.response.set`, Gateway API `RequestHeaderModifier`/
+    /// `ResponseHeaderModifier`, Envoy `request_headers_to_add`/`response_headers_to_add` per
+    /// weighted cluster), replacing any value the client or the app sent, to the revision it
+    /// routes to: the pod-template-hash of its Deployment's current ReplicaSet (what
+    /// `podTemplateHashValue` gives templates), or with `envoy` the revision's name. Name the
+    /// header Plover's filter reads (`response_header.name`; the overlays use `x-app-revision`),
+    /// so that requests are counted under their revision even when the app does not report it,
+    /// and templates can select the release's own revision. The tags come with the weights, at
+    /// no cost to the filter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision_header: Option<String>,
 }

@@ -360,12 +360,7 @@ fn validate_routing(e: &mut Errors, routing: &TrafficRouting, workload: &Workloa
     }
     if let Some(header) = &routing.revision_header {
         let f = "spec.trafficRouting.revisionHeader";
-        if routing.envoy.is_some() {
-            e.push(
-                f,
-                "not with envoy routing: its revisions are named by their clusters",
-            );
-        } else if header.is_empty()
+        if header.is_empty()
             || !header
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')

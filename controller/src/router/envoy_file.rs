@@ -4,6 +4,9 @@
 //! never on an in-place edit, so the new route configuration is written to a temporary file in
 //! the same directory (same filesystem: the rename is atomic) and renamed over the old one.
 //! Cluster names are the revision names; weights are never all zero (Envoy refuses that).
+//! With `spec.trafficRouting.revisionHeader` each weighted cluster sets that header to the
+//! revision it serves on the request and on the response (replacing any value the client or the
+//! backend sent): the tags come with the weights, in the same file, at no cost to the filter.
 
 use std::{
     io::Write,
@@ -12,29 +15,44 @@ use std::{
 
 use serde_json::{json, Value};
 
-use super::{RouteWeights, RouterError};
+use super::{RevisionTags, RouteWeights, RouterError};
 use crate::canary::EnvoyRouting;
 
 const ROUTE_CONFIGURATION: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 
 /// The DiscoveryResponse-shaped document Envoy reads: one RouteConfiguration with one weighted
 /// route. `stable`/`canary` are cluster (revision) names; equal names give a single cluster.
+/// `tags` names the header and the revision each cluster serves.
 pub fn route_configuration(
     cfg: &EnvoyRouting,
     stable: &str,
     canary: &str,
     canary_weight: u32,
     stable_weight: u32,
+    tags: Option<RevisionTags<'_>>,
 ) -> Result<Value, String> {
     if canary_weight + stable_weight == 0 {
         return Err("weights must not all be zero".to_owned());
     }
+    let cluster = |name: &str, weight: u32, revision: Option<&str>| {
+        let mut cluster = json!({"name": name, "weight": weight});
+        if let (Some(tags), Some(revision)) = (tags, revision) {
+            let set = json!([{
+                "header": {"key": tags.header, "value": revision},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"
+            }]);
+            cluster["request_headers_to_add"] = set.clone();
+            cluster["response_headers_to_add"] = set;
+        }
+        cluster
+    };
+    let (stable_tag, canary_tag) = (tags.and_then(|t| t.stable), tags.and_then(|t| t.canary));
     let clusters = if stable == canary {
-        vec![json!({"name": stable, "weight": canary_weight + stable_weight})]
+        vec![cluster(stable, canary_weight + stable_weight, stable_tag)]
     } else {
         vec![
-            json!({"name": stable, "weight": stable_weight}),
-            json!({"name": canary, "weight": canary_weight}),
+            cluster(stable, stable_weight, stable_tag),
+            cluster(canary, canary_weight, canary_tag),
         ]
     };
     let mut weighted = json!({"clusters": clusters});
@@ -131,18 +149,25 @@ pub fn sync_clusters(
     write_atomically(Path::new(path), &text)
 }
 
-/// Points the clusters at the revisions (fixed clusters) and routes the weights; true if a file
-/// changed. Clusters first: a route must never name a cluster before it serves the right backend.
+/// Points the clusters at the revisions (fixed clusters) and routes the weights, each cluster
+/// tagged with its revision in `revision_header` if given; true if a file changed. Clusters
+/// first: a route must never name a cluster before it serves the right backend.
 pub fn apply(
     cfg: &EnvoyRouting,
     stable_revision: &str,
     canary_revision: &str,
     canary_weight: u32,
     stable_weight: u32,
+    revision_header: Option<&str>,
 ) -> Result<bool, RouterError> {
     let clusters = sync_clusters(cfg, stable_revision, canary_revision)?;
     let (stable, canary) = cfg.route_clusters(stable_revision, canary_revision);
-    let routes = set_weights(cfg, stable, canary, canary_weight, stable_weight)?;
+    let tags = revision_header.map(|header| RevisionTags {
+        header,
+        stable: Some(stable_revision),
+        canary: Some(canary_revision),
+    });
+    let routes = set_weights(cfg, stable, canary, canary_weight, stable_weight, tags)?;
     Ok(clusters || routes)
 }
 
@@ -158,13 +183,14 @@ pub fn render(
     canary: &str,
     canary_weight: u32,
     stable_weight: u32,
+    tags: Option<RevisionTags<'_>>,
 ) -> Result<String, RouterError> {
     let path = Path::new(&cfg.routes_file);
     let render_err = |message: String| RouterError::Render {
         path: cfg.routes_file.clone(),
         message,
     };
-    let doc = route_configuration(cfg, stable, canary, canary_weight, stable_weight)
+    let doc = route_configuration(cfg, stable, canary, canary_weight, stable_weight, tags)
         .map_err(render_err)?;
     if is_json(path) {
         serde_json::to_string_pretty(&doc)
@@ -207,8 +233,9 @@ pub fn set_weights(
     canary: &str,
     canary_weight: u32,
     stable_weight: u32,
+    tags: Option<RevisionTags<'_>>,
 ) -> Result<bool, RouterError> {
-    let text = render(cfg, stable, canary, canary_weight, stable_weight)?;
+    let text = render(cfg, stable, canary, canary_weight, stable_weight, tags)?;
     write_atomically(Path::new(&cfg.routes_file), &text)
 }
 
@@ -275,7 +302,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("routes.yaml");
         let cfg = cfg(&path);
-        assert!(set_weights(&cfg, "v1", "v2", 20, 80).unwrap());
+        assert!(set_weights(&cfg, "v1", "v2", 20, 80, None).unwrap());
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
             text.contains("type.googleapis.com/envoy.config.route.v3.RouteConfiguration"),
@@ -283,10 +310,10 @@ mod tests {
         );
         let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
         assert!(
-            !set_weights(&cfg, "v1", "v2", 20, 80).unwrap(),
+            !set_weights(&cfg, "v1", "v2", 20, 80, None).unwrap(),
             "same weights: no rewrite, no reload"
         );
-        assert!(set_weights(&cfg, "v1", "v2", 50, 50).unwrap());
+        assert!(set_weights(&cfg, "v1", "v2", 50, 50, None).unwrap());
         let inode2 = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
         assert_ne!(
             inode, inode2,
@@ -319,7 +346,7 @@ mod tests {
             .into_iter()
             .map(|(a, b)| (a.to_owned(), b.to_owned()))
             .collect();
-        assert!(apply(&cfg, "v1", "v2", 20, 80).unwrap());
+        assert!(apply(&cfg, "v1", "v2", 20, 80, None).unwrap());
         let cds: Value = serde_json::from_str(
             &std::fs::read_to_string(dir.path().join("clusters.json")).unwrap(),
         )
@@ -340,7 +367,7 @@ mod tests {
             Some((Some(80), Some(20)))
         );
         // Promotion: the stable cluster now serves v2; the routes keep the fixed names.
-        assert!(apply(&cfg, "v2", "v2", 0, 100).unwrap());
+        assert!(apply(&cfg, "v2", "v2", 0, 100, None).unwrap());
         let cds: Value = serde_json::from_str(
             &std::fs::read_to_string(dir.path().join("clusters.json")).unwrap(),
         )
@@ -356,9 +383,9 @@ mod tests {
                 .map(|w| (w.stable, w.canary)),
             Some((Some(100), Some(0)))
         );
-        assert!(!apply(&cfg, "v2", "v2", 0, 100).unwrap(), "nothing changed");
+        assert!(!apply(&cfg, "v2", "v2", 0, 100, None).unwrap(), "nothing changed");
         assert!(
-            apply(&cfg, "v2", "v3", 0, 100).is_err(),
+            apply(&cfg, "v2", "v3", 0, 100, None).is_err(),
             "no backend for v3"
         );
     }
@@ -369,12 +396,42 @@ mod tests {
         let path = dir.path().join("rds.json");
         let mut cfg = cfg(&path);
         cfg.runtime_key_prefix = Some("routing.traffic_split.app".into());
-        set_weights(&cfg, "v2", "v2", 0, 100).unwrap();
+        set_weights(&cfg, "v2", "v2", 0, 100, None).unwrap();
         let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let weighted =
             &doc["resources"][0]["virtual_hosts"][0]["routes"][0]["route"]["weighted_clusters"];
         assert_eq!(weighted["clusters"], json!([{"name": "v2", "weight": 100}]));
         assert_eq!(weighted["runtime_key_prefix"], "routing.traffic_split.app");
-        assert!(set_weights(&cfg, "v1", "v2", 0, 0).is_err());
+        assert!(set_weights(&cfg, "v1", "v2", 0, 0, None).is_err());
+    }
+
+    /// `revisionHeader`: each cluster sets the header to its revision both ways, replacing what
+    /// the client or the backend sent; after a promotion the one cluster says the new revision.
+    #[test]
+    fn each_cluster_tags_requests_and_responses_with_its_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rds.json");
+        let cfg = cfg(&path);
+        let weighted = || {
+            let doc: Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            doc["resources"][0]["virtual_hosts"][0]["routes"][0]["route"]["weighted_clusters"]
+                ["clusters"]
+                .clone()
+        };
+        let tag = |revision: &str| {
+            json!([{"header": {"key": "x-plover-revision", "value": revision},
+                    "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}])
+        };
+        apply(&cfg, "v1", "v2", 20, 80, Some("x-plover-revision")).unwrap();
+        let clusters = weighted();
+        for (i, revision) in [(0, "v1"), (1, "v2")] {
+            assert_eq!(clusters[i]["request_headers_to_add"], tag(revision));
+            assert_eq!(clusters[i]["response_headers_to_add"], tag(revision));
+        }
+        apply(&cfg, "v2", "v2", 0, 100, Some("x-plover-revision")).unwrap();
+        let clusters = weighted();
+        assert_eq!(clusters.as_array().unwrap().len(), 1);
+        assert_eq!(clusters[0]["response_headers_to_add"], tag("v2"));
     }
 }

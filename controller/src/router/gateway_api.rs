@@ -187,54 +187,62 @@ pub fn set_weights(
         .map_err(|e| RouterError::object(KIND, route, format!("building the patch: {e}")))
 }
 
-/// A backendRef's `filters` whose `ResponseHeaderModifier` sets `header` to `revision`
-/// (`None`: does not set it), every other filter and header kept; `None` if it already does.
+/// A backendRef's `filters` whose `RequestHeaderModifier` and `ResponseHeaderModifier` set
+/// `header` to `revision` (`None`: do not set it), every other filter and header kept; `None` if
+/// they already do. `set` replaces what the client or the application sent.
 fn tagged_filters(current: Option<&Value>, header: &str, revision: Option<&str>) -> Option<Value> {
+    const MODIFIERS: [(&str, &str); 2] = [
+        ("RequestHeaderModifier", "requestHeaderModifier"),
+        ("ResponseHeaderModifier", "responseHeaderModifier"),
+    ];
     let named = |e: &Value| {
         e.get("name")
             .and_then(Value::as_str)
             .is_some_and(|n| n.eq_ignore_ascii_case(header))
     };
-    let is_modifier =
-        |f: &Value| f.get("type").and_then(Value::as_str) == Some("ResponseHeaderModifier");
     let mut filters = current
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let tagged = filters
+    let says = |filters: &[Value], (kind, key): (&str, &str)| -> Option<String> {
+        filters
+            .iter()
+            .filter(|f| f.get("type").and_then(Value::as_str) == Some(kind))
+            .filter_map(|f| f.pointer(&format!("/{key}/set"))?.as_array())
+            .flatten()
+            .find(|e| named(e))
+            .and_then(|e| Some(e.get("value")?.as_str()?.to_owned()))
+    };
+    if MODIFIERS
         .iter()
-        .filter(|f| is_modifier(f))
-        .filter_map(|f| f.pointer("/responseHeaderModifier/set")?.as_array())
-        .flatten()
-        .find(|e| named(e))
-        .and_then(|e| e.get("value")?.as_str());
-    if tagged == revision {
+        .all(|&m| says(&filters, m).as_deref() == revision)
+    {
         return None;
     }
-    let modifier = match filters.iter().position(is_modifier) {
-        Some(i) => i,
-        None => {
-            filters.push(json!({"type": "ResponseHeaderModifier", "responseHeaderModifier": {}}));
-            filters.len() - 1
+    for (kind, key) in MODIFIERS {
+        let is_modifier = |f: &Value| f.get("type").and_then(Value::as_str) == Some(kind);
+        let modifier = match filters.iter().position(is_modifier) {
+            Some(i) => i,
+            None => {
+                filters.push(json!({"type": kind, key: {}}));
+                filters.len() - 1
+            }
+        };
+        let settings = object_at(filters.get_mut(modifier)?.as_object_mut()?, key)?;
+        let set = settings.entry("set").or_insert_with(|| json!([]));
+        if !set.is_array() {
+            *set = json!([]);
         }
-    };
-    let settings = object_at(
-        filters.get_mut(modifier)?.as_object_mut()?,
-        "responseHeaderModifier",
-    )?;
-    let set = settings.entry("set").or_insert_with(|| json!([]));
-    if !set.is_array() {
-        *set = json!([]);
-    }
-    let entries = set.as_array_mut()?;
-    entries.retain(|e| !named(e));
-    if let Some(revision) = revision {
-        entries.push(json!({"name": header, "value": revision}));
-    } else if entries.is_empty() {
-        // Leave no empty modifier behind (a filter that changes nothing).
-        settings.remove("set");
-        if settings.is_empty() {
-            filters.remove(modifier);
+        let entries = set.as_array_mut()?;
+        entries.retain(|e| !named(e));
+        if let Some(revision) = revision {
+            entries.push(json!({"name": header, "value": revision}));
+        } else if entries.is_empty() {
+            // Leave no empty modifier behind (a filter that changes nothing).
+            settings.remove("set");
+            if settings.is_empty() {
+                filters.remove(modifier);
+            }
         }
     }
     Some(Value::Array(filters))
@@ -268,7 +276,7 @@ mod tests {
     }
 
     #[test]
-    fn backends_are_tagged_with_their_revision_by_a_response_header_filter() {
+    fn backends_are_tagged_with_their_revision_by_header_filters_both_ways() {
         let mut r = route();
         r["spec"]["rules"][1]["backendRefs"][0]["filters"] = json!([
             {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-team", "value": "a"}]}},
@@ -287,13 +295,16 @@ mod tests {
         assert_eq!(
             backends[0]["filters"],
             json!([
-                {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-team", "value": "a"}]}},
+                {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-team", "value": "a"}, {"name": "x-app-revision", "value": "5d8f7c9b6"}]}},
                 {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"set": [{"name": "x-app-revision", "value": "5d8f7c9b6"}], "remove": ["server"]}}
             ])
         );
         assert_eq!(
             backends[1]["filters"],
-            json!([{"type": "ResponseHeaderModifier", "responseHeaderModifier": {"set": [{"name": "x-app-revision", "value": "7c6b5a4d3"}]}}])
+            json!([
+                {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-app-revision", "value": "7c6b5a4d3"}]}},
+                {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"set": [{"name": "x-app-revision", "value": "7c6b5a4d3"}]}}
+            ])
         );
         assert_eq!(
             out["spec"]["rules"][0], r["spec"]["rules"][0],
@@ -302,7 +313,7 @@ mod tests {
         assert!(set_weights(&out, &cfg(&[]), 10, 90, Some(tags))
             .unwrap()
             .is_none());
-        // The canary rolling out a revision: its tag goes, and the filter it lived in with it.
+        // The canary rolling out a revision: its tag goes, and the filters it lived in with it.
         let rolling = RevisionTags {
             canary: None,
             ..tags

@@ -254,26 +254,32 @@ pub fn set_weights(
         .map_err(|e| RouterError::object(VS, vs, format!("building the patch: {e}")))
 }
 
-/// A destination's `headers` with `response.set[header] = revision` (`None`: without that
-/// header), everything else kept; `None` if it already says so.
+/// A destination's `headers` with `request.set[header]` and `response.set[header]` = revision
+/// (`None`: without that header), everything else kept; `None` if it already says so. `set`
+/// replaces whatever the client or the application sent, so neither can forge the tag.
 fn tagged_headers(current: Option<&Value>, header: &str, revision: Option<&str>) -> Option<Value> {
-    let tagged = current
-        .and_then(|h| h.pointer(&format!("/response/set/{}", escape(header))))
-        .and_then(Value::as_str);
-    if tagged == revision {
+    const SIDES: [&str; 2] = ["request", "response"];
+    let says = |side: &str| {
+        current
+            .and_then(|h| h.pointer(&format!("/{side}/set/{}", escape(header))))
+            .and_then(Value::as_str)
+    };
+    if SIDES.iter().all(|side| says(side) == revision) {
         return None;
     }
     let mut headers = current
         .cloned()
         .filter(Value::is_object)
         .unwrap_or(json!({}));
-    let set = object_at(object_at(headers.as_object_mut()?, "response")?, "set")?;
-    match revision {
-        Some(revision) => {
-            set.insert(header.to_owned(), revision.into());
-        }
-        None => {
-            set.remove(header);
+    for side in SIDES {
+        let set = object_at(object_at(headers.as_object_mut()?, side)?, "set")?;
+        match revision {
+            Some(revision) => {
+                set.insert(header.to_owned(), revision.into());
+            }
+            None => {
+                set.remove(header);
+            }
         }
     }
     Some(headers)
@@ -428,12 +434,13 @@ mod tests {
         assert_eq!(stable["weight"], 80);
         assert_eq!(
             stable["headers"],
-            json!({"request": {"set": {"x-team": "a"}},
+            json!({"request": {"set": {"x-team": "a", "x-app-revision": "5d8f7c9b6"}},
                    "response": {"remove": ["server"], "set": {"x-app-revision": "5d8f7c9b6"}}})
         );
         assert_eq!(
             out["spec"]["http"][1]["route"][1]["headers"],
-            json!({"response": {"set": {"x-app-revision": "7c6b5a4d3"}}})
+            json!({"request": {"set": {"x-app-revision": "7c6b5a4d3"}},
+                   "response": {"set": {"x-app-revision": "7c6b5a4d3"}}})
         );
         assert!(
             set_weights(&out, &host_cfg(&["primary"]), 20, 80, Some(tags))

@@ -117,10 +117,12 @@ fn revision_tags_are_valid_in_a_virtual_service_and_an_http_route() {
         .unwrap();
     let after = apply(&before, &patch).unwrap();
     assert_valid(&schema, &after);
-    assert_eq!(
-        after["spec"]["http"][1]["route"][1]["headers"]["response"]["set"]["x-app-revision"],
-        "7c6b5a4d3"
-    );
+    for side in ["request", "response"] {
+        assert_eq!(
+            after["spec"]["http"][1]["route"][1]["headers"][side]["set"]["x-app-revision"],
+            "7c6b5a4d3"
+        );
+    }
 
     let schema = validator("httproute.gateway.networking.k8s.io.v1.json");
     let before = load_yaml("httproute.yaml");
@@ -135,9 +137,13 @@ fn revision_tags_are_valid_in_a_virtual_service_and_an_http_route() {
         .unwrap();
     let after = apply(&before, &patch).unwrap();
     assert_valid(&schema, &after);
+    let filters = &after["spec"]["rules"][1]["backendRefs"][0]["filters"];
     assert_eq!(
-        after["spec"]["rules"][1]["backendRefs"][0]["filters"][0]["responseHeaderModifier"]["set"]
-            [0]["value"],
+        filters[0]["requestHeaderModifier"]["set"][0]["value"],
+        "5d8f7c9b6"
+    );
+    assert_eq!(
+        filters[1]["responseHeaderModifier"]["set"][0]["value"],
         "5d8f7c9b6"
     );
 }

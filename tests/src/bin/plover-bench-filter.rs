@@ -34,6 +34,7 @@
 use std::process::Command;
 use std::time::Duration;
 
+use plover_testkit::access_log::AccessLogReceiver;
 use plover_testkit::backend::{
     stable_and_slower_failing_canary, Backend, Behaviour, CANARY_DELAY_MS, STABLE_DELAY_MS,
 };
@@ -292,6 +293,15 @@ fn plover_config_with(changes: &serde_json::Value) -> String {
     config.to_string()
 }
 
+/// The named variants the summary's targets are stated on.
+const NO_FILTER: &str = "no filter";
+const EMPTY: &str = "empty wasm";
+const PLOVER: &str = "plover";
+const PLOVER_TAGGED: &str = "plover+route tags";
+
+/// The header the route tags (and the tagged variant's filter reads as its revision header).
+const TAG_HEADER: &str = plover_testkit::envoy::ROUTE_TAG_HEADER;
+
 fn main() {
     let args = parse_args();
     let awake = plover_testkit::latency::keep_cpus_awake();
@@ -308,28 +318,38 @@ fn main() {
         .expect("runtime");
     let backend = runtime.block_on(Backend::start("v1", Behaviour::default()));
     let sink = runtime.block_on(Sink::start("bench-token"));
+    let access_log = runtime.block_on(AccessLogReceiver::start());
     let dir = tempfile::tempdir().expect("temp dir");
 
-    let upstreams = vec![Upstream {
+    let untagged = Upstream {
         cluster: "stable".into(),
         port: backend.port,
         weight: 100,
         tag: None,
-    }];
+    };
     let base = GatewaySpec {
-        upstreams,
+        upstreams: vec![untagged.clone()],
         concurrency: 1,
         ..GatewaySpec::default()
     };
-    let empty_module = std::env::var_os("PLOVER_EMPTY_FILTER_WASM")
-        .expect("PLOVER_EMPTY_FILTER_WASM (run through cargo xtask bench filter)");
-    // The empty filter with a configuration (see filter/empty-fixture).
-    // A Plover filter sending its batches to the sink.
-    let with_plover = |filter: WasmFilter| GatewaySpec {
-        filter: Some(filter),
-        exporter: Some(("plover_exporter".into(), sink.port)),
+    // The route sets the revision tag on the request and the response, as Plover's routers do.
+    let route_tagged = GatewaySpec {
+        upstreams: vec![Upstream {
+            tag: Some("stable/v1".into()),
+            ..untagged
+        }],
         ..base.clone()
     };
+    let empty_module = std::env::var_os("PLOVER_EMPTY_FILTER_WASM")
+        .expect("PLOVER_EMPTY_FILTER_WASM (run through cargo xtask bench filter)");
+    // A Plover filter sending its batches to the sink.
+    let with_plover = |on: &GatewaySpec, filter: WasmFilter| GatewaySpec {
+        filter: Some(filter),
+        exporter: Some(("plover_exporter".into(), sink.port)),
+        ..on.clone()
+    };
+    let plover = |changes: serde_json::Value| WasmFilter::plover(plover_config_with(&changes));
+    // The empty filter with a configuration (see filter/empty-fixture).
     let fixture = |configuration: String| GatewaySpec {
         filter: Some(WasmFilter {
             module: empty_module.clone().into(),
@@ -338,14 +358,49 @@ fn main() {
         }),
         ..base.clone()
     };
+    let mut tagging_module = plover(serde_json::json!({
+        "tagging": {"request_header": TAG_HEADER, "response_header": TAG_HEADER}
+    }));
+    tagging_module.module = tools::filter_tagging_wasm();
     let mut variants: Vec<(String, GatewaySpec)> = vec![
-        ("no filter".into(), base.clone()),
-        ("empty wasm".into(), fixture(String::new())),
+        (NO_FILTER.into(), base.clone()),
+        (EMPTY.into(), fixture(String::new())),
+        (PLOVER.into(), with_plover(&base, plover(serde_json::json!({})))),
+        ("route tags".into(), route_tagged.clone()),
+        // What a tagged request through Istio costs: the route writes the tags, the filter
+        // reads the revision header with the rest.
         (
-            "plover".into(),
-            with_plover(WasmFilter::plover(plover_config())),
+            PLOVER_TAGGED.into(),
+            with_plover(
+                &route_tagged,
+                plover(serde_json::json!({
+                    "sources": ["cluster", "response_header"],
+                    "response_header": {"name": TAG_HEADER}
+                })),
+            ),
         ),
+        // Tags written by the filter (the tagging module, for routes Plover does not manage).
+        ("tagging module".into(), with_plover(&base, tagging_module)),
     ];
+    // Each opt-in value priced on its own.
+    for (name, record) in [
+        ("plover+route", serde_json::json!({"route": true})),
+        ("plover+sizes", serde_json::json!({"sizes": true})),
+        ("plover+grpc", serde_json::json!({"grpc_status": true})),
+    ] {
+        variants.push((
+            name.into(),
+            with_plover(&base, plover(serde_json::json!({ "record": record }))),
+        ));
+    }
+    // The native alternative: Envoy's gRPC access-log service streaming each request's entry.
+    variants.push((
+        "grpc access log".into(),
+        GatewaySpec {
+            grpc_access_log: Some(access_log.port),
+            ..base.clone()
+        },
+    ));
     // The empty filter making one host call per request (reading the cluster name): the floor
     // for any filter that tells revisions apart by cluster; then any other fixture variants.
     let fixture_variants = std::iter::once(("one read".to_owned(), "read-cluster-name".to_owned()))
@@ -356,16 +411,15 @@ fn main() {
     for (name, module) in &args.variants {
         let mut filter = WasmFilter::plover(plover_config());
         filter.module = module.clone();
-        variants.push((name.clone(), with_plover(filter)));
+        variants.push((name.clone(), with_plover(&base, filter)));
     }
     for (name, changes) in &args.configured_variants {
-        variants.push((
-            name.clone(),
-            with_plover(WasmFilter::plover(plover_config_with(changes))),
-        ));
+        variants.push((name.clone(), with_plover(&base, plover(changes.clone()))));
     }
     if let Some(requests) = args.instructions {
         instructions(&variants, requests, dir.path());
+        let (messages, bytes) = access_log.received();
+        println!("access-log receiver: {messages} messages, {bytes} bytes");
         return;
     }
     let envoys: Vec<Envoy> = variants
@@ -394,6 +448,18 @@ fn main() {
     let mut latencies = vec![Vec::new(); envoys.len()];
     let mut p99_added_by_round = Vec::new();
     let ports: Vec<u16> = envoys.iter().map(|e| e.listener_port).collect();
+    let index = |name: &str| {
+        variants
+            .iter()
+            .position(|(n, _)| n == name)
+            .expect("a named variant")
+    };
+    let (none, empty, plover, tagged) = (
+        index(NO_FILTER),
+        index(EMPTY),
+        index(PLOVER),
+        index(PLOVER_TAGGED),
+    );
     for round in 0..args.rounds {
         // Rotate the order so no variant always runs first.
         for k in 0..envoys.len() {
@@ -406,9 +472,11 @@ fn main() {
             throughput[i].push(loaded.rps);
         }
         let mut round_latencies = interleaved_latencies(&ports, Duration::from_secs(args.seconds));
-        p99_added_by_round.push(
-            quantile(&mut round_latencies[2], 0.99) - quantile(&mut round_latencies[0], 0.99),
-        );
+        let none_p99 = quantile(&mut round_latencies[none], 0.99);
+        p99_added_by_round.push((
+            quantile(&mut round_latencies[plover], 0.99) - none_p99,
+            quantile(&mut round_latencies[tagged], 0.99) - none_p99,
+        ));
         for (all, round) in latencies.iter_mut().zip(round_latencies) {
             all.extend(round);
         }
@@ -416,75 +484,67 @@ fn main() {
     }
     eprintln!();
 
+    let medians: Vec<(f64, f64, f64, f64)> = (0..variants.len())
+        .map(|i| {
+            (
+                median(&mut cpu_per_request[i]),
+                median(&mut throughput[i]),
+                quantile(&mut latencies[i], 0.5),
+                quantile(&mut latencies[i], 0.99),
+            )
+        })
+        .collect();
+    let added_empty = medians[empty].0 - medians[none].0;
     println!(
-        "{:<12} {:>14} {:>12} {:>12} {:>12}",
-        "variant", "CPU µs/req", "req/s (wrk)", "p50 µs", "p99 µs"
+        "{:<18} {:>11} {:>11} {:>9} {:>12} {:>9} {:>9} {:>12}",
+        "variant", "CPU µs/req", "added µs", "× empty", "% of Envoy", "req/s", "p50 µs", "p99 added µs"
     );
-    let mut medians = Vec::new();
     for (i, (name, _)) in variants.iter().enumerate() {
-        let m = (
-            median(&mut cpu_per_request[i]),
-            median(&mut throughput[i]),
-            quantile(&mut latencies[i], 0.5),
-            quantile(&mut latencies[i], 0.99),
-        );
+        let m = medians[i];
+        let added = m.0 - medians[none].0;
         println!(
-            "{:<12} {:>14.1} {:>12.0} {:>12.1} {:>12.1}",
-            name, m.0, m.1, m.2, m.3
+            "{:<18} {:>11.1} {:>11.1} {:>9.2} {:>11.0}% {:>9.0} {:>9.1} {:>12.1}",
+            name,
+            m.0,
+            added,
+            added / added_empty,
+            100.0 * added / medians[none].0,
+            m.1,
+            m.2,
+            m.3 - medians[none].3
         );
-        medians.push(m);
     }
-    let (none, empty, plover) = (medians[0], medians[1], medians[2]);
-    let added_empty = empty.0 - none.0;
-    let added_plover = plover.0 - none.0;
     println!();
-    println!("added CPU per request: empty wasm {added_empty:.1} µs, plover {added_plover:.1} µs");
-    for (i, (name, _)) in variants.iter().enumerate().skip(3) {
-        println!(
-            "added CPU per request: {name} {:.1} µs (ratio to empty {:.2})",
-            medians[i].0 - none.0,
-            (medians[i].0 - none.0) / added_empty
-        );
-    }
-    println!(
-        "ratio plover/empty added CPU: {:.2} (target ≤ 1.25)",
-        if added_empty > 0.0 {
-            added_plover / added_empty
-        } else {
-            f64::NAN
-        }
-    );
-    println!(
-        "plover CPU per request vs no filter: {:.2}×",
-        plover.0 / none.0
-    );
-    println!(
-        "p99 added over no filter at moderate load: {:.1} µs over {} samples each (target ≤ 100); by round: {}",
-        plover.3 - none.3,
-        latencies[0].len().min(latencies[2].len()),
+    let by_round = |pick: fn(&(f64, f64)) -> f64| {
         p99_added_by_round
             .iter()
-            .map(|d| format!("{d:.0}"))
+            .map(|d| format!("{:.0}", pick(d)))
             .collect::<Vec<_>>()
             .join(", ")
+    };
+    println!(
+        "p99 added over no filter at moderate load (target ≤ 100 µs), over {} samples each: plover {:.1} µs (by round {}), plover+route tags {:.1} µs (by round {})",
+        latencies[none].len().min(latencies[plover].len()),
+        medians[plover].3 - medians[none].3,
+        by_round(|d| d.0),
+        medians[tagged].3 - medians[none].3,
+        by_round(|d| d.1),
     );
     println!(
         "p99 added by the empty wasm filter (the floor any Wasm filter pays): {:.1} µs",
-        empty.3 - none.3
-    );
-    println!(
-        "p50 added over no filter at moderate load: {:.1} µs",
-        plover.2 - none.2
+        medians[empty].3 - medians[none].3
     );
     std::thread::sleep(Duration::from_secs(3)); // let the last flush arrive
     let received = sink.received();
     println!(
-        "sink check: plover filter reported {} requests in {} batches from {} VM instance(s); backend served {}",
+        "sink check: the plover variants reported {} requests in {} batches from {} VM instance(s); backend served {}",
         received.total_requests(),
         received.batches,
         received.instances.len(),
         backend.served()
     );
+    let (messages, bytes) = access_log.received();
+    println!("access-log receiver: {messages} messages, {bytes} bytes");
     drop(envoys);
     accuracy(dir.path());
 }
@@ -586,22 +646,40 @@ fn instructions(variants: &[(String, GatewaySpec)], requests: u64, dir: &std::pa
         per_request.push(median(&mut counts));
         drop(envoy);
     }
-    let (none, empty, plover) = (per_request[0], per_request[1], per_request[2]);
+    let at = |name: &str| {
+        variants
+            .iter()
+            .position(|(n, _)| n == name)
+            .map(|i| per_request[i])
+            .expect("a named variant")
+    };
+    let (none, empty) = (at(NO_FILTER), at(EMPTY));
     println!();
     println!(
-        "instructions per request: no filter {none:.0}, empty wasm {empty:.0}, plover {plover:.0}"
+        "{:<18} {:>12} {:>10} {:>9} {:>12}",
+        "variant", "instr./req", "added", "× empty", "% of Envoy"
     );
-    for (i, (name, _)) in variants.iter().enumerate().skip(1) {
+    for (i, (name, _)) in variants.iter().enumerate() {
+        let added = per_request[i] - none;
         println!(
-            "added by {name}: {:.0} instructions per request ({:.2}× the empty filter's)",
-            per_request[i] - none,
-            (per_request[i] - none) / (empty - none)
+            "{:<18} {:>12.0} {:>10.0} {:>9.2} {:>11.1}%",
+            name,
+            per_request[i],
+            added,
+            added / (empty - none),
+            100.0 * added / none
         );
     }
-    println!(
-        "ratio plover/empty added instructions: {:.2} (target ≤ 1.25 for added CPU)",
-        (plover - none) / (empty - none)
-    );
+    println!();
+    for (name, target_added, target_ratio) in
+        [(PLOVER, 31_000.0, 1.6), (PLOVER_TAGGED, 42_000.0, 2.1)]
+    {
+        let added = at(name) - none;
+        println!(
+            "{name}: {added:.0} instructions added per request (target ≤ {target_added:.0}), {:.2}× the empty filter's (target ≤ {target_ratio})",
+            added / (empty - none)
+        );
+    }
 }
 
 /// The `summary:` total of the newest dump callgrind wrote beside `out_file` (`<out_file>.<n>`).
