@@ -72,7 +72,8 @@ const TAG: &str = "x-plover-revision";
 /// saw.
 async fn forged_tag_get(port: u16) -> (String, String, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let request = format!("GET / HTTP/1.1\r\nhost: app\r\n{TAG}: forged\r\nconnection: close\r\n\r\n");
+    let request =
+        format!("GET / HTTP/1.1\r\nhost: app\r\n{TAG}: forged\r\nconnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
@@ -255,7 +256,11 @@ async fn envoy_follows_the_routes_file_through_split_promotion_and_rollback() {
     let mut served = std::collections::BTreeSet::new();
     for _ in 0..40 {
         let (body, response_tag, seen_tag) = forged_tag_get(listen).await;
-        assert_eq!((&response_tag, &seen_tag), (&body, &body), "served by {body}");
+        assert_eq!(
+            (&response_tag, &seen_tag),
+            (&body, &body),
+            "served by {body}"
+        );
         served.insert(body);
     }
     assert_eq!(served.len(), 2, "both revisions answered: {served:?}");

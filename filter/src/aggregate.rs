@@ -3,10 +3,11 @@
 //! Each worker VM counts its own requests; nothing is shared across threads. A flush turns the
 //! counts into one [`Batch`] of deltas and starts a new interval, so the exporter only ever adds.
 
-use std::collections::btree_map::Entry;
+use std::borrow::Borrow;
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
-use plover_wire::{Batch, SeriesDelta, SeriesKey};
+use plover_wire::{Batch, SeriesDelta, SeriesKey, SeriesKeyRef};
 
 /// Most series one VM keeps per interval. Labels come from configuration, status codes and (with
 /// the header source) application-chosen revision ids; the cap keeps a misbehaving application
@@ -22,6 +23,50 @@ pub const MAX_HEADER_REVISIONS_PER_SERVICE: usize = 16;
 /// How long a header-named revision stays counted against its service after its last
 /// request: the exporter's default series lifetime.
 pub const HEADER_REVISION_MEMORY_MS: u64 = 10 * 60 * 1000;
+
+/// A series key as a borrowed [`SeriesKeyRef`], so that an owned [`SeriesKey`] in a map can be
+/// found from borrowed labels (the two order alike: same fields, same order).
+trait AsKeyRef {
+    fn key_ref(&self) -> SeriesKeyRef<'_>;
+}
+
+impl AsKeyRef for SeriesKey {
+    fn key_ref(&self) -> SeriesKeyRef<'_> {
+        self.as_ref()
+    }
+}
+
+impl AsKeyRef for SeriesKeyRef<'_> {
+    fn key_ref(&self) -> SeriesKeyRef<'_> {
+        *self
+    }
+}
+
+impl<'a> Borrow<dyn AsKeyRef + 'a> for SeriesKey {
+    fn borrow(&self) -> &(dyn AsKeyRef + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn AsKeyRef + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.key_ref() == other.key_ref()
+    }
+}
+
+impl Eq for dyn AsKeyRef + '_ {}
+
+impl PartialOrd for dyn AsKeyRef + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn AsKeyRef + '_ {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key_ref().cmp(&other.key_ref())
+    }
+}
 
 /// The series seen since the last flush.
 #[derive(Debug)]
@@ -91,20 +136,28 @@ impl Aggregate {
     }
 
     /// Counts one request; `sizes` are its request and response bytes, `None` when they were
-    /// not measured (the batch then says so).
-    pub fn record(&mut self, key: SeriesKey, duration_micros: u64, sizes: Option<(u64, u64)>) {
+    /// not measured (the batch then says so). Allocates only for a series new in the interval.
+    pub fn record(
+        &mut self,
+        key: SeriesKeyRef<'_>,
+        duration_micros: u64,
+        sizes: Option<(u64, u64)>,
+    ) {
         let (request_bytes, response_bytes) = sizes.unwrap_or_else(|| {
             self.sizes_unmeasured = true;
             (0, 0)
         });
         let full = self.series.len() >= self.max_series;
-        let delta = match self.series.entry(key) {
-            Entry::Occupied(entry) => entry.into_mut(),
-            Entry::Vacant(_) if full => {
+        let delta = match self.series.get_mut(&key as &dyn AsKeyRef) {
+            Some(delta) => delta,
+            None if full => {
                 self.dropped_requests = self.dropped_requests.saturating_add(1);
                 return;
             }
-            Entry::Vacant(entry) => entry.insert(SeriesDelta::default()),
+            None => self
+                .series
+                .entry(key.to_owned_key())
+                .or_insert_with(SeriesDelta::default),
         };
         delta.requests = delta.requests.saturating_add(1);
         delta.request_bytes = delta.request_bytes.saturating_add(request_bytes);
@@ -160,22 +213,22 @@ mod tests {
     #[test]
     fn an_interval_with_a_request_counted_without_sizes_says_so_once() {
         let mut agg = Aggregate::new(1_000);
-        agg.record(key("v1", 200), 10, Some((5, 6)));
-        agg.record(key("v1", 200), 10, None);
+        agg.record(key("v1", 200).as_ref(), 10, Some((5, 6)));
+        agg.record(key("v1", 200).as_ref(), 10, None);
         let batch = agg.take_batch(2_000);
         assert!(batch.sizes_unmeasured);
         assert_eq!(batch.series[0].1.request_bytes, 5);
-        agg.record(key("v1", 200), 10, Some((5, 6)));
+        agg.record(key("v1", 200).as_ref(), 10, Some((5, 6)));
         assert!(!agg.take_batch(3_000).sizes_unmeasured);
     }
 
     #[test]
     fn requests_are_summed_per_series_in_key_order() {
         let mut agg = Aggregate::new(1_000);
-        agg.record(key("v2", 200), 1_500, Some((100, 1_000)));
-        agg.record(key("v1", 200), 800, Some((10, 20)));
-        agg.record(key("v2", 200), 2_500, Some((100, 1_000)));
-        agg.record(key("v2", 503), 90, Some((1, 2)));
+        agg.record(key("v2", 200).as_ref(), 1_500, Some((100, 1_000)));
+        agg.record(key("v1", 200).as_ref(), 800, Some((10, 20)));
+        agg.record(key("v2", 200).as_ref(), 2_500, Some((100, 1_000)));
+        agg.record(key("v2", 503).as_ref(), 90, Some((1, 2)));
         let batch = agg.take_batch(2_000);
         assert_eq!(
             (
@@ -213,7 +266,7 @@ mod tests {
     #[test]
     fn take_batch_starts_a_fresh_interval() {
         let mut agg = Aggregate::new(1_000);
-        agg.record(key("v1", 200), 1, Some((0, 0)));
+        agg.record(key("v1", 200).as_ref(), 1, Some((0, 0)));
         assert!(!agg.is_empty());
         agg.take_batch(2_000);
         assert!(agg.is_empty());
@@ -232,12 +285,12 @@ mod tests {
     #[test]
     fn requests_beyond_the_series_cap_are_counted_as_dropped() {
         let mut agg = Aggregate::with_max_series(0, 2);
-        agg.record(key("v1", 200), 1, Some((0, 0)));
-        agg.record(key("v2", 200), 1, Some((0, 0)));
-        agg.record(key("v3", 200), 1, Some((0, 0)));
-        agg.record(key("v3", 500), 1, Some((0, 0)));
+        agg.record(key("v1", 200).as_ref(), 1, Some((0, 0)));
+        agg.record(key("v2", 200).as_ref(), 1, Some((0, 0)));
+        agg.record(key("v3", 200).as_ref(), 1, Some((0, 0)));
+        agg.record(key("v3", 500).as_ref(), 1, Some((0, 0)));
         // Existing series still count.
-        agg.record(key("v1", 200), 1, Some((0, 0)));
+        agg.record(key("v1", 200).as_ref(), 1, Some((0, 0)));
         let batch = agg.take_batch(1);
         assert_eq!(
             (batch.series.len(), batch.requests(), batch.dropped_requests),

@@ -360,7 +360,7 @@ mod tests {
 
     fn traffic(aggregate: &mut Aggregate, requests: usize) {
         for _ in 0..requests {
-            aggregate.record(key(), 1_000, Some((10, 20)));
+            aggregate.record(key().as_ref(), 1_000, Some((10, 20)));
         }
     }
 

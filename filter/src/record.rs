@@ -9,23 +9,27 @@
 //! `record` values (route, sizes, gRPC status).
 //!
 //! The fast form leaves out every `has()` guard (each costs about 1.7k instructions); when a
-//! value is missing (no response was sent, no route matched) its evaluation fails and the
-//! guarded form, compiled beside it, answers instead. Where Envoy cannot compile either (built
+//! value is missing (no response was sent, no route matched, no revision header) its evaluation
+//! fails and the guarded form, compiled beside it, answers instead. Where Envoy cannot compile either (built
 //! without the CEL parser) or both fail, the stream reads the properties one by one; every path
 //! gives the same [`Completion`].
 
+use std::borrow::Cow;
+
 use plover_wire::config::RevisionSource;
-use plover_wire::{FilterConfig, SeriesKey, StatusClass, UpstreamFailure};
+use plover_wire::{FilterConfig, SeriesKeyRef, StatusClass, UpstreamFailure};
 
 use crate::flags;
 use crate::resolve::Resolution;
 
 /// What the host says about a finished request. Every field has a default for the case where
-/// the property could not be read, so a failed read never loses the request.
+/// the property could not be read, so a failed read never loses the request. Strings borrow from
+/// the evaluated bytes where they can: counting a request allocates nothing once its series
+/// exists.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Completion {
+pub struct Completion<'a> {
     /// `xds.cluster_name`: the upstream cluster Envoy picked, empty when none (no route).
-    pub cluster: String,
+    pub cluster: Cow<'a, str>,
     /// `response.code`: the status sent downstream, 0 if none was sent.
     pub code: i64,
     /// `response.flags`.
@@ -33,7 +37,7 @@ pub struct Completion {
     /// `request.duration` in nanoseconds.
     pub duration_ns: i64,
     /// The application's (or the router's) revision header, when a source reads it.
-    pub revision_header: Option<String>,
+    pub revision_header: Option<Cow<'a, str>>,
     /// `request.total_size` (headers and body); 0 unless `record.sizes`.
     pub request_bytes: i64,
     /// `response.total_size`; 0 unless `record.sizes`.
@@ -42,7 +46,7 @@ pub struct Completion {
     pub grpc_status: Option<i64>,
     /// `xds.route_name`: the name of the route Envoy matched (empty when unnamed, or unless
     /// `record.route`).
-    pub route: String,
+    pub route: Cow<'a, str>,
 }
 
 /// One value read from a finished request.
@@ -130,9 +134,14 @@ impl Reading {
     /// absent gets a default (`has(…) ? … : default`), so the evaluation succeeds for requests
     /// without a response or a route; unguarded, it is cheaper and fails on those.
     pub fn expression(&self, guarded: bool) -> String {
-        let header_or_empty = |name: &str| {
-            // Header names were validated as lower-case letters, digits, '-' and '_'.
-            format!("'{name}' in response.headers ? response.headers['{name}'] : ''")
+        let header = |name: &str| {
+            // Header names were validated as lower-case letters, digits, '-' and '_'. The
+            // guard (`in`, then the lookup) costs about as much as a second lookup.
+            if guarded {
+                format!("'{name}' in response.headers ? response.headers['{name}'] : ''")
+            } else {
+                format!("response.headers['{name}']")
+            }
         };
         let guard = |value: &str, default: &str| {
             if guarded {
@@ -150,12 +159,12 @@ impl Reading {
                 Value::Flags => guard("response.flags", "0"),
                 Value::Duration => guard("request.duration", "duration('0s')"),
                 Value::RevisionHeader => {
-                    header_or_empty(self.revision_header.as_deref().unwrap_or_default())
+                    header(self.revision_header.as_deref().unwrap_or_default())
                 }
                 Value::Route => guard("xds.route_name", "''"),
                 Value::RequestSize => guard("request.total_size", "0"),
                 Value::ResponseSize => guard("response.total_size", "0"),
-                Value::ContentType => header_or_empty(CONTENT_TYPE),
+                Value::ContentType => header(CONTENT_TYPE),
                 // Absent for every non-gRPC response: always guarded.
                 Value::GrpcStatus => "has(response.grpc_status) ? response.grpc_status : -1".into(),
             })
@@ -169,23 +178,28 @@ impl Reading {
     /// two NULs. Integers and durations are 8 bytes LE (durations in nanoseconds), strings their
     /// raw bytes. `None` when the bytes are not exactly that (another Envoy version's
     /// serialization, say): the caller then reads the properties one by one.
-    pub fn decode(&self, bytes: &[u8]) -> Option<Completion> {
-        let elements = list_elements(bytes, self.values.len())?;
+    pub fn decode<'b>(&self, bytes: &'b [u8]) -> Option<Completion<'b>> {
         let mut completion = Completion::default();
         let mut content_type = "";
         let mut grpc_status = -1;
-        for (value, element) in self.values.iter().zip(elements) {
+        for (value, element) in self
+            .values
+            .iter()
+            .zip(ListElements::new(bytes, self.values.len())?)
+        {
+            let element = element?;
             let int = || <[u8; 8]>::try_from(element).ok().map(i64::from_le_bytes);
             let text = || std::str::from_utf8(element).ok();
             match value {
-                Value::Cluster => completion.cluster = text()?.to_owned(),
+                Value::Cluster => completion.cluster = Cow::Borrowed(text()?),
                 Value::Code => completion.code = int()?,
                 Value::Flags => completion.flags = int()? as u64,
                 Value::Duration => completion.duration_ns = int()?,
                 Value::RevisionHeader => {
-                    completion.revision_header = Some(text()?.to_owned()).filter(|h| !h.is_empty())
+                    completion.revision_header =
+                        Some(Cow::Borrowed(text()?)).filter(|h| !h.is_empty())
                 }
-                Value::Route => completion.route = text()?.to_owned(),
+                Value::Route => completion.route = Cow::Borrowed(text()?),
                 Value::RequestSize => completion.request_bytes = int()?,
                 Value::ResponseSize => completion.response_bytes = int()?,
                 Value::ContentType => content_type = text()?,
@@ -197,7 +211,7 @@ impl Reading {
     }
 }
 
-impl Completion {
+impl Completion<'_> {
     /// How the request ended: an upstream HTTP status, or no upstream response and why.
     pub fn outcome(&self) -> (StatusClass, u16, UpstreamFailure) {
         let code = u16::try_from(self.code)
@@ -216,13 +230,13 @@ impl Completion {
     }
 
     /// The series this request is counted in.
-    pub fn series_key(&self, resolution: &Resolution) -> SeriesKey {
+    pub fn series_key<'k>(&'k self, resolution: &'k Resolution) -> SeriesKeyRef<'k> {
         let (status_class, code, upstream_failure) = self.outcome();
-        SeriesKey {
-            namespace: resolution.namespace.clone(),
-            service: resolution.service.clone(),
-            route: self.route.clone(),
-            revision: resolution.revision.clone(),
+        SeriesKeyRef {
+            namespace: &resolution.namespace,
+            service: &resolution.service,
+            route: &self.route,
+            revision: &resolution.revision,
             role: resolution.role,
             status_class,
             code,
@@ -248,30 +262,60 @@ impl Completion {
     }
 }
 
-/// The `expected` elements of a serialized CEL list (layout in [`Reading::decode`]).
-fn list_elements(bytes: &[u8], expected: usize) -> Option<Vec<&[u8]>> {
-    let word = |at: usize| -> Option<usize> {
-        let raw = bytes.get(at..at.checked_add(4)?)?;
-        usize::try_from(u32::from_le_bytes(raw.try_into().ok()?)).ok()
-    };
-    if word(0)? != expected {
-        return None;
+/// The elements of a serialized CEL list (layout in [`Reading::decode`]), in order; an element
+/// is `None` where the bytes break the layout, and the bytes must end with the last element.
+struct ListElements<'b> {
+    bytes: &'b [u8],
+    count: usize,
+    next: usize,
+    /// Where the next element's bytes start.
+    data: usize,
+}
+
+impl<'b> ListElements<'b> {
+    /// `None` unless the list has exactly `expected` elements.
+    fn new(bytes: &'b [u8], expected: usize) -> Option<ListElements<'b>> {
+        let list = ListElements {
+            bytes,
+            count: expected,
+            next: 0,
+            data: expected.checked_mul(8)?.checked_add(4)?,
+        };
+        (list.word(0)? == expected).then_some(list)
     }
-    let mut data = 4 + expected * 8;
-    let mut elements = Vec::with_capacity(expected);
-    for i in 0..expected {
-        let (len, value_len) = (word(4 + i * 8)?, word(8 + i * 8)?);
+
+    fn word(&self, at: usize) -> Option<usize> {
+        let raw = self.bytes.get(at..at.checked_add(4)?)?;
+        usize::try_from(u32::from_le_bytes(raw.try_into().ok()?)).ok()
+    }
+
+    fn element(&mut self) -> Option<&'b [u8]> {
+        let i = self.next;
+        let (len, value_len) = (self.word(4 + i * 8)?, self.word(8 + i * 8)?);
         if value_len != 0 {
             return None;
         }
-        let end = data.checked_add(len)?;
-        elements.push(bytes.get(data..end)?);
-        if bytes.get(end..end + 2)? != [0, 0] {
+        let end = self.data.checked_add(len)?;
+        let element = self.bytes.get(self.data..end)?;
+        if self.bytes.get(end..end.checked_add(2)?)? != [0, 0] {
             return None;
         }
-        data = end + 2;
+        self.data = end + 2;
+        self.next += 1;
+        // The last element must end the bytes.
+        if self.next == self.count && self.data != self.bytes.len() {
+            return None;
+        }
+        Some(element)
     }
-    (data == bytes.len()).then_some(elements)
+}
+
+impl<'b> Iterator for ListElements<'b> {
+    type Item = Option<&'b [u8]>;
+
+    fn next(&mut self) -> Option<Option<&'b [u8]>> {
+        (self.next < self.count).then(|| self.element())
+    }
 }
 
 /// Whether a response `content-type` is gRPC (`application/grpc`, `application/grpc+proto`,
@@ -392,23 +436,20 @@ pub(crate) mod tests {
             route: "app_route".into(),
             ..c
         };
-        let key = c.series_key(&canary());
+        let canary = canary();
+        let key = c.series_key(&canary);
         assert_eq!(
-            (
-                key.namespace.as_str(),
-                key.service.as_str(),
-                key.route.as_str()
-            ),
+            (key.namespace, key.service, key.route),
             ("demo", "app", "app_route")
         );
-        assert_eq!((key.role, key.revision.as_str()), (Role::Canary, "v2"));
+        assert_eq!((key.role, key.revision), (Role::Canary, "v2"));
         assert_eq!((key.code, key.grpc_status), (200, Some(14)));
         let bogus = Completion {
             code: 200,
             grpc_status: Some(99),
             ..Default::default()
         };
-        assert_eq!(bogus.series_key(&canary()).grpc_status, None);
+        assert_eq!(bogus.series_key(&canary).grpc_status, None);
     }
 
     #[test]
@@ -487,17 +528,16 @@ has(response.flags) ? response.flags : 0, has(request.duration) ? request.durati
         assert_eq!(
             all.expression(false),
             "[xds.cluster_name, response.code, response.flags, request.duration, \
-'x-app-revision' in response.headers ? response.headers['x-app-revision'] : '', xds.route_name, \
-request.total_size, response.total_size, \
-'content-type' in response.headers ? response.headers['content-type'] : '', \
-has(response.grpc_status) ? response.grpc_status : -1]"
+response.headers['x-app-revision'], xds.route_name, request.total_size, response.total_size, \
+response.headers['content-type'], has(response.grpc_status) ? response.grpc_status : -1]"
         );
     }
 
     #[test]
     fn an_evaluated_completion_decodes_every_field() {
         let all = all();
-        let c = all.decode(&evaluated("text/plain", 2)).unwrap();
+        let plain = evaluated("text/plain", 2);
+        let c = all.decode(&plain).unwrap();
         assert_eq!(
             c,
             Completion {
@@ -512,10 +552,10 @@ has(response.grpc_status) ? response.grpc_status : -1]"
                 route: "app_route".into(),
             }
         );
-        let grpc = all.decode(&evaluated("application/grpc", 14)).unwrap();
-        assert_eq!(grpc.grpc_status, Some(14));
-        let absent = all.decode(&evaluated("application/grpc", -1)).unwrap();
-        assert_eq!(absent.grpc_status, None);
+        let grpc = evaluated("application/grpc", 14);
+        assert_eq!(all.decode(&grpc).unwrap().grpc_status, Some(14));
+        let absent = evaluated("application/grpc", -1);
+        assert_eq!(all.decode(&absent).unwrap().grpc_status, None);
         // The four values alone.
         let four = serialize_list(&[
             b"stable".to_vec(),
@@ -525,7 +565,7 @@ has(response.grpc_status) ? response.grpc_status : -1]"
         ]);
         let c = reading("").decode(&four).unwrap();
         assert_eq!(
-            (c.cluster.as_str(), c.code, c.duration_ns, c.route.as_str()),
+            (&*c.cluster, c.code, c.duration_ns, &*c.route),
             ("stable", 200, 7_000, "")
         );
     }
@@ -537,16 +577,14 @@ has(response.grpc_status) ? response.grpc_status : -1]"
             2, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 200, 0, 0, 0, 0, 0, 0, 0,
             0, 0, b'r', 0, 0,
         ];
-        assert_eq!(
-            list_elements(envoy, 2),
-            Some(vec![&[200, 0, 0, 0, 0, 0, 0, 0][..], b"r"])
-        );
+        let elements: Option<Vec<&[u8]>> = ListElements::new(envoy, 2).unwrap().collect();
+        assert_eq!(elements, Some(vec![&[200, 0, 0, 0, 0, 0, 0, 0][..], b"r"]));
     }
 
     #[test]
     fn anything_but_the_exact_layout_is_refused() {
         let all = all();
-        let decode = |bytes: &[u8]| all.decode(bytes);
+        let decode = |bytes: &[u8]| all.decode(bytes).map(|c| c.code);
         let good = evaluated("text/plain", 2);
         assert!(decode(&good).is_some());
         // Every truncation, and a trailing byte.

@@ -89,7 +89,10 @@ pub struct RevisionResolver {
     sources: Vec<RevisionSource>,
     by_cluster: BTreeMap<String, Rc<ClusterResolution>>,
     /// Keyed by (namespace, service, role the cluster gave, revision).
-    by_header: BTreeMap<(String, String, Role, String), Rc<Resolution>>,
+    /// Nested so that a hit is found from borrowed labels, without allocating.
+    by_header: BTreeMap<String, BTreeMap<String, BTreeMap<Role, BTreeMap<String, Rc<Resolution>>>>>,
+    /// Entries in `by_header`.
+    header_entries: usize,
 }
 
 impl RevisionResolver {
@@ -99,6 +102,7 @@ impl RevisionResolver {
             sources: config.sources.clone(),
             by_cluster: BTreeMap::new(),
             by_header: BTreeMap::new(),
+            header_entries: 0,
         }
     }
 
@@ -220,23 +224,32 @@ impl RevisionResolver {
         revision: &str,
         compute: impl FnOnce(&Resolution, &str) -> Resolution,
     ) -> Rc<Resolution> {
-        let key = (
-            base.namespace.clone(),
-            base.service.clone(),
-            base.role,
-            revision.to_owned(),
-        );
-        if let Some(hit) = self.by_header.get(&key) {
+        let hit = self
+            .by_header
+            .get(&base.namespace)
+            .and_then(|services| services.get(&base.service))
+            .and_then(|roles| roles.get(&base.role))
+            .and_then(|revisions| revisions.get(revision));
+        if let Some(hit) = hit {
             return Rc::clone(hit);
         }
         let resolved = Rc::new(Resolution {
             from_header: true,
             ..compute(base, revision)
         });
-        if self.by_header.len() >= CACHE_LIMIT {
+        if self.header_entries >= CACHE_LIMIT {
             self.by_header.clear();
+            self.header_entries = 0;
         }
-        self.by_header.insert(key, Rc::clone(&resolved));
+        self.by_header
+            .entry(base.namespace.clone())
+            .or_default()
+            .entry(base.service.clone())
+            .or_default()
+            .entry(base.role)
+            .or_default()
+            .insert(revision.to_owned(), Rc::clone(&resolved));
+        self.header_entries += 1;
         resolved
     }
 }

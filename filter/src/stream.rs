@@ -10,6 +10,7 @@
 //! read gives a default, a failed header write is ignored, and every hook lets the stream
 //! continue.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -100,29 +101,35 @@ impl Plugin {
     }
 
     /// The finished request: one evaluation where the fast form succeeds, a second (guarded)
-    /// where it fails, else one read per value.
-    fn completion(&self, host: &impl StreamHost) -> Completion {
+    /// where it fails, else one read per value. An evaluation's bytes are kept in `evaluated`,
+    /// which the completion borrows.
+    fn completion<'b>(
+        &self,
+        host: &impl StreamHost,
+        evaluated: &'b mut [Vec<u8>; 2],
+    ) -> Completion<'b> {
+        let [first, second] = evaluated;
         let Expressions { fast, guarded } = self.expressions;
-        for token in [fast, guarded].into_iter().flatten() {
-            if let Some(completion) = host
-                .evaluate(token)
-                .and_then(|bytes| self.reading.decode(&bytes))
-            {
-                return completion;
+        for (token, slot) in [(fast, first), (guarded, second)] {
+            if let Some(bytes) = token.and_then(|token| host.evaluate(token)) {
+                *slot = bytes;
+                if let Some(completion) = self.reading.decode(slot) {
+                    return completion;
+                }
             }
         }
         self.read_properties(host)
     }
 
     /// The same values as the evaluation, one host call each.
-    fn read_properties(&self, host: &impl StreamHost) -> Completion {
+    fn read_properties(&self, host: &impl StreamHost) -> Completion<'static> {
         let mut completion = Completion::default();
         let mut grpc = false;
         for value in self.reading.values() {
             match value {
                 Value::Cluster => {
                     completion.cluster =
-                        string_property(host, property::CLUSTER_NAME).unwrap_or_default()
+                        string_property(host, property::CLUSTER_NAME).map_or("".into(), Cow::Owned)
                 }
                 Value::Code => {
                     completion.code = int_property(host, property::RESPONSE_CODE).unwrap_or(0)
@@ -140,10 +147,11 @@ impl Plugin {
                         .reading
                         .revision_header()
                         .and_then(|name| host.response_header(name))
+                        .map(Cow::Owned)
                 }
                 Value::Route => {
                     completion.route =
-                        string_property(host, property::ROUTE_NAME).unwrap_or_default()
+                        string_property(host, property::ROUTE_NAME).map_or("".into(), Cow::Owned)
                 }
                 Value::RequestSize => {
                     completion.request_bytes =
@@ -255,7 +263,8 @@ impl Stream {
         let Some(plugin) = self.plugin.as_deref() else {
             return;
         };
-        let completion = plugin.completion(host);
+        let mut evaluated = [Vec::new(), Vec::new()];
+        let completion = plugin.completion(host, &mut evaluated);
         let resolution = match self.resolution.take() {
             Some(resolution) => resolution,
             None => {
@@ -281,11 +290,14 @@ impl Stream {
                 &resolution.service,
                 &resolution.revision,
             );
-        let key = if over_limit {
-            completion.series_key(&resolution.unknown())
+        let unknown;
+        let counted_as = if over_limit {
+            unknown = resolution.unknown();
+            &unknown
         } else {
-            completion.series_key(&resolution)
+            &*resolution
         };
+        let key = completion.series_key(counted_as);
         let sizes = plugin
             .reading
             .measures_sizes()
@@ -380,12 +392,10 @@ pub(crate) mod tests {
                 None => None,
             };
             let int = |v: i64| v.to_le_bytes().to_vec();
-            let header = |name: &str| {
-                self.response_headers
-                    .get(name)
-                    .cloned()
-                    .unwrap_or_default()
-                    .into_bytes()
+            let header = |name: &str| match self.response_headers.get(name) {
+                Some(value) => Some(value.clone().into_bytes()),
+                None if guarded => Some(Vec::new()),
+                None => None,
             };
             let mut elements = Vec::new();
             for value in reading.values() {
@@ -394,11 +404,11 @@ pub(crate) mod tests {
                     Value::Code => or(property::RESPONSE_CODE, int(0))?,
                     Value::Flags => or(property::RESPONSE_FLAGS, int(0))?,
                     Value::Duration => or(property::REQUEST_DURATION, int(0))?,
-                    Value::RevisionHeader => header(reading.revision_header().unwrap()),
+                    Value::RevisionHeader => header(reading.revision_header().unwrap())?,
                     Value::Route => or(property::ROUTE_NAME, Vec::new())?,
                     Value::RequestSize => or(property::REQUEST_TOTAL_SIZE, int(0))?,
                     Value::ResponseSize => or(property::RESPONSE_TOTAL_SIZE, int(0))?,
-                    Value::ContentType => header(CONTENT_TYPE),
+                    Value::ContentType => header(CONTENT_TYPE)?,
                     Value::GrpcStatus => get(property::RESPONSE_GRPC_STATUS).unwrap_or(int(-1)),
                 });
             }
@@ -674,9 +684,11 @@ pub(crate) mod tests {
         let batch = flush(&aggregate);
         assert_eq!(batch.series[0].0.role, Role::Canary);
 
-        // Header missing: the cluster source answers.
+        // Header missing: the fast form fails, the guarded one reads it as absent, and the
+        // cluster source answers.
         let host = MockHost::request("stable", 200);
         run(&counting, &host);
+        assert_eq!(host.calls.get(), 2);
         assert_eq!(flush(&aggregate).series[0].0.role, Role::Stable);
 
         // The tagging build: the request tag could only use the cluster; the response tag

@@ -84,7 +84,8 @@ async fn drain(
             prefix.extend_from_slice(&data[..n]);
             data = &data[n..];
             if prefix.len() == 5 {
-                remaining = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+                remaining =
+                    u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
                 prefix.clear();
                 messages.fetch_add(1, Ordering::Relaxed);
             }

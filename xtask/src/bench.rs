@@ -11,6 +11,10 @@ pub fn filter(extra: &[&str]) -> Result<(), String> {
     install::test_tools()?;
     let plover = wasm::build_modules()?;
     let empty = wasm::build_package("plover-empty-filter", "plover_empty_filter")?;
+    // The empty filter with only what counting in `on_log` needs exported: the floor of the
+    // counting module.
+    let empty_lean = empty.with_file_name("plover_empty_filter_on_log_only.wasm");
+    wasm::strip_exports(&empty, &empty_lean, &wasm::counting_only_removals())?;
     let envoy = install::envoy_binary()?;
     run(Command::new(cargo_bin())
         .args([
@@ -27,6 +31,7 @@ pub fn filter(extra: &[&str]) -> Result<(), String> {
         .env("PLOVER_FILTER_WASM", &plover.counting)
         .env("PLOVER_FILTER_TAGGING_WASM", &plover.tagging)
         .env("PLOVER_EMPTY_FILTER_WASM", &empty)
+        .env("PLOVER_EMPTY_FILTER_ON_LOG_ONLY_WASM", &empty_lean)
         .env("PLOVER_ENVOY", &envoy))
 }
 

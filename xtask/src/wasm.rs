@@ -46,6 +46,11 @@ pub struct Modules {
     pub tagging: PathBuf,
 }
 
+/// The exports a module that counts from `on_log` alone does without.
+pub fn counting_only_removals() -> Vec<&'static str> {
+    [UNUSED_EXPORTS, HEADER_HOOKS].concat()
+}
+
 /// Builds both filter modules and checks their size budget.
 pub fn build_modules() -> Result<Modules, String> {
     let out_dir = workspace_root().join("target/plover-filter");
@@ -188,7 +193,7 @@ fn check_budget(module: &PathBuf) -> Result<(), String> {
 
 /// Copies the module `input` to `output` without the exports named in `removed`. Only the
 /// export section changes; every other section is copied byte for byte.
-fn strip_exports(input: &Path, output: &Path, removed: &[&str]) -> Result<(), String> {
+pub fn strip_exports(input: &Path, output: &Path, removed: &[&str]) -> Result<(), String> {
     let bytes = std::fs::read(input).map_err(|e| format!("{}: {e}", input.display()))?;
     let stripped = without_exports(&bytes, removed).map_err(|e| {
         format!(

@@ -383,7 +383,10 @@ mod tests {
                 .map(|w| (w.stable, w.canary)),
             Some((Some(100), Some(0)))
         );
-        assert!(!apply(&cfg, "v2", "v2", 0, 100, None).unwrap(), "nothing changed");
+        assert!(
+            !apply(&cfg, "v2", "v2", 0, 100, None).unwrap(),
+            "nothing changed"
+        );
         assert!(
             apply(&cfg, "v2", "v3", 0, 100, None).is_err(),
             "no backend for v3"

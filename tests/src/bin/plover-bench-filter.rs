@@ -59,6 +59,10 @@ struct Args {
     fixture_variants: Vec<(String, String)>,
     /// Requests per measurement in instruction-count mode.
     instructions: Option<u64>,
+    /// Only the variants named here (`--only NAME,NAME`), the three the summary needs kept.
+    only: Vec<String>,
+    /// Where to keep the callgrind dumps (`--keep-dumps DIR`), for `callgrind_annotate`.
+    keep_dumps: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> Args {
@@ -70,6 +74,8 @@ fn parse_args() -> Args {
         configured_variants: Vec::new(),
         fixture_variants: Vec::new(),
         instructions: None,
+        only: Vec::new(),
+        keep_dumps: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -84,6 +90,8 @@ fn parse_args() -> Args {
             "--seconds" => args.seconds = number(),
             "--connections" => args.connections = number() as u32,
             "--instructions" => args.instructions = Some(number().max(1)),
+            "--only" => args.only = value.split(',').map(|v| v.trim().to_owned()).collect(),
+            "--keep-dumps" => args.keep_dumps = Some(value.clone().into()),
             "--variant" => match value.split_once('=') {
                 Some((name, path)) if !name.is_empty() && !path.is_empty() => {
                     args.variants.push((name.to_owned(), path.into()))
@@ -106,7 +114,7 @@ fn parse_args() -> Args {
                 _ => panic!("--plover-config takes NAME={{JSON object}}, got {value:?}"),
             },
             other => panic!(
-                "unknown flag {other}; flags: --rounds N --seconds N --connections N --variant NAME=PATH.wasm --plover-config NAME=JSON --fixture NAME=CONFIG --instructions REQUESTS"
+                "unknown flag {other}; flags: --rounds N --seconds N --connections N --variant NAME=PATH.wasm --plover-config NAME=JSON --fixture NAME=CONFIG --instructions REQUESTS --only NAME,NAME --keep-dumps DIR"
             ),
         }
     }
@@ -358,6 +366,16 @@ fn main() {
         }),
         ..base.clone()
     };
+    let empty_on_log_only = std::env::var_os("PLOVER_EMPTY_FILTER_ON_LOG_ONLY_WASM")
+        .expect("PLOVER_EMPTY_FILTER_ON_LOG_ONLY_WASM (run through cargo xtask bench filter)");
+    let on_log_only_fixture = |configuration: &str| GatewaySpec {
+        filter: Some(WasmFilter {
+            module: empty_on_log_only.clone().into(),
+            configuration: configuration.to_owned(),
+            root_id: "empty".into(),
+        }),
+        ..base.clone()
+    };
     let mut tagging_module = plover(serde_json::json!({
         "tagging": {"request_header": TAG_HEADER, "response_header": TAG_HEADER}
     }));
@@ -365,7 +383,10 @@ fn main() {
     let mut variants: Vec<(String, GatewaySpec)> = vec![
         (NO_FILTER.into(), base.clone()),
         (EMPTY.into(), fixture(String::new())),
-        (PLOVER.into(), with_plover(&base, plover(serde_json::json!({})))),
+        (
+            PLOVER.into(),
+            with_plover(&base, plover(serde_json::json!({}))),
+        ),
         ("route tags".into(), route_tagged.clone()),
         // What a tagged request through Istio costs: the route writes the tags, the filter
         // reads the revision header with the rest.
@@ -382,6 +403,16 @@ fn main() {
         // Tags written by the filter (the tagging module, for routes Plover does not manage).
         ("tagging module".into(), with_plover(&base, tagging_module)),
     ];
+    // The floor of a module counting in `on_log` (the SDK's context bookkeeping, no header or
+    // body hook), and that floor plus the evaluation Plover makes: what is left above it is
+    // Plover's own work.
+    variants.push(("empty, on_log only".into(), on_log_only_fixture("")));
+    variants.push((
+        "evaluate, on_log only".into(),
+        on_log_only_fixture(
+            "evaluate:[xds.cluster_name, response.code, response.flags, request.duration]",
+        ),
+    ));
     // Each opt-in value priced on its own.
     for (name, record) in [
         ("plover+route", serde_json::json!({"route": true})),
@@ -416,8 +447,14 @@ fn main() {
     for (name, changes) in &args.configured_variants {
         variants.push((name.clone(), with_plover(&base, plover(changes.clone()))));
     }
+    if !args.only.is_empty() {
+        variants.retain(|(name, _)| {
+            [NO_FILTER, EMPTY, PLOVER, PLOVER_TAGGED].contains(&name.as_str())
+                || args.only.contains(name)
+        });
+    }
     if let Some(requests) = args.instructions {
-        instructions(&variants, requests, dir.path());
+        instructions(&variants, requests, dir.path(), args.keep_dumps.as_deref());
         let (messages, bytes) = access_log.received();
         println!("access-log receiver: {messages} messages, {bytes} bytes");
         return;
@@ -497,7 +534,14 @@ fn main() {
     let added_empty = medians[empty].0 - medians[none].0;
     println!(
         "{:<18} {:>11} {:>11} {:>9} {:>12} {:>9} {:>9} {:>12}",
-        "variant", "CPU µs/req", "added µs", "× empty", "% of Envoy", "req/s", "p50 µs", "p99 added µs"
+        "variant",
+        "CPU µs/req",
+        "added µs",
+        "× empty",
+        "% of Envoy",
+        "req/s",
+        "p50 µs",
+        "p99 added µs"
     );
     for (i, (name, _)) in variants.iter().enumerate() {
         let m = medians[i];
@@ -609,7 +653,12 @@ fn h2load(url: &str, requests: u64) {
 }
 
 /// Instructions Envoy executed per request for each variant, under callgrind.
-fn instructions(variants: &[(String, GatewaySpec)], requests: u64, dir: &std::path::Path) {
+fn instructions(
+    variants: &[(String, GatewaySpec)],
+    requests: u64,
+    dir: &std::path::Path,
+    keep_dumps: Option<&std::path::Path>,
+) {
     let control = tools::debian_tool("callgrind_control");
     println!(
         "bench filter --instructions: Envoy --concurrency 1 under callgrind; instructions per request over {requests} requests, measured twice"
@@ -640,7 +689,7 @@ fn instructions(variants: &[(String, GatewaySpec)], requests: u64, dir: &std::pa
                 .output()
                 .expect("callgrind_control -d");
             assert!(dumped.status.success(), "callgrind_control -d failed");
-            counts.push(latest_dump_total(&out_file) as f64 / requests as f64);
+            counts.push(latest_dump_total(&out_file, keep_dumps) as f64 / requests as f64);
         }
         println!("{name:<12} {:>12.0} {:>12.0}", counts[0], counts[1]);
         per_request.push(median(&mut counts));
@@ -683,7 +732,7 @@ fn instructions(variants: &[(String, GatewaySpec)], requests: u64, dir: &std::pa
 }
 
 /// The `summary:` total of the newest dump callgrind wrote beside `out_file` (`<out_file>.<n>`).
-fn latest_dump_total(out_file: &std::path::Path) -> u64 {
+fn latest_dump_total(out_file: &std::path::Path, keep_in: Option<&std::path::Path>) -> u64 {
     let name = out_file
         .file_name()
         .and_then(|n| n.to_str())
@@ -708,7 +757,15 @@ fn latest_dump_total(out_file: &std::path::Path) -> u64 {
                 .find_map(|l| l.strip_prefix("summary:"))
                 .and_then(|v| v.trim().parse::<u64>().ok())
             {
-                let _ = std::fs::remove_file(&path);
+                match keep_in.zip(path.file_name()) {
+                    Some((dir, name)) => {
+                        let _ = std::fs::create_dir_all(dir);
+                        let _ = std::fs::rename(&path, dir.join(name));
+                    }
+                    None => {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
                 return total;
             }
         }
