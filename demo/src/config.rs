@@ -161,7 +161,7 @@ impl DemoConfig {
             .unwrap_or_else(|| "default".into())
     }
 
-    /// The service the filter tags requests with: the traffic check's, else the Canary's name.
+    /// The service the filter counts requests under: the traffic check's, else the Canary's name.
     pub fn service(&self) -> String {
         let named = self
             .canary

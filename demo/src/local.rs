@@ -1,6 +1,6 @@
 //! The `Canary` controller in local mode, as the demo runs it: `plover local`'s own loop
 //! ([`LocalController`]) on the spec file the demo writes into its state dir, with no API
-//! server. The gateway's clusters are fixed (`stable` and `canary`, which the filter tags by
+//! server. The gateway's clusters are fixed (`stable` and `canary`, which the filter counts by
 //! role); the spec names the revisions and their backends, and the controller points the
 //! clusters at them through the CDS file and routes the weights through the RDS file. A
 //! release is an edit of the spec file (the canary's revision and its backend), as a person

@@ -2,7 +2,7 @@
 //! Envoy fed from watched files, and the load generator.
 //!
 //! The gateway has two fixed clusters, `stable` and `canary` (the spec's `stableCluster` and
-//! `canaryCluster`), which the filter tags by role. A release starts the new revision's backend
+//! `canaryCluster`), which the filter counts by role. A release starts the new revision's backend
 //! and names it in the spec file; the controller (local mode) then points the `canary` cluster
 //! at it, and on promotion the `stable` cluster, by rewriting the CDS file (renamed into the
 //! watched directory, as it does the routes), so Envoy picks them up without a restart.
@@ -258,13 +258,16 @@ impl Stack {
             .map(|(s, c)| (s.to_owned(), c.to_owned()))
             .ok_or_else(|| DemoError::Start {
                 what: "canary spec",
-                message: "spec.trafficRouting.envoy: the demo needs stableCluster and canaryCluster (the filter tags requests by cluster)".into(),
+                message: "spec.trafficRouting.envoy: the demo needs stableCluster and canaryCluster (the filter counts requests by cluster)".into(),
             })?;
         // The gateway needs routes and clusters to start with (everything on stable); from then
         // on they are the controller's.
-        envoy_file::apply(&routing, initial, initial, 0, 100).map_err(|e| DemoError::Start {
-            what: "routes and clusters files",
-            message: e.to_string(),
+        let revision_header = canary.spec.traffic_routing.revision_header.as_deref();
+        envoy_file::apply(&routing, initial, initial, 0, 100, revision_header).map_err(|e| {
+            DemoError::Start {
+                what: "routes and clusters files",
+                message: e.to_string(),
+            }
         })?;
         let workloads = Workloads {
             canary_file: dir.path().join("canary.yaml"),

@@ -157,7 +157,7 @@ impl Aggregate {
             None => self
                 .series
                 .entry(key.to_owned_key())
-                .or_insert_with(SeriesDelta::default),
+                .or_default(),
         };
         delta.requests = delta.requests.saturating_add(1);
         delta.request_bytes = delta.request_bytes.saturating_add(request_bytes);

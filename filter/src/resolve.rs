@@ -81,6 +81,9 @@ pub struct ClusterResolution {
     unknown: Rc<Resolution>,
 }
 
+/// One service's header-named revisions, by the role the cluster gave.
+type HeaderRevisions = BTreeMap<Role, BTreeMap<String, Rc<Resolution>>>;
+
 /// Maps clusters and response-header revisions to [`Resolution`]s, following the configured
 /// source order. Both maps are caches: a hit costs no parsing and no allocation.
 #[derive(Debug)]
@@ -90,7 +93,7 @@ pub struct RevisionResolver {
     by_cluster: BTreeMap<String, Rc<ClusterResolution>>,
     /// Keyed by (namespace, service, role the cluster gave, revision).
     /// Nested so that a hit is found from borrowed labels, without allocating.
-    by_header: BTreeMap<String, BTreeMap<String, BTreeMap<Role, BTreeMap<String, Rc<Resolution>>>>>,
+    by_header: BTreeMap<String, BTreeMap<String, HeaderRevisions>>,
     /// Entries in `by_header`.
     header_entries: usize,
 }
