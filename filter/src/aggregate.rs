@@ -154,10 +154,7 @@ impl Aggregate {
                 self.dropped_requests = self.dropped_requests.saturating_add(1);
                 return;
             }
-            None => self
-                .series
-                .entry(key.to_owned_key())
-                .or_default(),
+            None => self.series.entry(key.to_owned_key()).or_default(),
         };
         delta.requests = delta.requests.saturating_add(1);
         delta.request_bytes = delta.request_bytes.saturating_add(request_bytes);

@@ -1,19 +1,22 @@
 //! Plover's proxy-wasm filter for Envoy and Istio gateways.
 //!
-//! For every request it works out which revision of which service served it (stable, canary,
-//! or unknown), tags the upstream request and the downstream response with `role/revision`,
-//! and counts the request (status, upstream failure, duration, bytes) per series. Each worker
-//! VM aggregates on its own; every flush interval its root context sends one [`plover_wire::Batch`]
-//! of deltas to the exporter, which merges the batches of all workers and gateways.
+//! For every finished request it works out which revision of which service served it (stable,
+//! canary, or unknown) and counts it (status, upstream failure, duration; route, sizes and gRPC
+//! status where configured) per series. Each worker VM aggregates on its own; every flush
+//! interval its root context sends one [`plover_wire::Batch`] of deltas to the exporter, which
+//! merges the batches of all workers and gateways. Revision tags on requests and responses are
+//! the router's job (Plover's routers write them beside the weights); the `tagging` build can
+//! write them itself for routes Plover does not manage.
 //!
 //! ```text
-//!  request headers ─ resolve::RevisionResolver (xds.cluster_name → rules) ─ tag upstream request
-//!  response headers ─ app revision header? ─ final Resolution ─ tag downstream response
-//!  on_log ─ one CEL evaluation → record::Completion (code, flags, duration, sizes, route)
-//!          ─ aggregate::Aggregate
+//!  on_log ─ one CEL evaluation of record::Reading (cluster, code, flags, duration, …)
+//!          ─ resolve::RevisionResolver (cluster → rules, revision header) ─ aggregate::Aggregate
 //!  on_tick ─ Aggregate::take_batch ─ outbox::Outbox (bounded, sequenced) ─ one callout ─ exporter
 //!  on_done (plugin removed or replaced) ─ the open interval and the backlog go out first
 //! ```
+//!
+//! As an HTTP filter `on_log` runs on each stream's context; loaded as an access logger it runs
+//! on the root context, and Envoy creates no stream context at all.
 //!
 //! Layout: everything but `host` is plain Rust, tested natively with `cargo test`:
 //! [`resolve`], [`flags`], [`record`], [`aggregate`], [`outbox`], [`identity`], [`log_limit`],

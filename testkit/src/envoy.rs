@@ -79,6 +79,9 @@ pub struct GatewaySpec {
     pub concurrency: u32,
     /// Upstream request timeout for the route.
     pub route_timeout: Duration,
+    /// A Wasm module loaded as an access logger (`envoy.access_loggers.wasm`) instead of (or
+    /// beside) an HTTP filter: Plover's filter counts each request from its root context then.
+    pub access_logger: Option<WasmFilter>,
     /// Port of a gRPC access-log receiver ([`crate::access_log`]) to stream every request's
     /// access-log entry to (Envoy's `http_grpc` access logger).
     pub grpc_access_log: Option<u16>,
@@ -93,6 +96,7 @@ impl Default for GatewaySpec {
             concurrency: 2,
             route_timeout: Duration::from_secs(15),
             grpc_access_log: None,
+            access_logger: None,
         }
     }
 }
@@ -223,6 +227,15 @@ pub fn bootstrap(spec: &GatewaySpec, listener_port: u16, admin_port: u16) -> Val
         clusters.push(static_cluster(name, *port));
     }
     let mut access_log = Vec::new();
+    if let Some(logger) = &spec.access_logger {
+        access_log.push(json!({
+            "name": "envoy.access_loggers.wasm",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.wasm.v3.WasmAccessLog",
+                "config": wasm_filter_config(logger)["config"]
+            }
+        }));
+    }
     if let Some(port) = spec.grpc_access_log {
         let mut cluster = static_cluster(ACCESS_LOG_CLUSTER, port);
         cluster["typed_extension_protocol_options"] = json!({

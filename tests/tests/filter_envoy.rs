@@ -138,6 +138,56 @@ async fn counts_statuses_latency_and_tags_match_what_each_backend_served() {
     }
 }
 
+/// The same module loaded as an access logger (`envoy.access_loggers.wasm`, no per-stream
+/// context): every request is counted under the revision that served it, with its status and
+/// its latency, as the HTTP filter counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loaded_as_an_access_logger_it_counts_the_same() {
+    let _serial = plover_testkit::exclusive().await;
+    let (stable, canary) = stable_and_slower_failing_canary(503).await;
+    let sink = Sink::start(TOKEN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = gateway(&stable, &canary, &sink, plover_config(""));
+    spec.access_logger = spec.filter.take();
+    let envoy = Envoy::start(&spec, dir.path());
+    let report = load(&envoy.url("/"), 2_000, 4, TAG).await;
+    assert_eq!(report.failures(), 0, "{report:?}");
+    let served = stable.served() + canary.served();
+    assert_eq!(served, 2_000);
+    wait_for_sink(&sink, served).await;
+    let received = sink.received();
+    assert_eq!(
+        received.requests.get(&(Role::Stable, "v1".into())),
+        Some(&stable.served()),
+        "{received:?}"
+    );
+    assert_eq!(
+        received.requests.get(&(Role::Canary, "v2".into())),
+        Some(&canary.served())
+    );
+    assert_eq!(received.total_requests(), served);
+    let canary_errors = canary.served_by_status().get(&503).copied().unwrap_or(0);
+    assert!(canary_errors > 0);
+    assert_eq!(
+        received
+            .by_class
+            .get(&("v2".into(), StatusClass::ServerError)),
+        Some(&canary_errors)
+    );
+    for (backend, delay_ms) in [(&stable, STABLE_DELAY_MS), (&canary, CANARY_DELAY_MS)] {
+        let revision = backend.revision.as_str();
+        let measured = received.durations[revision].value_at_quantile(0.5).unwrap() as f64;
+        assert_latency_close(
+            revision,
+            0.5,
+            measured,
+            &backend.handling(),
+            &report.latency_by_revision[revision],
+            delay_ms,
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exporter_outage_of_ten_seconds_loses_no_count_and_fails_no_request() {
     let _serial = plover_testkit::exclusive().await;

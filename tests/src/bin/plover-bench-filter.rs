@@ -306,6 +306,8 @@ const NO_FILTER: &str = "no filter";
 const EMPTY: &str = "empty wasm";
 const PLOVER: &str = "plover";
 const PLOVER_TAGGED: &str = "plover+route tags";
+const PLOVER_ACCESS_LOG: &str = "plover access log";
+const PLOVER_ACCESS_LOG_TAGGED: &str = "plover access log+route tags";
 
 /// The header the route tags (and the tagged variant's filter reads as its revision header).
 const TAG_HEADER: &str = plover_testkit::envoy::ROUTE_TAG_HEADER;
@@ -400,6 +402,26 @@ fn main() {
                 })),
             ),
         ),
+        // The counting module loaded as an access logger: no per-stream context at all.
+        (
+            PLOVER_ACCESS_LOG.into(),
+            GatewaySpec {
+                access_logger: Some(plover(serde_json::json!({}))),
+                exporter: Some(("plover_exporter".into(), sink.port)),
+                ..base.clone()
+            },
+        ),
+        (
+            PLOVER_ACCESS_LOG_TAGGED.into(),
+            GatewaySpec {
+                access_logger: Some(plover(serde_json::json!({
+                    "sources": ["cluster", "response_header"],
+                    "response_header": {"name": TAG_HEADER}
+                }))),
+                exporter: Some(("plover_exporter".into(), sink.port)),
+                ..route_tagged.clone()
+            },
+        ),
         // Tags written by the filter (the tagging module, for routes Plover does not manage).
         ("tagging module".into(), with_plover(&base, tagging_module)),
     ];
@@ -449,7 +471,15 @@ fn main() {
     }
     if !args.only.is_empty() {
         variants.retain(|(name, _)| {
-            [NO_FILTER, EMPTY, PLOVER, PLOVER_TAGGED].contains(&name.as_str())
+            [
+                NO_FILTER,
+                EMPTY,
+                PLOVER,
+                PLOVER_TAGGED,
+                PLOVER_ACCESS_LOG,
+                PLOVER_ACCESS_LOG_TAGGED,
+            ]
+            .contains(&name.as_str())
                 || args.only.contains(name)
         });
     }
@@ -533,7 +563,7 @@ fn main() {
         .collect();
     let added_empty = medians[empty].0 - medians[none].0;
     println!(
-        "{:<18} {:>11} {:>11} {:>9} {:>12} {:>9} {:>9} {:>12}",
+        "{:<30} {:>11} {:>11} {:>9} {:>12} {:>9} {:>9} {:>12}",
         "variant",
         "CPU µs/req",
         "added µs",
@@ -547,7 +577,7 @@ fn main() {
         let m = medians[i];
         let added = m.0 - medians[none].0;
         println!(
-            "{:<18} {:>11.1} {:>11.1} {:>9.2} {:>11.0}% {:>9.0} {:>9.1} {:>12.1}",
+            "{:<30} {:>11.1} {:>11.1} {:>9.2} {:>11.0}% {:>9.0} {:>9.1} {:>12.1}",
             name,
             m.0,
             added,
@@ -691,7 +721,7 @@ fn instructions(
             assert!(dumped.status.success(), "callgrind_control -d failed");
             counts.push(latest_dump_total(&out_file, keep_dumps) as f64 / requests as f64);
         }
-        println!("{name:<12} {:>12.0} {:>12.0}", counts[0], counts[1]);
+        println!("{name:<30} {:>12.0} {:>12.0}", counts[0], counts[1]);
         per_request.push(median(&mut counts));
         drop(envoy);
     }
@@ -705,13 +735,13 @@ fn instructions(
     let (none, empty) = (at(NO_FILTER), at(EMPTY));
     println!();
     println!(
-        "{:<18} {:>12} {:>10} {:>9} {:>12}",
+        "{:<30} {:>12} {:>10} {:>9} {:>12}",
         "variant", "instr./req", "added", "× empty", "% of Envoy"
     );
     for (i, (name, _)) in variants.iter().enumerate() {
         let added = per_request[i] - none;
         println!(
-            "{:<18} {:>12.0} {:>10.0} {:>9.2} {:>11.1}%",
+            "{:<30} {:>12.0} {:>10.0} {:>9.2} {:>11.1}%",
             name,
             per_request[i],
             added,
@@ -720,9 +750,12 @@ fn instructions(
         );
     }
     println!();
-    for (name, target_added, target_ratio) in
-        [(PLOVER, 31_000.0, 1.6), (PLOVER_TAGGED, 42_000.0, 2.1)]
-    {
+    for (name, target_added, target_ratio) in [
+        (PLOVER, 31_000.0, 1.6),
+        (PLOVER_TAGGED, 42_000.0, 2.1),
+        (PLOVER_ACCESS_LOG, 31_000.0, 1.6),
+        (PLOVER_ACCESS_LOG_TAGGED, 42_000.0, 2.1),
+    ] {
         let added = at(name) - none;
         println!(
             "{name}: {added:.0} instructions added per request (target ≤ {target_added:.0}), {:.2}× the empty filter's (target ≤ {target_ratio})",
