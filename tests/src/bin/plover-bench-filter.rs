@@ -1,11 +1,18 @@
 //! `cargo xtask bench filter`: what the Plover filter costs inside a real Envoy.
 //!
 //! Envoys (one worker each, pinned to CPU 0 when `taskset` exists) proxy to the same loopback
-//! backend: without a Wasm filter, with an empty proxy-wasm filter (the floor every Wasm filter
-//! pays), with Plover's filter sending batches to a sink, with the empty filter making one host
-//! call per request (`one read`: the floor for any filter that reads the cluster name), and
-//! with any other builds given as `--variant NAME=PATH.wasm`. They are measured in
-//! alternation, round after round, so drifts of this noisy machine hit all three alike:
+//! backend, one per variant: without a Wasm filter; with an empty proxy-wasm filter (the floor
+//! every Wasm filter pays); with Plover's counting module sending batches to a sink, untagged
+//! and behind route tags (reading the revision header, the Istio path); with the module loaded
+//! as an access logger, both ways; with the tagging module writing the tags itself; with each
+//! opt-in `record` value; with route tags alone; with Envoy's gRPC access-log service streaming
+//! every request's entry to a receiver (the native alternative); with the empty filter reduced
+//! to `on_log` (the SDK's per-stream floor) and evaluating Plover's four values there (the
+//! floor of any evaluation-based filter); with the empty filter making one host call (`one
+//! read`); and with any other builds (`--variant NAME=PATH.wasm`) or configurations
+//! (`--plover-config NAME=JSON`); `--only NAME,…` keeps those named (and the three the summary
+//! needs). They are measured in alternation, round after round, so drifts of this noisy
+//! machine hit all alike:
 //! - CPU time Envoy spent per request (from /proc/<pid>/stat) under closed-loop load with
 //!   `wrk -c 16`, and the throughput;
 //! - p50/p99 latency at moderate load: one client sends one request at a time, to each Envoy in
@@ -61,8 +68,6 @@ struct Args {
     instructions: Option<u64>,
     /// Only the variants named here (`--only NAME,NAME`), the three the summary needs kept.
     only: Vec<String>,
-    /// Where to keep the callgrind dumps (`--keep-dumps DIR`), for `callgrind_annotate`.
-    keep_dumps: Option<std::path::PathBuf>,
 }
 
 fn parse_args() -> Args {
@@ -75,7 +80,6 @@ fn parse_args() -> Args {
         fixture_variants: Vec::new(),
         instructions: None,
         only: Vec::new(),
-        keep_dumps: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -90,8 +94,8 @@ fn parse_args() -> Args {
             "--seconds" => args.seconds = number(),
             "--connections" => args.connections = number() as u32,
             "--instructions" => args.instructions = Some(number().max(1)),
+            // Variant names hold no comma.
             "--only" => args.only = value.split(',').map(|v| v.trim().to_owned()).collect(),
-            "--keep-dumps" => args.keep_dumps = Some(value.clone().into()),
             "--variant" => match value.split_once('=') {
                 Some((name, path)) if !name.is_empty() && !path.is_empty() => {
                     args.variants.push((name.to_owned(), path.into()))
@@ -114,7 +118,7 @@ fn parse_args() -> Args {
                 _ => panic!("--plover-config takes NAME={{JSON object}}, got {value:?}"),
             },
             other => panic!(
-                "unknown flag {other}; flags: --rounds N --seconds N --connections N --variant NAME=PATH.wasm --plover-config NAME=JSON --fixture NAME=CONFIG --instructions REQUESTS --only NAME,NAME --keep-dumps DIR"
+                "unknown flag {other}; flags: --rounds N --seconds N --connections N --variant NAME=PATH.wasm --plover-config NAME=JSON --fixture NAME=CONFIG --instructions REQUESTS --only NAME,NAME"
             ),
         }
     }
@@ -428,9 +432,9 @@ fn main() {
     // The floor of a module counting in `on_log` (the SDK's context bookkeeping, no header or
     // body hook), and that floor plus the evaluation Plover makes: what is left above it is
     // Plover's own work.
-    variants.push(("empty, on_log only".into(), on_log_only_fixture("")));
+    variants.push(("empty on_log-only".into(), on_log_only_fixture("")));
     variants.push((
-        "evaluate, on_log only".into(),
+        "evaluate on_log-only".into(),
         on_log_only_fixture(
             "evaluate:[xds.cluster_name, response.code, response.flags, request.duration]",
         ),
@@ -470,21 +474,13 @@ fn main() {
         variants.push((name.clone(), with_plover(&base, plover(changes.clone()))));
     }
     if !args.only.is_empty() {
+        // The summary's ratios need these three.
         variants.retain(|(name, _)| {
-            [
-                NO_FILTER,
-                EMPTY,
-                PLOVER,
-                PLOVER_TAGGED,
-                PLOVER_ACCESS_LOG,
-                PLOVER_ACCESS_LOG_TAGGED,
-            ]
-            .contains(&name.as_str())
-                || args.only.contains(name)
+            [NO_FILTER, EMPTY, PLOVER].contains(&name.as_str()) || args.only.contains(name)
         });
     }
     if let Some(requests) = args.instructions {
-        instructions(&variants, requests, dir.path(), args.keep_dumps.as_deref());
+        instructions(&variants, requests, dir.path());
         let (messages, bytes) = access_log.received();
         println!("access-log receiver: {messages} messages, {bytes} bytes");
         return;
@@ -521,12 +517,12 @@ fn main() {
             .position(|(n, _)| n == name)
             .expect("a named variant")
     };
-    let (none, empty, plover, tagged) = (
-        index(NO_FILTER),
-        index(EMPTY),
-        index(PLOVER),
-        index(PLOVER_TAGGED),
-    );
+    let (none, empty, plover) = (index(NO_FILTER), index(EMPTY), index(PLOVER));
+    // The tagged variant, when measured (else plover again).
+    let tagged = variants
+        .iter()
+        .position(|(n, _)| n == PLOVER_TAGGED)
+        .unwrap_or(plover);
     for round in 0..args.rounds {
         // Rotate the order so no variant always runs first.
         for k in 0..envoys.len() {
@@ -683,12 +679,7 @@ fn h2load(url: &str, requests: u64) {
 }
 
 /// Instructions Envoy executed per request for each variant, under callgrind.
-fn instructions(
-    variants: &[(String, GatewaySpec)],
-    requests: u64,
-    dir: &std::path::Path,
-    keep_dumps: Option<&std::path::Path>,
-) {
+fn instructions(variants: &[(String, GatewaySpec)], requests: u64, dir: &std::path::Path) {
     let control = tools::debian_tool("callgrind_control");
     println!(
         "bench filter --instructions: Envoy --concurrency 1 under callgrind; instructions per request over {requests} requests, measured twice"
@@ -719,7 +710,7 @@ fn instructions(
                 .output()
                 .expect("callgrind_control -d");
             assert!(dumped.status.success(), "callgrind_control -d failed");
-            counts.push(latest_dump_total(&out_file, keep_dumps) as f64 / requests as f64);
+            counts.push(latest_dump_total(&out_file) as f64 / requests as f64);
         }
         println!("{name:<30} {:>12.0} {:>12.0}", counts[0], counts[1]);
         per_request.push(median(&mut counts));
@@ -730,9 +721,10 @@ fn instructions(
             .iter()
             .position(|(n, _)| n == name)
             .map(|i| per_request[i])
-            .expect("a named variant")
     };
-    let (none, empty) = (at(NO_FILTER), at(EMPTY));
+    let (Some(none), Some(empty)) = (at(NO_FILTER), at(EMPTY)) else {
+        return;
+    };
     println!();
     println!(
         "{:<30} {:>12} {:>10} {:>9} {:>12}",
@@ -756,7 +748,10 @@ fn instructions(
         (PLOVER_ACCESS_LOG, 31_000.0, 1.6),
         (PLOVER_ACCESS_LOG_TAGGED, 42_000.0, 2.1),
     ] {
-        let added = at(name) - none;
+        let Some(measured) = at(name) else {
+            continue;
+        };
+        let added = measured - none;
         println!(
             "{name}: {added:.0} instructions added per request (target ≤ {target_added:.0}), {:.2}× the empty filter's (target ≤ {target_ratio})",
             added / (empty - none)
@@ -765,7 +760,7 @@ fn instructions(
 }
 
 /// The `summary:` total of the newest dump callgrind wrote beside `out_file` (`<out_file>.<n>`).
-fn latest_dump_total(out_file: &std::path::Path, keep_in: Option<&std::path::Path>) -> u64 {
+fn latest_dump_total(out_file: &std::path::Path) -> u64 {
     let name = out_file
         .file_name()
         .and_then(|n| n.to_str())
@@ -790,15 +785,7 @@ fn latest_dump_total(out_file: &std::path::Path, keep_in: Option<&std::path::Pat
                 .find_map(|l| l.strip_prefix("summary:"))
                 .and_then(|v| v.trim().parse::<u64>().ok())
             {
-                match keep_in.zip(path.file_name()) {
-                    Some((dir, name)) => {
-                        let _ = std::fs::create_dir_all(dir);
-                        let _ = std::fs::rename(&path, dir.join(name));
-                    }
-                    None => {
-                        let _ = std::fs::remove_file(&path);
-                    }
-                }
+                let _ = std::fs::remove_file(&path);
                 return total;
             }
         }
