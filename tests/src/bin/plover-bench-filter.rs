@@ -459,11 +459,16 @@ fn main() {
         },
     ));
     // The empty filter making one host call per request (reading the cluster name): the floor
-    // for any filter that tells revisions apart by cluster; then any other fixture variants.
-    let fixture_variants = std::iter::once(("one read".to_owned(), "read-cluster-name".to_owned()))
-        .chain(args.fixture_variants.iter().cloned());
-    for (name, configuration) in fixture_variants {
-        variants.push((name, fixture(configuration)));
+    // for any filter that tells revisions apart by cluster.
+    variants.push(("one read".into(), fixture("read-cluster-name".into())));
+    if !args.only.is_empty() {
+        // The summary's ratios need these three; variants asked for by flag are kept too.
+        variants.retain(|(name, _)| {
+            [NO_FILTER, EMPTY, PLOVER].contains(&name.as_str()) || args.only.contains(name)
+        });
+    }
+    for (name, configuration) in &args.fixture_variants {
+        variants.push((name.clone(), fixture(configuration.clone())));
     }
     for (name, module) in &args.variants {
         let mut filter = WasmFilter::plover(plover_config());
@@ -472,12 +477,6 @@ fn main() {
     }
     for (name, changes) in &args.configured_variants {
         variants.push((name.clone(), with_plover(&base, plover(changes.clone()))));
-    }
-    if !args.only.is_empty() {
-        // The summary's ratios need these three.
-        variants.retain(|(name, _)| {
-            [NO_FILTER, EMPTY, PLOVER].contains(&name.as_str()) || args.only.contains(name)
-        });
     }
     if let Some(requests) = args.instructions {
         instructions(&variants, requests, dir.path());
