@@ -8,9 +8,9 @@ use plover_testkit::backend::{
     stable_and_slower_failing_canary, Backend, Behaviour, CANARY_DELAY_MS, STABLE_DELAY_MS,
 };
 use plover_testkit::envoy::{plover_test_config, Envoy, GatewaySpec, Upstream, WasmFilter};
-use plover_testkit::http::load;
+use plover_testkit::http::{load, LoadReport};
 use plover_testkit::process::wait_until;
-use plover_testkit::sink::Sink;
+use plover_testkit::sink::{Received, Sink};
 use plover_wire::{Role, StatusClass};
 
 const TOKEN: &str = "e2e-token";
@@ -53,6 +53,65 @@ async fn wait_for_sink(sink: &Sink, expected: u64) {
     tokio::time::sleep(Duration::from_millis(1500)).await;
 }
 
+/// What the sink received is exactly what each backend served: per role and revision, and per
+/// status class (the canary answers some requests with 503).
+fn assert_counted_as_served(received: &Received, stable: &Backend, canary: &Backend) {
+    assert_eq!(
+        received.requests.get(&(Role::Stable, "v1".into())),
+        Some(&stable.served()),
+        "{received:?}"
+    );
+    assert_eq!(
+        received.requests.get(&(Role::Canary, "v2".into())),
+        Some(&canary.served()),
+        "{received:?}"
+    );
+    assert_eq!(
+        received.total_requests(),
+        stable.served() + canary.served(),
+        "no unknown and no double counting"
+    );
+    let canary_errors = canary.served_by_status().get(&503).copied().unwrap_or(0);
+    assert!(canary_errors > 0);
+    assert_eq!(
+        received
+            .by_class
+            .get(&("v2".into(), StatusClass::ServerError)),
+        Some(&canary_errors)
+    );
+    assert_eq!(
+        received.by_class.get(&("v2".into(), StatusClass::Success)),
+        Some(&(canary.served() - canary_errors))
+    );
+    assert_eq!(
+        received.by_class.get(&("v1".into(), StatusClass::Success)),
+        Some(&stable.served())
+    );
+}
+
+/// The filter's latency quantiles lie between each backend's own and its clients' figures.
+fn assert_latency_as_served(
+    received: &Received,
+    report: &LoadReport,
+    backends: [&Backend; 2],
+    quantiles: &[f64],
+) {
+    for (backend, delay_ms) in backends.into_iter().zip([STABLE_DELAY_MS, CANARY_DELAY_MS]) {
+        let revision = backend.revision.as_str();
+        for &q in quantiles {
+            let measured = received.durations[revision].value_at_quantile(q).unwrap() as f64;
+            assert_latency_close(
+                revision,
+                q,
+                measured,
+                &backend.handling(),
+                &report.latency_by_revision[revision],
+                delay_ms,
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_statuses_latency_and_tags_match_what_each_backend_served() {
     let _serial = plover_testkit::exclusive().await;
@@ -75,44 +134,13 @@ async fn counts_statuses_latency_and_tags_match_what_each_backend_served() {
     wait_for_sink(&sink, served).await;
     let received = sink.received();
 
-    assert_eq!(
-        received.requests.get(&(Role::Stable, "v1".into())),
-        Some(&stable.served()),
-        "{received:?}"
-    );
-    assert_eq!(
-        received.requests.get(&(Role::Canary, "v2".into())),
-        Some(&canary.served()),
-        "{received:?}"
-    );
-    assert_eq!(
-        received.total_requests(),
-        served,
-        "no unknown and no double counting"
-    );
+    assert_counted_as_served(&received, &stable, &canary);
     assert_eq!(received.rejected, 0);
     assert_eq!(received.dropped_requests, 0);
     assert!(
         received.instances.len() >= 2,
         "both Envoy workers report: {:?}",
         received.instances
-    );
-
-    let canary_errors = canary.served_by_status().get(&503).copied().unwrap_or(0);
-    assert!(canary_errors > 0);
-    assert_eq!(
-        received
-            .by_class
-            .get(&("v2".into(), StatusClass::ServerError)),
-        Some(&canary_errors)
-    );
-    assert_eq!(
-        received.by_class.get(&("v2".into(), StatusClass::Success)),
-        Some(&(canary.served() - canary_errors))
-    );
-    assert_eq!(
-        received.by_class.get(&("v1".into(), StatusClass::Success)),
-        Some(&stable.served())
     );
 
     assert_eq!(
@@ -122,20 +150,7 @@ async fn counts_statuses_latency_and_tags_match_what_each_backend_served() {
     assert_eq!(report.by_tag.get("stable/v1"), Some(&stable.served()));
     assert_eq!(report.by_tag.get("canary/v2"), Some(&canary.served()));
 
-    for (backend, delay_ms) in [(&stable, STABLE_DELAY_MS), (&canary, CANARY_DELAY_MS)] {
-        let revision = backend.revision.as_str();
-        for q in [0.5, 0.99] {
-            let measured = received.durations[revision].value_at_quantile(q).unwrap() as f64;
-            assert_latency_close(
-                revision,
-                q,
-                measured,
-                &backend.handling(),
-                &report.latency_by_revision[revision],
-                delay_ms,
-            );
-        }
-    }
+    assert_latency_as_served(&received, &report, [&stable, &canary], &[0.5, 0.99]);
 }
 
 /// The same module loaded as an access logger (`envoy.access_loggers.wasm`, no per-stream
@@ -156,36 +171,8 @@ async fn loaded_as_an_access_logger_it_counts_the_same() {
     assert_eq!(served, 2_000);
     wait_for_sink(&sink, served).await;
     let received = sink.received();
-    assert_eq!(
-        received.requests.get(&(Role::Stable, "v1".into())),
-        Some(&stable.served()),
-        "{received:?}"
-    );
-    assert_eq!(
-        received.requests.get(&(Role::Canary, "v2".into())),
-        Some(&canary.served())
-    );
-    assert_eq!(received.total_requests(), served);
-    let canary_errors = canary.served_by_status().get(&503).copied().unwrap_or(0);
-    assert!(canary_errors > 0);
-    assert_eq!(
-        received
-            .by_class
-            .get(&("v2".into(), StatusClass::ServerError)),
-        Some(&canary_errors)
-    );
-    for (backend, delay_ms) in [(&stable, STABLE_DELAY_MS), (&canary, CANARY_DELAY_MS)] {
-        let revision = backend.revision.as_str();
-        let measured = received.durations[revision].value_at_quantile(0.5).unwrap() as f64;
-        assert_latency_close(
-            revision,
-            0.5,
-            measured,
-            &backend.handling(),
-            &report.latency_by_revision[revision],
-            delay_ms,
-        );
-    }
+    assert_counted_as_served(&received, &stable, &canary);
+    assert_latency_as_served(&received, &report, [&stable, &canary], &[0.5]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
