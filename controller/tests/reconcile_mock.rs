@@ -571,7 +571,7 @@ async fn gateway_api_rollout_is_promoted_then_routes_everything_to_stable() {
                 b,
                 "Normal",
                 "Promoted",
-                &format!("revision {canary_rev} promoted: podinfo takes all traffic"),
+                &format!("revision {canary_rev} promoted: stable runs it and takes all traffic"),
             )
         },
     )

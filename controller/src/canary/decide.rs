@@ -780,10 +780,7 @@ fn steady(mut b: Builder<'_, '_>, revision: &str) -> Decision {
         b.event(
             false,
             reasons::PROMOTED,
-            format!(
-                "revision {revision} promoted: {} takes all traffic",
-                obs.spec.workload.stable
-            ),
+            format!("revision {revision} promoted: stable runs it and takes all traffic"),
         );
     }
     b.finish()
