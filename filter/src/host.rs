@@ -22,6 +22,8 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::Action;
 use proxy_wasm::types::{BufferType, ContextType, LogLevel, MapType, Status};
 
+use plover_wire::ConfigError;
+
 use crate::aggregate::Aggregate;
 use crate::flush::{ExporterHost, Flusher, Shutdown};
 use crate::identity::{gateway_id, SetError, SharedData};
@@ -211,12 +213,16 @@ impl RootContext for Root {
         .ok()
         .flatten()
         .unwrap_or_default();
-        let plugin = match Plugin::configure(&json, Rc::clone(&self.aggregate)) {
-            Ok(plugin) if plugin.config.tagging.is_on() && !TAGGING_BUILD => {
-                log::error!("Plover filter disabled, traffic passes through untouched: tagging: this module (plover_filter.wasm) has no header hooks and cannot write headers; leave tagging out (routes Plover manages are tagged by their router), or load plover_filter_tagging.wasm to tag routes Plover does not manage.");
-                self.plugin = None;
-                return true;
+        let configured = Plugin::configure(&json, Rc::clone(&self.aggregate)).and_then(|plugin| {
+            if plugin.config.tagging.is_on() && !TAGGING_BUILD {
+                return Err(ConfigError::Invalid {
+                    field: "tagging".into(),
+                    expected: "no tagging in plover_filter.wasm, which has no header hooks (routes Plover manages are tagged by their router); load plover_filter_tagging.wasm to tag routes Plover does not manage".into(),
+                });
             }
+            Ok(plugin)
+        });
+        let plugin = match configured {
             Ok(plugin) => plugin,
             Err(error) => {
                 // Returning true keeps the VM (and user traffic) alive; streams pass through.
