@@ -79,7 +79,7 @@ pub fn build() -> Result<PathBuf, String> {
 }
 
 /// `cargo build` of one package for wasm32 with the size-tuned `wasm` profile.
-fn build_args<'a>(package: &'a str, features: &'a [&str]) -> Vec<String> {
+fn build_args(package: &str, features: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "build",
         "--package",

@@ -354,41 +354,52 @@ fn main() {
         }],
         ..base.clone()
     };
-    let empty_module = std::env::var_os("PLOVER_EMPTY_FILTER_WASM")
-        .expect("PLOVER_EMPTY_FILTER_WASM (run through cargo xtask bench filter)");
-    // A Plover filter sending its batches to the sink.
+    let module = |variable: &str| {
+        std::path::PathBuf::from(std::env::var_os(variable).unwrap_or_else(|| {
+            panic!("{variable} is not set: run this through `cargo xtask bench filter`")
+        }))
+    };
+    // The empty filter (see filter/empty-fixture) with all of the SDK's exports, and reduced to
+    // what counting in `on_log` needs.
+    let (empty_module, empty_on_log_only) = (
+        module("PLOVER_EMPTY_FILTER_WASM"),
+        module("PLOVER_EMPTY_FILTER_ON_LOG_ONLY_WASM"),
+    );
+    // Plover sending its batches to the sink, as an HTTP filter or as an access logger.
     let with_plover = |on: &GatewaySpec, filter: WasmFilter| GatewaySpec {
         filter: Some(filter),
         exporter: Some(("plover_exporter".into(), sink.port)),
         ..on.clone()
     };
-    let plover = |changes: serde_json::Value| WasmFilter::plover(plover_config_with(&changes));
-    // The empty filter with a configuration (see filter/empty-fixture).
-    let fixture = |configuration: String| GatewaySpec {
-        filter: Some(WasmFilter {
-            module: empty_module.clone().into(),
-            configuration,
-            root_id: "empty".into(),
-        }),
-        ..base.clone()
+    let as_access_logger = |on: &GatewaySpec, logger: WasmFilter| GatewaySpec {
+        access_logger: Some(logger),
+        exporter: Some(("plover_exporter".into(), sink.port)),
+        ..on.clone()
     };
-    let empty_on_log_only = std::env::var_os("PLOVER_EMPTY_FILTER_ON_LOG_ONLY_WASM")
-        .expect("PLOVER_EMPTY_FILTER_ON_LOG_ONLY_WASM (run through cargo xtask bench filter)");
-    let on_log_only_fixture = |configuration: &str| GatewaySpec {
+    let plover = |changes: serde_json::Value| WasmFilter::plover(plover_config_with(&changes));
+    // Behind route tags, the filter reads the revision header with the rest (the Istio path).
+    let reading_the_tag = || {
+        plover(serde_json::json!({
+            "sources": ["cluster", "response_header"],
+            "response_header": {"name": TAG_HEADER}
+        }))
+    };
+    let fixture_of = |module: &std::path::Path, configuration: &str| GatewaySpec {
         filter: Some(WasmFilter {
-            module: empty_on_log_only.clone().into(),
+            module: module.to_owned(),
             configuration: configuration.to_owned(),
             root_id: "empty".into(),
         }),
         ..base.clone()
     };
+    let fixture = |configuration: &str| fixture_of(&empty_module, configuration);
     let mut tagging_module = plover(serde_json::json!({
         "tagging": {"request_header": TAG_HEADER, "response_header": TAG_HEADER}
     }));
     tagging_module.module = tools::filter_tagging_wasm();
     let mut variants: Vec<(String, GatewaySpec)> = vec![
         (NO_FILTER.into(), base.clone()),
-        (EMPTY.into(), fixture(String::new())),
+        (EMPTY.into(), fixture("")),
         (
             PLOVER.into(),
             with_plover(&base, plover(serde_json::json!({}))),
@@ -398,33 +409,16 @@ fn main() {
         // reads the revision header with the rest.
         (
             PLOVER_TAGGED.into(),
-            with_plover(
-                &route_tagged,
-                plover(serde_json::json!({
-                    "sources": ["cluster", "response_header"],
-                    "response_header": {"name": TAG_HEADER}
-                })),
-            ),
+            with_plover(&route_tagged, reading_the_tag()),
         ),
         // The counting module loaded as an access logger: no per-stream context at all.
         (
             PLOVER_ACCESS_LOG.into(),
-            GatewaySpec {
-                access_logger: Some(plover(serde_json::json!({}))),
-                exporter: Some(("plover_exporter".into(), sink.port)),
-                ..base.clone()
-            },
+            as_access_logger(&base, plover(serde_json::json!({}))),
         ),
         (
             PLOVER_ACCESS_LOG_TAGGED.into(),
-            GatewaySpec {
-                access_logger: Some(plover(serde_json::json!({
-                    "sources": ["cluster", "response_header"],
-                    "response_header": {"name": TAG_HEADER}
-                }))),
-                exporter: Some(("plover_exporter".into(), sink.port)),
-                ..route_tagged.clone()
-            },
+            as_access_logger(&route_tagged, reading_the_tag()),
         ),
         // Tags written by the filter (the tagging module, for routes Plover does not manage).
         ("tagging module".into(), with_plover(&base, tagging_module)),
@@ -432,10 +426,14 @@ fn main() {
     // The floor of a module counting in `on_log` (the SDK's context bookkeeping, no header or
     // body hook), and that floor plus the evaluation Plover makes: what is left above it is
     // Plover's own work.
-    variants.push(("empty on_log-only".into(), on_log_only_fixture("")));
+    variants.push((
+        "empty on_log-only".into(),
+        fixture_of(&empty_on_log_only, ""),
+    ));
     variants.push((
         "evaluate on_log-only".into(),
-        on_log_only_fixture(
+        fixture_of(
+            &empty_on_log_only,
             "evaluate:[xds.cluster_name, response.code, response.flags, request.duration]",
         ),
     ));
@@ -460,7 +458,7 @@ fn main() {
     ));
     // The empty filter making one host call per request (reading the cluster name): the floor
     // for any filter that tells revisions apart by cluster.
-    variants.push(("one read".into(), fixture("read-cluster-name".into())));
+    variants.push(("one read".into(), fixture("read-cluster-name")));
     if !args.only.is_empty() {
         // The summary's ratios need these three; variants asked for by flag are kept too.
         variants.retain(|(name, _)| {
@@ -468,7 +466,7 @@ fn main() {
         });
     }
     for (name, configuration) in &args.fixture_variants {
-        variants.push((name.clone(), fixture(configuration.clone())));
+        variants.push((name.clone(), fixture(configuration)));
     }
     for (name, module) in &args.variants {
         let mut filter = WasmFilter::plover(plover_config());
