@@ -96,6 +96,23 @@ pub struct Args {
     )]
     pub duration_buckets: String,
 
+    /// Prometheus native histograms for plover_request_duration_seconds, served to scrapers
+    /// that ask for the protobuf exposition (Prometheus with native histograms enabled):
+    /// `off`, `both` (native and classic buckets) or `only` (native only: the compact form).
+    /// The text exposition always has the classic buckets.
+    #[arg(long, env = "PLOVER_EXPORTER_NATIVE_HISTOGRAMS", default_value = "off")]
+    pub native_histograms: NativeHistograms,
+
+    /// Resolution of the native histograms: bucket edges grow by 2^(2^-schema), -4 to 8
+    /// (3: ×1.09 per bucket, 8 buckets per doubling).
+    #[arg(
+        long,
+        env = "PLOVER_EXPORTER_NATIVE_HISTOGRAM_SCHEMA",
+        default_value_t = 3,
+        allow_negative_numbers = true
+    )]
+    pub native_histogram_schema: i8,
+
     /// How long shutdown waits for in-flight requests before closing connections.
     #[arg(long, env = "PLOVER_EXPORTER_SHUTDOWN_TIMEOUT", default_value = "30s")]
     pub shutdown_timeout: String,
@@ -103,6 +120,18 @@ pub struct Args {
     /// Log format: `text` or `json`. Levels come from RUST_LOG (default `info`).
     #[arg(long, env = "PLOVER_EXPORTER_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// Which duration buckets the protobuf exposition carries (`--native-histograms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum NativeHistograms {
+    /// Classic buckets only; no native buckets are kept.
+    #[default]
+    Off,
+    /// Native and classic buckets.
+    Both,
+    /// Native buckets only.
+    Only,
 }
 
 /// How logs are written.
@@ -122,6 +151,8 @@ pub struct Config {
     pub windows: Vec<u64>,
     /// `--series-per-code`.
     pub series_per_code: bool,
+    /// `--native-histograms` (the schema is in the store's buckets).
+    pub native_histograms: NativeHistograms,
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
     pub store: StoreConfig,
@@ -254,6 +285,19 @@ impl Config {
                 "bounds must be positive, finite and strictly ascending".into(),
             ));
         }
+        if !DurationBuckets::NATIVE_SCHEMAS.contains(&args.native_histogram_schema) {
+            return Err(invalid(
+                "native-histogram-schema",
+                format!(
+                    "{} is not a schema Prometheus accepts ({} to {})",
+                    args.native_histogram_schema,
+                    DurationBuckets::NATIVE_SCHEMAS.start(),
+                    DurationBuckets::NATIVE_SCHEMAS.end()
+                ),
+            ));
+        }
+        let native_schema = (args.native_histograms != NativeHistograms::Off)
+            .then_some(args.native_histogram_schema);
         let shutdown_timeout =
             Duration::from_secs(seconds("shutdown-timeout", &args.shutdown_timeout)?);
         Ok(Config {
@@ -262,6 +306,7 @@ impl Config {
             max_batch_bytes: args.max_batch_bytes,
             windows,
             series_per_code: args.series_per_code,
+            native_histograms: args.native_histograms,
             shutdown_timeout,
             log_format: args.log_format,
             store: StoreConfig {
@@ -271,7 +316,7 @@ impl Config {
                 window_seconds: window,
                 window_budget_bytes: WINDOW_BUDGET_BYTES,
                 max_window_bytes: args.max_window_mib.saturating_mul(1 << 20),
-                buckets: DurationBuckets::new(bounds),
+                buckets: DurationBuckets::new(bounds, native_schema),
             },
         })
     }
@@ -315,6 +360,37 @@ mod tests {
         assert_eq!(c.store.window_seconds, 600);
         assert_eq!(c.store.max_series, 100_000);
         assert_eq!(c.store.buckets.bounds().len(), 11);
+        assert_eq!(c.native_histograms, NativeHistograms::Off);
+        assert_eq!(c.store.buckets.native_schema(), None);
+    }
+
+    #[test]
+    fn native_histograms_take_a_schema_prometheus_accepts() {
+        let c = parse(&["--insecure-no-auth", "--native-histograms", "only"]).unwrap();
+        assert_eq!(c.native_histograms, NativeHistograms::Only);
+        assert_eq!(c.store.buckets.native_schema(), Some(3));
+        let c = parse(&[
+            "--insecure-no-auth",
+            "--native-histograms=both",
+            "--native-histogram-schema",
+            "-2",
+        ])
+        .unwrap();
+        assert_eq!(c.store.buckets.native_schema(), Some(-2));
+        let error = parse(&[
+            "--insecure-no-auth",
+            "--native-histograms=both",
+            "--native-histogram-schema=9",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains(
+                "--native-histogram-schema: 9 is not a schema Prometheus accepts (-4 to 8)"
+            ),
+            "{error}"
+        );
+        assert!(parse(&["--insecure-no-auth", "--native-histograms=yes"]).is_err());
     }
 
     #[test]

@@ -3,23 +3,29 @@
 //! The store already holds pre-aggregated data (cumulative counters, HDR histograms, windows),
 //! so nothing is mirrored into prometheus-client metric objects: the collector copies what it
 //! shows out of the store (a [`Snapshot`]) and writes each family with the `MetricEncoder`
-//! directly. Writing the text for 100k series takes hundreds of milliseconds; the store's lock
+//! directly. The same collector writes the text exposition and the protobuf one (which
+//! Prometheus asks for when its native histograms are enabled); only the duration histogram
+//! differs between them, by [`NativeHistograms`]. Writing the text for 100k series takes hundreds of milliseconds; the store's lock
 //! is held only while copying (the counters under one lock, then each service's window answers
 //! under its own), so ingest is not stalled for the whole scrape. Every metric and label is
 //! listed in `exporter/METRICS.md`.
 
 use std::fmt;
+use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use plover_wire::labels;
 use plover_wire::Role;
 use prometheus_client::collector::Collector;
+use prometheus_client::encoding::prometheus_protobuf::{self, prometheus_data_model::MetricFamily};
 use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeLabel, EncodeLabelSet, LabelSetEncoder, NoLabelSet,
+    DescriptorEncoder, EncodeLabel, EncodeLabelSet, LabelSetEncoder, NativeHistogram,
+    NativeHistogramBuckets, NoLabelSet,
 };
 use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::Unit;
+use prometheus_client::registry::{Registry, Unit};
 
+use crate::config::NativeHistograms;
 use crate::store::{Durations, Outcome, Store, StoreCounters};
 use crate::window::{Accumulator, Summary};
 
@@ -36,14 +42,28 @@ pub const QUANTILES: [(f64, &str); 5] = [
 #[derive(Debug)]
 pub struct StoreCollector {
     store: Arc<Mutex<Store>>,
+    settings: Arc<Settings>,
+    clock: fn() -> u64,
+}
+
+/// How the store is shown.
+#[derive(Debug)]
+struct Settings {
     /// Gauge windows in seconds, ascending.
     windows: Vec<u64>,
     /// Their `window` label values (`30s`, `1m`, `5m`).
     window_labels: Vec<String>,
     /// `--series-per-code`: false sums each route's outcomes per status class.
     series_per_code: bool,
-    clock: fn() -> u64,
+    /// The duration histogram's buckets: `Off` (classic) for the text exposition, the
+    /// configured form for the protobuf one.
+    native_histograms: NativeHistograms,
 }
+
+/// Routes per protobuf part: prometheus-client builds each part's messages whole, so the
+/// protobuf exposition is built and sent a part at a time (a family then spans several
+/// consecutive messages, which Prometheus reads as one).
+pub const ROUTES_PER_PART: usize = 1024;
 
 impl StoreCollector {
     /// `clock` returns the current Unix time in milliseconds.
@@ -51,15 +71,80 @@ impl StoreCollector {
         store: Arc<Mutex<Store>>,
         windows: Vec<u64>,
         series_per_code: bool,
+        native_histograms: NativeHistograms,
         clock: fn() -> u64,
     ) -> Self {
         let window_labels = windows.iter().map(|&w| window_label(w)).collect();
         StoreCollector {
             store,
-            windows,
-            window_labels,
-            series_per_code,
+            settings: Arc::new(Settings {
+                windows,
+                window_labels,
+                series_per_code,
+                native_histograms,
+            }),
             clock,
+        }
+    }
+
+    /// The protobuf exposition of the store, handed to `each` a part at a time: the routes'
+    /// families [`ROUTES_PER_PART`] routes at a time, then the window gauges and the health
+    /// figures. All parts show one snapshot.
+    pub fn encode_protobuf(
+        &self,
+        mut each: impl FnMut(Vec<MetricFamily>) -> fmt::Result,
+    ) -> fmt::Result {
+        let snapshot = Arc::new(self.snapshot((self.clock)()));
+        let routes = snapshot.routes.len();
+        let parts = (0..routes)
+            .step_by(ROUTES_PER_PART)
+            .map(|start| Part::Routes(start..routes.min(start + ROUTES_PER_PART)))
+            .chain([Part::WindowsAndHealth]);
+        for part in parts {
+            let mut registry = Registry::default();
+            registry.register_collector(Box::new(PartCollector {
+                snapshot: snapshot.clone(),
+                settings: self.settings.clone(),
+                part,
+            }));
+            each(prometheus_protobuf::encode(&registry)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// A part of the protobuf exposition.
+#[derive(Debug)]
+enum Part {
+    /// The routes' families, for these routes of the snapshot.
+    Routes(Range<usize>),
+    WindowsAndHealth,
+}
+
+/// Encodes one part of one snapshot.
+struct PartCollector {
+    snapshot: Arc<Snapshot>,
+    settings: Arc<Settings>,
+    part: Part,
+}
+
+impl fmt::Debug for PartCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PartCollector")
+            .field("part", &self.part)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collector for PartCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let (snapshot, settings) = (&*self.snapshot, &*self.settings);
+        match &self.part {
+            Part::Routes(range) => {
+                let routes = snapshot.routes.get(range.clone()).unwrap_or_default();
+                encode_routes(snapshot, routes, settings, &mut encoder)
+            }
+            Part::WindowsAndHealth => encode_windows_and_health(snapshot, settings, &mut encoder),
         }
     }
 }
@@ -100,7 +185,7 @@ impl StoreCollector {
                             revision: revision.clone(),
                             role,
                             route: route.as_str().into(),
-                            outcomes: if self.series_per_code {
+                            outcomes: if self.settings.series_per_code {
                                 r.outcomes.iter().map(|(o, t)| (*o, t.requests)).collect()
                             } else {
                                 per_class(&r.outcomes)
@@ -119,18 +204,24 @@ impl StoreCollector {
                 window_bytes: store.window_heap_bytes(),
                 counters: store.counters(),
             };
-            let bounds = store.config().buckets.bounds().to_vec();
+            let buckets = &store.config().buckets;
+            let native_schema = match self.settings.native_histograms {
+                NativeHistograms::Off => None,
+                NativeHistograms::Both | NativeHistograms::Only => buckets.native_schema(),
+            };
             (
                 Snapshot {
                     routes,
                     services: Vec::new(),
-                    bounds,
+                    bounds: buckets.bounds().to_vec(),
+                    native_schema,
                     health,
                 },
                 services,
             )
         };
-        if self.windows.is_empty() {
+        let windows = &self.settings.windows;
+        if windows.is_empty() {
             return snapshot;
         }
         let newest = (now_ms / 1000).saturating_sub(1);
@@ -142,12 +233,12 @@ impl StoreCollector {
                 continue;
             };
             let revisions: Vec<_> = data
-                .windows(newest, &self.windows, &mut acc)
+                .windows(newest, windows, &mut acc)
                 .into_iter()
                 .map(|r| (Arc::<str>::from(r.revision), r.role, r.summaries))
                 .collect();
             drop(store);
-            let totals: Vec<u64> = (0..self.windows.len())
+            let totals: Vec<u64> = (0..windows.len())
                 .map(|w| {
                     revisions
                         .iter()
@@ -169,9 +260,8 @@ impl StoreCollector {
 impl Collector for StoreCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         let snapshot = self.snapshot((self.clock)());
-        encode_series(&snapshot, self.series_per_code, &mut encoder)?;
-        encode_windows(&snapshot, &mut encoder, &self.windows, &self.window_labels)?;
-        encode_health(&snapshot.health, &mut encoder)
+        encode_routes(&snapshot, &snapshot.routes, &self.settings, &mut encoder)?;
+        encode_windows_and_health(&snapshot, &self.settings, &mut encoder)
     }
 }
 
@@ -183,6 +273,8 @@ struct Snapshot {
     services: Vec<ServiceWindows>,
     /// Bounds of the duration buckets.
     bounds: Vec<f64>,
+    /// Schema of the native duration buckets, when this exposition carries them.
+    native_schema: Option<i8>,
     health: Health,
 }
 
@@ -290,10 +382,10 @@ impl EncodeLabelSet for WindowLabels<'_> {
 
 /// Calls `f` for every route with its path labels.
 fn for_each_route<'s>(
-    snapshot: &'s Snapshot,
+    routes: &'s [RouteRow],
     mut f: impl FnMut(PathLabels<'s>, &'s RouteRow) -> fmt::Result,
 ) -> fmt::Result {
-    for r in &snapshot.routes {
+    for r in routes {
         let path = PathLabels {
             namespace: &r.namespace,
             service: &r.service,
@@ -326,18 +418,22 @@ fn per_class(outcomes: &hashbrown::HashMap<Outcome, crate::store::Totals>) -> Ve
     classes
 }
 
-fn encode_series(
+/// The families of `routes`: requests, bytes, durations.
+fn encode_routes(
     snapshot: &Snapshot,
-    series_per_code: bool,
+    routes: &[RouteRow],
+    settings: &Settings,
     encoder: &mut DescriptorEncoder,
 ) -> fmt::Result {
+    let series_per_code = settings.series_per_code;
+    let classic_buckets = settings.native_histograms != NativeHistograms::Only;
     let mut family = encoder.encode_descriptor(
         "plover_requests",
         "Requests completed, by series.",
         None,
         MetricType::Counter,
     )?;
-    for_each_route(snapshot, |path, route| {
+    for_each_route(routes, |path, route| {
         for (outcome, requests) in &route.outcomes {
             let labels = SeriesLabels {
                 path,
@@ -367,7 +463,7 @@ fn encode_series(
     ];
     for (name, help, value) in bytes {
         let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-        for_each_route(snapshot, |path, route| match &route.bytes {
+        for_each_route(routes, |path, route| match &route.bytes {
             Some(bytes) => family
                 .encode_family(&path)?
                 .encode_counter::<NoLabelSet, _, u64>(&value(bytes), None),
@@ -383,33 +479,64 @@ fn encode_series(
     )?;
     let bounds = &snapshot.bounds;
     let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(bounds.len() + 1);
-    for_each_route(snapshot, |path, route| {
+    for_each_route(routes, |path, route| {
         let Some(d): Option<&Durations> = route.durations.as_ref() else {
             return Ok(());
         };
         buckets.clear();
-        buckets.extend(
-            bounds
-                .iter()
-                .copied()
-                .chain([f64::INFINITY])
-                .zip(d.buckets.iter().copied()),
-        );
-        family.encode_family(&path)?.encode_histogram::<NoLabelSet>(
+        if classic_buckets || snapshot.native_schema.is_none() {
+            buckets.extend(
+                bounds
+                    .iter()
+                    .copied()
+                    .chain([f64::INFINITY])
+                    .zip(d.buckets.iter().copied()),
+            );
+        }
+        let mut metric = family.encode_family(&path)?;
+        let Some(schema) = snapshot.native_schema else {
+            return metric.encode_histogram::<NoLabelSet>(d.sum_seconds, d.count, &buckets, None);
+        };
+        let (spans, deltas) = d.native_spans();
+        metric.encode_histogram_with_native::<NoLabelSet>(
             d.sum_seconds,
             d.count,
             &buckets,
             None,
+            NativeHistogram {
+                schema: i32::from(schema),
+                // Only requests measured at 0 µs are in the zero bucket.
+                zero_threshold: 0.0,
+                zero_count: d.zero_count,
+                negative: NativeHistogramBuckets {
+                    spans: &[],
+                    deltas: &[],
+                },
+                positive: NativeHistogramBuckets {
+                    spans: &spans,
+                    deltas: &deltas,
+                },
+                created: None,
+            },
         )
     })
 }
 
+fn encode_windows_and_health(
+    snapshot: &Snapshot,
+    settings: &Settings,
+    encoder: &mut DescriptorEncoder,
+) -> fmt::Result {
+    encode_windows(snapshot, settings, encoder)?;
+    encode_health(&snapshot.health, encoder)
+}
+
 fn encode_windows(
     snapshot: &Snapshot,
+    settings: &Settings,
     encoder: &mut DescriptorEncoder,
-    windows: &[u64],
-    window_labels: &[String],
 ) -> fmt::Result {
+    let (windows, window_labels) = (&settings.windows, &settings.window_labels);
     if windows.is_empty() {
         return Ok(());
     }

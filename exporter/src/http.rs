@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, ACCEPT, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -18,13 +18,12 @@ use hyper_util::server::graceful::GracefulShutdown;
 use plover_wire::batch::INGEST_PATH;
 use plover_wire::batch::REFUSED_REQUESTS_HEADER;
 use plover_wire::stats::STATS_PATH;
-use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::ingest::{Ingest, IngestError};
-use crate::metrics::{self, IngestMetrics};
+use crate::metrics::{self, IngestMetrics, Registries};
 use crate::stats::{self, StatsQuery};
 use crate::store::{Applied, Store};
 
@@ -34,6 +33,10 @@ pub const READYZ_PATH: &str = "/readyz";
 
 /// OpenMetrics text, as prometheus-client writes it.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Prometheus protobuf: length-delimited `MetricFamily` messages (the only exposition that
+/// carries native histograms).
+const PROTOBUF: &str =
+    "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited";
 
 /// A client that opened a connection has this long to send its request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,7 +61,7 @@ struct App {
     store: Arc<Mutex<Store>>,
     ingest: Ingest,
     ingest_metrics: IngestMetrics,
-    registry: Registry,
+    registries: Registries,
     /// Longest window `/v1/stats` can answer.
     retained_seconds: u64,
     /// False once shutdown began, so that load balancers stop sending new work.
@@ -80,10 +83,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let store = Arc::new(Mutex::new(Store::new(config.store.clone())));
-    let (registry, ingest_metrics) = metrics::registry(
+    let (registries, ingest_metrics) = metrics::registries(
         store.clone(),
         config.windows.clone(),
         config.series_per_code,
+        config.native_histograms,
         unix_now_ms,
     );
     let app = Arc::new(App {
@@ -95,7 +99,7 @@ pub async fn run(
         ),
         store: store.clone(),
         ingest_metrics,
-        registry,
+        registries,
         retained_seconds: config.store.window_seconds,
         ready: AtomicBool::new(true),
     });
@@ -166,7 +170,14 @@ impl App {
         let (method, path) = (request.method().clone(), request.uri().path().to_owned());
         match (&method, path.as_str()) {
             (&Method::POST, INGEST_PATH) => self.ingest(request).await,
-            (&Method::GET, METRICS_PATH) => self.metrics().await,
+            (&Method::GET, METRICS_PATH) => {
+                let protobuf = request
+                    .headers()
+                    .get(ACCEPT)
+                    .and_then(|accept| accept.to_str().ok())
+                    .is_some_and(prefers_protobuf);
+                self.metrics(protobuf).await
+            }
             (&Method::GET, STATS_PATH) => self.stats(request.uri().query()),
             (&Method::GET, HEALTHZ_PATH) => text(StatusCode::OK, "ok\n"),
             (&Method::GET, READYZ_PATH) if self.ready.load(Ordering::SeqCst) => {
@@ -232,23 +243,28 @@ impl App {
         }
     }
 
-    async fn metrics(self: Arc<Self>) -> Response<Body> {
-        // The text is written on a blocking thread (off the threads serving ingest) and sent
-        // while it is written, a chunk at a time: a scrape holds a few chunks, not the whole
-        // exposition. A render that fails midway ends the body early; the scraper then sees a
-        // truncated exposition and fails the scrape, as it should.
+    async fn metrics(self: Arc<Self>, protobuf: bool) -> Response<Body> {
+        // The exposition is written on a blocking thread (off the threads serving ingest) and
+        // sent while it is written, a chunk at a time: a scrape holds a few chunks (and a
+        // protobuf one the part being built), not the whole exposition. A render that fails
+        // midway ends the body early; the scraper then sees a truncated exposition and fails
+        // the scrape, as it should.
         let (mut writer, body) = crate::stream::channel();
         tokio::task::spawn_blocking(move || {
-            let rendered = prometheus_client::encoding::text::encode(&mut writer, &self.registry)
-                .and_then(|()| writer.finish());
-            if rendered.is_err() {
+            let rendered = if protobuf {
+                self.registries.protobuf.encode(&mut writer)
+            } else {
+                prometheus_client::encoding::text::encode(&mut writer, &self.registries.text)
+            };
+            if rendered.and_then(|()| writer.finish()).is_err() {
                 debug!("/metrics render stopped: the scraper left or encoding failed.");
             }
         });
         let mut response = Response::new(http_body_util::Either::Right(body));
+        let content_type = if protobuf { PROTOBUF } else { OPENMETRICS };
         response
             .headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
+            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         response
     }
 
@@ -277,6 +293,51 @@ impl App {
     }
 }
 
+/// Whether an `Accept` header ranks the Prometheus protobuf exposition above every text one
+/// (Prometheus sends the protobuf type first, at a higher `q`, when its native histograms
+/// are enabled; a type without `q` has 1).
+pub fn prefers_protobuf(accept: &str) -> bool {
+    let (mut protobuf, mut text) = (None::<f64>, None::<f64>);
+    for range in accept.split(',') {
+        let mut parameters = range.split(';').map(str::trim);
+        let media_type = parameters.next().unwrap_or("").to_ascii_lowercase();
+        let (mut q, mut proto, mut delimited) = (1.0, None, false);
+        for parameter in parameters {
+            let Some((name, value)) = parameter.split_once('=') else {
+                continue;
+            };
+            let value = value.trim().trim_matches('"');
+            match name.trim().to_ascii_lowercase().as_str() {
+                "q" => {
+                    q = value
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|q| q.is_finite())
+                        .unwrap_or(0.0)
+                }
+                "proto" => proto = Some(value.to_owned()),
+                "encoding" => delimited = value == "delimited",
+                _ => {}
+            }
+        }
+        let best = |slot: &mut Option<f64>| *slot = Some(slot.map_or(q, |b: f64| b.max(q)));
+        match media_type.as_str() {
+            "application/vnd.google.protobuf"
+                if proto.as_deref() == Some("io.prometheus.client.MetricFamily") && delimited =>
+            {
+                best(&mut protobuf)
+            }
+            "application/openmetrics-text" | "text/plain" | "text/*" | "*/*" => best(&mut text),
+            _ => {}
+        }
+    }
+    match (protobuf, text) {
+        (Some(p), Some(t)) => p > 0.0 && p > t,
+        (Some(p), None) => p > 0.0,
+        (None, _) => false,
+    }
+}
+
 fn text(status: StatusCode, body: &str) -> Response<Body> {
     let mut response = Response::new(full(Bytes::copy_from_slice(body.as_bytes())));
     *response.status_mut() = status;
@@ -293,4 +354,44 @@ fn not_allowed(allow: &'static str) -> Response<Body> {
         .headers_mut()
         .insert(ALLOW, HeaderValue::from_static(allow));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefers_protobuf;
+
+    #[test]
+    fn protobuf_only_when_ranked_above_text() {
+        // Prometheus 2.4x with native histograms enabled.
+        assert!(prefers_protobuf(
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,\
+             application/openmetrics-text;version=1.0.0;q=0.8,application/openmetrics-text;version=0.0.1;q=0.75,\
+             text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        ));
+        // Older scrapers (and telegraf) rank it first too.
+        assert!(prefers_protobuf(
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.7,\
+             text/plain;version=0.0.4;q=0.3,*/*;q=0.1"
+        ));
+        // Prometheus without native histograms, curl, browsers.
+        assert!(!prefers_protobuf(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,\
+             text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        ));
+        assert!(!prefers_protobuf("*/*"));
+        assert!(!prefers_protobuf(""));
+        // Ranked below text, another message type, not delimited, or refused.
+        assert!(!prefers_protobuf(
+            "text/plain;q=0.9,application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.5"
+        ));
+        assert!(!prefers_protobuf(
+            "application/vnd.google.protobuf;proto=io.prometheus.write.v2.Request;encoding=delimited"
+        ));
+        assert!(!prefers_protobuf(
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily"
+        ));
+        assert!(!prefers_protobuf(
+            "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0"
+        ));
+    }
 }

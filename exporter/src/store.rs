@@ -75,7 +75,7 @@ pub struct StoreConfig {
     /// Most payload bytes all windows together may hold: with many revisions each window's
     /// budget shrinks to its share, so that no input can exhaust memory.
     pub max_window_bytes: usize,
-    /// Upper bounds of the exposition histogram.
+    /// Buckets of the exposition histogram: classic bounds, and native ones when enabled.
     pub buckets: DurationBuckets,
 }
 
@@ -185,9 +185,14 @@ pub struct Durations {
     pub count: u64,
     /// Sum of durations in seconds, from HDR bin midpoints (within 0.4% of the true sum).
     pub sum_seconds: f64,
+    /// Native histogram buckets (`--native-histograms`): `(index, count)` by ascending index,
+    /// only those with requests; empty when native histograms are off.
+    pub native: Vec<(i32, u64)>,
+    /// Requests measured at 0 µs: the native histogram's zero bucket.
+    pub zero_count: u64,
 }
 
-/// The exposition histogram's bucket bounds, with a lookup from HDR index to bucket.
+/// The exposition histogram's buckets, with lookups from HDR index to bucket.
 #[derive(Debug, Clone)]
 pub struct DurationBuckets {
     bounds: Vec<f64>,
@@ -196,14 +201,22 @@ pub struct DurationBuckets {
     bucket_of: Box<[u8]>,
     /// Midpoint of each HDR index in seconds.
     midpoint: Box<[f64]>,
+    /// Native histogram schema, when native buckets are kept.
+    native_schema: Option<i8>,
+    /// Native bucket of each HDR index (by its midpoint); empty without a schema.
+    native_of: Box<[i32]>,
 }
 
 impl DurationBuckets {
     /// Most bounds accepted (the lookup stores bucket numbers in a byte).
     pub const MAX_BOUNDS: usize = 200;
+    /// Native histogram schemas Prometheus accepts: bucket edges grow by `2^(2^-schema)`.
+    pub const NATIVE_SCHEMAS: std::ops::RangeInclusive<i8> = -4..=8;
 
-    /// `bounds` in seconds, ascending, positive and finite (checked by the config).
-    pub fn new(bounds: Vec<f64>) -> Self {
+    /// `bounds` in seconds, ascending, positive and finite (checked by the config). With
+    /// `native_schema` (in [`Self::NATIVE_SCHEMAS`], checked by the config), each route also
+    /// keeps native histogram buckets.
+    pub fn new(bounds: Vec<f64>, native_schema: Option<i8>) -> Self {
         let limits: Vec<u16> = bounds
             .iter()
             .map(|&b| index_of((b * 1e6).round() as u64))
@@ -211,19 +224,43 @@ impl DurationBuckets {
         let bucket_of = (0..COUNTS_LEN as u16)
             .map(|i| limits.iter().position(|&l| i <= l).unwrap_or(limits.len()) as u8)
             .collect();
-        let midpoint = (0..COUNTS_LEN as u16)
+        let midpoint: Box<[f64]> = (0..COUNTS_LEN as u16)
             .map(|i| (lowest_value_at(i) + highest_value_at(i)) as f64 / 2.0 / 1e6)
             .collect();
+        let native_of = match native_schema {
+            Some(schema) => midpoint
+                .iter()
+                .map(|&seconds| native_index(seconds, schema))
+                .collect(),
+            None => Box::default(),
+        };
         DurationBuckets {
             bounds,
             bucket_of,
             midpoint,
+            native_schema,
+            native_of,
         }
+    }
+
+    /// The native histogram schema, if native buckets are kept.
+    pub fn native_schema(&self) -> Option<i8> {
+        self.native_schema
     }
 
     pub fn bounds(&self) -> &[f64] {
         &self.bounds
     }
+}
+
+/// Index of the native bucket holding `seconds` (> 0): bucket `i` of schema `s` holds
+/// `(2^((i-1)/2^s), 2^(i/2^s)]`. Seconds of 0 go to the zero bucket instead.
+fn native_index(seconds: f64, schema: i8) -> i32 {
+    if seconds <= 0.0 {
+        return 0;
+    }
+    // The HDR range (1 µs … 1 h) keeps this within ±300 even at schema 8.
+    (seconds.log2() * f64::from(schema).exp2()).ceil() as i32
 }
 
 impl Durations {
@@ -232,7 +269,34 @@ impl Durations {
             buckets: vec![0; buckets.bounds.len() + 1].into(),
             count: 0,
             sum_seconds: 0.0,
+            native: Vec::new(),
+            zero_count: 0,
         }
+    }
+
+    /// The native buckets as Prometheus encodes them: spans of consecutive indices
+    /// (`(offset from the previous span's end, length)`, the first offset being the first
+    /// index) and each bucket's count as a difference from the previous bucket's. A histogram
+    /// without buckets has the one empty span that marks it as native.
+    pub fn native_spans(&self) -> (Vec<(i32, u32)>, Vec<i64>) {
+        let mut spans: Vec<(i32, u32)> = Vec::new();
+        let mut deltas = Vec::with_capacity(self.native.len());
+        let (mut previous_index, mut previous_count) = (None::<i32>, 0u64);
+        for &(index, count) in &self.native {
+            match (previous_index, spans.last_mut()) {
+                (Some(p), Some(span)) if index == p.saturating_add(1) => span.1 += 1,
+                (Some(p), _) => spans.push((index.saturating_sub(p).saturating_sub(1), 1)),
+                (None, _) => spans.push((index, 1)),
+            }
+            // Counts are far below 2^63; clamp rather than wrap if one were not.
+            let delta = i128::from(count) - i128::from(previous_count);
+            deltas.push(delta.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64);
+            (previous_index, previous_count) = (Some(index), count);
+        }
+        if spans.is_empty() {
+            spans.push((0, 0));
+        }
+        (spans, deltas)
     }
 
     /// Adds a histogram's `(index, count)` pairs.
@@ -249,6 +313,24 @@ impl Durations {
             }
             self.sum_seconds += midpoint * count as f64;
             self.count = self.count.saturating_add(count);
+            if buckets.native_schema.is_some() {
+                self.record_native(index, count, buckets);
+            }
+        }
+    }
+
+    fn record_native(&mut self, index: u16, count: u64, buckets: &DurationBuckets) {
+        // HDR index 0 holds exactly 0 µs.
+        if highest_value_at(index) == 0 {
+            self.zero_count = self.zero_count.saturating_add(count);
+            return;
+        }
+        let Some(&native) = buckets.native_of.get(usize::from(index)) else {
+            return;
+        };
+        match self.native.binary_search_by_key(&native, |&(i, _)| i) {
+            Ok(at) => self.native[at].1 = self.native[at].1.saturating_add(count),
+            Err(at) => self.native.insert(at, (native, count)),
         }
     }
 }
@@ -717,7 +799,7 @@ mod tests {
             window_seconds: 600,
             window_budget_bytes: 224 * 1024,
             max_window_bytes: 1 << 30,
-            buckets: DurationBuckets::new(vec![0.001, 0.01, 0.1, 1.0]),
+            buckets: DurationBuckets::new(vec![0.001, 0.01, 0.1, 1.0], None),
         }
     }
 
@@ -1292,7 +1374,7 @@ mod tests {
 
     #[test]
     fn duration_buckets_match_count_at_or_below() {
-        let buckets = DurationBuckets::new(vec![0.001, 0.01, 0.1, 1.0]);
+        let buckets = DurationBuckets::new(vec![0.001, 0.01, 0.1, 1.0], None);
         let mut h = Histogram::new();
         for v in [
             5, 999, 1000, 1001, 9_999, 10_000, 50_000, 100_000, 2_000_000,
@@ -1314,6 +1396,50 @@ mod tests {
         let exact_sum =
             (5 + 999 + 1000 + 1001 + 9_999 + 10_000 + 50_000 + 100_000 + 2_000_000) as f64 / 1e6;
         assert!((d.sum_seconds - exact_sum).abs() / exact_sum < 0.004);
+    }
+
+    #[test]
+    fn native_buckets_hold_each_duration_in_its_power_of_two_slice() {
+        let buckets = DurationBuckets::new(vec![0.1], Some(3));
+        let values = [1, 7, 1_000, 1_020, 9_999, 240_000, 240_100, 3_000_000];
+        let mut h = Histogram::new();
+        values.iter().for_each(|&v| h.record(v));
+        let mut d = Durations::new(&buckets);
+        d.record(h.bins(), &buckets);
+        // The filter records 0 µs as 1 µs, but a batch may carry HDR index 0 (exactly 0 µs).
+        d.record(&[(0, 2)], &buckets);
+        assert_eq!(d.zero_count, 2);
+        let mut expected: Vec<(i32, u64)> = Vec::new();
+        for &v in &values {
+            // None of these lies within 1% of a bucket edge, so the HDR bin cannot straddle one.
+            let index = ((v as f64 / 1e6).log2() * 8.0).ceil() as i32;
+            match expected.iter_mut().find(|(i, _)| *i == index) {
+                Some((_, n)) => *n += 1,
+                None => expected.push((index, 1)),
+            }
+        }
+        expected.sort();
+        assert_eq!(d.native, expected);
+        assert_eq!(
+            d.native.iter().map(|b| b.1).sum::<u64>() + d.zero_count,
+            d.count
+        );
+        // Without a schema nothing native is kept.
+        let classic = DurationBuckets::new(vec![0.1], None);
+        let mut d = Durations::new(&classic);
+        d.record(h.bins(), &classic);
+        assert!(d.native.is_empty() && d.zero_count == 0);
+    }
+
+    #[test]
+    fn native_spans_are_gaps_and_deltas_as_prometheus_reads_them() {
+        let mut d = Durations::new(&DurationBuckets::new(vec![0.1], Some(3)));
+        assert_eq!(d.native_spans(), (vec![(0, 0)], vec![]));
+        d.native = vec![(-80, 3), (-79, 5), (-78, 1), (-60, 4), (10, 4)];
+        assert_eq!(
+            d.native_spans(),
+            (vec![(-80, 3), (17, 1), (69, 1)], vec![3, 2, -4, 3, 0])
+        );
     }
 
     /// `/v1/stats` is a contract with the controller and with users' own clients: its JSON for

@@ -38,12 +38,13 @@ impl Body for StreamBody {
     }
 }
 
-/// The writing end: a `fmt::Write` that sends each full chunk, blocking while the channel is
+/// The writing end: a `fmt::Write` (text) with [`ChunkWriter::write_bytes`] (protobuf) that
+/// sends each full chunk, blocking while the channel is
 /// full (run it on a blocking thread). Writing fails once the body was dropped (the scraper
 /// went away), which stops the render.
 #[derive(Debug)]
 pub struct ChunkWriter {
-    buffer: String,
+    buffer: Vec<u8>,
     chunks: mpsc::Sender<Bytes>,
 }
 
@@ -52,7 +53,7 @@ pub fn channel() -> (ChunkWriter, StreamBody) {
     let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
     (
         ChunkWriter {
-            buffer: String::with_capacity(CHUNK_BYTES),
+            buffer: Vec::with_capacity(CHUNK_BYTES),
             chunks: tx,
         },
         StreamBody { chunks: rx },
@@ -61,10 +62,19 @@ pub fn channel() -> (ChunkWriter, StreamBody) {
 
 impl ChunkWriter {
     fn send(&mut self) -> fmt::Result {
-        let chunk = std::mem::replace(&mut self.buffer, String::with_capacity(CHUNK_BYTES));
+        let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK_BYTES));
         self.chunks
             .blocking_send(Bytes::from(chunk))
             .map_err(|_| fmt::Error)
+    }
+
+    /// Appends bytes, sending each full chunk.
+    pub fn write_bytes(&mut self, bytes: &[u8]) -> fmt::Result {
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(())
     }
 
     /// Sends what is left; the body ends when the writer is dropped.
@@ -78,11 +88,7 @@ impl ChunkWriter {
 
 impl fmt::Write for ChunkWriter {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.buffer.push_str(s);
-        if self.buffer.len() >= CHUNK_BYTES {
-            self.send()?;
-        }
-        Ok(())
+        self.write_bytes(s.as_bytes())
     }
 }
 

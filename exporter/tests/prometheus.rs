@@ -14,7 +14,7 @@ use common::{batch, send, series, Exporter};
 use http_body_util::Full;
 use hyper::Request;
 use plover_testkit::prometheus::{scrape_config, Prometheus};
-use plover_wire::Role;
+use plover_wire::{Role, SeriesKey};
 
 async fn get(port: u16, path: &str) -> common::Reply {
     let request = Request::get(path)
@@ -152,6 +152,137 @@ async fn prometheus_computes_the_exact_canary_success_ratio() {
     .await
     .unwrap();
     assert!((0.01..=0.025).contains(&p50), "p50 {p50}");
+
+    exporter.stop().await;
+}
+
+/// With `--native-histograms only`, a Prometheus with native histograms enabled scrapes the
+/// protobuf exposition and stores the duration histogram as one native histogram per route
+/// (no `_bucket` series); counts are exact and quantiles fall in the right bucket. Scrapers
+/// asking for text still get the classic buckets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_ingests_native_histograms_from_the_protobuf_exposition() {
+    let exporter = Exporter::start(&["--native-histograms", "only"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let prometheus = tokio::task::block_in_place(|| {
+        Prometheus::start(
+            dir.path(),
+            &scrape_config("plover", &[exporter.addr.to_string()]),
+            &dir.path().join("data"),
+            &["--enable-feature=native-histograms"],
+        )
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let port = prometheus.address.port();
+
+    // Canary: 900 requests at 20 ms and 100 at 300 ms; stable: 1000 at 15 ms.
+    let traffic = batch(
+        "vm-a",
+        1,
+        2000,
+        vec![
+            series("v2", Role::Canary, 200, 900, 20_000),
+            series("v2", Role::Canary, 500, 100, 300_000),
+            series("v1", Role::Stable, 200, 1000, 15_000),
+        ],
+    );
+    assert_eq!(exporter.post_batch(traffic.encode()).await.status, 200);
+    // Enough routes of another service that the protobuf exposition is sent in several parts
+    // (each family then spans several messages).
+    let routes = plover_exporter::exposition::ROUTES_PER_PART + 100;
+    let bulk = (0..routes)
+        .map(|i| {
+            let (_, delta) = series("v1", Role::Stable, 200, 1, 5_000);
+            let key =
+                SeriesKey::answered("demo", "bulk", &format!("r{i}"), "v1", Role::Stable, 200);
+            (key, delta)
+        })
+        .collect();
+    assert_eq!(
+        exporter
+            .post_batch(batch("vm-b", 1, 2000, bulk).encode())
+            .await
+            .status,
+        200
+    );
+
+    // What each kind of scraper is served.
+    let protobuf_accept = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited,text/plain;version=0.0.4;q=0.5";
+    let reply = common::send(
+        exporter.addr,
+        Request::get("/metrics")
+            .header("host", "test")
+            .header("accept", protobuf_accept)
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.content_type,
+        "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
+    );
+    let text = exporter
+        .metric_lines("plover_request_duration_seconds_bucket")
+        .await;
+    assert_eq!(text.len(), (2 + routes) * 12, "classic buckets in the text");
+
+    wait_for(port, r#"up{job="plover"}"#, Duration::from_secs(60), |v| {
+        v == 1.0
+    })
+    .await;
+    let canary = r#"plover_request_duration_seconds{service="app",role="canary"}"#;
+    let count = wait_for(
+        port,
+        &format!("histogram_count({canary})"),
+        Duration::from_secs(30),
+        |_| true,
+    )
+    .await;
+    assert_eq!(count, 1000.0);
+    let sum = query(port, &format!("histogram_sum({canary})"))
+        .await
+        .unwrap();
+    let exact = 900.0 * 0.02 + 100.0 * 0.3;
+    assert!((sum - exact).abs() / exact < 0.004, "sum {sum}");
+    // Schema 3: 20 ms is in (2^(-46/8), 2^(-45/8)], 300 ms in (2^(-14/8), 2^(-13/8)].
+    let bucket = |index: i32| (f64::from(index - 1) / 8.0).exp2()..=(f64::from(index) / 8.0).exp2();
+    let p50 = query(port, &format!("histogram_quantile(0.5, {canary})"))
+        .await
+        .unwrap();
+    assert!(bucket(-45).contains(&p50), "p50 {p50}");
+    let p95 = query(port, &format!("histogram_quantile(0.95, {canary})"))
+        .await
+        .unwrap();
+    assert!(bucket(-13).contains(&p95), "p95 {p95}");
+    let stable = r#"plover_request_duration_seconds{service="app",role="stable"}"#;
+    assert_eq!(
+        query(port, &format!("histogram_count({stable})")).await,
+        Some(1000.0)
+    );
+    // Native only: no classic bucket series were stored, and the counters are exact as ever.
+    assert_eq!(
+        query(port, "count(plover_request_duration_seconds_bucket)").await,
+        None
+    );
+    assert_eq!(
+        query(port, r#"sum(plover_requests_total{service="app"})"#).await,
+        Some(2000.0)
+    );
+
+    // Every part was read: each bulk route's series and histogram.
+    assert_eq!(
+        query(port, r#"count(plover_requests_total{service="bulk"})"#).await,
+        Some(routes as f64)
+    );
+    assert_eq!(
+        query(
+            port,
+            r#"sum(histogram_count(plover_request_duration_seconds{service="bulk"}))"#
+        )
+        .await,
+        Some(routes as f64)
+    );
 
     exporter.stop().await;
 }

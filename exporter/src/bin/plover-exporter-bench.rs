@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use plover_exporter::config::NativeHistograms;
 use plover_exporter::ingest::Ingest;
 use plover_exporter::store::{Applied, Store};
 use plover_exporter::Config;
@@ -31,15 +32,22 @@ const MALLOC_OVERHEAD: usize = 16;
 /// Heap in use: (requested bytes, allocations).
 fn heap() -> (usize, usize) {
     let stats = ALLOCATOR.stats();
-    let bytes =
-        stats.bytes_allocated as isize - stats.bytes_deallocated as isize + stats.bytes_reallocated;
+    // stats_alloc already adds a realloc's growth to `bytes_allocated` (and its shrinking to
+    // `bytes_deallocated`); `bytes_reallocated` is the same change again, so it is not added.
+    let bytes = stats.bytes_allocated as isize - stats.bytes_deallocated as isize;
     let allocations = stats.allocations.saturating_sub(stats.deallocations);
     (bytes.max(0) as usize, allocations)
 }
 
-/// Renders `registry` through `/metrics`' chunked writer into a body drained (and dropped) as
-/// a connection would; returns the bytes sent.
-fn streamed_render(registry: &prometheus_client::registry::Registry) -> usize {
+/// What one /metrics exposition renders.
+enum Exposition<'a> {
+    Text(&'a prometheus_client::registry::Registry),
+    Protobuf(&'a plover_exporter::metrics::Protobuf),
+}
+
+/// Renders an exposition through `/metrics`' chunked writer into a body drained (and
+/// dropped) as a connection would; returns the bytes sent.
+fn streamed_render(exposition: &Exposition) -> usize {
     use http_body_util::BodyExt;
     let (mut writer, mut body) = plover_exporter::stream::channel();
     let drain = std::thread::spawn(move || {
@@ -54,7 +62,12 @@ fn streamed_render(registry: &prometheus_client::registry::Registry) -> usize {
             sent
         })
     });
-    prometheus_client::encoding::text::encode(&mut writer, registry).expect("render");
+    match exposition {
+        Exposition::Text(registry) => {
+            prometheus_client::encoding::text::encode(&mut writer, registry).expect("render")
+        }
+        Exposition::Protobuf(protobuf) => protobuf.encode(&mut writer).expect("render"),
+    }
     writer.finish().expect("last chunk");
     drain.join().expect("drain")
 }
@@ -138,6 +151,12 @@ impl Rng {
 
 fn config() -> Config {
     Config::parse_from(["bench", "--insecure-no-auth"]).expect("default configuration")
+}
+
+/// The default configuration, keeping native histogram buckets too.
+fn config_with_native_histograms() -> Config {
+    Config::parse_from(["bench", "--insecure-no-auth", "--native-histograms=both"])
+        .expect("configuration with native histograms")
 }
 
 fn key(service: usize, revision: usize, route: usize, code: u16) -> SeriesKey {
@@ -475,7 +494,7 @@ fn render(args: &Args) -> RenderFigures {
     );
     let mut rng = Rng(42);
     let (heap_before, allocs_before) = heap();
-    let config = config();
+    let config = config_with_native_histograms();
     let store = Arc::new(Mutex::new(Store::new(config.store.clone())));
     let now = T0 + 400_000;
     SIM_NOW_MS.store(now, Ordering::Relaxed);
@@ -542,8 +561,17 @@ fn render(args: &Args) -> RenderFigures {
     let bytes = (heap_after - heap_before) as f64
         + (allocs_after - allocs_before) as f64 * MALLOC_OVERHEAD as f64;
 
-    let (registry, _) =
-        plover_exporter::metrics::registry(store.clone(), config.windows.clone(), true, sim_now);
+    let registries = |series_per_code, native| {
+        plover_exporter::metrics::registries(
+            store.clone(),
+            config.windows.clone(),
+            series_per_code,
+            native,
+            sim_now,
+        )
+        .0
+    };
+    let registry = registries(true, NativeHistograms::Off).text;
     let mut times = Vec::new();
     let mut size = 0;
     let mut lines = 0;
@@ -578,26 +606,43 @@ fn render(args: &Args) -> RenderFigures {
         lines = out.lines().count();
     }
     // After: written while sent, a few 64 KiB chunks at a time, as /metrics serves it.
-    let streamed = |registry: &prometheus_client::registry::Registry| {
+    let streamed = |exposition: Exposition| {
         let mut times = Vec::new();
         let (mut size, mut peak) = (0, 0);
         for _ in 0..5 {
             let started = Instant::now();
-            let (bytes, p) = peak_heap_growth(|| streamed_render(registry));
+            let (bytes, p) = peak_heap_growth(|| streamed_render(&exposition));
             times.push(started.elapsed());
             (size, peak) = (bytes, peak.max(p));
         }
         times.sort_unstable();
         (times[2], size, peak)
     };
-    let (stream_median, stream_size, stream_peak) = streamed(&registry);
+    let (stream_median, stream_size, stream_peak) = streamed(Exposition::Text(&registry));
     assert_eq!(
         stream_size, size,
         "the streamed exposition is the whole one"
     );
-    let (by_class, _) =
-        plover_exporter::metrics::registry(store.clone(), config.windows.clone(), false, sim_now);
-    let (class_median, class_size, class_peak) = streamed(&by_class);
+    let by_class = registries(false, NativeHistograms::Off).text;
+    let (class_median, class_size, class_peak) = streamed(Exposition::Text(&by_class));
+    // The protobuf exposition (Prometheus with native histograms), classic buckets, both,
+    // native only, and native only without per-code series (the compact form).
+    let protobuf: Vec<(&str, (Duration, usize, usize))> = [
+        ("classic buckets", true, NativeHistograms::Off),
+        ("native and classic buckets", true, NativeHistograms::Both),
+        ("native buckets only", true, NativeHistograms::Only),
+        (
+            "native buckets only, --series-per-code=false",
+            false,
+            NativeHistograms::Only,
+        ),
+    ]
+    .into_iter()
+    .map(|(name, per_code, native)| {
+        let registries = registries(per_code, native);
+        (name, streamed(Exposition::Protobuf(&registries.protobuf)))
+    })
+    .collect();
     rendering.store(false, Ordering::Relaxed);
     let mut waits = probe.join().expect("lock probe");
     waits.sort_unstable();
@@ -629,6 +674,14 @@ fn render(args: &Args) -> RenderFigures {
         class_size as f64 / size.max(1) as f64,
         mb(class_peak)
     );
+    for (name, (median, bytes, peak)) in &protobuf {
+        println!(
+            "  render, protobuf, {name}: median {median:?}; {:.1} MB ({:.2}× the text); peak heap +{:.0} MB",
+            mb(*bytes),
+            *bytes as f64 / size.max(1) as f64,
+            mb(*peak)
+        );
+    }
     println!(
         "  store lock wait of a concurrent ingest during the renders: p50 {:?}, p99 {:?}, max {:?} ({} probes)",
         percentile(&waits, 0.5),
@@ -637,7 +690,7 @@ fn render(args: &Args) -> RenderFigures {
         waits.len()
     );
     println!(
-        "  memory: {} per series (incl. 5 min of window history; malloc overhead included)",
+        "  memory: {} per series (incl. 5 min of window history and native buckets; malloc overhead included)",
         kib(bytes / total as f64)
     );
     RenderFigures {
