@@ -13,6 +13,7 @@ pub mod web;
 use std::{
     collections::HashMap,
     future::Future,
+    path::PathBuf,
     pin::Pin,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime},
@@ -120,7 +121,7 @@ pub fn runnable(source: &dyn Source, metrics: &[MetricSpec]) -> Result<Runnable,
     Ok(out)
 }
 
-/// Addresses that complete or override the templates' own.
+/// Addresses that complete or override the templates' own, and the CAs https trusts.
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
     /// Replaces every prometheus metric's `address` (`plover analyze --prometheus`).
@@ -129,34 +130,46 @@ pub struct Settings {
     pub prometheus_default: Option<String>,
     /// The exporter, for plover metrics without `address` (`--exporter`, `PLOVER_EXPORTER_ADDRESS`).
     pub exporter: Option<String>,
+    /// PEM files of CA certificates https trusts besides the system's (`--ca-file`).
+    pub ca_files: Vec<PathBuf>,
 }
 
 /// The real providers over HTTP.
 #[derive(Clone, Debug)]
 pub struct Providers {
-    client: reqwest::Client,
-    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
-    insecure_client: reqwest::Client,
+    /// For `http://` addresses.
+    http: reqwest::Client,
+    /// For `https://`: verifies against the system's roots and `ca_files`. An error (no roots
+    /// at all, e.g. in a scratch image without `--ca-file`) is kept and reported only where
+    /// https is used, so that http keeps working.
+    https: Result<reqwest::Client, String>,
+    /// For `https://` with the metric's `insecure: true`: no certificate checks (as Argo).
+    insecure: reqwest::Client,
     settings: Settings,
     /// The `…VsStable` judges of this run, by metric name and spec (see [`plover::vs_stable`]).
     judges: Arc<Mutex<HashMap<String, plover::vs_stable::JudgeState>>>,
 }
 
+/// The connection timeout of every provider request.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Providers {
     pub fn new(settings: Settings) -> Result<Self, ProviderError> {
-        let build = |insecure: bool| {
-            let builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(30));
-            #[cfg(feature = "tls")]
-            let builder = builder.danger_accept_invalid_certs(insecure);
-            #[cfg(not(feature = "tls"))]
-            let _ = insecure;
-            builder
-                .build()
-                .map_err(|e| ProviderError::Config(format!("cannot build the HTTP client: {e}")))
+        // rustls needs a process-wide crypto provider; ring is the one kube already uses.
+        // (Already installed, by an earlier call or by the embedding program, is fine.)
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let extra_roots = read_ca_files(&settings.ca_files)?;
+        let builder = || reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
+        let built = |client: reqwest::Result<reqwest::Client>| {
+            client.map_err(|e| format!("cannot build the https client: {}", error_chain(&e)))
         };
+        let config = |e: String| ProviderError::Config(e);
         Ok(Providers {
-            client: build(false)?,
-            insecure_client: build(true)?,
+            // Never used for https, so it needs no roots.
+            http: built(builder().tls_certs_only(Vec::new()).build()).map_err(config)?,
+            https: built(builder().tls_certs_merge(extra_roots).build()),
+            insecure: built(builder().tls_danger_accept_invalid_certs(true).build())
+                .map_err(config)?,
             settings,
             judges: Arc::default(),
         })
@@ -194,7 +207,7 @@ impl Providers {
         judges.insert(key, judge);
     }
 
-    /// The client for a URL, refusing `https` in a build without TLS.
+    /// The client for a URL: plain for http, verifying (or, with `insecure`, not) for https.
     pub(crate) fn client_for(
         &self,
         url: &str,
@@ -203,25 +216,16 @@ impl Providers {
         let parsed = reqwest::Url::parse(url)
             .map_err(|e| ProviderError::Config(format!("{url:?} is not a URL: {e}")))?;
         match parsed.scheme() {
-            "http" => {}
-            "https" if cfg!(feature = "tls") => {}
-            "https" => {
-                return Err(ProviderError::Config(format!(
-                    "{url}: https needs plover built with the `tls` feature"
-                )))
-            }
-            other => {
-                return Err(ProviderError::Config(format!(
-                    "{url}: unsupported scheme {other:?}"
-                )))
-            }
+            "http" => Ok(&self.http),
+            "https" if insecure => Ok(&self.insecure),
+            "https" => self
+                .https
+                .as_ref()
+                .map_err(|e| ProviderError::Config(format!("{url}: {e}"))),
+            other => Err(ProviderError::Config(format!(
+                "{url}: unsupported scheme {other:?} (http or https)"
+            ))),
         }
-        #[cfg(feature = "tls")]
-        if insecure {
-            return Ok(&self.insecure_client);
-        }
-        let _ = insecure;
-        Ok(&self.client)
     }
 
     /// The address a prometheus metric will query, after overrides and defaults.
@@ -232,6 +236,43 @@ impl Providers {
             .or_else(|| (!spec.address.is_empty()).then(|| spec.address.clone()))
             .or_else(|| self.settings.prometheus_default.clone())
     }
+}
+
+/// The certificates of every PEM file, each file read once with a clear error.
+fn read_ca_files(paths: &[PathBuf]) -> Result<Vec<reqwest::Certificate>, ProviderError> {
+    let mut certificates = Vec::new();
+    for path in paths {
+        let pem = std::fs::read(path).map_err(|e| {
+            ProviderError::Config(format!("--ca-file {}: cannot read it: {e}", path.display()))
+        })?;
+        let found = reqwest::Certificate::from_pem_bundle(&pem)
+            .ok()
+            .filter(|found| !found.is_empty())
+            .ok_or_else(|| {
+                ProviderError::Config(format!(
+                    "--ca-file {}: expected PEM certificates (-----BEGIN CERTIFICATE-----), found none",
+                    path.display()
+                ))
+            })?;
+        certificates.extend(found);
+    }
+    Ok(certificates)
+}
+
+/// An error with its causes (`error sending request: connection refused`): reqwest's own
+/// message leaves the cause out.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl Source for Providers {

@@ -9,7 +9,7 @@ use plover_analysis::{
     provider::{measure, Providers, Settings},
     template::{self, ArgInputs, MetricSpec},
 };
-use plover_testkit::scripted::{serve, steady_exporter, Seen, REVIEWS_STATS};
+use plover_testkit::scripted::{serve, serve_https, steady_exporter, Seen, TestCa, REVIEWS_STATS};
 
 fn metric(yaml_metric: &str) -> MetricSpec {
     let yaml = format!(
@@ -297,4 +297,82 @@ fn plover_vs_stable_fields_are_validated() {
         .contains("provider.plover.alpha: only the errorRatioVsStable"));
     assert!(err("metric: errorRatioVsStable", "    successCondition: result > 1\n")
         .contains("successCondition: provider.plover metric errorRatioVsStable decides each measurement itself"));
+}
+
+/// https with a CA of the test's own: trusted through `ca_files`, refused without it (the
+/// error says why), accepted without it only with the metric's `insecure: true`, for the
+/// Prometheus and web providers alike.
+#[tokio::test]
+async fn https_trusts_the_system_roots_plus_ca_files_and_insecure_skips_checks() {
+    let ca = TestCa::new("plover test CA");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let (url, seen) = serve_https(
+        Arc::new(|req: &Seen| match req.target.as_str() {
+            "/api/v1/query" => (
+                200,
+                "application/json",
+                r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1700000000,"0.99"]}]}}"#.to_owned(),
+            ),
+            _ => (200, "application/json", r#"{"rate": 0.99}"#.to_owned()),
+        }),
+        &ca.server(),
+    )
+    .await;
+    assert!(url.starts_with("https://localhost:"), "{url}");
+    let prometheus = |insecure: bool| {
+        metric(&format!(
+            "- name: p\n  successCondition: result[0] >= 0.95\n  provider:\n    prometheus:\n      address: {url}\n      insecure: {insecure}\n      query: up\n"
+        ))
+    };
+    let web = |insecure: bool| {
+        metric(&format!(
+            "- name: w\n  successCondition: result >= 0.95\n  provider:\n    web:\n      url: {url}/health\n      insecure: {insecure}\n      jsonPath: '{{$.rate}}'\n"
+        ))
+    };
+    let trusting = Providers::new(Settings {
+        ca_files: vec![ca_file.clone()],
+        ..Default::default()
+    })
+    .unwrap();
+    let system_only = providers(None);
+    for m in [prometheus(false), web(false)] {
+        let out = measure(&trusting, &m, &SystemTime::now).await;
+        assert_eq!(out.phase, Phase::Successful, "{out:?}");
+        let out = measure(&system_only, &m, &SystemTime::now).await;
+        assert_eq!(out.phase, Phase::Error, "{out:?}");
+        let message = out.message.unwrap_or_default();
+        assert!(
+            message.contains("certificate") && message.contains("UnknownIssuer"),
+            "the cause is named: {message}"
+        );
+    }
+    for m in [prometheus(true), web(true)] {
+        let out = measure(&system_only, &m, &SystemTime::now).await;
+        assert_eq!(out.phase, Phase::Successful, "{out:?}");
+    }
+    // Two trusted measurements and two insecure ones reached the server.
+    assert_eq!(seen.lock().unwrap().len(), 4);
+
+    // A CA file that cannot be used is refused when the providers are built, by name.
+    let missing = Providers::new(Settings {
+        ca_files: vec![dir.path().join("nope.pem")],
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        missing.contains("--ca-file") && missing.contains("nope.pem"),
+        "{missing}"
+    );
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let refused = Providers::new(Settings {
+        ca_files: vec![not_pem],
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(refused.contains("expected PEM certificates"), "{refused}");
 }

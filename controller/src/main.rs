@@ -65,6 +65,8 @@ struct AnalyzeCmd {
     /// Plover exporter base URL for plover metrics without an address.
     #[arg(long, env = "PLOVER_EXPORTER_ADDRESS", value_name = "URL")]
     exporter: Option<String>,
+    #[command(flatten)]
+    tls: plover_controller::cli::commands::TlsArgs,
     /// text: a line per measurement and a summary; json: one document on stdout (progress on stderr).
     #[arg(long, short = 'o', value_enum, default_value_t = OutputArg::Text)]
     output: OutputArg,
@@ -144,6 +146,7 @@ fn options(cmd: AnalyzeCmd) -> Result<analyze::Options> {
             .ok()
             .filter(|s| !s.is_empty()),
         exporter: cmd.exporter,
+        ca_files: cmd.tls.ca_files,
         output: match cmd.output {
             OutputArg::Text => Output::Text,
             OutputArg::Json => Output::Json,

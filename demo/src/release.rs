@@ -314,6 +314,7 @@ pub async fn run(
             prometheus_override: None,
             prometheus_default: Some(stack.prometheus.url.clone()),
             exporter: Some(stack.exporter_url()),
+            ..Settings::default()
         },
         until_done: false,
         poll: RECONCILE_EVERY,

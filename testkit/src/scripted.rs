@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use plover_wire::stats::{RevisionStats, StatsResponse};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpListener,
 };
 
@@ -26,70 +26,174 @@ pub type Handler = Arc<dyn Fn(&Seen) -> (u16, &'static str, String) + Send + Syn
 
 /// Serves `handler` on a loopback port until the test's runtime ends; records every request.
 pub async fn serve(handler: Handler) -> (String, Arc<Mutex<Vec<Seen>>>) {
+    serve_on(handler, None).await
+}
+
+/// [`serve`] over https with `identity`'s certificate (see [`TestCa`]); the URL names
+/// `localhost`.
+pub async fn serve_https(
+    handler: Handler,
+    identity: &ServerIdentity,
+) -> (String, Arc<Mutex<Vec<Seen>>>) {
+    serve_on(handler, Some(identity.acceptor())).await
+}
+
+async fn serve_on(
+    handler: Handler,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (String, Arc<Mutex<Vec<Seen>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let port = listener.local_addr().unwrap().port();
+    let url = match tls {
+        Some(_) => format!("https://localhost:{port}"),
+        None => format!("http://127.0.0.1:{port}"),
+    };
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
+            let Ok((socket, _)) = listener.accept().await else {
                 return;
             };
-            let (handler, log) = (handler.clone(), log.clone());
+            let (handler, log, tls) = (handler.clone(), log.clone(), tls.clone());
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let header_end = loop {
-                    let n = socket.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
+                match tls {
+                    // A client that refuses the certificate ends the handshake: nothing to log.
+                    Some(tls) => {
+                        if let Ok(stream) = tls.accept(socket).await {
+                            answer(stream, handler, log).await;
+                        }
                     }
-                    buf.extend_from_slice(&chunk[..n]);
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
-                };
-                let head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
-                let mut lines = head.lines();
-                let mut first = lines.next().unwrap_or_default().split(' ');
-                let mut request = Seen {
-                    method: first.next().unwrap_or_default().to_owned(),
-                    target: first.next().unwrap_or_default().to_owned(),
-                    ..Default::default()
-                };
-                for line in lines {
-                    if let Some((k, v)) = line.split_once(':') {
-                        request
-                            .headers
-                            .push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-                    }
+                    None => answer(socket, handler, log).await,
                 }
-                let length: usize = request
-                    .headers
-                    .iter()
-                    .find(|(k, _)| k == "content-length")
-                    .and_then(|(_, v)| v.parse().ok())
-                    .unwrap_or(0);
-                while buf.len() < header_end + length {
-                    let n = socket.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        break;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                }
-                request.body = String::from_utf8_lossy(&buf[header_end..]).into_owned();
-                let (status, content_type, body) = handler(&request);
-                log.lock().unwrap().push(request);
-                let answer = format!(
-                    "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = socket.write_all(answer.as_bytes()).await;
-                let _ = socket.shutdown().await;
             });
         }
     });
     (url, seen)
+}
+
+/// Reads one request from `socket`, logs it and answers with `handler`.
+async fn answer(
+    mut socket: impl AsyncRead + AsyncWrite + Unpin,
+    handler: Handler,
+    log: Arc<Mutex<Vec<Seen>>>,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let header_end = loop {
+        let n = socket.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            return;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
+    let mut lines = head.lines();
+    let mut first = lines.next().unwrap_or_default().split(' ');
+    let mut request = Seen {
+        method: first.next().unwrap_or_default().to_owned(),
+        target: first.next().unwrap_or_default().to_owned(),
+        ..Default::default()
+    };
+    for line in lines {
+        if let Some((k, v)) = line.split_once(':') {
+            request
+                .headers
+                .push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+        }
+    }
+    let length: usize = request
+        .headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < header_end + length {
+        let n = socket.read(&mut chunk).await.unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    request.body = String::from_utf8_lossy(&buf[header_end..]).into_owned();
+    let (status, content_type, body) = handler(&request);
+    log.lock().unwrap().push(request);
+    let answer = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = socket.write_all(answer.as_bytes()).await;
+    let _ = socket.shutdown().await;
+}
+
+/// A certificate authority made for one test, and what it signs.
+pub struct TestCa {
+    /// The CA certificate, PEM: what a client is told to trust (`--ca-file`).
+    pub ca_pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+/// A server certificate (for `localhost` and 127.0.0.1) and its key.
+pub struct ServerIdentity {
+    certificate: rustls_pki::CertificateDer<'static>,
+    key: Vec<u8>,
+}
+
+use tokio_rustls::rustls::pki_types as rustls_pki;
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let certificate = params.self_signed(&key).unwrap();
+        TestCa {
+            ca_pem: certificate.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// Signs a certificate for `localhost` and 127.0.0.1.
+    pub fn server(&self) -> ServerIdentity {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "localhost");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let certificate = params.signed_by(&key, &self.issuer).unwrap();
+        ServerIdentity {
+            certificate: certificate.der().clone(),
+            key: key.serialize_der(),
+        }
+    }
+}
+
+impl ServerIdentity {
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![self.certificate.clone()],
+                rustls_pki::PrivateKeyDer::Pkcs8(self.key.clone().into()),
+            )
+            .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
 }
 
 /// A `/v1/stats` answer for bookinfo/reviews over 30 s: stable v1 900 requests (1 error),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use plover_wire::stats::{self, RevisionStats, StatsResponse};
 
-use super::{Outcome, ProviderError, Providers};
+use super::{error_chain, Outcome, ProviderError, Providers};
 use crate::{
     phase::Phase,
     template::{NoData, PloverQuantity, PloverSpec},
@@ -70,12 +70,12 @@ async fn fetch(
         .timeout(timeout)
         .send()
         .await
-        .map_err(|e| ProviderError::Transport(format!("Get \"{url}\": {e}")))?;
+        .map_err(|e| ProviderError::Transport(format!("Get \"{url}\": {}", error_chain(&e))))?;
     let status = response.status();
     let body = response
         .bytes()
         .await
-        .map_err(|e| ProviderError::Transport(e.to_string()))?;
+        .map_err(|e| ProviderError::Transport(error_chain(&e)))?;
     if !status.is_success() {
         return Err(ProviderError::Response(format!(
             "exporter returned HTTP status {status}: {}",

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
-use super::{Outcome, ProviderError, Providers};
+use super::{error_chain, Outcome, ProviderError, Providers};
 use crate::{
     template::PrometheusSpec,
     value::{format_float, Value},
@@ -192,15 +192,14 @@ pub(super) async fn query(
         }
         request = request.basic_auth(&basic.username, Some(&basic.password));
     }
-    let response = request
-        .send()
-        .await
-        .map_err(|e| ProviderError::Transport(format!("Post \"{endpoint}\": {e}")))?;
+    let response = request.send().await.map_err(|e| {
+        ProviderError::Transport(format!("Post \"{endpoint}\": {}", error_chain(&e)))
+    })?;
     let status = response.status();
     let body = response
         .bytes()
         .await
-        .map_err(|e| ProviderError::Transport(e.to_string()))?;
+        .map_err(|e| ProviderError::Transport(error_chain(&e)))?;
     let parsed: ApiResponse = serde_json::from_slice(&body).map_err(|_| {
         ProviderError::Response(format!(
             "server returned HTTP status {status}: {}",

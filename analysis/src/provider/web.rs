@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{jsonpath, Outcome, ProviderError, Providers};
+use super::{error_chain, jsonpath, Outcome, ProviderError, Providers};
 use crate::{template::WebSpec, value::Value};
 
 /// Argo's default web timeout.
@@ -65,7 +65,7 @@ pub(super) async fn query(providers: &Providers, spec: &WebSpec) -> Result<Outco
     let response = request
         .send()
         .await
-        .map_err(|e| ProviderError::Transport(e.to_string()))?;
+        .map_err(|e| ProviderError::Transport(error_chain(&e)))?;
     let status = response.status();
     if !status.is_success() {
         return Err(ProviderError::Response(format!(
@@ -73,10 +73,12 @@ pub(super) async fn query(providers: &Providers, spec: &WebSpec) -> Result<Outco
             status.as_u16()
         )));
     }
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| ProviderError::Transport(format!("Received no bytes in response: {e}")))?;
+    let body = response.bytes().await.map_err(|e| {
+        ProviderError::Transport(format!(
+            "Received no bytes in response: {}",
+            error_chain(&e)
+        ))
+    })?;
     parse_body(&body, &spec.json_path)
 }
 

@@ -42,6 +42,8 @@ pub struct Options {
     pub prometheus: Option<String>,
     pub prometheus_default: Option<String>,
     pub exporter: Option<String>,
+    /// CA certificates (PEM files) https trusts besides the system's.
+    pub ca_files: Vec<std::path::PathBuf>,
     pub output: Output,
     /// Stop (terminate) the run after this much wall time.
     pub duration: Option<Duration>,
@@ -265,6 +267,7 @@ async fn run_inner(
         prometheus_override: opts.prometheus.clone(),
         prometheus_default: opts.prometheus_default.clone(),
         exporter: opts.exporter.clone(),
+        ca_files: opts.ca_files.clone(),
     })?);
     let log: &mut (dyn Write + Send) = match opts.output {
         Output::Text => out,

@@ -57,8 +57,25 @@ pub struct ControllerArgs {
     /// Plover exporter for analysis metrics without an address.
     #[arg(long, env = "PLOVER_EXPORTER_ADDRESS")]
     exporter: Option<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
     #[arg(long, value_enum, env = "PLOVER_LOG_FORMAT", default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+/// How the providers' https is verified.
+#[derive(Args, Clone, Debug, Default)]
+pub struct TlsArgs {
+    /// PEM file of CA certificates that https providers (Prometheus, web, the exporter) trust
+    /// besides the system's roots (repeat, or comma-separate in PLOVER_CA_FILE). A metric's
+    /// `insecure: true` skips verification, as in Argo.
+    #[arg(
+        long = "ca-file",
+        env = "PLOVER_CA_FILE",
+        value_name = "PEM",
+        value_delimiter = ','
+    )]
+    pub ca_files: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -75,6 +92,8 @@ pub struct LocalArgs {
     /// Plover exporter for plover metrics without an address.
     #[arg(long, env = "PLOVER_EXPORTER_ADDRESS")]
     exporter: Option<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Exit at Healthy after a promotion (0), or at Degraded (1).
     #[arg(long)]
     until_done: bool,
@@ -150,11 +169,12 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
     }
 }
 
-/// Provider settings of the controller and local mode: the exporter flag, and Argo's
+/// Provider settings of the controller and local mode: the exporter and CA flags, and Argo's
 /// `ARGO_ROLLOUTS_PROMETHEUS_ADDRESS` for Prometheus metrics without an address.
-fn settings(exporter: Option<String>) -> Settings {
+fn settings(exporter: Option<String>, tls: TlsArgs) -> Settings {
     Settings {
         exporter,
+        ca_files: tls.ca_files,
         prometheus_default: std::env::var("ARGO_ROLLOUTS_PROMETHEUS_ADDRESS")
             .ok()
             .filter(|s| !s.is_empty()),
@@ -191,7 +211,7 @@ pub fn run(command: CanaryCommand) -> ExitCode {
                 lease_namespace: args.lease_namespace,
                 identity,
                 lease_duration: Duration::from_secs(args.lease_duration_seconds.max(3)),
-                settings: settings(args.exporter),
+                settings: settings(args.exporter, args.tls),
             };
             let Some(rt) = runtime() else {
                 return ExitCode::FAILURE;
@@ -206,7 +226,7 @@ pub fn run(command: CanaryCommand) -> ExitCode {
                 canary_file: args.file,
                 template_files: args.templates,
                 status_file: args.status_file,
-                settings: settings(args.exporter),
+                settings: settings(args.exporter, args.tls),
                 until_done: args.until_done,
                 poll: Duration::from_millis(args.poll_ms.max(10)),
             };
