@@ -152,6 +152,8 @@ pub struct Providers {
 
 /// The connection timeout of every provider request.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long [`Providers::reachable`] waits for an answer.
+const REACHABLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Providers {
     pub fn new(settings: Settings) -> Result<Self, ProviderError> {
@@ -226,6 +228,42 @@ impl Providers {
                 "{url}: unsupported scheme {other:?} (http or https)"
             ))),
         }
+    }
+
+    /// Where a metric's provider connects (`scheme://host:port`) and whether it checks
+    /// certificates there (`insecure`): `None` for a provider without an address (or with
+    /// one that is not a URL: its measurement will say so).
+    pub fn endpoint(&self, metric: &MetricSpec) -> Option<(String, bool)> {
+        let (address, insecure) = match &metric.provider {
+            ProviderSpec::Prometheus(spec) => (self.prometheus_address(spec)?, spec.insecure),
+            ProviderSpec::Web(spec) => (spec.url.clone(), spec.insecure),
+            ProviderSpec::Plover(spec) => (plover::address(self, spec).ok()?, false),
+            ProviderSpec::Unsupported { .. } => return None,
+        };
+        let url = reqwest::Url::parse(&address).ok()?;
+        let host = url.host_str()?;
+        let port = url.port_or_known_default()?;
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host.to_owned()
+        };
+        Some((format!("{}://{host}:{port}", url.scheme()), insecure))
+    }
+
+    /// Whether `endpoint` answers at all, as a measurement would reach it (name resolution,
+    /// connection, TLS): one `GET /`, whose status does not matter. What `plover analyze`
+    /// checks before a run, so that a wrong address or CA is reported at once with its cause
+    /// instead of after the retries of several measurements.
+    pub async fn reachable(&self, endpoint: &str, insecure: bool) -> Result<(), ProviderError> {
+        let client = self.client_for(endpoint, insecure)?;
+        client
+            .get(format!("{endpoint}/"))
+            .timeout(REACHABLE_TIMEOUT)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| ProviderError::Transport(format!("{endpoint}: {}", error_chain(&e))))
     }
 
     /// The address a prometheus metric will query, after overrides and defaults.

@@ -45,22 +45,80 @@ pub enum TemplateError {
     /// local`); each adds its own.
     #[error("templates[{index}]: template '{name}' is referenced but was not given")]
     MissingTemplate { index: usize, name: String },
-    #[error("args.{0} was not resolved")]
-    UnresolvedArg(String),
-    #[error("secret '{secret}' not found (outside a cluster supply it with --secret {secret}/{key}=VALUE or {env})")]
-    SecretNotFound {
-        secret: String,
-        key: String,
-        env: String,
-    },
-    #[error("args.{arg}: valueFrom.fieldRef '{path}' reads a Rollout; outside a cluster pass --arg {arg}=VALUE or --field '{path}=VALUE'")]
-    FieldRef { arg: String, path: String },
+    /// Every arg without a value, at once (one run tells all that is missing).
+    #[error("{}", unresolved_message(.0))]
+    Unresolved(Vec<Unresolved>),
     #[error("Unable to resolve metric arguments: {0}")]
     Substitution(String),
     #[error("Analysis spec invalid: metrics[{index}]: {message}")]
     InvalidMetric { index: usize, message: String },
     #[error("Analysis spec invalid: {0}")]
     InvalidSpec(String),
+}
+
+/// An arg left without a value, and what would give it one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unresolved {
+    /// No value, no valueFrom (Argo: `args.NAME was not resolved`).
+    Value { arg: String },
+    /// A `valueFrom.secretKeyRef` not supplied (`env`: the variable that can supply it).
+    Secret {
+        arg: String,
+        secret: String,
+        key: String,
+        env: String,
+    },
+    /// A `valueFrom.fieldRef`, which reads a Rollout.
+    Field { arg: String, path: String },
+}
+
+/// `args.service and args.namespace were not resolved (outside a cluster pass --arg
+/// service=VALUE --arg namespace=VALUE); secret …`.
+fn unresolved_message(missing: &[Unresolved]) -> String {
+    let mut parts = Vec::new();
+    let values: Vec<&str> = missing
+        .iter()
+        .filter_map(|u| match u {
+            Unresolved::Value { arg } => Some(arg.as_str()),
+            _ => None,
+        })
+        .collect();
+    if !values.is_empty() {
+        let names: Vec<String> = values.iter().map(|a| format!("args.{a}")).collect();
+        let flags: Vec<String> = values.iter().map(|a| format!("--arg {a}=VALUE")).collect();
+        let verb = if values.len() == 1 { "was" } else { "were" };
+        parts.push(format!(
+            "{} {verb} not resolved (outside a cluster pass {})",
+            join_and(&names),
+            flags.join(" ")
+        ));
+    }
+    for u in missing {
+        match u {
+            Unresolved::Value { .. } => {}
+            Unresolved::Secret {
+                arg,
+                secret,
+                key,
+                env,
+            } => parts.push(format!(
+                "args.{arg}: secret '{secret}' not found (outside a cluster supply it with --secret {secret}/{key}=VALUE or {env})"
+            )),
+            Unresolved::Field { arg, path } => parts.push(format!(
+                "args.{arg}: valueFrom.fieldRef '{path}' reads a Rollout; outside a cluster pass --arg {arg}=VALUE or --field '{path}=VALUE'"
+            )),
+        }
+    }
+    parts.join("; ")
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn join_and(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
 }
 
 /// One resource from a file.
@@ -334,43 +392,60 @@ fn substitute_json(
 pub fn resolve(spec: &AnalysisSpec, inputs: &ArgInputs) -> Result<Analysis, TemplateError> {
     let mut args = BTreeMap::new();
     let mut secret_values = Vec::new();
+    let mut missing = Vec::new();
     for arg in &spec.args {
+        let secret = arg
+            .value_from
+            .as_ref()
+            .and_then(|f| f.secret_key_ref.as_ref());
+        let field = arg.value_from.as_ref().and_then(|f| f.field_ref.as_ref());
         let value = if let Some(v) = inputs.values.get(&arg.name) {
             v.clone()
         } else if let Some(v) = &arg.value {
             v.clone()
-        } else if let Some(secret) = arg
-            .value_from
-            .as_ref()
-            .and_then(|f| f.secret_key_ref.as_ref())
-        {
-            let value = inputs
+        } else if let Some(secret) = secret {
+            match inputs
                 .secrets
                 .get(&(secret.name.clone(), secret.key.clone()))
-                .cloned()
-                .ok_or_else(|| TemplateError::SecretNotFound {
-                    secret: secret.name.clone(),
-                    key: secret.key.clone(),
-                    env: secret_env_var(&secret.name, &secret.key),
-                })?;
-            secret_values.push(value.clone());
-            value
-        } else if let Some(field) = arg.value_from.as_ref().and_then(|f| f.field_ref.as_ref()) {
-            inputs
-                .fields
-                .get(&field.field_path)
-                .cloned()
-                .ok_or_else(|| TemplateError::FieldRef {
-                    arg: arg.name.clone(),
-                    path: field.field_path.clone(),
-                })?
+            {
+                Some(value) => {
+                    secret_values.push(value.clone());
+                    value.clone()
+                }
+                None => {
+                    missing.push(Unresolved::Secret {
+                        arg: arg.name.clone(),
+                        secret: secret.name.clone(),
+                        key: secret.key.clone(),
+                        env: secret_env_var(&secret.name, &secret.key),
+                    });
+                    continue;
+                }
+            }
+        } else if let Some(field) = field {
+            match inputs.fields.get(&field.field_path) {
+                Some(value) => value.clone(),
+                None => {
+                    missing.push(Unresolved::Field {
+                        arg: arg.name.clone(),
+                        path: field.field_path.clone(),
+                    });
+                    continue;
+                }
+            }
         } else {
-            return Err(TemplateError::UnresolvedArg(arg.name.clone()));
+            missing.push(Unresolved::Value {
+                arg: arg.name.clone(),
+            });
+            continue;
         };
         args.insert(arg.name.clone(), value);
     }
+    if !missing.is_empty() {
+        return Err(TemplateError::Unresolved(missing));
+    }
     for name in inputs.values.keys() {
-        if !args.contains_key(name) {
+        if !spec.args.iter().any(|a| &a.name == name) {
             return Err(TemplateError::InvalidSpec(format!(
                 "--arg {name}: the template declares no arg named '{name}'"
             )));

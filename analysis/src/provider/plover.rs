@@ -20,7 +20,7 @@ use crate::{
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The exporter's address for `spec`.
-fn address(providers: &Providers, spec: &PloverSpec) -> Result<String, ProviderError> {
+pub(super) fn address(providers: &Providers, spec: &PloverSpec) -> Result<String, ProviderError> {
     if !spec.address.is_empty() {
         return Ok(spec.address.clone());
     }

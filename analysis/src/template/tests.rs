@@ -52,7 +52,11 @@ fn seed000_resolves_args_everywhere() {
         std::fs::read_to_string(seeds_dir().join("seed000-istio-success-rate.yaml")).unwrap();
     let spec = flatten(&load(&text).unwrap()).unwrap();
     let err = resolve(&spec, &ArgInputs::default()).unwrap_err();
-    assert_eq!(err.to_string(), "args.service was not resolved");
+    assert_eq!(
+        err.to_string(),
+        "args.service and args.namespace were not resolved (outside a cluster pass --arg \
+         service=VALUE --arg namespace=VALUE)"
+    );
     let inputs = ArgInputs {
         values: args(&[("service", "reviews"), ("namespace", "bookinfo")]),
         ..Default::default()
@@ -499,4 +503,44 @@ fn conditions_that_do_not_compile_are_an_invalid_spec_at_load() {
     // After argument substitution: a placeholder that resolves to valid syntax compiles.
     let yaml = "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: t}\nspec:\n  args: [{name: limit, value: '0.95'}]\n  metrics:\n  - name: m\n    successCondition: 'result >= {{args.limit}}'\n    provider: {web: {url: 'http://x'}}\n";
     assert!(one(yaml).is_ok());
+}
+
+#[test]
+fn every_missing_arg_is_named_at_once_with_what_supplies_it() {
+    let yaml = r#"
+apiVersion: argoproj.io/v1alpha1
+kind: AnalysisTemplate
+metadata: {name: t}
+spec:
+  args:
+  - name: service
+  - name: token
+    valueFrom: {secretKeyRef: {name: prom-auth, key: token}}
+  - name: env
+    valueFrom: {fieldRef: {fieldPath: "metadata.labels['env']"}}
+  - name: namespace
+  - name: given
+    value: x
+  metrics:
+  - name: m
+    provider: {web: {url: "http://x/{{args.service}}"}}
+"#;
+    let spec = flatten(&load(yaml).unwrap()).unwrap();
+    let err = resolve(&spec, &ArgInputs::default()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "args.service and args.namespace were not resolved (outside a cluster pass --arg \
+         service=VALUE --arg namespace=VALUE); args.token: secret 'prom-auth' not found (outside \
+         a cluster supply it with --secret prom-auth/token=VALUE or PLOVER_SECRET_PROM_AUTH_TOKEN); \
+         args.env: valueFrom.fieldRef 'metadata.labels['env']' reads a Rollout; outside a cluster \
+         pass --arg env=VALUE or --field 'metadata.labels['env']=VALUE'"
+    );
+    let one = ArgInputs {
+        values: args(&[("service", "a"), ("token", "t"), ("env", "prod")]),
+        ..Default::default()
+    };
+    assert_eq!(
+        resolve(&spec, &one).unwrap_err().to_string(),
+        "args.namespace was not resolved (outside a cluster pass --arg namespace=VALUE)"
+    );
 }

@@ -76,6 +76,45 @@ pub enum AnalyzeError {
     CannotMeasure(String),
     #[error("--time-scale must be a positive number")]
     TimeScale,
+    /// Checked before the run: Argo would retry these errors for several measurements.
+    #[error("cannot reach what the metrics query: {0}")]
+    Unreachable(String),
+}
+
+/// Connects once to every address the metrics will query, all at once; every one that
+/// cannot be reached (name resolution, connection, TLS) is reported with its cause and the
+/// metrics that use it.
+async fn check_reachable(
+    providers: &Arc<Providers>,
+    metrics: &[MetricSpec],
+) -> Result<(), AnalyzeError> {
+    let mut endpoints: Vec<((String, bool), Vec<&str>)> = Vec::new();
+    for metric in metrics {
+        let Some(endpoint) = providers.endpoint(metric) else {
+            continue;
+        };
+        match endpoints.iter_mut().find(|(e, _)| *e == endpoint) {
+            Some((_, names)) => names.push(&metric.name),
+            None => endpoints.push((endpoint, vec![&metric.name])),
+        }
+    }
+    let mut checks = tokio::task::JoinSet::new();
+    for (i, ((endpoint, insecure), _)) in endpoints.iter().enumerate() {
+        let (providers, endpoint, insecure) = (providers.clone(), endpoint.clone(), *insecure);
+        checks.spawn(async move { (i, providers.reachable(&endpoint, insecure).await) });
+    }
+    let mut failures = Vec::new();
+    while let Some(joined) = checks.join_next().await {
+        if let Ok((i, Err(error))) = joined {
+            failures.push((i, format!("metric {}: {error}", endpoints[i].1.join(", "))));
+        }
+    }
+    failures.sort();
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let failures: Vec<String> = failures.into_iter().map(|(_, f)| f).collect();
+    Err(AnalyzeError::Unreachable(failures.join("; ")))
 }
 
 /// The exit status for a final phase: 0 Successful, 1 Failed, 2 Inconclusive, 3 Error.
@@ -296,6 +335,7 @@ async fn run_inner(
             .collect();
         return Err(AnalyzeError::NothingToRun(reasons.join("; ")));
     }
+    check_reachable(&providers, &runnable).await?;
     if opts.time_scale != 1.0 {
         let _ = writeln!(
             log,
