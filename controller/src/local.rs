@@ -90,6 +90,18 @@ pub fn default_status_file(canary_file: &Path) -> PathBuf {
 }
 
 pub fn read_canary(path: &Path) -> Result<Canary, LocalError> {
+    let canary = read_any_canary(path)?;
+    if canary.spec.traffic_routing.envoy.is_none() {
+        return Err(LocalError::Spec(format!(
+            "{}: local mode needs spec.trafficRouting.envoy",
+            path.display()
+        )));
+    }
+    Ok(canary)
+}
+
+/// A Canary file of any routing: its kind checked, every field known.
+pub fn read_any_canary(path: &Path) -> Result<Canary, LocalError> {
     let text = std::fs::read_to_string(path).map_err(|e| file_err(path, e))?;
     // The kind first: an Argo Rollout parses as nothing useful and deserves its own answer.
     let raw: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| file_err(path, e))?;
@@ -128,13 +140,67 @@ pub fn read_canary(path: &Path) -> Result<Canary, LocalError> {
             format!("unknown field(s): {}", unknown.join(", ")),
         ));
     }
-    if canary.spec.traffic_routing.envoy.is_none() {
-        return Err(LocalError::Spec(format!(
-            "{}: local mode needs spec.trafficRouting.envoy",
-            path.display()
-        )));
-    }
     Ok(canary)
+}
+
+/// `plover lint`: everything wrong with a Canary and the templates it references, without a
+/// cluster: the file, the spec's own rules, each template file, and every analysis resolved
+/// against the given templates with placeholder revisions (secrets are not needed: their
+/// values only fill args), including metrics no provider here can measure. Empty: all good.
+pub fn lint(canary_file: &Path, template_files: &[PathBuf]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut templates = Vec::new();
+    for path in template_files {
+        match load_templates(std::slice::from_ref(path)) {
+            Ok(documents) => templates.extend(documents),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    let canary = match read_any_canary(canary_file) {
+        Ok(canary) => canary,
+        Err(e) => {
+            problems.push(e.to_string());
+            return problems;
+        }
+    };
+    if let Err(e) = crate::canary::validate(&canary.spec) {
+        problems.push(format!("{}: {e}", canary_file.display()));
+    }
+    let secrets: Secrets = resolve::secret_refs(&templates)
+        .into_iter()
+        .map(|reference| (reference, "(secret)".to_owned()))
+        .collect();
+    let providers = match plover_analysis::provider::Providers::new(Default::default()) {
+        Ok(providers) => providers,
+        Err(e) => {
+            problems.push(e.to_string());
+            return problems;
+        }
+    };
+    let Ok(object) = serde_json::to_value(&canary) else {
+        return problems;
+    };
+    let revisions = Revisions {
+        stable: "<stable-revision>",
+        canary: "<canary-revision>",
+    };
+    for (field, source) in canary.spec.named_analysis_sources() {
+        match resolve_local(&object, &source, &templates, &secrets, &revisions) {
+            Ok(analysis) => {
+                if let Err(refused) =
+                    plover_analysis::provider::runnable(&providers, &analysis.metrics)
+                {
+                    problems.push(format!("{}: {field}: {refused}", canary_file.display()));
+                }
+            }
+            Err(e @ TemplateError::MissingTemplate { .. }) => problems.push(format!(
+                "{}: {field}: {e} (pass it with another -t)",
+                canary_file.display()
+            )),
+            Err(e) => problems.push(format!("{}: {field}: {e}", canary_file.display())),
+        }
+    }
+    problems
 }
 
 pub fn read_status(path: &Path) -> Result<CanaryStatus, LocalError> {

@@ -34,7 +34,7 @@ Prometheus metrics without an address use ARGO_ROLLOUTS_PROMETHEUS_ADDRESS, as i
 See analysis/ANALYSIS.md for the semantics and every difference from Argo Rollouts."
     )]
     Analyze(AnalyzeCmd),
-    /// Canary commands: crd, controller, local, get, promote, abort, retry.
+    /// Canary commands: crd, controller, local, get, list, status, promote, abort, retry, set image, undo.
     #[command(flatten)]
     Canary(plover_controller::cli::commands::CanaryCommand),
 }

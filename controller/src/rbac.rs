@@ -127,9 +127,9 @@ pub const CLI: &[Rule] = &[
     Rule {
         group: "plover.dev",
         resource: "canaries",
-        verbs: &["get"],
+        verbs: &["get", "list"],
         scope: Scope::Cluster,
-        why: "kubectl::fetch (get) and kubectl::request (the Canary must exist)",
+        why: "kubectl::fetch (get), kubectl::status, kubectl::request and the edits (the Canary must exist); kubectl::list (list)",
     },
     Rule {
         group: "plover.dev",
@@ -141,9 +141,9 @@ pub const CLI: &[Rule] = &[
     Rule {
         group: "apps",
         resource: "deployments",
-        verbs: &["get"],
+        verbs: &["get", "patch"],
         scope: Scope::Cluster,
-        why: "kubectl::fetch: the stable and canary Deployments shown by get",
+        why: "kubectl::fetch and kubectl::status read the stable and canary Deployments; kubectl::set_image and kubectl::undo patch the canary Deployment's pod template",
     },
 ];
 
@@ -344,7 +344,7 @@ mod tests {
         assert!(required("GET", "/healthz", "").is_err());
         assert!(check(
             CLI,
-            "PATCH",
+            "DELETE",
             "/apis/apps/v1/namespaces/test/deployments/podinfo",
             ""
         )

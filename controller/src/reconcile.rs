@@ -576,6 +576,37 @@ async fn route(
     }
 }
 
+/// JSON patch operations that give `target` the pod template `source` (its spec and
+/// annotations; labels stay, the selector depends on them), guarded by `target`'s
+/// resourceVersion: promotion copies the canary's to stable, `undo` stable's to the canary.
+pub(crate) fn copy_template_ops(
+    source: &k8s_openapi::api::core::v1::PodTemplateSpec,
+    target: &Deployment,
+) -> Vec<Value> {
+    let mut ops = Vec::new();
+    if let Some(rv) = &target.metadata.resource_version {
+        ops.push(json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}));
+    }
+    ops.push(json!({"op": "add", "path": "/spec/template/spec", "value": source.spec}));
+    let annotations = |template: &k8s_openapi::api::core::v1::PodTemplateSpec| {
+        template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.clone())
+            .unwrap_or_default()
+    };
+    let target_template = target.spec.as_ref().map(|s| &s.template);
+    let wanted = annotations(source);
+    if target_template.map(annotations).unwrap_or_default() != wanted {
+        if target_template.is_none_or(|t| t.metadata.is_none()) {
+            ops.push(json!({"op": "add", "path": "/spec/template/metadata", "value": {"annotations": wanted}}));
+        } else {
+            ops.push(json!({"op": "add", "path": "/spec/template/metadata/annotations", "value": wanted}));
+        }
+    }
+    ops
+}
+
 /// Copies the canary's pod template (spec and annotations) to the stable Deployment, unless it
 /// already runs `revision`.
 async fn promote(
@@ -603,32 +634,7 @@ async fn promote(
             "the canary no longer runs revision {revision}"
         )));
     }
-    let mut ops = Vec::new();
-    if let Some(rv) = &stable.metadata.resource_version {
-        ops.push(json!({"op": "test", "path": "/metadata/resourceVersion", "value": rv}));
-    }
-    ops.push(
-        json!({"op": "add", "path": "/spec/template/spec", "value": canary_spec.template.spec}),
-    );
-    let annotations = canary_spec
-        .template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.annotations.clone())
-        .unwrap_or_default();
-    let stable_annotations = stable_spec
-        .template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.annotations.clone())
-        .unwrap_or_default();
-    if annotations != stable_annotations {
-        if stable_spec.template.metadata.is_none() {
-            ops.push(json!({"op": "add", "path": "/spec/template/metadata", "value": {"annotations": annotations}}));
-        } else {
-            ops.push(json!({"op": "add", "path": "/spec/template/metadata/annotations", "value": annotations}));
-        }
-    }
+    let ops = copy_template_ops(&canary_spec.template, stable);
     let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))?;
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
     api.patch(

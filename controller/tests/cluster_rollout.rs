@@ -4,12 +4,14 @@
 //!
 //! Each example (Istio subsets, Istio hosts, Gateway API) is installed as the README says; its
 //! Canary's analysis is a `web` metric on a loopback endpoint the test controls. A new canary
-//! image is rolled out: the controller sees the new revision, waits for the canary Deployment
+//! image is rolled out (`kubectl plover set image`, followed by `kubectl plover status` until
+//! Healthy): the controller sees the new revision, waits for the canary Deployment
 //! to be available, writes each weight into the real VirtualService or HTTPRoute (validated by
 //! the upstream CRD schema), runs the analysis step, pauses until `kubectl plover promote`,
 //! promotes by copying the pod template and waiting for the stable rollout, and records
 //! Events. A user's field and an out-of-band edit made during the rollout survive. A failing
-//! canary is rolled back; `kubectl plover retry`, `abort` and `promote --full` are exercised.
+//! canary is rolled back (`status` exits 1, `list` shows it Degraded, `undo` makes it Healthy);
+//! `kubectl plover retry`, `abort` and `promote --full` are exercised.
 //! The controller may never be refused (no 403).
 
 use std::process::{Command, Stdio};
@@ -24,7 +26,7 @@ use plover_testkit::scripted::{serve, Seen};
 mod support;
 use support::{
     canary_with_steps, cluster_with_base, events, eventually, install_example, jsonpath,
-    kubectl_plover, set_image, start_controller, watch_weights,
+    kubectl_plover, start_controller, watch_weights,
 };
 
 /// One of `manifests/examples/`, and what the test needs to know to watch it.
@@ -178,14 +180,20 @@ fn roll_out(
             "{.spec.template.spec.containers[0].image}",
         )
     };
+    // Releases as a user makes them: `kubectl plover set image` on the Canary.
     let release = |image: &str| {
-        set_image(
+        let done = kubectl_plover(
             cluster,
-            ns,
-            &format!("{name}-canary"),
-            example.container,
-            image,
+            &[
+                "set",
+                "image",
+                name,
+                &format!("{}={image}", example.container),
+                "-n",
+                ns,
+            ],
         );
+        assert!(done.contains("image set to"), "{done}");
     };
     let state = |want_phase: &str, want_weights: &str| {
         let (p, w) = (phase(), weights());
@@ -229,6 +237,16 @@ fn roll_out(
         .unwrap();
     let started = Instant::now();
     release(example.images[0]);
+    // And followed with `kubectl plover status` as a CI pipeline would: it waits through the
+    // pause until the promotion.
+    let status_output = cluster.dir().join(format!("{}-status.txt", example.dir));
+    let mut status_watch = Command::new(env!("CARGO_BIN_EXE_kubectl-plover"))
+        .args(["status", name, "-n", ns, "--timeout", "5m"])
+        .env("KUBECONFIG", &cluster.admin_kubeconfig)
+        .stdout(Stdio::from(std::fs::File::create(&status_output).unwrap()))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     eventually((cluster, ns), "weight 20", minute, controller, || {
         let w = weights();
         (w == "80 20").then_some(()).ok_or(w)
@@ -294,6 +312,13 @@ fn roll_out(
         (image == example.images[0]).then_some(()).ok_or(image)
     });
     let promoted = started.elapsed();
+    let status_exit = status_watch.wait().unwrap();
+    let statuses = std::fs::read_to_string(&status_output).unwrap();
+    assert_eq!(status_exit.code(), Some(0), "{statuses}");
+    assert!(
+        statuses.contains("Paused") && statuses.trim_end().ends_with("Healthy"),
+        "kubectl plover status printed:\n{statuses}"
+    );
     // The watch re-rendered the tree (every 2 s) as the rollout went: progressing, then
     // promoted.
     std::thread::sleep(Duration::from_millis(2500));
@@ -324,6 +349,23 @@ fn roll_out(
     assert!(recorded.contains("Warning AnalysisFailed"), "{recorded}");
     assert!(recorded.contains("Warning RolloutAborted"), "{recorded}");
     assert_eq!(stable_image(), example.images[0]);
+    // What a user sees of it: `status` ends at Degraded (exit 1), `list` shows it.
+    let (code, text) = kubectl_plover_exit(cluster, &["status", name, "-n", ns, "-t", "1m"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.starts_with("Degraded - "), "{text}");
+    let listed = kubectl_plover(cluster, &["list", "-n", ns]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(name) && l.contains("Degraded")),
+        "{listed}"
+    );
+    // `undo`: the canary Deployment runs stable's template again; Healthy, no new route write.
+    let undone = kubectl_plover(cluster, &["undo", name, "-n", ns]);
+    assert!(undone.contains("set back to stable's revision"), "{undone}");
+    let (code, text) = kubectl_plover_exit(cluster, &["status", name, "-n", ns, "-t", "1m"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(text.lines().last(), Some("Healthy"), "{text}");
 
     // Fixed: retry, abort by hand at the pause, retry, and promote past the pause with --full.
     healthy.store(true, Ordering::SeqCst);
@@ -403,6 +445,19 @@ fn roll_out(
         rolled_back,
         route_versions: versions.lines().count(),
     }
+}
+
+/// `kubectl plover ARGS`: its exit status and standard output.
+fn kubectl_plover_exit(cluster: &Cluster, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-plover"))
+        .args(args)
+        .env("KUBECONFIG", &cluster.admin_kubeconfig)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[test]

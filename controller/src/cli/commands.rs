@@ -33,6 +33,108 @@ pub enum CanaryCommand {
     Abort(TargetArgs),
     /// Start an aborted rollout over from the first step.
     Retry(TargetArgs),
+    /// List Canaries with their status, step, weight and revisions.
+    List(ListArgs),
+    /// Print a rollout's status (`Healthy`, `Degraded - why`, `Paused - why`…) and, with
+    /// --watch (the default), follow it until Healthy or Degraded.
+    ///
+    /// Exit status: 0 Healthy, 1 Degraded, 2 --timeout reached (or, without --watch, still in
+    /// progress), 3 the Canary could not be read.
+    Status(StatusArgs),
+    /// Set a container's image in the canary Deployment: a new revision to roll out.
+    Set(SetArgs),
+    /// Give the canary Deployment the stable Deployment's pod template back (abandons the
+    /// candidate; the rollout returns to Healthy).
+    Undo(TargetArgs),
+    /// Check a Canary file and the AnalysisTemplates it references, without a cluster: every
+    /// problem at once (exit 1), or nothing (exit 0).
+    Lint(LintArgs),
+}
+
+#[derive(Args)]
+pub struct LintArgs {
+    /// The Canary YAML.
+    #[arg(short = 'f', long = "file", value_name = "CANARY.yaml")]
+    file: PathBuf,
+    /// AnalysisTemplate files the Canary references (repeat).
+    #[arg(short = 't', long = "template", value_name = "TEMPLATE.yaml")]
+    templates: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    /// `canaries` (the only kind; may be omitted).
+    #[arg(value_parser = ["canary", "canaries", "pcan"])]
+    kind: Option<String>,
+    #[command(flatten)]
+    namespace: NamespaceArg,
+    /// Every namespace.
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// The Canary.
+    name: String,
+    #[command(flatten)]
+    namespace: NamespaceArg,
+    /// Follow the status until Healthy or Degraded (`--watch=false`: print it once).
+    #[arg(short = 'w', long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    watch: bool,
+    /// Give up watching after this long (Go duration: 90s, 5m, 1h30m; default: never).
+    #[arg(short = 't', long, value_name = "DURATION")]
+    timeout: Option<String>,
+}
+
+#[derive(Args)]
+pub struct SetArgs {
+    #[command(subcommand)]
+    what: SetCommand,
+}
+
+#[derive(Subcommand)]
+pub enum SetCommand {
+    /// `set image NAME CONTAINER=IMAGE` (`*=IMAGE` for every container).
+    Image {
+        /// The Canary.
+        name: String,
+        #[arg(value_name = "CONTAINER=IMAGE")]
+        image: String,
+        #[command(flatten)]
+        namespace: NamespaceArg,
+    },
+}
+
+/// `-n`: the namespace (default: the kubeconfig context's, as kubectl does).
+#[derive(Args, Clone, Debug, Default)]
+pub struct NamespaceArg {
+    /// Namespace (default: the kubeconfig context's, as kubectl).
+    #[arg(short = 'n', long = "namespace", env = "PLOVER_NAMESPACE")]
+    namespace: Option<String>,
+}
+
+impl NamespaceArg {
+    /// The namespace given, else the client's (the kubeconfig context's, or the pod's).
+    fn resolve(&self, client: &Client) -> String {
+        self.namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_owned())
+    }
+}
+
+/// How the user ran us: `kubectl plover` through the plugin, else `plover`.
+pub fn program() -> &'static str {
+    let invoked = std::env::args_os().next().unwrap_or_default();
+    let file = std::path::Path::new(&invoked)
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if file.starts_with("kubectl-") {
+        "kubectl plover"
+    } else {
+        "plover"
+    }
 }
 
 #[derive(Args)]
@@ -108,8 +210,8 @@ pub struct GetArgs {
     #[arg(value_parser = ["canary", "canaries", "pcan"])]
     kind: String,
     name: Option<String>,
-    #[arg(short = 'n', long, env = "PLOVER_NAMESPACE", default_value = "default")]
-    namespace: String,
+    #[command(flatten)]
+    namespace: NamespaceArg,
     /// Re-render every 2 s until Ctrl-C.
     #[arg(short = 'w', long)]
     watch: bool,
@@ -122,8 +224,8 @@ pub struct GetArgs {
 pub struct TargetArgs {
     /// The Canary (omit with --status-file).
     name: Option<String>,
-    #[arg(short = 'n', long, env = "PLOVER_NAMESPACE", default_value = "default")]
-    namespace: String,
+    #[command(flatten)]
+    namespace: NamespaceArg,
     /// Local mode: leave the request in this status file.
     #[arg(long)]
     status_file: Option<PathBuf>,
@@ -163,7 +265,7 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
     {
         Ok(rt) => Some(rt),
         Err(e) => {
-            eprintln!("plover: cannot start the runtime: {e}");
+            eprintln!("{}: cannot start the runtime: {e}", program());
             None
         }
     }
@@ -183,7 +285,7 @@ fn settings(exporter: Option<String>, tls: TlsArgs) -> Settings {
 }
 
 fn fail(what: &str, e: impl std::fmt::Display) -> ExitCode {
-    eprintln!("plover {what}: {e}");
+    eprintln!("{} {what}: {e}", program());
     ExitCode::FAILURE
 }
 
@@ -251,7 +353,174 @@ pub fn run(command: CanaryCommand) -> ExitCode {
         }
         CanaryCommand::Abort(target) => send(target, Request::Abort),
         CanaryCommand::Retry(target) => send(target, Request::Retry),
+        CanaryCommand::List(args) => list(args),
+        CanaryCommand::Lint(args) => {
+            let problems = local::lint(&args.file, &args.templates);
+            if problems.is_empty() {
+                println!("{}: ok", args.file.display());
+                return ExitCode::SUCCESS;
+            }
+            for problem in &problems {
+                println!("{problem}");
+            }
+            eprintln!("{} lint: {} problem(s)", program(), problems.len());
+            ExitCode::FAILURE
+        }
+        CanaryCommand::Status(args) => status(args),
+        CanaryCommand::Set(SetArgs {
+            what:
+                SetCommand::Image {
+                    name,
+                    image,
+                    namespace,
+                },
+        }) => {
+            let Some((container, image)) = image
+                .split_once('=')
+                .filter(|(c, i)| !c.is_empty() && !i.is_empty())
+            else {
+                return fail(
+                    "set image",
+                    format!("{image:?}: expected CONTAINER=IMAGE (or *=IMAGE)"),
+                );
+            };
+            let (container, image) = (container.to_owned(), image.to_owned());
+            edit(
+                "set image",
+                namespace,
+                move |client, namespace| async move {
+                    kubectl::set_image(client, &namespace, &name, &container, &image).await
+                },
+            )
+        }
+        CanaryCommand::Undo(target) => {
+            let Some(name) = target.name else {
+                return fail("undo", "name the Canary");
+            };
+            edit(
+                "undo",
+                target.namespace,
+                move |client, namespace| async move { kubectl::undo(client, &namespace, &name).await },
+            )
+        }
     }
+}
+
+/// Runs one edit with a client; prints what it did.
+fn edit<F, Fut>(what: &str, namespace: NamespaceArg, f: F) -> ExitCode
+where
+    F: FnOnce(Client, String) -> Fut,
+    Fut: std::future::Future<Output = Result<String, kubectl::KubectlError>>,
+{
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let result = rt.block_on(async {
+        let client = Client::try_default().await.map_err(|e| e.to_string())?;
+        let namespace = namespace.resolve(&client);
+        f(client, namespace).await.map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(what, e),
+    }
+}
+
+fn list(args: ListArgs) -> ExitCode {
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let result = rt.block_on(async {
+        let client = Client::try_default().await.map_err(|e| e.to_string())?;
+        let namespace = (!args.all_namespaces).then(|| args.namespace.resolve(&client));
+        kubectl::list(client, namespace.as_deref())
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(canaries) if canaries.is_empty() => {
+            println!("No canaries found.");
+            ExitCode::SUCCESS
+        }
+        Ok(canaries) => {
+            print!("{}", kubectl::render_list(&canaries, args.all_namespaces));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail("list", e),
+    }
+}
+
+/// Exit statuses of `status`.
+const STATUS_DEGRADED: u8 = 1;
+const STATUS_TIMED_OUT: u8 = 2;
+const STATUS_UNREADABLE: u8 = 3;
+
+fn status(args: StatusArgs) -> ExitCode {
+    let timeout = match args
+        .timeout
+        .as_deref()
+        .map(plover_analysis::duration::parse)
+    {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => {
+            eprintln!("{} status: --timeout: {e}", program());
+            return ExitCode::from(64);
+        }
+    };
+    let Some(rt) = runtime() else {
+        return ExitCode::from(STATUS_UNREADABLE);
+    };
+    rt.block_on(async {
+        let client = match Client::try_default().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{} status: {e}", program());
+                return ExitCode::from(STATUS_UNREADABLE);
+            }
+        };
+        let namespace = args.namespace.resolve(&client);
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut printed = String::new();
+        loop {
+            let status = match kubectl::status(client.clone(), &namespace, &args.name).await {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{} status: {e}", program());
+                    return ExitCode::from(STATUS_UNREADABLE);
+                }
+            };
+            // Like Argo's: a line each time the status changes.
+            let line = status.line();
+            if line != printed {
+                println!("{line}");
+                printed = line;
+            }
+            match status {
+                kubectl::RolloutStatus::Healthy => return ExitCode::SUCCESS,
+                kubectl::RolloutStatus::Degraded(_) => return ExitCode::from(STATUS_DEGRADED),
+                kubectl::RolloutStatus::InProgress(_) if !args.watch => {
+                    return ExitCode::from(STATUS_TIMED_OUT)
+                }
+                kubectl::RolloutStatus::InProgress(_) => {}
+            }
+            let next = tokio::time::Instant::now() + Duration::from_secs(1);
+            if deadline.is_some_and(|d| next > d) {
+                if let Some(d) = deadline {
+                    tokio::time::sleep_until(d).await;
+                }
+                eprintln!("{} status: --timeout reached while {printed}", program());
+                return ExitCode::from(STATUS_TIMED_OUT);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                _ = tokio::signal::ctrl_c() => return ExitCode::from(STATUS_TIMED_OUT),
+            }
+        }
+    })
 }
 
 fn send(target: TargetArgs, request: Request) -> ExitCode {
@@ -272,7 +541,8 @@ fn send(target: TargetArgs, request: Request) -> ExitCode {
     };
     let result: Result<String, String> = rt.block_on(async {
         let client = Client::try_default().await.map_err(|e| e.to_string())?;
-        kubectl::request(client, &target.namespace, &name, request)
+        let namespace = target.namespace.resolve(&client);
+        kubectl::request(client, &namespace, &name, request)
             .await
             .map_err(|e| e.to_string())
     });
@@ -323,7 +593,7 @@ fn get(args: GetArgs) -> ExitCode {
                     .map(|v| kubectl::render(&v))
                     .map_err(|e| e.to_string()),
                 (None, Some(client), Some(name)) => {
-                    kubectl::fetch(client.clone(), &args.namespace, name)
+                    kubectl::fetch(client.clone(), &args.namespace.resolve(client), name)
                         .await
                         .map(|v| kubectl::render(&v))
                         .map_err(|e| e.to_string())

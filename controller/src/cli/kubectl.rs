@@ -1,8 +1,11 @@
-//! `plover get canary|promote|abort|retry` (also installed as the kubectl plugin
-//! `kubectl-plover`): a status tree in the spirit of `kubectl argo rollouts get rollout`, and
-//! the requests the CLI leaves in the Canary's status for the controller to act on.
+//! `plover get canary|list|status|promote|abort|retry|set image|undo` (also installed as the
+//! kubectl plugin `kubectl-plover`): a status tree in the spirit of `kubectl argo rollouts get
+//! rollout`, a table of Canaries, a rollout's status for CI pipelines, the requests the CLI
+//! leaves in the Canary's status for the controller to act on, and the two edits of the canary
+//! Deployment a user makes (a new image; back to stable's template).
 //!
-//! The renderer is pure ([`render`]); [`fetch`] gathers its inputs.
+//! The renderers and the status verdict are pure ([`render`], [`render_list`],
+//! [`rollout_status`]); the `async` functions gather their inputs or make the edit.
 
 use std::fmt::Write as _;
 
@@ -19,7 +22,8 @@ use crate::{
         measurement::measurement_sentence, AnalysisPhase, AnalysisRunStatus, Canary, CanaryPhase,
         MetricStatus,
     },
-    observe::{workload_state, Exporter, TrafficSource},
+    observe::{template_revision, workload_state, Exporter, TrafficSource},
+    reconcile::copy_template_ops,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +32,9 @@ pub enum KubectlError {
     Kube(#[from] kube::Error),
     #[error("canary {0} not found")]
     NotFound(String),
+    /// The edit cannot be made; says why.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A request the CLI leaves for the controller.
@@ -75,12 +82,12 @@ pub async fn request(
     if api.get_opt(name).await?.is_none() {
         return Err(KubectlError::NotFound(name.to_owned()));
     }
-    let params = PatchParams {
-        field_manager: Some("plover-cli".to_owned()),
-        ..Default::default()
-    };
-    api.patch_status(name, &params, &Patch::Merge(request.status_patch()))
-        .await?;
+    api.patch_status(
+        name,
+        &cli_patch_params(),
+        &Patch::Merge(request.status_patch()),
+    )
+    .await?;
     Ok(request.done(name))
 }
 
@@ -121,6 +128,280 @@ pub async fn fetch(client: Client, namespace: &str, name: &str) -> Result<View, 
         canary_workload,
         stats,
     })
+}
+
+/// The Canaries of `namespace` (all namespaces with `None`), by namespace and name.
+pub async fn list(client: Client, namespace: Option<&str>) -> Result<Vec<Canary>, KubectlError> {
+    let api: Api<Canary> = match namespace {
+        Some(namespace) => Api::namespaced(client, namespace),
+        None => Api::all(client),
+    };
+    let mut canaries = api.list(&Default::default()).await?.items;
+    canaries.sort_by_key(|c| (c.namespace(), c.name_any()));
+    Ok(canaries)
+}
+
+/// The table `plover list` prints (with a NAMESPACE column for all namespaces).
+pub fn render_list(canaries: &[Canary], all_namespaces: bool) -> String {
+    let mut rows = vec![[
+        "NAMESPACE",
+        "NAME",
+        "STATUS",
+        "STEP",
+        "SET-WEIGHT",
+        "STABLE",
+        "CANARY",
+    ]
+    .map(str::to_owned)];
+    for c in canaries {
+        let status = c.status.clone().unwrap_or_default();
+        let steps = c.spec.steps.len();
+        let step = status.current_step_index.map_or_else(
+            || "-".to_owned(),
+            |i| format!("{}/{steps}", (i as usize).min(steps)),
+        );
+        rows.push([
+            c.namespace().unwrap_or_default(),
+            c.name_any(),
+            status
+                .phase
+                .map_or_else(|| "-".to_owned(), |p| p.as_str().to_owned()),
+            step,
+            status.desired_weight.to_string(),
+            status.stable_revision.unwrap_or_else(|| "-".to_owned()),
+            status.revision.unwrap_or_else(|| "-".to_owned()),
+        ]);
+    }
+    let skip = usize::from(!all_namespaces);
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = (skip..7)
+            .map(|i| format!("{:<width$}", row[i], width = widths[i]))
+            .collect();
+        let _ = writeln!(out, "{}", cells.join("  ").trim_end());
+    }
+    out
+}
+
+/// Where a rollout stands, for `plover status` and CI pipelines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RolloutStatus {
+    /// All traffic on stable, which runs the canary Deployment's current template.
+    Healthy,
+    /// Aborted or invalid, for the canary Deployment's current template.
+    Degraded(String),
+    /// Anything else: stepping, paused, promoting, or a change the controller has not acted
+    /// on yet. The text is `Phase - why`.
+    InProgress(String),
+}
+
+impl RolloutStatus {
+    /// The line `plover status` prints: `Healthy`, `Degraded - …`, `Paused - …`.
+    pub fn line(&self) -> String {
+        match self {
+            RolloutStatus::Healthy => "Healthy".to_owned(),
+            RolloutStatus::Degraded(why) => format!("Degraded - {why}"),
+            RolloutStatus::InProgress(what) => what.clone(),
+        }
+    }
+}
+
+/// The status of a Canary whose canary workload runs `canary_revision` (the template revision
+/// of the canary Deployment; in local mode, the spec's canary revision). A phase is believed
+/// only once the controller has seen the Canary's spec (observedGeneration) and the canary
+/// workload's template: right after `set image`, the old Healthy is not the answer.
+pub fn rollout_status(canary: &Canary, canary_revision: Option<&str>) -> RolloutStatus {
+    let status = canary.status.clone().unwrap_or_default();
+    let with_message = |phase: &str| match status.message.as_deref() {
+        Some(message) if !message.is_empty() => format!("{phase} - {message}"),
+        _ => phase.to_owned(),
+    };
+    let generation = canary.metadata.generation;
+    if generation.is_some() && status.observed_generation < generation {
+        return RolloutStatus::InProgress(
+            "Progressing - waiting for the controller to observe the Canary's spec".to_owned(),
+        );
+    }
+    let seen = |revision: &Option<String>| match canary_revision {
+        Some(current) => revision.as_deref() == Some(current),
+        None => true,
+    };
+    match status.phase {
+        Some(CanaryPhase::Healthy) if seen(&status.stable_revision) => RolloutStatus::Healthy,
+        Some(CanaryPhase::Degraded) if seen(&status.revision) => RolloutStatus::Degraded(
+            status
+                .message
+                .clone()
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| "aborted".to_owned()),
+        ),
+        Some(CanaryPhase::Healthy | CanaryPhase::Degraded) => RolloutStatus::InProgress(format!(
+            "Progressing - waiting for the controller to start revision {}",
+            canary_revision.unwrap_or("?")
+        )),
+        Some(phase) => RolloutStatus::InProgress(with_message(phase.as_str())),
+        None => RolloutStatus::InProgress(
+            "Progressing - the controller has not written a status yet".to_owned(),
+        ),
+    }
+}
+
+/// [`rollout_status`] of a Canary in the cluster.
+pub async fn status(
+    client: Client,
+    namespace: &str,
+    name: &str,
+) -> Result<RolloutStatus, KubectlError> {
+    let canaries: Api<Canary> = Api::namespaced(client.clone(), namespace);
+    let canary = canaries
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| KubectlError::NotFound(name.to_owned()))?;
+    let revision = if canary.spec.traffic_routing.envoy.is_some() {
+        Some(canary.spec.workload.canary.clone())
+    } else {
+        let deployments: Api<Deployment> = Api::namespaced(client, namespace);
+        deployments
+            .get_opt(&canary.spec.workload.canary)
+            .await?
+            .and_then(|d| d.spec)
+            .map(|s| template_revision(&s.template))
+    };
+    Ok(rollout_status(&canary, revision.as_deref()))
+}
+
+/// The canary Deployment of a cluster Canary, and the API to edit it.
+async fn canary_deployment(
+    client: Client,
+    namespace: &str,
+    name: &str,
+) -> Result<(Canary, Api<Deployment>, Deployment), KubectlError> {
+    let canaries: Api<Canary> = Api::namespaced(client.clone(), namespace);
+    let canary = canaries
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| KubectlError::NotFound(name.to_owned()))?;
+    if canary.spec.traffic_routing.envoy.is_some() {
+        return Err(KubectlError::Refused(format!(
+            "canary {name} routes a local Envoy: its workloads are revision names, edit              spec.workload in its file"
+        )));
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client, namespace);
+    let deployment_name = canary.spec.workload.canary.clone();
+    let deployment = deployments
+        .get_opt(&deployment_name)
+        .await?
+        .ok_or_else(|| {
+            KubectlError::Refused(format!(
+                "canary {name}: its canary Deployment {deployment_name} does not exist"
+            ))
+        })?;
+    Ok((canary, deployments, deployment))
+}
+
+fn cli_patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some("plover-cli".to_owned()),
+        ..Default::default()
+    }
+}
+
+/// `set image NAME CONTAINER=IMAGE` (`*=IMAGE`: every container): a new pod template for the
+/// canary Deployment, which the controller rolls out as a new revision.
+pub async fn set_image(
+    client: Client,
+    namespace: &str,
+    name: &str,
+    container: &str,
+    image: &str,
+) -> Result<String, KubectlError> {
+    let (_, deployments, deployment) = canary_deployment(client, namespace, name).await?;
+    let pod = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref());
+    let names = |list: Option<&Vec<k8s_openapi::api::core::v1::Container>>| -> Vec<String> {
+        list.map(|l| l.iter().map(|c| c.name.clone()).collect())
+            .unwrap_or_default()
+    };
+    let containers = names(pod.map(|p| &p.containers));
+    let init = names(pod.and_then(|p| p.init_containers.as_ref()));
+    let set = |list: &[String], wanted: &str| -> Vec<serde_json::Value> {
+        list.iter()
+            .filter(|n| wanted == "*" || n.as_str() == wanted)
+            .map(|n| json!({"name": n, "image": image}))
+            .collect()
+    };
+    let (main, init_set) = (set(&containers, container), set(&init, container));
+    if main.is_empty() && init_set.is_empty() {
+        return Err(KubectlError::Refused(format!(
+            "deployment {}: no container named {container:?} (it has {})",
+            deployment.name_any(),
+            containers
+                .iter()
+                .chain(&init)
+                .map(|c| format!("{c:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let mut pod_patch = serde_json::Map::new();
+    if !main.is_empty() {
+        pod_patch.insert("containers".into(), main.into());
+    }
+    if !init_set.is_empty() {
+        pod_patch.insert("initContainers".into(), init_set.into());
+    }
+    let patch = json!({"spec": {"template": {"spec": pod_patch}}});
+    deployments
+        .patch(
+            &deployment.name_any(),
+            &cli_patch_params(),
+            &Patch::Strategic(patch),
+        )
+        .await?;
+    Ok(format!(
+        "canary '{name}': deployment '{}' container {container:?} image set to {image}",
+        deployment.name_any()
+    ))
+}
+
+/// `undo NAME`: the canary Deployment gets the stable Deployment's pod template back, which
+/// abandons the candidate (the rollout returns to Healthy on stable's revision).
+pub async fn undo(client: Client, namespace: &str, name: &str) -> Result<String, KubectlError> {
+    let (canary, deployments, deployment) = canary_deployment(client, namespace, name).await?;
+    let stable_name = &canary.spec.workload.stable;
+    let stable = deployments.get_opt(stable_name).await?.ok_or_else(|| {
+        KubectlError::Refused(format!(
+            "canary {name}: its stable Deployment {stable_name} does not exist"
+        ))
+    })?;
+    let (Some(stable_spec), Some(canary_spec)) = (&stable.spec, &deployment.spec) else {
+        return Err(KubectlError::Refused("a Deployment has no spec".to_owned()));
+    };
+    let stable_revision = template_revision(&stable_spec.template);
+    if template_revision(&canary_spec.template) == stable_revision {
+        return Ok(format!(
+            "canary '{name}': nothing to undo, the canary Deployment already runs stable's revision {stable_revision}"
+        ));
+    }
+    let ops = copy_template_ops(&stable_spec.template, &deployment);
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
+        .map_err(|e| KubectlError::Refused(format!("building the patch: {e}")))?;
+    deployments
+        .patch(
+            &deployment.name_any(),
+            &cli_patch_params(),
+            &Patch::Json::<()>(patch),
+        )
+        .await?;
+    Ok(format!(
+        "canary '{name}': deployment '{}' set back to stable's revision {stable_revision}",
+        deployment.name_any()
+    ))
 }
 
 fn phase_icon(phase: Option<CanaryPhase>) -> &'static str {
@@ -408,6 +689,73 @@ mod tests {
 
     use super::*;
     use crate::canary::CanaryStatus;
+
+    #[test]
+    fn status_believes_a_phase_only_for_the_revision_the_canary_deployment_runs() {
+        let mut canary = view().canary;
+        canary.metadata.generation = Some(3);
+        let set = |canary: &mut Canary, phase, message: &str, generation| {
+            let status = canary.status.as_mut().unwrap();
+            status.phase = Some(phase);
+            status.message = Some(message.to_owned());
+            status.observed_generation = Some(generation);
+        };
+        // Stepping: the phase and the controller's message.
+        set(&mut canary, CanaryPhase::Paused, "paused at step 2/3", 3);
+        assert_eq!(
+            rollout_status(&canary, Some("9f8e7d6c5b")).line(),
+            "Paused - paused at step 2/3"
+        );
+        // Healthy on stable's revision; but not right after `set image` (a revision the
+        // controller has not started), nor before it saw the spec.
+        set(&mut canary, CanaryPhase::Healthy, "", 3);
+        assert_eq!(
+            rollout_status(&canary, Some("1a2b3c4d5e")),
+            RolloutStatus::Healthy
+        );
+        assert_eq!(
+            rollout_status(&canary, Some("0000000000")).line(),
+            "Progressing - waiting for the controller to start revision 0000000000"
+        );
+        set(&mut canary, CanaryPhase::Healthy, "", 2);
+        assert!(matches!(
+            rollout_status(&canary, Some("1a2b3c4d5e")),
+            RolloutStatus::InProgress(_)
+        ));
+        // Degraded for the aborted revision only.
+        set(&mut canary, CanaryPhase::Degraded, "analysis failed", 3);
+        assert_eq!(
+            rollout_status(&canary, Some("9f8e7d6c5b")).line(),
+            "Degraded - analysis failed"
+        );
+        assert!(matches!(
+            rollout_status(&canary, Some("1a2b3c4d5e")),
+            RolloutStatus::InProgress(_)
+        ));
+        canary.status = None;
+        assert!(matches!(
+            rollout_status(&canary, None),
+            RolloutStatus::InProgress(_)
+        ));
+    }
+
+    #[test]
+    fn list_is_a_table_with_a_namespace_column_for_all_namespaces() {
+        let a = view().canary;
+        let mut b = view().canary;
+        b.metadata.name = Some("reviews".into());
+        b.metadata.namespace = Some("bookinfo".into());
+        b.status = None;
+        assert_eq!(
+            render_list(&[a.clone(), b.clone()], false),
+            "NAME     STATUS       STEP  SET-WEIGHT  STABLE      CANARY\n\
+             podinfo  Progressing  1/3   20          1a2b3c4d5e  9f8e7d6c5b\n\
+             reviews  -            -     0           -           -\n"
+        );
+        let all = render_list(&[a, b], true);
+        assert!(all.starts_with("NAMESPACE  NAME"), "{all}");
+        assert!(all.contains("bookinfo   reviews"), "{all}");
+    }
 
     fn view() -> View {
         let canary: Canary = serde_json::from_value(json!({
