@@ -157,9 +157,7 @@ const REACHABLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Providers {
     pub fn new(settings: Settings) -> Result<Self, ProviderError> {
-        // rustls needs a process-wide crypto provider; ring is the one kube already uses.
-        // (Already installed, by an earlier call or by the embedding program, is fine.)
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_tls_provider();
         let extra_roots = read_ca_files(&settings.ca_files)?;
         let builder = || reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
         let built = |client: reqwest::Result<reqwest::Client>| {
@@ -274,6 +272,13 @@ impl Providers {
             .or_else(|| (!spec.address.is_empty()).then(|| spec.address.clone()))
             .or_else(|| self.settings.prometheus_default.clone())
     }
+}
+
+/// Makes https usable by reqwest in this process: rustls needs a process-wide crypto
+/// provider, and ring is the one kube already uses. Already installed (by an earlier call or by
+/// the embedding program) is fine.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// The certificates of every PEM file, each file read once with a clear error.

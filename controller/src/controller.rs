@@ -52,6 +52,8 @@ pub struct Options {
     pub lease_duration: Duration,
     /// Provider settings for analysis runs.
     pub settings: Settings,
+    /// Notification targets of every Canary (`--notify`).
+    pub notify: Vec<crate::notify::Target>,
 }
 
 pub async fn run(opts: Options) -> Result<(), ControllerError> {
@@ -95,6 +97,10 @@ pub async fn run(opts: Options) -> Result<(), ControllerError> {
         traffic: Arc::new(Exporter::new().map_err(ControllerError::Setup)?),
         metrics,
         now: Arc::new(Timestamp::now),
+        notifier: crate::notify::Notifier::new(
+            opts.notify.clone(),
+            crate::notify::RetryPolicy::default(),
+        ),
     });
     let controller = reconcile::run(ctx, opts.namespace.clone());
     if opts.leader_elect {

@@ -1,11 +1,13 @@
 //! Carries out a [`Decision`] in either mode. The order and the bookkeeping (which runs to keep,
 //! which revisions an analysis compares, writing the status only when it changed) live here once;
 //! each mode implements only its [`Rim`]: the API server (`reconcile`) or files and Envoy
-//! (`local`).
+//! (`local`). Phase changes are told ([`crate::notify`]) once the status that records them is
+//! written.
 
 use crate::canary::{
     Action, AnalysisKind, AnalysisRunStatus, AnalysisSource, CanaryStatus, Decision,
 };
+use crate::notify::{self, Change, NotifiedEvent};
 
 /// The revisions an analysis started now compares, as its templates' `podTemplateHashValue`
 /// and the `…VsStable` judges see them.
@@ -64,6 +66,15 @@ pub(crate) trait Rim {
         read: &CanaryStatus,
         status: &CanaryStatus,
     ) -> Result<(), Self::Error>;
+    /// Tells the notification targets about `change` (written: told once). Must not wait for
+    /// the deliveries.
+    async fn notify(
+        &mut self,
+        change: Change,
+        previous: &CanaryStatus,
+        status: &CanaryStatus,
+        events: Vec<NotifiedEvent>,
+    );
 }
 
 /// Applies `decision`, made on `previous`: its actions in order, then the whole new status.
@@ -101,6 +112,27 @@ pub(crate) async fn execute<R: Rim>(
     rim.retain_analyses(&decision.status.analysis_runs_in_use());
     if decision.status != *previous {
         rim.write_status(previous, &decision.status).await?;
+        // Only once the status is written: a decision whose write lost a race (another
+        // replica, an edit) is made again, and told then.
+        for change in notify::changes(previous, &decision.status) {
+            let events = decision
+                .actions
+                .iter()
+                .filter_map(|action| match action {
+                    Action::Event {
+                        warning,
+                        reason,
+                        message,
+                    } => Some(NotifiedEvent {
+                        kind: if *warning { "Warning" } else { "Normal" },
+                        reason: (*reason).to_owned(),
+                        message: message.clone(),
+                    }),
+                    _ => None,
+                })
+                .collect();
+            rim.notify(change, previous, &decision.status, events).await;
+        }
     }
     Ok(())
 }

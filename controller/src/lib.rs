@@ -23,6 +23,7 @@ mod execute;
 pub mod lease;
 pub mod local;
 pub mod metrics;
+pub mod notify;
 pub mod observe;
 pub mod rbac;
 pub mod reconcile;

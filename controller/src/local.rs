@@ -25,6 +25,7 @@ use plover_analysis::{
     template::{self, secret_env_var, Analysis, Document, Secrets, TemplateError},
 };
 
+use crate::notify::{Change, Notification, NotifiedEvent, Notifier, RetryPolicy};
 use crate::{
     canary::{
         decide, resolve, AnalysisKind, AnalysisRunStatus, AnalysisSource, Canary, CanaryPhase,
@@ -67,6 +68,8 @@ pub struct Options {
     pub until_done: bool,
     /// Longest sleep between two decisions.
     pub poll: Duration,
+    /// Notification targets besides the Canary's own (`--notify`).
+    pub notify: Vec<crate::notify::Target>,
 }
 
 /// How a `--until-done` run ended.
@@ -367,6 +370,7 @@ pub struct LocalController {
     /// The last spec read that parsed (a half-written edit keeps it).
     canary: Canary,
     last_line: String,
+    notifier: Notifier,
 }
 
 impl LocalController {
@@ -401,6 +405,7 @@ impl LocalController {
             exporter,
             canary,
             last_line: String::new(),
+            notifier: Notifier::new(opts.notify.clone(), RetryPolicy::default()),
         })
     }
 
@@ -482,6 +487,7 @@ impl LocalController {
             out: &mut *out,
             events: Vec::new(),
             conflict: false,
+            notifier: &self.notifier,
         };
         execute(&decision, &status, &mut rim).await?;
         let (events, conflict) = (rim.events, rim.conflict);
@@ -565,6 +571,7 @@ struct LocalRim<'a> {
     events: Vec<Event>,
     /// The status file changed since it was read; nothing was written.
     conflict: bool,
+    notifier: &'a Notifier,
 }
 
 /// The Envoy routing `read_canary` made sure of.
@@ -654,14 +661,57 @@ impl Rim for LocalRim<'_> {
         }
         write_status(self.status_file, status)
     }
+
+    async fn notify(
+        &mut self,
+        change: Change,
+        previous: &CanaryStatus,
+        status: &CanaryStatus,
+        events: Vec<NotifiedEvent>,
+    ) {
+        if self.conflict {
+            return;
+        }
+        // Local mode reads secrets from the environment, as for templates.
+        let (targets, problems) =
+            crate::notify::resolve_targets(&self.canary.spec.notifications, |name, key| {
+                let value = std::env::var(secret_env_var(&name, &key)).ok();
+                async move { value }
+            })
+            .await;
+        for problem in problems {
+            let _ = writeln!(self.out, "WARN {problem}");
+        }
+        let notification = Notification::new(
+            self.canary,
+            change,
+            previous,
+            status,
+            events,
+            Timestamp::now().to_string(),
+        );
+        self.notifier.send(&targets, &notification);
+    }
 }
 
 /// Runs the local controller (`plover local`); returns only with `until_done` (or on an error).
 pub async fn run(opts: Options, out: &mut (dyn Write + Send)) -> Result<Outcome, LocalError> {
-    LocalController::new(&opts)?
-        .run_observed(opts.until_done, out, |_| {})
-        .await
+    let controller = LocalController::new(&opts)?;
+    let notifier = controller.notifier.clone();
+    let outcome = controller.run_observed(opts.until_done, out, |_| {}).await;
+    // The last phase change's messages may still be on their way (a receiver that is down is
+    // retried for about 25 s).
+    if !notifier.flush(NOTIFY_FLUSH).await {
+        let _ = writeln!(
+            out,
+            "WARN notifications still undelivered after {NOTIFY_FLUSH:?}"
+        );
+    }
+    outcome
 }
+
+/// How long `run` waits at its end for notifications in flight.
+const NOTIFY_FLUSH: Duration = Duration::from_secs(40);
 
 /// Per-revision weights the routes file holds, for `plover get --local`.
 pub fn routed(canary: &Canary, status: &CanaryStatus) -> Result<BTreeMap<String, i64>, LocalError> {
@@ -706,6 +756,7 @@ mod tests {
             settings: Settings::default(),
             until_done: true,
             poll: Duration::from_millis(20),
+            notify: Vec::new(),
         }
     }
 
@@ -860,6 +911,7 @@ mod tests {
             out: &mut out,
             events: Vec::new(),
             conflict: false,
+            notifier: &Notifier::new(Vec::new(), RetryPolicy::default()),
         };
         execute(&decision, &read, &mut rim).await.unwrap();
         assert!(rim.conflict, "the pass must decide again");

@@ -102,6 +102,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The clock (tests pin it).
     pub now: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+    /// Phase-change messages (`--notify` and each Canary's `spec.notifications`).
+    pub notifier: crate::notify::Notifier,
 }
 
 fn api_resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
@@ -506,6 +508,39 @@ impl Rim for ClusterRim<'_> {
         status: &CanaryStatus,
     ) -> Result<(), ReconcileError> {
         write_status(self.ctx, self.canary, self.key, status).await
+    }
+
+    async fn notify(
+        &mut self,
+        change: crate::notify::Change,
+        previous: &CanaryStatus,
+        status: &CanaryStatus,
+        events: Vec<crate::notify::NotifiedEvent>,
+    ) {
+        let namespace = &self.key.0;
+        let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), namespace);
+        let (targets, problems) =
+            crate::notify::resolve_targets(&self.canary.spec.notifications, |name, key| {
+                let secrets = secrets.clone();
+                async move {
+                    let secret = secrets.get_opt(&name).await.ok().flatten()?;
+                    let value = secret.data?.get(&key)?.0.clone();
+                    Some(String::from_utf8_lossy(&value).into_owned())
+                }
+            })
+            .await;
+        for problem in problems {
+            warn!(canary = %self.key.1, namespace = %namespace, %problem, "Notification target left out.");
+        }
+        let notification = crate::notify::Notification::new(
+            self.canary,
+            change,
+            previous,
+            status,
+            events,
+            (self.ctx.now)().to_string(),
+        );
+        self.ctx.notifier.send(&targets, &notification);
     }
 }
 

@@ -11,12 +11,13 @@
 //! promotes by copying the pod template and waiting for the stable rollout, and records
 //! Events. A user's field and an out-of-band edit made during the rollout survive. A failing
 //! canary is rolled back (`status` exits 1, `list` shows it Degraded, `undo` makes it Healthy);
-//! `kubectl plover retry`, `abort` and `promote --full` are exercised.
+//! `kubectl plover retry`, `abort` and `promote --full` are exercised. A webhook whose URL is in
+//! a Secret is told each phase change, in order.
 //! The controller may never be refused (no 403).
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use plover_testkit::cluster::Cluster;
@@ -116,9 +117,10 @@ const EXAMPLES: [Example; 3] = [
 ];
 
 /// The test's Canary for `example`: the example's own workload and routing, with steps
-/// 20% → an analysis of the web endpoint → 60% → a pause until `kubectl plover promote`.
+/// 20% → an analysis of the web endpoint → 60% → a pause until `kubectl plover promote`, and a
+/// webhook told of each phase change whose URL is in the Secret `plover-notify`.
 fn canary(example_canary: &str) -> String {
-    serde_json::to_string(&canary_with_steps(
+    let mut canary = canary_with_steps(
         example_canary,
         serde_json::json!([
             {"setWeight": 20},
@@ -126,8 +128,18 @@ fn canary(example_canary: &str) -> String {
             {"setWeight": 60},
             {"pause": {}}
         ]),
-    ))
-    .unwrap()
+    );
+    canary["spec"]["notifications"] = serde_json::json!([
+        {"type": "webhook", "urlFrom": {"secretKeyRef": {"name": "plover-notify", "key": "url"}}}
+    ]);
+    serde_json::to_string(&canary).unwrap()
+}
+
+/// The Secret holding the notification URL of `namespace`'s Canary.
+fn notify_secret(namespace: &str, url: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: plover-notify, namespace: {namespace}}}\nstringData: {{url: '{url}/notify/{namespace}'}}\n"
+    )
 }
 
 fn analysis_template(namespace: &str, url: &str) -> String {
@@ -169,6 +181,7 @@ fn roll_out(
     example: &Example,
     url: &str,
     healthy: &AtomicBool,
+    seen: &Mutex<Vec<Seen>>,
 ) -> Timeline {
     let (ns, name) = (example.namespace, example.name);
     let get = |kind_name: &str, path: &str| jsonpath(cluster, ns, kind_name, path);
@@ -207,6 +220,7 @@ fn roll_out(
     healthy.store(true, Ordering::SeqCst);
     let example_canary = install_example(cluster, example.dir, ns);
     cluster.apply(&analysis_template(ns, url)).unwrap();
+    cluster.apply(&notify_secret(ns, url)).unwrap();
     cluster.kubectl_ok(&[
         "patch",
         example.route,
@@ -406,6 +420,50 @@ fn roll_out(
         },
     );
 
+    // The webhook, its URL read from the Secret, was told every phase change in order.
+    let told = [
+        "progressing",
+        "paused",
+        "promoted",
+        "progressing",
+        "rolled-back",
+        "healthy",
+        "progressing",
+        "paused",
+        "aborted",
+        "progressing",
+        "promoted",
+    ];
+    let notified = || -> Vec<String> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.target == format!("/notify/{ns}"))
+            .filter_map(|s| serde_json::from_str::<serde_json::Value>(&s.body).ok())
+            .filter_map(|b| b["event"].as_str().map(str::to_owned))
+            .collect()
+    };
+    eventually(
+        (cluster, ns),
+        "the notifications",
+        minute,
+        controller,
+        || {
+            let events = notified();
+            let mut wanted = told.iter().peekable();
+            for event in &events {
+                if wanted.peek().is_some_and(|w| *w == event) {
+                    wanted.next();
+                }
+            }
+            wanted
+                .peek()
+                .is_none()
+                .then_some(())
+                .ok_or(format!("{events:?}"))
+        },
+    );
+
     let _ = watch.kill();
     let _ = watch.wait();
     let versions = std::fs::read_to_string(&route_log).unwrap();
@@ -476,10 +534,15 @@ fn every_example_rolls_out_promotes_and_rolls_back_on_a_real_api_server() {
     let mut controller = start_controller(&cluster, "plover-a", &[]);
     let timelines: Vec<Timeline> = EXAMPLES
         .iter()
-        .map(|example| roll_out(&cluster, &mut controller, example, &url, &healthy))
+        .map(|example| roll_out(&cluster, &mut controller, example, &url, &healthy, &seen))
         .collect();
 
-    let measured = seen.lock().unwrap().len();
+    let measured = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.target == "/health")
+        .count();
     assert!(
         measured >= 6,
         "the analysis endpoint saw {measured} requests"

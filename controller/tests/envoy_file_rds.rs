@@ -307,6 +307,7 @@ fn local_options(
         settings: plover_analysis::provider::Settings::default(),
         until_done: true,
         poll: Duration::from_millis(100),
+        notify: Vec::new(),
     }
 }
 

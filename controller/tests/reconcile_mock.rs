@@ -230,6 +230,10 @@ fn context_with(source: Arc<dyn Source>) -> (Arc<Context>, ApiServer) {
         traffic: Arc::new(NoExporter),
         metrics: Arc::new(Metrics::new()),
         now: Arc::new(|| Timestamp::from_second(T0).unwrap()),
+        notifier: plover_controller::notify::Notifier::new(
+            Vec::new(),
+            plover_controller::notify::RetryPolicy::default(),
+        ),
     };
     (
         Arc::new(ctx),

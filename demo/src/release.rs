@@ -318,6 +318,7 @@ pub async fn run(
         },
         until_done: false,
         poll: RECONCILE_EVERY,
+        notify: Vec::new(),
     };
     let (snapshot_tx, mut snapshots) = watch::channel(Snapshot::default());
     let controller = AbortOnDrop(tokio::spawn(run_controller(options, snapshot_tx)));

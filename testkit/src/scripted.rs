@@ -26,7 +26,15 @@ pub type Handler = Arc<dyn Fn(&Seen) -> (u16, &'static str, String) + Send + Syn
 
 /// Serves `handler` on a loopback port until the test's runtime ends; records every request.
 pub async fn serve(handler: Handler) -> (String, Arc<Mutex<Vec<Seen>>>) {
-    serve_on(handler, None).await
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(listener, handler, None).await
+}
+
+/// [`serve`] on a given loopback port (a receiver that comes up late, at an address already
+/// handed out).
+pub async fn serve_at(port: u16, handler: Handler) -> (String, Arc<Mutex<Vec<Seen>>>) {
+    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    serve_on(listener, handler, None).await
 }
 
 /// [`serve`] over https with `identity`'s certificate (see [`TestCa`]); the URL names
@@ -35,14 +43,15 @@ pub async fn serve_https(
     handler: Handler,
     identity: &ServerIdentity,
 ) -> (String, Arc<Mutex<Vec<Seen>>>) {
-    serve_on(handler, Some(identity.acceptor())).await
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(listener, handler, Some(identity.acceptor())).await
 }
 
 async fn serve_on(
+    listener: TcpListener,
     handler: Handler,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> (String, Arc<Mutex<Vec<Seen>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let url = match tls {
         Some(_) => format!("https://localhost:{port}"),

@@ -75,6 +75,49 @@ pub struct CanarySpec {
     /// instead of only marking it Degraded (Argo Rollouts' field; default false).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub progress_deadline_abort: bool,
+    /// Where to send a message when the rollout's phase changes (progressing, paused,
+    /// inconclusive, promoted, aborted, rolled back), besides the controller's `--notify`
+    /// targets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<NotificationTarget>,
+}
+
+/// One receiver of phase-change messages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationTarget {
+    /// `webhook` (a JSON document), `slack` or `teams` (their incoming-webhook formats).
+    #[serde(rename = "type")]
+    pub kind: NotificationKind,
+    /// The URL to POST to; or `urlFrom`, as incoming-webhook URLs are secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_from: Option<UrlFrom>,
+}
+
+/// Where a notification URL is read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UrlFrom {
+    /// A key of a Secret in the Canary's namespace (local mode: the environment variable
+    /// `PLOVER_SECRET_<NAME>_<KEY>`).
+    pub secret_key_ref: SecretKeyRef,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+/// The message format of a notification target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NotificationKind {
+    Webhook,
+    Slack,
+    Teams,
 }
 
 /// Default `progressDeadlineSeconds`, Argo Rollouts' and Kubernetes Deployments'.

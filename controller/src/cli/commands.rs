@@ -161,8 +161,34 @@ pub struct ControllerArgs {
     exporter: Option<String>,
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    notify: NotifyArgs,
     #[arg(long, value_enum, env = "PLOVER_LOG_FORMAT", default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+/// Where phase changes are told, for every Canary.
+#[derive(Args, Clone, Debug, Default)]
+pub struct NotifyArgs {
+    /// KIND=URL: POST a message on each phase change of every Canary (repeat, or
+    /// comma-separate in PLOVER_NOTIFY); KIND is webhook (JSON), slack or teams. A Canary's
+    /// spec.notifications adds its own.
+    #[arg(
+        long = "notify",
+        env = "PLOVER_NOTIFY",
+        value_name = "KIND=URL",
+        value_delimiter = ','
+    )]
+    pub notify: Vec<String>,
+}
+
+impl NotifyArgs {
+    fn targets(&self) -> Result<Vec<crate::notify::Target>, String> {
+        self.notify
+            .iter()
+            .map(|t| crate::notify::Target::parse(t))
+            .collect()
+    }
 }
 
 /// How the providers' https is verified.
@@ -196,6 +222,8 @@ pub struct LocalArgs {
     exporter: Option<String>,
     #[command(flatten)]
     tls: TlsArgs,
+    #[command(flatten)]
+    notify: NotifyArgs,
     /// Exit at Healthy after a promotion (0), or at Degraded (1).
     #[arg(long)]
     until_done: bool,
@@ -301,6 +329,10 @@ pub fn run(command: CanaryCommand) -> ExitCode {
         },
         CanaryCommand::Controller(args) => {
             init_logs(args.log_format);
+            let notify = match args.notify.targets() {
+                Ok(targets) => targets,
+                Err(e) => return fail("controller", e),
+            };
             let identity = args
                 .identity
                 .or_else(|| std::env::var("HOSTNAME").ok())
@@ -314,6 +346,7 @@ pub fn run(command: CanaryCommand) -> ExitCode {
                 identity,
                 lease_duration: Duration::from_secs(args.lease_duration_seconds.max(3)),
                 settings: settings(args.exporter, args.tls),
+                notify,
             };
             let Some(rt) = runtime() else {
                 return ExitCode::FAILURE;
@@ -324,7 +357,12 @@ pub fn run(command: CanaryCommand) -> ExitCode {
             }
         }
         CanaryCommand::Local(args) => {
+            let notify = match args.notify.targets() {
+                Ok(targets) => targets,
+                Err(e) => return fail("local", e),
+            };
             let opts = local::Options {
+                notify,
                 canary_file: args.file,
                 template_files: args.templates,
                 status_file: args.status_file,
