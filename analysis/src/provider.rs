@@ -8,6 +8,7 @@
 pub mod jsonpath;
 pub mod plover;
 pub mod prometheus;
+mod sigv4;
 pub mod web;
 
 use std::{
@@ -148,6 +149,8 @@ pub struct Providers {
     settings: Settings,
     /// The `…VsStable` judges of this run, by metric name and spec (see [`plover::vs_stable`]).
     judges: Arc<Mutex<HashMap<String, plover::vs_stable::JudgeState>>>,
+    /// AWS credentials for SigV4, kept while valid.
+    aws_credentials: Arc<sigv4::CredentialCache>,
 }
 
 /// The connection timeout of every provider request.
@@ -172,6 +175,7 @@ impl Providers {
                 .map_err(config)?,
             settings,
             judges: Arc::default(),
+            aws_credentials: Arc::default(),
         })
     }
 
@@ -341,13 +345,11 @@ impl Source for Providers {
     }
 
     /// Also what this build's providers cannot do: Prometheus range queries, OAuth2 and
-    /// SigV4, web OAuth2 (decided before the run starts).
+    /// web OAuth2 (decided before the run starts).
     fn unsupported(&self, metric: &MetricSpec) -> Option<String> {
         match &metric.provider {
             ProviderSpec::Unsupported { reason, .. } => Some(reason.clone()),
-            ProviderSpec::Prometheus(p) => {
-                prometheus::unsupported(p, &self.prometheus_address(p).unwrap_or_default())
-            }
+            ProviderSpec::Prometheus(p) => prometheus::unsupported(p),
             ProviderSpec::Web(w) => web::unsupported(w),
             ProviderSpec::Plover(_) => None,
         }

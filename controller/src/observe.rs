@@ -158,6 +158,7 @@ pub struct Exporter {
 
 impl Exporter {
     pub fn new() -> Result<Self, String> {
+        plover_analysis::provider::install_tls_provider();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()

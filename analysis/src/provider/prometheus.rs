@@ -15,10 +15,7 @@ use crate::{
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why this metric cannot be measured by this build, if so.
-pub fn unsupported(spec: &PrometheusSpec, address: &str) -> Option<String> {
-    if spec.needs_sigv4(address) {
-        return Some("SigV4 signing for Amazon Managed Prometheus is not supported by Plover; query a Prometheus-compatible address without it (e.g. through a SigV4 proxy) or use --prometheus".to_owned());
-    }
+pub fn unsupported(spec: &PrometheusSpec) -> Option<String> {
     if spec.range_query.is_some() {
         return Some("rangeQuery is not supported by Plover yet; use an instant query (e.g. with a [range] selector)".to_owned());
     }
@@ -110,7 +107,7 @@ pub fn shape(result_type: &str, result: &serde_json::Value) -> Result<Outcome, P
 }
 
 /// Minimal `application/x-www-form-urlencoded` encoding.
-fn form_encode(pairs: &[(&str, &str)]) -> String {
+pub(super) fn form_encode(pairs: &[(&str, &str)]) -> String {
     let enc = |s: &str| {
         let mut out = String::new();
         for b in s.bytes() {
@@ -145,7 +142,7 @@ pub(super) async fn query(
     let address = providers
         .prometheus_address(spec)
         .ok_or_else(|| ProviderError::Config("prometheus address is not configured".to_owned()))?;
-    if let Some(reason) = unsupported(spec, &address) {
+    if let Some(reason) = unsupported(spec) {
         return Err(ProviderError::Unsupported {
             provider: "prometheus".to_owned(),
             reason,
@@ -192,7 +189,19 @@ pub(super) async fn query(
         }
         request = request.basic_auth(&basic.username, Some(&basic.password));
     }
-    let response = request.send().await.map_err(|e| {
+    let mut request = request
+        .build()
+        .map_err(|e| ProviderError::Config(format!("Post \"{endpoint}\": {}", error_chain(&e))))?;
+    if spec.needs_sigv4(&address) {
+        super::sigv4::sign_request(
+            client,
+            &providers.aws_credentials,
+            &spec.authentication.sigv4,
+            &mut request,
+        )
+        .await?;
+    }
+    let response = client.execute(request).await.map_err(|e| {
         ProviderError::Transport(format!("Post \"{endpoint}\": {}", error_chain(&e)))
     })?;
     let status = response.status();

@@ -204,9 +204,10 @@ pub struct PrometheusSpec {
 }
 
 impl PrometheusSpec {
-    /// Argo signs with SigV4 only for Amazon Managed Prometheus addresses.
+    /// Argo signs with SigV4 every query to an Amazon Managed Prometheus address (one that
+    /// contains `aps-workspaces`), whether `authentication.sigv4` is given or not.
     pub fn needs_sigv4(&self, address: &str) -> bool {
-        address.contains("aps-workspaces") && self.authentication.sigv4.is_set()
+        address.contains("aps-workspaces")
     }
 }
 
