@@ -233,6 +233,7 @@ pub fn request(status_file: &Path, request: Request) -> Result<String, LocalErro
     let mut status = read_status(status_file)?;
     match request {
         Request::Promote => status.promote = true,
+        Request::Pause => status.pause_requested = true,
         Request::PromoteFull => status.promote_full = true,
         Request::Abort => status.abort = true,
         Request::Retry => status.abort = false,

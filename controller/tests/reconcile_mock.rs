@@ -980,7 +980,7 @@ async fn a_valid_lease_held_by_another_replica_is_followed_and_an_expired_one_ta
 }
 
 #[tokio::test]
-async fn promote_abort_and_retry_patch_the_status_the_controller_reads() {
+async fn promote_abort_retry_and_pause_patch_the_status_the_controller_reads() {
     use plover_controller::cli::kubectl::{request, Request};
 
     let (ctx, mut api) = context();
@@ -1010,6 +1010,11 @@ async fn promote_abort_and_retry_patch_the_status_the_controller_reads() {
             Request::Retry,
             json!({"status": {"abort": false}}),
             "canary 'podinfo' retried",
+        ),
+        (
+            Request::Pause,
+            json!({"status": {"pauseRequested": true}}),
+            "canary 'podinfo' paused (until promote)",
         ),
     ] {
         let client = ctx.client.clone();

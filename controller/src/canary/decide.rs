@@ -632,6 +632,29 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         return b.finish();
     }
 
+    // `plover pause`: hold at the current step and weight until `promote`, which resumes
+    // (it does not also leave the step).
+    if b.status.pause_requested && b.status.current_step_index.unwrap_or(0) < len {
+        if b.status.promote {
+            b.status.pause_requested = false;
+            b.status.promote = false;
+            b.status.pause = None;
+            b.event(false, reasons::PROGRESS_RESUMED, "resumed by promote");
+        } else {
+            let since = b.now.clone();
+            if b.status.pause.as_ref().map(|p| p.reason) != Some(PauseReason::PausedByUser) {
+                b.status.pause = Some(PauseState {
+                    reason: PauseReason::PausedByUser,
+                    since,
+                });
+                b.event(false, reasons::PAUSED, "paused by the user until promote");
+            }
+            b.status.phase = Some(CanaryPhase::Paused);
+            b.status.message = Some("PausedByUser: paused until promoted".to_owned());
+            return b.finish();
+        }
+    }
+
     // Steps: move forward as far as the world allows in this one decision.
     let previous_phase = obs.status.phase;
     // Steps that wait in a pause set Paused again below.

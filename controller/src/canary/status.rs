@@ -40,6 +40,8 @@ pub enum PauseReason {
     CanaryPauseStep,
     /// An analysis was Inconclusive (Argo's `InconclusiveAnalysisRun`).
     InconclusiveAnalysisRun,
+    /// `plover pause` (Argo's manual pause).
+    PausedByUser,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -276,6 +278,10 @@ pub struct CanaryStatus {
     /// Request from `plover promote --full`: skip the remaining steps and analysis.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub promote_full: bool,
+    /// Request from `plover pause`: hold the rollout at its current step and weight until
+    /// `promote` (Argo's `pause`). Background analysis keeps judging meanwhile.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pause_requested: bool,
     /// Incremented by each retry, so analysis runs of a retried revision get new names.
     #[serde(default)]
     pub attempt: u32,

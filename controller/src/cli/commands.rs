@@ -33,6 +33,8 @@ pub enum CanaryCommand {
     Abort(TargetArgs),
     /// Start an aborted rollout over from the first step.
     Retry(TargetArgs),
+    /// Hold the rollout at its current step and weight until `promote`.
+    Pause(TargetArgs),
     /// List Canaries with their status, step, weight and revisions.
     List(ListArgs),
     /// Print a rollout's status (`Healthy`, `Degraded - why`, `Paused - why`…) and, with
@@ -391,6 +393,7 @@ pub fn run(command: CanaryCommand) -> ExitCode {
         }
         CanaryCommand::Abort(target) => send(target, Request::Abort),
         CanaryCommand::Retry(target) => send(target, Request::Retry),
+        CanaryCommand::Pause(target) => send(target, Request::Pause),
         CanaryCommand::List(args) => list(args),
         CanaryCommand::Lint(args) => {
             let problems = local::lint(&args.file, &args.templates);

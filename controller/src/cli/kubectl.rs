@@ -42,6 +42,8 @@ pub enum KubectlError {
 pub enum Request {
     /// Leave the current pause or step (`promote`).
     Promote,
+    /// Hold at the current step until `promote` (`pause`).
+    Pause,
     /// Skip the remaining steps and analysis (`promote --full`).
     PromoteFull,
     /// Route everything to stable and stop (`abort`).
@@ -55,6 +57,7 @@ impl Request {
     pub fn status_patch(self) -> serde_json::Value {
         match self {
             Request::Promote => json!({"status": {"promote": true}}),
+            Request::Pause => json!({"status": {"pauseRequested": true}}),
             Request::PromoteFull => json!({"status": {"promoteFull": true}}),
             Request::Abort => json!({"status": {"abort": true}}),
             Request::Retry => json!({"status": {"abort": false}}),
@@ -64,6 +67,7 @@ impl Request {
     pub fn done(self, name: &str) -> String {
         match self {
             Request::Promote => format!("canary '{name}' promoted"),
+            Request::Pause => format!("canary '{name}' paused (until promote)"),
             Request::PromoteFull => format!("canary '{name}' fully promoted"),
             Request::Abort => format!("canary '{name}' aborted"),
             Request::Retry => format!("canary '{name}' retried"),

@@ -227,6 +227,32 @@ fn promote_resumes_an_indefinite_pause_and_steps_forward() {
 }
 
 #[test]
+fn pause_holds_the_step_and_weight_until_promote_resumes() {
+    let mut w = World::new(spec(vec![weight(20), pause(Some("30s")), weight(60)]));
+    w.tick();
+    w.status.pause_requested = true; // `plover pause`
+    let d = w.tick_at(10);
+    assert_eq!(d.status.phase, Some(CanaryPhase::Paused));
+    assert_eq!(
+        d.status.pause.as_ref().map(|p| p.reason),
+        Some(PauseReason::PausedByUser)
+    );
+    assert_eq!(d.weights(), Some((20, 80)));
+    assert_eq!(events(&d), vec![reasons::PAUSED]);
+    // The timed pause step would have ended at 30 s: held.
+    let d = w.tick_at(120);
+    assert_eq!(d.status.current_step_index, Some(1));
+    assert_eq!(d.weights(), Some((20, 80)));
+    assert!(events(&d).is_empty(), "told once");
+    // `promote` resumes: the timed pause, long over, ends and the next weight is set.
+    w.status.promote = true;
+    let d = w.tick_at(130);
+    assert!(!d.status.pause_requested && !d.status.promote);
+    assert_eq!(d.weights(), Some((60, 40)));
+    assert!(events(&d).contains(&reasons::PROGRESS_RESUMED));
+}
+
+#[test]
 fn a_timed_pause_ends_by_itself() {
     let mut w = World::new(spec(vec![weight(10), pause(Some("30s")), weight(40)]));
     let d = w.tick();
