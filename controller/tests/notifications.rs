@@ -154,3 +154,33 @@ async fn a_receiver_that_is_down_delays_nothing_and_gets_the_messages_when_back(
         "each message once, though retried"
     );
 }
+
+/// `plover local` (the binary) with the Canary's target URL in a secret, read as local mode
+/// reads secrets: `PLOVER_SECRET_<NAME>_<KEY>`.
+#[tokio::test]
+async fn a_target_url_from_a_secret_in_local_mode() {
+    let (url, seen) = serve(Arc::new(|_: &Seen| (200, "text/plain", "ok".to_owned()))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = canary(
+        dir.path(),
+        "  notifications:\n  - {type: webhook, urlFrom: {secretKeyRef: {name: team-hook, key: url}}}\n",
+    );
+    let hook = format!("{url}/from-secret");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_plover"))
+            .args(["local", "--until-done", "--poll-ms", "50", "-f"])
+            .arg(&file)
+            .env("PLOVER_SECRET_TEAM_HOOK_URL", hook)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let seen = seen.lock().unwrap().clone();
+    let events: Vec<String> = bodies(&seen, "/from-secret")
+        .iter()
+        .map(|b| b["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(events, ["progressing", "paused", "promoted"]);
+}
