@@ -256,6 +256,22 @@ fn outcome(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The run ended Successful (exit 0); its output.
+fn succeeded(out: &Output) -> String {
+    let text = outcome(out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    text
+}
+
+/// Whether the STS stand-in saw a call of `action`.
+fn sts_called(seen: &std::sync::Mutex<Vec<Seen>>, action: &str) -> bool {
+    let action = format!("Action={action}&");
+    seen.lock()
+        .unwrap()
+        .iter()
+        .any(|s| s.body.contains(&action))
+}
+
 #[tokio::test]
 async fn queries_to_amazon_managed_prometheus_are_signed_with_each_kind_of_credentials() {
     let (amp_url, amp_seen) = serve(amp()).await;
@@ -271,8 +287,7 @@ async fn queries_to_amazon_managed_prometheus_are_signed_with_each_kind_of_crede
         ("AWS_SECRET_ACCESS_KEY", "base-secret".to_owned()),
     ];
     let out = analyze(&plain, dir.path(), &keys).await;
-    let text = outcome(&out);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    let text = succeeded(&out);
     assert!(text.contains("value=[0.999]  Successful"), "{text}");
     // A wrong secret: the verifier refuses, the measurement is an Error saying why.
     let wrong = [
@@ -297,13 +312,8 @@ async fn queries_to_amazon_managed_prometheus_are_signed_with_each_kind_of_crede
         &[keys[0].clone(), keys[1].clone(), sts_env.clone()],
     )
     .await;
-    let text = outcome(&out);
-    assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(sts_seen
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|s| s.body.contains("Action=AssumeRole&")));
+    succeeded(&out);
+    assert!(sts_called(&sts_seen, "AssumeRole"));
 
     // 3. A web identity (EKS IRSA), no keys; the region from AWS_REGION.
     let token = dir.path().join("token");
@@ -323,13 +333,8 @@ async fn queries_to_amazon_managed_prometheus_are_signed_with_each_kind_of_crede
         ],
     )
     .await;
-    let text = outcome(&out);
-    assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(sts_seen
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|s| s.body.contains("Action=AssumeRoleWithWebIdentity")));
+    succeeded(&out);
+    assert!(sts_called(&sts_seen, "AssumeRoleWithWebIdentity"));
 
     // 4. A profile of the shared credentials file.
     let credentials = dir.path().join("credentials");
@@ -352,8 +357,7 @@ async fn queries_to_amazon_managed_prometheus_are_signed_with_each_kind_of_crede
         )],
     )
     .await;
-    let text = outcome(&out);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    succeeded(&out);
 
     // No credentials at all: said before anything is sent.
     let text = outcome(&analyze(&plain, dir.path(), &[]).await);

@@ -50,20 +50,25 @@ async fn wait_for(port: u16, promql: &str, timeout: Duration, done: impl Fn(f64)
     panic!("{promql}: last value {last:?} after {timeout:?}");
 }
 
+/// A Prometheus (with `flags`) scraping `exporter`. Starting blocks until it is ready; the
+/// exporter keeps serving on the other worker.
+fn scraping(exporter: &Exporter, dir: &std::path::Path, flags: &[&str]) -> Prometheus {
+    tokio::task::block_in_place(|| {
+        Prometheus::start(
+            dir,
+            &scrape_config("plover", &[exporter.addr.to_string()]),
+            &dir.join("data"),
+            flags,
+        )
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_computes_the_exact_canary_success_ratio() {
     let exporter = Exporter::start(&[]).await;
     let dir = tempfile::tempdir().unwrap();
-    // Starting blocks until Prometheus is ready; the exporter keeps serving on the other worker.
-    let prometheus = tokio::task::block_in_place(|| {
-        Prometheus::start(
-            dir.path(),
-            &scrape_config("plover", &[exporter.addr.to_string()]),
-            &dir.path().join("data"),
-            &[],
-        )
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    let prometheus = scraping(&exporter, dir.path(), &[]);
     let port = prometheus.address.port();
 
     // Known traffic: canary 950 × 2xx + 50 × 5xx, stable 1000 × 2xx, from two gateways' VMs
@@ -164,15 +169,11 @@ async fn prometheus_computes_the_exact_canary_success_ratio() {
 async fn prometheus_ingests_native_histograms_from_the_protobuf_exposition() {
     let exporter = Exporter::start(&["--native-histograms", "only"]).await;
     let dir = tempfile::tempdir().unwrap();
-    let prometheus = tokio::task::block_in_place(|| {
-        Prometheus::start(
-            dir.path(),
-            &scrape_config("plover", &[exporter.addr.to_string()]),
-            &dir.path().join("data"),
-            &["--enable-feature=native-histograms"],
-        )
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    let prometheus = scraping(
+        &exporter,
+        dir.path(),
+        &["--enable-feature=native-histograms"],
+    );
     let port = prometheus.address.port();
 
     // Canary: 900 requests at 20 ms and 100 at 300 ms; stable: 1000 at 15 ms.

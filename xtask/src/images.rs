@@ -62,7 +62,7 @@ pub fn run_command(args: &[&str]) -> Result<(), String> {
 /// Builds the static binaries and writes both image layouts.
 pub fn build() -> Result<Built, String> {
     let root = workspace_root();
-    if !rustup_has_musl() {
+    if !crate::wasm::rustup_has_target(TARGET) {
         println!("xtask: adding the {TARGET} target with rustup");
         run(Command::new("rustup").args(["target", "add", TARGET]))?;
     }
@@ -125,16 +125,4 @@ pub fn build() -> Result<Built, String> {
 
 fn write(path: &Path, bytes: &[u8]) -> Result<(), String> {
     std::fs::write(path, bytes).map_err(|e| format!("writing {}: {e}", path.display()))
-}
-
-fn rustup_has_musl() -> bool {
-    Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .any(|l| l.trim() == TARGET)
-        })
-        .unwrap_or(false)
 }

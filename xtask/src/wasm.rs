@@ -104,7 +104,7 @@ pub fn build_package(package: &str, artifact: &str) -> Result<PathBuf, String> {
 
 fn build_package_with(package: &str, artifact: &str, features: &[&str]) -> Result<PathBuf, String> {
     let root = workspace_root();
-    if rustup_has_target() || rustup_add_target() {
+    if rustup_has_target(TARGET) || rustup_add_target() {
         run(Command::new(cargo_bin())
             .current_dir(&root)
             .args(build_args(package, features)))?;
@@ -117,14 +117,15 @@ fn build_package_with(package: &str, artifact: &str, features: &[&str]) -> Resul
     }
 }
 
-fn rustup_has_target() -> bool {
+/// Whether rustup has `target` installed.
+pub fn rustup_has_target(target: &str) -> bool {
     Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
         .map(|o| {
             String::from_utf8_lossy(&o.stdout)
                 .lines()
-                .any(|l| l.trim() == TARGET)
+                .any(|l| l.trim() == target)
         })
         .unwrap_or(false)
 }
