@@ -65,6 +65,18 @@ pub enum ProviderError {
     Unsupported { provider: String, reason: String },
 }
 
+/// Where an analysis run lives: its namespace, the Canary it judges and its name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunIdentity {
+    pub namespace: String,
+    pub canary: String,
+    pub run: String,
+}
+
+/// Why a job metric cannot be measured by a source without a cluster.
+pub const JOB_NEEDS_A_CLUSTER: &str =
+    "the job provider runs a Kubernetes Job, which needs a cluster (the controller, or plover analyze --kubeconfig)";
+
 /// A boxed future, so that [`Source`] stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -78,6 +90,13 @@ pub trait Source: Send + Sync {
     /// measurement of that run, so that each run starts its tests fresh. `None`: use `self`.
     fn for_run(&self) -> Option<Arc<dyn Source>> {
         None
+    }
+
+    /// [`Source::for_run`] for a run that has a place in a cluster: what the job provider
+    /// needs to name its Jobs and put them in the run's namespace.
+    fn for_named_run(&self, run: &RunIdentity) -> Option<Arc<dyn Source>> {
+        let _ = run;
+        self.for_run()
     }
 
     /// Why this source cannot measure `metric` at all, if so (see [`runnable`]).
@@ -240,7 +259,7 @@ impl Providers {
             ProviderSpec::Prometheus(spec) => (self.prometheus_address(spec)?, spec.insecure),
             ProviderSpec::Web(spec) => (spec.url.clone(), spec.insecure),
             ProviderSpec::Plover(spec) => (plover::address(self, spec).ok()?, false),
-            ProviderSpec::Unsupported { .. } => return None,
+            ProviderSpec::Job(_) | ProviderSpec::Unsupported { .. } => return None,
         };
         let url = reqwest::Url::parse(&address).ok()?;
         let host = url.host_str()?;
@@ -332,6 +351,10 @@ impl Source for Providers {
                 ProviderSpec::Prometheus(spec) => prometheus::query(self, spec).await,
                 ProviderSpec::Web(spec) => web::query(self, spec).await,
                 ProviderSpec::Plover(spec) => plover::query(self, &metric.name, spec).await,
+                ProviderSpec::Job(_) => Err(ProviderError::Unsupported {
+                    provider: "job".to_owned(),
+                    reason: JOB_NEEDS_A_CLUSTER.to_owned(),
+                }),
                 ProviderSpec::Unsupported { provider, reason } => Err(ProviderError::Unsupported {
                     provider: provider.clone(),
                     reason: reason.clone(),
@@ -352,6 +375,7 @@ impl Source for Providers {
             ProviderSpec::Prometheus(p) => prometheus::unsupported(p),
             ProviderSpec::Web(w) => web::unsupported(w),
             ProviderSpec::Plover(_) => None,
+            ProviderSpec::Job(_) => Some(JOB_NEEDS_A_CLUSTER.to_owned()),
         }
     }
 }

@@ -82,8 +82,8 @@ pub async fn run(opts: Options) -> Result<(), ControllerError> {
 
     let providers =
         Providers::new(opts.settings.clone()).map_err(|e| ControllerError::Setup(e.to_string()))?;
-    let (runner, _completed) =
-        Runner::new(Arc::new(providers), Arc::new(std::time::SystemTime::now));
+    let source = crate::job::JobSource::new(Arc::new(providers), client.clone());
+    let (runner, _completed) = Runner::new(Arc::new(source), Arc::new(std::time::SystemTime::now));
     let ctx = Arc::new(Context {
         client: client.clone(),
         recorder: Recorder::new(

@@ -20,6 +20,7 @@ pub mod canary;
 pub mod cli;
 pub mod controller;
 mod execute;
+pub mod job;
 pub mod lease;
 pub mod local;
 pub mod metrics;

@@ -67,6 +67,12 @@ struct AnalyzeCmd {
     exporter: Option<String>,
     #[command(flatten)]
     tls: plover_controller::cli::commands::TlsArgs,
+    /// Run `job` metrics as Jobs in this cluster (otherwise a job metric cannot run here).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// The namespace of those Jobs (default: the kubeconfig context's).
+    #[arg(short = 'n', long, requires = "kubeconfig")]
+    namespace: Option<String>,
     /// text: a line per measurement and a summary; json: one document on stdout (progress on stderr).
     #[arg(long, short = 'o', value_enum, default_value_t = OutputArg::Text)]
     output: OutputArg,
@@ -147,6 +153,10 @@ fn options(cmd: AnalyzeCmd) -> Result<analyze::Options> {
             .filter(|s| !s.is_empty()),
         exporter: cmd.exporter,
         ca_files: cmd.tls.ca_files,
+        cluster: cmd.kubeconfig.map(|kubeconfig| analyze::ClusterOptions {
+            kubeconfig,
+            namespace: cmd.namespace,
+        }),
         output: match cmd.output {
             OutputArg::Text => Output::Text,
             OutputArg::Json => Output::Json,

@@ -102,7 +102,14 @@ pub const CONTROLLER: &[Rule] = &[
         resource: "secrets",
         verbs: &["get"],
         scope: Scope::Cluster,
-        why: "reconcile::fetch_templates: template args with valueFrom.secretKeyRef",
+        why: "reconcile::fetch_templates: template args with valueFrom.secretKeyRef; ClusterRim::notify: notification URLs from urlFrom.secretKeyRef",
+    },
+    Rule {
+        group: "batch",
+        resource: "jobs",
+        verbs: &["create", "get", "list", "delete"],
+        scope: Scope::Cluster,
+        why: "job::JobRun: a job metric's Job (create, then get until it finishes); the Jobs beyond the newest ten of a metric deleted (list, delete)",
     },
     Rule {
         group: "events.k8s.io",

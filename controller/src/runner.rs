@@ -187,8 +187,16 @@ impl Runner {
         let task = Task {
             run,
             analysis,
-            // A fresh source per run, so sequential judges never carry a decision over.
-            source: self.source.for_run().unwrap_or_else(|| self.source.clone()),
+            // A fresh source per run, so sequential judges never carry a decision over (and
+            // the job provider knows where the run's Jobs go).
+            source: self
+                .source
+                .for_named_run(&provider::RunIdentity {
+                    namespace: key.0.clone(),
+                    canary: key.1.clone(),
+                    run: name.to_owned(),
+                })
+                .unwrap_or_else(|| self.source.clone()),
             clock: self.clock.clone(),
             stopped,
             key: key.clone(),

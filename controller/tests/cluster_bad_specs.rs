@@ -81,15 +81,14 @@ spec:
         ]),
     );
     no_template["metadata"]["name"] = "missing-template".into();
-    // A metric no provider here can measure (a Job): refused the same way, as `plover analyze`
-    // refuses it, rather than an Error that would roll back once the step is reached.
+    // A metric no provider here can measure (Datadog): refused the same way, as `plover
+    // analyze` refuses it, rather than an Error that would roll back once the step is reached.
     let mut job_metric = canary_with_steps(
         &example_canary,
         serde_json::json!([
             {"setWeight": 20},
-            {"analysis": {"metrics": [{"name": "load-test", "provider": {"job": {"spec": {
-                "template": {"spec": {"restartPolicy": "Never",
-                    "containers": [{"name": "load", "image": "busybox"}]}}}}}}]}}
+            {"analysis": {"metrics": [{"name": "load-test", "provider": {"datadog": {
+                "query": "avg:requests.error.rate{service:mock-server}"}}}]}}
         ]),
     );
     job_metric["metadata"]["name"] = "job-metric".into();
@@ -153,11 +152,11 @@ spec:
         &mut controller,
         "job-metric",
         "InvalidSpec",
-        "InvalidSpec for the job metric",
+        "InvalidSpec for the Datadog metric",
     );
     assert!(
         job_condition.contains(
-            "spec.steps[1].analysis: metric \"load-test\" cannot be measured here: the job provider runs a Kubernetes Job"
+            "spec.steps[1].analysis: metric \"load-test\" cannot be measured here: the datadog provider is not implemented by Plover"
         ) && job_condition.contains("dryRun"),
         "{job_condition}"
     );

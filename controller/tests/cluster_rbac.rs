@@ -2,7 +2,8 @@
 //! controller runs as its ServiceAccount with the manifests' ClusterRole and Role, and every
 //! single rule of them is needed — with the rule removed, the real `plover controller` doing its
 //! job (a release of an Istio subset-mode Canary whose analysis templates are namespaced and
-//! cluster scoped, one with an arg from a Secret, and of a Gateway API Canary) is refused by the API
+//! cluster scoped, one with an arg from a Secret and one with a job metric, and of a Gateway API
+//! Canary) is refused by the API
 //! server (403) on exactly that resource. With all rules in place the same releases are
 //! refused nothing (`cluster_rollout.rs` shows that for whole rollouts).
 
@@ -77,6 +78,16 @@ spec:
       web:
         url: {url}/health
         jsonPath: "{{$.ok}}"
+  - name: smoke-job
+    provider:
+      job:
+        metadata: {{labels: {{purpose: smoke}}}}
+        spec:
+          backoffLimit: 0
+          template:
+            spec:
+              restartPolicy: Never
+              containers: [{{name: smoke, image: busybox, command: [/bin/true]}}]
 "#
     )
 }

@@ -181,6 +181,15 @@ pub struct BasicAuth {
     pub password: String,
 }
 
+/// `provider.job`: the Job's metadata (labels, annotations) and spec, as in a Job object.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct JobSpec {
+    #[serde(default)]
+    pub metadata: serde_json::Value,
+    #[serde(default)]
+    pub spec: serde_json::Value,
+}
+
 /// `provider.prometheus`.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -575,6 +584,9 @@ pub enum ProviderSpec {
     Prometheus(PrometheusSpec),
     Web(WebSpec),
     Plover(PloverSpec),
+    /// Argo's `job`: run a Kubernetes Job; Successful if it succeeds, Failed if it fails. Only
+    /// a source with a cluster measures it (the controller; `plover analyze --kubeconfig`).
+    Job(JobSpec),
     /// A provider this build cannot run (a Job, Datadog, a plugin …): parsed, never measured.
     Unsupported {
         provider: String,
@@ -589,6 +601,7 @@ impl ProviderSpec {
             ProviderSpec::Prometheus(_) => "prometheus",
             ProviderSpec::Web(_) => "web",
             ProviderSpec::Plover(_) => "plover",
+            ProviderSpec::Job(_) => "job",
             ProviderSpec::Unsupported { provider, .. } => provider,
         }
     }
@@ -643,10 +656,13 @@ pub(crate) fn provider_from(
             spec.validate()?;
             ProviderSpec::Plover(spec)
         }
-        "job" => ProviderSpec::Unsupported {
-            provider: "job".to_owned(),
-            reason: "the job provider runs a Kubernetes Job, which needs a cluster".to_owned(),
-        },
+        "job" => {
+            let spec: JobSpec = serde_json::from_value(value.clone()).map_err(typed)?;
+            if !spec.spec.is_object() {
+                return Err("provider.job.spec: expected a Job spec (with template)".to_owned());
+            }
+            ProviderSpec::Job(spec)
+        }
         "plugin" => {
             let name = value.as_object().and_then(|o| o.keys().next().cloned()).unwrap_or_default();
             ProviderSpec::Unsupported {

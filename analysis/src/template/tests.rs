@@ -104,7 +104,7 @@ fn seed002_secret_job_and_sigv4() {
         .insert(("workspace-url".into(), "secretURL".into()), url.into());
     let analysis = resolve(&spec, &inputs).unwrap();
     assert!(
-        matches!(&analysis.metrics[0].provider, ProviderSpec::Unsupported { provider, .. } if provider == "job")
+        matches!(&analysis.metrics[0].provider, ProviderSpec::Job(job) if job.spec["template"].is_object())
     );
     let ProviderSpec::Prometheus(p) = &analysis.metrics[1].provider else {
         panic!("prometheus")
@@ -317,7 +317,6 @@ fn argo_providers() {
         .contains("unknown provider \"statsd\""));
     for (p, name) in [
         ("{datadog: {query: x}}", "datadog"),
-        ("{job: {spec: {}}}", "job"),
         (
             "{plugin: {'argoproj-labs/x': {}}}",
             "plugin/argoproj-labs/x",
@@ -332,6 +331,13 @@ fn argo_providers() {
             other => panic!("{other:?}"),
         }
     }
+    // A job is parsed (what runs it needs a cluster); its spec must be an object.
+    let a = provider("{job: {metadata: {labels: {a: b}}, spec: {backoffLimit: 0}}}").unwrap();
+    assert!(matches!(&a.metrics[0].provider, ProviderSpec::Job(j) if j.spec["backoffLimit"] == 0));
+    assert!(provider("{job: {spec: 3}}")
+        .unwrap_err()
+        .to_string()
+        .contains("provider.job.spec"));
     let a = provider("{plover: {namespace: ns, service: svc, metric: successRate}}").unwrap();
     let ProviderSpec::Plover(p) = &a.metrics[0].provider else {
         panic!()

@@ -44,6 +44,8 @@ pub struct Options {
     pub exporter: Option<String>,
     /// CA certificates (PEM files) https trusts besides the system's.
     pub ca_files: Vec<std::path::PathBuf>,
+    /// A cluster for `job` metrics: its kubeconfig and the namespace their Jobs run in.
+    pub cluster: Option<ClusterOptions>,
     pub output: Output,
     /// Stop (terminate) the run after this much wall time.
     pub duration: Option<Duration>,
@@ -79,6 +81,8 @@ pub enum AnalyzeError {
     /// Checked before the run: Argo would retry these errors for several measurements.
     #[error("cannot reach what the metrics query: {0}")]
     Unreachable(String),
+    #[error("--kubeconfig {0}")]
+    Cluster(String),
 }
 
 /// Connects once to every address the metrics will query, all at once; every one that
@@ -115,6 +119,49 @@ async fn check_reachable(
     }
     let failures: Vec<String> = failures.into_iter().map(|(_, f)| f).collect();
     Err(AnalyzeError::Unreachable(failures.join("; ")))
+}
+
+/// Where `plover analyze` runs a template's Jobs.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    pub kubeconfig: std::path::PathBuf,
+    /// Default: the kubeconfig context's namespace.
+    pub namespace: Option<String>,
+}
+
+/// The source every metric is measured with: the providers, plus Jobs in the cluster when
+/// one is given.
+async fn source(
+    providers: &Arc<Providers>,
+    cluster: Option<&ClusterOptions>,
+    analysis: &plover_analysis::template::Analysis,
+) -> Result<Arc<dyn provider::Source>, AnalyzeError> {
+    let Some(cluster) = cluster else {
+        return Ok(providers.clone());
+    };
+    let unreachable =
+        |e: String| AnalyzeError::Cluster(format!("{}: {e}", cluster.kubeconfig.display()));
+    let kubeconfig = kube::config::Kubeconfig::read_from(&cluster.kubeconfig)
+        .map_err(|e| unreachable(e.to_string()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    let client = kube::Client::try_from(config).map_err(|e| unreachable(e.to_string()))?;
+    let namespace = cluster
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_owned());
+    let names: Vec<&str> = analysis.metrics.iter().map(|m| m.name.as_str()).collect();
+    let run = provider::RunIdentity {
+        namespace,
+        canary: "plover-analyze".to_owned(),
+        run: format!("analyze-{}", names.first().copied().unwrap_or("run")),
+    };
+    Ok(Arc::new(crate::job::JobRun::new(
+        Arc::new(providers.for_run()),
+        client,
+        run,
+    )))
 }
 
 /// The exit status for a final phase: 0 Successful, 1 Failed, 2 Inconclusive, 3 Error.
@@ -164,6 +211,7 @@ fn describe(metric: &MetricSpec, providers: &Providers) -> String {
             "plover {:?} of {}/{} revision {}",
             p.metric, p.namespace, p.service, p.revision
         ),
+        ProviderSpec::Job(_) => "job (a Kubernetes Job)".to_owned(),
         ProviderSpec::Unsupported { provider, .. } => provider.clone(),
     };
     let plan = metric.plan();
@@ -308,6 +356,7 @@ async fn run_inner(
         exporter: opts.exporter.clone(),
         ca_files: opts.ca_files.clone(),
     })?);
+    let measured_by = source(&providers, opts.cluster.as_ref(), &analysis).await?;
     let log: &mut (dyn Write + Send) = match opts.output {
         Output::Text => out,
         Output::Json => progress,
@@ -315,7 +364,8 @@ async fn run_inner(
     let Runnable {
         metrics: runnable,
         skipped,
-    } = provider::runnable(&*providers, &analysis.metrics).map_err(AnalyzeError::CannotMeasure)?;
+    } = provider::runnable(&*measured_by, &analysis.metrics)
+        .map_err(AnalyzeError::CannotMeasure)?;
     let _ = writeln!(log, "Analysis with {} metric(s):", analysis.metrics.len());
     for m in &runnable {
         let _ = writeln!(
@@ -370,9 +420,9 @@ async fn run_inner(
         let due = run.due(SystemTime::now());
         let mut tasks = tokio::task::JoinSet::new();
         for i in due {
-            let (providers, metrics) = (providers.clone(), metrics.clone());
+            let (source, metrics) = (measured_by.clone(), metrics.clone());
             tasks.spawn(async move {
-                let m = provider::measure(providers.as_ref(), &metrics[i], &SystemTime::now).await;
+                let m = provider::measure(source.as_ref(), &metrics[i], &SystemTime::now).await;
                 (i, m)
             });
         }
