@@ -54,19 +54,23 @@ impl Source for JobSource {
     }
 
     fn for_named_run(&self, run: &RunIdentity) -> Option<Arc<dyn Source>> {
-        Some(Arc::new(JobRun {
-            inner: self.inner.for_run().unwrap_or_else(|| self.inner.clone()),
-            client: self.client.clone(),
-            run: run.clone(),
-            sequence: AtomicU64::new(0),
-        }))
+        Some(Arc::new(JobRun::new(
+            self.inner.for_run().unwrap_or_else(|| self.inner.clone()),
+            self.client.clone(),
+            run.clone(),
+        )))
     }
 
     fn unsupported(&self, metric: &MetricSpec) -> Option<String> {
-        match &metric.provider {
-            ProviderSpec::Job(_) => None,
-            _ => self.inner.unsupported(metric),
-        }
+        unsupported_but_jobs(&*self.inner, metric)
+    }
+}
+
+/// What `inner` cannot measure, job metrics aside.
+fn unsupported_but_jobs(inner: &dyn Source, metric: &MetricSpec) -> Option<String> {
+    match &metric.provider {
+        ProviderSpec::Job(_) => None,
+        _ => inner.unsupported(metric),
     }
 }
 
@@ -102,10 +106,7 @@ impl Source for JobRun {
     }
 
     fn unsupported(&self, metric: &MetricSpec) -> Option<String> {
-        match &metric.provider {
-            ProviderSpec::Job(_) => None,
-            _ => self.inner.unsupported(metric),
-        }
+        unsupported_but_jobs(&*self.inner, metric)
     }
 }
 
