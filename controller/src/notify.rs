@@ -364,10 +364,6 @@ impl Notifier {
         }
     }
 
-    pub fn global(&self) -> &[Target] {
-        &self.global
-    }
-
     /// Queues the message for each target (the global ones and `targets`); returns at once.
     pub fn send(&self, targets: &[Target], notification: &Notification) {
         let what = format!(

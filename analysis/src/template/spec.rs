@@ -154,12 +154,6 @@ pub struct Sigv4 {
     pub role_arn: String,
 }
 
-impl Sigv4 {
-    pub fn is_set(&self) -> bool {
-        *self != Sigv4::default()
-    }
-}
-
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OAuth2 {

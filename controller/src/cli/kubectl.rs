@@ -82,10 +82,8 @@ pub async fn request(
     name: &str,
     request: Request,
 ) -> Result<String, KubectlError> {
+    get_canary(client.clone(), namespace, name).await?;
     let api: Api<Canary> = Api::namespaced(client, namespace);
-    if api.get_opt(name).await?.is_none() {
-        return Err(KubectlError::NotFound(name.to_owned()));
-    }
     api.patch_status(
         name,
         &cli_patch_params(),
@@ -93,6 +91,15 @@ pub async fn request(
     )
     .await?;
     Ok(request.done(name))
+}
+
+/// The Canary, or [`KubectlError::NotFound`].
+async fn get_canary(client: Client, namespace: &str, name: &str) -> Result<Canary, KubectlError> {
+    let canaries: Api<Canary> = Api::namespaced(client, namespace);
+    canaries
+        .get_opt(name)
+        .await?
+        .ok_or_else(|| KubectlError::NotFound(name.to_owned()))
 }
 
 /// Everything `get` shows.
@@ -105,11 +112,7 @@ pub struct View {
 
 /// Reads the Canary, its Deployments and (if configured) the exporter's per-revision stats.
 pub async fn fetch(client: Client, namespace: &str, name: &str) -> Result<View, KubectlError> {
-    let canaries: Api<Canary> = Api::namespaced(client.clone(), namespace);
-    let canary = canaries
-        .get_opt(name)
-        .await?
-        .ok_or_else(|| KubectlError::NotFound(name.to_owned()))?;
+    let canary = get_canary(client.clone(), namespace, name).await?;
     let deployments: Api<Deployment> = Api::namespaced(client, namespace);
     let (stable, canary_workload) = if canary.spec.traffic_routing.envoy.is_some() {
         (None, None)
@@ -259,11 +262,7 @@ pub async fn status(
     namespace: &str,
     name: &str,
 ) -> Result<RolloutStatus, KubectlError> {
-    let canaries: Api<Canary> = Api::namespaced(client.clone(), namespace);
-    let canary = canaries
-        .get_opt(name)
-        .await?
-        .ok_or_else(|| KubectlError::NotFound(name.to_owned()))?;
+    let canary = get_canary(client.clone(), namespace, name).await?;
     let revision = if canary.spec.traffic_routing.envoy.is_some() {
         Some(canary.spec.workload.canary.clone())
     } else {
@@ -283,11 +282,7 @@ async fn canary_deployment(
     namespace: &str,
     name: &str,
 ) -> Result<(Canary, Api<Deployment>, Deployment), KubectlError> {
-    let canaries: Api<Canary> = Api::namespaced(client.clone(), namespace);
-    let canary = canaries
-        .get_opt(name)
-        .await?
-        .ok_or_else(|| KubectlError::NotFound(name.to_owned()))?;
+    let canary = get_canary(client.clone(), namespace, name).await?;
     if canary.spec.traffic_routing.envoy.is_some() {
         return Err(KubectlError::Refused(format!(
             "canary {name} routes a local Envoy: its workloads are revision names, edit              spec.workload in its file"
