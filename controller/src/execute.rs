@@ -5,7 +5,7 @@
 //! written.
 
 use crate::canary::{
-    Action, AnalysisKind, AnalysisRunStatus, AnalysisSource, CanaryStatus, Decision,
+    Action, AnalysisKind, AnalysisRunStatus, AnalysisSource, CanaryStatus, Decision, ManagedRoutes,
 };
 use crate::notify::{self, Change, NotifiedEvent};
 
@@ -40,8 +40,14 @@ impl<'a> Revisions<'a> {
 pub(crate) trait Rim {
     type Error;
 
-    /// Routes `canary`% to the canary and `stable`% to stable.
-    async fn set_weight(&mut self, canary: u32, stable: u32) -> Result<(), Self::Error>;
+    /// Routes `canary`% to the canary and `stable`% to stable, with exactly the managed
+    /// header and mirror routes `routes`.
+    async fn set_weight(
+        &mut self,
+        canary: u32,
+        stable: u32,
+        routes: &ManagedRoutes,
+    ) -> Result<(), Self::Error>;
     /// Makes `revision` the stable one (copies the pod template, or re-points fixed clusters).
     async fn promote(&mut self, revision: &str) -> Result<(), Self::Error>;
     /// Resolves the analysis and hands it to the runner; a spec that does not resolve is a
@@ -86,7 +92,11 @@ pub(crate) async fn execute<R: Rim>(
     for action in &decision.actions {
         match action {
             Action::StopAnalysis { name } => rim.stop_analysis(name),
-            Action::SetWeight { canary, stable } => rim.set_weight(*canary, *stable).await?,
+            Action::SetWeight {
+                canary,
+                stable,
+                routes,
+            } => rim.set_weight(*canary, *stable, routes).await?,
             Action::PromoteWorkload { revision } => rim.promote(revision).await?,
             Action::StartAnalysis { name, kind, source } => {
                 let earlier = [&previous.step_analysis, &previous.background_analysis]

@@ -29,12 +29,12 @@ use crate::notify::{Change, Notification, NotifiedEvent, Notifier, RetryPolicy};
 use crate::{
     canary::{
         decide, resolve, AnalysisKind, AnalysisRunStatus, AnalysisSource, Canary, CanaryPhase,
-        CanaryStatus, Observation, WorkloadState,
+        CanaryStatus, ManagedRoutes, Observation, WorkloadState,
     },
     cli::kubectl::Request,
     execute::{execute, Revisions, Rim},
     observe::{traffic_of_revision, Exporter, TrafficSource},
-    router::{envoy_file, RouterError},
+    router::{envoy_file, Managed, RouterError},
     runner::{CanaryKey, Runner},
 };
 
@@ -588,11 +588,27 @@ fn envoy_of(canary: &Canary) -> Result<&crate::canary::EnvoyRouting, LocalError>
 impl Rim for LocalRim<'_> {
     type Error = LocalError;
 
-    async fn set_weight(&mut self, canary: u32, stable: u32) -> Result<(), LocalError> {
+    async fn set_weight(
+        &mut self,
+        canary: u32,
+        stable: u32,
+        routes: &ManagedRoutes,
+    ) -> Result<(), LocalError> {
         let cfg = envoy_of(self.canary)?;
         let revision = &self.canary.spec.workload.canary;
-        let header = self.canary.spec.traffic_routing.revision_header.as_deref();
-        if envoy_file::apply(cfg, self.stable_revision, revision, canary, stable, header)? {
+        let routing = &self.canary.spec.traffic_routing;
+        let managed = Managed {
+            names: &routing.managed_routes,
+            routes,
+        };
+        let header = routing.revision_header.as_deref();
+        if envoy_file::apply(
+            cfg,
+            (self.stable_revision, revision),
+            (canary, stable),
+            header,
+            &managed,
+        )? {
             let (stable_cluster, canary_cluster) =
                 cfg.route_clusters(self.stable_revision, revision);
             let weights = if stable_cluster == canary_cluster {

@@ -43,7 +43,8 @@ use plover_analysis::template::{Analysis, AnalysisSpec, Document, Secrets};
 use crate::{
     canary::{
         conditions, decide, reasons, resolve, validate, AnalysisKind, AnalysisRunStatus,
-        AnalysisSource, Canary, CanarySpec, CanaryStatus, Observation, WorkloadState,
+        AnalysisSource, Canary, CanarySpec, CanaryStatus, ManagedRoutes, Observation,
+        WorkloadState,
     },
     execute::{execute, reported, Revisions, Rim},
     metrics::Metrics,
@@ -51,7 +52,7 @@ use crate::{
         selector_labels, template_revision, traffic_from_stats, traffic_of_revision,
         workload_state, TrafficSource,
     },
-    router::{envoy_file, gateway_api, istio, RevisionTags, RouterError},
+    router::{envoy_file, gateway_api, istio, Managed, RevisionTags, RouterError},
     runner::{CanaryKey, Runner},
 };
 
@@ -436,7 +437,12 @@ struct ClusterRim<'a> {
 impl Rim for ClusterRim<'_> {
     type Error = ReconcileError;
 
-    async fn set_weight(&mut self, canary: u32, stable: u32) -> Result<(), ReconcileError> {
+    async fn set_weight(
+        &mut self,
+        canary: u32,
+        stable: u32,
+        routes: &ManagedRoutes,
+    ) -> Result<(), ReconcileError> {
         let spec = &self.canary.spec;
         let tags = spec
             .traffic_routing
@@ -447,8 +453,19 @@ impl Rim for ClusterRim<'_> {
                 stable: self.workloads.stable_tag.as_deref(),
                 canary: self.workloads.canary_tag.as_deref(),
             });
+        let managed = Managed {
+            names: &spec.traffic_routing.managed_routes,
+            routes,
+        };
         let weights = (canary, stable);
-        route(self.ctx, &self.key.0, spec, &self.workloads, weights, tags).await
+        route(
+            self.ctx,
+            &self.key.0,
+            spec,
+            &self.workloads,
+            (weights, tags, &managed),
+        )
+        .await
     }
 
     async fn promote(&mut self, revision: &str) -> Result<(), ReconcileError> {
@@ -570,8 +587,7 @@ async fn route(
     namespace: &str,
     spec: &CanarySpec,
     workloads: &Workloads<'_>,
-    (canary_weight, stable_weight): (u32, u32),
-    tags: Option<RevisionTags<'_>>,
+    (weights, tags, managed): ((u32, u32), Option<RevisionTags<'_>>, &Managed<'_>),
 ) -> Result<(), ReconcileError> {
     let (stable, candidate) = (workloads.stable, workloads.canary);
     let routing = &spec.traffic_routing;
@@ -587,23 +603,22 @@ async fn route(
         }
         let api = Api::namespaced_with(ctx.client.clone(), namespace, &virtual_services());
         patch_router_object(&api, &cfg.virtual_service.name, |o| {
-            istio::set_weights(o, cfg, canary_weight, stable_weight, tags)
+            istio::set_routes(o, cfg, weights, tags, managed)
         })
         .await
     } else if let Some(cfg) = &routing.gateway_api {
         let api = Api::namespaced_with(ctx.client.clone(), namespace, &http_routes());
         patch_router_object(&api, &cfg.http_route, |o| {
-            gateway_api::set_weights(o, cfg, canary_weight, stable_weight, tags)
+            gateway_api::set_routes(o, cfg, weights, tags, managed)
         })
         .await
     } else if let Some(cfg) = &routing.envoy {
         envoy_file::apply(
             cfg,
-            workloads.envoy_stable,
-            &spec.workload.canary,
-            canary_weight,
-            stable_weight,
+            (workloads.envoy_stable, &spec.workload.canary),
+            weights,
             spec.traffic_routing.revision_header.as_deref(),
+            managed,
         )?;
         Ok(())
     } else {

@@ -17,6 +17,8 @@ pub mod istio;
 
 use serde_json::{json, Value};
 
+use crate::canary::{ManagedRouteRef, ManagedRoutes, SetHeaderRoute, SetMirrorRoute, StringMatch};
+
 /// Why a router cannot apply weights to the object it was given. Messages name the object and
 /// the field, as they end up in the Canary's status.
 #[derive(Debug, thiserror::Error)]
@@ -112,5 +114,116 @@ pub struct RouteWeights {
     pub stable: Option<i64>,
 }
 
+/// The managed routes a router writes besides the weights (`setHeaderRoute`,
+/// `setMirrorRoute`), ahead of the weighted routes, highest priority first.
+#[derive(Clone, Copy, Debug)]
+pub struct Managed<'a> {
+    /// The names the controller owns (`spec.trafficRouting.managedRoutes`), in priority order:
+    /// a route of one of these names that `routes` does not hold is removed.
+    pub names: &'a [ManagedRouteRef],
+    pub routes: &'a ManagedRoutes,
+}
+
+/// One managed route to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ManagedRoute<'a> {
+    Header(&'a SetHeaderRoute),
+    Mirror(&'a SetMirrorRoute),
+}
+
+impl ManagedRoute<'_> {
+    pub fn name(&self) -> &str {
+        match self {
+            ManagedRoute::Header(r) => &r.name,
+            ManagedRoute::Mirror(r) => &r.name,
+        }
+    }
+}
+
+static NO_ROUTES: ManagedRoutes = ManagedRoutes {
+    header: Vec::new(),
+    mirror: Vec::new(),
+};
+
+impl<'a> Managed<'a> {
+    /// No managed routes, and none owned: only the weights are written.
+    pub fn none() -> Managed<'static> {
+        Managed {
+            names: &[],
+            routes: &NO_ROUTES,
+        }
+    }
+
+    /// Whether a route of this name is the controller's.
+    pub fn owns(&self, name: Option<&str>) -> bool {
+        name.is_some_and(|name| self.names.iter().any(|n| n.name == name))
+    }
+
+    /// The routes to write, in `names` order (validation made every route's name one of them).
+    pub fn ordered(&self) -> Vec<ManagedRoute<'a>> {
+        let routes = self.routes;
+        self.names
+            .iter()
+            .filter_map(|n| {
+                routes
+                    .header
+                    .iter()
+                    .find(|r| r.name == n.name)
+                    .map(ManagedRoute::Header)
+                    .or_else(|| {
+                        routes
+                            .mirror
+                            .iter()
+                            .find(|r| r.name == n.name)
+                            .map(ManagedRoute::Mirror)
+                    })
+            })
+            .collect()
+    }
+}
+
+/// A [`StringMatch`] as (kind, value), `kind` one of `exact`, `prefix`, `regex` (validation
+/// made exactly one of them set).
+pub(crate) fn string_match(m: &StringMatch) -> (&'static str, &str) {
+    [
+        ("exact", &m.exact),
+        ("prefix", &m.prefix),
+        ("regex", &m.regex),
+    ]
+    .into_iter()
+    .find_map(|(kind, v)| Some((kind, v.as_deref()?)))
+    .unwrap_or(("exact", ""))
+}
+
+/// The mirror percentage written (the status fills the default in).
+pub(crate) fn mirror_percentage(route: &SetMirrorRoute) -> u32 {
+    route
+        .percentage
+        .and_then(|p| u32::try_from(p).ok())
+        .unwrap_or(100)
+        .min(100)
+}
+
 #[cfg(test)]
 mod schema_tests;
+
+/// Managed routes the routers' tests write: a header route (two matches) and a 35% mirror.
+#[cfg(test)]
+pub(crate) mod managed_fixture {
+    use crate::canary::{ManagedRouteRef, ManagedRoutes};
+
+    pub fn names() -> Vec<ManagedRouteRef> {
+        ["by-header", "mirror"]
+            .into_iter()
+            .map(|name| ManagedRouteRef { name: name.into() })
+            .collect()
+    }
+
+    pub fn routes() -> ManagedRoutes {
+        serde_yaml::from_str(
+            "header: [{name: by-header, match: [{headerName: x-canary, headerValue: {exact: always}}, {headerName: x-user, headerValue: {prefix: test-}}]}]\n\
+             mirror: [{name: mirror, percentage: 35, match: [{method: {exact: GET}, headers: {x-debug: {regex: 'on|yes'}}}]}]",
+        )
+        .expect("fixture")
+    }
+}

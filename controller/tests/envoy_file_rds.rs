@@ -350,7 +350,14 @@ async fn local_mode_promotes_then_rolls_back_through_a_real_envoy() {
         .traffic_routing
         .envoy
         .unwrap();
-    envoy_file::apply(&routing, "v1", "v2", 0, 100, None).unwrap();
+    envoy_file::apply(
+        &routing,
+        ("v1", "v2"),
+        (0, 100),
+        None,
+        &plover_controller::router::Managed::none(),
+    )
+    .unwrap();
     let config = dir.path().join("envoy.yaml");
     std::fs::write(&config, bootstrap(&xds, admin, listen, Clusters::FromFile)).unwrap();
     let _envoy = start(&envoy, &config).await;

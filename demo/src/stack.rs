@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use plover_controller::canary::Canary;
-use plover_controller::router::envoy_file;
+use plover_controller::router::{envoy_file, Managed};
 use tokio::sync::{oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -263,11 +263,16 @@ impl Stack {
         // The gateway needs routes and clusters to start with (everything on stable); from then
         // on they are the controller's.
         let revision_header = canary.spec.traffic_routing.revision_header.as_deref();
-        envoy_file::apply(&routing, initial, initial, 0, 100, revision_header).map_err(|e| {
-            DemoError::Start {
-                what: "routes and clusters files",
-                message: e.to_string(),
-            }
+        envoy_file::apply(
+            &routing,
+            (initial, initial),
+            (0, 100),
+            revision_header,
+            &Managed::none(),
+        )
+        .map_err(|e| DemoError::Start {
+            what: "routes and clusters files",
+            message: e.to_string(),
         })?;
         let workloads = Workloads {
             canary_file: dir.path().join("canary.yaml"),

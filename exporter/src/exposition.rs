@@ -232,9 +232,11 @@ impl StoreCollector {
             let Some(data) = store.service(&namespace, &service) else {
                 continue;
             };
+            // Mirrored copies are no revision's traffic: not in the windows' rates and shares.
             let revisions: Vec<_> = data
                 .windows(newest, windows, &mut acc)
                 .into_iter()
+                .filter(|r| r.role != Role::Mirror)
                 .map(|r| (Arc::<str>::from(r.revision), r.role, r.summaries))
                 .collect();
             drop(store);
@@ -380,12 +382,17 @@ impl EncodeLabelSet for WindowLabels<'_> {
     }
 }
 
-/// Calls `f` for every route with its path labels.
+/// Calls `f` for every route with its path labels: the routes of clients' requests, or with
+/// `mirrored` those of mirrored copies (role `mirror`), which no other family counts.
 fn for_each_route<'s>(
     routes: &'s [RouteRow],
+    mirrored: bool,
     mut f: impl FnMut(PathLabels<'s>, &'s RouteRow) -> fmt::Result,
 ) -> fmt::Result {
-    for r in routes {
+    for r in routes
+        .iter()
+        .filter(|r| (r.role == Role::Mirror) == mirrored)
+    {
         let path = PathLabels {
             namespace: &r.namespace,
             service: &r.service,
@@ -427,25 +434,30 @@ fn encode_routes(
 ) -> fmt::Result {
     let series_per_code = settings.series_per_code;
     let classic_buckets = settings.native_histograms != NativeHistograms::Only;
-    let mut family = encoder.encode_descriptor(
-        "plover_requests",
-        "Requests completed, by series.",
-        None,
-        MetricType::Counter,
-    )?;
-    for_each_route(routes, |path, route| {
-        for (outcome, requests) in &route.outcomes {
-            let labels = SeriesLabels {
-                path,
-                outcome,
-                per_code: series_per_code,
-            };
-            family
-                .encode_family(&labels)?
-                .encode_counter::<NoLabelSet, _, u64>(requests, None)?;
-        }
-        Ok(())
-    })?;
+    let requests = [
+        ("plover_requests", "Requests completed, by series.", false),
+        (
+            "plover_mirrored_requests",
+            "Copies of requests a route mirrored to a revision, by series: their answers reached no client, so no other family counts them.",
+            true,
+        ),
+    ];
+    for (name, help, mirrored) in requests {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for_each_route(routes, mirrored, |path, route| {
+            for (outcome, requests) in &route.outcomes {
+                let labels = SeriesLabels {
+                    path,
+                    outcome,
+                    per_code: series_per_code,
+                };
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(requests, None)?;
+            }
+            Ok(())
+        })?;
+    }
 
     // Routes whose filters do not measure sizes (`record.sizes` off) have no byte counters
     // rather than wrong ones.
@@ -463,7 +475,7 @@ fn encode_routes(
     ];
     for (name, help, value) in bytes {
         let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-        for_each_route(routes, |path, route| match &route.bytes {
+        for_each_route(routes, false, |path, route| match &route.bytes {
             Some(bytes) => family
                 .encode_family(&path)?
                 .encode_counter::<NoLabelSet, _, u64>(&value(bytes), None),
@@ -479,7 +491,7 @@ fn encode_routes(
     )?;
     let bounds = &snapshot.bounds;
     let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(bounds.len() + 1);
-    for_each_route(routes, |path, route| {
+    for_each_route(routes, false, |path, route| {
         let Some(d): Option<&Durations> = route.durations.as_ref() else {
             return Ok(());
         };

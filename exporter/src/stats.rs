@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use plover_wire::stats::{parse_window_seconds, LatencySummary, RevisionStats, StatsResponse};
-use plover_wire::{Histogram, StatusClass};
+use plover_wire::{Histogram, Role, StatusClass};
 
 use crate::store::Store;
 use crate::window::{Accumulator, Summary};
@@ -82,23 +82,36 @@ pub fn answer(store: &Store, query: &StatsQuery, now_ms: u64) -> StatsResponse {
         revisions: Vec::new(),
         lost_requests: store
             .lost_requests((newest + 1).saturating_sub(query.window_seconds), newest),
+        mirrored: Vec::new(),
     };
     let Some(service) = store.service(&query.namespace, &query.service) else {
         return response;
     };
     let mut acc = Accumulator::default();
-    let revisions = service.windows(newest, &[query.window_seconds], &mut acc);
-    let total = revisions
-        .iter()
-        .map(|r| r.summaries[0].requests())
-        .fold(0, u64::saturating_add);
-    for r in revisions {
-        let summary = &r.summaries[0];
-        response.window_seconds = response.window_seconds.max(summary.covered_seconds);
-        response
-            .revisions
-            .push(revision_stats(r.revision, r.role.as_str(), summary, total));
-    }
+    // Mirrored copies are answered apart: they are no revision's traffic, so neither in the
+    // shares nor where a revision is looked up by name.
+    let (mirrored, revisions): (Vec<_>, Vec<_>) = service
+        .windows(newest, &[query.window_seconds], &mut acc)
+        .into_iter()
+        .partition(|r| r.role == Role::Mirror);
+    let mut covered = response.window_seconds;
+    let mut answer = |entries: Vec<crate::store::RevisionWindows<'_>>| {
+        let total = entries
+            .iter()
+            .map(|r| r.summaries[0].requests())
+            .fold(0, u64::saturating_add);
+        entries
+            .iter()
+            .map(|r| {
+                let summary = &r.summaries[0];
+                covered = covered.max(summary.covered_seconds);
+                revision_stats(r.revision, r.role.as_str(), summary, total)
+            })
+            .collect::<Vec<_>>()
+    };
+    response.revisions = answer(revisions);
+    response.mirrored = answer(mirrored);
+    response.window_seconds = covered;
     response
 }
 

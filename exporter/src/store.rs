@@ -135,7 +135,7 @@ enum Merge {
 /// One service: its revisions, each possibly seen under several roles.
 #[derive(Debug, Default)]
 pub struct Service {
-    revisions: HashMap<String, [Option<Box<Revision>>; 3]>,
+    revisions: HashMap<String, [Option<Box<Revision>>; Role::ALL.len()]>,
 }
 
 /// One revision in one role.

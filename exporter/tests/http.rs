@@ -568,3 +568,71 @@ async fn shutdown_finishes_an_in_flight_ingest() {
     assert!(response.ends_with("applied\n"), "{response}");
     exporter.join().await;
 }
+
+#[tokio::test]
+async fn mirrored_copies_are_counted_apart_from_the_revisions_traffic() {
+    // Issue 20, item 5: copies a route mirrored to the canary (role `mirror`) are never the
+    // canary's traffic: not in its /v1/stats entry or the shares, not in plover_requests_total.
+    let exporter = Exporter::start(&[]).await;
+    let b = batch(
+        "vm-1",
+        1,
+        3000,
+        vec![
+            series("v1", Role::Stable, 200, 90, 20_000),
+            series("v2", Role::Canary, 200, 10, 20_000),
+            series("v2", Role::Mirror, 500, 40, 20_000),
+        ],
+    );
+    assert_eq!(exporter.post_batch(b.encode()).await.status, 200);
+    let stats = exporter.stats(STATS).await;
+    let entries = |field: &str| -> Vec<(String, String, u64, f64)> {
+        stats[field]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["revision"].as_str().unwrap().to_owned(),
+                    r["role"].as_str().unwrap().to_owned(),
+                    r["requests"].as_u64().unwrap(),
+                    r["traffic_share"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        entries("revisions"),
+        [
+            ("v1".to_owned(), "stable".to_owned(), 90, 0.9),
+            ("v2".to_owned(), "canary".to_owned(), 10, 0.1)
+        ],
+        "{stats}"
+    );
+    assert_eq!(
+        entries("mirrored"),
+        [("v2".to_owned(), "mirror".to_owned(), 40, 1.0)],
+        "{stats}"
+    );
+    let requests = exporter.metric_lines("plover_requests_total{").await;
+    assert!(
+        requests.iter().all(|l| !l.contains(r#"role="mirror""#)),
+        "{requests:?}"
+    );
+    let mirrored = exporter
+        .metric_lines("plover_mirrored_requests_total{")
+        .await;
+    assert_eq!(mirrored.len(), 1, "{mirrored:?}");
+    assert!(
+        mirrored[0].contains(r#"revision="v2""#) && mirrored[0].ends_with(" 40"),
+        "{mirrored:?}"
+    );
+    let durations = exporter
+        .metric_lines("plover_request_duration_seconds_count{")
+        .await;
+    assert!(
+        durations.iter().all(|l| !l.contains(r#"role="mirror""#)),
+        "{durations:?}"
+    );
+    exporter.stop().await;
+}

@@ -17,7 +17,7 @@
 use std::borrow::Cow;
 
 use plover_wire::config::RevisionSource;
-use plover_wire::{FilterConfig, SeriesKeyRef, StatusClass, UpstreamFailure};
+use plover_wire::{FilterConfig, Role, SeriesKeyRef, StatusClass, UpstreamFailure};
 
 use crate::flags;
 use crate::resolve::Resolution;
@@ -47,6 +47,22 @@ pub struct Completion<'a> {
     /// `xds.route_name`: the name of the route Envoy matched (empty when unnamed, or unless
     /// `record.route`).
     pub route: Cow<'a, str>,
+    /// The request is a copy another proxy's route mirrored here (see [`is_mirrored`]).
+    pub mirrored: bool,
+}
+
+/// What Envoy (and so Istio) appends to the host of a mirrored request.
+pub const MIRROR_HOST_SUFFIX: &str = "-shadow";
+
+/// Whether `request.host` is that of a mirrored copy (`app-shadow`, `app-shadow:8080`): its
+/// answer was dropped by the proxy that mirrored it, so it is counted with role `mirror`, never
+/// as the revision's traffic.
+pub fn is_mirrored(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    name.ends_with(MIRROR_HOST_SUFFIX)
 }
 
 /// One value read from a finished request.
@@ -62,6 +78,8 @@ pub enum Value {
     ResponseSize,
     ContentType,
     GrpcStatus,
+    /// `request.host`, only to tell mirrored copies apart.
+    Host,
 }
 
 /// Envoy attribute paths the filter reads (Envoy 1.40 names; the pre-1.25 top-level names such
@@ -70,6 +88,7 @@ pub mod property {
     pub const CLUSTER_NAME: &[&str] = &["xds", "cluster_name"];
     pub const ROUTE_NAME: &[&str] = &["xds", "route_name"];
     pub const NODE_ID: &[&str] = &["xds", "node", "id"];
+    pub const REQUEST_HOST: &[&str] = &["request", "host"];
     pub const RESPONSE_CODE: &[&str] = &["response", "code"];
     pub const RESPONSE_FLAGS: &[&str] = &["response", "flags"];
     pub const RESPONSE_GRPC_STATUS: &[&str] = &["response", "grpc_status"];
@@ -91,7 +110,13 @@ pub struct Reading {
 
 impl Reading {
     pub fn new(config: &FilterConfig) -> Reading {
-        let mut values = vec![Value::Cluster, Value::Code, Value::Flags, Value::Duration];
+        let mut values = vec![
+            Value::Cluster,
+            Value::Code,
+            Value::Flags,
+            Value::Duration,
+            Value::Host,
+        ];
         let revision_header = config
             .response_header
             .as_ref()
@@ -162,6 +187,7 @@ impl Reading {
                     header(self.revision_header.as_deref().unwrap_or_default())
                 }
                 Value::Route => guard("xds.route_name", "''"),
+                Value::Host => guard("request.host", "''"),
                 Value::RequestSize => guard("request.total_size", "0"),
                 Value::ResponseSize => guard("response.total_size", "0"),
                 Value::ContentType => header(CONTENT_TYPE),
@@ -200,6 +226,7 @@ impl Reading {
                         Some(Cow::Borrowed(text()?)).filter(|h| !h.is_empty())
                 }
                 Value::Route => completion.route = Cow::Borrowed(text()?),
+                Value::Host => completion.mirrored = is_mirrored(text()?),
                 Value::RequestSize => completion.request_bytes = int()?,
                 Value::ResponseSize => completion.response_bytes = int()?,
                 Value::ContentType => content_type = text()?,
@@ -237,7 +264,11 @@ impl Completion<'_> {
             service: &resolution.service,
             route: &self.route,
             revision: &resolution.revision,
-            role: resolution.role,
+            role: if self.mirrored {
+                Role::Mirror
+            } else {
+                resolution.role
+            },
             status_class,
             code,
             grpc_status: self
@@ -453,6 +484,29 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn mirrored_copies_are_told_by_their_host_and_counted_apart() {
+        for (host, mirrored) in [
+            ("app-shadow", true),
+            ("app.demo.svc-shadow:8080", true),
+            ("app", false),
+            ("app:8080", false),
+            ("shadow", false),
+            ("app-shadow.example.com", false),
+            ("", false),
+        ] {
+            assert_eq!(is_mirrored(host), mirrored, "{host}");
+        }
+        let copy = Completion {
+            code: 200,
+            mirrored: true,
+            ..Default::default()
+        };
+        let canary = canary();
+        let key = copy.series_key(&canary);
+        assert_eq!((key.role, key.revision), (Role::Mirror, "v2"));
+    }
+
+    #[test]
     fn units_and_negative_sizes() {
         let c = Completion {
             duration_ns: 1_234_567,
@@ -502,6 +556,7 @@ pub(crate) mod tests {
                 .to_le_bytes()
                 .to_vec(),
             2_500_000i64.to_le_bytes().to_vec(),
+            b"app.example.com".to_vec(),
             b"5d8f7c9b6".to_vec(),
             b"app_route".to_vec(),
             100i64.to_le_bytes().to_vec(),
@@ -515,19 +570,20 @@ pub(crate) mod tests {
     fn the_expression_holds_only_what_the_configuration_reads() {
         assert_eq!(
             reading("").expression(false),
-            "[xds.cluster_name, response.code, response.flags, request.duration]"
+            "[xds.cluster_name, response.code, response.flags, request.duration, request.host]"
         );
         assert_eq!(
             reading("").expression(true),
             "[has(xds.cluster_name) ? xds.cluster_name : '', has(response.code) ? response.code : 0, \
-has(response.flags) ? response.flags : 0, has(request.duration) ? request.duration : duration('0s')]"
+has(response.flags) ? response.flags : 0, has(request.duration) ? request.duration : duration('0s'), \
+has(request.host) ? request.host : '']"
         );
         assert!(!reading("").measures_sizes());
         let all = all();
         assert!(all.measures_sizes());
         assert_eq!(
             all.expression(false),
-            "[xds.cluster_name, response.code, response.flags, request.duration, \
+            "[xds.cluster_name, response.code, response.flags, request.duration, request.host, \
 response.headers['x-app-revision'], xds.route_name, request.total_size, response.total_size, \
 response.headers['content-type'], has(response.grpc_status) ? response.grpc_status : -1]"
         );
@@ -550,23 +606,25 @@ response.headers['content-type'], has(response.grpc_status) ? response.grpc_stat
                 response_bytes: 1_000,
                 grpc_status: None,
                 route: "app_route".into(),
+                mirrored: false,
             }
         );
         let grpc = evaluated("application/grpc", 14);
         assert_eq!(all.decode(&grpc).unwrap().grpc_status, Some(14));
         let absent = evaluated("application/grpc", -1);
         assert_eq!(all.decode(&absent).unwrap().grpc_status, None);
-        // The four values alone.
-        let four = serialize_list(&[
+        // The five values alone; a mirrored copy's host.
+        let five = serialize_list(&[
             b"stable".to_vec(),
             200i64.to_le_bytes().to_vec(),
             0i64.to_le_bytes().to_vec(),
             7_000i64.to_le_bytes().to_vec(),
+            b"app.demo-shadow:8080".to_vec(),
         ]);
-        let c = reading("").decode(&four).unwrap();
+        let c = reading("").decode(&five).unwrap();
         assert_eq!(
-            (&*c.cluster, c.code, c.duration_ns, &*c.route),
-            ("stable", 200, 7_000, "")
+            (&*c.cluster, c.code, c.duration_ns, &*c.route, c.mirrored),
+            ("stable", 200, 7_000, "", true)
         );
     }
 
@@ -607,15 +665,15 @@ response.headers['content-type'], has(response.grpc_status) ? response.grpc_stat
         let mut value = good.clone();
         value[8] = 1;
         assert_eq!(decode(&value), None);
-        let mut short = vec![vec![0u8; 8]; 10];
-        for text in [0, 4, 5, 8] {
+        let mut short = vec![vec![0u8; 8]; 11];
+        for text in [0, 4, 5, 6, 9] {
             short[text] = b"r".to_vec();
         }
         assert!(decode(&serialize_list(&short)).is_some());
         short[1] = vec![0; 4];
         assert_eq!(decode(&serialize_list(&short)), None);
         short[1] = vec![0; 8];
-        short[5] = vec![0xff];
+        short[6] = vec![0xff];
         assert_eq!(decode(&serialize_list(&short)), None);
         // Protobuf ListValue, as older Envoys serialize lists.
         assert_eq!(

@@ -18,7 +18,7 @@ use plover_wire::config::RevisionSource;
 use plover_wire::{ConfigError, FilterConfig};
 
 use crate::aggregate::Aggregate;
-use crate::record::{is_grpc, property, Completion, Reading, Value, CONTENT_TYPE};
+use crate::record::{is_grpc, is_mirrored, property, Completion, Reading, Value, CONTENT_TYPE};
 use crate::resolve::{ClusterResolution, Resolution, RevisionResolver};
 
 /// Envoy's handle for a compiled CEL expression (`expr_create`).
@@ -152,6 +152,10 @@ impl Plugin {
                 Value::Route => {
                     completion.route =
                         string_property(host, property::ROUTE_NAME).map_or("".into(), Cow::Owned)
+                }
+                Value::Host => {
+                    completion.mirrored = string_property(host, property::REQUEST_HOST)
+                        .is_some_and(|h| is_mirrored(&h))
                 }
                 Value::RequestSize => {
                     completion.request_bytes =
@@ -349,6 +353,7 @@ pub(crate) mod tests {
             MockHost::default()
                 .with_str(property::CLUSTER_NAME, cluster)
                 .with_str(property::ROUTE_NAME, "app_route")
+                .with_str(property::REQUEST_HOST, "app.example.com")
                 .with_int(property::RESPONSE_CODE, code)
                 .with_int(property::RESPONSE_FLAGS, 0)
                 .with_int(property::REQUEST_DURATION, 2_500_000)
@@ -406,6 +411,7 @@ pub(crate) mod tests {
                     Value::Duration => or(property::REQUEST_DURATION, int(0))?,
                     Value::RevisionHeader => header(reading.revision_header().unwrap())?,
                     Value::Route => or(property::ROUTE_NAME, Vec::new())?,
+                    Value::Host => or(property::REQUEST_HOST, Vec::new())?,
                     Value::RequestSize => or(property::REQUEST_TOTAL_SIZE, int(0))?,
                     Value::ResponseSize => or(property::RESPONSE_TOTAL_SIZE, int(0))?,
                     Value::ContentType => header(CONTENT_TYPE)?,
@@ -576,9 +582,9 @@ pub(crate) mod tests {
             ]
         };
         for (fields, expected_calls) in [
-            (CONFIG.to_owned(), [4, 4, 4]),
-            // Four values, route, two sizes and the content type (and the gRPC status).
-            (config_with(RECORD_ALL), [8, 8, 9]),
+            (CONFIG.to_owned(), [5, 5, 5]),
+            // Five values, route, two sizes and the content type (and the gRPC status).
+            (config_with(RECORD_ALL), [9, 9, 10]),
         ] {
             let (evaluating, evaluated) = plugin(&fields);
             let (reading, read) = plugin_reading_properties(&fields);
@@ -625,8 +631,8 @@ pub(crate) mod tests {
         let host = MockHost::request("canary", 200);
         host.evaluation_breaks.set(true);
         run(&plugin, &host);
-        // Both forms, then cluster, code, flags and duration.
-        assert_eq!(host.calls.get(), 6);
+        // Both forms, then cluster, code, flags, duration and host.
+        assert_eq!(host.calls.get(), 7);
         let (key, delta) = &flush(&aggregate).series[0];
         assert_eq!((key.role, key.code, delta.requests), (Role::Canary, 200, 1));
     }

@@ -261,6 +261,7 @@ pub fn steady_exporter(canary: (u64, u64), stable: (u64, u64)) -> Handler {
                 revision("reviews-v1", "stable", stable),
             ],
             lost_requests: 0,
+            mirrored: Vec::new(),
         })
         .unwrap();
         (200, "application/json", body)

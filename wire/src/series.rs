@@ -13,16 +13,20 @@ pub enum Role {
     Canary,
     /// Traffic the filter could not attribute to a configured revision.
     Unknown,
+    /// Copies of requests a route mirrored to this revision (Envoy's `-shadow` host): their
+    /// answers reached no client, so they are never the revision's traffic.
+    Mirror,
 }
 
 impl Role {
-    pub const ALL: [Role; 3] = [Role::Stable, Role::Canary, Role::Unknown];
+    pub const ALL: [Role; 4] = [Role::Stable, Role::Canary, Role::Unknown, Role::Mirror];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Stable => "stable",
             Role::Canary => "canary",
             Role::Unknown => "unknown",
+            Role::Mirror => "mirror",
         }
     }
 
@@ -42,7 +46,7 @@ impl core::str::FromStr for Role {
             .into_iter()
             .find(|r| r.as_str() == s)
             .ok_or(WireError::Malformed(
-                "role must be one of stable, canary, unknown",
+                "role must be one of stable, canary, unknown, mirror",
             ))
     }
 }

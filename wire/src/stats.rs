@@ -60,6 +60,10 @@ pub struct StatsResponse {
     /// not take them as the whole truth. Absent (0) from exporters older than this field.
     #[serde(default)]
     pub lost_requests: u64,
+    /// Copies of requests a route mirrored to a revision (role `mirror`), apart from
+    /// `revisions`: their answers reached no client, so they are no revision's traffic.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrored: Vec<RevisionStats>,
 }
 
 impl StatsResponse {

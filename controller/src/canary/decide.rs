@@ -17,8 +17,8 @@ use super::{
     spec::{AnalysisSource, CanarySpec},
     split::{self, Split},
     status::{
-        conditions, reasons, AnalysisRunStatus, CanaryPhase, CanaryStatus, MetricStatus,
-        PauseReason, PauseState,
+        conditions, reasons, AnalysisRunStatus, CanaryPhase, CanaryStatus, ManagedRoutes,
+        MetricStatus, PauseReason, PauseState,
     },
     validate::{validate, Plan, PlanStep},
 };
@@ -145,10 +145,12 @@ pub enum AnalysisKind {
 /// What the caller must do, in order.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
-    /// Route `canary`% to the canary and `stable`% to the stable workload (they add up to 100).
+    /// Route `canary`% to the canary and `stable`% to the stable workload (they add up to 100),
+    /// with exactly the managed header and mirror routes `routes` (the new status's).
     SetWeight {
         canary: u32,
         stable: u32,
+        routes: ManagedRoutes,
     },
     StartAnalysis {
         name: String,
@@ -181,7 +183,7 @@ impl Decision {
     /// The weights this decision enforces, if it routes at all.
     pub fn weights(&self) -> Option<(u32, u32)> {
         self.actions.iter().find_map(|a| match a {
-            Action::SetWeight { canary, stable } => Some((*canary, *stable)),
+            Action::SetWeight { canary, stable, .. } => Some((*canary, *stable)),
             _ => None,
         })
     }
@@ -229,6 +231,8 @@ impl Builder<'_, '_> {
         self.actions.push(Action::SetWeight {
             canary,
             stable: 100 - canary,
+            // Filled in from the final status by `finish`.
+            routes: ManagedRoutes::default(),
         });
     }
 
@@ -328,11 +332,14 @@ impl Builder<'_, '_> {
             }
         }
         // Weights about to be written: a failure to write them is reported anew by the rim.
-        if self
-            .actions
-            .iter()
-            .any(|a| matches!(a, Action::SetWeight { .. }))
-        {
+        let mut routes_written = false;
+        for action in &mut self.actions {
+            if let Action::SetWeight { routes, .. } = action {
+                routes.clone_from(&self.status.managed_routes);
+                routes_written = true;
+            }
+        }
+        if routes_written {
             self.status
                 .remove_condition(conditions::TRAFFIC_ROUTING_FAILED);
         }
@@ -474,6 +481,7 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
     // appearing, looked for again every 30 s) changes the answer.
     if let Some(problem) = &obs.analysis_problem {
         invalid_spec(&mut b, problem.clone());
+        b.status.managed_routes = ManagedRoutes::default();
         b.set_weight(0);
         b.requeue(MISSING_WORKLOAD_RETRY);
         return b.finish();
@@ -523,6 +531,7 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         s.attempt = 0;
         s.step_analysis = None;
         s.background_analysis = None;
+        s.managed_routes = ManagedRoutes::default();
         s.remove_condition(conditions::TRAFFIC_SPLIT_MISMATCH);
         // The exporter's window still holds the previous revision's traffic: a new sample starts.
         s.weight_changed_at = Some(b.now.clone());
@@ -587,6 +596,7 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         s.promote = false;
         s.step_analysis = None;
         s.background_analysis = None;
+        s.managed_routes = ManagedRoutes::default();
         let message = format!(
             "retrying revision {canary_rev} (attempt {})",
             b.status.attempt
@@ -670,6 +680,14 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         let done = match step {
             PlanStep::SetWeight(w) => set_weight_step(&mut b, plan, *w),
             PlanStep::Pause(duration) => pause_step(&mut b, *duration),
+            PlanStep::HeaderRoute(route) => {
+                b.status.managed_routes.set_header(route);
+                true
+            }
+            PlanStep::MirrorRoute(route) => {
+                b.status.managed_routes.set_mirror(route);
+                true
+            }
             PlanStep::Analysis(source) => match analysis_step(&mut b, &canary_rev, index, source) {
                 StepOutcome::Done => true,
                 StepOutcome::Waiting => false,
@@ -736,6 +754,8 @@ pub fn decide(obs: &Observation<'_>) -> Decision {
         );
     }
     b.status.phase = Some(CanaryPhase::Promoting);
+    // Header and mirror routes end with the steps (Argo removes them at full promotion).
+    b.status.managed_routes = ManagedRoutes::default();
     b.status.message = Some(format!(
         "rolling out revision {canary_rev} to {}",
         obs.spec.workload.stable
@@ -780,6 +800,7 @@ fn steady(mut b: Builder<'_, '_>, revision: &str) -> Decision {
         return b.finish();
     }
     let was_promoting = b.status.phase == Some(CanaryPhase::Promoting);
+    b.status.managed_routes = ManagedRoutes::default();
     b.set_weight(0);
     b.status.pause = None;
     b.status.abort = false;
@@ -815,6 +836,7 @@ fn abort(b: &mut Builder<'_, '_>, reason: Option<String>) {
     let just_now = b.status.aborted_at.is_none();
     b.status.abort = true;
     b.stop_running_analyses();
+    b.status.managed_routes = ManagedRoutes::default();
     b.set_weight(0);
     b.status.pause = None;
     b.status.promote = false;
@@ -995,6 +1017,13 @@ fn set_weight_step(b: &mut Builder<'_, '_>, plan: &Plan, weight: u32) -> bool {
     let Some(check) = plan.traffic_check.as_ref() else {
         return true;
     };
+    // Requests a header route sends to the canary are in its share whatever the weight: the
+    // split cannot be told from the counts, so it is not judged (and not reported as wrong).
+    if !b.status.managed_routes.header.is_empty() {
+        b.status
+            .remove_condition(conditions::TRAFFIC_SPLIT_MISMATCH);
+        return true;
+    }
     let window = check.window.as_secs();
     let (tolerance, min_requests, mismatch_after) =
         (check.tolerance, check.min_requests, check.mismatch_after);

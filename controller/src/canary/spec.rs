@@ -161,6 +161,78 @@ pub struct TrafficRouting {
     /// no cost to the filter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision_header: Option<String>,
+    /// Routes the steps `setHeaderRoute` and `setMirrorRoute` may add, by name, highest
+    /// priority first (Argo Rollouts' field). The router object's routes of these names belong
+    /// to the controller: it writes them ahead of the weighted routes while a step has set them,
+    /// and removes them at promotion, at abort and when a new revision starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managed_routes: Vec<ManagedRouteRef>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ManagedRouteRef {
+    pub name: String,
+}
+
+/// How a string is matched: exactly one of `exact`, `prefix`, `regex` (RE2 syntax).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StringMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+}
+
+/// A step that sends the requests carrying a header (or a cookie: header `cookie` with a
+/// regex) to the canary, whatever the weight: Argo's `setHeaderRoute`, Flagger's A/B `match`.
+/// Without `match` it removes the route of that name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SetHeaderRoute {
+    /// One of `spec.trafficRouting.managedRoutes`.
+    pub name: String,
+    /// A request matching any one of these goes to the canary.
+    #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<HeaderRoutingMatch>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderRoutingMatch {
+    pub header_name: String,
+    pub header_value: StringMatch,
+}
+
+/// A step that copies a share of the matching requests to the canary; the copies' answers are
+/// dropped, so clients see only stable's (Argo's `setMirrorRoute`). Without `match` it removes
+/// the route of that name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SetMirrorRoute {
+    /// One of `spec.trafficRouting.managedRoutes`.
+    pub name: String,
+    /// A request matching any one of these is mirrored.
+    #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<RouteMatch>,
+    /// Percent of the matching requests copied (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub percentage: Option<i32>,
+}
+
+/// Every condition given must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteMatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<StringMatch>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<StringMatch>,
+    /// By header name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, StringMatch>,
 }
 
 /// Istio: weights of the stable and canary destinations of named VirtualService routes.
@@ -283,7 +355,8 @@ fn default_prefix() -> String {
     "/".to_owned()
 }
 
-/// One step: exactly one of `setWeight`, `pause`, `analysis`.
+/// One step: exactly one of `setWeight`, `pause`, `analysis`, `setHeaderRoute`,
+/// `setMirrorRoute`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CanaryStep {
@@ -297,6 +370,12 @@ pub struct CanaryStep {
     /// Run an analysis; the step completes when it is Successful.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisSource>,
+    /// Add, replace or (without `match`) remove a managed header route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_header_route: Option<SetHeaderRoute>,
+    /// Add, replace or (without `match`) remove a managed mirror route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_mirror_route: Option<SetMirrorRoute>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -5,6 +5,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::spec::{SetHeaderRoute, SetMirrorRoute};
+
 /// Phase of a canary, in Argo Rollouts' words.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum CanaryPhase {
@@ -289,8 +291,48 @@ pub struct CanaryStatus {
     pub step_analysis: Option<AnalysisRunStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub background_analysis: Option<AnalysisRunStatus>,
+    /// The managed routes set by the steps reached (`setHeaderRoute`, `setMirrorRoute`), which
+    /// the router writes besides the weights; emptied at promotion, abort and a new revision.
+    #[serde(default, skip_serializing_if = "ManagedRoutes::is_empty")]
+    pub managed_routes: ManagedRoutes,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// Header and mirror routes in force, in the order their steps set them (the router orders
+/// them by `spec.trafficRouting.managedRoutes`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ManagedRoutes {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub header: Vec<SetHeaderRoute>,
+    /// Each with its `percentage` filled in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirror: Vec<SetMirrorRoute>,
+}
+
+impl ManagedRoutes {
+    pub fn is_empty(&self) -> bool {
+        self.header.is_empty() && self.mirror.is_empty()
+    }
+
+    /// Adds or replaces the header route of its name; without matches, removes it.
+    pub fn set_header(&mut self, route: &SetHeaderRoute) {
+        self.header.retain(|r| r.name != route.name);
+        if !route.matches.is_empty() {
+            self.header.push(route.clone());
+        }
+    }
+
+    /// Adds or replaces the mirror route of its name; without matches, removes it.
+    pub fn set_mirror(&mut self, route: &SetMirrorRoute) {
+        self.mirror.retain(|r| r.name != route.name);
+        if !route.matches.is_empty() {
+            self.mirror.push(SetMirrorRoute {
+                percentage: Some(route.percentage.unwrap_or(100)),
+                ..route.clone()
+            });
+        }
+    }
 }
 
 /// Condition types, reasons and statuses (linkerd's constant modules).

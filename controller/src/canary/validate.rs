@@ -10,6 +10,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::spec::*;
 use plover_analysis::duration;
 
+mod routes;
+
 /// A spec as `decide` acts on it: every duration parsed, every default applied.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
@@ -23,6 +25,8 @@ pub struct Plan {
     /// Envoy file routing (local mode): the workloads are revision names, and promotion makes
     /// the canary's revision the stable one instead of copying a pod template.
     pub envoy_routing: bool,
+    /// `spec.trafficRouting.managedRoutes`, highest priority first.
+    pub managed_routes: Vec<String>,
 }
 
 /// One step, its kind resolved.
@@ -32,6 +36,10 @@ pub enum PlanStep {
     /// `None`: until promoted.
     Pause(Option<Duration>),
     Analysis(AnalysisSource),
+    /// Set (or, without matches, remove) a managed header route.
+    HeaderRoute(SetHeaderRoute),
+    /// Set (or, without matches, remove) a managed mirror route.
+    MirrorRoute(SetMirrorRoute),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -140,6 +148,7 @@ pub fn validate(spec: &CanarySpec) -> Result<Plan, InvalidSpec> {
         );
     }
     validate_routing(&mut e, &spec.traffic_routing, &spec.workload);
+    routes::managed_routes(&mut e, spec);
     let progress_deadline = match spec.progress_deadline_seconds {
         None => Duration::from_secs(u64::from(DEFAULT_PROGRESS_DEADLINE_SECONDS)),
         Some(s) => match u64::try_from(s) {
@@ -156,11 +165,22 @@ pub fn validate(spec: &CanarySpec) -> Result<Plan, InvalidSpec> {
             step.set_weight.is_some(),
             step.pause.is_some(),
             step.analysis.is_some(),
+            step.set_header_route.is_some(),
+            step.set_mirror_route.is_some(),
         ];
+        const KINDS: &str = "setWeight, pause, analysis, setHeaderRoute, setMirrorRoute";
         match set.iter().filter(|s| **s).count() {
             1 => {}
-            0 => e.push(&field, "must set one of setWeight, pause, analysis"),
-            _ => e.push(&field, "must set only one of setWeight, pause, analysis"),
+            0 => e.push(&field, format!("must set one of {KINDS}")),
+            _ => e.push(&field, format!("must set only one of {KINDS}")),
+        }
+        if let Some(route) = &step.set_header_route {
+            routes::header_route(&mut e, &field, route, &spec.traffic_routing);
+            steps.push(PlanStep::HeaderRoute(route.clone()));
+        }
+        if let Some(route) = &step.set_mirror_route {
+            routes::mirror_route(&mut e, &field, route, &spec.traffic_routing);
+            steps.push(PlanStep::MirrorRoute(route.clone()));
         }
         if let Some(w) = step.set_weight {
             match u32::try_from(w).ok().filter(|w| *w <= 100) {
@@ -270,6 +290,12 @@ pub fn validate(spec: &CanarySpec) -> Result<Plan, InvalidSpec> {
             progress_deadline,
             progress_deadline_abort: spec.progress_deadline_abort,
             envoy_routing: spec.traffic_routing.envoy.is_some(),
+            managed_routes: spec
+                .traffic_routing
+                .managed_routes
+                .iter()
+                .map(|r| r.name.clone())
+                .collect(),
         })
     } else {
         Err(InvalidSpec { errors: e.0 })
@@ -547,6 +573,64 @@ mod tests {
             Ok(_) => vec![],
             Err(e) => e.errors.into_iter().map(|f| f.field).collect(),
         }
+    }
+
+    #[test]
+    fn managed_routes_name_what_each_router_cannot_take() {
+        let spec = |routing: &str, steps: &str| -> CanarySpec {
+            serde_yaml::from_str(&format!(
+                "workload: {{stable: app, canary: app-canary}}\ntrafficRouting:\n{routing}\nsteps:\n{steps}"
+            ))
+            .unwrap()
+        };
+        let istio = "  istio: {virtualService: {name: app, routes: [primary]}, stableService: app, canaryService: app-canary}\n  managedRoutes: [{name: by-header}, {name: mirror}]";
+        let good = spec(
+            istio,
+            "- setHeaderRoute: {name: by-header, match: [{headerName: x-canary, headerValue: {exact: always}}, {headerName: cookie, headerValue: {regex: '^(.*?;)?(canary=always)(;.*)?$'}}]}\n\
+             - setMirrorRoute: {name: mirror, percentage: 35, match: [{method: {exact: GET}, path: {prefix: /api}, headers: {x-user: {prefix: test-}}}]}\n\
+             - setHeaderRoute: {name: by-header}",
+        );
+        let plan = validate(&good).unwrap();
+        assert_eq!(plan.managed_routes, ["by-header", "mirror"]);
+        assert!(matches!(plan.steps[1], PlanStep::MirrorRoute(_)));
+
+        let bad = spec(
+            "  istio: {virtualService: {name: app, routes: [primary]}, stableService: app, canaryService: app-canary}\n  managedRoutes: [{name: primary}, {name: Mirror}, {name: x}, {name: x}]",
+            "- setHeaderRoute: {name: other, match: [{headerName: X-Canary, headerValue: {}}]}\n\
+             - setMirrorRoute: {name: x, percentage: 101, match: [{path: {exact: api}, method: {regex: '('}}]}\n\
+             - setHeaderRoute: {name: x, match: [{headerName: a, headerValue: {exact: b, prefix: c}}]}",
+        );
+        let message = validate(&bad).unwrap_err().to_string();
+        for expected in [
+            r#"spec.trafficRouting.managedRoutes[0].name: "primary" is also a weighted route"#,
+            r#"spec.trafficRouting.managedRoutes[1].name: "Mirror" is not a route name"#,
+            r#"spec.trafficRouting.managedRoutes[3].name: "x" is listed twice"#,
+            r#"spec.steps[1].setMirrorRoute.name: "x" is also a setHeaderRoute's name"#,
+            r#"spec.steps[0].setHeaderRoute.name: "other" is not in spec.trafficRouting.managedRoutes"#,
+            r#"spec.steps[0].setHeaderRoute.match[0].headerName: "X-Canary" is not a header name in lower case"#,
+            "spec.steps[0].setHeaderRoute.match[0].headerValue: must set one of exact, prefix, regex",
+            "spec.steps[1].setMirrorRoute.percentage: 101 is not between 0 and 100",
+            "spec.steps[1].setMirrorRoute.match[0].method: regex \"(\" does not compile",
+            "spec.steps[1].setMirrorRoute.match[0].path: an exact or prefix path starts with '/'",
+            "spec.steps[2].setHeaderRoute.match[0].headerValue: must set only one of exact, prefix, regex",
+        ] {
+            assert!(message.contains(expected), "{expected}\n in: {message}");
+        }
+
+        // Gateway API matches a method exactly, from its list.
+        let gateway = spec(
+            "  gatewayAPI: {httpRoute: app, stableService: app, canaryService: app-canary}\n  managedRoutes: [{name: mirror}]",
+            "- setMirrorRoute: {name: mirror, match: [{method: {prefix: G}}]}",
+        );
+        assert!(validate(&gateway).unwrap_err().to_string().contains(
+            "spec.steps[0].setMirrorRoute.match[0].method: gatewayAPI matches a method exactly"
+        ));
+        // A step of two kinds is refused like any other.
+        let two = spec(
+            istio,
+            "- setWeight: 10\n  setHeaderRoute: {name: by-header}",
+        );
+        assert_eq!(fields(&two), ["spec.steps[0]"]);
     }
 
     #[test]

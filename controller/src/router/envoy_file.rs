@@ -15,21 +15,32 @@ use std::{
 
 use serde_json::{json, Value};
 
-use super::{RevisionTags, RouteWeights, RouterError};
-use crate::canary::EnvoyRouting;
+use super::{
+    mirror_percentage, string_match, Managed, ManagedRoute, RevisionTags, RouteWeights, RouterError,
+};
+use crate::canary::{EnvoyRouting, StringMatch};
 
 const ROUTE_CONFIGURATION: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 
-/// The DiscoveryResponse-shaped document Envoy reads: one RouteConfiguration with one weighted
-/// route. `stable`/`canary` are cluster (revision) names; equal names give a single cluster.
-/// `tags` names the header and the revision each cluster serves.
+/// An Envoy `StringMatcher`.
+fn envoy_string_match(m: &StringMatch) -> Value {
+    match string_match(m) {
+        ("regex", value) => json!({"safe_regex": {"regex": value}}),
+        (kind, value) => json!({ kind: value }),
+    }
+}
+
+/// The DiscoveryResponse-shaped document Envoy reads: one RouteConfiguration with the managed
+/// header and mirror routes first, then the one weighted route. `stable`/`canary` are cluster
+/// (revision) names; equal names give a single cluster. `tags` names the header and the
+/// revision each cluster serves.
 pub fn route_configuration(
     cfg: &EnvoyRouting,
     stable: &str,
     canary: &str,
-    canary_weight: u32,
-    stable_weight: u32,
+    (canary_weight, stable_weight): (u32, u32),
     tags: Option<RevisionTags<'_>>,
+    managed: &Managed<'_>,
 ) -> Result<Value, String> {
     if canary_weight + stable_weight == 0 {
         return Err("weights must not all be zero".to_owned());
@@ -59,15 +70,67 @@ pub fn route_configuration(
     if let Some(prefix) = &cfg.runtime_key_prefix {
         weighted["runtime_key_prefix"] = json!(prefix);
     }
+    let header =
+        |name: &str, m: &StringMatch| json!({"name": name, "string_match": envoy_string_match(m)});
+    // Envoy routes take one match each: a managed route of several matches is several routes
+    // of its name, in order.
+    let mut routes = Vec::new();
+    for route in managed.ordered() {
+        match route {
+            ManagedRoute::Header(r) => {
+                let to_canary = json!({"clusters": [cluster(canary, 100, canary_tag)]});
+                for m in &r.matches {
+                    routes.push(json!({
+                        "name": r.name,
+                        "match": {"prefix": cfg.prefix, "headers": [header(&m.header_name, &m.header_value)]},
+                        "route": {"weighted_clusters": to_canary},
+                    }));
+                }
+            }
+            ManagedRoute::Mirror(r) => {
+                for m in &r.matches {
+                    let mut matcher = match m.path.as_ref().map(string_match) {
+                        Some(("exact", path)) => json!({"path": path}),
+                        Some(("regex", path)) => json!({"safe_regex": {"regex": path}}),
+                        Some((_, path)) => json!({"prefix": path}),
+                        None => json!({"prefix": cfg.prefix}),
+                    };
+                    let headers: Vec<Value> = m
+                        .method
+                        .iter()
+                        .map(|method| header(":method", method))
+                        .chain(m.headers.iter().map(|(name, value)| header(name, value)))
+                        .collect();
+                    if !headers.is_empty() {
+                        matcher["headers"] = Value::Array(headers);
+                    }
+                    routes.push(json!({
+                        "name": r.name,
+                        "match": matcher,
+                        "route": {
+                            "weighted_clusters": weighted,
+                            "request_mirror_policies": [{
+                                "cluster": canary,
+                                "runtime_fraction": {
+                                    "default_value": {"numerator": mirror_percentage(r), "denominator": "HUNDRED"}
+                                }
+                            }]
+                        },
+                    }));
+                }
+            }
+        }
+    }
+    routes.push(json!({"match": {"prefix": cfg.prefix}, "route": {"weighted_clusters": weighted}}));
     Ok(json!({
-        "version_info": format!("plover-{stable}-{stable_weight}-{canary}-{canary_weight}"),
+        "version_info": format!("plover-{stable}-{stable_weight}-{canary}-{canary_weight}-{}", routes.len()),
         "resources": [{
             "@type": ROUTE_CONFIGURATION,
             "name": cfg.route_config_name,
             "virtual_hosts": [{
                 "name": cfg.virtual_host,
                 "domains": cfg.domains,
-                "routes": [{"match": {"prefix": cfg.prefix}, "route": {"weighted_clusters": weighted}}]
+                "routes": routes
             }]
         }]
     }))
@@ -154,11 +217,10 @@ pub fn sync_clusters(
 /// first: a route must never name a cluster before it serves the right backend.
 pub fn apply(
     cfg: &EnvoyRouting,
-    stable_revision: &str,
-    canary_revision: &str,
-    canary_weight: u32,
-    stable_weight: u32,
+    (stable_revision, canary_revision): (&str, &str),
+    weights: (u32, u32),
     revision_header: Option<&str>,
+    managed: &Managed<'_>,
 ) -> Result<bool, RouterError> {
     let clusters = sync_clusters(cfg, stable_revision, canary_revision)?;
     let (stable, canary) = cfg.route_clusters(stable_revision, canary_revision);
@@ -167,7 +229,8 @@ pub fn apply(
         stable: Some(stable_revision),
         canary: Some(canary_revision),
     });
-    let routes = set_weights(cfg, stable, canary, canary_weight, stable_weight, tags)?;
+    let text = render(cfg, stable, canary, weights, tags, managed)?;
+    let routes = write_atomically(Path::new(&cfg.routes_file), &text)?;
     Ok(clusters || routes)
 }
 
@@ -181,17 +244,17 @@ pub fn render(
     cfg: &EnvoyRouting,
     stable: &str,
     canary: &str,
-    canary_weight: u32,
-    stable_weight: u32,
+    weights: (u32, u32),
     tags: Option<RevisionTags<'_>>,
+    managed: &Managed<'_>,
 ) -> Result<String, RouterError> {
     let path = Path::new(&cfg.routes_file);
     let render_err = |message: String| RouterError::Render {
         path: cfg.routes_file.clone(),
         message,
     };
-    let doc = route_configuration(cfg, stable, canary, canary_weight, stable_weight, tags)
-        .map_err(render_err)?;
+    let doc =
+        route_configuration(cfg, stable, canary, weights, tags, managed).map_err(render_err)?;
     if is_json(path) {
         serde_json::to_string_pretty(&doc)
             .map(|s| s + "\n")
@@ -235,7 +298,14 @@ pub fn set_weights(
     stable_weight: u32,
     tags: Option<RevisionTags<'_>>,
 ) -> Result<bool, RouterError> {
-    let text = render(cfg, stable, canary, canary_weight, stable_weight, tags)?;
+    let text = render(
+        cfg,
+        stable,
+        canary,
+        (canary_weight, stable_weight),
+        tags,
+        &Managed::none(),
+    )?;
     write_atomically(Path::new(&cfg.routes_file), &text)
 }
 
@@ -265,10 +335,14 @@ pub fn current_weights(
     } else {
         serde_yaml::from_str(&text).map_err(|e| render_err(e.to_string()))?
     };
+    // The weighted route is the last: managed routes come first.
     let clusters = doc
-        .pointer("/resources/0/virtual_hosts/0/routes/0/route/weighted_clusters/clusters")
+        .pointer("/resources/0/virtual_hosts/0/routes")
         .and_then(Value::as_array)
-        .ok_or_else(|| render_err("no weighted_clusters in the first route".to_owned()))?;
+        .and_then(|routes| routes.last())
+        .and_then(|route| route.pointer("/route/weighted_clusters/clusters"))
+        .and_then(Value::as_array)
+        .ok_or_else(|| render_err("no weighted_clusters in the last route".to_owned()))?;
     let weight = |name: &str| {
         clusters
             .iter()
@@ -295,6 +369,47 @@ mod tests {
             prefix: "/".into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn managed_routes_come_before_the_weighted_route() {
+        use crate::router::managed_fixture;
+        let (names, routes) = (managed_fixture::names(), managed_fixture::routes());
+        let managed = Managed {
+            names: &names,
+            routes: &routes,
+        };
+        let cfg = cfg(Path::new("routes.yaml"));
+        let doc = route_configuration(&cfg, "v1", "v2", (10, 90), None, &managed).unwrap();
+        let routes = doc["resources"][0]["virtual_hosts"][0]["routes"]
+            .as_array()
+            .unwrap();
+        assert_eq!(
+            routes.len(),
+            4,
+            "two header matches, one mirror, the weighted route"
+        );
+        assert_eq!(
+            routes[0],
+            json!({"name": "by-header",
+                   "match": {"prefix": "/", "headers": [{"name": "x-canary", "string_match": {"exact": "always"}}]},
+                   "route": {"weighted_clusters": {"clusters": [{"name": "v2", "weight": 100}]}}})
+        );
+        assert_eq!(
+            routes[1]["match"]["headers"][0]["string_match"],
+            json!({"prefix": "test-"})
+        );
+        assert_eq!(
+            routes[2],
+            json!({"name": "mirror",
+                   "match": {"prefix": "/", "headers": [
+                       {"name": ":method", "string_match": {"exact": "GET"}},
+                       {"name": "x-debug", "string_match": {"safe_regex": {"regex": "on|yes"}}}]},
+                   "route": {"weighted_clusters": routes[3]["route"]["weighted_clusters"].clone(),
+                             "request_mirror_policies": [{"cluster": "v2", "runtime_fraction":
+                                 {"default_value": {"numerator": 35, "denominator": "HUNDRED"}}}]}})
+        );
+        assert_eq!(routes[3]["match"], json!({"prefix": "/"}));
     }
 
     #[test]
@@ -346,7 +461,7 @@ mod tests {
             .into_iter()
             .map(|(a, b)| (a.to_owned(), b.to_owned()))
             .collect();
-        assert!(apply(&cfg, "v1", "v2", 20, 80, None).unwrap());
+        assert!(apply(&cfg, ("v1", "v2"), (20, 80), None, &Managed::none()).unwrap());
         let cds: Value = serde_json::from_str(
             &std::fs::read_to_string(dir.path().join("clusters.json")).unwrap(),
         )
@@ -367,7 +482,7 @@ mod tests {
             Some((Some(80), Some(20)))
         );
         // Promotion: the stable cluster now serves v2; the routes keep the fixed names.
-        assert!(apply(&cfg, "v2", "v2", 0, 100, None).unwrap());
+        assert!(apply(&cfg, ("v2", "v2"), (0, 100), None, &Managed::none()).unwrap());
         let cds: Value = serde_json::from_str(
             &std::fs::read_to_string(dir.path().join("clusters.json")).unwrap(),
         )
@@ -384,11 +499,11 @@ mod tests {
             Some((Some(100), Some(0)))
         );
         assert!(
-            !apply(&cfg, "v2", "v2", 0, 100, None).unwrap(),
+            !apply(&cfg, ("v2", "v2"), (0, 100), None, &Managed::none()).unwrap(),
             "nothing changed"
         );
         assert!(
-            apply(&cfg, "v2", "v3", 0, 100, None).is_err(),
+            apply(&cfg, ("v2", "v3"), (0, 100), None, &Managed::none()).is_err(),
             "no backend for v3"
         );
     }
@@ -426,13 +541,27 @@ mod tests {
             json!([{"header": {"key": "x-plover-revision", "value": revision},
                     "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}])
         };
-        apply(&cfg, "v1", "v2", 20, 80, Some("x-plover-revision")).unwrap();
+        apply(
+            &cfg,
+            ("v1", "v2"),
+            (20, 80),
+            Some("x-plover-revision"),
+            &Managed::none(),
+        )
+        .unwrap();
         let clusters = weighted();
         for (i, revision) in [(0, "v1"), (1, "v2")] {
             assert_eq!(clusters[i]["request_headers_to_add"], tag(revision));
             assert_eq!(clusters[i]["response_headers_to_add"], tag(revision));
         }
-        apply(&cfg, "v2", "v2", 0, 100, Some("x-plover-revision")).unwrap();
+        apply(
+            &cfg,
+            ("v2", "v2"),
+            (0, 100),
+            Some("x-plover-revision"),
+            &Managed::none(),
+        )
+        .unwrap();
         let clusters = weighted();
         assert_eq!(clusters.as_array().unwrap().len(), 1);
         assert_eq!(clusters[0]["response_headers_to_add"], tag("v2"));

@@ -6,8 +6,11 @@
 
 use serde_json::{json, Value};
 
-use super::{guarded, object_at, RevisionTags, RouteWeights, RouterError};
-use crate::canary::GatewayApiRouting;
+use super::{
+    guarded, mirror_percentage, object_at, string_match, Managed, ManagedRoute, RevisionTags,
+    RouteWeights, RouterError,
+};
+use crate::canary::{GatewayApiRouting, RouteMatch, StringMatch};
 
 const KIND: &str = "HTTPRoute";
 
@@ -41,7 +44,11 @@ fn find(rule: &Value, service: &str) -> Option<usize> {
     backends(rule).iter().position(|b| is_service(b, service))
 }
 
-fn select(route: &Value, cfg: &GatewayApiRouting) -> Result<Vec<Selected>, RouterError> {
+fn select(
+    route: &Value,
+    cfg: &GatewayApiRouting,
+    managed: &Managed<'_>,
+) -> Result<Vec<Selected>, RouterError> {
     let err = |m: String| RouterError::object(KIND, route, m);
     let rules = route
         .pointer("/spec/rules")
@@ -56,6 +63,10 @@ fn select(route: &Value, cfg: &GatewayApiRouting) -> Result<Vec<Selected>, Route
     let mut selected = Vec::new();
     if cfg.rules.is_empty() {
         for (index, rule) in rules.iter().enumerate() {
+            // The controller's own header and mirror rules are not candidates.
+            if managed.owns(rule.get("name").and_then(Value::as_str)) {
+                continue;
+            }
             if let (Some(canary), Some(stable)) = (
                 find(rule, &cfg.canary_service),
                 find(rule, &cfg.stable_service),
@@ -107,8 +118,9 @@ fn select(route: &Value, cfg: &GatewayApiRouting) -> Result<Vec<Selected>, Route
 pub fn current_weights(
     route: &Value,
     cfg: &GatewayApiRouting,
+    managed: &Managed<'_>,
 ) -> Result<Vec<RouteWeights>, RouterError> {
-    Ok(select(route, cfg)?
+    Ok(select(route, cfg, managed)?
         .iter()
         .map(|s| {
             let weight = |j: usize| {
@@ -133,8 +145,223 @@ pub fn set_weights(
     stable: u32,
     tags: Option<RevisionTags<'_>>,
 ) -> Result<Option<json_patch::Patch>, RouterError> {
+    set_routes(route, cfg, (canary, stable), tags, &Managed::none())
+}
+
+/// The patch that sets both weights on every selected rule and makes the managed rules exactly
+/// `managed`'s, ahead of every other rule; `None` if the HTTPRoute already does.
+pub fn set_routes(
+    route: &Value,
+    cfg: &GatewayApiRouting,
+    (canary, stable): (u32, u32),
+    tags: Option<RevisionTags<'_>>,
+    managed: &Managed<'_>,
+) -> Result<Option<json_patch::Patch>, RouterError> {
+    let build_err =
+        |e: String| RouterError::object(KIND, route, format!("building the patch: {e}"));
+    let mut ops = weight_ops(route, cfg, (canary, stable), tags, managed)?;
+    let weighted: json_patch::Patch =
+        serde_json::from_value(Value::Array(ops.clone())).map_err(|e| build_err(e.to_string()))?;
+    let after = super::apply(route, &weighted).map_err(|e| build_err(e.to_string()))?;
+    ops.extend(managed_ops(&after, cfg, managed)?);
+    if ops.is_empty() {
+        return Ok(None);
+    }
+    guarded(route, ops)
+        .map(Some)
+        .map_err(|e| build_err(e.to_string()))
+}
+
+/// A Gateway API header match. Gateway API has no prefix match for headers: a prefix becomes
+/// the regular expression of that prefix.
+fn header_match(name: &str, m: &StringMatch) -> Value {
+    match string_match(m) {
+        ("exact", value) => json!({"type": "Exact", "name": name, "value": value}),
+        ("prefix", value) => {
+            json!({"type": "RegularExpression", "name": name, "value": format!("{}.*", regex::escape(value))})
+        }
+        (_, value) => json!({"type": "RegularExpression", "name": name, "value": value}),
+    }
+}
+
+fn path_match(m: &StringMatch) -> Value {
+    match string_match(m) {
+        ("exact", value) => json!({"type": "Exact", "value": value}),
+        ("prefix", value) => json!({"type": "PathPrefix", "value": value}),
+        (_, value) => json!({"type": "RegularExpression", "value": value}),
+    }
+}
+
+/// The rules of `managed`, each a copy of the (first) weighted rule (its filters and timeouts
+/// apply alike) whose matches also require the managed route's. Written with the values the
+/// API server defaults spelled out, so that what it gives back equals what was written.
+fn managed_rules(
+    after: &Value,
+    cfg: &GatewayApiRouting,
+    managed: &Managed<'_>,
+) -> Result<Vec<Value>, RouterError> {
+    let routes = managed.ordered();
+    if routes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(first) = select(after, cfg, managed)?.into_iter().next() else {
+        return Ok(Vec::new());
+    };
+    let weighted = after
+        .pointer(&format!("/spec/rules/{}", first.index))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let own_matches = weighted
+        .get("matches")
+        .and_then(Value::as_array)
+        .cloned()
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| vec![json!({"path": {"type": "PathPrefix", "value": "/"}})]);
+    let canary = backends(&weighted)
+        .get(first.canary)
+        .cloned()
+        .unwrap_or(Value::Null);
+    let combined = |extra: &dyn Fn(&mut Value)| -> Vec<Value> {
+        own_matches
+            .iter()
+            .map(|m| {
+                let mut m = m.clone();
+                extra(&mut m);
+                m
+            })
+            .collect()
+    };
+    let add_headers = |m: &mut Value, headers: Vec<Value>| {
+        if let Some(list) = m
+            .as_object_mut()
+            .map(|m| m.entry("headers").or_insert_with(|| json!([])))
+        {
+            if let Some(list) = list.as_array_mut() {
+                list.extend(headers);
+            }
+        }
+    };
+    let rule = |name: &str, matches: Vec<Value>| {
+        let mut rule = weighted.clone();
+        rule["name"] = json!(name);
+        rule["matches"] = Value::Array(matches);
+        rule
+    };
+    Ok(routes
+        .into_iter()
+        .map(|managed_route| match managed_route {
+            ManagedRoute::Header(r) => {
+                let matches = r
+                    .matches
+                    .iter()
+                    .flat_map(|h| {
+                        combined(&|m| {
+                            add_headers(m, vec![header_match(&h.header_name, &h.header_value)])
+                        })
+                    })
+                    .collect();
+                let mut rule = rule(&r.name, matches);
+                let mut backend = canary.clone();
+                backend["weight"] = json!(1);
+                rule["backendRefs"] = json!([backend]);
+                rule
+            }
+            ManagedRoute::Mirror(r) => {
+                let matches = r
+                    .matches
+                    .iter()
+                    .flat_map(
+                        |RouteMatch {
+                             method,
+                             path,
+                             headers,
+                         }| {
+                            combined(&|m| {
+                                if let Some(method) = method {
+                                    m["method"] = json!(string_match(method).1);
+                                }
+                                if let Some(path) = path {
+                                    m["path"] = path_match(path);
+                                }
+                                if !headers.is_empty() {
+                                    add_headers(
+                                        m,
+                                        headers.iter().map(|(n, v)| header_match(n, v)).collect(),
+                                    );
+                                }
+                            })
+                        },
+                    )
+                    .collect();
+                let mut rule = rule(&r.name, matches);
+                let mirror = json!({
+                    "type": "RequestMirror",
+                    "requestMirror": {
+                        "backendRef": {
+                            "group": "",
+                            "kind": "Service",
+                            "name": cfg.canary_service,
+                            "port": canary.get("port").cloned().unwrap_or(Value::Null),
+                        },
+                        "percent": mirror_percentage(r),
+                    }
+                });
+                if let Some(filters) = rule
+                    .as_object_mut()
+                    .map(|r| r.entry("filters").or_insert_with(|| json!([])))
+                    .and_then(Value::as_array_mut)
+                {
+                    filters.push(mirror);
+                }
+                rule
+            }
+        })
+        .collect())
+}
+
+/// Ops that make the managed rules exactly `managed`'s, first in `spec.rules` (in priority
+/// order; rules of equal precedence are taken in order): none when they already are.
+fn managed_ops(
+    after: &Value,
+    cfg: &GatewayApiRouting,
+    managed: &Managed<'_>,
+) -> Result<Vec<Value>, RouterError> {
+    let wanted = managed_rules(after, cfg, managed)?;
+    let rules = after
+        .pointer("/spec/rules")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let owned: Vec<usize> = (0..rules.len())
+        .filter(|&i| managed.owns(rules[i].get("name").and_then(Value::as_str)))
+        .collect();
+    let in_place =
+        owned.iter().copied().eq(0..wanted.len()) && wanted.iter().zip(rules).all(|(w, h)| w == h);
+    if in_place {
+        return Ok(Vec::new());
+    }
     let mut ops = Vec::new();
-    for s in select(route, cfg)? {
+    for &i in owned.iter().rev() {
+        let path = format!("/spec/rules/{i}");
+        ops.push(json!({"op": "test", "path": format!("{path}/name"), "value": rules[i]["name"]}));
+        ops.push(json!({"op": "remove", "path": path}));
+    }
+    for (i, rule) in wanted.into_iter().enumerate() {
+        ops.push(json!({"op": "add", "path": format!("/spec/rules/{i}"), "value": rule}));
+    }
+    Ok(ops)
+}
+
+/// Ops that give both backends of every selected rule their weights (and tags).
+fn weight_ops(
+    route: &Value,
+    cfg: &GatewayApiRouting,
+    (canary, stable): (u32, u32),
+    tags: Option<RevisionTags<'_>>,
+    managed: &Managed<'_>,
+) -> Result<Vec<Value>, RouterError> {
+    let mut ops = Vec::new();
+    for s in select(route, cfg, managed)? {
         let rule = format!("/spec/rules/{}", s.index);
         let current = |j: usize| {
             route
@@ -179,12 +406,7 @@ pub fn set_weights(
             }
         }
     }
-    if ops.is_empty() {
-        return Ok(None);
-    }
-    guarded(route, ops)
-        .map(Some)
-        .map_err(|e| RouterError::object(KIND, route, format!("building the patch: {e}")))
+    Ok(ops)
 }
 
 /// A backendRef's `filters` whose `RequestHeaderModifier` and `ResponseHeaderModifier` set
@@ -276,6 +498,64 @@ mod tests {
     }
 
     #[test]
+    fn managed_rules_go_first_with_defaults_spelled_out_and_are_removed() {
+        use crate::canary::ManagedRoutes;
+        use crate::router::managed_fixture;
+        let (names, routes) = (managed_fixture::names(), managed_fixture::routes());
+        let managed = Managed {
+            names: &names,
+            routes: &routes,
+        };
+        let mut route = route();
+        route["spec"]["rules"] = json!([route["spec"]["rules"][1].clone()]);
+        let cfg = cfg(&[]);
+        let patch = set_routes(&route, &cfg, (10, 90), None, &managed)
+            .unwrap()
+            .unwrap();
+        let out = apply(&route, &patch).unwrap();
+        let rules = out["spec"]["rules"].as_array().unwrap();
+        assert_eq!(rules.len(), 3);
+        let prefix = json!({"type": "PathPrefix", "value": "/"});
+        assert_eq!(
+            rules[0],
+            json!({"name": "by-header",
+                   "matches": [
+                       {"path": prefix, "headers": [{"type": "Exact", "name": "x-canary", "value": "always"}]},
+                       {"path": prefix, "headers": [{"type": "RegularExpression", "name": "x-user", "value": "test\\-.*"}]}],
+                   "backendRefs": [{"name": "podinfo-canary", "port": 80, "weight": 1}]})
+        );
+        assert_eq!(
+            rules[1],
+            json!({"name": "mirror",
+                   "matches": [{"path": prefix, "method": "GET",
+                                "headers": [{"type": "RegularExpression", "name": "x-debug", "value": "on|yes"}]}],
+                   "backendRefs": rules[2]["backendRefs"].clone(),
+                   "filters": [{"type": "RequestMirror", "requestMirror": {
+                       "backendRef": {"group": "", "kind": "Service", "name": "podinfo-canary", "port": 80},
+                       "percent": 35}}]})
+        );
+        assert_eq!(rules[1]["backendRefs"][1]["weight"], 10);
+        // The mirror rule references both Services but is not weighted as a rule of the user's.
+        assert_eq!(current_weights(&out, &cfg, &managed).unwrap().len(), 1);
+        assert!(set_routes(&out, &cfg, (10, 90), None, &managed)
+            .unwrap()
+            .is_none());
+        let none = ManagedRoutes::default();
+        let cleared = Managed {
+            names: &names,
+            routes: &none,
+        };
+        let back = apply(
+            &out,
+            &set_routes(&out, &cfg, (0, 100), None, &cleared)
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(back["spec"]["rules"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
     fn backends_are_tagged_with_their_revision_by_header_filters_both_ways() {
         let mut r = route();
         r["spec"]["rules"][1]["backendRefs"][0]["filters"] = json!([
@@ -348,7 +628,7 @@ mod tests {
             .unwrap()
             .is_none());
         assert_eq!(
-            current_weights(&out, &cfg(&[])).unwrap(),
+            current_weights(&out, &cfg(&[]), &Managed::none()).unwrap(),
             vec![RouteWeights {
                 route: "rule \"main\"".into(),
                 canary: Some(10),

@@ -10,8 +10,12 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::{escape, guarded, object_at, RevisionTags, RouteWeights, RouterError};
+use super::{
+    escape, guarded, mirror_percentage, object_at, string_match, Managed, ManagedRoute,
+    RevisionTags, RouteWeights, RouterError,
+};
 use crate::canary::IstioRouting;
+use crate::canary::{HeaderRoutingMatch, RouteMatch};
 
 const VS: &str = "VirtualService";
 const DR: &str = "DestinationRule";
@@ -85,6 +89,7 @@ struct Selected {
 fn select<'c>(
     vs: &Value,
     cfg: &'c IstioRouting,
+    managed: &Managed<'_>,
 ) -> Result<(Vec<Selected>, Match<'c>), RouterError> {
     let err = |m: String| RouterError::object(VS, vs, m);
     let matcher = Match::from(cfg).map_err(err)?;
@@ -93,13 +98,17 @@ fn select<'c>(
         .and_then(Value::as_array)
         .ok_or_else(|| err("spec.http is missing".to_owned()))?;
     let indexes: Vec<usize> = if cfg.virtual_service.routes.is_empty() {
-        if http.len() != 1 {
+        // The controller's own header and mirror routes are not candidates.
+        let candidates: Vec<usize> = (0..http.len())
+            .filter(|&i| !managed.owns(http[i].get("name").and_then(Value::as_str)))
+            .collect();
+        if candidates.len() != 1 {
             return Err(err(format!(
                 "spec.http has {} routes; name the ones to weight in spec.trafficRouting.istio.virtualService.routes",
-                http.len()
+                candidates.len()
             )));
         }
-        vec![0]
+        candidates
     } else {
         cfg.virtual_service
             .routes
@@ -173,8 +182,12 @@ fn select<'c>(
 }
 
 /// The weights the VirtualService routes now.
-pub fn current_weights(vs: &Value, cfg: &IstioRouting) -> Result<Vec<RouteWeights>, RouterError> {
-    let (selected, _) = select(vs, cfg)?;
+pub fn current_weights(
+    vs: &Value,
+    cfg: &IstioRouting,
+    managed: &Managed<'_>,
+) -> Result<Vec<RouteWeights>, RouterError> {
+    let (selected, _) = select(vs, cfg, managed)?;
     Ok(selected
         .iter()
         .map(|s| {
@@ -200,7 +213,198 @@ pub fn set_weights(
     stable: u32,
     tags: Option<RevisionTags<'_>>,
 ) -> Result<Option<json_patch::Patch>, RouterError> {
-    let (selected, _) = select(vs, cfg)?;
+    set_routes(vs, cfg, (canary, stable), tags, &Managed::none())
+}
+
+/// The patch that routes `canary`/`stable` percent on every selected route and makes the
+/// managed routes exactly `managed`'s, ahead of every other route; `None` if the
+/// VirtualService already does. One patch: weights and managed routes change together.
+pub fn set_routes(
+    vs: &Value,
+    cfg: &IstioRouting,
+    (canary, stable): (u32, u32),
+    tags: Option<RevisionTags<'_>>,
+    managed: &Managed<'_>,
+) -> Result<Option<json_patch::Patch>, RouterError> {
+    let build_err = |e: String| RouterError::object(VS, vs, format!("building the patch: {e}"));
+    let mut ops = weight_ops(vs, cfg, (canary, stable), tags, managed)?;
+    // The managed routes copy the weighted route's destinations as the weights leave them.
+    let weighted: json_patch::Patch =
+        serde_json::from_value(Value::Array(ops.clone())).map_err(|e| build_err(e.to_string()))?;
+    let after = super::apply(vs, &weighted).map_err(|e| build_err(e.to_string()))?;
+    ops.extend(managed_ops(&after, cfg, managed)?);
+    if ops.is_empty() {
+        return Ok(None);
+    }
+    guarded(vs, ops)
+        .map(Some)
+        .map_err(|e| build_err(e.to_string()))
+}
+
+/// The routes of `managed` as Istio HTTP routes, each a copy of the (first) weighted route
+/// (its rewrites, timeouts and retries apply alike) whose matches also require the managed
+/// route's: a header route sends what matches to the canary destination; a mirror route routes
+/// what matches as the weighted route does and mirrors `percentage` of it to the canary.
+fn managed_http_routes(
+    after: &Value,
+    cfg: &IstioRouting,
+    managed: &Managed<'_>,
+) -> Result<Vec<Value>, RouterError> {
+    let routes = managed.ordered();
+    if routes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (selected, _) = select(after, cfg, managed)?;
+    let Some(first) = selected.first() else {
+        return Ok(Vec::new());
+    };
+    let weighted = after
+        .pointer(&format!("/spec/http/{}", first.index))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let own_matches = weighted
+        .get("match")
+        .and_then(Value::as_array)
+        .cloned()
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| vec![json!({})]);
+    let mut canary = weighted
+        .pointer(&format!("/route/{}", first.canary))
+        .cloned()
+        .unwrap_or(Value::Null);
+    canary["weight"] = json!(100);
+    let istio_match = |m| {
+        let (kind, value) = string_match(m);
+        json!({ kind: value })
+    };
+    // Each of the weighted route's matches and'ed with each of the managed route's.
+    let combined = |extra: &dyn Fn(&mut Value)| -> Vec<Value> {
+        own_matches
+            .iter()
+            .map(|m| {
+                let mut m = m.clone();
+                extra(&mut m);
+                m
+            })
+            .collect()
+    };
+    let route = |name: &str, matches: Vec<Value>| {
+        let mut route = weighted.clone();
+        route["name"] = json!(name);
+        route["match"] = Value::Array(matches);
+        route
+    };
+    Ok(routes
+        .into_iter()
+        .map(|managed_route| match managed_route {
+            ManagedRoute::Header(r) => {
+                let matches = r
+                    .matches
+                    .iter()
+                    .flat_map(
+                        |HeaderRoutingMatch {
+                             header_name,
+                             header_value,
+                         }| {
+                            combined(&|m| {
+                                if let Some(headers) =
+                                    m.as_object_mut().and_then(|m| object_at(m, "headers"))
+                                {
+                                    headers.insert(header_name.clone(), istio_match(header_value));
+                                }
+                            })
+                        },
+                    )
+                    .collect();
+                let mut route = route(&r.name, matches);
+                route["route"] = json!([canary.clone()]);
+                route
+            }
+            ManagedRoute::Mirror(r) => {
+                let matches = r
+                    .matches
+                    .iter()
+                    .flat_map(
+                        |RouteMatch {
+                             method,
+                             path,
+                             headers,
+                         }| {
+                            combined(&|m| {
+                                if let Some(method) = method {
+                                    m["method"] = istio_match(method);
+                                }
+                                if let Some(path) = path {
+                                    m["uri"] = istio_match(path);
+                                }
+                                if headers.is_empty() {
+                                    return;
+                                }
+                                if let Some(own) =
+                                    m.as_object_mut().and_then(|m| object_at(m, "headers"))
+                                {
+                                    for (name, value) in headers {
+                                        own.insert(name.clone(), istio_match(value));
+                                    }
+                                }
+                            })
+                        },
+                    )
+                    .collect();
+                let mut route = route(&r.name, matches);
+                route["mirror"] = canary.get("destination").cloned().unwrap_or(Value::Null);
+                // A whole number, as the API server gives it back (a float would differ from
+                // it and be written again on every reconcile).
+                route["mirrorPercentage"] = json!({"value": mirror_percentage(r)});
+                route
+            }
+        })
+        .collect())
+}
+
+/// Ops that make the managed routes exactly `managed`'s, at the head of `spec.http` in
+/// priority order: none when they already are; else the owned routes are removed (each
+/// guarded by its name) and the wanted ones inserted.
+fn managed_ops(
+    after: &Value,
+    cfg: &IstioRouting,
+    managed: &Managed<'_>,
+) -> Result<Vec<Value>, RouterError> {
+    let wanted = managed_http_routes(after, cfg, managed)?;
+    let http = after
+        .pointer("/spec/http")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let owned: Vec<usize> = (0..http.len())
+        .filter(|&i| managed.owns(http[i].get("name").and_then(Value::as_str)))
+        .collect();
+    let in_place =
+        owned.iter().copied().eq(0..wanted.len()) && wanted.iter().zip(http).all(|(w, h)| w == h);
+    if in_place {
+        return Ok(Vec::new());
+    }
+    let mut ops = Vec::new();
+    for &i in owned.iter().rev() {
+        let path = format!("/spec/http/{i}");
+        ops.push(json!({"op": "test", "path": format!("{path}/name"), "value": http[i]["name"]}));
+        ops.push(json!({"op": "remove", "path": path}));
+    }
+    for (i, route) in wanted.into_iter().enumerate() {
+        ops.push(json!({"op": "add", "path": format!("/spec/http/{i}"), "value": route}));
+    }
+    Ok(ops)
+}
+
+/// Ops that give every selected route the weights (and its destinations their tags).
+fn weight_ops(
+    vs: &Value,
+    cfg: &IstioRouting,
+    (canary, stable): (u32, u32),
+    tags: Option<RevisionTags<'_>>,
+    managed: &Managed<'_>,
+) -> Result<Vec<Value>, RouterError> {
+    let (selected, _) = select(vs, cfg, managed)?;
     let mut ops = Vec::new();
     for s in &selected {
         let route = format!("/spec/http/{}", s.index);
@@ -246,12 +450,7 @@ pub fn set_weights(
         }
         ops.extend(route_ops);
     }
-    if ops.is_empty() {
-        return Ok(None);
-    }
-    guarded(vs, ops)
-        .map(Some)
-        .map_err(|e| RouterError::object(VS, vs, format!("building the patch: {e}")))
+    Ok(ops)
 }
 
 /// A destination's `headers` with `request.set[header]` and `response.set[header]` = revision
@@ -355,7 +554,7 @@ pub fn sync_subsets(
 mod tests {
     use super::*;
     use crate::{
-        canary::{DestinationRuleRef, VirtualServiceRef},
+        canary::{DestinationRuleRef, ManagedRoutes, VirtualServiceRef},
         router::apply,
     };
 
@@ -387,6 +586,76 @@ mod tests {
     }
 
     #[test]
+    fn managed_routes_go_first_and_are_written_once_then_removed() {
+        use crate::router::managed_fixture;
+        let (names, routes) = (managed_fixture::names(), managed_fixture::routes());
+        let managed = Managed {
+            names: &names,
+            routes: &routes,
+        };
+        // The example's single route, unnamed: it stays the one weighted route.
+        let mut vs = vs();
+        vs["spec"]["http"] = json!([vs["spec"]["http"][1].clone()]);
+        vs["spec"]["http"][0]["match"] = json!([{"uri": {"prefix": "/api"}}]);
+        vs["spec"]["http"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("name");
+        let cfg = host_cfg(&[]);
+        let patch = set_routes(&vs, &cfg, (20, 80), None, &managed)
+            .unwrap()
+            .unwrap();
+        let out = apply(&vs, &patch).unwrap();
+        let http = out["spec"]["http"].as_array().unwrap();
+        assert_eq!(http.len(), 3);
+        let canary = json!({"destination": {"host": "podinfo-canary.test.svc.cluster.local", "port": {"number": 80}}, "weight": 100});
+        assert_eq!(
+            http[0],
+            json!({"name": "by-header", "retries": {"attempts": 3},
+                   "match": [{"uri": {"prefix": "/api"}, "headers": {"x-canary": {"exact": "always"}}},
+                             {"uri": {"prefix": "/api"}, "headers": {"x-user": {"prefix": "test-"}}}],
+                   "route": [canary]})
+        );
+        assert_eq!(
+            http[1],
+            json!({"name": "mirror", "retries": {"attempts": 3},
+                   "match": [{"uri": {"prefix": "/api"}, "method": {"exact": "GET"}, "headers": {"x-debug": {"regex": "on|yes"}}}],
+                   "route": http[2]["route"].clone(),
+                   "mirror": {"host": "podinfo-canary.test.svc.cluster.local", "port": {"number": 80}},
+                   "mirrorPercentage": {"value": 35}})
+        );
+        assert_eq!(
+            http[2]["route"][1]["weight"], 20,
+            "the mirror route carries the new weights"
+        );
+        // Level-triggered: the same desire writes nothing.
+        assert!(set_routes(&out, &cfg, (20, 80), None, &managed)
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            current_weights(&out, &cfg, &managed).unwrap()[0].canary,
+            Some(20)
+        );
+        // No routes any more (promotion, abort): both removed, each guarded by its name.
+        let none = ManagedRoutes::default();
+        let cleared = Managed {
+            names: &names,
+            routes: &none,
+        };
+        let patch = set_routes(&out, &cfg, (0, 100), None, &cleared)
+            .unwrap()
+            .unwrap();
+        let ops = serde_json::to_value(&patch).unwrap();
+        assert!(ops
+            .as_array()
+            .unwrap()
+            .contains(&json!({"op": "test", "path": "/spec/http/1/name", "value": "mirror"})));
+        let back = apply(&out, &patch).unwrap();
+        assert_eq!(back["spec"]["http"].as_array().unwrap().len(), 1);
+        assert_eq!(back["spec"]["http"][0]["route"][0]["weight"], 100);
+    }
+
+    #[test]
     fn patch_writes_both_weights_of_the_named_route_only() {
         let vs = vs();
         let patch = set_weights(&vs, &host_cfg(&["primary"]), 20, 80, None)
@@ -405,7 +674,7 @@ mod tests {
         expected["spec"]["http"][1]["route"][1]["weight"] = json!(20);
         assert_eq!(out, expected, "nothing else changes");
         assert_eq!(
-            current_weights(&out, &host_cfg(&["primary"])).unwrap()[0].canary,
+            current_weights(&out, &host_cfg(&["primary"]), &Managed::none()).unwrap()[0].canary,
             Some(20)
         );
         assert!(

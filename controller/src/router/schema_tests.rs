@@ -243,3 +243,44 @@ fn gateway_api_writes_a_valid_http_route() {
         );
     }
 }
+
+#[test]
+fn managed_header_and_mirror_routes_are_valid_istio_and_gateway_api() {
+    use super::{managed_fixture, Managed};
+    let (names, routes) = (managed_fixture::names(), managed_fixture::routes());
+    let managed = Managed {
+        names: &names,
+        routes: &routes,
+    };
+    let schema = validator("virtualservice.networking.istio.io.v1.json");
+    let before = load_yaml("virtualservice-hosts.yaml");
+    let patch = istio::set_routes(&before, &host_mode(), (10, 90), Some(TAGS), &managed)
+        .unwrap()
+        .unwrap();
+    let after = apply(&before, &patch).unwrap();
+    assert_valid(&schema, &after);
+    assert_eq!(after["spec"]["http"][0]["name"], "by-header");
+    assert_eq!(after["spec"]["http"][1]["mirrorPercentage"]["value"], 35);
+
+    let schema = validator("httproute.gateway.networking.k8s.io.v1.json");
+    let before = load_yaml("httproute.yaml");
+    let cfg = GatewayApiRouting {
+        http_route: "podinfo".into(),
+        rules: vec![],
+        stable_service: "podinfo-stable".into(),
+        canary_service: "podinfo-canary".into(),
+    };
+    let patch = gateway_api::set_routes(&before, &cfg, (10, 90), Some(TAGS), &managed)
+        .unwrap()
+        .unwrap();
+    let after = apply(&before, &patch).unwrap();
+    assert_valid(&schema, &after);
+    let mirror = after["spec"]["rules"][1]["filters"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["type"] == "RequestMirror"))
+        .cloned();
+    assert_eq!(
+        mirror.map(|m| m["requestMirror"]["percent"].clone()),
+        Some(json!(35))
+    );
+}

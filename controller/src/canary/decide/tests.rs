@@ -1296,3 +1296,174 @@ fn the_plan_carries_parsed_values_and_defaults() {
     assert_eq!(plan.progress_deadline, Duration::from_secs(600));
     assert!(!plan.envoy_routing);
 }
+
+fn header_route(name: &str, value: Option<&str>) -> CanaryStep {
+    CanaryStep {
+        set_header_route: Some(SetHeaderRoute {
+            name: name.into(),
+            matches: value
+                .map(|v| HeaderRoutingMatch {
+                    header_name: "x-canary".into(),
+                    header_value: StringMatch {
+                        exact: Some(v.into()),
+                        ..Default::default()
+                    },
+                })
+                .into_iter()
+                .collect(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn mirror_route(name: &str, percentage: Option<i32>) -> CanaryStep {
+    CanaryStep {
+        set_mirror_route: Some(SetMirrorRoute {
+            name: name.into(),
+            matches: percentage
+                .map(|_| RouteMatch {
+                    method: Some(StringMatch {
+                        exact: Some("GET".into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .into_iter()
+                .collect(),
+            percentage,
+        }),
+        ..Default::default()
+    }
+}
+
+fn routes_of(d: &Decision) -> Option<&ManagedRoutes> {
+    d.actions.iter().find_map(|a| match a {
+        Action::SetWeight { routes, .. } => Some(routes),
+        _ => None,
+    })
+}
+
+fn route_names(d: &Decision) -> (Vec<&str>, Vec<(&str, Option<i32>)>) {
+    let routes = routes_of(d).expect("the decision routes");
+    (
+        routes.header.iter().map(|r| r.name.as_str()).collect(),
+        routes
+            .mirror
+            .iter()
+            .map(|r| (r.name.as_str(), r.percentage))
+            .collect(),
+    )
+}
+
+fn managed_spec(steps: Vec<CanaryStep>) -> CanarySpec {
+    let mut spec = spec(steps);
+    spec.traffic_routing.managed_routes = vec![
+        ManagedRouteRef {
+            name: "by-header".into(),
+        },
+        ManagedRouteRef {
+            name: "mirror".into(),
+        },
+    ];
+    spec
+}
+
+#[test]
+fn header_and_mirror_routes_are_set_by_steps_and_removed_at_promotion() {
+    let mut w = World::new(managed_spec(vec![
+        header_route("by-header", Some("always")),
+        mirror_route("mirror", Some(30)),
+        pause(None),
+        header_route("by-header", None),
+        weight(50),
+        pause(None),
+    ]));
+    let d = w.tick();
+    // Both set, and written with the weight (0 so far) in the same action.
+    assert_eq!(d.weights(), Some((0, 100)));
+    assert_eq!(
+        route_names(&d),
+        (vec!["by-header"], vec![("mirror", Some(30))])
+    );
+    assert_eq!(d.status.managed_routes, *routes_of(&d).unwrap());
+    assert_eq!(d.status.phase, Some(CanaryPhase::Paused));
+    // Level-triggered: every decision states them again.
+    let again = w.tick_at(10);
+    assert_eq!(
+        route_names(&again),
+        (vec!["by-header"], vec![("mirror", Some(30))])
+    );
+    // Promote: the header route is removed by its step, the mirror stays.
+    w.status.promote = true;
+    let d = w.tick_at(20);
+    assert_eq!(d.weights(), Some((50, 50)));
+    assert_eq!(route_names(&d), (vec![], vec![("mirror", Some(30))]));
+    // The last step done: everything managed is removed while promoting.
+    w.status.promote = true;
+    let d = w.tick_at(30);
+    assert!(promoted(&d));
+    assert_eq!(route_names(&d), (vec![], vec![]));
+    assert!(d.status.managed_routes.is_empty());
+}
+
+#[test]
+fn managed_routes_are_removed_at_abort_and_by_a_new_revision() {
+    let steps = vec![
+        header_route("by-header", Some("always")),
+        mirror_route("mirror", None),
+        mirror_route("mirror", Some(100)),
+        pause(None),
+    ];
+    let mut w = World::new(managed_spec(steps.clone()));
+    let d = w.tick();
+    // A mirror step without match removes (here: nothing), the next one sets 100%.
+    assert_eq!(
+        route_names(&d),
+        (vec!["by-header"], vec![("mirror", Some(100))])
+    );
+    w.status.abort = true;
+    let d = w.tick_at(10);
+    assert_eq!(d.weights(), Some((0, 100)));
+    assert_eq!(route_names(&d), (vec![], vec![]));
+
+    let mut w = World::new(managed_spec(steps));
+    w.tick();
+    w.canary = WorkloadState::ready("v3");
+    let d = w.tick_at(10);
+    // The new revision starts over: its first steps set the routes again, for it.
+    assert_eq!(d.status.revision.as_deref(), Some("v3"));
+    assert_eq!(
+        route_names(&d),
+        (vec!["by-header"], vec![("mirror", Some(100))])
+    );
+    // Back to what stable runs: nothing managed is left.
+    w.canary = WorkloadState::ready("v1");
+    let d = w.tick_at(20);
+    assert_eq!(route_names(&d), (vec![], vec![]));
+}
+
+#[test]
+fn the_split_is_not_judged_while_a_header_route_sends_requests_to_the_canary() {
+    let mut spec = managed_spec(vec![
+        header_route("by-header", Some("always")),
+        weight(10),
+        pause(None),
+    ]);
+    spec.traffic_check = Some(TrafficCheck {
+        exporter: "http://exporter:9464".into(),
+        window: Some("10s".into()),
+        ..Default::default()
+    });
+    let mut w = World::new(spec);
+    // Far more than 10% on the canary: header-routed requests count in its share.
+    w.traffic = Some(TrafficObservation {
+        canary_requests: 400,
+        requests: 1000,
+        lost_requests: 0,
+    });
+    let d = w.tick();
+    assert_eq!(d.status.current_step_index, Some(2), "{:?}", d.status);
+    assert!(!d
+        .status
+        .is_condition_true(conditions::TRAFFIC_SPLIT_MISMATCH));
+}
