@@ -39,6 +39,8 @@ impl Default for Behaviour {
 struct State {
     behaviour: Behaviour,
     served: u64,
+    /// Of which copies a proxy mirrored here (host ending in `-shadow`, possibly before a port).
+    mirrored: u64,
     by_status: BTreeMap<u16, u64>,
     /// How long the backend itself took per request (µs), the floor of any latency measured
     /// in front of it.
@@ -76,15 +78,27 @@ impl Backend {
         let (stop, stopped) = watch::channel(false);
         let revision_owned = revision.to_owned();
         let handler_state = state.clone();
-        let handler = move |_req| {
+        let handler = move |req: hyper::Request<bytes::Bytes>| {
             let state = handler_state.clone();
             let revision = revision_owned.clone();
+            let host = req
+                .headers()
+                .get(hyper::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+                .or_else(|| req.uri().authority().map(|a| a.to_string()))
+                .unwrap_or_default();
+            let mirrored = host
+                .rsplit_once(':')
+                .map_or(host.as_str(), |(name, _)| name)
+                .ends_with("-shadow");
             async move {
                 let received = std::time::Instant::now();
                 let (delay, status, reports_revision) = {
                     let mut s = state.lock().expect("backend state");
                     let n = s.served;
                     s.served += 1;
+                    s.mirrored += u64::from(mirrored);
                     s.first_at.get_or_insert(received);
                     s.last_at = Some(received);
                     let share = s.behaviour.error_share;
@@ -131,6 +145,11 @@ impl Backend {
     /// Requests served so far.
     pub fn served(&self) -> u64 {
         self.state.lock().expect("backend state").served
+    }
+
+    /// Requests served that were mirrored copies (`-shadow` host).
+    pub fn mirrored(&self) -> u64 {
+        self.state.lock().expect("backend state").mirrored
     }
 
     /// The backend's own handling time per request, µs.

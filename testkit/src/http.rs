@@ -267,10 +267,20 @@ pub fn blocking_request(
     host: &str,
     path: &str,
 ) -> Option<(u16, String)> {
+    blocking_request_with(address, host, path, &[])
+}
+
+/// The same with further request headers.
+pub fn blocking_request_with(
+    address: std::net::SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, String)> {
     let stream =
         std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_millis(500))
             .ok()?;
-    request_on(stream, host, path)
+    request_on(stream, host, path, headers)
 }
 
 /// A blocking HTTP/1.1 GET on a connected stream.
@@ -278,14 +288,19 @@ pub fn request_on(
     mut stream: std::net::TcpStream,
     host: &str,
     path: &str,
+    headers: &[(&str, &str)],
 ) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .ok()?;
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"
     )
     .ok()?;
     let mut response = Vec::new();

@@ -114,6 +114,11 @@ impl Served {
         Some((first, last))
     }
 
+    /// Of which copies a route mirrored to the revision.
+    pub fn mirrored(&self, revision: &str) -> u64 {
+        self.backends(revision).map(|b| b.mirrored()).sum()
+    }
+
     pub fn track(&self, revision: &str) -> Option<&str> {
         self.revisions
             .get(revision)

@@ -190,7 +190,7 @@ impl PodNamespace {
                 std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())
             })
             .ok()?;
-        crate::http::request_on(stream, "localhost", path)
+        crate::http::request_on(stream, "localhost", path, &[])
     }
 
     /// Runs `make` on a short-lived thread that has entered the pod's namespace: what it makes

@@ -247,7 +247,7 @@ fn managed_rules(
         rule["matches"] = Value::Array(matches);
         rule
     };
-    Ok(routes
+    let mut rules: Vec<Value> = routes
         .into_iter()
         .map(|managed_route| match managed_route {
             ManagedRoute::Header(r) => {
@@ -316,7 +316,77 @@ fn managed_rules(
                 rule
             }
         })
-        .collect())
+        .collect();
+    prioritize(&mut rules);
+    if let Some(rule) = rules.iter().find(|r| r["matches"].as_array().map_or(0, Vec::len) > MAX_MATCHES) {
+        return Err(RouterError::object(
+            KIND,
+            after,
+            format!(
+                "managed rule {} would need more than {MAX_MATCHES} matches (Gateway API's limit) to take precedence over the rules after it: give its route fewer matches",
+                rule["name"]
+            ),
+        ));
+    }
+    Ok(rules)
+}
+
+/// `HTTPRouteRule.matches` holds at most this many.
+const MAX_MATCHES: usize = 64;
+
+/// Gateway API ranks rules by their matches (path, then method, then the number of headers),
+/// not by their order, so a mirror rule matching `GET` would take a `GET` with the header route's
+/// header away from that route. Each rule therefore also gets, for every match of each rule
+/// after it, that match and'ed with its own: where both match, the earlier rule's is at least
+/// as specific in every respect and has more headers, so it wins, as `managedRoutes` orders.
+fn prioritize(rules: &mut [Value]) {
+    let base: Vec<Vec<Value>> = rules
+        .iter()
+        .map(|r| r["matches"].as_array().cloned().unwrap_or_default())
+        .collect();
+    for (i, rule) in rules.iter_mut().enumerate() {
+        let mut variants = Vec::new();
+        for later in &base[i + 1..] {
+            for own in &base[i] {
+                variants.extend(later.iter().filter_map(|other| both(own, other)));
+            }
+        }
+        if let Some(matches) = rule["matches"].as_array_mut() {
+            for variant in variants {
+                if !matches.contains(&variant) {
+                    matches.push(variant);
+                }
+            }
+        }
+    }
+}
+
+/// A match that holds where both `a` and `b` do, when one can be written: `b` with `a`'s
+/// method and headers added. `None` when they can never both hold (another method, path or
+/// value of one header).
+fn both(a: &Value, b: &Value) -> Option<Value> {
+    let mut m = b.clone();
+    if a.get("path").is_some_and(|p| Some(p) != b.get("path")) {
+        return None;
+    }
+    match (a.get("method"), b.get("method")) {
+        (Some(x), Some(y)) if x != y => return None,
+        (Some(x), None) => m["method"] = x.clone(),
+        _ => {}
+    }
+    let headers = m
+        .as_object_mut()?
+        .entry("headers")
+        .or_insert_with(|| json!([]))
+        .as_array_mut()?;
+    for header in a.get("headers").and_then(Value::as_array).into_iter().flatten() {
+        match headers.iter().find(|h| h["name"] == header["name"]) {
+            Some(same) if same == header => {}
+            Some(_) => return None,
+            None => headers.push(header.clone()),
+        }
+    }
+    Some(m)
 }
 
 /// Ops that make the managed rules exactly `managed`'s, first in `spec.rules` (in priority
@@ -521,7 +591,14 @@ mod tests {
             json!({"name": "by-header",
                    "matches": [
                        {"path": prefix, "headers": [{"type": "Exact", "name": "x-canary", "value": "always"}]},
-                       {"path": prefix, "headers": [{"type": "RegularExpression", "name": "x-user", "value": "test\\-.*"}]}],
+                       {"path": prefix, "headers": [{"type": "RegularExpression", "name": "x-user", "value": "test\\-.*"}]},
+                       // Where the mirror rule also matches, these outrank it (more headers).
+                       {"path": prefix, "method": "GET", "headers": [
+                           {"type": "RegularExpression", "name": "x-debug", "value": "on|yes"},
+                           {"type": "Exact", "name": "x-canary", "value": "always"}]},
+                       {"path": prefix, "method": "GET", "headers": [
+                           {"type": "RegularExpression", "name": "x-debug", "value": "on|yes"},
+                           {"type": "RegularExpression", "name": "x-user", "value": "test\\-.*"}]}],
                    "backendRefs": [{"name": "podinfo-canary", "port": 80, "weight": 1}]})
         );
         assert_eq!(
