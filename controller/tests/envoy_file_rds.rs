@@ -488,3 +488,151 @@ async fn a_restarted_local_controller_resumes_its_analysis_run() {
         kept + COUNT
     );
 }
+
+/// Issue 20, item 5, in local mode: `setHeaderRoute` and `setMirrorRoute` steps through a real
+/// Envoy fed by the routes file. The canary's backend sits behind a second Envoy standing for
+/// its sidecar, with Plover's filter: a request with the header reaches the canary, one without
+/// is answered by stable while Envoy sends a copy (host `…-shadow`) to the canary, and the
+/// sidecar's filter counts those copies with role `mirror`, never as the canary's traffic. The
+/// routes are gone once the revision is promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_mode_header_route_and_mirroring_through_a_real_envoy() {
+    use plover_controller::local;
+    use plover_testkit::backend::{Backend, Behaviour};
+    use plover_testkit::envoy::{plover_test_config, Envoy, GatewaySpec, Upstream, WasmFilter};
+    use plover_testkit::sink::Sink;
+    use plover_wire::Role;
+
+    const TOKEN: &str = "mirror-token";
+    const REQUESTS: u64 = 30;
+    let envoy = envoy();
+    let dir = tempfile::tempdir().unwrap();
+    let xds = dir.path().join("xds");
+    std::fs::create_dir_all(&xds).unwrap();
+    let stable = Backend::start("v1", Behaviour::default()).await;
+    let canary = Backend::start("v2", Behaviour::default()).await;
+    let sink = Sink::start(TOKEN).await;
+    // The canary's sidecar: its one cluster `canary` is revision v2 to the filter.
+    let sidecar = Envoy::start(
+        &GatewaySpec {
+            upstreams: vec![Upstream {
+                cluster: "canary".into(),
+                port: canary.port,
+                weight: 100,
+                tag: None,
+            }],
+            filter: Some(WasmFilter::plover(plover_test_config(TOKEN, ""))),
+            exporter: Some(("plover_exporter".into(), sink.port)),
+            concurrency: 1,
+            ..GatewaySpec::default()
+        },
+        dir.path(),
+    );
+    let (admin, listen) = (free_port(), free_port());
+    let canary_file = dir.path().join("canary.yaml");
+    std::fs::write(
+        &canary_file,
+        format!(
+            "apiVersion: plover.dev/v1alpha1\nkind: Canary\nmetadata: {{name: app}}\nspec:\n  workload: {{stable: v1, canary: v2}}\n  trafficRouting:\n    envoy:\n      routesFile: {x}/routes.yaml\n      clustersFile: {x}/clusters.yaml\n      stableCluster: stable\n      canaryCluster: canary\n      backends: {{v1: '127.0.0.1:{v1}', v2: '127.0.0.1:{v2}'}}\n    managedRoutes: [{{name: by-header}}, {{name: mirror}}]\n  steps:\n  - setHeaderRoute: {{name: by-header, match: [{{headerName: x-canary, headerValue: {{exact: always}}}}]}}\n  - setMirrorRoute: {{name: mirror, percentage: 100, match: [{{method: {{exact: GET}}}}]}}\n  - pause: {{duration: 8}}\n",
+            x = xds.display(),
+            v1 = stable.port,
+            v2 = sidecar.listener_port,
+        ),
+    )
+    .unwrap();
+    let template = dir.path().join("unused.yaml");
+    std::fs::write(&template, "apiVersion: argoproj.io/v1alpha1\nkind: AnalysisTemplate\nmetadata: {name: unused}\nspec:\n  metrics: []\n").unwrap();
+    let routing = local::read_canary(&canary_file)
+        .unwrap()
+        .spec
+        .traffic_routing
+        .envoy
+        .unwrap();
+    envoy_file::apply(
+        &routing,
+        ("v1", "v2"),
+        (0, 100),
+        None,
+        &plover_controller::router::Managed::none(),
+    )
+    .unwrap();
+    let config = dir.path().join("envoy.yaml");
+    std::fs::write(&config, bootstrap(&xds, admin, listen, Clusters::FromFile)).unwrap();
+    let _envoy = start(&envoy, &config).await;
+    wait_for_updates(admin, 1).await;
+    until_all(listen, "v1").await;
+
+    let (file, t) = (canary_file.clone(), template.clone());
+    let run = tokio::spawn(async move {
+        let mut log = Vec::new();
+        let outcome = local::run(local_options(&file, &t), &mut log).await;
+        (outcome, String::from_utf8(log).unwrap())
+    });
+    // The first decision writes both managed routes with the weights.
+    wait_for_updates(admin, 2).await;
+    let routes = std::fs::read_to_string(xds.join("routes.yaml")).unwrap();
+    assert!(
+        routes.contains("by-header") && routes.contains("request_mirror_policies"),
+        "{routes}"
+    );
+    let get = move |header: bool| {
+        tokio::task::spawn_blocking(move || {
+            let headers: &[(&str, &str)] = if header {
+                &[("x-canary", "always")]
+            } else {
+                &[]
+            };
+            plover_testkit::http::blocking_request_with(
+                ([127, 0, 0, 1], listen).into(),
+                "app",
+                "/",
+                headers,
+            )
+            .map(|(status, body)| (status, body.trim().to_owned()))
+        })
+    };
+    for _ in 0..REQUESTS {
+        assert_eq!(get(true).await.unwrap(), Some((200, "v2".into())));
+        assert_eq!(get(false).await.unwrap(), Some((200, "v1".into())));
+    }
+    // Copies are sent without waiting for them; the filter flushes every second.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sink.received().total_requests() < 2 * REQUESTS && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        (
+            canary.served(),
+            canary.mirrored(),
+            stable.served() >= REQUESTS
+        ),
+        (2 * REQUESTS, REQUESTS, true),
+        "the canary served the header's requests and a copy of each other GET"
+    );
+    let received = sink.received();
+    println!(
+        "sidecar filter: canary {:?}, mirror {:?}",
+        received.requests.get(&(Role::Canary, "v2".into())),
+        received.requests.get(&(Role::Mirror, "v2".into()))
+    );
+    assert_eq!(
+        received.requests.get(&(Role::Canary, "v2".into())),
+        Some(&REQUESTS),
+        "the canary's traffic is the header's requests only: {received:?}"
+    );
+    assert_eq!(
+        received.requests.get(&(Role::Mirror, "v2".into())),
+        Some(&REQUESTS),
+        "the copies are counted apart: {received:?}"
+    );
+
+    let (outcome, text) = run.await.unwrap();
+    assert_eq!(outcome.unwrap(), local::Outcome::Promoted, "{text}");
+    let routes = std::fs::read_to_string(xds.join("routes.yaml")).unwrap();
+    assert!(
+        !routes.contains("by-header") && !routes.contains("request_mirror_policies"),
+        "the managed routes end with the steps: {routes}"
+    );
+}

@@ -189,7 +189,11 @@ fn check(mesh: &Mesh, controller: &mut ChildGuard, example: &Example) {
     let served_before = mesh.served.lock().unwrap().total(&canary);
     let counted_before = mesh.exporter_counts().get(&canary).copied().unwrap_or(0);
     for _ in 0..REQUESTS {
-        assert_eq!(get(&[HEADER]), Some((200, canary.clone())), "with the header");
+        assert_eq!(
+            get(&[HEADER]),
+            Some((200, canary.clone())),
+            "with the header"
+        );
         assert_eq!(get(&[]), Some((200, stable.clone())), "without it");
     }
     // Copies are sent without waiting for them; the filter flushes every second.

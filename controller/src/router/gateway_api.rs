@@ -318,7 +318,10 @@ fn managed_rules(
         })
         .collect();
     prioritize(&mut rules);
-    if let Some(rule) = rules.iter().find(|r| r["matches"].as_array().map_or(0, Vec::len) > MAX_MATCHES) {
+    if let Some(rule) = rules
+        .iter()
+        .find(|r| r["matches"].as_array().map_or(0, Vec::len) > MAX_MATCHES)
+    {
         return Err(RouterError::object(
             KIND,
             after,
@@ -379,7 +382,12 @@ fn both(a: &Value, b: &Value) -> Option<Value> {
         .entry("headers")
         .or_insert_with(|| json!([]))
         .as_array_mut()?;
-    for header in a.get("headers").and_then(Value::as_array).into_iter().flatten() {
+    for header in a
+        .get("headers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         match headers.iter().find(|h| h["name"] == header["name"]) {
             Some(same) if same == header => {}
             Some(_) => return None,
