@@ -182,6 +182,84 @@ impl<'a> Managed<'a> {
     }
 }
 
+/// The patch of a Kubernetes router: `weight_ops` on `obj`, then the ops `managed_ops` finds on
+/// the object as those leave it (the managed routes copy the weighted route's destinations with
+/// their new weights), all behind one guard; `None` when there is nothing to change.
+pub(crate) fn weights_then_managed(
+    kind: &'static str,
+    obj: &Value,
+    mut ops: Vec<Value>,
+    managed_ops: impl FnOnce(&Value) -> Result<Vec<Value>, RouterError>,
+) -> Result<Option<json_patch::Patch>, RouterError> {
+    let build_err = |e: String| RouterError::object(kind, obj, format!("building the patch: {e}"));
+    let weighted: json_patch::Patch =
+        serde_json::from_value(Value::Array(ops.clone())).map_err(|e| build_err(e.to_string()))?;
+    let after = apply(obj, &weighted).map_err(|e| build_err(e.to_string()))?;
+    ops.extend(managed_ops(&after)?);
+    if ops.is_empty() {
+        return Ok(None);
+    }
+    guarded(obj, ops)
+        .map(Some)
+        .map_err(|e| build_err(e.to_string()))
+}
+
+/// Ops that make the managed entries of the array at `pointer` (`/spec/http`, `/spec/rules`)
+/// exactly `wanted`, at its head in priority order: none when they already are; else every
+/// owned entry is removed (each guarded by its name) and the wanted ones inserted.
+pub(crate) fn managed_entry_ops(
+    after: &Value,
+    pointer: &str,
+    wanted: Vec<Value>,
+    managed: &Managed<'_>,
+) -> Vec<Value> {
+    let entries = after
+        .pointer(pointer)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let owned: Vec<usize> = (0..entries.len())
+        .filter(|&i| managed.owns(entries[i].get("name").and_then(Value::as_str)))
+        .collect();
+    let in_place = owned.iter().copied().eq(0..wanted.len())
+        && wanted.iter().zip(entries).all(|(w, e)| w == e);
+    if in_place {
+        return Vec::new();
+    }
+    let mut ops = Vec::new();
+    for &i in owned.iter().rev() {
+        let path = format!("{pointer}/{i}");
+        ops.push(
+            json!({"op": "test", "path": format!("{path}/name"), "value": entries[i]["name"]}),
+        );
+        ops.push(json!({"op": "remove", "path": path}));
+    }
+    for (i, entry) in wanted.into_iter().enumerate() {
+        ops.push(json!({"op": "add", "path": format!("{pointer}/{i}"), "value": entry}));
+    }
+    ops
+}
+
+/// Each of the weighted route's matches (`own`) with `extra` applied: and'ed with one of a
+/// managed route's.
+pub(crate) fn each_match(own: &[Value], extra: impl Fn(&mut Value)) -> Vec<Value> {
+    own.iter()
+        .map(|m| {
+            let mut m = m.clone();
+            extra(&mut m);
+            m
+        })
+        .collect()
+}
+
+/// A copy of the weighted route or rule named `name`, with `matches` under `key`.
+pub(crate) fn managed_copy(weighted: &Value, name: &str, key: &str, matches: Vec<Value>) -> Value {
+    let mut copy = weighted.clone();
+    copy["name"] = json!(name);
+    copy[key] = Value::Array(matches);
+    copy
+}
+
 /// A [`StringMatch`] as (kind, value), `kind` one of `exact`, `prefix`, `regex` (validation
 /// made exactly one of them set).
 pub(crate) fn string_match(m: &StringMatch) -> (&'static str, &str) {

@@ -493,6 +493,22 @@ struct Row {
 }
 
 /// The status tree, as `plover get canary` prints it.
+/// A step's matches in words: `x-canary = always, or cookie ~ ^canary`.
+fn route_matches<M>(matches: &[M], each: impl Fn(&M) -> String) -> String {
+    let words: Vec<String> = matches.iter().map(each).collect();
+    words.join(", or ")
+}
+
+/// `= v`, `starts with v`, `~ v`.
+fn string_match(m: &crate::canary::StringMatch) -> String {
+    match (&m.exact, &m.prefix, &m.regex) {
+        (Some(v), _, _) => format!("= {v}"),
+        (_, Some(v), _) => format!("starts with {v}"),
+        (_, _, Some(v)) => format!("~ {v}"),
+        _ => "(any)".to_owned(),
+    }
+}
+
 pub fn render(view: &View) -> String {
     let c = &view.canary;
     let status = c.status.clone().unwrap_or_default();
@@ -532,6 +548,48 @@ pub fn render(view: &View) -> String {
         (None, _) => "- (not observed at this weight yet)".to_owned(),
     };
     field(&mut out, "  ActualWeight", &actual);
+    for route in &status.managed_routes.header {
+        field(
+            &mut out,
+            "  HeaderRoute",
+            &format!(
+                "{}: {} to the canary",
+                route.name,
+                route_matches(&route.matches, |m| {
+                    format!("{} {}", m.header_name, string_match(&m.header_value))
+                })
+            ),
+        );
+    }
+    for route in &status.managed_routes.mirror {
+        field(
+            &mut out,
+            "  MirrorRoute",
+            &format!(
+                "{}: {}% of {} copied to the canary",
+                route.name,
+                route.percentage.unwrap_or(100),
+                route_matches(&route.matches, |m| {
+                    let parts: Vec<String> = m
+                        .method
+                        .iter()
+                        .map(|v| format!("method {}", string_match(v)))
+                        .chain(m.path.iter().map(|v| format!("path {}", string_match(v))))
+                        .chain(
+                            m.headers
+                                .iter()
+                                .map(|(n, v)| format!("{n} {}", string_match(v))),
+                        )
+                        .collect();
+                    if parts.is_empty() {
+                        "all requests".to_owned()
+                    } else {
+                        parts.join(" and ")
+                    }
+                })
+            ),
+        );
+    }
     for cond in status
         .conditions
         .iter()
@@ -843,6 +901,24 @@ NAME                                KIND         STATUS          INFO
    └──⧉ podinfo                     Deployment   ✔ Healthy       ready:2/2 weight:80% requests:800 success:100.00% p99:38.0ms
 ";
         assert_eq!(text, expected, "\n{text}");
+    }
+
+    #[test]
+    fn the_managed_routes_in_force_are_shown_in_words() {
+        let mut view = view();
+        view.canary.status.get_or_insert_with(Default::default).managed_routes =
+            serde_yaml::from_str(
+                "header: [{name: by-header, match: [{headerName: x-canary, headerValue: {exact: always}}, {headerName: cookie, headerValue: {regex: 'canary=1'}}]}]\n\
+                 mirror: [{name: mirror, percentage: 35, match: [{method: {exact: GET}, path: {prefix: /api}}]}]",
+            )
+            .unwrap();
+        let text = render(&view);
+        for line in [
+            "  HeaderRoute:   by-header: x-canary = always, or cookie ~ canary=1 to the canary\n",
+            "  MirrorRoute:   mirror: 35% of method = GET and path starts with /api copied to the canary\n",
+        ] {
+            assert!(text.contains(line), "{line}\n{text}");
+        }
     }
 
     /// `plover get` with the latest measurement of each metric: the evidence against stable in

@@ -7,8 +7,8 @@
 use serde_json::{json, Value};
 
 use super::{
-    guarded, mirror_percentage, object_at, string_match, Managed, ManagedRoute, RevisionTags,
-    RouteWeights, RouterError,
+    each_match, managed_copy, managed_entry_ops, mirror_percentage, object_at, string_match,
+    weights_then_managed, Managed, ManagedRoute, RevisionTags, RouteWeights, RouterError,
 };
 use crate::canary::{GatewayApiRouting, RouteMatch, StringMatch};
 
@@ -157,19 +157,15 @@ pub fn set_routes(
     tags: Option<RevisionTags<'_>>,
     managed: &Managed<'_>,
 ) -> Result<Option<json_patch::Patch>, RouterError> {
-    let build_err =
-        |e: String| RouterError::object(KIND, route, format!("building the patch: {e}"));
-    let mut ops = weight_ops(route, cfg, (canary, stable), tags, managed)?;
-    let weighted: json_patch::Patch =
-        serde_json::from_value(Value::Array(ops.clone())).map_err(|e| build_err(e.to_string()))?;
-    let after = super::apply(route, &weighted).map_err(|e| build_err(e.to_string()))?;
-    ops.extend(managed_ops(&after, cfg, managed)?);
-    if ops.is_empty() {
-        return Ok(None);
-    }
-    guarded(route, ops)
-        .map(Some)
-        .map_err(|e| build_err(e.to_string()))
+    let ops = weight_ops(route, cfg, (canary, stable), tags, managed)?;
+    weights_then_managed(KIND, route, ops, |after| {
+        Ok(managed_entry_ops(
+            after,
+            "/spec/rules",
+            managed_rules(after, cfg, managed)?,
+            managed,
+        ))
+    })
 }
 
 /// A Gateway API header match. Gateway API has no prefix match for headers: a prefix becomes
@@ -221,16 +217,7 @@ fn managed_rules(
         .get(first.canary)
         .cloned()
         .unwrap_or(Value::Null);
-    let combined = |extra: &dyn Fn(&mut Value)| -> Vec<Value> {
-        own_matches
-            .iter()
-            .map(|m| {
-                let mut m = m.clone();
-                extra(&mut m);
-                m
-            })
-            .collect()
-    };
+    let combined = |extra: &dyn Fn(&mut Value)| each_match(&own_matches, extra);
     let add_headers = |m: &mut Value, headers: Vec<Value>| {
         if let Some(list) = m
             .as_object_mut()
@@ -241,12 +228,7 @@ fn managed_rules(
             }
         }
     };
-    let rule = |name: &str, matches: Vec<Value>| {
-        let mut rule = weighted.clone();
-        rule["name"] = json!(name);
-        rule["matches"] = Value::Array(matches);
-        rule
-    };
+    let rule = |name: &str, matches| managed_copy(&weighted, name, "matches", matches);
     let mut rules: Vec<Value> = routes
         .into_iter()
         .map(|managed_route| match managed_route {
@@ -395,39 +377,6 @@ fn both(a: &Value, b: &Value) -> Option<Value> {
         }
     }
     Some(m)
-}
-
-/// Ops that make the managed rules exactly `managed`'s, first in `spec.rules` (in priority
-/// order; rules of equal precedence are taken in order): none when they already are.
-fn managed_ops(
-    after: &Value,
-    cfg: &GatewayApiRouting,
-    managed: &Managed<'_>,
-) -> Result<Vec<Value>, RouterError> {
-    let wanted = managed_rules(after, cfg, managed)?;
-    let rules = after
-        .pointer("/spec/rules")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let owned: Vec<usize> = (0..rules.len())
-        .filter(|&i| managed.owns(rules[i].get("name").and_then(Value::as_str)))
-        .collect();
-    let in_place =
-        owned.iter().copied().eq(0..wanted.len()) && wanted.iter().zip(rules).all(|(w, h)| w == h);
-    if in_place {
-        return Ok(Vec::new());
-    }
-    let mut ops = Vec::new();
-    for &i in owned.iter().rev() {
-        let path = format!("/spec/rules/{i}");
-        ops.push(json!({"op": "test", "path": format!("{path}/name"), "value": rules[i]["name"]}));
-        ops.push(json!({"op": "remove", "path": path}));
-    }
-    for (i, rule) in wanted.into_iter().enumerate() {
-        ops.push(json!({"op": "add", "path": format!("/spec/rules/{i}"), "value": rule}));
-    }
-    Ok(ops)
 }
 
 /// Ops that give both backends of every selected rule their weights (and tags).

@@ -11,8 +11,9 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::{
-    escape, guarded, mirror_percentage, object_at, string_match, Managed, ManagedRoute,
-    RevisionTags, RouteWeights, RouterError,
+    each_match, escape, guarded, managed_copy, managed_entry_ops, mirror_percentage, object_at,
+    string_match, weights_then_managed, Managed, ManagedRoute, RevisionTags, RouteWeights,
+    RouterError,
 };
 use crate::canary::IstioRouting;
 use crate::canary::{HeaderRoutingMatch, RouteMatch};
@@ -226,19 +227,15 @@ pub fn set_routes(
     tags: Option<RevisionTags<'_>>,
     managed: &Managed<'_>,
 ) -> Result<Option<json_patch::Patch>, RouterError> {
-    let build_err = |e: String| RouterError::object(VS, vs, format!("building the patch: {e}"));
-    let mut ops = weight_ops(vs, cfg, (canary, stable), tags, managed)?;
-    // The managed routes copy the weighted route's destinations as the weights leave them.
-    let weighted: json_patch::Patch =
-        serde_json::from_value(Value::Array(ops.clone())).map_err(|e| build_err(e.to_string()))?;
-    let after = super::apply(vs, &weighted).map_err(|e| build_err(e.to_string()))?;
-    ops.extend(managed_ops(&after, cfg, managed)?);
-    if ops.is_empty() {
-        return Ok(None);
-    }
-    guarded(vs, ops)
-        .map(Some)
-        .map_err(|e| build_err(e.to_string()))
+    let ops = weight_ops(vs, cfg, (canary, stable), tags, managed)?;
+    weights_then_managed(VS, vs, ops, |after| {
+        Ok(managed_entry_ops(
+            after,
+            "/spec/http",
+            managed_http_routes(after, cfg, managed)?,
+            managed,
+        ))
+    })
 }
 
 /// The routes of `managed` as Istio HTTP routes, each a copy of the (first) weighted route
@@ -277,23 +274,8 @@ fn managed_http_routes(
         let (kind, value) = string_match(m);
         json!({ kind: value })
     };
-    // Each of the weighted route's matches and'ed with each of the managed route's.
-    let combined = |extra: &dyn Fn(&mut Value)| -> Vec<Value> {
-        own_matches
-            .iter()
-            .map(|m| {
-                let mut m = m.clone();
-                extra(&mut m);
-                m
-            })
-            .collect()
-    };
-    let route = |name: &str, matches: Vec<Value>| {
-        let mut route = weighted.clone();
-        route["name"] = json!(name);
-        route["match"] = Value::Array(matches);
-        route
-    };
+    let combined = |extra: &dyn Fn(&mut Value)| each_match(&own_matches, extra);
+    let route = |name: &str, matches| managed_copy(&weighted, name, "match", matches);
     Ok(routes
         .into_iter()
         .map(|managed_route| match managed_route {
@@ -360,40 +342,6 @@ fn managed_http_routes(
             }
         })
         .collect())
-}
-
-/// Ops that make the managed routes exactly `managed`'s, at the head of `spec.http` in
-/// priority order: none when they already are; else the owned routes are removed (each
-/// guarded by its name) and the wanted ones inserted.
-fn managed_ops(
-    after: &Value,
-    cfg: &IstioRouting,
-    managed: &Managed<'_>,
-) -> Result<Vec<Value>, RouterError> {
-    let wanted = managed_http_routes(after, cfg, managed)?;
-    let http = after
-        .pointer("/spec/http")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let owned: Vec<usize> = (0..http.len())
-        .filter(|&i| managed.owns(http[i].get("name").and_then(Value::as_str)))
-        .collect();
-    let in_place =
-        owned.iter().copied().eq(0..wanted.len()) && wanted.iter().zip(http).all(|(w, h)| w == h);
-    if in_place {
-        return Ok(Vec::new());
-    }
-    let mut ops = Vec::new();
-    for &i in owned.iter().rev() {
-        let path = format!("/spec/http/{i}");
-        ops.push(json!({"op": "test", "path": format!("{path}/name"), "value": http[i]["name"]}));
-        ops.push(json!({"op": "remove", "path": path}));
-    }
-    for (i, route) in wanted.into_iter().enumerate() {
-        ops.push(json!({"op": "add", "path": format!("/spec/http/{i}"), "value": route}));
-    }
-    Ok(ops)
 }
 
 /// Ops that give every selected route the weights (and its destinations their tags).
