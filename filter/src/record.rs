@@ -110,13 +110,10 @@ pub struct Reading {
 
 impl Reading {
     pub fn new(config: &FilterConfig) -> Reading {
-        let mut values = vec![
-            Value::Cluster,
-            Value::Code,
-            Value::Flags,
-            Value::Duration,
-            Value::Host,
-        ];
+        let mut values = vec![Value::Cluster, Value::Code, Value::Flags, Value::Duration];
+        if config.record.mirrored {
+            values.push(Value::Host);
+        }
         let revision_header = config
             .response_header
             .as_ref()
@@ -577,6 +574,11 @@ pub(crate) mod tests {
             "[has(xds.cluster_name) ? xds.cluster_name : '', has(response.code) ? response.code : 0, \
 has(response.flags) ? response.flags : 0, has(request.duration) ? request.duration : duration('0s'), \
 has(request.host) ? request.host : '']"
+        );
+        assert_eq!(
+            reading(r#", "record": {"mirrored": false}"#).expression(false),
+            "[xds.cluster_name, response.code, response.flags, request.duration]",
+            "no host read where no copy can arrive"
         );
         assert!(!reading("").measures_sizes());
         let all = all();

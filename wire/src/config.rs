@@ -147,8 +147,9 @@ impl Tagging {
 
 /// Values the filter reads beyond the four the judges need (upstream cluster, response code,
 /// response flags, duration). Each costs instructions on every request (`cargo xtask bench
-/// filter` prices them), so each is opt-in.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// filter` prices them), so each is opt-in, but `mirrored`, whose absence would count copies as
+/// a revision's traffic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Record {
     /// The matched route's name (`xds.route_name`) as the `route` label; off: every request
@@ -160,6 +161,21 @@ pub struct Record {
     /// The gRPC status of gRPC responses (`content-type` and `response.grpc_status`) as the
     /// `grpc_status` label.
     pub grpc_status: bool,
+    /// Mirrored copies (`request.host` ending in Envoy's `-shadow`) counted apart, with role
+    /// `mirror` (default on). Off saves the host read where no copy can arrive, e.g. a gateway
+    /// behind no mirroring proxy: Envoy sends the copies its own routes make after the filters.
+    pub mirrored: bool,
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Record {
+            route: false,
+            sizes: false,
+            grpc_status: false,
+            mirrored: true,
+        }
+    }
 }
 
 /// Where and how batches are sent.
