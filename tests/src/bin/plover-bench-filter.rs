@@ -437,8 +437,10 @@ fn main() {
             "evaluate:[xds.cluster_name, response.code, response.flags, request.duration]",
         ),
     ));
-    // Each opt-in value priced on its own.
+    // Each opt-in value priced on its own, and the one on by default (the host read that
+    // tells mirrored copies apart) priced by its absence.
     for (name, record) in [
+        ("plover-mirrored", serde_json::json!({"mirrored": false})),
         ("plover+route", serde_json::json!({"route": true})),
         ("plover+sizes", serde_json::json!({"sizes": true})),
         ("plover+grpc", serde_json::json!({"grpc_status": true})),
