@@ -188,14 +188,18 @@ impl<'a> Managed<'a> {
 pub(crate) fn weights_then_managed(
     kind: &'static str,
     obj: &Value,
+    managed: &Managed<'_>,
     mut ops: Vec<Value>,
     managed_ops: impl FnOnce(&Value) -> Result<Vec<Value>, RouterError>,
 ) -> Result<Option<json_patch::Patch>, RouterError> {
     let build_err = |e: String| RouterError::object(kind, obj, format!("building the patch: {e}"));
-    let weighted: json_patch::Patch =
-        serde_json::from_value(Value::Array(ops.clone())).map_err(|e| build_err(e.to_string()))?;
-    let after = apply(obj, &weighted).map_err(|e| build_err(e.to_string()))?;
-    ops.extend(managed_ops(&after)?);
+    // Without managed routes there is nothing to write or remove: no copy of the object.
+    if !managed.names.is_empty() {
+        let weighted: json_patch::Patch = serde_json::from_value(Value::Array(ops.clone()))
+            .map_err(|e| build_err(e.to_string()))?;
+        let after = apply(obj, &weighted).map_err(|e| build_err(e.to_string()))?;
+        ops.extend(managed_ops(&after)?);
+    }
     if ops.is_empty() {
         return Ok(None);
     }
@@ -250,6 +254,28 @@ pub(crate) fn each_match(own: &[Value], extra: impl Fn(&mut Value)) -> Vec<Value
             m
         })
         .collect()
+}
+
+/// The weighted route or rule at `{pointer}/{index}` and its matches under `key`
+/// (`[default_match]` when it has none): what the managed routes are copies of.
+pub(crate) fn weighted_entry(
+    after: &Value,
+    pointer: &str,
+    index: usize,
+    key: &str,
+    default_match: Value,
+) -> (Value, Vec<Value>) {
+    let weighted = after
+        .pointer(&format!("{pointer}/{index}"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let matches = weighted
+        .get(key)
+        .and_then(Value::as_array)
+        .cloned()
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| vec![default_match]);
+    (weighted, matches)
 }
 
 /// A copy of the weighted route or rule named `name`, with `matches` under `key`.

@@ -63,8 +63,7 @@ pub fn run_command(args: &[&str]) -> Result<(), String> {
 pub fn build() -> Result<Built, String> {
     let root = workspace_root();
     if !crate::wasm::rustup_has_target(TARGET) {
-        println!("xtask: adding the {TARGET} target with rustup");
-        run(Command::new("rustup").args(["target", "add", TARGET]))?;
+        crate::wasm::rustup_add_target(TARGET)?;
     }
     let started = std::time::Instant::now();
     let mut cargo = Command::new(cargo_bin());

@@ -104,7 +104,7 @@ pub fn build_package(package: &str, artifact: &str) -> Result<PathBuf, String> {
 
 fn build_package_with(package: &str, artifact: &str, features: &[&str]) -> Result<PathBuf, String> {
     let root = workspace_root();
-    if rustup_has_target(TARGET) || rustup_add_target() {
+    if rustup_has_target(TARGET) || rustup_add_target(TARGET).is_ok() {
         run(Command::new(cargo_bin())
             .current_dir(&root)
             .args(build_args(package, features)))?;
@@ -130,9 +130,10 @@ pub fn rustup_has_target(target: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn rustup_add_target() -> bool {
-    println!("xtask: adding the {TARGET} target with rustup");
-    run(Command::new("rustup").args(["target", "add", TARGET])).is_ok()
+/// Adds `target` with rustup.
+pub fn rustup_add_target(target: &str) -> Result<(), String> {
+    println!("xtask: adding the {target} target with rustup");
+    run(Command::new("rustup").args(["target", "add", target]))
 }
 
 /// Where rustup cannot fetch the target: Debian's toolchain with the standard library built

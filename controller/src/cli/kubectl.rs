@@ -501,11 +501,10 @@ fn route_matches<M>(matches: &[M], each: impl Fn(&M) -> String) -> String {
 
 /// `= v`, `starts with v`, `~ v`.
 fn string_match(m: &crate::canary::StringMatch) -> String {
-    match (&m.exact, &m.prefix, &m.regex) {
-        (Some(v), _, _) => format!("= {v}"),
-        (_, Some(v), _) => format!("starts with {v}"),
-        (_, _, Some(v)) => format!("~ {v}"),
-        _ => "(any)".to_owned(),
+    match crate::router::string_match(m) {
+        ("prefix", v) => format!("starts with {v}"),
+        ("regex", v) => format!("~ {v}"),
+        (_, v) => format!("= {v}"),
     }
 }
 

@@ -8,7 +8,8 @@ use serde_json::{json, Value};
 
 use super::{
     each_match, managed_copy, managed_entry_ops, mirror_percentage, object_at, string_match,
-    weights_then_managed, Managed, ManagedRoute, RevisionTags, RouteWeights, RouterError,
+    weighted_entry, weights_then_managed, Managed, ManagedRoute, RevisionTags, RouteWeights,
+    RouterError,
 };
 use crate::canary::{GatewayApiRouting, RouteMatch, StringMatch};
 
@@ -158,7 +159,7 @@ pub fn set_routes(
     managed: &Managed<'_>,
 ) -> Result<Option<json_patch::Patch>, RouterError> {
     let ops = weight_ops(route, cfg, (canary, stable), tags, managed)?;
-    weights_then_managed(KIND, route, ops, |after| {
+    weights_then_managed(KIND, route, managed, ops, |after| {
         Ok(managed_entry_ops(
             after,
             "/spec/rules",
@@ -203,16 +204,14 @@ fn managed_rules(
     let Some(first) = select(after, cfg, managed)?.into_iter().next() else {
         return Ok(Vec::new());
     };
-    let weighted = after
-        .pointer(&format!("/spec/rules/{}", first.index))
-        .cloned()
-        .unwrap_or(Value::Null);
-    let own_matches = weighted
-        .get("matches")
-        .and_then(Value::as_array)
-        .cloned()
-        .filter(|m| !m.is_empty())
-        .unwrap_or_else(|| vec![json!({"path": {"type": "PathPrefix", "value": "/"}})]);
+    // Gateway API's default match, spelled out as the API server stores it.
+    let (weighted, own_matches) = weighted_entry(
+        after,
+        "/spec/rules",
+        first.index,
+        "matches",
+        json!({"path": {"type": "PathPrefix", "value": "/"}}),
+    );
     let canary = backends(&weighted)
         .get(first.canary)
         .cloned()

@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 
 use super::{
     each_match, escape, guarded, managed_copy, managed_entry_ops, mirror_percentage, object_at,
-    string_match, weights_then_managed, Managed, ManagedRoute, RevisionTags, RouteWeights,
-    RouterError,
+    string_match, weighted_entry, weights_then_managed, Managed, ManagedRoute, RevisionTags,
+    RouteWeights, RouterError,
 };
 use crate::canary::IstioRouting;
 use crate::canary::{HeaderRoutingMatch, RouteMatch};
@@ -228,7 +228,7 @@ pub fn set_routes(
     managed: &Managed<'_>,
 ) -> Result<Option<json_patch::Patch>, RouterError> {
     let ops = weight_ops(vs, cfg, (canary, stable), tags, managed)?;
-    weights_then_managed(VS, vs, ops, |after| {
+    weights_then_managed(VS, vs, managed, ops, |after| {
         Ok(managed_entry_ops(
             after,
             "/spec/http",
@@ -255,16 +255,8 @@ fn managed_http_routes(
     let Some(first) = selected.first() else {
         return Ok(Vec::new());
     };
-    let weighted = after
-        .pointer(&format!("/spec/http/{}", first.index))
-        .cloned()
-        .unwrap_or(Value::Null);
-    let own_matches = weighted
-        .get("match")
-        .and_then(Value::as_array)
-        .cloned()
-        .filter(|m| !m.is_empty())
-        .unwrap_or_else(|| vec![json!({})]);
+    let (weighted, own_matches) =
+        weighted_entry(after, "/spec/http", first.index, "match", json!({}));
     let mut canary = weighted
         .pointer(&format!("/route/{}", first.canary))
         .cloned()
